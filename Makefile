@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make run` (pipeline on the bundled data) and `make test`.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PROFILE   ?= quick
+WORKDIR   ?= workdir
+PYTEST_ARGS ?=
+
+.PHONY: run run-full test test-fast lock clean
+
+# The venv is (re)built when the lock or the project metadata changes.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || "$$(tools/find-python310)" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24,<25"
+	@echo "Installing the pinned stack into $(VENV) (first time: a few minutes)..."
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/mtnlp run --profile $(PROFILE) --workdir $(WORKDIR)
+
+run-full: PROFILE = full
+run-full: run
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The fast subset: everything except the tests that need the shared pipeline run or train a model.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Re-resolve the stack and rewrite the lock (maintainers only).
+lock: $(VENV)/.installed
+	$(PY) -m pip freeze --exclude-editable | grep -v '^mtnlp' > requirements.lock
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache

@@ -1,0 +1,37 @@
+"""The `mtnlp` command. Each subcommand lives with its concern and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# module -> it defines `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
+SUBCOMMAND_MODULES = (
+    "pipelines.cli",  # run
+    "serving.cli",  # serve, predict
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtnlp", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # that concern is not part of this build
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
