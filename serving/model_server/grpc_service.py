@@ -1,0 +1,100 @@
+"""gRPC front end: PredictionService and ModelService over the official generated stubs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import grpc
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc)
+
+from . import inference
+from .errors import ServingError, from_exception
+from .manager import Manager
+
+log = logging.getLogger(__name__)
+
+
+class _Base:
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    def _serve(self, api: str, request: Any, context: grpc.ServicerContext,
+               fn: Callable[[inference.Servable, Any], Any], spec: Any = None) -> Any:
+        spec = request.model_spec if spec is None else spec
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            with self.manager.acquire(spec) as servable:
+                return fn(servable, request)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a status, the server keeps serving
+            err = from_exception(e)
+            status = err.code_name
+            if not isinstance(e, ServingError):
+                log.debug("%s failed", api, exc_info=True)
+            context.abort(err.grpc_code, err.message)
+        finally:
+            self.manager.metrics.request(spec.name, api, "GRPC", status, (time.perf_counter() - start) * 1e6)
+
+
+class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
+    def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        return self._serve("Predict", request, context, inference.predict)
+
+    def Classify(self, request, context):  # noqa: N802
+        return self._serve("Classify", request, context, inference.classify)
+
+    def Regress(self, request, context):  # noqa: N802
+        return self._serve("Regress", request, context, inference.regress)
+
+    def MultiInference(self, request, context):  # noqa: N802
+        if not request.tasks:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MultiInferenceRequest must have at least one task.")
+        return self._serve("MultiInference", request, context, inference.multi_inference,
+                           spec=request.tasks[0].model_spec)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return self._serve("GetModelMetadata", request, context, inference.metadata)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None) -> None:
+        self.manager = manager
+        self.on_reload = on_reload
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        try:
+            return self.manager.model_status(request)
+        except Exception as e:  # noqa: BLE001
+            err = from_exception(e)
+            context.abort(err.grpc_code, err.message)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.manager.apply_config(request.config)
+            if self.on_reload is not None:
+                self.on_reload(request.config)
+        except Exception as e:  # noqa: BLE001
+            err = from_exception(e)
+            log.error("ReloadConfig failed: %s", err.message)
+            response.status.error_code = err.code
+            response.status.error_message = err.message
+            # TF Serving fills the response and also fails the RPC with the same status.
+            context.abort(err.grpc_code, err.message)
+        return response
+
+
+def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str, Any]],
+                 on_reload: Callable[[Any], None] | None = None) -> grpc.Server:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # TF Serving accepts messages up to INT32_MAX both ways; request-size policing is the model's business.
+    base = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0)]
+    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+                         options=base + options, maximum_concurrent_rpcs=None)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload), server)
+    return server

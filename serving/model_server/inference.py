@@ -1,0 +1,234 @@
+"""The PredictionService semantics (Predict, Classify, Regress, MultiInference, GetModelMetadata) on one servable.
+
+Front ends (gRPC, REST, warmup) resolve the servable, then call these with the request protos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tensorflow.core.example import example_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
+                                     regression_pb2)
+
+from .batching import BatchScheduler
+from .errors import ServingError, invalid_argument
+from .servable import LoadedModel, Signature
+from .tensors import to_numpy, to_proto
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+@dataclass
+class Servable:
+    """What a request runs on: a model version, optionally behind a batch scheduler."""
+
+    name: str
+    version: int
+    model: LoadedModel
+    batcher: BatchScheduler | None = None
+
+    def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked = self.model.validate_inputs(sig, inputs)
+        if self.batcher is not None:
+            return self.batcher.run(sig.key, checked)
+        return self.model.run(sig, checked)
+
+
+def _fill_spec(spec, name: str, version: int, signature_name: str | None) -> None:
+    spec.name = name
+    spec.version.value = version
+    if signature_name is not None:
+        spec.signature_name = signature_name
+
+
+def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    sig = servable.model.signature(key)
+    inputs = {alias: to_numpy(t, alias) for alias, t in request.inputs.items()}
+    aliases = _output_filter(sig, list(request.output_filter))
+    outputs = servable.run(sig, inputs)
+    response = predict_pb2.PredictResponse()
+    _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
+    for alias in aliases:
+        response.outputs[alias].CopyFrom(to_proto(outputs[alias], sig.outputs[alias].dtype))
+    return response
+
+
+def predict_arrays(servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+                   output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Predict on numpy inputs (the REST path): same validation, no proto round trip."""
+    sig = servable.model.signature(signature_name or DEFAULT_SIGNATURE)
+    aliases = _output_filter(sig, output_filter or [])
+    outputs = servable.run(sig, inputs)
+    return {a: outputs[a] for a in aliases}
+
+
+def _output_filter(sig: Signature, wanted: list[str]) -> list[str]:
+    if not wanted:
+        return sorted(sig.outputs)
+    seen: set[str] = set()
+    for alias in wanted:
+        if alias not in sig.outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                                   f"the set {{{','.join(sorted(sig.outputs))}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return wanted
+
+
+def serialize_examples(inp) -> np.ndarray:
+    """Input (ExampleList or ExampleListWithContext) -> serialized tf.Examples; context features merged in."""
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        examples = list(inp.example_list.examples)
+        serialized = [e.SerializeToString() for e in examples]
+    elif kind == "example_list_with_context":
+        ctx = inp.example_list_with_context.context
+        examples = list(inp.example_list_with_context.examples)
+        serialized = []
+        for e in examples:
+            merged = example_pb2.Example()
+            merged.CopyFrom(ctx)
+            merged.MergeFrom(e)  # per-example features win over the context's
+            serialized.append(merged.SerializeToString())
+    else:
+        raise invalid_argument("Input is empty.")
+    if not serialized:
+        raise invalid_argument("Input is empty.")
+    arr = np.empty(len(serialized), dtype=object)
+    arr[:] = serialized
+    return arr
+
+
+def _example_signature(servable: Servable, key: str, method: str, what: str) -> Signature:
+    sig = servable.model.signature(key or DEFAULT_SIGNATURE)
+    if sig.method_name != method:
+        raise invalid_argument(f"Expected {what} signature method_name to be {method}. Was: {sig.method_name}")
+    if len(sig.inputs) != 1:
+        raise invalid_argument(f"Expected one input Tensor, found {len(sig.inputs)}.")
+    return sig
+
+
+def _run_examples(servable: Servable, sig: Signature, inp) -> tuple[dict[str, np.ndarray], int]:
+    serialized = serialize_examples(inp)
+    (alias,) = sig.inputs
+    return servable.run(sig, {alias: serialized}), len(serialized)
+
+
+def classify_result(servable: Servable, request) -> tuple[str, classification_pb2.ClassificationResult]:
+    key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    sig = _example_signature(servable, key, CLASSIFY_METHOD, "classification")
+    if "classes" not in sig.outputs and "scores" not in sig.outputs:
+        raise invalid_argument("Expected classification signature outputs to contain classes and/or scores.")
+    out, n = _run_examples(servable, sig, request.input)
+    classes, scores = out.get("classes"), out.get("scores")
+    for name, arr in (("classes", classes), ("scores", scores)):
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
+            raise invalid_argument(f"Expected {name} Tensor of shape [batch_size num_classes] with batch size {n}. "
+                                   f"Got {list(arr.shape)}")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise invalid_argument(f"Tensors class and score should match in shape. Classes: {list(classes.shape)}, "
+                               f"Scores: {list(scores.shape)}")
+    result = classification_pb2.ClassificationResult()
+    k = (classes if classes is not None else scores).shape[1]
+    for i in range(n):
+        c = result.classifications.add()
+        for j in range(k):
+            cls = c.classes.add()
+            if classes is not None:
+                cls.label = classes[i, j].decode("utf-8", "replace") if isinstance(classes[i, j], bytes) \
+                    else str(classes[i, j])
+            if scores is not None:
+                cls.score = float(scores[i, j])
+    return key, result
+
+
+def regress_result(servable: Servable, request) -> tuple[str, regression_pb2.RegressionResult]:
+    key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    sig = _example_signature(servable, key, REGRESS_METHOD, "regression")
+    if "outputs" not in sig.outputs:
+        raise invalid_argument("No output Tensor named 'outputs' in the regression signature.")
+    out, n = _run_examples(servable, sig, request.input)
+    values = out["outputs"]
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or values.shape[0] != n:
+        raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                               f"{list(out['outputs'].shape)}")
+    result = regression_pb2.RegressionResult()
+    for v in values.tolist():
+        result.regressions.add(value=float(v))
+    return key, result
+
+
+def classify(servable: Servable, request) -> classification_pb2.ClassificationResponse:
+    key, result = classify_result(servable, request)
+    response = classification_pb2.ClassificationResponse(result=result)
+    _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
+    return response
+
+
+def regress(servable: Servable, request) -> regression_pb2.RegressionResponse:
+    key, result = regress_result(servable, request)
+    response = regression_pb2.RegressionResponse(result=result)
+    _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
+    return response
+
+
+def multi_inference(servable: Servable, request) -> inference_pb2.MultiInferenceResponse:
+    if not request.tasks:
+        raise invalid_argument("MultiInferenceRequest must have at least one task.")
+    seen: set[str] = set()
+    for task in request.tasks:
+        if task.model_spec.name != request.tasks[0].model_spec.name:
+            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if key in seen:
+            raise invalid_argument(f"Duplicate evaluation of signature: {key}")
+        seen.add(key)
+        if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
+    response = inference_pb2.MultiInferenceResponse()
+    for task in request.tasks:
+        sub: Any = (classification_pb2.ClassificationRequest if task.method_name == CLASSIFY_METHOD
+                    else regression_pb2.RegressionRequest)(model_spec=task.model_spec, input=request.input)
+        r = response.results.add()
+        if task.method_name == CLASSIFY_METHOD:
+            key, res = classify_result(servable, sub)
+            r.classification_result.CopyFrom(res)
+        else:
+            key, res = regress_result(servable, sub)
+            r.regression_result.CopyFrom(res)
+        _fill_spec(r.model_spec, task.model_spec.name, servable.version, key)
+    return response
+
+
+def metadata(servable: Servable, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    fields = list(request.metadata_field)
+    if not fields:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+    for f in fields:
+        if f != "signature_def":
+            raise invalid_argument(f"Metadata field {f} is not supported")
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    _fill_spec(response.model_spec, request.model_spec.name, servable.version, None)
+    sdm = get_model_metadata_pb2.SignatureDefMap()
+    for k, v in servable.model.meta_graph.signature_def.items():
+        sdm.signature_def[k].CopyFrom(v)
+    response.metadata["signature_def"].Pack(sdm)
+    return response
+
+
+def signature_def_map(servable: Servable) -> meta_graph_pb2.MetaGraphDef:
+    return servable.model.meta_graph
+
+
+__all__ = ["Servable", "ServingError", "predict", "classify", "regress", "multi_inference", "metadata"]
