@@ -1,0 +1,75 @@
+"""JsonlExampleGen: TFX's file-based ExampleGen contract (spans, versions, input fingerprints, splits
+from file patterns) for per-task JSON Lines folders, plus a ``rejected`` output of malformed records."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from tfx.components.example_gen import driver, utils
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import artifact, channel, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.jsonl_example_gen import executor
+
+
+class RejectedRecords(artifact.Artifact):
+    """Malformed input records with file, line and reason, and per-file counts, one folder per split."""
+
+    TYPE_NAME = "mtnlp.RejectedRecords"
+
+
+class JsonlExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        # JSON: {"tasks": [...], "max_records_per_split": int|null, "max_rejected_fraction": float}
+        "ingest_config": ExecutionParameter(type=str),
+    }
+    OUTPUTS = {
+        **standard_component_specs.FileBasedExampleGenSpec.OUTPUTS,
+        executor.REJECTED_KEY: ChannelParameter(type=RejectedRecords),
+    }
+
+
+class JsonlExampleGen(base_beam_component.BaseBeamComponent):
+    SPEC_CLASS = JsonlExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+    DRIVER_CLASS = driver.FileBasedDriver
+
+    def __init__(
+        self,
+        input_base: str,
+        input_config: example_gen_pb2.Input,
+        tasks: Sequence[str] | None = None,
+        max_records_per_split: int | None = None,
+        max_rejected_fraction: float = 0.0,
+        range_config: range_config_pb2.RangeConfig | None = None,
+    ):
+        """Args:
+        input_base: folder holding one sub-folder per task (or span folders, see ``input_config``).
+        input_config: one split per file pattern, relative to ``input_base``, e.g. ``*/train.jsonl*``;
+          ``{SPAN}`` in a pattern selects spans as in TFX's file-based ExampleGens.
+        tasks: task folders to read (others are skipped with a log line); all when None.
+        max_records_per_split: read at most this many lines of each file.
+        max_rejected_fraction: fail when a file has more malformed records than this fraction.
+        range_config: which spans to read (default: the latest).
+        """
+        ingest_config: dict[str, Any] = {
+            "tasks": list(tasks) if tasks is not None else None,
+            "max_records_per_split": max_records_per_split,
+            "max_rejected_fraction": max_rejected_fraction,
+        }
+        spec = JsonlExampleGenSpec(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=utils.make_default_output_config(input_config),
+            range_config=range_config,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            ingest_config=json.dumps(ingest_config, sort_keys=True),
+            examples=channel.Channel(type=standard_artifacts.Examples),
+            rejected=channel.Channel(type=RejectedRecords),
+        )
+        super().__init__(spec=spec)

@@ -1,0 +1,87 @@
+"""Validates one JSON Lines record against its task's fields and turns it into a ``tf.train.Example``.
+
+Pure Python (no Beam), so that every rule is unit-tested on its own. A bad record raises
+``RecordError`` naming the field and the problem; the executor keeps it, with its file and line,
+in the rejected-records output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tensorflow as tf
+
+from model.tasks import Field, FieldKind, Task
+
+TASK_FEATURE = "task"
+ID_FEATURE = "id"
+
+
+class RecordError(ValueError):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message if field is None else f"field {field!r}: {message}")
+        self.field = field
+
+
+def _check_field(record: dict[str, Any], field: Field) -> Any:
+    value = record.get(field.name)
+    if value is None:
+        if field.optional:
+            return None
+        raise RecordError("missing (required)" if field.name not in record else "is null", field.name)
+
+    kind = field.kind
+    if kind is FieldKind.TEXT:
+        if not isinstance(value, str) or not value.strip():
+            raise RecordError(f"expected a non-empty string, got {value!r:.60}", field.name)
+    elif kind in (FieldKind.TOKENS, FieldKind.TOKEN_LABELS):
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise RecordError("expected a non-empty list of non-empty strings", field.name)
+        if kind is FieldKind.TOKEN_LABELS:
+            aligned = record.get(field.aligned_with) or []
+            if len(value) != len(aligned):
+                raise RecordError(
+                    f"has {len(value)} labels but {field.aligned_with!r} has {len(aligned)} tokens", field.name
+                )
+            unknown = sorted(set(value) - set(field.labels))
+            if unknown:
+                raise RecordError(f"unknown label(s) {unknown}; expected one of {list(field.labels)}", field.name)
+    elif kind is FieldKind.LABEL:
+        if value not in field.labels:
+            raise RecordError(f"unknown label {value!r}; expected one of {list(field.labels)}", field.name)
+    elif kind is FieldKind.CHAR_SPAN:
+        text = record.get(field.within)
+        if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+            raise RecordError(f"expected [start, end] character offsets, got {value!r:.60}", field.name)
+        start, end = value
+        if not isinstance(text, str) or not 0 <= start < end <= len(text):
+            length = len(text) if isinstance(text, str) else "no"
+            raise RecordError(f"span {value} is outside the text ({length} characters)", field.name)
+    return value
+
+
+def _feature(field: Field, value: Any) -> tf.train.Feature:
+    if field.kind is FieldKind.CHAR_SPAN:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+    values = value if isinstance(value, list) else [value]
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
+
+
+def record_to_example(line: str, task: Task) -> tf.train.Example:
+    """Parses one line of ``task``'s data; raises ``RecordError`` if it is malformed."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"expected a JSON object, got {type(record).__name__}")
+
+    features = {TASK_FEATURE: _feature(Field(TASK_FEATURE, FieldKind.TEXT), task.name)}
+    if isinstance(record.get(ID_FEATURE), (str, int)):
+        features[ID_FEATURE] = _feature(Field(ID_FEATURE, FieldKind.TEXT), str(record[ID_FEATURE]))
+    for field in task.fields:
+        value = _check_field(record, field)
+        if value is not None:
+            features[field.name] = _feature(field, value)
+    return tf.train.Example(features=tf.train.Features(feature=features))

@@ -1,0 +1,114 @@
+"""tf.data input for training and evaluation, from Transform's output.
+
+Training batches mix the tasks by sampling: each task gets its own shuffled, repeated stream, and
+``tf.data.Dataset.sample_from_datasets`` draws from them with weights ``n_task ** (1 / T)``
+(proportional for T=1, uniform for T -> infinity). Every batch is cut to the length of its longest
+sentence, so short sentences do not pay for the 128-word maximum.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from model.preprocessing import MODEL_INPUTS
+from model.tasks import TASKS, Head, HeadKind
+
+SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS
+
+
+def task_weights(counts: dict[str, int], sampling: str, temperature: float = 1.0) -> dict[str, float]:
+    """Sampling probability of each task with examples, from its example count."""
+    present = {name: n for name, n in counts.items() if n > 0}
+    if sampling == "proportional":
+        raw = dict(present)
+    elif sampling == "temperature":
+        raw = {name: n ** (1.0 / temperature) for name, n in present.items()}
+    elif sampling == "uniform":
+        raw = {name: 1.0 for name in present}
+    else:
+        raise ValueError(f"unknown task_sampling {sampling!r}: use proportional, temperature or uniform")
+    total = sum(raw.values())
+    return {name: value / total for name, value in raw.items()}
+
+
+def _files(file_patterns: Sequence[str]) -> list[str]:
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {list(file_patterns)}")
+    return files
+
+
+def _parsed(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    spec = tf_transform_output.transformed_feature_spec()
+    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP").map(
+        lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
+    task_ids = _parsed(file_patterns, tf_transform_output).map(lambda f: f["task_id"])
+    counts = task_ids.reduce(tf.zeros([len(TASKS)], tf.int64), lambda acc, t: acc + tf.one_hot(t, len(TASKS), dtype=tf.int64))
+    return {task.name: int(n) for task, n in zip(TASKS, counts.numpy())}
+
+
+def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> dict[str, tf.Tensor]:
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1))
+    length = tf.maximum(length, 1)
+    sequence_keys = set(SEQUENCE_FEATURES) | {k for h in heads if h.kind is HeadKind.TOKEN for k in (h.label_key, h.weight_key)}
+    return {k: (v[:, :length] if k in sequence_keys else v) for k, v in features.items()}
+
+
+def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
+    inputs = {k: features[k] for k in MODEL_INPUTS}
+    labels = {h.name: features[h.label_key] for h in heads}
+    weights = {h.name: features[h.weight_key] for h in heads}
+    return inputs, labels, weights
+
+
+def training_dataset(
+    file_patterns: Sequence[str],
+    tf_transform_output: tft.TFTransformOutput,
+    heads: Sequence[Head],
+    batch_size: int,
+    weights: dict[str, float],
+    seed: int,
+) -> tf.data.Dataset:
+    """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights."""
+    parsed = _parsed(file_patterns, tf_transform_output)
+    task_index = {t.name: i for i, t in enumerate(TASKS)}
+    streams = [
+        parsed.filter(lambda f, i=task_index[name]: tf.equal(f["task_id"], i))
+        .cache()
+        .shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        for name in weights
+    ]
+    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=seed)
+    return (
+        mixed.batch(batch_size, drop_remainder=True)
+        .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def evaluation_dataset(
+    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], batch_size: int
+) -> tf.data.Dataset:
+    """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch."""
+    return (
+        _parsed(file_patterns, tf_transform_output)
+        .cache()
+        .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def describe_weights(weights: dict[str, float], counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {weights[name]:.0%} of batches ({counts[name]} examples)" for name in weights)
+

@@ -1,0 +1,265 @@
+"""Per-head metrics, defined once and used by the Evaluator (through TFMA) and by tests.
+
+Each metric is a small *scorer* that accumulates one example at a time and merges with others, so
+it runs as a Beam combiner in TFMA and as a plain loop anywhere else:
+
+- ``accuracy`` / ``token_accuracy``: weighted share of correct argmax predictions (token heads count
+  only real, labelled words: the weights are 0 on padding);
+- ``auc``: ROC AUC of the last class's probability (binary heads), exact (Mann-Whitney);
+- ``entity_f1`` / ``entity_precision`` / ``entity_recall``: exact-span, exact-type entity matching
+  over IOB2 tags, as conlleval computes it (an ``I-X`` that does not continue an ``X`` starts one);
+- ``semeval_macro_f1``: the official SemEval-2010 Task 8 score, macro-averaged F1 over the 9
+  relation types with direction taken into account and ``Other`` excluded. Per type R: correct = gold
+  and prediction are the same directed label; precision = correct / predictions of R in either
+  direction; recall = correct / gold examples of R in either direction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from tensorflow_model_analysis.metrics import metric_types
+
+from model.tasks import SEMEVAL_RELATIONS, Head, all_heads
+
+# -- entity chunks (conlleval) ------------------------------------------------------------------
+
+
+def iob2_chunks(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """Entities of an IOB2 tag sequence as (type, start, end) with end exclusive."""
+    chunks, start, kind = set(), None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, tag_kind = tag.partition("-")
+        continues = prefix == "I" and tag_kind == kind
+        if start is not None and not continues:
+            chunks.add((kind, start, i))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and not continues):
+            start, kind = i, tag_kind
+    return chunks
+
+
+def precision_recall_f1(correct: float, predicted: float, gold: float) -> tuple[float, float, float]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def relation_type(label: str) -> str:
+    return label.split("(")[0]
+
+
+def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str]) -> float:
+    # the official scorer averages over all 9 types of the task, also over one absent from the data
+    types = sorted({relation_type(label) for label in SEMEVAL_RELATIONS} - {"Other"})
+    scores = []
+    for kind in types:
+        correct = sum(g == p and relation_type(g) == kind for g, p in zip(gold, predicted))
+        n_predicted = sum(relation_type(p) == kind for p in predicted)
+        n_gold = sum(relation_type(g) == kind for g in gold)
+        scores.append(precision_recall_f1(correct, n_predicted, n_gold)[2])
+    return float(np.mean(scores))
+
+
+# -- scorers ------------------------------------------------------------------------------------
+
+
+class Scorer:
+    """Accumulates one example at a time: ``add(label_ids, probabilities, weights)``."""
+
+    def __init__(self, head: Head):
+        self.head = head
+
+    def add(self, labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: "Scorer") -> None:
+        raise NotImplementedError
+
+    def result(self) -> float:
+        raise NotImplementedError
+
+
+class Accuracy(Scorer):
+    def __init__(self, head: Head):
+        super().__init__(head)
+        self.correct = self.total = 0.0
+
+    def add(self, labels, probabilities, weights):
+        hits = np.argmax(probabilities, axis=-1) == labels
+        self.correct += float(np.sum(hits * weights))
+        self.total += float(np.sum(weights))
+
+    def merge(self, other):
+        self.correct += other.correct
+        self.total += other.total
+
+    def result(self):
+        return self.correct / self.total if self.total else 0.0
+
+
+class BinaryAUC(Scorer):
+    def __init__(self, head: Head):
+        super().__init__(head)
+        self.scores: list[float] = []
+        self.positives: list[bool] = []
+
+    def add(self, labels, probabilities, weights):
+        if float(np.sum(weights)) > 0:
+            self.scores.append(float(np.reshape(probabilities, [-1])[-1]))
+            self.positives.append(int(np.reshape(labels, [-1])[0]) == self.head.num_labels - 1)
+
+    def merge(self, other):
+        self.scores += other.scores
+        self.positives += other.positives
+
+    def result(self):
+        scores, positives = np.asarray(self.scores), np.asarray(self.positives, bool)
+        n_pos, n_neg = positives.sum(), (~positives).sum()
+        if not n_pos or not n_neg:
+            return 0.0
+        order = np.argsort(scores, kind="mergesort")
+        ranks = np.empty(len(scores))
+        ranks[order] = np.arange(1, len(scores) + 1)
+        for value in np.unique(scores):  # average ranks of ties
+            tied = scores == value
+            ranks[tied] = ranks[tied].mean()
+        return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+class EntityScorer(Scorer):
+    def __init__(self, head: Head, which: str = "f1"):
+        super().__init__(head)
+        self.which = which
+        self.correct = self.predicted = self.gold = 0
+
+    def add(self, labels, probabilities, weights):
+        real = np.asarray(weights) > 0
+        names = np.asarray(self.head.labels)
+        gold = iob2_chunks(names[np.asarray(labels)[real]])
+        predicted = iob2_chunks(names[np.argmax(probabilities, axis=-1)[real]])
+        self.correct += len(gold & predicted)
+        self.predicted += len(predicted)
+        self.gold += len(gold)
+
+    def merge(self, other):
+        self.correct += other.correct
+        self.predicted += other.predicted
+        self.gold += other.gold
+
+    def result(self):
+        precision, recall, f1 = precision_recall_f1(self.correct, self.predicted, self.gold)
+        return {"precision": precision, "recall": recall, "f1": f1}[self.which]
+
+
+class SemEvalScorer(Scorer):
+    def __init__(self, head: Head):
+        super().__init__(head)
+        self.gold: list[str] = []
+        self.predicted: list[str] = []
+
+    def add(self, labels, probabilities, weights):
+        if float(np.sum(weights)) > 0:
+            self.gold.append(self.head.labels[int(np.reshape(labels, [-1])[0])])
+            self.predicted.append(self.head.labels[int(np.argmax(probabilities))])
+
+    def merge(self, other):
+        self.gold += other.gold
+        self.predicted += other.predicted
+
+    def result(self):
+        return semeval_macro_f1(self.gold, self.predicted)
+
+
+SCORERS = {
+    "accuracy": Accuracy,
+    "token_accuracy": Accuracy,
+    "auc": BinaryAUC,
+    "entity_f1": lambda head: EntityScorer(head, "f1"),
+    "entity_precision": lambda head: EntityScorer(head, "precision"),
+    "entity_recall": lambda head: EntityScorer(head, "recall"),
+    "semeval_macro_f1": SemEvalScorer,
+}
+
+
+def make_scorer(metric: str, head: Head) -> Scorer:
+    if metric not in SCORERS:
+        raise KeyError(f"unknown metric {metric!r} for head {head.name!r}; known: {sorted(SCORERS)}")
+    return SCORERS[metric](head)
+
+
+def _head(name: str) -> Head:
+    for head in all_heads():
+        if head.name == name:
+            return head
+    raise KeyError(f"unknown head {name!r}")
+
+
+def score(metric: str, head: Head, examples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """The metric over (label_ids, probabilities, weights) examples, outside of TFMA."""
+    scorer = make_scorer(metric, head)
+    for labels, probabilities, weights in examples:
+        scorer.add(np.asarray(labels), np.asarray(probabilities), np.asarray(weights))
+    return scorer.result()
+
+
+# -- TFMA ---------------------------------------------------------------------------------------
+
+
+class _HeadMetricCombiner(beam.CombineFn):
+    def __init__(self, key: metric_types.MetricKey, metric: str, head_name: str):
+        self._key, self._metric, self._head_name = key, metric, head_name
+
+    def create_accumulator(self) -> Scorer:
+        return make_scorer(self._metric, _head(self._head_name))
+
+    def add_input(self, scorer: Scorer, element: metric_types.StandardMetricInputs) -> Scorer:
+        name, output = self._key.model_name, self._key.output_name
+        labels = np.asarray(element.get_labels(name, output))
+        probabilities = np.asarray(element.get_predictions(name, output))
+        weights = element.get_example_weights(name, output)
+        weights = np.ones(labels.shape) if weights is None else np.reshape(np.asarray(weights), labels.shape)
+        scorer.add(labels, probabilities, weights)
+        return scorer
+
+    def merge_accumulators(self, scorers: Iterable[Scorer]) -> Scorer:
+        scorers = iter(scorers)
+        result = next(scorers)
+        for other in scorers:
+            result.merge(other)
+        return result
+
+    def extract_output(self, scorer: Scorer) -> dict[metric_types.MetricKey, float]:
+        return {self._key: scorer.result()}
+
+
+class HeadMetric(metric_types.Metric):
+    """A ``model.metrics`` scorer as a TFMA metric, for the head given as the spec's output name."""
+
+    def __init__(self, name: str = "accuracy", metric: str | None = None):
+        super().__init__(self._computations, name=name, metric=metric or name)
+
+    @staticmethod
+    def _computations(name: str, metric: str, eval_config=None, model_names=None, output_names=None,
+                      sub_keys=None, aggregation_type=None, class_weights=None, example_weighted=False,
+                      query_key=None) -> metric_types.MetricComputations:  # fmt: skip
+        computations = []
+        for model_name in model_names or [""]:
+            for output_name in output_names or [""]:
+                key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                             example_weighted=example_weighted)  # fmt: skip
+                computations.append(metric_types.MetricComputation(
+                    keys=[key], preprocessors=None, combiner=_HeadMetricCombiner(key, metric, output_name)))  # fmt: skip
+        return computations
+
+
+metric_types.register_metric(HeadMetric)
+
+
+def tfma_metric_config(metric: str) -> dict[str, Any]:
+    """Keyword arguments of ``tfma.MetricConfig`` for one of our metrics."""
+    return {"class_name": "HeadMetric", "module": __name__, "config": json.dumps({"name": metric, "metric": metric})}

@@ -1,0 +1,161 @@
+"""The serving SavedModel: raw inputs in, readable labels and scores out, no Python in the graph.
+
+Signatures (every output is batched on axis 0; T is the longest sentence of the request):
+
+- ``analyze`` (also ``serving_default``): ``text`` string [B] ->
+  ``tokens`` string [B, T] ("" padding), ``length`` int32 [B], and for each sentence head
+  ``<head>_label`` string [B], ``<head>_probability`` float [B], ``<head>_probabilities`` float [B, C];
+  for each token head ``<head>_tags`` string [B, T] ("" padding).
+- ``analyze_tokens``: the same on pre-split words, ``tokens`` string [B, T] padded with "" (used
+  to score token tasks on a corpus's own tokens).
+- ``relation``: ``text`` string [B], ``e1_start``, ``e1_end``, ``e2_start``, ``e2_end`` int64 [B]
+  (character offsets, end exclusive) -> ``relation_label``, ``relation_probability``,
+  ``relation_probabilities`` for each entity-pair head.
+- ``serving_tf_example``: ``examples`` serialized tf.Example [B] -> per-head probabilities at full
+  length (the Evaluator's view).
+- ``transform_features``: ``examples`` -> Transform's output features (TFMA reads labels from it).
+
+Which heads go where follows from ``model/tasks.py``: entity-pair heads need spans and get their own
+signature, named after their task; all other heads answer ``analyze``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from model.preprocessing import MODEL_INPUTS
+from model.tasks import Head, HeadKind, Task
+
+DEFAULT_SIGNATURE = "analyze"
+EXAMPLES_SIGNATURE = "serving_tf_example"
+TRANSFORM_SIGNATURE = "transform_features"
+
+
+def _sparse_rows(values: tf.Tensor) -> tf.SparseTensor:
+    """[B] or [B, N] dense values as a [B, N] SparseTensor holding every value (zeros included)."""
+    values = values if values.shape.rank == 2 else values[:, None]
+    shape = tf.shape(values, out_type=tf.int64)
+    indices = tf.where(tf.ones_like(values, tf.bool))
+    return tf.SparseTensor(indices, tf.reshape(values, [-1]), shape)
+
+
+class ServingModule(tf.Module):
+    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task]):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self._raw_spec = tf_transform_output.raw_feature_spec()
+        self._tasks = tuple(tasks)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _raw_features(self, batch_size: tf.Tensor, **given: tf.SparseTensor) -> dict[str, tf.SparseTensor]:
+        """Every raw feature Transform expects: the given ones, and empty ones for the rest (labels...)."""
+        features = {}
+        for name, spec in self._raw_spec.items():
+            if name in given:
+                features[name] = given[name]
+            else:
+                features[name] = tf.SparseTensor(
+                    tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype), tf.stack([tf.cast(batch_size, tf.int64), 0])
+                )
+        return features
+
+    def _run(self, raw: dict[str, tf.SparseTensor], trim: bool) -> tuple[dict, dict, tf.Tensor]:
+        transformed = self.tft_layer(raw)
+        lengths = tf.reduce_sum(tf.cast(transformed["token_ids"] > 0, tf.int32), axis=1)
+        if trim:
+            longest = tf.maximum(tf.reduce_max(lengths), 1)
+            transformed = {k: (v[:, :longest] if k in MODEL_INPUTS + ("words",) else v) for k, v in transformed.items()}
+        logits = self.model({k: transformed[k] for k in MODEL_INPUTS}, training=False)
+        return transformed, logits, lengths
+
+    def _head_outputs(self, heads: Sequence[Head], logits: dict, transformed: dict) -> dict[str, tf.Tensor]:
+        outputs = {}
+        mask = transformed["token_ids"] > 0
+        for head in heads:
+            probabilities = tf.nn.softmax(logits[head.name], axis=-1)
+            best = tf.argmax(probabilities, axis=-1)
+            labels = tf.gather(tf.constant(head.labels), best)
+            if head.kind is HeadKind.TOKEN:
+                outputs[f"{head.name}_tags"] = tf.where(mask, labels, "")
+            else:
+                outputs[f"{head.name}_label"] = labels
+                outputs[f"{head.name}_probability"] = tf.reduce_max(probabilities, axis=-1)
+                outputs[f"{head.name}_probabilities"] = probabilities
+        return outputs
+
+    def _analyze_heads(self) -> list[Head]:
+        return [h for t in self._tasks for h in t.heads if h.kind is not HeadKind.ENTITY_PAIR]
+
+    def _analyze(self, raw: dict) -> dict[str, tf.Tensor]:
+        transformed, logits, lengths = self._run(raw, trim=True)
+        outputs = {"tokens": transformed["words"], "length": lengths}
+        outputs.update(self._head_outputs(self._analyze_heads(), logits, transformed))
+        return outputs
+
+    # -- signatures ------------------------------------------------------------------------------
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def analyze(self, text):
+        return self._analyze(self._raw_features(tf.shape(text)[0], text=_sparse_rows(text)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="tokens")])
+    def analyze_tokens(self, tokens):
+        # from_dense drops the "" padding, leaving each row's real words
+        return self._analyze(self._raw_features(tf.shape(tokens)[0], tokens=tf.sparse.from_dense(tokens)))
+
+    def relation_signature(self, task: Task) -> tf.types.experimental.ConcreteFunction:
+        heads = [h for h in task.heads if h.kind is HeadKind.ENTITY_PAIR]
+        span_fields = [f.name for f in task.fields if f.kind.value == "char_span"]
+        assert len(span_fields) == 2, task
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([None], tf.int64, name="e1_start"), tf.TensorSpec([None], tf.int64, name="e1_end"),
+            tf.TensorSpec([None], tf.int64, name="e2_start"), tf.TensorSpec([None], tf.int64, name="e2_end"),
+        ])  # fmt: skip
+        def relation(text, e1_start, e1_end, e2_start, e2_end):
+            raw = self._raw_features(
+                tf.shape(text)[0],
+                text=_sparse_rows(text),
+                **{span_fields[0]: _sparse_rows(tf.stack([e1_start, e1_end], axis=1)),
+                   span_fields[1]: _sparse_rows(tf.stack([e2_start, e2_end], axis=1))},
+            )  # fmt: skip
+            transformed, logits, _ = self._run(raw, trim=True)
+            return self._head_outputs(heads, logits, transformed)
+
+        return relation.get_concrete_function()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serving_tf_example(self, examples):
+        raw = tf.io.parse_example(examples, self._raw_spec)
+        _, logits, _ = self._run(raw, trim=False)
+        return {name: tf.nn.softmax(value, axis=-1) for name, value in logits.items()}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(self, examples):
+        return self.tft_layer(tf.io.parse_example(examples, self._raw_spec))
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        analyze = self.analyze.get_concrete_function()
+        signatures = {
+            "serving_default": analyze,
+            DEFAULT_SIGNATURE: analyze,
+            "analyze_tokens": self.analyze_tokens.get_concrete_function(),
+            EXAMPLES_SIGNATURE: self.serving_tf_example.get_concrete_function(),
+            TRANSFORM_SIGNATURE: self.transform_features.get_concrete_function(),
+        }
+        for task in self._tasks:
+            if any(h.kind is HeadKind.ENTITY_PAIR for h in task.heads):
+                signatures[task.name] = self.relation_signature(task)
+        return signatures
+
+
+def export_serving_model(
+    model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task], export_dir: str
+) -> None:
+    module = ServingModule(model, tf_transform_output, tasks)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())

@@ -1,0 +1,109 @@
+"""Every hyper-parameter and pipeline setting, in one place, with the two profiles ``quick`` and ``full``.
+
+The Trainer and Transform receive the relevant parts as ``custom_config`` (plain JSON-able dicts), so
+the same values reach them under the local runner and on Kubeflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_dim: int = 256
+    dropout: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+    # Sentences are truncated to this many words. 99.9 % of the bundled sentences are shorter.
+    max_length: int = 128
+    # Words kept in the vocabulary (most frequent first); rarer words share OOV buckets.
+    vocabulary_size: int = 20_000
+    min_word_frequency: int = 2
+    num_oov_buckets: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 32  # global batch, split across replicas
+    train_steps: int = 400
+    eval_steps: int = 20
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.1
+    # How tasks are mixed in a batch: "proportional" (to their number of examples),
+    # "temperature" (proportional to n ** (1 / T); T=1 is proportional, large T is uniform) or "uniform".
+    task_sampling: str = "temperature"
+    sampling_temperature: float = 2.0
+    # MirroredStrategy replicas on a CPU-only machine (logical CPU devices); all GPUs are used when present.
+    cpu_replicas: int = 2
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadGate:
+    """Blessing rule for one head on its primary metric."""
+
+    lower_bound: float  # the candidate must reach at least this
+    tolerance: float  # once a baseline exists, it may not drop more than this below it
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    profile: str
+    model_name: str = "mtnlp"
+    tasks: tuple[str, ...] = ("tagging", "sentiment", "relation")
+    # Records read per task and split at ingest (None: all). Keeps the quick profile fast.
+    max_records_per_split: int | None = None
+    # The run fails when more than this fraction of a file's records are malformed.
+    max_rejected_fraction: float = 0.01
+    model: ModelConfig = ModelConfig()
+    transform: TransformConfig = TransformConfig()
+    training: TrainingConfig = TrainingConfig()
+    gates: dict[str, HeadGate] = dataclasses.field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Lower bounds are sanity floors (a broken model fails them); the tolerance guards against regressions.
+_QUICK_GATES = {
+    "sentiment": HeadGate(lower_bound=0.55, tolerance=0.05),
+    "pos": HeadGate(lower_bound=0.30, tolerance=0.05),
+    "ner": HeadGate(lower_bound=0.0, tolerance=0.10),
+    "relation": HeadGate(lower_bound=0.0, tolerance=0.10),
+}
+_FULL_GATES = {
+    "sentiment": HeadGate(lower_bound=0.75, tolerance=0.02),
+    "pos": HeadGate(lower_bound=0.85, tolerance=0.01),
+    "ner": HeadGate(lower_bound=0.30, tolerance=0.03),
+    "relation": HeadGate(lower_bound=0.30, tolerance=0.03),
+}
+
+PROFILES: dict[str, PipelineConfig] = {
+    # At most ~10 minutes end to end on 2 CPU cores.
+    "quick": PipelineConfig(
+        profile="quick",
+        max_records_per_split=1500,
+        model=ModelConfig(embedding_dim=96, num_layers=2, num_heads=4, intermediate_dim=192),
+        training=TrainingConfig(batch_size=32, train_steps=600, eval_steps=10, learning_rate=2e-3),
+        gates=_QUICK_GATES,
+    ),
+    "full": PipelineConfig(
+        profile="full",
+        model=ModelConfig(embedding_dim=256, num_layers=4, num_heads=8, intermediate_dim=512),
+        training=TrainingConfig(batch_size=64, train_steps=8000, eval_steps=50, learning_rate=1e-3),
+        gates=_FULL_GATES,
+    ),
+}
+
+
+def get_config(profile: str, **overrides: Any) -> PipelineConfig:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return dataclasses.replace(PROFILES[profile], **overrides)

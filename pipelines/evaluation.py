@@ -1,0 +1,49 @@
+"""The Evaluator's TFMA configuration, derived from the task heads and the blessing gates.
+
+TFMA runs the candidate's ``serving_tf_example`` signature on the raw evaluation examples and reads
+labels and per-head weights from the ``transform_features`` signature, so it scores exactly what
+the Trainer optimised. Each head gets its metrics from ``model/metrics.py``; its primary metric
+carries the gate: an absolute lower bound, and once a blessed model exists, at most ``tolerance``
+below that baseline.
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_analysis as tfma
+
+from model.metrics import tfma_metric_config
+from model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
+from model.tasks import all_heads, select_tasks
+from pipelines.config import HeadGate, PipelineConfig
+
+
+def _threshold(gate: HeadGate) -> tfma.MetricThreshold:
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.lower_bound}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -gate.tolerance}
+        ),
+    )
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    heads = all_heads(select_tasks(config.tasks))
+    metrics_specs = []
+    for head in heads:
+        metric_configs = []
+        for metric in head.metrics:
+            gate = config.gates.get(head.name) if metric == head.primary_metric else None
+            metric_configs.append(tfma.MetricConfig(**tfma_metric_config(metric), threshold=_threshold(gate) if gate else None))
+        metrics_specs.append(tfma.MetricsSpec(output_names=[head.name], metrics=metric_configs))
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=EXAMPLES_SIGNATURE,
+                preprocessing_function_names=[TRANSFORM_SIGNATURE],
+                label_keys={h.name: h.label_key for h in heads},
+                example_weight_keys={h.name: h.weight_key for h in heads},
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=metrics_specs,
+    )

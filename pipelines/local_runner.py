@@ -1,0 +1,58 @@
+"""Runs the pipeline on this machine: LocalDagRunner, Beam DirectRunner, SQLite ML Metadata.
+
+Workdir layout: ``pipeline_root/`` (artifacts), ``metadata.sqlite``, ``serving_model/<model_name>/<version>/``
+(what TF Serving polls) and ``run_summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from pipelines.config import PipelineConfig
+
+PIPELINE_NAME = "mtnlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    root: str
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.root, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.root, "metadata.sqlite")
+
+    def serving_model_dir(self, model_name: str) -> str:
+        return os.path.join(self.root, "serving_model", model_name)
+
+    @property
+    def summary_path(self) -> str:
+        return os.path.join(self.root, "run_summary.json")
+
+
+def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable_cache: bool = True) -> None:
+    # Logical CPU devices for MirroredStrategy must exist before any component initializes TensorFlow.
+    from model import devices
+
+    devices.configure_cpu_replicas(config.training.cpu_replicas)
+
+    from tfx import v1 as tfx
+
+    from pipelines.pipeline import create_pipeline
+
+    os.makedirs(workdir.root, exist_ok=True)
+    pipeline = create_pipeline(
+        pipeline_name=PIPELINE_NAME,
+        pipeline_root=workdir.pipeline_root,
+        data_root=os.path.abspath(data_root),
+        serving_model_dir=os.path.abspath(workdir.serving_model_dir(config.model_name)),
+        config=config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(workdir.metadata_path),
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        enable_cache=enable_cache,
+    )
+    tfx.orchestration.LocalDagRunner().run(pipeline)

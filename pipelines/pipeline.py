@@ -1,0 +1,113 @@
+"""The multi-task pipeline: ``create_pipeline`` only wires components; runners choose where it runs.
+
+JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomaliesGate
+-> Transform -> Trainer -> Evaluator (against the latest blessed model) -> Pusher (blessed only).
+
+Transform and Trainer reference their functions by import path, not ``module_file``: nothing is
+built or uploaded at compile time, and Transform stays cached when only training code changes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+
+from components import versioned_pusher
+from components.anomalies_gate import AnomaliesGate
+from components.jsonl_example_gen import JsonlExampleGen
+from pipelines import evaluation
+from pipelines.config import PipelineConfig
+from pipelines.schema import SCHEMA_PATH
+
+PREPROCESSING_FN = "model.preprocessing.preprocessing_fn"
+RUN_FN = "model.trainer.run_fn"
+
+# One file per task folder and split; the folder name is the task.
+INPUT_CONFIG = example_gen_pb2.Input(
+    splits=[
+        example_gen_pb2.Input.Split(name="train", pattern="*/train.jsonl*"),
+        example_gen_pb2.Input.Split(name="eval", pattern="*/validation.jsonl*"),
+    ]
+)
+
+
+class VersionedPusher(tfx.components.Pusher):
+    """TFX's Pusher with versions 1, 2, ... published atomically (see components/versioned_pusher.py)."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(versioned_pusher.Executor)
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    config: PipelineConfig,
+    metadata_connection_config=None,
+    beam_pipeline_args: Sequence[str] = (),
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    example_gen = JsonlExampleGen(
+        input_base=data_root,
+        input_config=INPUT_CONFIG,
+        tasks=config.tasks,
+        max_records_per_split=config.max_records_per_split,
+        max_rejected_fraction=config.max_rejected_fraction,
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=config.to_json_dict()["transform"],
+    )
+    transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        custom_config=config.to_json_dict(),
+    )
+
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        eval_config=evaluation.eval_config(config),
+    )
+    pusher = VersionedPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        ),
+    )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform,
+                    trainer, latest_blessed_model, evaluator, pusher],  # fmt: skip
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args),
+    )

@@ -1,0 +1,147 @@
+"""The run summary: what each component did, the new model's per-head metrics, blessing and push.
+
+Everything is read back from ML Metadata and the run's artifacts, so the summary describes what the
+orchestrator recorded (cached components included), not what the runner believes it ran.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+def _store(metadata_path: str) -> mlmd.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return mlmd.MetadataStore(config)
+
+
+def _property(artifact: metadata_store_pb2.Artifact, name: str) -> Any:
+    if name not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[name]
+    return getattr(value, value.WhichOneof("value"))
+
+
+def _metrics(evaluation_uri: str) -> tuple[dict, dict]:
+    """({head: {metric: value}}, {head: {metric: change vs baseline}}) from a TFMA evaluation."""
+    import tensorflow_model_analysis as tfma
+
+    values: dict[str, dict[str, float]] = {}
+    deltas: dict[str, dict[str, float]] = {}
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        if metrics_for_slice.slice_key.single_slice_keys:
+            continue  # the overall slice only
+        for entry in metrics_for_slice.metric_keys_and_values:
+            key = entry.key
+            if key.model_name == "baseline" or not entry.value.HasField("double_value"):
+                continue
+            target = deltas if key.is_diff else values
+            target.setdefault(key.output_name, {})[key.name] = round(entry.value.double_value.value, 4)
+    return values, deltas
+
+
+def _validation_failures(evaluation_uri: str) -> list[str]:
+    import tensorflow_model_analysis as tfma
+
+    try:
+        result = tfma.load_validation_result(evaluation_uri)
+    except Exception:  # noqa: BLE001 - no validation result when the Evaluator had no thresholds
+        return []
+    failures = []
+    for slice_failures in result.metric_validations_per_slice:
+        for failure in slice_failures.failures:
+            failures.append(f"{failure.metric_key.output_name}/{failure.metric_key.name}: {failure.message}")
+    return failures
+
+
+def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
+    store = _store(metadata_path)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return {"components": []}
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    node_type = store.get_context_type("node").id
+    artifact_types = {t.id: t.name for t in store.get_artifact_types()}
+
+    summary: dict[str, Any] = {"run_id": run.name, "components": []}
+    for execution in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+        component = nodes[0].split(".", 1)[-1] if nodes else execution.type
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+        summary["components"].append({"component": component, "state": state, "seconds": round(seconds, 1)})
+
+        events = store.get_events_by_execution_ids([execution.id])
+        outputs = store.get_artifacts_by_id([e.artifact_id for e in events if e.type in _OUTPUT_EVENTS])
+        for artifact in outputs:
+            kind = artifact_types.get(artifact.type_id)
+            if kind == "ModelEvaluation":
+                summary["metrics"], deltas = _metrics(artifact.uri)
+                if deltas:
+                    summary["metric_deltas"] = deltas
+                summary["evaluation_uri"] = artifact.uri
+            elif kind == "ModelBlessing":
+                summary["blessed"] = bool(_property(artifact, "blessed"))
+                if not summary["blessed"]:
+                    summary["blessing_failures"] = _validation_failures(
+                        summary.get("evaluation_uri", artifact.uri.replace("blessing", "evaluation"))
+                    )
+            elif kind == "PushedModel":
+                summary["pushed"] = bool(_property(artifact, "pushed"))
+                if summary["pushed"]:
+                    summary["pushed_to"] = _property(artifact, "pushed_destination")
+                    summary["pushed_version"] = int(_property(artifact, "pushed_version"))
+            elif kind == "ModelRun":
+                summary["tensorboard_logdir"] = artifact.uri
+            elif kind == "mtnlp.RejectedRecords":
+                from components.jsonl_example_gen.executor import read_rejected_summary
+
+                summary["ingest"] = read_rejected_summary(artifact.uri)
+                summary["rejected_records_uri"] = artifact.uri
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["", f"Pipeline run {summary.get('run_id', '?')} ({summary.get('status', '?')}, "
+                 f"{summary.get('wall_seconds', 0):.0f} s wall)"]  # fmt: skip
+    lines.append(f"  {'component':<32} {'state':<10} {'seconds':>8}")
+    for c in summary["components"]:
+        lines.append(f"  {c['component']:<32} {c['state']:<10} {c['seconds']:>8.1f}")
+    for split, files in summary.get("ingest", {}).items():
+        total = sum(f["records"] for f in files.values())
+        rejected = sum(f["rejected"] for f in files.values())
+        lines.append(f"  ingest {split}: {total - rejected} records, {rejected} rejected")
+    if summary.get("metrics"):
+        lines.append("  metrics of the new model (validation split):")
+        deltas = summary.get("metric_deltas", {})
+        for head, metrics in sorted(summary["metrics"].items()):
+            shown = []
+            for name, value in metrics.items():
+                if name.startswith("example_count") or name.startswith("weighted_example_count"):
+                    continue
+                delta = deltas.get(head, {}).get(name)
+                shown.append(f"{name}={value:.4f}" + (f" ({delta:+.4f} vs baseline)" if delta is not None else ""))
+            lines.append(f"    {head:<10} " + "  ".join(shown))
+    if "blessed" in summary:
+        lines.append(f"  blessed: {'yes' if summary['blessed'] else 'no'}")
+        for failure in summary.get("blessing_failures", []):
+            lines.append(f"    failed: {failure}")
+    if summary.get("pushed"):
+        lines.append(f"  pushed: version {summary['pushed_version']} -> {summary['pushed_to']}")
+    elif "pushed" in summary:
+        lines.append("  pushed: no (not blessed); the serving model is unchanged")
+    if summary.get("error"):
+        lines.append(f"  error: {summary['error']}")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
