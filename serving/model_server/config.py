@@ -43,3 +43,24 @@ def monitoring_config(path: str):
 
 def ssl_config(path: str):
     return parse_text_proto(path, SSLConfig())
+
+
+def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
+    which = config.WhichOneof("config")
+    if which != "model_config_list":
+        raise invalid_argument("ServerModelConfig type not supported. Only ModelConfigList is currently supported")
+    seen: set[str] = set()
+    for mc in config.model_config_list.config:
+        if not mc.name:
+            raise invalid_argument("Model config has an empty name")
+        if mc.name in seen:
+            raise invalid_argument(f"Illegal to list model {mc.name} 2 times in config list")
+        seen.add(mc.name)
+        if not mc.base_path:
+            raise invalid_argument(f"Model {mc.name} has an empty base_path")
+        if mc.model_platform not in ("", "tensorflow"):
+            raise invalid_argument(f"Model {mc.name} has model_platform '{mc.model_platform}'; "
+                                   f"only 'tensorflow' is supported")
+        if mc.model_version_policy.WhichOneof("policy_choice") == "specific" and \
+                not mc.model_version_policy.specific.versions:
+            raise invalid_argument(f"Model {mc.name}: the 'specific' version policy lists no versions")

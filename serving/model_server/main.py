@@ -10,7 +10,7 @@ import threading
 from typing import Sequence
 
 # Quiet TF/gRPC before they are imported; --verbose brings the detail back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if "--verbose" in sys.argv else "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from . import flags as flagmod  # noqa: E402
@@ -46,33 +46,45 @@ def _configure_tf(values: dict) -> None:
         log.warning("tensorflow_text is not installed: models using TF Text ops will fail to load")
 
 
-class ModelServer:
-    """The assembled server; `start()` loads the models and opens the ports, `wait()` blocks."""
+class Configs:
+    """Every config file named by the flags, parsed and checked before TensorFlow is even imported."""
 
     def __init__(self, values: dict) -> None:
         from . import config as cfg
         from .batching import BatchOptions
-        from .manager import Manager, ManagerOptions
-        from .metrics import Metrics
         from .protos import BatchingParameters
 
-        self.values = values
-        self.metrics = Metrics()
         if values["model_config_file"]:
             self.model_config = cfg.model_server_config(values["model_config_file"])
+            cfg.validate_config(self.model_config)
         else:
             self.model_config = cfg.single_model_config(values["model_name"], values["model_base_path"])
-        batching = None
+        self.batching = None
         if values["enable_batching"]:
             params = cfg.batching_parameters(values["batching_parameters_file"]) \
                 if values["batching_parameters_file"] else BatchingParameters()
-            batching = BatchOptions.from_proto(params)
+            self.batching = BatchOptions.from_proto(params)
         self.prometheus_path = None
         if values["monitoring_config_file"]:
             mon = cfg.monitoring_config(values["monitoring_config_file"])
             if mon.prometheus_config.enable:
                 self.prometheus_path = mon.prometheus_config.path or "/monitoring/prometheus/metrics"
         self.ssl = cfg.ssl_config(values["ssl_config_file"]) if values["ssl_config_file"] else None
+
+
+class ModelServer:
+    """The assembled server; `start()` loads the models and opens the ports, `wait()` blocks."""
+
+    def __init__(self, values: dict, configs: "Configs") -> None:
+        from .manager import Manager, ManagerOptions
+        from .metrics import Metrics
+
+        self.values = values
+        self.metrics = Metrics()
+        self.model_config = configs.model_config
+        batching = configs.batching
+        self.prometheus_path = configs.prometheus_path
+        self.ssl = configs.ssl
         self.manager = Manager(ManagerOptions(
             saved_model_tags=[t for t in values["saved_model_tags"].split(",") if t],
             enable_model_warmup=values["enable_model_warmup"],
@@ -176,11 +188,16 @@ def run(values: dict) -> int:
     for f in flagmod.FLAGS:
         if not f.supported and values[f.name] != f.default:
             log.warning("--%s is accepted for compatibility with tensorflow_model_server and ignored", f.name)
-    _configure_tf(values)
     from .errors import ServingError
 
     try:
-        server = ModelServer(values)
+        configs = Configs(values)
+    except ServingError as e:
+        print(f"Failed to start server. Error: {e.code_name}: {e.message}", file=sys.stderr)
+        return 1
+    _configure_tf(values)
+    try:
+        server = ModelServer(values, configs)
         server.start()
     except ServingError as e:
         print(f"Failed to start server. Error: {e.code_name}: {e.message}", file=sys.stderr)

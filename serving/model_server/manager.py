@@ -20,6 +20,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from .batching import BatchOptions, BatchScheduler
+from .config import validate_config
 from .errors import ServingError, failed_precondition, from_exception, invalid_argument, not_found
 from .inference import Servable
 from .metrics import Metrics
@@ -80,27 +81,6 @@ def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[
         return [v for v in present if v in wanted]
     n = policy.latest.num_versions if which == "latest" and policy.latest.num_versions > 0 else 1
     return present[-n:]
-
-
-def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
-    which = config.WhichOneof("config")
-    if which != "model_config_list":
-        raise invalid_argument("ServerModelConfig type not supported. Only ModelConfigList is currently supported")
-    seen: set[str] = set()
-    for mc in config.model_config_list.config:
-        if not mc.name:
-            raise invalid_argument("Model config has an empty name")
-        if mc.name in seen:
-            raise invalid_argument(f"Illegal to list model {mc.name} 2 times in config list")
-        seen.add(mc.name)
-        if not mc.base_path:
-            raise invalid_argument(f"Model {mc.name} has an empty base_path")
-        if mc.model_platform not in ("", "tensorflow"):
-            raise invalid_argument(f"Model {mc.name} has model_platform '{mc.model_platform}'; "
-                                   f"only 'tensorflow' is supported")
-        if mc.model_version_policy.WhichOneof("policy_choice") == "specific" and \
-                not mc.model_version_policy.specific.versions:
-            raise invalid_argument(f"Model {mc.name}: the 'specific' version policy lists no versions")
 
 
 class Manager:

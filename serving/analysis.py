@@ -1,0 +1,134 @@
+"""What `mtnlp predict` does with one sentence: call the project model's signatures and shape the answer.
+
+The model's signature contract: `serving_default`/`analyze` (text -> tokens, sentiment, POS and IOB2 NER tags) and
+`relation` (text + two entity character spans -> SemEval-2010 relation). Relation spans come from a marker syntax:
+"The [[company]] makes [[chairs]]." (first marker = e1, second = e2; offsets are into the text without markers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_MARKER = re.compile(r"\[\[(.+?)\]\]")
+TASKS = ("sentiment", "ner", "pos", "relation")
+
+
+@dataclass(frozen=True)
+class Marked:
+    text: str  # markers removed
+    spans: list[tuple[int, int]]  # character offsets into `text`, end exclusive
+
+
+def parse_markers(raw: str) -> Marked:
+    """Strip [[...]] markers; their contents stay in the text and their offsets are recorded."""
+    spans, out, pos = [], [], 0
+    for m in _MARKER.finditer(raw):
+        out.append(raw[pos:m.start()])
+        start = sum(len(p) for p in out)
+        out.append(m.group(1))
+        spans.append((start, start + len(m.group(1))))
+        pos = m.end()
+    out.append(raw[pos:])
+    text = "".join(out)
+    if "[[" in text or "]]" in text:
+        raise ValueError("unbalanced [[ ]] entity markers")
+    return Marked(text, spans)
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def iob2_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """IOB2 tags -> (first token, last token exclusive, type); a stray I- starts a span, as conlleval does."""
+    spans: list[tuple[int, int, str]] = []
+    start, kind = None, None
+    for i, tag in enumerate(tags + ["O"]):
+        prefix, _, t = tag.partition("-")
+        if start is not None and (prefix != "I" or t != kind):
+            spans.append((start, i, kind or ""))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, t
+    return spans
+
+
+def align_tokens(text: str, tokens: list[str]) -> list[tuple[int, int] | None]:
+    """Character offsets of each token in `text` (case-insensitive, in order); None when not found."""
+    low, pos, out = text.lower(), 0, []
+    for tok in tokens:
+        i = low.find(tok.lower(), pos)
+        if i < 0:
+            out.append(None)
+            continue
+        out.append((i, i + len(tok)))
+        pos = i + len(tok)
+    return out
+
+
+def analyze_outputs(outputs: dict[str, Any], text: str) -> dict[str, Any]:
+    """One row of the analyze signature's outputs -> a JSON-able result."""
+    n = int(np.asarray(outputs["length"]).reshape(-1)[0])
+    tokens = [_s(t) for t in np.asarray(outputs["tokens"])[0][:n]]
+    pos = [_s(t) for t in np.asarray(outputs["pos_tags"])[0][:n]]
+    ner = [_s(t) for t in np.asarray(outputs["ner_tags"])[0][:n]]
+    probs = np.asarray(outputs["sentiment_probabilities"], dtype=float)[0].tolist()
+    offsets = align_tokens(text, tokens)
+    entities = []
+    for a, b, kind in iob2_spans(ner):
+        if offsets[a] is not None and offsets[b - 1] is not None:
+            s, e = offsets[a][0], offsets[b - 1][1]  # type: ignore[index]
+            surface = text[s:e]
+        else:
+            s = e = None
+            surface = " ".join(tokens[a:b])
+        entities.append({"text": surface, "type": kind, "start": s, "end": e, "token_start": a, "token_end": b})
+    return {
+        "text": text,
+        "tokens": tokens,
+        "sentiment": {"label": _s(np.asarray(outputs["sentiment_label"]).reshape(-1)[0]),
+                      "probability": float(np.asarray(outputs["sentiment_probability"]).reshape(-1)[0]),
+                      "probabilities": {"negative": probs[0], "positive": probs[1]}},
+        "pos": [{"token": t, "tag": p} for t, p in zip(tokens, pos)],
+        "ner": {"tags": ner, "entities": entities},
+    }
+
+
+def relation_outputs(outputs: dict[str, Any], marked: Marked) -> dict[str, Any]:
+    (s1, e1), (s2, e2) = marked.spans[:2]
+    return {"label": _s(np.asarray(outputs["relation_label"]).reshape(-1)[0]),
+            "probability": float(np.asarray(outputs["relation_probability"]).reshape(-1)[0]),
+            "e1": {"text": marked.text[s1:e1], "start": s1, "end": e1},
+            "e2": {"text": marked.text[s2:e2], "start": s2, "end": e2}}
+
+
+def format_human(result: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:
+    lines = [f"Text:      {result['text']}"]
+    if "sentiment" in tasks and "sentiment" in result:
+        s = result["sentiment"]
+        lines.append(f"Sentiment: {s['label']} (p={s['probability']:.3f})")
+    if "ner" in tasks and "ner" in result:
+        text, pieces, pos = result["text"], [], 0
+        located = [e for e in result["ner"]["entities"] if e["start"] is not None]
+        for e in sorted(located, key=lambda e: e["start"]):
+            pieces.append(text[pos:e["start"]])
+            pieces.append(f"[{text[e['start']:e['end']]}]{e['type']}")
+            pos = e["end"]
+        pieces.append(text[pos:])
+        lines.append(f"Entities:  {''.join(pieces)}")
+        for e in result["ner"]["entities"]:
+            where = f"chars {e['start']}-{e['end']}" if e["start"] is not None else "unaligned"
+            lines.append(f"           {e['type']:<4} {e['text']!r} ({where})")
+        if not result["ner"]["entities"]:
+            lines.append("           (no entities)")
+    if "pos" in tasks and "pos" in result:
+        lines.append("POS:       " + " ".join(f"{p['token']}/{p['tag']}" for p in result["pos"]))
+    if "relation" in tasks and result.get("relation"):
+        r = result["relation"]
+        lines.append(f"Relation:  {r['label']} (p={r['probability']:.3f})  e1={r['e1']['text']!r} "
+                     f"e2={r['e2']['text']!r}")
+    return "\n".join(lines)
