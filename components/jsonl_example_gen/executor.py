@@ -11,7 +11,6 @@ a file's rejected fraction exceeds ``max_rejected_fraction``. Good records are n
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import os
@@ -46,10 +45,10 @@ def task_of_file(path: str) -> str:
     return os.path.basename(os.path.dirname(path))
 
 
-def _read_numbered_lines(path: str, max_lines: int | None) -> Iterator[tuple[str, int, str]]:
+def _read_numbered_lines(path: str, max_lines: int | None) -> Iterator[tuple[str, int, bytes]]:
     with fileio.open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), start=1):
+        for number, line in enumerate(stream, start=1):
             if max_lines is not None and number > max_lines:
                 return
             if line.strip():
@@ -59,10 +58,15 @@ def _read_numbered_lines(path: str, max_lines: int | None) -> Iterator[tuple[str
 class _ParseLine(beam.DoFn):
     """Main output: tf.Examples. Tagged outputs: rejected records, and (file, rejected?) per line."""
 
-    def process(self, element: tuple[str, int, str]):
-        path, number, line = element
+    def process(self, element: tuple[str, int, bytes]):
+        path, number, raw_line = element
         task_name = task_of_file(path)
+        line = raw_line.decode("utf-8", errors="replace")
         try:
+            try:
+                raw_line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
             example = record_to_example(line, get_task(task_name))
         except RecordError as e:
             yield beam.pvalue.TaggedOutput(_COUNTS, (path, (1, 1)))

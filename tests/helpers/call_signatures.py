@@ -1,0 +1,42 @@
+"""Run in a fresh interpreter: loads a pushed SavedModel with Keras imports blocked, calls every
+signature on raw sentences and prints the outputs as JSON. Usage: python call_signatures.py MODEL_DIR"""
+
+import json
+import os
+import sys
+
+# tensorflow_text too: the graph uses core TF string ops only (its Python package also imports Keras).
+BLOCKED = ("keras", "keras_nlp", "keras_hub", "tf_keras", "tensorflow_text")
+# None in sys.modules makes `import keras` raise ImportError and find_spec() report it missing,
+# exactly as if it were not installed (TensorFlow itself copes with that).
+for _name in BLOCKED:
+    sys.modules[_name] = None
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf  # noqa: E402
+
+model = tf.saved_model.load(sys.argv[1])
+sentences = tf.constant(["Apple sued Samsung in California.", "I really love this wonderful movie!"])
+
+
+def plain(outputs):
+    return {k: decoded(v.numpy().tolist()) for k, v in outputs.items()}
+
+
+def decoded(value):
+    if isinstance(value, list):
+        return [decoded(v) for v in value]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+result = {
+    "signatures": sorted(model.signatures.keys()),
+    "analyze": (plain(model.signatures["serving_default"](text=sentences))),
+    "analyze_tokens": (plain(model.signatures["analyze_tokens"](
+        tokens=tf.constant([["Apple", "sued", "Samsung", "in", "California", "."], ["Hi", "!", "", "", "", ""]])))),
+    "relation": (plain(model.signatures["relation"](
+        text=tf.constant(["The company fabricates plastic chairs.", "Smoke came from the fire."]),
+        e1_start=tf.constant([4, 0], tf.int64), e1_end=tf.constant([11, 5], tf.int64),
+        e2_start=tf.constant([30, 20], tf.int64), e2_end=tf.constant([36, 24], tf.int64)))),
+    "blocked_modules_loaded": sorted(m for m, v in sys.modules.items() if m.split(".")[0] in BLOCKED and v is not None),
+}
+print(json.dumps(result))
