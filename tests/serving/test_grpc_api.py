@@ -170,10 +170,8 @@ def test_regress(stub, model, offset):
     assert [r.value for r in resp.result.regressions] == [1.0 + offset, 2.0 + offset]
 
 
-def test_classify_with_context(stub):
-    req = classification_pb2.ClassificationRequest(
-        model_spec=model_pb2.ModelSpec(name="half_plus_two", signature_name="regress"))
-    # regress via the context path: features of the context reach every example
+def test_regress_with_context(stub):
+    # ExampleListWithContext: the context's features reach every example; an example's own features win.
     req = regression_pb2.RegressionRequest(model_spec=model_pb2.ModelSpec(name="half_plus_two",
                                                                           signature_name="regress"))
     req.input.example_list_with_context.context.CopyFrom(example(4.0))
