@@ -31,13 +31,16 @@ def describe_anomalies(anomalies_uri: str, split_names: "list[str]") -> "list[st
     return problems
 
 
-@tfx.dsl.components.component
-def AnomaliesGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
-    """Fails if the ExampleValidator's anomalies are not empty."""
-    split_names = artifact_utils.decode_split_names(anomalies.split_names)
-    problems = describe_anomalies(anomalies.uri, split_names)
+def check_anomalies(anomalies_uri: str, split_names: "list[str]") -> None:
+    problems = describe_anomalies(anomalies_uri, split_names)
     if problems:
         raise DataAnomaliesError(
             "The data does not match the schema (pipelines/schema/schema.pbtxt); training stopped:\n"
             + "\n".join(problems)
         )
+
+
+@tfx.dsl.components.component
+def AnomaliesGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+    """Fails if the ExampleValidator's anomalies are not empty."""
+    check_anomalies(anomalies.uri, artifact_utils.decode_split_names(anomalies.split_names))

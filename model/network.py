@@ -58,3 +58,18 @@ def build_model(
         features = keras.layers.Dropout(dropout, name=f"{head.name}_dropout")(features)
         outputs[head.name] = keras.layers.Dense(head.num_labels, name=head.name)(features)
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
+
+
+def compile_for_heads(model: keras.Model, heads: Sequence[Head], optimizer: keras.optimizers.Optimizer) -> None:
+    """Per-head sparse cross-entropy, each averaged over the examples (or words) that carry its label.
+
+    The sample weights (``<head>_weight`` from Transform) are 0 for examples of other tasks and for
+    padding, so a head learns only from its own labels; ``mean_with_sample_weight`` divides by the
+    weights' sum rather than the batch size, so a head's loss scale does not depend on the task mix.
+    """
+    model.compile(
+        optimizer=optimizer,
+        loss={h.name: keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+              for h in heads},  # fmt: skip
+        weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
+    )

@@ -14,7 +14,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from model import dataset, devices
-from model.network import build_model
+from model.network import build_model, compile_for_heads
 from model.signatures import export_serving_model
 from model.tasks import HeadKind, all_heads, select_tasks
 from model.warmup import write_warmup_requests
@@ -76,13 +76,7 @@ def run_fn(fn_args: FnArgs) -> None:
             warmup_steps=int(total_steps * training["warmup_fraction"]),
             decay_steps=total_steps - int(total_steps * training["warmup_fraction"]),
         )
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
-            # mean over the examples (or words) that carry the head's label, not over the whole batch
-            loss={h.name: keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
-                  for h in heads},  # fmt: skip
-            weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
-        )
+        compile_for_heads(model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
     log.warning("Training %s parameters for %d steps on %d replica(s), global batch %d",
                 f"{model.count_params():,}", total_steps, strategy.num_replicas_in_sync, training["batch_size"])  # fmt: skip
     model.fit(

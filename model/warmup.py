@@ -24,7 +24,7 @@ def write_warmup_requests(export_dir: str, relation_signatures: list[str]) -> st
     for signature in relation_signatures:
         logs.append(_predict_log(signature, {
             "text": ["The company fabricates plastic chairs."],
-            "e1_start": [4], "e1_end": [11], "e2_start": [30], "e2_end": [36],
+            "e1_start": [4], "e1_end": [11], "e2_start": [31], "e2_end": [37],
         }))  # fmt: skip
     path = os.path.join(export_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))

@@ -36,7 +36,7 @@ result = {
     "relation": (plain(model.signatures["relation"](
         text=tf.constant(["The company fabricates plastic chairs.", "Smoke came from the fire."]),
         e1_start=tf.constant([4, 0], tf.int64), e1_end=tf.constant([11, 5], tf.int64),
-        e2_start=tf.constant([30, 20], tf.int64), e2_end=tf.constant([36, 24], tf.int64)))),
+        e2_start=tf.constant([31, 20], tf.int64), e2_end=tf.constant([37, 24], tf.int64)))),
     "blocked_modules_loaded": sorted(m for m, v in sys.modules.items() if m.split(".")[0] in BLOCKED and v is not None),
 }
 print(json.dumps(result))
