@@ -1,0 +1,30 @@
+"""Run in a fresh interpreter: lists every op of a SavedModel (graph and function library) and checks
+that core TensorFlow alone registers it (Keras and TF Text blocked), and that none calls Python.
+Prints JSON {"ops": [...], "unregistered": [...], "python_ops": [...]}."""
+
+import json
+import os
+import sys
+
+for _name in ("keras", "keras_nlp", "keras_hub", "tf_keras", "tensorflow_text"):
+    sys.modules[_name] = None
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from tensorflow.python.framework import op_def_registry  # noqa: E402
+
+saved_model = saved_model_pb2.SavedModel()
+with open(os.path.join(sys.argv[1], "saved_model.pb"), "rb") as f:
+    saved_model.ParseFromString(f.read())
+ops = set()
+for meta_graph in saved_model.meta_graphs:
+    ops.update(node.op for node in meta_graph.graph_def.node)
+    for function in meta_graph.graph_def.library.function:
+        ops.update(node.op for node in function.node_def)
+functions = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
+real_ops = sorted(ops - functions)  # a node may call a library function by name
+print(json.dumps({
+    "ops": real_ops,
+    "unregistered": [op for op in real_ops if op_def_registry.get(op) is None],
+    "python_ops": [op for op in real_ops if "PyFunc" in op],
+}))

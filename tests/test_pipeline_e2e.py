@@ -1,0 +1,110 @@
+"""The real pipeline on a tiny slice of the bundled data (shared session fixture), and its pushed model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads
+from tests.conftest import FIXTURE_RECORDS, run_cli
+
+pytestmark = pytest.mark.slow
+HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
+COMPONENTS = {"JsonlExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
+              "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "VersionedPusher"}  # fmt: skip
+
+
+def _fresh_python(script: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, os.path.join(HELPERS, script), *args],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_component_ran_and_a_blessed_model_was_pushed(pipeline_run):
+    summary = pipeline_run.summary
+    assert summary["status"] == "succeeded"
+    assert {c["component"] for c in summary["components"]} == COMPONENTS
+    assert all(c["state"] == "COMPLETE" for c in summary["components"]), summary["components"]
+    assert summary["blessed"] and summary["pushed"] and summary["pushed_version"] == 1
+    assert sorted(os.listdir(pipeline_run.serving_model_base)) == ["1"]  # nothing half-written beside it
+    assert pipeline_run.pushed_model_dir == pipeline_run.serving_model_base / "1"
+    assert (pipeline_run.pushed_model_dir / "saved_model.pb").exists()
+
+
+def test_summary_reports_each_heads_metrics_and_the_ingest_counts(pipeline_run):
+    metrics = pipeline_run.summary["metrics"]
+    for head in all_heads():
+        for metric in head.metrics:
+            assert 0.0 <= metrics[head.name][metric] <= 1.0, (head.name, metric)
+    ingest = pipeline_run.summary["ingest"]
+    assert sum(f["records"] for f in ingest["train"].values()) == 3 * FIXTURE_RECORDS
+    assert "entity_f1=" in pipeline_run.stdout and "pushed: version 1" in pipeline_run.stdout
+
+
+def test_tensorboard_logs_are_in_the_model_run_output(pipeline_run):
+    logdir = pipeline_run.summary["tensorboard_logdir"]
+    events = [f for _, _, files in os.walk(logdir) for f in files if f.startswith("events.out.tfevents")]
+    assert events
+
+
+def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline_run):
+    result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+    assert result["blocked_modules_loaded"] == []
+    assert {"serving_default", "analyze", "analyze_tokens", "relation", "serving_tf_example",
+            "transform_features"} <= set(result["signatures"])  # fmt: skip
+
+    analyze = result["analyze"]
+    assert analyze["tokens"][0][:6] == ["Apple", "sued", "Samsung", "in", "California", "."]
+    assert analyze["length"] == [6, 7]
+    for row, length in zip(range(2), analyze["length"]):
+        assert all(t in UPOS_TAGS for t in analyze["pos_tags"][row][:length])
+        assert all(t in NER_TAGS for t in analyze["ner_tags"][row][:length])
+        assert set(analyze["pos_tags"][row][length:]) <= {""}  # padding is blank, not a tag
+    assert all(label in SENTIMENT_LABELS for label in analyze["sentiment_label"])
+    assert all(abs(sum(p) - 1) < 1e-4 for p in analyze["sentiment_probabilities"])
+
+    by_tokens = result["analyze_tokens"]
+    assert by_tokens["length"] == [6, 2]
+    assert by_tokens["tokens"][1] == ["Hi", "!", "", "", "", ""]
+
+    relation = result["relation"]
+    assert all(label in SEMEVAL_RELATIONS for label in relation["relation_label"])
+    assert len(relation["relation_probabilities"][0]) == len(SEMEVAL_RELATIONS)
+
+
+def test_pushed_model_uses_only_core_tensorflow_ops(pipeline_run):
+    audit = _fresh_python("audit_ops.py", str(pipeline_run.pushed_model_dir))
+    assert audit["unregistered"] == [] and audit["python_ops"] == []
+    assert {"StringSplitV2", "StaticRegexReplace", "MatMul"} <= set(audit["ops"])  # the in-graph tokenizer is there
+
+
+def test_pushed_model_carries_warmup_requests_for_tf_serving(pipeline_run):
+    path = pipeline_run.pushed_model_dir / "assets.extra" / "tf_serving_warmup_requests"
+    signatures = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        signatures.append(log.predict_log.request.model_spec.signature_name)
+    assert signatures == ["serving_default", "relation"]
+
+
+def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipeline_run):
+    """Rerun in the same workdir with a barely trained model: the blessed model is now the baseline."""
+    result = run_cli("run", "--profile", "quick", "--workdir", str(pipeline_run.workdir),
+                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((pipeline_run.workdir / "run_summary.json").read_text())
+    states = {c["component"]: c["state"] for c in summary["components"]}
+    assert states["JsonlExampleGen"] == states["Transform"] == "CACHED"  # same data: not recomputed
+    assert states["Trainer"] == "COMPLETE"
+    assert summary["blessed"] is False and summary["pushed"] is False
+    assert summary["blessing_failures"], "the summary says which gate failed"
+    assert set(summary["metric_deltas"]) == {h.name for h in all_heads()}  # compared with the baseline
+    assert sorted(os.listdir(pipeline_run.serving_model_base)) == ["1"]
+    assert "not blessed" in result.stdout
