@@ -49,6 +49,7 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = True,
+    schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
 ) -> tfx.dsl.Pipeline:
     example_gen = JsonlExampleGen(
         input_base=data_root,
@@ -58,7 +59,7 @@ def create_pipeline(
         max_rejected_fraction=config.max_rejected_fraction,
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
