@@ -26,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     run.set_defaults(func=run_command)
 
+    add = subparsers.add_parser("add-data", help="add a file of new labelled records as the next data span")
+    add.add_argument("file", help="JSON Lines records of one task (same fields as data/<task>/)")
+    add.add_argument("--task", required=True, help="the task, or one of its heads (ner -> tagging)")
+    add.add_argument("--data", default=DEFAULT_DATA, help="the data folder (default: the bundled data)")
+    add.add_argument("--validation", help="validation records (default: a deterministic 10 %% of FILE)")
+    add.add_argument("--force", action="store_true", help="add the file even if some records are malformed")
+    add.set_defaults(func=add_data_command)
+
 
 def run_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
@@ -65,3 +73,18 @@ def run_command(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"  summary: {workdir.summary_path}")
     return 1 if error else 0
+
+
+def add_data_command(args: argparse.Namespace) -> int:
+    from pipelines.add_data import BadDataError, add_span
+
+    try:
+        added = add_span(args.data, args.task, args.file, args.validation, force=args.force)
+    except (BadDataError, KeyError, OSError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"Added span {added.span}: {added.train_records} training and {added.validation_records} validation "
+          f"records in {added.folder}" + (f" ({len(added.rejected)} malformed, kept for ingest to reject)"
+                                          if added.rejected else ""))  # fmt: skip
+    print("Run `mtnlp run` (with the same --data) to train on it.")
+    return 0

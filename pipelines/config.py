@@ -62,6 +62,11 @@ class PipelineConfig:
     max_records_per_split: int | None = None
     # The run fails when more than this fraction of a file's records are malformed.
     max_rejected_fraction: float = 0.01
+    # With a data folder that holds spans (data/spans/<N>/<task>/): which spans a run trains and
+    # evaluates on: "all" (the flat data as span 0, then every span), "latest", or "window" (the last
+    # span_window spans).
+    span_selection: str = "all"
+    span_window: int = 3
     model: ModelConfig = ModelConfig()
     transform: TransformConfig = TransformConfig()
     training: TrainingConfig = TrainingConfig()

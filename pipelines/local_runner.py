@@ -42,6 +42,7 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
 
     from tfx import v1 as tfx
 
+    from components.jsonl_example_gen.layout import has_spans
     from pipelines.pipeline import create_pipeline
 
     os.makedirs(workdir.root, exist_ok=True)
@@ -54,5 +55,6 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(workdir.metadata_path),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
         enable_cache=enable_cache,
+        data_has_spans=has_spans(data_root),
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

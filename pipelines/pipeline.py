@@ -13,7 +13,6 @@ from typing import Sequence
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
-from tfx.proto import example_gen_pb2
 
 from components import versioned_pusher
 from components.anomalies_gate import AnomaliesGate
@@ -24,15 +23,6 @@ from pipelines.schema import SCHEMA_PATH
 
 PREPROCESSING_FN = "model.preprocessing.preprocessing_fn"
 RUN_FN = "model.trainer.run_fn"
-
-# One file per task folder and split; the folder name is the task.
-INPUT_CONFIG = example_gen_pb2.Input(
-    splits=[
-        example_gen_pb2.Input.Split(name="train", pattern="*/train.jsonl*"),
-        example_gen_pb2.Input.Split(name="eval", pattern="*/validation.jsonl*"),
-    ]
-)
-
 
 class VersionedPusher(tfx.components.Pusher):
     """TFX's Pusher with versions 1, 2, ... published atomically (see components/versioned_pusher.py)."""
@@ -49,11 +39,14 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = True,
+    data_has_spans: bool = False,
     schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
 ) -> tfx.dsl.Pipeline:
     example_gen = JsonlExampleGen(
         input_base=data_root,
-        input_config=INPUT_CONFIG,
+        spans=data_has_spans,
+        span_selection=config.span_selection,
+        span_window=config.span_window,
         tasks=config.tasks,
         max_records_per_split=config.max_records_per_split,
         max_rejected_fraction=config.max_rejected_fraction,

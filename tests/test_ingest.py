@@ -17,7 +17,7 @@ from tfx.utils import proto_utils
 
 from components.jsonl_example_gen import RejectedRecords
 from components.jsonl_example_gen.executor import Executor, TooManyRejectedRecords, read_rejected_summary
-from pipelines.pipeline import INPUT_CONFIG
+from components.jsonl_example_gen.layout import input_config
 
 
 def _write(path, lines, compress=False):
@@ -31,17 +31,19 @@ def _sentiment(i, label="positive"):
     return json.dumps({"id": f"s{i}", "text": f"sentence number {i}", "label": label})
 
 
-def _run(input_base, out, max_fraction, tasks=None):
+def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0):
+    config = input_config(spans is not None)
     examples, rejected = standard_artifacts.Examples(), RejectedRecords()
     examples.uri, rejected.uri = str(out / "examples"), str(out / "rejected")
     exec_properties = {
         "input_base": str(input_base),
-        "input_config": proto_utils.proto_to_json(INPUT_CONFIG),
-        "output_config": proto_utils.proto_to_json(utils.make_default_output_config(INPUT_CONFIG)),
+        "input_config": proto_utils.proto_to_json(config),
+        "output_config": proto_utils.proto_to_json(utils.make_default_output_config(config)),
+        "span": latest_span,
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         "ingest_config": json.dumps({"tasks": tasks, "max_records_per_split": None,
-                                     "max_rejected_fraction": max_fraction}),
+                                     "max_rejected_fraction": max_fraction, "spans": spans}),
     }  # fmt: skip
     Executor().Do({}, {"examples": [examples], "rejected": [rejected]}, exec_properties)
     return examples, rejected
@@ -101,3 +103,40 @@ def test_invalid_utf8_line_is_rejected_not_mangled(tmp_path):
     assert _count(examples.uri, "train") == 5
     (record,) = [json.loads(line) for line in open(os.path.join(rejected.uri, "Split-train", "rejected.jsonl"))]
     assert record["line"] == 6 and "invalid UTF-8" in record["error"]
+
+
+def test_span_selection():
+    from components.jsonl_example_gen.layout import select_spans
+
+    assert select_spans([0, 1, 2, 3], 3, "all") == [0, 1, 2, 3]
+    assert select_spans([0, 1, 2, 3], 3, "latest") == [3]
+    assert select_spans([0, 1, 2, 3], 3, "window", 2) == [2, 3]
+    assert select_spans([0, 1, 2, 3], 2, "all") == [0, 1, 2]  # a span newer than the driver's choice waits
+    with pytest.raises(ValueError, match="unknown span selection 'newest'"):
+        select_spans([0], 0, "newest")
+
+
+@pytest.fixture
+def data_with_spans(tmp_path):
+    base = tmp_path / "data"
+    _write(base / "sentiment" / "train.jsonl", [_sentiment(i) for i in range(4)])  # span 0: the flat data
+    _write(base / "sentiment" / "validation.jsonl", [_sentiment(0)])
+    for span, size in ((1, 3), (2, 2)):
+        _write(base / "spans" / str(span) / "sentiment" / "train.jsonl", [_sentiment(100 * span + i) for i in range(size)])
+        _write(base / "spans" / str(span) / "sentiment" / "validation.jsonl", [_sentiment(100 * span)])
+    return base
+
+
+@pytest.mark.parametrize("selection, window, spans_read, train_records", [
+    ("all", 1, "0,1,2", 4 + 3 + 2), ("latest", 1, "2", 2), ("window", 2, "1,2", 3 + 2),
+])  # fmt: skip
+def test_a_run_reads_the_selected_spans_and_records_which(data_with_spans, tmp_path, selection, window,
+                                                          spans_read, train_records):  # fmt: skip
+    from components.jsonl_example_gen.executor import SPANS_PROPERTY
+    from components.jsonl_example_gen.layout import has_spans
+
+    assert has_spans(str(data_with_spans))
+    examples, _ = _run(data_with_spans, tmp_path / "out", max_fraction=0.0,
+                       spans={"selection": selection, "window": window}, latest_span=2)  # fmt: skip
+    assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
+    assert _count(examples.uri, "train") == train_records

@@ -12,7 +12,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact, channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.jsonl_example_gen import executor
+from components.jsonl_example_gen import executor, layout
 
 
 class RejectedRecords(artifact.Artifact):
@@ -24,7 +24,8 @@ class RejectedRecords(artifact.Artifact):
 class JsonlExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
-        # JSON: {"tasks": [...], "max_records_per_split": int|null, "max_rejected_fraction": float}
+        # JSON: {"tasks": [...], "max_records_per_split": int|null, "max_rejected_fraction": float,
+        #        "spans": null | {"selection": "latest"|"all"|"window", "window": int}}
         "ingest_config": ExecutionParameter(type=str),
     }
     OUTPUTS = {
@@ -41,25 +42,31 @@ class JsonlExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(
         self,
         input_base: str,
-        input_config: example_gen_pb2.Input,
+        spans: bool = False,
+        span_selection: str = "all",
+        span_window: int = 3,
         tasks: Sequence[str] | None = None,
         max_records_per_split: int | None = None,
         max_rejected_fraction: float = 0.0,
         range_config: range_config_pb2.RangeConfig | None = None,
     ):
         """Args:
-        input_base: folder holding one sub-folder per task (or span folders, see ``input_config``).
-        input_config: one split per file pattern, relative to ``input_base``, e.g. ``*/train.jsonl*``;
-          ``{SPAN}`` in a pattern selects spans as in TFX's file-based ExampleGens.
+        input_base: the data folder: ``<task>/`` sub-folders, and ``spans/<N>/<task>/`` when ``spans``.
+        spans: whether the folder holds spans (see ``layout.py``); then the input config has ``{SPAN}``.
+        span_selection: with spans, which spans a run reads: "latest", "all" or "window".
+        span_window: the number of most recent spans read with "window".
         tasks: task folders to read (others are skipped with a log line); all when None.
         max_records_per_split: read at most this many lines of each file.
         max_rejected_fraction: fail when a file has more malformed records than this fraction.
-        range_config: which spans to read (default: the latest).
+        range_config: which span the driver resolves as the newest (default: the latest present).
         """
+        layout.select_spans([0], 0, span_selection, span_window)  # fail at construction on a bad setting
+        input_config = layout.input_config(spans)
         ingest_config: dict[str, Any] = {
             "tasks": list(tasks) if tasks is not None else None,
             "max_records_per_split": max_records_per_split,
             "max_rejected_fraction": max_rejected_fraction,
+            "spans": {"selection": span_selection, "window": span_window} if spans else None,
         }
         spec = JsonlExampleGenSpec(
             input_base=input_base,

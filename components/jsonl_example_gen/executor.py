@@ -24,10 +24,12 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
+from components.jsonl_example_gen import layout
 from components.jsonl_example_gen.records import RecordError, record_to_example
 from model.tasks import get_task
 
 REJECTED_KEY = "rejected"
+SPANS_PROPERTY = "spans_read"  # custom property of the Examples artifact: the spans it holds, e.g. "0,1,2"
 SUMMARY_FILE = "summary.json"
 REJECTED_FILE = "rejected.jsonl"
 _COUNTS = "counts"
@@ -103,17 +105,33 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
            exec_properties: dict[str, Any]) -> None:  # fmt: skip
         self._settings = json.loads(exec_properties.get("ingest_config") or "{}")
         self._rejected_uri = artifact_utils.get_single_uri(output_dict[REJECTED_KEY])
+        self._spans_read: set[int] = set()
         super().Do(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict["examples"])
+        examples.set_string_custom_property(SPANS_PROPERTY, ",".join(map(str, sorted(self._spans_read))))
         report_rejected(self._rejected_uri, float(self._settings.get("max_rejected_fraction", 0.0)))
 
+    def _input_files(self, exec_properties: dict[str, Any], split: str, split_pattern: str) -> list[str]:
+        input_base = exec_properties["input_base"]
+        spans = self._settings.get("spans")
+        if not spans:  # flat layout: the (already resolved) pattern is the whole input
+            self._spans_read.add(int(exec_properties.get("span") or 0))
+            return sorted(fileio.glob(os.path.join(input_base, split_pattern)))
+        per_span = layout.span_files(input_base, split)
+        chosen = layout.select_spans(list(per_span), int(exec_properties["span"]), spans["selection"],
+                                     spans.get("window", 1))  # fmt: skip
+        self._spans_read.update(chosen)
+        return [path for span in chosen for path in per_span.get(span, [])]
+
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-        settings, rejected_uri = self._settings, self._rejected_uri
+        settings, rejected_uri, input_files = self._settings, self._rejected_uri, self._input_files
 
         @beam.ptransform_fn
         def _jsonl_to_examples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
             input_base = exec_properties["input_base"]
+            split = _split_name(exec_properties, split_pattern)
             tasks = settings.get("tasks")
-            files = sorted(fileio.glob(os.path.join(input_base, split_pattern)))
+            files = input_files(exec_properties, split, split_pattern)
             chosen = [f for f in files if tasks is None or task_of_file(f) in tasks]
             for skipped in sorted(set(files) - set(chosen)):
                 log.info("Skipping %s: task %r is not enabled", skipped, task_of_file(skipped))
@@ -121,7 +139,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                 raise FileNotFoundError(
                     f"no input files match {split_pattern!r} under {input_base} for tasks {tasks}"
                 )
-            split_dir = os.path.join(rejected_uri, f"Split-{_split_name(exec_properties, split_pattern)}")
+            split_dir = os.path.join(rejected_uri, f"Split-{split}")
             parsed = (
                 pipeline
                 | "ListFiles" >> beam.Create(chosen)

@@ -1,0 +1,80 @@
+"""Where a data folder keeps its files, and which spans a run reads.
+
+Two layouts, recognised by ``has_spans``:
+
+- flat: ``<data>/<task>/train.jsonl*`` and ``validation.jsonl*`` (the bundled data);
+- spans: the same plus ``<data>/spans/<N>/<task>/...`` for each span N >= 1 of new data. The flat
+  files, when present, are span 0.
+
+TFX's file-based driver resolves ``{SPAN}`` in the input config to the newest span and fingerprints
+its files (so a new span invalidates the cache). Which spans the run then reads is the ingest's
+``span_selection``: ``latest`` (span N only), ``all`` (0..N) or ``window`` (the last K spans).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2
+
+SPANS_DIR = "spans"
+SPLIT_FILES = {"train": "train.jsonl*", "eval": "validation.jsonl*"}
+SPAN_SELECTIONS = ("latest", "all", "window")
+
+
+def has_spans(data_root: str) -> bool:
+    spans = os.path.join(data_root, SPANS_DIR)
+    return fileio.isdir(spans) and any(name.rstrip("/").isdigit() for name in fileio.listdir(spans))
+
+
+def flat_pattern(split: str) -> str:
+    return f"*/{SPLIT_FILES[split]}"
+
+
+def span_pattern(split: str) -> str:
+    return f"{SPANS_DIR}/{{SPAN}}/*/{SPLIT_FILES[split]}"
+
+
+def input_config(spans: bool) -> example_gen_pb2.Input:
+    pattern = span_pattern if spans else flat_pattern
+    return example_gen_pb2.Input(
+        splits=[example_gen_pb2.Input.Split(name=split, pattern=pattern(split)) for split in SPLIT_FILES]
+    )
+
+
+def span_files(input_base: str, split: str) -> dict[int, list[str]]:
+    """Files of a split per span number (0 for the flat files), for every span present."""
+    found: dict[int, list[str]] = {}
+    flat = sorted(fileio.glob(os.path.join(input_base, flat_pattern(split))))
+    if flat:
+        found[0] = flat
+    number = re.compile(re.escape(os.path.join(input_base, SPANS_DIR)) + r"/(\d+)/")
+    for path in sorted(fileio.glob(os.path.join(input_base, span_pattern(split).replace("{SPAN}", "*")))):
+        match = number.match(path)
+        if match:
+            found.setdefault(int(match.group(1)), []).append(path)
+    return found
+
+
+def select_spans(available: list[int], latest: int, selection: str, window: int = 1) -> list[int]:
+    """The spans a run reads, given the spans present and the newest one (the driver's choice)."""
+    if selection not in SPAN_SELECTIONS:
+        raise ValueError(f"unknown span selection {selection!r}; use one of {', '.join(SPAN_SELECTIONS)}")
+    candidates = sorted(s for s in available if s <= latest)
+    if selection == "latest":
+        return [latest]
+    if selection == "window":
+        if window < 1:
+            raise ValueError(f"span window must be at least 1, got {window}")
+        return candidates[-window:]
+    return candidates
+
+
+def next_span(data_root: str) -> int:
+    spans = os.path.join(data_root, SPANS_DIR)
+    if not fileio.isdir(spans):
+        return 1
+    numbers = [int(n.rstrip("/")) for n in fileio.listdir(spans) if n.rstrip("/").isdigit()]
+    return max(numbers, default=0) + 1

@@ -1,0 +1,103 @@
+"""``mtnlp add-data``: drops a file of new labelled records into the data folder as the next span.
+
+``data/spans/<N>/<task>/train.jsonl`` and ``validation.jsonl`` are written (the validation records are
+a deterministic 10 % of the file unless a validation file is given), after every record has been
+checked with the same rules as ingest, so a bad file is refused before it reaches a pipeline run.
+The span folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+
+from components.jsonl_example_gen.layout import SPANS_DIR, next_span
+from components.jsonl_example_gen.records import RecordError, record_to_example
+from model.tasks import TASKS, Task, get_task
+
+MAX_ERRORS_SHOWN = 10
+
+
+class BadDataError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class AddedSpan:
+    span: int
+    folder: str
+    train_records: int
+    validation_records: int
+    rejected: list[str]
+
+
+def resolve_task(name: str) -> Task:
+    """A task by its name or by the name of one of its heads (``ner`` -> ``tagging``)."""
+    for task in TASKS:
+        if name == task.name or name in {h.name for h in task.heads}:
+            return task
+    return get_task(name)  # raises with the list of known tasks
+
+
+def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
+    good, errors = [], []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+                record_to_example(line, task)
+            except UnicodeDecodeError as e:
+                errors.append(f"{path}:{number}: invalid UTF-8 at byte {e.start}")
+                continue
+            except RecordError as e:
+                errors.append(f"{path}:{number}: {e}")
+                continue
+            good.append(line.rstrip("\n"))
+    return good, errors
+
+
+def _is_validation(line: str, fraction: float) -> bool:
+    digest = int(hashlib.sha256(line.encode()).hexdigest()[:8], 16)
+    return digest % 1000 < fraction * 1000
+
+
+def add_span(data_root: str, task_name: str, train_file: str, validation_file: str | None = None,
+             validation_fraction: float = 0.1, force: bool = False) -> AddedSpan:  # fmt: skip
+    task = resolve_task(task_name)
+    train, errors = _check(train_file, task)
+    validation = []
+    if validation_file:
+        validation, more_errors = _check(validation_file, task)
+        errors += more_errors
+    else:
+        validation = [line for line in train if _is_validation(line, validation_fraction)]
+        train = [line for line in train if not _is_validation(line, validation_fraction)]
+    if errors and not force:
+        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise BadDataError(f"{len(errors)} malformed record(s) for task {task.name!r}; nothing was added:\n  "
+                           f"{shown}{more}\n(use --force to add the file anyway and let ingest reject them)")  # fmt: skip
+    if not train or not validation:
+        raise BadDataError(f"need at least one training and one validation record for task {task.name!r} "
+                           f"(got {len(train)} and {len(validation)}); pass --validation FILE for small files")  # fmt: skip
+
+    span = next_span(data_root)
+    spans_dir = os.path.join(data_root, SPANS_DIR)
+    os.makedirs(spans_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".incoming-", dir=spans_dir)  # not a number: invisible to ingest
+    try:
+        os.makedirs(os.path.join(staging, task.name))
+        for name, lines in (("train.jsonl", train), ("validation.jsonl", validation)):
+            with open(os.path.join(staging, task.name, name), "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in lines)
+        folder = os.path.join(spans_dir, str(span))
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return AddedSpan(span, os.path.join(folder, task.name), len(train), len(validation), errors)
