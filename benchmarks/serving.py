@@ -1,0 +1,231 @@
+"""Serving latency/throughput: gRPC to mtnlp-model-server (with and without batching) vs the same model in-process.
+
+    python benchmarks/serving.py                       # built-in MLP model (x: float32 [B, 64])
+    python benchmarks/serving.py --model-base-path workdir/serving_model/mtnlp --text "Apple sued Samsung."
+
+For each concurrency (1, 8, 32 client threads, each sending one example per request, back to back for --seconds),
+prints p50/p99 latency and throughput, states the machine, and writes the figures as JSON next to this script
+(serving_results.json). Targets: p50 gRPC overhead over in-process <= 1.5 ms at concurrency 1; batching >= 3x
+throughput at 32 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_mlp(base: Path) -> Path:
+    """A dense model whose per-call cost is mostly fixed (weight reads), like a real encoder's on one sentence."""
+    import tensorflow as tf
+
+    class Mlp(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = tf.random.Generator.from_seed(0)
+            self.w = [tf.Variable(g.normal([a, b]) * 0.05) for a, b in ((64, 1024), (1024, 1024), (1024, 1024), (1024, 2))]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
+        def predict(self, x):
+            h = x
+            for w in self.w[:-1]:
+                h = tf.nn.relu(h @ w)
+            logits = h @ self.w[-1]
+            return {"probabilities": tf.nn.softmax(logits), "batch_size": tf.fill([tf.shape(x)[0]], tf.shape(x)[0])}
+
+    m = Mlp()
+    path = base / "1"
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.predict.get_concrete_function()})
+    return base
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def drive(call, concurrency: int, seconds: float) -> dict:
+    """`concurrency` threads call `call()` back to back; latencies in ms, throughput in requests/s."""
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0]
+    stop = threading.Event()
+    start_gate = threading.Barrier(concurrency + 1)
+
+    def worker(i: int) -> None:
+        start_gate.wait()
+        out = lat[i]
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                call()
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors[0] += 1
+                continue
+            out.append((time.perf_counter() - t0) * 1e3)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for _ in range(3):  # warm the path before timing
+        call()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    elapsed = time.perf_counter() - t0
+    all_lat = [x for xs in lat for x in xs]
+    return {"requests": len(all_lat), "errors": errors[0], "throughput_rps": len(all_lat) / elapsed,
+            "p50_ms": percentile(all_lat, 50), "p99_ms": percentile(all_lat, 99),
+            "mean_ms": statistics.fmean(all_lat) if all_lat else float("nan")}
+
+
+def start_server(base: Path, name: str, batching_file: Path | None,
+                 grpc_threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    args = [sys.executable, "-m", "serving.model_server.main", f"--port={port}", f"--model_name={name}",
+            f"--model_base_path={base}", "--bind_address=127.0.0.1", "--enable_model_warmup=false",
+            # Enough handler threads for every client to be in flight at once (the default is 4 per core), so
+            # that batches can actually fill up; the same setting for both modes.
+            f"--grpc_max_threads={grpc_threads}"]
+    if batching_file is not None:
+        args += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+    proc = subprocess.Popen(args, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-base-path", type=Path, help="a served model's base path (default: build an MLP)")
+    ap.add_argument("--model-name", default="bench")
+    ap.add_argument("--text", default="Apple sued Samsung in California.",
+                    help="input sentence when the model takes `text` (the project model)")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--batch-timeout-micros", type=int, default=1000)
+    ap.add_argument("--num-batch-threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("serving_results.json"))
+    ns = ap.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        import tensorflow_text  # noqa: F401 - the project model uses TF Text ops
+    except ImportError:
+        pass
+    from serving.client import ServingClient, to_tensor_proto
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+
+    tmp = Path(tempfile.mkdtemp(prefix="mtnlp-bench-"))
+    base = ns.model_base_path.resolve() if ns.model_base_path else build_mlp(tmp / "bench")
+    versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
+    fn = tf.saved_model.load(str(base / str(versions[-1]))).signatures["serving_default"]
+    (input_name,) = fn.structured_input_signature[1].keys()
+    if input_name == "text":
+        example = np.array([ns.text.encode()], dtype=object)
+        feed = {"text": tf.constant([ns.text])}
+    else:
+        example = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
+        feed = {input_name: tf.constant(example)}
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=ns.model_name))
+    request.inputs[input_name].CopyFrom(to_tensor_proto(example))
+
+    levels = [int(c) for c in ns.concurrency.split(",")]
+    load_before = os.getloadavg()
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "grpc": {}, "grpc_batching": {}}
+    for c in levels:
+        results["in_process"][c] = drive(lambda: fn(**feed), c, ns.seconds)
+
+    batching = tmp / "batching_parameters.txt"
+    sizes = [s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s < ns.max_batch_size] + [ns.max_batch_size]
+    batching.write_text(f"max_batch_size {{ value: {ns.max_batch_size} }}\n"
+                        f"batch_timeout_micros {{ value: {ns.batch_timeout_micros} }}\n"
+                        f"max_enqueued_batches {{ value: 1000 }}\n"
+                        f"num_batch_threads {{ value: {ns.num_batch_threads} }}\n"
+                        + "".join(f"allowed_batch_sizes: {s}\n" for s in sizes))
+    for mode, bfile in (("grpc", None), ("grpc_batching", batching)):
+        proc, port = start_server(base, ns.model_name, bfile, max(levels) * 2)
+        try:
+            with ServingClient(f"127.0.0.1:{port}", model_name=ns.model_name, retries=0, timeout=60) as client:
+                for c in levels:
+                    results[mode][c] = drive(lambda: client.predict_request(request), c, ns.seconds)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    machine = {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
+               "tensorflow": tf.__version__, "platform": platform.platform(),
+               "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+    overhead = results["grpc"][levels[0]]["p50_ms"] - results["in_process"][levels[0]]["p50_ms"]
+    top = levels[-1]
+    speedup = results["grpc_batching"][top]["throughput_rps"] / results["grpc"][top]["throughput_rps"]
+    summary = {"p50_overhead_ms_at_c1": overhead, "batching_speedup_at_max_concurrency": speedup,
+               "targets": {"p50_overhead_ms_at_c1": "<= 1.5", "batching_speedup": ">= 3"}}
+
+    print(f"Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores, Python {machine['python']}, "
+          f"TF {machine['tensorflow']}; load average {machine['load_average_1min_before_after'][0]} before, "
+          f"{machine['load_average_1min_before_after'][1]} after (other work on the machine skews the figures)")
+    print(f"Model: {base} (input '{input_name}', one example per request); {ns.seconds:.0f}s per cell; batching: "
+          f"max_batch_size={ns.max_batch_size} batch_timeout_micros={ns.batch_timeout_micros} "
+          f"num_batch_threads={ns.num_batch_threads}")
+    print(f"{'mode':<15}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>10}{'errors':>8}")
+    for mode, rows in results.items():
+        for c, r in rows.items():
+            print(f"{mode:<15}{c:>8}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['throughput_rps']:>10.0f}"
+                  f"{r['errors']:>8}")
+    print(f"p50 overhead of gRPC over in-process at {levels[0]} client(s): {overhead:.3f} ms (target <= 1.5)")
+    print(f"batching throughput gain at {top} clients: {speedup:.2f}x (target >= 3)")
+    ns.out.write_text(json.dumps({"machine": machine, "model": str(base), "input": input_name,
+                                  "seconds_per_cell": ns.seconds, "results": results, "summary": summary,
+                                  "command": " ".join([Path(sys.executable).name] + sys.argv)}, indent=2))
+    print(f"wrote {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
