@@ -11,6 +11,7 @@ from typing import Sequence
 SUBCOMMAND_MODULES = (
     "pipelines.cli",  # run
     "serving.cli",  # serve, predict
+    "pipelines.kubeflow_cli",  # kubeflow compile, kubeflow submit
 )
 
 

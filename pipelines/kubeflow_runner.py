@@ -32,14 +32,11 @@ import yaml
 
 from pipelines.config import PipelineConfig
 from pipelines.local_runner import PIPELINE_NAME
-from pipelines.schema import SCHEMA_PATH
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Where the Dockerfile puts the project inside the image (kept in sync by tests/test_kubeflow.py).
 IMAGE_PROJECT_DIR = "/opt/mtnlp"
-# The curated schema is read by ImportSchemaGen's executor inside the container, not at compile time.
-IMAGE_SCHEMA_FILE = posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))
 
 DEFAULT_IMAGE_REPOSITORY = "mtnlp-pipeline"
 
@@ -130,6 +127,13 @@ class KubeflowSettings:
         return self.serving_model_dir or f"{self.pipeline_root}/serving_model/{model_name}"
 
 
+def image_schema_file() -> str:
+    """The curated schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
+    from pipelines.schema import SCHEMA_PATH  # imported here: it pulls in TensorFlow
+
+    return posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))
+
+
 def resource_spec(resources: Resources, gpus: int = 0, gpu_type: str = DEFAULT_GPU_TYPE):
     """The KFP ResourceSpec proto that ``with_platform_config`` attaches to a component's container."""
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -159,7 +163,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
         metadata_connection_config=None,
         beam_pipeline_args=list(settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
-        schema_file=IMAGE_SCHEMA_FILE,
+        schema_file=image_schema_file(),
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec

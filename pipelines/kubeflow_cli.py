@@ -1,0 +1,219 @@
+"""``mtnlp kubeflow compile`` and ``mtnlp kubeflow submit``: the pipeline on Kubeflow Pipelines (KFP v2).
+
+``compile`` writes the KFP pipeline spec (see pipelines/kubeflow_runner.py); ``submit`` starts a run of
+it on a KFP endpoint with the ``kfp`` client, compiling first unless ``--pipeline-file`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+log = logging.getLogger("mtnlp")
+
+DEFAULT_OUTPUT = "pipeline.yaml"
+DEFAULT_EXPERIMENT = "mtnlp"
+
+
+class SubmitError(RuntimeError):
+    """Submitting failed for a reason the user can fix (the message says which)."""
+
+
+def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
+    from pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
+
+    group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
+    group.add_argument("--image", help=f"pipeline image, e.g. REGISTRY/{DEFAULT_IMAGE_REPOSITORY}:TAG "
+                                       f"(default {DEFAULT_IMAGE_REPOSITORY}:<package version>)")  # fmt: skip
+    group.add_argument("--pipeline-root", default=os.environ.get("MTNLP_PIPELINE_ROOT"),
+                       help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)")  # fmt: skip
+    group.add_argument("--profile", choices=("quick", "full"), default="quick", help="hyper-parameters (default quick)")
+    group.add_argument("--data", help="data folder as the pods see it (default <pipeline-root>/data)")
+    group.add_argument("--serving-model-dir",
+                       help="where blessed models are pushed (default <pipeline-root>/serving_model/<model>)")  # fmt: skip
+    group.add_argument("--beam-arg", action="append", default=[], metavar="ARG", dest="beam_args",
+                       help="a Beam pipeline argument for ExampleGen, StatisticsGen, Transform and Evaluator; "
+                            "repeat it, and attach the value with '=': --beam-arg=--runner=DataflowRunner")  # fmt: skip
+    group.add_argument("--beam-args-file", help="Beam arguments, one per line (# comments); --beam-arg adds to them")
+    group.add_argument("--gpus", type=int, default=0, help="GPUs for the Trainer's pod (MirroredStrategy uses all)")
+    group.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
+                       help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)")  # fmt: skip
+    group.add_argument("--no-cache", action="store_true",
+                       help="re-execute every component (compiled with caching off; on submit, also for this run)")  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    kubeflow = subparsers.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, or submit a run")
+    commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline spec (no network needed)")
+    _add_compile_flags(compile_, for_submit=False)
+    compile_.add_argument("--output", default=DEFAULT_OUTPUT,
+                          help=".yaml: PipelineSpec for kfp/KFP UI (default pipeline.yaml); .json: Vertex PipelineJob")  # fmt: skip
+    compile_.set_defaults(func=compile_command)
+
+    submit = commands.add_parser("submit", help="start a run on a KFP endpoint with the kfp client")
+    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forward)")
+    submit.add_argument("--pipeline-file", help="an already compiled pipeline (.yaml or .json); else compile now")
+    submit.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment (default {DEFAULT_EXPERIMENT})")
+    submit.add_argument("--run-name", help="run name shown in the UI (default: the pipeline file name and time)")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    _add_compile_flags(submit, for_submit=True)
+    submit.set_defaults(func=submit_command)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from pipelines import kubeflow_runner
+
+    if not args.pipeline_root:
+        raise kubeflow_runner.KubeflowConfigError(
+            "no pipeline root: pass --pipeline-root gs://BUCKET/PATH or s3://BUCKET/PATH (or set MTNLP_PIPELINE_ROOT)"
+        )
+    from_file = kubeflow_runner.beam_args_from_file(args.beam_args_file) if args.beam_args_file else []
+    optional: dict[str, Any] = {}
+    if args.image:
+        optional["image"] = args.image
+    return kubeflow_runner.KubeflowSettings(
+        pipeline_root=args.pipeline_root,
+        data_root=args.data,
+        serving_model_dir=args.serving_model_dir,
+        beam_pipeline_args=kubeflow_runner.merge_beam_args(from_file, args.beam_args),
+        gpus=args.gpus,
+        gpu_type=args.gpu_type,
+        enable_cache=not args.no_cache,
+        **optional,
+    )
+
+
+def _compile(args: argparse.Namespace, output: str) -> str:
+    from mtnlp import logs
+    from pipelines import kubeflow_runner
+    from pipelines.config import get_config
+
+    settings = settings_from_args(args)  # before the slow imports: a bad flag fails at once
+    config = get_config(args.profile)
+    logs.quiet_environment(False)
+    from tfx import v1 as tfx  # noqa: F401 - imported before configure_logging: absl/Beam install handlers
+
+    logs.configure_logging(False)
+    path = kubeflow_runner.compile_pipeline(config, settings, output)
+    log.info("Compiled the %s pipeline for Kubeflow: %s", config.profile, path)
+    log.info("  image %s, pipeline root %s", settings.image, settings.pipeline_root)
+    log.info("  data %s, serving models %s", settings.resolved_data_root(),
+             settings.resolved_serving_model_dir(config.model_name))  # fmt: skip
+    log.info("  Beam args %s%s", " ".join(settings.beam_pipeline_args),
+             f"; Trainer GPUs: {settings.gpus} x {settings.gpu_type}" if settings.gpus else "")  # fmt: skip
+    return path
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from mtnlp import logs
+    from pipelines.kubeflow_runner import KubeflowConfigError
+
+    logs.configure_logging(False)
+    try:
+        _compile(args, args.output)
+    except KubeflowConfigError as e:
+        log.error("error: %s", e)
+        return 2
+    return 0
+
+
+def submit_pipeline(
+    host: str,
+    pipeline_file: str,
+    experiment: str,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    enable_caching: bool | None = None,
+) -> Any:
+    """Starts a run of a compiled pipeline; returns the kfp ``RunPipelineResult``."""
+    import kfp
+
+    from pipelines import kubeflow_runner
+
+    _, pipeline_root = kubeflow_runner.load_pipeline_spec(pipeline_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = _as_kfp_package(pipeline_file, tmp)
+        try:
+            client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+            # Creates the experiment if needed, uploads the spec with the run, and starts it.
+            return client.create_run_from_pipeline_package(
+                package,
+                arguments={},
+                run_name=run_name,
+                experiment_name=experiment,
+                namespace=namespace,
+                # The compiled root, passed explicitly so that no backend default (minio://) applies.
+                pipeline_root=pipeline_root,
+                enable_caching=enable_caching,
+            )
+        except Exception as e:  # noqa: BLE001 - re-raised with the endpoint named, original chained
+            raise SubmitError(_explain_submit_failure(host, e)) from e
+
+
+def _as_kfp_package(pipeline_file: str, tmp: str) -> str:
+    """kfp.Client reads a bare PipelineSpec from .yaml/.yml/.zip/.tar.gz; a .json PipelineJob is unwrapped."""
+    import yaml
+
+    from pipelines import kubeflow_runner
+
+    if pipeline_file.endswith((".yaml", ".yml", ".zip", ".tar.gz", ".tgz")):
+        return pipeline_file
+    spec, _ = kubeflow_runner.load_pipeline_spec(pipeline_file)
+    path = os.path.join(tmp, os.path.splitext(os.path.basename(pipeline_file))[0] + ".yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec, f, sort_keys=True)
+    return path
+
+
+def _explain_submit_failure(host: str, error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}"
+    unreachable = ("Max retries exceeded", "Connection refused", "Failed to establish", "Name or service not known",
+                   "timed out", "NewConnectionError")  # fmt: skip
+    if isinstance(error, (ConnectionError, OSError)) or any(marker in text for marker in unreachable):
+        return (f"cannot reach Kubeflow Pipelines at {host} ({text.splitlines()[0][:300]}). Check the URL and that "
+                "the API is reachable, e.g. kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 "
+                "and --host http://localhost:8080")  # fmt: skip
+    status = getattr(error, "status", None)
+    if status in (401, 403):
+        return f"Kubeflow Pipelines at {host} refused the request ({status}): log in or pass --namespace of your profile"
+    return f"submitting to Kubeflow Pipelines at {host} failed: {text[:2000]}"
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    from mtnlp import logs
+    from pipelines.kubeflow_runner import KubeflowConfigError
+
+    logs.configure_logging(False)
+    tmp = None
+    try:
+        if args.pipeline_file:
+            if not os.path.isfile(args.pipeline_file):
+                raise KubeflowConfigError(f"pipeline file {args.pipeline_file} does not exist")
+            pipeline_file = args.pipeline_file
+        else:
+            tmp = tempfile.mkdtemp(prefix="mtnlp-kfp-")
+            pipeline_file = _compile(args, os.path.join(tmp, "mtnlp-pipeline.yaml"))
+        result = submit_pipeline(
+            host=args.host,
+            pipeline_file=pipeline_file,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            namespace=args.namespace,
+            enable_caching=False if args.no_cache else None,  # None: as compiled
+        )
+    except (KubeflowConfigError, SubmitError) as e:
+        log.error("error: %s", e)
+        return 2
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    run_id = getattr(result, "run_id", None)
+    print(f"Submitted run {run_id} to {args.host} (experiment {args.experiment})", file=sys.stdout)
+    return 0
