@@ -31,7 +31,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 8500, "Port to listen on for gRPC API"),
     Flag("grpc_socket_path", str, "", "If non-empty, listen to a UNIX socket for gRPC API on the given path."),
     Flag("rest_api_port", int, 0, "Port to listen on for HTTP/REST API. 0: no REST API. Must differ from --port."),
-    Flag("rest_api_num_threads", int, 4 * _CPU, "Number of threads for HTTP/REST API processing."),
+    Flag("rest_api_num_threads", int, 4 * _CPU, "Number of threads for HTTP/REST API processing.", supported=False),
     Flag("rest_api_timeout_in_ms", int, 30000, "Timeout for HTTP/REST API calls."),
     Flag("enable_batching", bool, False, "enable batching"),
     Flag("allow_version_labels_for_unavailable_models", bool, False,
