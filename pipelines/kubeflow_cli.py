@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from typing import Any
 
 log = logging.getLogger("mtnlp")
@@ -191,6 +192,10 @@ def submit_command(args: argparse.Namespace) -> int:
     from pipelines.kubeflow_runner import KubeflowConfigError
 
     logs.configure_logging(False)
+    # The client's own noise: a FutureWarning on every construction, and urllib3's retry lines (a filter,
+    # because the kfp_server_api configuration resets the urllib3 logger's level).
+    warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline", category=FutureWarning)
+    logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retrying"))
     tmp = None
     try:
         if args.pipeline_file:

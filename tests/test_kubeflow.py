@@ -1,0 +1,436 @@
+"""The Kubeflow (KFP v2) compile and submit: the spec parses with kfp's own protos and reader, holds every
+component of the local pipeline with the image, pipeline root, Beam arguments and resources, compiles
+identically twice, and submit hands the kfp client the right arguments. Nothing here needs a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from pipelines import kubeflow_cli, kubeflow_runner
+from pipelines.config import get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = "gs://mtnlp-test-bucket/pipelines/mtnlp"
+IMAGE = "europe-docker.pkg.dev/proj/repo/mtnlp-pipeline:0.1.0-gpu"
+BEAM_ARGS = (
+    "--runner=DataflowRunner",
+    "--project=proj",
+    "--region=europe-west4",
+    "--temp_location=gs://mtnlp-test-bucket/tmp",
+    f"--sdk_container_image={IMAGE}",
+)
+GPUS = 2
+# The Beam-powered components the issue names; the test also covers any other BeamExecutorSpec component.
+BEAM_COMPONENTS = ("JsonlExampleGen", "StatisticsGen", "Transform", "Evaluator")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI commands configure the root logger for a terminal; put it back for the other tests."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _settings(**overrides) -> kubeflow_runner.KubeflowSettings:
+    values = dict(pipeline_root=ROOT, image=IMAGE, beam_pipeline_args=BEAM_ARGS, gpus=GPUS)
+    values.update(overrides)
+    return kubeflow_runner.KubeflowSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def job() -> dict:
+    return kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings())
+
+
+@pytest.fixture(scope="module")
+def spec(job) -> dict:
+    return job["pipelineSpec"]
+
+
+@pytest.fixture(scope="module")
+def files(job, tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("kfp")
+    return {ext: kubeflow_runner.write_pipeline(job, str(folder / f"pipeline.{ext}")) for ext in ("yaml", "json")}
+
+
+@pytest.fixture(scope="module")
+def local_pipeline(tmp_path_factory):
+    """The pipeline as the local runner builds it (its own paths, SQLite metadata, DirectRunner args)."""
+    from tfx import v1 as tfx
+
+    from pipelines.pipeline import create_pipeline
+
+    work = tmp_path_factory.mktemp("local")
+    return create_pipeline(
+        pipeline_name="mtnlp",
+        pipeline_root=str(work / "pipeline_root"),
+        data_root=os.path.join(REPO, "data"),
+        serving_model_dir=str(work / "serving_model" / "mtnlp"),
+        config=get_config("quick"),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(work / "metadata.sqlite")
+        ),
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+    )
+
+
+def _containers(spec: dict) -> dict[str, dict]:
+    """Task name -> its executor's container, for every task that runs one (resolvers do not)."""
+    out = {}
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        executor_label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        container = spec["deploymentSpec"]["executors"][executor_label].get("container")
+        if container is not None:
+            out[name] = container
+    return out
+
+
+def _contains_in_order(args: list[str], expected: tuple[str, ...]) -> bool:
+    n = len(expected)
+    return any(tuple(args[i : i + n]) == expected for i in range(len(args) - n + 1))
+
+
+# --- the compiled spec --------------------------------------------------------------------------------
+
+
+def test_yaml_is_a_pipeline_spec_that_kfp_reads(files):
+    from kfp.client import client as kfp_client
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    with open(files["yaml"], encoding="utf-8") as f:
+        document = yaml.safe_load(f)
+    parsed = json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())  # strict: no unknown fields
+    assert parsed.pipeline_info.name == "mtnlp"
+    assert parsed.schema_version == "2.1.0"
+    # What kfp.Client.create_run_from_pipeline_package / upload_pipeline do with the file.
+    assert kfp_client._extract_pipeline_yaml(files["yaml"]).pipeline_spec == parsed
+
+
+def test_json_is_a_pipeline_job(files):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    with open(files["json"], encoding="utf-8") as f:
+        job = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineJob())
+    assert job.runtime_config.gcs_output_directory == ROOT
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), spec)
+    assert spec.default_pipeline_root == ROOT
+
+
+def test_every_component_of_the_local_pipeline_is_a_task(spec, local_pipeline):
+    from tfx.dsl.components.common import resolver
+
+    tasks = set(spec["root"]["dag"]["tasks"])
+    covered = set()
+    for node in local_pipeline.components:
+        if isinstance(node, resolver.Resolver):
+            # KubeflowV2DagRunner splits the latest-blessed-model resolver into two resolver tasks.
+            mine = {t for t in tasks if t.startswith(node.id + "-")}
+            assert len(mine) == 2, f"{node.id}: {sorted(tasks)}"
+        else:
+            mine = {node.id} & tasks
+            assert mine, f"{node.id} is not a task of the compiled pipeline: {sorted(tasks)}"
+        covered |= mine
+    assert covered == tasks, f"tasks that are not components of the local pipeline: {tasks - covered}"
+    assert len(local_pipeline.components) >= 10
+
+
+def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
+    containers = _containers(spec)
+    assert len(containers) == 9
+    for name, container in containers.items():
+        assert container["image"] == IMAGE, name
+        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+
+
+def test_pipeline_root_data_and_serving_dir(job, spec):
+    assert spec["defaultPipelineRoot"] == ROOT
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == ROOT
+    tasks = spec["root"]["dag"]["tasks"]
+    input_base = tasks["JsonlExampleGen"]["inputs"]["parameters"]["input_base"]["runtimeValue"]["constant"]
+    assert input_base == f"{ROOT}/data"
+    push = tasks["VersionedPusher"]["inputs"]["parameters"]["push_destination"]["runtimeValue"]["constant"]
+    assert f"{ROOT}/serving_model/mtnlp" in push
+
+
+def test_schema_is_read_from_the_image(spec):
+    schema_file = spec["root"]["dag"]["tasks"]["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]
+    assert schema_file["runtimeValue"]["constant"] == "/opt/mtnlp/pipelines/schema/schema.pbtxt"
+    assert REPO not in yaml.safe_dump(spec), "the spec names a path of the compiling machine"
+
+
+def test_beam_args_reach_the_beam_components(spec, local_pipeline):
+    from tfx.dsl.components.base import executor_spec
+
+    beam_ids = {c.id for c in local_pipeline.components if isinstance(c.executor_spec, executor_spec.BeamExecutorSpec)}
+    assert set(BEAM_COMPONENTS) <= beam_ids
+    containers = _containers(spec)
+    for component_id in sorted(beam_ids):
+        assert _contains_in_order(containers[component_id]["args"], BEAM_ARGS), component_id
+
+
+def test_default_beam_args_use_the_pod_cpus(tmp_path):
+    settings = kubeflow_runner.KubeflowSettings(pipeline_root="s3://bucket/mtnlp", image=IMAGE)
+    assert settings.beam_pipeline_args == kubeflow_runner.DEFAULT_BEAM_ARGS
+    assert settings.resolved_data_root() == "s3://bucket/mtnlp/data"
+
+
+def test_resources_per_component_and_gpus_on_the_trainer(spec):
+    for name, container in _containers(spec).items():
+        resources = container["resources"]
+        expected = kubeflow_runner.DEFAULT_RESOURCES.get(name, kubeflow_runner.SMALL_COMPONENT)
+        assert resources["cpuLimit"] == expected.cpu, name
+        assert resources["memoryLimit"] == expected.memory_gb, name
+        if name == "Trainer":
+            assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": str(GPUS)}
+        else:
+            assert "accelerator" not in resources, name
+
+
+def test_compiling_twice_gives_the_same_spec(job, files, tmp_path):
+    # KubeflowV2DagRunner puts no timestamp or random suffix in this pipeline (only labels with the TFX and
+    # Python versions), so nothing is stripped before comparing.
+    again = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings())
+    assert again == job
+    for ext, first in files.items():
+        second = kubeflow_runner.write_pipeline(again, str(tmp_path / f"again.{ext}"))
+        with open(first, "rb") as a, open(second, "rb") as b:
+            assert a.read() == b.read(), ext
+
+
+def test_caching_follows_the_setting(spec):
+    def cached(spec: dict) -> dict[str, bool]:
+        tasks = spec["root"]["dag"]["tasks"]
+        return {name: tasks[name].get("cachingOptions", {}).get("enableCache", False) for name in _containers(spec)}
+
+    assert all(cached(spec).values())
+    # The resolvers look up the latest blessed model afresh in every run.
+    resolvers = [t for n, t in spec["root"]["dag"]["tasks"].items() if n not in _containers(spec)]
+    assert len(resolvers) == 2 and not any(t.get("cachingOptions") for t in resolvers)
+    uncached = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(enable_cache=False))
+    assert not any(cached(uncached["pipelineSpec"]).values())
+
+
+# --- settings and compile flags ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["/tmp/pipeline_root", "workdir", "minio://mlpipeline/v2", "", "gcs://bucket"])
+def test_pipeline_root_must_be_object_storage(root):
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="gs:// or s3://"):
+        _settings(pipeline_root=root)
+
+
+def test_beam_args_must_be_options():
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="--beam-arg=--name=value"):
+        _settings(beam_pipeline_args=("runner=DataflowRunner",))
+
+
+def _parse(command: str) -> argparse.Namespace:
+    from mtnlp.cli import build_parser
+
+    return build_parser().parse_args(shlex.split(command))
+
+
+def test_compile_flags_become_settings(tmp_path):
+    beam_file = tmp_path / "dataflow.txt"
+    beam_file.write_text("# Dataflow\n--runner=DataflowRunner\n\n--project=proj\n")
+    args = _parse(
+        f"kubeflow compile --image {IMAGE} --pipeline-root {ROOT}/ --profile full --data gs://other/data "
+        f"--serving-model-dir gs://serving/mtnlp --beam-args-file {beam_file} --beam-arg=--region=europe-west4 "
+        "--beam-arg=--num_workers=4 --gpus 4 --gpu-type NVIDIA_L4 --no-cache --output out.json"
+    )
+    assert args.func is kubeflow_cli.compile_command and args.output == "out.json" and args.profile == "full"
+    settings = kubeflow_cli.settings_from_args(args)
+    assert settings.pipeline_root == ROOT  # trailing slash dropped
+    assert settings.image == IMAGE
+    assert settings.resolved_data_root() == "gs://other/data"
+    assert settings.resolved_serving_model_dir("mtnlp") == "gs://serving/mtnlp"
+    assert settings.beam_pipeline_args == ("--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
+                                           "--num_workers=4")  # fmt: skip
+    assert (settings.gpus, settings.gpu_type, settings.enable_cache) == (4, "NVIDIA_L4", False)
+
+
+def test_compile_defaults(monkeypatch):
+    monkeypatch.delenv("MTNLP_PIPELINE_ROOT", raising=False)
+    args = _parse(f"kubeflow compile --pipeline-root {ROOT}")
+    settings = kubeflow_cli.settings_from_args(args)
+    assert args.output == "pipeline.yaml"
+    assert re.fullmatch(r"mtnlp-pipeline:\d+\.\d+\.\d+.*", settings.image)
+    assert settings.resolved_serving_model_dir("mtnlp") == f"{ROOT}/serving_model/mtnlp"
+    assert settings.gpus == 0 and settings.enable_cache
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [("", "no pipeline root"), ("--pipeline-root ./workdir", "not a gs:// or s3:// URI"),
+     (f"--pipeline-root {ROOT} --beam-arg=runner=DataflowRunner", "does not start with '--'"),
+     (f"--pipeline-root {ROOT} --gpus -1", "--gpus must be 0 or more"),
+     (f"--pipeline-root {ROOT} --output pipeline.txt", "must end in .yaml")],
+)  # fmt: skip
+def test_compile_refuses_bad_settings_with_a_clear_error(flags, message, monkeypatch, capfd, tmp_path):
+    monkeypatch.delenv("MTNLP_PIPELINE_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # A wrong output extension is only seen when writing: skip the compile itself.
+    monkeypatch.setattr(kubeflow_runner, "compile_pipeline_job", lambda config, settings: {"pipelineSpec": {}})
+    args = _parse(f"kubeflow compile {flags}")
+    assert args.func(args) == 2
+    assert message in capfd.readouterr().err
+
+
+def test_the_pipeline_root_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MTNLP_PIPELINE_ROOT", "s3://env-bucket/mtnlp")
+    assert kubeflow_cli.settings_from_args(_parse("kubeflow compile")).pipeline_root == "s3://env-bucket/mtnlp"
+
+
+# --- submit ---------------------------------------------------------------------------------------------
+
+
+class FakeClient:
+    """Stands in for kfp.Client; records the calls and checks the package the way kfp reads it."""
+
+    instances: list["FakeClient"] = []
+
+    def __init__(self, host=None, namespace="kubeflow", **kwargs):
+        self.host, self.namespace, self.kwargs, self.runs = host, namespace, kwargs, []
+        FakeClient.instances.append(self)
+
+    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
+                                         namespace=None, pipeline_root=None, enable_caching=None,
+                                         service_account=None, experiment_id=None):  # fmt: skip
+        from kfp.client import client as kfp_client
+
+        doc = kfp_client._extract_pipeline_yaml(pipeline_file)  # the real reader, while the file exists
+        self.runs.append(dict(pipeline_file=pipeline_file, name=doc.pipeline_spec.pipeline_info.name,
+                              arguments=arguments, run_name=run_name, experiment_name=experiment_name,
+                              namespace=namespace, pipeline_root=pipeline_root, enable_caching=enable_caching))  # fmt: skip
+        return type("RunPipelineResult", (), {"run_id": "run-123"})()
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch):
+    import kfp
+
+    FakeClient.instances = []
+    monkeypatch.setattr(kfp, "Client", FakeClient)  # submit_pipeline looks it up as kfp.Client
+    return FakeClient
+
+
+@pytest.mark.parametrize("ext", ["yaml", "json"])
+def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
+    args = _parse(f"kubeflow submit --host https://kfp.example.org --pipeline-file {files[ext]} "
+                  "--experiment nightly --run-name retrain-7 --namespace team-nlp")  # fmt: skip
+    assert args.func(args) == 0
+    (client,) = fake_kfp.instances
+    assert (client.host, client.namespace) == ("https://kfp.example.org", "team-nlp")
+    (run,) = client.runs
+    assert run["name"] == "mtnlp"
+    assert run["pipeline_file"].endswith(".yaml")  # a .json PipelineJob is unwrapped for kfp.Client
+    assert run | {"pipeline_file": None, "name": None} == dict(
+        pipeline_file=None, name=None, arguments={}, run_name="retrain-7", experiment_name="nightly",
+        namespace="team-nlp", pipeline_root=ROOT, enable_caching=None,
+    )  # fmt: skip
+    assert "run-123" in capfd.readouterr().out
+
+
+def test_submit_compiles_first_and_can_disable_caching(job, fake_kfp, monkeypatch):
+    seen = {}
+
+    def compile_job(config, settings):
+        seen.update(profile=config.profile, settings=settings)
+        return job
+
+    monkeypatch.setattr(kubeflow_runner, "compile_pipeline_job", compile_job)
+    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-root {ROOT} --image {IMAGE} "
+                  "--profile full --beam-arg=--runner=DataflowRunner --gpus 1 --no-cache")  # fmt: skip
+    assert args.func(args) == 0
+    assert seen["profile"] == "full"
+    assert (seen["settings"].image, seen["settings"].gpus, seen["settings"].enable_cache) == (IMAGE, 1, False)
+    assert seen["settings"].beam_pipeline_args == ("--runner=DataflowRunner",)
+    (client,) = fake_kfp.instances
+    (run,) = client.runs
+    assert (client.namespace, run["namespace"]) == ("kubeflow", None)
+    assert run["experiment_name"] == "mtnlp" and run["run_name"] is None
+    assert run["pipeline_root"] == ROOT and run["enable_caching"] is False
+
+
+def test_submit_needs_a_host_and_an_existing_file(fake_kfp, capfd, tmp_path):
+    with pytest.raises(SystemExit):
+        _parse("kubeflow submit --pipeline-file pipeline.yaml")
+    assert "--host" in capfd.readouterr().err
+    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {tmp_path / 'missing.yaml'}")
+    assert args.func(args) == 2
+    assert "does not exist" in capfd.readouterr().err and not fake_kfp.instances
+
+
+def test_submit_to_an_unreachable_host_says_so(files, capfd):
+    # The real client against a closed local port: refused at once, reported with the endpoint named.
+    args = _parse(f"kubeflow submit --host http://127.0.0.1:9 --pipeline-file {files['yaml']}")
+    assert args.func(args) == 2
+    err = capfd.readouterr().err
+    assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in err
+    assert "Retrying" not in err
+
+
+# --- the image -------------------------------------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    with open(os.path.join(REPO, "Dockerfile"), encoding="utf-8") as f:
+        text = f.read()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", joined, re.M)]
+
+
+def _lock() -> dict[str, str]:
+    with open(os.path.join(REPO, "requirements.lock"), encoding="utf-8") as f:
+        pins = (line.strip().split("==") for line in f if "==" in line)
+        return {name.lower().replace("_", "-"): version for name, version in pins}
+
+
+def test_dockerfile_matches_the_lock_and_the_runner():
+    instructions = _dockerfile()
+    args = dict(a.split("=", 1) for kind, a in instructions if kind == "ARG" and "=" in a)
+    lock = _lock()
+    assert args["TFX_VERSION"] == lock["tfx"]
+    assert args["BEAM_VERSION"] == lock["apache-beam"]
+    froms = [a for kind, a in instructions if kind == "FROM"]
+    assert froms[-1] == "tensorflow/tfx:${TFX_VERSION}"  # the final stage: the official TFX image
+    workdirs = [a for kind, a in instructions if kind == "WORKDIR"]
+    assert workdirs == [kubeflow_runner.IMAGE_PROJECT_DIR]
+    runs = " ".join(a for kind, a in instructions if kind == "RUN")
+    assert "-c requirements.lock" in runs and "-e ." in runs
+    for kind, arguments in instructions:
+        if kind == "COPY" and not arguments.startswith("--from"):
+            for source in arguments.split()[:-1]:
+                assert os.path.exists(os.path.join(REPO, source)), source
+
+
+def test_dockerignore_keeps_what_the_install_needs():
+    import fnmatch
+
+    with open(os.path.join(REPO, ".dockerignore"), encoding="utf-8") as f:
+        patterns = [p.strip().lstrip("/") for p in f if p.strip() and not p.startswith("#")]
+    needed = ["pyproject.toml", "requirements.lock", "README.md", "model/trainer.py", "model/preprocessing.py",
+              "components/jsonl_example_gen/executor.py", "pipelines/pipeline.py", "pipelines/schema/schema.pbtxt",
+              "mtnlp/cli.py", "serving/__init__.py"]  # fmt: skip
+    for path in needed:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        excluded = [p for p in patterns if any(fnmatch.fnmatch(prefix, p.replace("**/", "")) for prefix in prefixes)]
+        assert not excluded, f"{path} is excluded from the image by {excluded}"
+    assert {"data", ".venv", ".git", "workdir"} <= set(patterns)
