@@ -118,9 +118,15 @@ class Manager:
                     else:
                         entry.config = mc
                     self._reconcile(self._models[name])
+            with self._lock:
+                added = [n for n in wanted if not any(h.state == AVAILABLE for h in self._models[n].versions.values())]
             self._wait_settled(list(wanted), timeout)
-            if initial:
-                failed = [h for n in wanted for h in self._models[n].versions.values()
+            # At startup every failure is fatal; on a reload, only models that had nothing serving before and still
+            # have nothing (TF Serving waits for the models a reload adds).
+            check = list(wanted) if initial else [n for n in added if not any(
+                h.state == AVAILABLE for h in self._models[n].versions.values())]
+            if check:
+                failed = [h for n in check for h in self._models[n].versions.values()
                           if h.state == END and h.error is not None]
                 if failed:
                     details = ", ".join(f"{{name: {h.model} version: {h.version}}} due to error: {h.error}"

@@ -118,7 +118,7 @@ def test_version_policies_labels_and_reload_rpc(start_server, tmp_path, toy_dir)
         copy_version(toy_dir / "half_plus_two" / v, base / v)
     cfg = tmp_path / "models.config"
     cfg.write_text(config_text(("hpt", base, "model_version_policy { specific { versions: 1 } }")))
-    p = start_server(f"--model_config_file={cfg}")
+    p = start_server(f"--model_config_file={cfg}", "--max_num_load_retries=0")
     with ServingClient(p.grpc, model_name="hpt") as c:
         assert states(c) == {1: "AVAILABLE"}  # specific: only version 1
         assert y0(c) == 2.0
@@ -141,6 +141,16 @@ def test_version_policies_labels_and_reload_rpc(start_server, tmp_path, toy_dir)
         with pytest.raises(ServingClientError) as e:
             c.reload_config(bad)
         assert e.value.code == "FAILED_PRECONDITION" and "7" in e.value.message
+
+        # Adding a model that cannot load fails the reload with the load error; what served keeps serving.
+        with_broken = text_format.Parse(config_text(
+            ("hpt", base, 'model_version_policy { all {} }'), ("broken", toy_dir / "broken", "")),
+            model_server_config_pb2.ModelServerConfig())
+        with pytest.raises(ServingClientError) as e:
+            c.reload_config(with_broken)
+        assert "did not become available" in e.value.message and "broken" in e.value.message
+        assert y0(c) == 3.0
+        assert states(c, "broken") == {3: "END"}
 
         # latest { num_versions: 1 } and the tf1 model dropped from the config.
         latest = text_format.Parse(config_text(("hpt", base, "model_version_policy { latest { num_versions: 1 } }")),
