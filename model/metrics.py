@@ -210,31 +210,46 @@ def score(metric: str, head: Head, examples: Iterable[tuple[np.ndarray, np.ndarr
 # -- TFMA ---------------------------------------------------------------------------------------
 
 
-class _HeadMetricCombiner(beam.CombineFn):
-    def __init__(self, key: metric_types.MetricKey, metric: str, head_name: str):
-        self._key, self._metric, self._head_name = key, metric, head_name
+def _add_example(scorer: Scorer, element: metric_types.StandardMetricInputs, model_name: str, head: str) -> None:
+    labels = np.asarray(element.get_labels(model_name, head))
+    probabilities = np.asarray(element.get_predictions(model_name, head))
+    weights = element.get_example_weights(model_name, head)
+    weights = np.ones(labels.shape) if weights is None else np.reshape(np.asarray(weights), labels.shape)
+    scorer.add(labels, probabilities, weights)
 
-    def create_accumulator(self) -> Scorer:
-        return make_scorer(self._metric, _head(self._head_name))
 
-    def add_input(self, scorer: Scorer, element: metric_types.StandardMetricInputs) -> Scorer:
-        name, output = self._key.model_name, self._key.output_name
-        labels = np.asarray(element.get_labels(name, output))
-        probabilities = np.asarray(element.get_predictions(name, output))
-        weights = element.get_example_weights(name, output)
-        weights = np.ones(labels.shape) if weights is None else np.reshape(np.asarray(weights), labels.shape)
-        scorer.add(labels, probabilities, weights)
-        return scorer
+class _ScorersCombiner(beam.CombineFn):
+    """Accumulates (head, metric) scorers; ``reduce`` turns their results into the metric value."""
 
-    def merge_accumulators(self, scorers: Iterable[Scorer]) -> Scorer:
-        scorers = iter(scorers)
-        result = next(scorers)
-        for other in scorers:
-            result.merge(other)
+    def __init__(self, key: metric_types.MetricKey, scored: list[tuple[str, str]], reduce=None):
+        self._key, self._scored, self._reduce = key, scored, reduce
+
+    def create_accumulator(self) -> list[Scorer]:
+        return [make_scorer(metric, _head(head)) for head, metric in self._scored]
+
+    def add_input(self, scorers: list[Scorer], element: metric_types.StandardMetricInputs) -> list[Scorer]:
+        for scorer, (head, _) in zip(scorers, self._scored):
+            _add_example(scorer, element, self._key.model_name, head)
+        return scorers
+
+    def merge_accumulators(self, accumulators: Iterable[list[Scorer]]) -> list[Scorer]:
+        accumulators = iter(accumulators)
+        result = next(accumulators)
+        for other in accumulators:
+            for mine, theirs in zip(result, other):
+                mine.merge(theirs)
         return result
 
-    def extract_output(self, scorer: Scorer) -> dict[metric_types.MetricKey, float]:
-        return {self._key: scorer.result()}
+    def extract_output(self, scorers: list[Scorer]) -> dict[metric_types.MetricKey, float]:
+        values = [s.result() for s in scorers]
+        return {self._key: float(np.mean(values)) if self._reduce == "mean" else values[0]}
+
+
+def _keys(name: str, model_names, output_names, example_weighted: bool):
+    for model_name in model_names or [""]:
+        for output_name in output_names or [""]:
+            yield metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                         example_weighted=example_weighted)  # fmt: skip
 
 
 class HeadMetric(metric_types.Metric):
@@ -247,19 +262,39 @@ class HeadMetric(metric_types.Metric):
     def _computations(name: str, metric: str, eval_config=None, model_names=None, output_names=None,
                       sub_keys=None, aggregation_type=None, class_weights=None, example_weighted=False,
                       query_key=None) -> metric_types.MetricComputations:  # fmt: skip
-        computations = []
-        for model_name in model_names or [""]:
-            for output_name in output_names or [""]:
-                key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                             example_weighted=example_weighted)  # fmt: skip
-                computations.append(metric_types.MetricComputation(
-                    keys=[key], preprocessors=None, combiner=_HeadMetricCombiner(key, metric, output_name)))  # fmt: skip
-        return computations
+        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
+                                               combiner=_ScorersCombiner(key, [(key.output_name, metric)]))
+                for key in _keys(name, model_names, output_names, example_weighted)]  # fmt: skip
+
+
+class MeanPrimaryMetric(metric_types.Metric):
+    """The mean of several heads' primary metrics: the overall criterion a retrained model must improve.
+
+    ``heads`` maps head name to its primary metric; the spec must not name outputs (it reads them all).
+    """
+
+    def __init__(self, name: str = "mean_primary_metric", heads: dict[str, str] | None = None):
+        super().__init__(self._computations, name=name, heads=heads or {})
+
+    @staticmethod
+    def _computations(name: str, heads: dict[str, str], eval_config=None, model_names=None, output_names=None,
+                      sub_keys=None, aggregation_type=None, class_weights=None, example_weighted=False,
+                      query_key=None) -> metric_types.MetricComputations:  # fmt: skip
+        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
+                                               combiner=_ScorersCombiner(key, sorted(heads.items()), "mean"))
+                for key in _keys(name, model_names, None, example_weighted)]  # fmt: skip
 
 
 metric_types.register_metric(HeadMetric)
+metric_types.register_metric(MeanPrimaryMetric)
+OVERALL_METRIC = "mean_primary_metric"
 
 
 def tfma_metric_config(metric: str) -> dict[str, Any]:
-    """Keyword arguments of ``tfma.MetricConfig`` for one of our metrics."""
+    """Keyword arguments of ``tfma.MetricConfig`` for one of our per-head metrics."""
     return {"class_name": "HeadMetric", "module": __name__, "config": json.dumps({"name": metric, "metric": metric})}
+
+
+def tfma_overall_metric_config(heads: Sequence[Head]) -> dict[str, Any]:
+    config = {"name": OVERALL_METRIC, "heads": {h.name: h.primary_metric for h in heads}}
+    return {"class_name": "MeanPrimaryMetric", "module": __name__, "config": json.dumps(config)}

@@ -17,6 +17,7 @@ from model import dataset, devices
 from model.network import build_model, compile_for_heads
 from model.signatures import export_serving_model
 from model.tasks import HeadKind, all_heads, select_tasks
+from model.warm_start import keras_dir_for, save_for_warm_start, warm_start
 from model.warmup import write_warmup_requests
 from model.preprocessing import WORDS_VOCABULARY
 
@@ -61,7 +62,11 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     eval_data = dataset.evaluation_dataset(fn_args.eval_files, tf_transform_output, heads, training["batch_size"])
 
+    vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
+    base_model = fn_args.base_model if training["warm_start"] else None
     total_steps = fn_args.train_steps
+    if base_model:  # continuing from a trained model needs fewer steps
+        total_steps = max(1, round(total_steps * training["warm_start_step_fraction"]))
     epochs = max(1, min(10, total_steps // 100))
     with strategy.scope():
         model = build_model(
@@ -76,6 +81,8 @@ def run_fn(fn_args: FnArgs) -> None:
             warmup_steps=int(total_steps * training["warmup_fraction"]),
             decay_steps=total_steps - int(total_steps * training["warmup_fraction"]),
         )
+        report = warm_start(model, base_model, vocabulary_file) if base_model else None
+        log.warning("%s", report or "Training from scratch (no blessed model to start from yet)")
         compile_for_heads(model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
     log.warning("Training %s parameters for %d steps on %d replica(s), global batch %d",
                 f"{model.count_params():,}", total_steps, strategy.num_replicas_in_sync, training["batch_size"])  # fmt: skip
@@ -93,8 +100,10 @@ def run_fn(fn_args: FnArgs) -> None:
     )
 
     export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir)
+    save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
     relation_signatures = [t.name for t in tasks if any(h.kind is HeadKind.ENTITY_PAIR for h in t.heads)]
     write_warmup_requests(fn_args.serving_model_dir, relation_signatures)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
-        f.write(json.dumps({"task_counts": counts, "task_weights": weights, **config}, indent=2))
+        f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": total_steps,
+                            "warm_start": str(report) if report else None, **config}, indent=2))
     log.warning("Exported the serving model to %s", fn_args.serving_model_dir)

@@ -43,6 +43,10 @@ class TrainingConfig:
     # MirroredStrategy replicas on a CPU-only machine (logical CPU devices); all GPUs are used when present.
     cpu_replicas: int = 2
     seed: int = 42
+    # Start from the latest blessed model when there is one (see model/warm_start.py), training for
+    # this fraction of train_steps.
+    warm_start: bool = True
+    warm_start_step_fraction: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,9 @@ class PipelineConfig:
     transform: TransformConfig = TransformConfig()
     training: TrainingConfig = TrainingConfig()
     gates: dict[str, HeadGate] = dataclasses.field(default_factory=dict)
+    # Once a blessed baseline exists, the mean of the heads' primary metrics must change by at least
+    # this much (0: no worse overall) on top of every head staying within its tolerance.
+    min_overall_improvement: float = 0.0
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +112,7 @@ PROFILES: dict[str, PipelineConfig] = {
         model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512),
         training=TrainingConfig(batch_size=64, train_steps=4000, eval_steps=30, learning_rate=1e-3),
         gates=_FULL_GATES,
+        min_overall_improvement=0.002,
     ),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from model.metrics import tfma_metric_config
+from model.metrics import tfma_metric_config, tfma_overall_metric_config
 from model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
 from model.tasks import all_heads, select_tasks
 from pipelines.config import HeadGate, PipelineConfig
@@ -35,6 +35,9 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             gate = config.gates.get(head.name) if metric == head.primary_metric else None
             metric_configs.append(tfma.MetricConfig(**tfma_metric_config(metric), threshold=_threshold(gate) if gate else None))
         metrics_specs.append(tfma.MetricsSpec(output_names=[head.name], metrics=metric_configs))
+    overall = tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
+        direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": config.min_overall_improvement}))  # fmt: skip
+    metrics_specs.append(tfma.MetricsSpec(metrics=[tfma.MetricConfig(**tfma_overall_metric_config(heads), threshold=overall)]))
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(

@@ -138,7 +138,13 @@ def submit_pipeline(
 
     from pipelines import kubeflow_runner
 
-    _, pipeline_root = kubeflow_runner.load_pipeline_spec(pipeline_file)
+    spec, pipeline_root = kubeflow_runner.load_pipeline_spec(pipeline_file)
+    resolvers = kubeflow_runner.resolver_tasks(spec)
+    if resolvers:
+        # Said before the server answers, since its own error does not name the cause in these terms.
+        log.warning("warning: the pipeline has resolver tasks (%s). Vertex AI Pipelines runs them; open-source "
+                    "KFP v2 rejects them when it creates the run ('resolver executors not implemented'). "
+                    "See docs/kubeflow.md, Known limitations.", ", ".join(resolvers))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         package = _as_kfp_package(pipeline_file, tmp)
         try:

@@ -241,6 +241,17 @@ def load_pipeline_spec(path: str) -> tuple[dict[str, Any], str | None]:
     return spec, root
 
 
+def resolver_tasks(spec: Mapping[str, Any]) -> list[str]:
+    """Tasks run by a ``resolver`` executor: Vertex AI runs them; open-source KFP v2 rejects them."""
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
+    components = spec.get("components", {})
+    return sorted(
+        name for name, task in tasks.items()
+        if "resolver" in executors.get(components.get(task["componentRef"]["name"], {}).get("executorLabel"), {})
+    )  # fmt: skip
+
+
 def beam_args_from_file(path: str) -> list[str]:
     """One Beam argument per line; blank lines and lines starting with # are skipped."""
     with open(path, encoding="utf-8") as f:

@@ -1,7 +1,8 @@
 """The multi-task pipeline: ``create_pipeline`` only wires components; runners choose where it runs.
 
 JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomaliesGate
--> Transform -> Trainer -> Evaluator (against the latest blessed model) -> Pusher (blessed only).
+-> Transform -> Trainer (warm-started) -> Evaluator (against the baseline) -> Pusher (blessed only).
+The baseline is the latest blessed model not trained on this run's examples (components/baseline_resolver.py).
 
 Transform and Trainer reference their functions by import path, not ``module_file``: nothing is
 built or uploaded at compile time, and Transform stays cached when only training code changes.
@@ -15,6 +16,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components import versioned_pusher
+from components.baseline_resolver import baseline_model_resolver
 from components.anomalies_gate import AnomaliesGate
 from components.jsonl_example_gen import JsonlExampleGen
 from pipelines import evaluation
@@ -66,26 +68,25 @@ def create_pipeline(
     )
     transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
 
+    # The latest blessed model not trained on this run's examples: the warm start and the baseline.
+    baseline_model = baseline_model_resolver(example_gen.id)
+    baseline_model.add_upstream_node(example_gen)
+
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
+        base_model=baseline_model.outputs["model"],  # warm start; empty on the first run
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
         custom_config=config.to_json_dict(),
     )
 
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model.outputs["model"],
+        baseline_model=baseline_model.outputs["model"],
         eval_config=evaluation.eval_config(config),
     )
     pusher = VersionedPusher(
@@ -100,7 +101,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform,
-                    trainer, latest_blessed_model, evaluator, pusher],  # fmt: skip
+                    trainer, baseline_model, evaluator, pusher],  # fmt: skip
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),

@@ -43,7 +43,7 @@ def _metrics(evaluation_uri: str) -> tuple[dict, dict]:
             if key.model_name == "baseline" or not entry.value.HasField("double_value"):
                 continue
             target = deltas if key.is_diff else values
-            target.setdefault(key.output_name, {})[key.name] = round(entry.value.double_value.value, 4)
+            target.setdefault(key.output_name or "overall", {})[key.name] = round(entry.value.double_value.value, 4)
     return values, deltas
 
 
@@ -59,6 +59,17 @@ def _validation_failures(evaluation_uri: str) -> list[str]:
         for failure in slice_failures.failures:
             failures.append(f"{failure.metric_key.output_name}/{failure.metric_key.name}: {failure.message}")
     return failures
+
+
+def _training_facts(model_run_uri: str) -> dict[str, Any]:
+    import tensorflow as tf
+
+    path = f"{model_run_uri}/training_config.json"
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        facts = json.load(f)
+    return {"train_steps": facts.get("train_steps"), "warm_start": facts.get("warm_start")}
 
 
 def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
@@ -100,6 +111,12 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
                     summary["pushed_version"] = int(_property(artifact, "pushed_version"))
             elif kind == "ModelRun":
                 summary["tensorboard_logdir"] = artifact.uri
+                summary.update(_training_facts(artifact.uri))
+            elif kind == "Examples" and component == "JsonlExampleGen":
+                from components.jsonl_example_gen.executor import SPANS_PROPERTY
+
+                spans = _property(artifact, SPANS_PROPERTY)
+                summary["spans"] = [int(s) for s in spans.split(",")] if spans else []
             elif kind == "mtnlp.RejectedRecords":
                 from components.jsonl_example_gen.executor import read_rejected_summary
 
@@ -114,6 +131,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  {'component':<32} {'state':<10} {'seconds':>8}")
     for c in summary["components"]:
         lines.append(f"  {c['component']:<32} {c['state']:<10} {c['seconds']:>8.1f}")
+    if summary.get("spans"):
+        lines.append(f"  spans read: {', '.join(map(str, summary['spans']))} (0 = the data folder's own files)")
+    if "warm_start" in summary:
+        lines.append(f"  trainer: {summary['warm_start'] or 'trained from scratch'} ({summary['train_steps']} steps)")
     for split, files in summary.get("ingest", {}).items():
         total = sum(f["records"] for f in files.values())
         rejected = sum(f["rejected"] for f in files.values())
@@ -133,8 +154,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  blessed: {'yes' if summary['blessed'] else 'no'}")
         for failure in summary.get("blessing_failures", []):
             lines.append(f"    failed: {failure}")
+    states = {c["component"]: c["state"] for c in summary["components"]}
+    if states and all(state == "CACHED" for name, state in states.items() if not name.endswith("_resolver")):
+        lines.append("  nothing new: every component was served from the cache")
     if summary.get("pushed"):
-        lines.append(f"  pushed: version {summary['pushed_version']} -> {summary['pushed_to']}")
+        cached = " (cached: pushed by an earlier run)" if states.get("VersionedPusher") == "CACHED" else ""
+        lines.append(f"  pushed: version {summary['pushed_version']} -> {summary['pushed_to']}{cached}")
     elif "pushed" in summary:
         lines.append("  pushed: no (not blessed); the serving model is unchanged")
     if summary.get("error"):

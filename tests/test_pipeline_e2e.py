@@ -17,7 +17,7 @@ from tests.conftest import FIXTURE_RECORDS, run_cli
 pytestmark = pytest.mark.slow
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 COMPONENTS = {"JsonlExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-              "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "VersionedPusher"}  # fmt: skip
+              "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "VersionedPusher"}  # fmt: skip
 
 
 def _fresh_python(script: str, *args: str) -> dict:
@@ -105,6 +105,6 @@ def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipel
     assert states["Trainer"] == "COMPLETE"
     assert summary["blessed"] is False and summary["pushed"] is False
     assert summary["blessing_failures"], "the summary says which gate failed"
-    assert set(summary["metric_deltas"]) == {h.name for h in all_heads()}  # compared with the baseline
+    assert set(summary["metric_deltas"]) == {h.name for h in all_heads()} | {"overall"}  # vs the baseline
     assert sorted(os.listdir(pipeline_run.serving_model_base)) == ["1"]
     assert "not blessed" in result.stdout
