@@ -26,6 +26,15 @@ from pipelines.schema import SCHEMA_PATH
 PREPROCESSING_FN = "model.preprocessing.preprocessing_fn"
 RUN_FN = "model.trainer.run_fn"
 
+# The resolver that finds the baseline model (the Trainer's warm start and the Evaluator's baseline):
+# "other_data": the latest blessed model not trained on this run's examples (components/baseline_resolver.py);
+#   it queries ML Metadata in the orchestrator's process, as LocalDagRunner runs resolvers.
+# "latest_blessed": TFX's LatestBlessedModelStrategy, the only baseline resolver KubeflowV2DagRunner compiles
+#   (Vertex AI Pipelines runs it).
+# "none": no baseline and no warm start, where the orchestrator runs no resolvers (open-source KFP v2).
+BASELINES = ("other_data", "latest_blessed", "none")
+
+
 class VersionedPusher(tfx.components.Pusher):
     """TFX's Pusher with versions 1, 2, ... published atomically (see components/versioned_pusher.py)."""
 
@@ -43,7 +52,10 @@ def create_pipeline(
     enable_cache: bool = True,
     data_has_spans: bool = False,
     schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
+    baseline: str = "other_data",  # which resolver finds the baseline model: see BASELINES
 ) -> tfx.dsl.Pipeline:
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
     example_gen = JsonlExampleGen(
         input_base=data_root,
         spans=data_has_spans,
@@ -68,16 +80,26 @@ def create_pipeline(
     )
     transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
 
-    # The latest blessed model not trained on this run's examples: the warm start and the baseline.
-    baseline_model = baseline_model_resolver(example_gen.id)
-    baseline_model.add_upstream_node(example_gen)
+    # The baseline model (see BASELINES): the Trainer's warm start and the Evaluator's baseline.
+    if baseline == "other_data":
+        baseline_model = baseline_model_resolver(example_gen.id)
+        baseline_model.add_upstream_node(example_gen)
+    elif baseline == "latest_blessed":
+        baseline_model = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("baseline_model_resolver")
+    else:
+        baseline_model = None
+    baseline_channel = baseline_model.outputs["model"] if baseline_model else None
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        base_model=baseline_model.outputs["model"],  # warm start; empty on the first run
+        base_model=baseline_channel,  # warm start; empty on the first run
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
         custom_config=config.to_json_dict(),
@@ -86,7 +108,7 @@ def create_pipeline(
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline_model.outputs["model"],
+        baseline_model=baseline_channel,
         eval_config=evaluation.eval_config(config),
     )
     pusher = VersionedPusher(
@@ -101,7 +123,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform,
-                    trainer, baseline_model, evaluator, pusher],  # fmt: skip
+                    trainer, *([baseline_model] if baseline_model else []), evaluator, pusher],  # fmt: skip
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),
