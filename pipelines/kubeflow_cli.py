@@ -33,6 +33,9 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
                                        f"(default {DEFAULT_IMAGE_REPOSITORY}:<package version>)")  # fmt: skip
     group.add_argument("--pipeline-root", default=os.environ.get("MTNLP_PIPELINE_ROOT"),
                        help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)")  # fmt: skip
+    group.add_argument("--platform", choices=("kfp", "vertex"), default="kfp",
+                       help="kfp: open-source Kubeflow Pipelines, no baseline model (it runs no resolvers); "
+                            "vertex: Vertex AI Pipelines, baseline = latest blessed model (default kfp)")  # fmt: skip
     group.add_argument("--profile", choices=("quick", "full"), default="quick", help="hyper-parameters (default quick)")
     group.add_argument("--data", help="data folder as the pods see it (default <pipeline-root>/data)")
     group.add_argument("--serving-model-dir",
@@ -87,6 +90,7 @@ def settings_from_args(args: argparse.Namespace):
         gpus=args.gpus,
         gpu_type=args.gpu_type,
         enable_cache=not args.no_cache,
+        platform=args.platform,
         **optional,
     )
 
@@ -103,7 +107,8 @@ def _compile(args: argparse.Namespace, output: str) -> str:
 
     logs.configure_logging(False)
     path = kubeflow_runner.compile_pipeline(config, settings, output)
-    log.info("Compiled the %s pipeline for Kubeflow: %s", config.profile, path)
+    log.info("Compiled the %s pipeline for %s: %s", config.profile,
+             "Vertex AI Pipelines" if settings.platform == "vertex" else "Kubeflow Pipelines", path)  # fmt: skip
     log.info("  image %s, pipeline root %s", settings.image, settings.pipeline_root)
     log.info("  data %s, serving models %s", settings.resolved_data_root(),
              settings.resolved_serving_model_dir(config.model_name))  # fmt: skip

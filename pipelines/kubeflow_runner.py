@@ -46,6 +46,13 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing", 
 
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
+# Which KFP v2 backend runs the spec decides the baseline resolver (pipelines/pipeline.py, BASELINES): the
+# local runner's resolver queries ML Metadata in-process, which KubeflowV2DagRunner cannot compile; it
+# compiles TFX's LatestBlessedModelStrategy into resolver tasks, which Vertex AI Pipelines runs and the
+# open-source KFP v2 backend rejects ("resolver executors not implemented"). On open-source KFP the
+# pipeline therefore has no baseline: no warm start, and blessing by the absolute gates only.
+PLATFORM_BASELINES: Mapping[str, str] = {"kfp": "none", "vertex": "latest_blessed"}
+
 # Kubernetes' extended resource name for NVIDIA GPUs (device plugin); KFP's driver turns the
 # accelerator type and count into that pod limit. Vertex AI takes a machine accelerator name instead
 # (e.g. NVIDIA_TESLA_T4, NVIDIA_L4).
@@ -105,11 +112,14 @@ class KubeflowSettings:
     gpu_type: str = DEFAULT_GPU_TYPE
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     enable_cache: bool = True
+    platform: str = "kfp"  # "kfp" (open-source Kubeflow Pipelines) or "vertex" (Vertex AI Pipelines)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline_root", check_pipeline_root(self.pipeline_root))
         if not self.image:
             raise KubeflowConfigError("the pipeline image is empty; pass --image REGISTRY/mtnlp-pipeline:TAG")
+        if self.platform not in PLATFORM_BASELINES:
+            raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {', '.join(PLATFORM_BASELINES)}")
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
         if self.gpus and not self.gpu_type:
@@ -164,6 +174,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
         beam_pipeline_args=list(settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
         schema_file=image_schema_file(),
+        baseline=PLATFORM_BASELINES[settings.platform],
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec

@@ -61,6 +61,11 @@ def spec(job) -> dict:
 
 
 @pytest.fixture(scope="module")
+def vertex_spec() -> dict:
+    return kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(platform="vertex"))["pipelineSpec"]
+
+
+@pytest.fixture(scope="module")
 def files(job, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("kfp")
     return {ext: kubeflow_runner.write_pipeline(job, str(folder / f"pipeline.{ext}")) for ext in ("yaml", "json")}
@@ -130,22 +135,44 @@ def test_json_is_a_pipeline_job(files):
     assert spec.default_pipeline_root == ROOT
 
 
-def test_every_component_of_the_local_pipeline_is_a_task(spec, local_pipeline):
+def _check_components(spec: dict, local_pipeline, resolvers_expected: bool) -> None:
     from tfx.dsl.components.common import resolver
 
     tasks = set(spec["root"]["dag"]["tasks"])
     covered = set()
     for node in local_pipeline.components:
         if isinstance(node, resolver.Resolver):
-            # KubeflowV2DagRunner splits the latest-blessed-model resolver into two resolver tasks.
+            # KubeflowV2DagRunner splits the latest-blessed-model resolver into two resolver tasks; for
+            # open-source KFP the pipeline has no baseline resolver at all (it runs no resolvers).
             mine = {t for t in tasks if t.startswith(node.id + "-")}
-            assert len(mine) == 2, f"{node.id}: {sorted(tasks)}"
+            assert len(mine) == (2 if resolvers_expected else 0), f"{node.id}: {sorted(tasks)}"
         else:
             mine = {node.id} & tasks
             assert mine, f"{node.id} is not a task of the compiled pipeline: {sorted(tasks)}"
         covered |= mine
     assert covered == tasks, f"tasks that are not components of the local pipeline: {tasks - covered}"
+
+
+def test_every_component_of_the_local_pipeline_is_a_task(spec, vertex_spec, local_pipeline):
     assert len(local_pipeline.components) >= 10
+    _check_components(spec, local_pipeline, resolvers_expected=False)
+    _check_components(vertex_spec, local_pipeline, resolvers_expected=True)
+
+
+def test_the_baseline_follows_the_platform(spec, vertex_spec):
+    # Open-source KFP v2 does not implement resolver executors (docs/kubeflow.md): no baseline there.
+    assert kubeflow_runner.resolver_tasks(spec) == []
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "baseline_model" not in tasks["Evaluator"]["inputs"]["artifacts"]
+    assert "base_model" not in tasks["Trainer"]["inputs"].get("artifacts", {})
+    # Vertex AI runs them: TFX's LatestBlessedModelStrategy feeds the warm start and the Evaluator.
+    assert kubeflow_runner.resolver_tasks(vertex_spec) == [
+        "baseline_model_resolver-model-blessing-resolver", "baseline_model_resolver-model-resolver"
+    ]
+    tasks = vertex_spec["root"]["dag"]["tasks"]
+    for task, key in (("Evaluator", "baseline_model"), ("Trainer", "base_model")):
+        source = tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"]
+        assert source["producerTask"] == "baseline_model_resolver-model-resolver", task
 
 
 def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
@@ -211,15 +238,16 @@ def test_compiling_twice_gives_the_same_spec(job, files, tmp_path):
             assert a.read() == b.read(), ext
 
 
-def test_caching_follows_the_setting(spec):
+def test_caching_follows_the_setting(spec, vertex_spec):
     def cached(spec: dict) -> dict[str, bool]:
         tasks = spec["root"]["dag"]["tasks"]
         return {name: tasks[name].get("cachingOptions", {}).get("enableCache", False) for name in _containers(spec)}
 
     assert all(cached(spec).values())
     # The resolvers look up the latest blessed model afresh in every run.
-    resolvers = [t for n, t in spec["root"]["dag"]["tasks"].items() if n not in _containers(spec)]
-    assert len(resolvers) == 2 and not any(t.get("cachingOptions") for t in resolvers)
+    tasks = vertex_spec["root"]["dag"]["tasks"]
+    assert not any(tasks[t].get("cachingOptions") for t in kubeflow_runner.resolver_tasks(vertex_spec))
+
     uncached = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(enable_cache=False))
     assert not any(cached(uncached["pipelineSpec"]).values())
 
@@ -250,7 +278,7 @@ def test_compile_flags_become_settings(tmp_path):
     args = _parse(
         f"kubeflow compile --image {IMAGE} --pipeline-root {ROOT}/ --profile full --data gs://other/data "
         f"--serving-model-dir gs://serving/mtnlp --beam-args-file {beam_file} --beam-arg=--region=europe-west4 "
-        "--beam-arg=--num_workers=4 --gpus 4 --gpu-type NVIDIA_L4 --no-cache --output out.json"
+        "--beam-arg=--num_workers=4 --gpus 4 --gpu-type NVIDIA_L4 --no-cache --output out.json --platform vertex"
     )
     assert args.func is kubeflow_cli.compile_command and args.output == "out.json" and args.profile == "full"
     settings = kubeflow_cli.settings_from_args(args)
@@ -261,6 +289,7 @@ def test_compile_flags_become_settings(tmp_path):
     assert settings.beam_pipeline_args == ("--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
                                            "--num_workers=4")  # fmt: skip
     assert (settings.gpus, settings.gpu_type, settings.enable_cache) == (4, "NVIDIA_L4", False)
+    assert settings.platform == "vertex"
 
 
 def test_compile_defaults(monkeypatch):
@@ -270,7 +299,7 @@ def test_compile_defaults(monkeypatch):
     assert args.output == "pipeline.yaml"
     assert re.fullmatch(r"mtnlp-pipeline:\d+\.\d+\.\d+.*", settings.image)
     assert settings.resolved_serving_model_dir("mtnlp") == f"{ROOT}/serving_model/mtnlp"
-    assert settings.gpus == 0 and settings.enable_cache
+    assert settings.gpus == 0 and settings.enable_cache and settings.platform == "kfp"
 
 
 @pytest.mark.parametrize(
@@ -342,7 +371,17 @@ def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
         pipeline_file=None, name=None, arguments={}, run_name="retrain-7", experiment_name="nightly",
         namespace="team-nlp", pipeline_root=ROOT, enable_caching=None,
     )  # fmt: skip
-    assert "run-123" in capfd.readouterr().out
+    captured = capfd.readouterr()
+    assert "run-123" in captured.out
+    assert "resolver" not in captured.err
+
+
+def test_submit_warns_about_resolvers_on_a_kfp_host(vertex_spec, fake_kfp, capfd, tmp_path):
+    path = tmp_path / "vertex.yaml"
+    path.write_text(yaml.safe_dump(vertex_spec))
+    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {path}")
+    assert args.func(args) == 0  # the server decides; the user is told why it may refuse
+    assert "resolver executors not implemented" in capfd.readouterr().err
 
 
 def test_submit_compiles_first_and_can_disable_caching(job, fake_kfp, monkeypatch):
