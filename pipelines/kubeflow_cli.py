@@ -194,7 +194,8 @@ def _explain_submit_failure(host: str, error: Exception) -> str:
                 "and --host http://localhost:8080")  # fmt: skip
     status = getattr(error, "status", None)
     if status in (401, 403):
-        return f"Kubeflow Pipelines at {host} refused the request ({status}): log in or pass --namespace of your profile"
+        return (f"Kubeflow Pipelines at {host} refused the request ({status}): "
+                "log in, or pass --namespace with your profile's namespace")
     return f"submitting to Kubeflow Pipelines at {host} failed: {text[:2000]}"
 
 

@@ -18,6 +18,9 @@ Output format follows the file name, as in ``KubeflowV2DagRunner`` itself:
 Both carry the pipeline root as ``pipelineSpec.defaultPipelineRoot``, so a run started from the KFP UI
 without a root still writes where the TFX executors can (they write with ``tf.io.gfile``, which
 cannot reach KFP's default ``minio://`` root).
+
+The target platform (open-source KFP or Vertex AI) decides one thing in the pipeline, the baseline model
+resolver: see ``PLATFORM_BASELINES``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ import dataclasses
 import json
 import os
 import posixpath
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 from pipelines.config import PipelineConfig
 from pipelines.local_runner import PIPELINE_NAME
+
+if TYPE_CHECKING:  # imported lazily at run time: they pull in TFX and TensorFlow
+    from kfp.pipeline_spec.pipeline_spec_pb2 import PipelineDeploymentConfig
+    from tfx.v1.dsl import Pipeline
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,8 +74,8 @@ class Resources:
     memory_gb: float
 
 
-# The Beam components hold a whole split in a DirectRunner worker pool unless a distributed runner
-# takes the work off the pod; the Trainer needs the most memory (model, optimizer, input pipeline).
+# The Beam components do their work inside the pod (DirectRunner) unless a distributed runner takes it
+# elsewhere; the Trainer needs the most (model, optimizer state, input pipeline).
 DEFAULT_RESOURCES: Mapping[str, Resources] = {
     "JsonlExampleGen": Resources(cpu=4, memory_gb=16),
     "StatisticsGen": Resources(cpu=4, memory_gb=16),
@@ -84,6 +91,7 @@ class KubeflowConfigError(ValueError):
 
 
 def default_image() -> str:
+    """``mtnlp-pipeline:<package version>``: the tag the docs build; push it to a registry for a real cluster."""
     from importlib import metadata
 
     return f"{DEFAULT_IMAGE_REPOSITORY}:{metadata.version('mtnlp')}"
@@ -119,7 +127,8 @@ class KubeflowSettings:
         if not self.image:
             raise KubeflowConfigError("the pipeline image is empty; pass --image REGISTRY/mtnlp-pipeline:TAG")
         if self.platform not in PLATFORM_BASELINES:
-            raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {', '.join(PLATFORM_BASELINES)}")
+            choices = ", ".join(PLATFORM_BASELINES)
+            raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {choices}")
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
         if self.gpus and not self.gpu_type:
@@ -144,7 +153,9 @@ def image_schema_file() -> str:
     return posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))
 
 
-def resource_spec(resources: Resources, gpus: int = 0, gpu_type: str = DEFAULT_GPU_TYPE):
+def resource_spec(
+    resources: Resources, gpus: int = 0, gpu_type: str = DEFAULT_GPU_TYPE
+) -> PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec:
     """The KFP ResourceSpec proto that ``with_platform_config`` attaches to a component's container."""
     from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -157,7 +168,7 @@ def resource_spec(resources: Resources, gpus: int = 0, gpu_type: str = DEFAULT_G
     return spec
 
 
-def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
+def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeline:
     """``create_pipeline()`` with Kubeflow's locations, then each component's pod resources."""
     from tfx.dsl.components.base import base_component
 

@@ -176,11 +176,12 @@ def test_the_baseline_follows_the_platform(spec, vertex_spec):
 
 
 def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
+    kubeflow_v2_run_executor = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     containers = _containers(spec)
     assert len(containers) == 9
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
-        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        assert container["command"] == ["python", "-m", kubeflow_v2_run_executor]
 
 
 def test_pipeline_root_data_and_serving_dir(job, spec):
