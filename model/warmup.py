@@ -12,10 +12,12 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _SENTENCES = ["Apple sued Samsung in California.", "I love this movie, it is great!"]
 
 
-def _predict_log(signature: str, inputs: dict[str, tf.Tensor]) -> prediction_log_pb2.PredictionLog:
+def _predict_log(signature: str, inputs: dict[str, list]) -> prediction_log_pb2.PredictionLog:
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=signature))
     for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        # the signatures take int64 offsets; a plain Python int list would become int32
+        dtype = tf.int64 if isinstance(value[0], int) else tf.string
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 

@@ -85,12 +85,16 @@ def test_pushed_model_uses_only_core_tensorflow_ops(pipeline_run):
     assert {"StringSplitV2", "StaticRegexReplace", "MatMul"} <= set(audit["ops"])  # the in-graph tokenizer is there
 
 
-def test_pushed_model_carries_warmup_requests_for_tf_serving(pipeline_run):
+def test_pushed_model_carries_warmup_requests_that_its_signatures_accept(pipeline_run):
     path = pipeline_run.pushed_model_dir / "assets.extra" / "tf_serving_warmup_requests"
+    model = tf.saved_model.load(str(pipeline_run.pushed_model_dir))
     signatures = []
     for record in tf.data.TFRecordDataset(str(path)):
-        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        signatures.append(log.predict_log.request.model_spec.signature_name)
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        signatures.append(request.model_spec.signature_name)
+        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        outputs = model.signatures[request.model_spec.signature_name](**inputs)  # dtypes and names must match
+        assert all(int(v.shape[0]) == int(next(iter(inputs.values())).shape[0]) for v in outputs.values())
     assert signatures == ["serving_default", "relation"]
 
 
