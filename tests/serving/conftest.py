@@ -83,8 +83,9 @@ class ServerProcess:
                     return self
             except OSError:
                 time.sleep(0.2)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"server not ready after {timeout}s:\n{log[-3000:]}")
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         return self.proc.wait(timeout)
