@@ -47,9 +47,9 @@ IMAGE_PROJECT_DIR = "/opt/mtnlp"
 
 DEFAULT_IMAGE_REPOSITORY = "mtnlp-pipeline"
 
-# Without a distributed runner, the Beam components run Beam's DirectRunner inside their own pod;
-# multi_processing with 0 workers uses every CPU the pod is given (TFX's template default).
-DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# Without a distributed runner, the Beam components run Beam's DirectRunner inside their own pod, in
+# worker processes; build_pipeline sets their number per component to the pod's CPU limit.
+DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing",)
 
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
@@ -170,7 +170,7 @@ def resource_spec(
 
 def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeline:
     """``create_pipeline()`` with Kubeflow's locations, then each component's pod resources."""
-    from tfx.dsl.components.base import base_component
+    from tfx.dsl.components.base import base_component, executor_spec
 
     from pipelines.pipeline import create_pipeline
 
@@ -190,14 +190,25 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec
     # into deploymentSpec.executors.<exec>.container.resources. Resolvers run no container.
+    in_pod = runs_in_pod(settings.beam_pipeline_args)
     for component in pipeline.components:
         if not isinstance(component, base_component.BaseComponent):
             continue
+        resources = settings.resources.get(component.id, SMALL_COMPONENT)
         gpus = settings.gpus if component.id == "Trainer" else 0
-        component.with_platform_config(
-            resource_spec(settings.resources.get(component.id, SMALL_COMPONENT), gpus, settings.gpu_type)
-        )
+        component.with_platform_config(resource_spec(resources, gpus, settings.gpu_type))
+        if in_pod and isinstance(component.executor_spec, executor_spec.BeamExecutorSpec):
+            # DirectRunner's default (0) starts one worker per CPU of the node (multiprocessing.cpu_count
+            # ignores the pod's limit): on a large node that is far more processes than the pod can hold.
+            component.with_beam_pipeline_args([f"--direct_num_workers={max(1, int(resources.cpu))}"])
     return pipeline
+
+
+def runs_in_pod(beam_pipeline_args: Sequence[str]) -> bool:
+    """Whether the Beam components run DirectRunner in their pod, with the worker count left to us."""
+    runners = [a.split("=", 1)[1] for a in beam_pipeline_args if a.startswith("--runner=")]
+    chose_workers = any(a.startswith("--direct_num_workers") for a in beam_pipeline_args)
+    return not chose_workers and (not runners or runners[-1] in ("DirectRunner", "direct"))
 
 
 def compile_pipeline_job(config: PipelineConfig, settings: KubeflowSettings) -> dict[str, Any]:

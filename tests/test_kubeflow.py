@@ -210,10 +210,28 @@ def test_beam_args_reach_the_beam_components(spec, local_pipeline):
         assert _contains_in_order(containers[component_id]["args"], BEAM_ARGS), component_id
 
 
-def test_default_beam_args_use_the_pod_cpus(tmp_path):
+def test_without_a_distributed_runner_beam_uses_the_pod_cpus(spec, local_pipeline):
+    from tfx.dsl.components.base import executor_spec
+
     settings = kubeflow_runner.KubeflowSettings(pipeline_root="s3://bucket/mtnlp", image=IMAGE)
-    assert settings.beam_pipeline_args == kubeflow_runner.DEFAULT_BEAM_ARGS
+    assert settings.beam_pipeline_args == ("--direct_running_mode=multi_processing",)
     assert settings.resolved_data_root() == "s3://bucket/mtnlp/data"
+    default = _containers(kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"])
+    beam = executor_spec.BeamExecutorSpec
+    beam_ids = {c.id for c in local_pipeline.components if isinstance(c.executor_spec, beam)}
+    for name, container in default.items():
+        workers = [a for a in container["args"] if a.startswith("--direct_num_workers")]
+        if name in beam_ids:  # DirectRunner's default would be one worker per CPU of the node
+            cpus = int(kubeflow_runner.DEFAULT_RESOURCES.get(name, kubeflow_runner.SMALL_COMPONENT).cpu)
+            assert workers == [f"--direct_num_workers={cpus}"], name
+            args = container["args"]
+            assert args.index("--direct_running_mode=multi_processing") < args.index(workers[0]), name
+        else:
+            assert workers == [], name
+    # A distributed runner, or a worker count of the user's, is left alone.
+    assert not any(a.startswith("--direct_num_workers") for c in _containers(spec).values() for a in c["args"])
+    assert not kubeflow_runner.runs_in_pod(["--runner=DirectRunner", "--direct_num_workers=2"])
+    assert kubeflow_runner.runs_in_pod(["--runner=DirectRunner"])
 
 
 def test_resources_per_component_and_gpus_on_the_trainer(spec):
