@@ -13,7 +13,10 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.kubeflow_runner import KubeflowSettings
 
 log = logging.getLogger("mtnlp")
 
@@ -71,13 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.set_defaults(func=submit_command)
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
     from pipelines import kubeflow_runner
 
     if not args.pipeline_root:
         raise kubeflow_runner.KubeflowConfigError(
             "no pipeline root: pass --pipeline-root gs://BUCKET/PATH or s3://BUCKET/PATH (or set MTNLP_PIPELINE_ROOT)"
         )
+    if args.beam_args_file and not os.path.isfile(args.beam_args_file):
+        raise kubeflow_runner.KubeflowConfigError(f"Beam arguments file {args.beam_args_file} does not exist")
     from_file = kubeflow_runner.beam_args_from_file(args.beam_args_file) if args.beam_args_file else []
     optional: dict[str, Any] = {}
     if args.image:
@@ -144,12 +149,17 @@ def submit_pipeline(
     from pipelines import kubeflow_runner
 
     spec, pipeline_root = kubeflow_runner.load_pipeline_spec(pipeline_file)
+    if not pipeline_root:
+        raise kubeflow_runner.KubeflowConfigError(
+            f"{pipeline_file} names no pipeline root; compile it with mtnlp kubeflow compile --pipeline-root gs://..."
+        )
+    kubeflow_runner.check_pipeline_root(pipeline_root)
     resolvers = kubeflow_runner.resolver_tasks(spec)
     if resolvers:
         # Said before the server answers, since its own error does not name the cause in these terms.
         log.warning("warning: the pipeline has resolver tasks (%s). Vertex AI Pipelines runs them; open-source "
-                    "KFP v2 rejects them when it creates the run ('resolver executors not implemented'). "
-                    "See docs/kubeflow.md, Known limitations.", ", ".join(resolvers))  # fmt: skip
+                    "KFP v2 rejects them when it creates the run ('resolver executors not implemented'): "
+                    "for Kubeflow Pipelines compile with --platform kfp (docs/kubeflow.md).", ", ".join(resolvers))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         package = _as_kfp_package(pipeline_file, tmp)
         try:

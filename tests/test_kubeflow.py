@@ -324,6 +324,7 @@ def test_compile_defaults(monkeypatch):
 @pytest.mark.parametrize(
     "flags, message",
     [("", "no pipeline root"), ("--pipeline-root ./workdir", "not a gs:// or s3:// URI"),
+     (f"--pipeline-root {ROOT} --beam-args-file missing.txt", "Beam arguments file missing.txt does not exist"),
      (f"--pipeline-root {ROOT} --beam-arg=runner=DataflowRunner", "does not start with '--'"),
      (f"--pipeline-root {ROOT} --gpus -1", "--gpus must be 0 or more"),
      (f"--pipeline-root {ROOT} --output pipeline.txt", "must end in .yaml")],
@@ -431,6 +432,20 @@ def test_submit_needs_a_host_and_an_existing_file(fake_kfp, capfd, tmp_path):
     args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {tmp_path / 'missing.yaml'}")
     assert args.func(args) == 2
     assert "does not exist" in capfd.readouterr().err and not fake_kfp.instances
+
+
+def test_submit_refuses_a_file_without_an_object_store_root(spec, fake_kfp, capfd, tmp_path):
+    for name, root in (("no-root.yaml", None), ("local-root.yaml", "/tmp/root")):
+        document = {k: v for k, v in spec.items() if k != "defaultPipelineRoot"}
+        if root:
+            document["defaultPipelineRoot"] = root
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(document))
+        args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {path}")
+        assert args.func(args) == 2
+        err = capfd.readouterr().err
+        assert ("names no pipeline root" if root is None else "not a gs:// or s3:// URI") in err, name
+    assert not fake_kfp.instances
 
 
 def test_submit_to_an_unreachable_host_says_so(files, capfd):
