@@ -347,19 +347,33 @@ def test_the_pipeline_root_can_come_from_the_environment(monkeypatch):
 # --- submit ---------------------------------------------------------------------------------------------
 
 
+def _bind_to_real(method_name: str, *args, **kwargs) -> None:
+    """The call must fit the real kfp 2.5 Client method's signature (names, not just positions)."""
+    import inspect
+
+    from kfp.client import client as kfp_client
+
+    inspect.signature(getattr(kfp_client.Client, method_name)).bind(None, *args, **kwargs)
+
+
 class FakeClient:
     """Stands in for kfp.Client; records the calls and checks the package the way kfp reads it."""
 
     instances: list["FakeClient"] = []
 
-    def __init__(self, host=None, namespace="kubeflow", **kwargs):
-        self.host, self.namespace, self.kwargs, self.runs = host, namespace, kwargs, []
+    def __init__(self, *args, **kwargs):
+        _bind_to_real("__init__", *args, **kwargs)
+        self.host, self.namespace, self.runs = kwargs.get("host"), kwargs.get("namespace", "kubeflow"), []
         FakeClient.instances.append(self)
 
     def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
                                          namespace=None, pipeline_root=None, enable_caching=None,
                                          service_account=None, experiment_id=None):  # fmt: skip
         from kfp.client import client as kfp_client
+
+        _bind_to_real("create_run_from_pipeline_package", pipeline_file, arguments=arguments, run_name=run_name,
+                      experiment_name=experiment_name, namespace=namespace, pipeline_root=pipeline_root,
+                      enable_caching=enable_caching)  # fmt: skip
 
         doc = kfp_client._extract_pipeline_yaml(pipeline_file)  # the real reader, while the file exists
         self.runs.append(dict(pipeline_file=pipeline_file, name=doc.pipeline_spec.pipeline_info.name,
