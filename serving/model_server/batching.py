@@ -149,6 +149,7 @@ class BatchScheduler:
         with self._cv:
             q = self._queues.setdefault(key, _Queue())
             open_batch = q.batches[-1] if q.batches and not q.batches[-1].closed else None
+            wake = o.batch_timeout_micros == 0
             if open_batch is None or open_batch.size + size > o.execution_limit:
                 if open_batch is not None:
                     open_batch.closed = True
@@ -156,11 +157,16 @@ class BatchScheduler:
                     raise unavailable("The batch scheduling queue to which this task was submitted is full")
                 open_batch = _Batch()
                 q.batches.append(open_batch)
+                wake = True  # a new deadline to wait for
             open_batch.tasks.append(task)
             open_batch.size += size
             if open_batch.size >= o.execution_limit:
                 open_batch.closed = True
-            self._cv.notify()
+                wake = True
+            # Waking a worker for every task that joins a waiting batch would only cost the GIL: workers wake
+            # when a batch opens (new deadline), fills up, or at once when there is no timeout.
+            if wake:
+                self._cv.notify()
         return task
 
     def _take(self) -> tuple[str, _Batch] | None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 from tensorflow.core.example import example_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
                                      regression_pb2)
 
@@ -225,10 +224,6 @@ def metadata(servable: Servable, request) -> get_model_metadata_pb2.GetModelMeta
         sdm.signature_def[k].CopyFrom(v)
     response.metadata["signature_def"].Pack(sdm)
     return response
-
-
-def signature_def_map(servable: Servable) -> meta_graph_pb2.MetaGraphDef:
-    return servable.model.meta_graph
 
 
 __all__ = ["Servable", "ServingError", "predict", "classify", "regress", "multi_inference", "metadata"]

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -371,6 +371,3 @@ class Manager:
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)
-
-    def on_change(self, fn: Callable[[], None]) -> None:  # pragma: no cover - hook for embedding
-        fn()

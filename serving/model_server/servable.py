@@ -86,6 +86,8 @@ class LoadedModel:
         self.signatures = {k: s for k, s in _signatures(self.meta_graph).items() if k in available}
         self._fns = available
         self._tf = tf
+        self._tf_dtypes = {(k, a): tf.dtypes.as_dtype(i.dtype) for k, sig in self.signatures.items()
+                           for a, i in sig.inputs.items()}
 
     def signature(self, key: str) -> Signature:
         try:
@@ -126,9 +128,7 @@ class LoadedModel:
     def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self._tf
         fn = self._fns[sig.key]
-        feed = {}
-        for alias, arr in inputs.items():
-            feed[alias] = tf.constant(arr, dtype=tf.dtypes.as_dtype(sig.inputs[alias].dtype))
+        feed = {alias: tf.constant(arr, dtype=self._tf_dtypes[(sig.key, alias)]) for alias, arr in inputs.items()}
         try:
             result = fn(**feed)
         except Exception as e:  # noqa: BLE001 - the model's own error, with TF's code
