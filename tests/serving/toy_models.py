@@ -9,7 +9,9 @@ writes, under OUT_DIR:
   tf1_half_plus_two/1     TF1 format (tf.compat.v1 SavedModelBuilder): predict, classify, regress signatures.
   warmup_counter/1        TF2 model counting its calls, with assets.extra/tf_serving_warmup_requests (3 records).
   broken/3                a version directory that cannot load (copied in by tests).
-  models.config           ModelServerConfig for the first three models, with version labels.
+  models.config           ModelServerConfig for half_plus_two (all versions, labels stable=1, canary=2) and
+                          tf1_half_plus_two.
+  monitoring.config       MonitoringConfig enabling Prometheus at /monitoring/prometheus/metrics.
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ def build_all(out: Path, serving_root: str | None = None) -> Path:
     build_warmup_counter(out)
     build_broken(out)
     (out / "models.config").write_text(models_config(serving_root or str(out)))
+    (out / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     return out
 
 
