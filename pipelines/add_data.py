@@ -43,7 +43,8 @@ def resolve_task(name: str) -> Task:
 
 
 def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
-    good, errors = [], []
+    """(every record line, an error per malformed one). Lines stay raw so that a forced add keeps them."""
+    lines, errors = [], []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -53,12 +54,11 @@ def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
                 record_to_example(line, task)
             except UnicodeDecodeError as e:
                 errors.append(f"{path}:{number}: invalid UTF-8 at byte {e.start}")
-                continue
+                line = raw.decode("utf-8", errors="replace")
             except RecordError as e:
                 errors.append(f"{path}:{number}: {e}")
-                continue
-            good.append(line.rstrip("\n"))
-    return good, errors
+            lines.append(line.rstrip("\n"))
+    return lines, errors
 
 
 def _is_validation(line: str, fraction: float) -> bool:
@@ -77,6 +77,7 @@ def add_span(data_root: str, task_name: str, train_file: str, validation_file: s
     else:
         validation = [line for line in train if _is_validation(line, validation_fraction)]
         train = [line for line in train if not _is_validation(line, validation_fraction)]
+    # with --force the malformed lines are written too: ingest rejects them with file and line
     if errors and not force:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
