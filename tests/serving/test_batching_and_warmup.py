@@ -3,7 +3,10 @@ warmup replays assets.extra/tf_serving_warmup_requests before a version serves."
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -96,3 +99,20 @@ def test_warmup_replayed_before_serving(start_server, toy_dir, flag, expected_ca
         assert int(c.predict({"x": [1.0]})["calls"][0]) == expected_calls
     if not flag:
         assert "Number of warmup records read: 3" in p.log()
+
+
+def test_rest_timeout(start_server, toy_dir, tmp_path):
+    # A batch that waits 3 s for company outlasts a 300 ms REST timeout: 504 with an error, gRPC still answers.
+    params = tmp_path / "slow_batching.txt"
+    params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 3000000 }\n")
+    p = start_server("--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}", "--enable_batching",
+                     f"--batching_parameters_file={params}", "--rest_api_timeout_in_ms=300")
+    req = urllib.request.Request(f"http://{p.rest}/v1/models/hpt:predict", data=b'{"instances": [1.0]}',
+                                 method="POST")
+    start = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 504 and "error" in json.loads(e.value.read())
+    assert time.monotonic() - start < 2.5
+    with ServingClient(p.grpc, model_name="hpt", timeout=30) as c:
+        assert c.predict({"x": [1.0]})["y"].tolist() == [3.5]
