@@ -1,7 +1,8 @@
 """Serving latency/throughput: gRPC to mtnlp-model-server (with and without batching) vs the same model in-process.
 
-    python benchmarks/serving.py                       # built-in MLP model (x: float32 [B, 64])
-    python benchmarks/serving.py --model-base-path workdir/serving_model/mtnlp --text "Apple sued Samsung."
+    python benchmarks/serving.py                # the pushed model in ./workdir if there is one, else a dense stand-in
+    python benchmarks/serving.py --model-base-path workdir/serving_model/mtnlp --model-name mtnlp
+    python benchmarks/serving.py --builtin      # the stand-in (x: float32 [B, 64]) even when a pushed model exists
 
 For each concurrency (1, 8, 32 client threads, each sending one example per request, back to back for --seconds),
 prints p50/p99 latency and throughput, states the machine, and writes the figures as JSON next to this script
@@ -179,8 +180,11 @@ def start_server(base: Path, name: str, batching_file: Path | None,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-base-path", type=Path, help="a served model's base path (default: build an MLP)")
-    ap.add_argument("--model-name", default="bench")
+    ap.add_argument("--model-base-path", type=Path,
+                    help="a served model's base path (default: workdir/serving_model/mtnlp if it holds a version, "
+                         "else a built-in dense model)")
+    ap.add_argument("--builtin", action="store_true", help="use the built-in dense model")
+    ap.add_argument("--model-name", default="mtnlp")
     ap.add_argument("--text", default="Apple sued Samsung in California.",
                     help="input sentence when the model takes `text` (the project model)")
     ap.add_argument("--concurrency", default="1,8,32")
@@ -202,7 +206,11 @@ def main() -> int:
     from tensorflow_serving.apis import model_pb2, predict_pb2
 
     tmp = Path(tempfile.mkdtemp(prefix="mtnlp-bench-"))
-    base = ns.model_base_path.resolve() if ns.model_base_path else build_mlp(tmp / "bench")
+    pushed = REPO / "workdir" / "serving_model" / "mtnlp"
+    if ns.model_base_path is None and not ns.builtin and pushed.is_dir() and \
+            any(p.name.isdigit() for p in pushed.iterdir()):
+        ns.model_base_path = pushed
+    base = ns.model_base_path.resolve() if ns.model_base_path and not ns.builtin else build_mlp(tmp / "mtnlp")
     versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
     fn = tf.saved_model.load(str(base / str(versions[-1]))).signatures["serving_default"]
     (input_name,) = fn.structured_input_signature[1].keys()
