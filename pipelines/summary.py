@@ -100,10 +100,6 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
                 summary["evaluation_uri"] = artifact.uri
             elif kind == "ModelBlessing":
                 summary["blessed"] = bool(_property(artifact, "blessed"))
-                if not summary["blessed"]:
-                    summary["blessing_failures"] = _validation_failures(
-                        summary.get("evaluation_uri", artifact.uri.replace("blessing", "evaluation"))
-                    )
             elif kind == "PushedModel":
                 summary["pushed"] = bool(_property(artifact, "pushed"))
                 if summary["pushed"]:
@@ -122,6 +118,8 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
 
                 summary["ingest"] = read_rejected_summary(artifact.uri)
                 summary["rejected_records_uri"] = artifact.uri
+    if summary.get("blessed") is False and "evaluation_uri" in summary:
+        summary["blessing_failures"] = _validation_failures(summary["evaluation_uri"])
     return summary
 
 
