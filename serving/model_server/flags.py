@@ -77,6 +77,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("skip_initialize_tpu", bool, False, "TPU.", supported=False),
     Flag("thread_pool_factory_config_file", str, "", "Thread pool factory.", supported=False),
     Flag("mixed_precision", str, "", "Mixed precision.", supported=False),
+    Flag("enable_per_model_batching_params", bool, False, "Per-model batching_params.pbtxt.", supported=False),
+    Flag("tensorflow_session_config_file", str, "", "SessionConfig file.", supported=False),
+    Flag("enable_grpc_healthcheck_service", bool, False, "gRPC health checking service.", supported=False),
     Flag("version", bool, False, "Display version"),
     # Our extensions (not in tensorflow_model_server):
     Flag("bind_address", str, "0.0.0.0", "[mtnlp extension] Address the gRPC and REST servers bind to. TF Serving "
