@@ -76,7 +76,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def add_data_command(args: argparse.Namespace) -> int:
+    from mtnlp import logs
+
+    logs.quiet_environment()
     from pipelines.add_data import BadDataError, add_span
+
+    logs.configure_logging()
 
     try:
         added = add_span(args.data, args.task, args.file, args.validation, force=args.force)

@@ -57,8 +57,22 @@ def _validation_failures(evaluation_uri: str) -> list[str]:
     failures = []
     for slice_failures in result.metric_validations_per_slice:
         for failure in slice_failures.failures:
-            failures.append(f"{failure.metric_key.output_name}/{failure.metric_key.name}: {failure.message}")
+            failures.append(_describe_failure(failure))
     return failures
+
+
+def _describe_failure(failure) -> str:
+    """e.g. "overall/mean_primary_metric: change -0.0003 vs baseline, needs >= +0.0000" (TFMA's own
+    message is often empty)."""
+    key, threshold = failure.metric_key, failure.metric_threshold
+    name = f"{key.output_name or 'overall'}/{key.name}"
+    value = failure.metric_value.double_value.value
+    if key.is_diff or threshold.HasField("change_threshold"):
+        bound = threshold.change_threshold.absolute.value
+        return f"{name}: change {value:+.5f} vs baseline, needs >= {bound:+.5f}"
+    if threshold.value_threshold.HasField("lower_bound"):
+        return f"{name}: {value:.4f}, needs >= {threshold.value_threshold.lower_bound.value:.4f}"
+    return f"{name}: {value:.4f} {failure.message}".strip()
 
 
 def _training_facts(model_run_uri: str) -> dict[str, Any]:
