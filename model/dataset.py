@@ -13,6 +13,7 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from model.network import model_input_names
 from model.preprocessing import MODEL_INPUTS
 from model.tasks import TASKS, Head, HeadKind
 
@@ -58,11 +59,19 @@ def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> d
     length = tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1))
     length = tf.maximum(length, 1)
     sequence_keys = set(SEQUENCE_FEATURES) | {k for h in heads if h.kind is HeadKind.TOKEN for k in (h.label_key, h.weight_key)}
-    return {k: (v[:, :length] if k in sequence_keys else v) for k, v in features.items()}
+    trimmed = {k: (v[:, :length] if k in sequence_keys else v) for k, v in features.items()}
+    # Sequence heads' targets are cut to the batch's longest target (1 when it has none), so a
+    # batch without translation examples carries no target-length tensors.
+    for head in heads:
+        if head.kind is HeadKind.SEQUENCE:
+            target_length = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[head.label_key] > 0, tf.int32), axis=1)), 1)
+            trimmed[head.label_key] = features[head.label_key][:, :target_length]
+            trimmed[head.weight_key] = features[head.weight_key][:, :target_length]
+    return trimmed
 
 
 def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
-    inputs = {k: features[k] for k in MODEL_INPUTS}
+    inputs = {k: features[k] for k in model_input_names(heads)}
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
     return inputs, labels, weights

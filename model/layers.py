@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import keras
+import keras_nlp
+import tensorflow as tf
 from keras import ops
 
 
@@ -47,3 +49,99 @@ class EntityStartPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "markers": self.markers}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class SequenceDecoder(keras.layers.Layer):
+    """The decoder of a sequence head: target-word embeddings, keras-nlp ``TransformerDecoder`` layers
+    (causal self-attention, cross-attention to the encoder) and a projection onto the target vocabulary.
+
+    Target ids: 0 padding, ``bos_id``, ``eos_id``, then words (see ``model/preprocessing.py``).
+
+    Call args: encoder_hidden [B, T, D], encoder_mask [B, T] (bool, True for real words), target_ids
+    [B, L] int (the label ids: words then EOS, 0 padding; an all-zero row has no target).
+    Returns teacher-forced logits [B, L, V]. Only the rows that have a target run through the
+    decoder: they are gathered, decoded and scattered back, and the other rows get zero logits (so
+    a batch of other tasks' examples costs the decoder nothing and gives it no gradient).
+    """
+
+    def __init__(self, vocabulary_size: int, max_length: int, num_layers: int, num_heads: int,
+                 intermediate_dim: int, dropout: float = 0.0, bos_id: int = 1, eos_id: int = 2, **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        self.vocabulary_size, self.max_length, self.num_layers = vocabulary_size, max_length, num_layers
+        self.num_heads, self.intermediate_dim, self.dropout = num_heads, intermediate_dim, dropout
+        self.bos_id, self.eos_id = bos_id, eos_id
+
+    def build(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
+        dim = encoder_hidden_shape[-1]
+        self.embedding = keras_nlp.layers.TokenAndPositionEmbedding(
+            self.vocabulary_size, self.max_length, dim, name="target_embedding"
+        )
+        self.embedding.build((None, None))
+        self.decoders = []
+        for i in range(self.num_layers):
+            decoder = keras_nlp.layers.TransformerDecoder(
+                self.intermediate_dim, self.num_heads, dropout=self.dropout, name=f"decoder_{i}"
+            )
+            decoder.build((None, None, dim), (None, None, dim))
+            self.decoders.append(decoder)
+        self.projection = keras.layers.Dense(self.vocabulary_size, name="target_projection")
+        self.projection.build((None, None, dim))
+        super().build(encoder_hidden_shape)
+
+    def decode(self, encoder_hidden, encoder_mask, decoder_input_ids, training=None):
+        """Logits [N, L, V] for decoder inputs [N, L] (BOS first) over encoder states [N, T, D]."""
+        x = self.embedding(decoder_input_ids)
+        for decoder in self.decoders:
+            x = decoder(x, encoder_hidden, encoder_padding_mask=encoder_mask, use_causal_mask=True, training=training)
+        return self.projection(x)
+
+    def shift_right(self, target_ids):
+        """Teacher forcing: the decoder reads BOS and the target up to the previous position. [N, L]"""
+        bos = ops.full((ops.shape(target_ids)[0], 1), self.bos_id, dtype=target_ids.dtype)
+        return ops.concatenate([bos, target_ids[:, :-1]], axis=1)
+
+    def call(self, encoder_hidden, encoder_mask, target_ids, training=None):
+        rows = ops.where(ops.greater(target_ids[:, 0], 0))[0]  # examples with a target
+        logits = self.decode(
+            ops.take(encoder_hidden, rows, axis=0), ops.take(encoder_mask, rows, axis=0),
+            self.shift_right(ops.take(target_ids, rows, axis=0)), training=training,
+        )  # fmt: skip
+        shape = (ops.shape(target_ids)[0], ops.shape(target_ids)[1], self.vocabulary_size)
+        return ops.scatter(ops.expand_dims(rows, -1), logits, shape)
+
+    def greedy_decode(self, encoder_hidden, encoder_mask, max_length: int):
+        """Greedy decoding in a ``tf.while_loop`` (core TF ops only, for the serving graph).
+
+        encoder_hidden [N, T, D], encoder_mask [N, T] -> target ids int64 [N, max_length]: words,
+        then EOS, then 0. Every step re-reads the whole fixed-size buffer (the causal mask hides the
+        positions not yet written), which keeps the loop's shapes fixed; rows are independent.
+        """
+        n = tf.shape(encoder_hidden)[0]
+        ids = tf.zeros([n, max_length], tf.int64)
+        finished = tf.zeros([n], tf.bool)
+
+        def step(t, ids, finished):
+            logits = self.decode(encoder_hidden, encoder_mask, self.shift_right(ids), training=False)
+            # padding and BOS are never outputs
+            special = tf.one_hot(tf.range(self.eos_id), self.vocabulary_size, on_value=-1e9, off_value=0.0)
+            step_logits = logits[:, t, :] + tf.cast(tf.reduce_sum(special, axis=0), logits.dtype)
+            best = tf.argmax(step_logits, axis=-1, output_type=tf.int64)
+            best = tf.where(finished, tf.zeros_like(best), best)  # nothing after EOS
+            ids = ids + best[:, None] * tf.one_hot(t, max_length, dtype=tf.int64)[None, :]
+            return t + 1, ids, finished | tf.equal(best, self.eos_id)
+
+        _, ids, _ = tf.while_loop(
+            lambda t, ids, finished: tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished))),
+            step, (tf.constant(0), ids, finished), maximum_iterations=max_length,
+        )  # fmt: skip
+        return ids
+
+    def compute_output_shape(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
+        return (target_ids_shape[0], target_ids_shape[1], self.vocabulary_size)
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "max_length": self.max_length,
+                "num_layers": self.num_layers, "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
+                "bos_id": self.bos_id, "eos_id": self.eos_id}  # fmt: skip

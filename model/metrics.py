@@ -8,6 +8,10 @@ it runs as a Beam combiner in TFMA and as a plain loop anywhere else:
 - ``auc``: ROC AUC of the last class's probability (binary heads), exact (Mann-Whitney);
 - ``entity_f1`` / ``entity_precision`` / ``entity_recall``: exact-span, exact-type entity matching
   over IOB2 tags, as conlleval computes it (an ``I-X`` that does not continue an ``X`` starts one);
+- ``bleu``: corpus BLEU of a sequence head's decoded text against the reference, computed as
+  sacreBLEU's default ``corpus_bleu`` does (13a tokenization, case kept, n-grams up to 4 clipped
+  and summed over the corpus, exponential brevity penalty, ``exp`` smoothing of zero precisions),
+  reported as a fraction (sacreBLEU's score / 100) like every other metric here;
 - ``semeval_macro_f1``: the official SemEval-2010 Task 8 score, macro-averaged F1 over the 9
   relation types with direction taken into account and ``Other`` excluded. Per type R: correct = gold
   and prediction are the same directed label; precision = correct / predictions of R in either
@@ -16,7 +20,10 @@ it runs as a Beam combiner in TFMA and as a plain loop anywhere else:
 
 from __future__ import annotations
 
+import collections
 import json
+import math
+import re
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -63,6 +70,70 @@ def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str]) -> float:
         n_gold = sum(relation_type(g) == kind for g in gold)
         scores.append(precision_recall_f1(correct, n_predicted, n_gold)[2])
     return float(np.mean(scores))
+
+
+# -- BLEU (sacreBLEU's corpus BLEU) ----------------------------------------------------------------
+
+# mteval-v13a's tokenization, in the order sacreBLEU applies it: split off most ASCII symbols, then
+# periods and commas unless inside a number, then a dash after a digit.
+_13A_RULES = (
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),
+)
+BLEU_MAX_ORDER = 4
+
+
+def tokenize_13a(line: str) -> list[str]:
+    line = line.rstrip().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+        line = line.replace(entity, char)
+    line = f" {line} "
+    for pattern, replacement in _13A_RULES:
+        line = pattern.sub(replacement, line)
+    return line.split()
+
+
+def _ngrams(words: list[str], n: int) -> collections.Counter:
+    return collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu_statistics(hypothesis: str, reference: str) -> np.ndarray:
+    """Sufficient statistics of one sentence pair: [hyp length, ref length, correct_1..4, total_1..4]."""
+    hyp, ref = tokenize_13a(hypothesis), tokenize_13a(reference)
+    stats = [len(hyp), len(ref)]
+    correct, total = [], []
+    for n in range(1, BLEU_MAX_ORDER + 1):
+        hyp_ngrams, ref_ngrams = _ngrams(hyp, n), _ngrams(ref, n)
+        correct.append(sum(min(count, ref_ngrams[g]) for g, count in hyp_ngrams.items()))
+        total.append(max(0, len(hyp) - n + 1))
+    return np.asarray(stats + correct + total, np.int64)
+
+
+def bleu_from_statistics(stats: np.ndarray) -> float:
+    """Corpus BLEU in [0, 1] from summed statistics (sacreBLEU's score / 100)."""
+    sys_len, ref_len = int(stats[0]), int(stats[1])
+    correct, total = stats[2 : 2 + BLEU_MAX_ORDER], stats[2 + BLEU_MAX_ORDER :]
+    if not correct.any():
+        return 0.0
+    brevity = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len else 0.0)
+    log_precisions, smoothing = [], 1.0
+    for n in range(BLEU_MAX_ORDER):
+        if total[n] == 0:  # no n-grams of this order at all: it counts as precision 0
+            log_precisions += [-9999999999.0] * (BLEU_MAX_ORDER - n)
+            break
+        if correct[n] == 0:  # "exp" smoothing: 1 / 2^k for the k-th order without a match
+            smoothing *= 2
+            log_precisions.append(math.log(1.0 / (smoothing * total[n])))
+        else:
+            log_precisions.append(math.log(correct[n] / total[n]))
+    return brevity * math.exp(sum(log_precisions) / BLEU_MAX_ORDER)
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    return bleu_from_statistics(sum((bleu_statistics(h, r) for h, r in zip(hypotheses, references)),
+                                    np.zeros(2 + 2 * BLEU_MAX_ORDER, np.int64)))  # fmt: skip
 
 
 # -- scorers ------------------------------------------------------------------------------------
@@ -175,7 +246,31 @@ class SemEvalScorer(Scorer):
         return semeval_macro_f1(self.gold, self.predicted)
 
 
+class BleuScorer(Scorer):
+    """Corpus BLEU; ``labels`` is the reference text, ``probabilities`` the decoded text (bytes or str)."""
+
+    def __init__(self, head: Head):
+        super().__init__(head)
+        self.stats = np.zeros(2 + 2 * BLEU_MAX_ORDER, np.int64)
+
+    def add(self, labels, probabilities, weights):
+        if float(np.sum(weights)) > 0:
+            self.stats += bleu_statistics(_text(probabilities), _text(labels))
+
+    def merge(self, other):
+        self.stats += other.stats
+
+    def result(self):
+        return bleu_from_statistics(self.stats)
+
+
+def _text(value) -> str:
+    value = np.reshape(np.asarray(value, dtype=object), [-1])[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 SCORERS = {
+    "bleu": BleuScorer,
     "accuracy": Accuracy,
     "token_accuracy": Accuracy,
     "auc": BinaryAUC,

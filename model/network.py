@@ -8,8 +8,20 @@ import keras
 import keras_nlp
 
 from model import text
-from model.layers import EntityStartPooling, MaskedMeanPooling
+from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder
+from model.preprocessing import TARGET_BOS, TARGET_EOS
 from model.tasks import Head, HeadKind
+
+ENCODER_OUTPUT = "encoder_output"
+
+
+def decoder_layer_name(head: Head) -> str:
+    return f"{head.name}_decoder"
+
+
+def model_input_names(heads: Sequence[Head]) -> tuple[str, ...]:
+    """The model's inputs: the encoder's, plus each sequence head's label ids (teacher forcing)."""
+    return ("token_ids", "shape_ids", "entity_ids") + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
 
 
 def build_model(
@@ -21,14 +33,18 @@ def build_model(
     num_heads: int,
     intermediate_dim: int,
     dropout: float,
+    decoder_layers: int = 1,
+    target_vocabulary_sizes: dict[str, int] | None = None,
+    max_target_length: int = 24,
 ) -> keras.Model:
-    """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing).
+    """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
+    and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
 
-    Outputs: a dict of logits per head, [B, num_labels] for sentence and entity-pair heads and
-    [B, T, num_labels] for token heads.
+    Outputs: a dict of logits per head, [B, num_labels] for sentence and entity-pair heads,
+    [B, T, num_labels] for token heads and [B, L, V] for sequence heads (V: the head's entry in
+    ``target_vocabulary_sizes``, special ids and OOV buckets included).
     """
-    inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name)
-              for name in ("token_ids", "shape_ids", "entity_ids")}  # fmt: skip
+    inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
     x = keras_nlp.layers.TokenAndPositionEmbedding(
@@ -44,10 +60,19 @@ def build_model(
         x = keras_nlp.layers.TransformerEncoder(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
+    x = keras.layers.Identity(name=ENCODER_OUTPUT)(x)  # a name for the serving graph's decoding loop
 
     sentence = MaskedMeanPooling(name="mean_pooling")(x, padding_mask)
     outputs = {}
     for head in heads:
+        if head.kind is HeadKind.SEQUENCE:
+            decoder = SequenceDecoder(
+                (target_vocabulary_sizes or {})[head.name], max_target_length, decoder_layers, num_heads,
+                intermediate_dim, dropout, bos_id=TARGET_BOS, eos_id=TARGET_EOS, name=decoder_layer_name(head),
+            )  # fmt: skip
+            # an Identity names the output after the head, as the other heads' Dense layers are
+            outputs[head.name] = keras.layers.Identity(name=head.name)(decoder(x, padding_mask, inputs[head.label_key]))
+            continue
         if head.kind is HeadKind.TOKEN:
             features = x
         elif head.kind is HeadKind.SENTENCE:

@@ -14,6 +14,16 @@ Raw features (all optional except ``task``; see ``model/tasks.py``): ``text``, `
 - ``task_id``     int64 [B]: index of the example's task in ``model.tasks.TASKS``;
 - ``<head>_label`` int64 [B] or [B, L] and ``<head>_weight`` float32, same shape: 1 where the
   example has that label (and the position is a real word), else 0.
+
+Sequence heads (translation), with Lt = ``max_target_length``: the encoder reads the ``source``
+text like any other text, and the target words get their own vocabulary (``<head>_words``, case
+kept so that outputs read naturally):
+
+- ``<head>_label``  int64 [B, Lt]: target word ids then EOS (``TARGET_EOS``), 0 padding; all 0 for
+  examples without a target. The decoder's teacher-forced input is this shifted right behind BOS.
+- ``<head>_weight`` float32 [B, Lt]: 1 on the label's real positions (EOS included);
+- ``<head>_reference`` string [B]: the raw target text ("" without one), what BLEU compares with;
+- ``<head>_example_weight`` float32 [B]: 1 for examples with a target.
 """
 
 from __future__ import annotations
@@ -24,10 +34,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from model import text
-from model.tasks import TASKS, FieldKind, HeadKind, all_fields, all_heads
+from model.tasks import ENCODER_TEXT_FIELDS, TASKS, FieldKind, HeadKind, all_fields, all_heads
 
 WORDS_VOCABULARY = "words"
 MODEL_INPUTS = ("token_ids", "shape_ids", "entity_ids")
+
+# Target-side ids of sequence heads: 0 padding, then BOS and EOS, then the vocabulary and its OOV buckets.
+TARGET_PAD, TARGET_BOS, TARGET_EOS = 0, 1, 2
+FIRST_TARGET_WORD = 3
 
 
 def _feature(inputs: dict[str, Any], name: str, dtype: tf.DType) -> tf.RaggedTensor:
@@ -55,14 +69,16 @@ def _span(inputs: dict[str, Any], name: str) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
-    config = {"max_length": 128, "vocabulary_size": 20_000, "min_word_frequency": 2, "num_oov_buckets": 1}
+    config = {"max_length": 128, "vocabulary_size": 20_000, "min_word_frequency": 2, "num_oov_buckets": 1,
+              "max_target_length": 24, "target_vocabulary_size": 8_000}
     config.update(custom_config or {})
     max_length = config["max_length"]
     fields = all_fields()
 
     # Words: gold tokens where the task has them, else the split text. Each example has only one of
     # the two, so concatenating per row selects it without a branch.
-    text_values = _first_value(_feature(inputs, "text", tf.string), "")
+    text_fields = sorted(set(ENCODER_TEXT_FIELDS.values()))
+    text_values = _first_value(tf.concat([_feature(inputs, name, tf.string) for name in text_fields], axis=1), "")
     text_words, markers = text.split_words_marking_spans(text_values, _span(inputs, "e1"), _span(inputs, "e2"))
     gold_tokens = _feature(inputs, "tokens", tf.string)
     words = tf.concat([gold_tokens, text_words], axis=1)
@@ -90,7 +106,9 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
     for head in all_heads():
         kind = fields[head.label_field].kind
         labels = _feature(inputs, head.label_field, tf.string)
-        if head.kind is HeadKind.TOKEN:
+        if head.kind is HeadKind.SEQUENCE:
+            outputs.update(_target_features(head, _first_value(labels, ""), labels.row_lengths() > 0, config))
+        elif head.kind is HeadKind.TOKEN:
             assert kind is FieldKind.TOKEN_LABELS, head
             ids = tf.ragged.map_flat_values(_label_ids, labels, head.labels)
             outputs[head.label_key] = dense(ids, 0)
@@ -99,3 +117,25 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
             outputs[head.label_key] = _label_ids(_first_value(labels, ""), head.labels)
             outputs[head.weight_key] = tf.cast(labels.row_lengths() > 0, tf.float32)
     return outputs
+
+
+def _target_features(head, target: tf.Tensor, has_target: tf.Tensor, config: dict[str, Any]) -> dict[str, tf.Tensor]:
+    """A sequence head's features (see the module docstring). target: string [B]; has_target: bool [B]."""
+    length = config["max_target_length"]
+    words = text.split_words(target)  # "" (no target) has no words
+    vocab_ids = tft.compute_and_apply_vocabulary(
+        words,
+        top_k=config["target_vocabulary_size"],
+        frequency_threshold=config["min_word_frequency"],
+        num_oov_buckets=config["num_oov_buckets"],
+        vocab_filename=head.vocabulary_name,
+    )
+    eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
+    # Long targets are cut, but always end in EOS, so the decoder learns to stop.
+    ids = tf.concat([(vocab_ids + FIRST_TARGET_WORD)[:, : length - 1], eos], axis=1)
+    return {
+        head.label_key: ids.to_tensor(default_value=TARGET_PAD, shape=[None, length]),
+        head.weight_key: tf.ones_like(ids, tf.float32).to_tensor(default_value=0.0, shape=[None, length]),
+        head.eval_label_key: tf.where(has_target, target, ""),
+        head.eval_weight_key: tf.cast(has_target, tf.float32),
+    }

@@ -11,8 +11,13 @@ Signatures (every output is batched on axis 0; T is the longest sentence of the 
 - ``relation``: ``text`` string [B], ``e1_start``, ``e1_end``, ``e2_start``, ``e2_end`` int64 [B]
   (character offsets, end exclusive) -> ``relation_label``, ``relation_probability``,
   ``relation_probabilities`` for each entity-pair head.
+- ``translate`` (one per sequence head, named by ``Head.signature``): ``text`` string [B] ->
+  ``translation`` string [B]: greedy decoding in a ``tf.while_loop`` up to ``max_target_length``
+  words, detokenized. Rows are decoded independently (padding is masked), so a sentence gets the
+  same output alone and in a batch.
 - ``serving_tf_example``: ``examples`` serialized tf.Example [B] -> per-head probabilities at full
-  length (the Evaluator's view).
+  length (the Evaluator's view); for a sequence head its greedy translation, string [B] ("" for
+  examples of other tasks, which are not decoded).
 - ``transform_features``: ``examples`` -> Transform's output features (TFMA reads labels from it).
 
 Which heads go where follows from ``model/tasks.py``: entity-pair heads need spans and get their own
@@ -27,8 +32,10 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model.preprocessing import MODEL_INPUTS
-from model.tasks import Head, HeadKind, Task
+from model import text as text_ops
+from model.network import ENCODER_OUTPUT, decoder_layer_name, model_input_names
+from model.preprocessing import FIRST_TARGET_WORD, MODEL_INPUTS
+from model.tasks import ENCODER_TEXT_FIELDS, TASKS, Head, HeadKind, Task
 
 DEFAULT_SIGNATURE = "analyze"
 EXAMPLES_SIGNATURE = "serving_tf_example"
@@ -50,6 +57,18 @@ class ServingModule(tf.Module):
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._tasks = tuple(tasks)
+        self._heads = tuple(h for t in self._tasks for h in t.heads)
+        self._sequence_heads = tuple(h for h in self._heads if h.kind is HeadKind.SEQUENCE)
+        if self._sequence_heads:
+            # the encoder alone (shared layers), for the decoding loop of sequence heads
+            self.encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS}, model.get_layer(ENCODER_OUTPUT).output)
+            # id -> target word ("" for padding, BOS, EOS and OOV buckets), a constant of the graph
+            self._target_words = {}
+            for head in self._sequence_heads:
+                size = model.get_layer(decoder_layer_name(head)).vocabulary_size
+                words = [w.decode() if isinstance(w, bytes) else w for w in tf_transform_output.vocabulary_by_name(head.vocabulary_name)]
+                table = [""] * FIRST_TARGET_WORD + words
+                self._target_words[head.name] = table + [""] * (size - len(table))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _raw_features(self, batch_size: tf.Tensor, **given: tf.SparseTensor) -> dict[str, tf.SparseTensor]:
@@ -70,8 +89,23 @@ class ServingModule(tf.Module):
         if trim:
             longest = tf.maximum(tf.reduce_max(lengths), 1)
             transformed = {k: (v[:, :longest] if k in MODEL_INPUTS + ("words",) else v) for k, v in transformed.items()}
-        logits = self.model({k: transformed[k] for k in MODEL_INPUTS}, training=False)
+        inputs = {k: transformed[k] for k in model_input_names(self._heads)}
+        for head in self._sequence_heads:  # serving never teacher-forces: no target, no decoder compute
+            inputs[head.label_key] = tf.zeros([tf.shape(transformed["token_ids"])[0], 1], tf.int64)
+        logits = self.model(inputs, training=False)
         return transformed, logits, lengths
+
+    def _translate_rows(self, head: Head, transformed: dict, rows: tf.Tensor) -> tf.Tensor:
+        """Greedy translations of the given rows (int64 [N]) of a transformed batch: string [B], "" elsewhere."""
+        inputs = {k: tf.gather(transformed[k], rows) for k in MODEL_INPUTS}
+        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(inputs["token_ids"] > 0, tf.int32), axis=1)), 1)
+        inputs = {k: v[:, :longest] for k, v in inputs.items()}
+        decoder = self.model.get_layer(decoder_layer_name(head))
+        hidden = self.encoder(inputs, training=False)
+        ids = decoder.greedy_decode(hidden, inputs["token_ids"] > 0, decoder.max_length)
+        translations = text_ops.join_words(tf.gather(tf.constant(self._target_words[head.name]), ids))
+        batch_size = tf.shape(transformed["token_ids"])[0]
+        return tf.tensor_scatter_nd_update(tf.fill([batch_size], ""), rows[:, None], translations)
 
     def _head_outputs(self, heads: Sequence[Head], logits: dict, transformed: dict) -> dict[str, tf.Tensor]:
         outputs = {}
@@ -89,7 +123,7 @@ class ServingModule(tf.Module):
         return outputs
 
     def _analyze_heads(self) -> list[Head]:
-        return [h for t in self._tasks for h in t.heads if h.kind is not HeadKind.ENTITY_PAIR]
+        return [h for h in self._heads if h.kind in (HeadKind.SENTENCE, HeadKind.TOKEN)]
 
     def _analyze(self, raw: dict) -> dict[str, tf.Tensor]:
         transformed, logits, lengths = self._run(raw, trim=True)
@@ -129,11 +163,30 @@ class ServingModule(tf.Module):
 
         return relation.get_concrete_function()
 
+    def translate_signature(self, task: Task, head: Head) -> tf.types.experimental.ConcreteFunction:
+        source_field = ENCODER_TEXT_FIELDS[task.encoder_input]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def translate(text):
+            batch_size = tf.shape(text)[0]
+            transformed = self.tft_layer(self._raw_features(batch_size, **{source_field: _sparse_rows(text)}))
+            rows = tf.range(tf.cast(batch_size, tf.int64))
+            return {"translation": self._translate_rows(head, transformed, rows)}
+
+        return translate.get_concrete_function()
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serving_tf_example(self, examples):
         raw = tf.io.parse_example(examples, self._raw_spec)
-        _, logits, _ = self._run(raw, trim=False)
-        return {name: tf.nn.softmax(value, axis=-1) for name, value in logits.items()}
+        transformed, logits, _ = self._run(raw, trim=False)
+        outputs = {h.name: tf.nn.softmax(logits[h.name], axis=-1) for h in self._heads if h.kind is not HeadKind.SEQUENCE}
+        task_index = {t.name: i for i, t in enumerate(TASKS)}
+        for task in self._tasks:
+            for head in task.heads:
+                if head.kind is HeadKind.SEQUENCE:  # decoded text, only for the examples of the head's task
+                    rows = tf.where(tf.equal(transformed["task_id"], task_index[task.name]))[:, 0]
+                    outputs[head.name] = self._translate_rows(head, transformed, rows)
+        return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(self, examples):
@@ -151,6 +204,9 @@ class ServingModule(tf.Module):
         for task in self._tasks:
             if any(h.kind is HeadKind.ENTITY_PAIR for h in task.heads):
                 signatures[task.name] = self.relation_signature(task)
+            for head in task.heads:
+                if head.kind is HeadKind.SEQUENCE:
+                    signatures[head.signature] = self.translate_signature(task, head)
         return signatures
 
 

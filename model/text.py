@@ -87,3 +87,16 @@ def split_words_marking_spans(
     word_piece_index = words_per_piece.values.value_rowids()  # flat piece index (b * 5 + p) of each word
     markers = words_per_piece.with_flat_values(tf.gather(tf.reshape(piece_markers, [-1]), word_piece_index))
     return words_per_piece.merge_dims(1, 2), markers.merge_dims(1, 2)
+
+
+def join_words(words: tf.Tensor) -> tf.Tensor:
+    """Words back into text: string [B, N] ("" padding) -> string [B].
+
+    Joined with spaces, then the spaces that ``split_words`` introduced around punctuation are
+    removed again: none before closing marks (``. , ! ? ; : ) ] } »``), none after opening marks
+    (``¿ ¡ ( [ { «``).
+    """
+    joined = tf.strings.strip(tf.strings.reduce_join(words, axis=-1, separator=" "))
+    joined = tf.strings.regex_replace(joined, r" +", " ")
+    joined = tf.strings.regex_replace(joined, r" ([.,!?;:)\]}»%])", r"\1")
+    return tf.strings.regex_replace(joined, r"([¿¡(\[{«]) ", r"\1")

@@ -19,7 +19,7 @@ from model.signatures import export_serving_model
 from model.tasks import HeadKind, all_heads, select_tasks
 from model.warm_start import keras_dir_for, save_for_warm_start, warm_start
 from model.warmup import write_warmup_requests
-from model.preprocessing import WORDS_VOCABULARY
+from model.preprocessing import FIRST_TARGET_WORD, WORDS_VOCABULARY
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ class _ProgressLog(keras.callbacks.Callback):
 def _vocabulary_size(tf_transform_output: tft.TFTransformOutput, num_oov_buckets: int) -> int:
     # ids: 0 padding, 1..V the vocabulary, then the OOV buckets
     return tf_transform_output.vocabulary_size_by_name(WORDS_VOCABULARY) + num_oov_buckets + 1
+
+
+def _target_vocabulary_sizes(tf_transform_output: tft.TFTransformOutput, heads, num_oov_buckets: int) -> dict[str, int]:
+    # target ids: 0 padding, BOS, EOS, then the vocabulary, then the OOV buckets
+    return {h.name: tf_transform_output.vocabulary_size_by_name(h.vocabulary_name) + num_oov_buckets + FIRST_TARGET_WORD
+            for h in heads if h.kind is HeadKind.SEQUENCE}  # fmt: skip
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -73,6 +79,8 @@ def run_fn(fn_args: FnArgs) -> None:
             heads,
             vocabulary_size=_vocabulary_size(tf_transform_output, transform_cfg["num_oov_buckets"]),
             max_length=transform_cfg["max_length"],
+            target_vocabulary_sizes=_target_vocabulary_sizes(tf_transform_output, heads, transform_cfg["num_oov_buckets"]),
+            max_target_length=transform_cfg["max_target_length"],
             **model_cfg,
         )
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -102,7 +110,8 @@ def run_fn(fn_args: FnArgs) -> None:
     export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir)
     save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
     relation_signatures = [t.name for t in tasks if any(h.kind is HeadKind.ENTITY_PAIR for h in t.heads)]
-    write_warmup_requests(fn_args.serving_model_dir, relation_signatures)
+    translate_signatures = [h.signature for h in heads if h.kind is HeadKind.SEQUENCE]
+    write_warmup_requests(fn_args.serving_model_dir, relation_signatures, translate_signatures)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
         f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": total_steps,
                             "warm_start": str(report) if report else None, **config}, indent=2))

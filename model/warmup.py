@@ -21,13 +21,15 @@ def _predict_log(signature: str, inputs: dict[str, list]) -> prediction_log_pb2.
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
-def write_warmup_requests(export_dir: str, relation_signatures: list[str]) -> str:
+def write_warmup_requests(export_dir: str, relation_signatures: list[str], translate_signatures: list[str] = ()) -> str:
     logs = [_predict_log("serving_default", {"text": _SENTENCES})]
     for signature in relation_signatures:
         logs.append(_predict_log(signature, {
             "text": ["The company fabricates plastic chairs."],
             "e1_start": [4], "e1_end": [11], "e2_start": [31], "e2_end": [37],
         }))  # fmt: skip
+    for signature in translate_signatures:
+        logs.append(_predict_log(signature, {"text": ["Where is the station?", "I like to read books."]}))
     path = os.path.join(export_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:

@@ -43,8 +43,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             tfma.ModelSpec(
                 signature_name=EXAMPLES_SIGNATURE,
                 preprocessing_function_names=[TRANSFORM_SIGNATURE],
-                label_keys={h.name: h.label_key for h in heads},
-                example_weight_keys={h.name: h.weight_key for h in heads},
+                label_keys={h.name: h.eval_label_key for h in heads},
+                example_weight_keys={h.name: h.eval_weight_key for h in heads},
             )
         ],
         slicing_specs=[tfma.SlicingSpec()],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.metrics import iob2_chunks, score, semeval_macro_f1
-from model.tasks import NER_TAGS, RELATION, SENTIMENT, TAGGING
+from model.metrics import corpus_bleu, iob2_chunks, score, semeval_macro_f1, tokenize_13a
+from model.tasks import NER_TAGS, RELATION, SENTIMENT, TAGGING, TRANSLATION
 
 NER = TAGGING.heads[1]
 POS = TAGGING.heads[0]
@@ -80,3 +80,40 @@ def test_semeval_scorer_reads_probabilities_and_weights():
     ]
     assert score("semeval_macro_f1", head, examples) == pytest.approx(semeval_macro_f1(
         ["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)"], ["Cause-Effect(e1,e2)", "Cause-Effect(e1,e2)"]))
+
+
+HYPOTHESES = [
+    "¿Dónde está la estación?", "Me gusta leer libros.", "El gato negro duerme en la casa.",
+    "Tengo 3.5 euros - no más!", "Tom's car is red, isn't it?", "Hola", "", "Es 10-20 &amp; <b>",
+]  # fmt: skip
+REFERENCES = [
+    "¿Dónde está la estación de tren?", "Me gustan los libros.", "El gato negro duerme en casa.",
+    "Tengo 3.5 euros, no más.", "El coche de Tom es rojo, ¿no?", "Hola, amigo.", "Nada.", "Es 10-20 & <b>",
+]  # fmt: skip
+
+
+def test_13a_tokenization_matches_sacrebleu():
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    for line in HYPOTHESES + REFERENCES:
+        assert tokenize_13a(line) == Tokenizer13a()(line.rstrip()).split()
+
+
+@pytest.mark.parametrize("pairs", [slice(None), slice(0, 1), slice(0, 3), slice(5, 6), slice(6, 7), slice(3, 5)])
+def test_corpus_bleu_matches_sacrebleu(pairs):
+    import sacrebleu
+
+    hypotheses, references = HYPOTHESES[pairs], REFERENCES[pairs]
+    expected = sacrebleu.corpus_bleu(hypotheses, [references]).score / 100
+    assert corpus_bleu(hypotheses, references) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bleu_scorer_accumulates_the_corpus_and_skips_other_tasks_examples():
+    import sacrebleu
+
+    head = TRANSLATION.heads[0]
+    examples = [(np.array([r.encode()]), np.array([h.encode()]), np.array([1.0])) for h, r in zip(HYPOTHESES, REFERENCES)]
+    examples.append((np.array([b""]), np.array([b""]), np.array([0.0])))  # an example of another task
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score / 100
+    assert score("bleu", head, examples) == pytest.approx(expected, abs=1e-9)
+    assert score("bleu", head, [(np.array([b"a b c d"]), np.array([b"a b c d"]), np.array([1.0]))]) == pytest.approx(1.0)

@@ -12,13 +12,17 @@ import pytest
 import tensorflow as tf
 
 from model import text
-from model.layers import EntityStartPooling, MaskedMeanPooling
-from model.network import build_model, compile_for_heads
-from model.tasks import all_heads
+from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder
+from model.network import ENCODER_OUTPUT, build_model, compile_for_heads, decoder_layer_name
+from model.preprocessing import TARGET_EOS
+from model.tasks import TRANSLATION, HeadKind, all_heads
 
 HEADS = all_heads()
+TARGET_VOCABULARY = 30
 SIZES = dict(vocabulary_size=50, max_length=16, embedding_dim=16, num_layers=1, num_heads=2,
-             intermediate_dim=32, dropout=0.0)  # fmt: skip
+             intermediate_dim=32, dropout=0.0, target_vocabulary_sizes={"translation": TARGET_VOCABULARY},
+             max_target_length=5)  # fmt: skip
+TRANSLATION_HEAD = TRANSLATION.heads[0]
 
 
 def batch(batch_size=4, length=6, seed=0):
@@ -28,7 +32,13 @@ def batch(batch_size=4, length=6, seed=0):
     inputs = {"token_ids": token_ids, "shape_ids": np.where(token_ids > 0, 5, 0),
               "entity_ids": np.tile([1, 0, 2, 0, 0, 0][:length], (batch_size, 1))}  # fmt: skip
     labels, weights = {}, {}
+    # rows 0 and 2 are translation examples (words then EOS, 0 padding); rows 1 and 3 have no target
+    target = np.array([[5, 6, 7, TARGET_EOS, 0], [0] * 5, [8, TARGET_EOS, 0, 0, 0], [0] * 5])[:batch_size]
+    inputs[TRANSLATION_HEAD.label_key] = target
     for head in HEADS:
+        if head.kind is HeadKind.SEQUENCE:
+            labels[head.name], weights[head.name] = target, (target > 0).astype("float32")
+            continue
         shape = (batch_size, length) if head.kind.value == "token" else (batch_size,)
         labels[head.name] = rng.integers(0, head.num_labels, size=shape)
         weights[head.name] = np.ones(shape, "float32") * (token_ids > 0 if len(shape) == 2 else 1)
@@ -43,6 +53,9 @@ def test_output_shapes_per_head_kind():
     assert outputs["relation"].shape == (3, 19)
     assert outputs["pos"].shape == (3, 6, 17)
     assert outputs["ner"].shape == (3, 6, 7)
+    assert outputs["translation"].shape == (3, 5, TARGET_VOCABULARY)
+    # the decoder ran on the translation rows only: the other rows' logits are exactly zero
+    assert np.all(outputs["translation"].numpy()[1] == 0) and np.any(outputs["translation"].numpy()[0] != 0)
 
 
 def test_a_head_without_labels_in_the_batch_gets_no_gradient():
@@ -51,11 +64,70 @@ def test_a_head_without_labels_in_the_batch_gets_no_gradient():
     compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1))
     inputs, labels, weights = batch()
     weights["relation"][:] = 0.0  # no example of the batch is a relation example
-    before = {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS}
+    before = {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind is not HeadKind.SEQUENCE}
     losses = model.train_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
     assert losses["relation_loss"] == pytest.approx(0.0)
     assert np.array_equal(model.get_layer("relation").kernel.numpy(), before["relation"])
     assert not np.array_equal(model.get_layer("sentiment").kernel.numpy(), before["sentiment"])
+
+
+def _decoder_weights(model):
+    return [w.numpy().copy() for w in model.get_layer(decoder_layer_name(TRANSLATION_HEAD)).weights]
+
+
+def test_the_decoder_gets_no_loss_or_gradient_without_translation_examples_in_the_batch():
+    keras.utils.set_random_seed(1)
+    model = build_model(HEADS, **SIZES)
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1))
+    inputs, labels, weights = batch()
+    target = np.zeros_like(inputs["translation_label"])  # no example of the batch has a target
+    inputs["translation_label"], labels["translation"], weights["translation"] = target, target, target.astype("float32")
+    before = _decoder_weights(model)
+    losses = model.train_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
+    assert losses["translation_loss"] == pytest.approx(0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _decoder_weights(model)))
+
+    inputs, labels, weights = batch()  # with translation examples, the decoder learns
+    model.train_on_batch(inputs, labels, sample_weight=weights)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, _decoder_weights(model)))
+
+
+def test_a_translation_loss_depends_only_on_the_translation_rows():
+    keras.utils.set_random_seed(1)
+    model = build_model(HEADS, **SIZES)
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.0))
+    inputs, labels, weights = batch()
+    first = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)["translation_loss"]
+    labels["translation"] = labels["translation"].copy()
+    labels["translation"][0, -1] = 9  # a label under the padding of a translation row
+    second = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)["translation_loss"]
+    assert first > 0 and first == pytest.approx(second)
+
+
+def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
+    keras.utils.set_random_seed(3)
+    model = build_model(HEADS, **SIZES)
+    decoder = model.get_layer(decoder_layer_name(TRANSLATION_HEAD))
+    encoder = keras.Model({k: model.input[k] for k in ("token_ids", "shape_ids", "entity_ids")},
+                          model.get_layer(ENCODER_OUTPUT).output)  # fmt: skip
+    inputs, _, _ = batch(batch_size=4, length=6)
+    inputs["token_ids"][1, 2:] = 0  # rows of different lengths
+    inputs["shape_ids"] = np.where(inputs["token_ids"] > 0, 5, 0)
+    encoder_inputs = {k: inputs[k] for k in ("token_ids", "shape_ids", "entity_ids")}
+    together = decoder.greedy_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5).numpy()
+    for row in range(4):
+        length = max(int((inputs["token_ids"][row] > 0).sum()), 1)
+        alone_inputs = {k: v[row : row + 1, :length] for k, v in encoder_inputs.items()}
+        alone = decoder.greedy_decode(encoder(alone_inputs), alone_inputs["token_ids"] > 0, 5).numpy()
+        np.testing.assert_array_equal(alone[0], together[row])
+    after_eos = np.cumsum(together == TARGET_EOS, axis=1) - (together == TARGET_EOS) > 0
+    assert np.all(together[after_eos] == 0)  # nothing is generated after EOS
+    assert not np.any(np.isin(together[~after_eos], [0, 1]))  # neither padding nor BOS is generated
+
+
+def test_sequence_decoder_config_round_trips():
+    layer = SequenceDecoder(30, 5, 2, 2, 32, 0.1, name="d")
+    assert SequenceDecoder.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_padding_does_not_count_in_token_losses():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,13 +12,15 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads
-from tests.conftest import FIXTURE_RECORDS, run_cli
+from model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads, select_tasks
+from tests.conftest import FIXTURE_RECORDS, FIXTURE_TASKS, run_cli
 
 pytestmark = pytest.mark.slow
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
+HEADS = all_heads(select_tasks(FIXTURE_TASKS))
 COMPONENTS = {"JsonlExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-              "Transform", "Trainer", "baseline_model_resolver", "Evaluator", "VersionedPusher"}  # fmt: skip
+              "Transform", "Trainer", "warm_start_model_resolver", "baseline_model_resolver", "Evaluator",
+              "VersionedPusher"}  # fmt: skip
 
 
 def _fresh_python(script: str, *args: str) -> dict:
@@ -40,12 +43,12 @@ def test_every_component_ran_and_a_blessed_model_was_pushed(pipeline_run):
 
 def test_summary_reports_each_heads_metrics_and_the_ingest_counts(pipeline_run):
     metrics = pipeline_run.summary["metrics"]
-    for head in all_heads():
+    for head in HEADS:
         for metric in head.metrics:
             assert 0.0 <= metrics[head.name][metric] <= 1.0, (head.name, metric)
     ingest = pipeline_run.summary["ingest"]
-    assert sum(f["records"] for f in ingest["train"].values()) == 3 * FIXTURE_RECORDS
-    assert "entity_f1=" in pipeline_run.stdout and "pushed: version 1" in pipeline_run.stdout
+    assert sum(f["records"] for f in ingest["train"].values()) == len(FIXTURE_TASKS) * FIXTURE_RECORDS
+    assert "entity_f1=" in pipeline_run.stdout and "bleu=" in pipeline_run.stdout and "pushed: version 1" in pipeline_run.stdout
 
 
 def test_tensorboard_logs_are_in_the_model_run_output(pipeline_run):
@@ -58,7 +61,7 @@ def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline
     result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
     assert result["blocked_modules_loaded"] == []
     assert {"serving_default", "analyze", "analyze_tokens", "relation", "serving_tf_example",
-            "transform_features"} <= set(result["signatures"])  # fmt: skip
+            "transform_features", "translate"} <= set(result["signatures"])  # fmt: skip
 
     analyze = result["analyze"]
     assert analyze["tokens"][0][:6] == ["Apple", "sued", "Samsung", "in", "California", "."]
@@ -79,6 +82,21 @@ def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline
     assert len(relation["relation_probabilities"][0]) == len(SEMEVAL_RELATIONS)
 
 
+def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras(pipeline_run):
+    result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+    assert result["blocked_modules_loaded"] == []
+    translate = result["translate"]
+    vocabulary_words = set(re.findall(r"\w+", " ".join(result["target_vocabulary"])))
+    assert len(translate["batch"]) == len(translate["sentences"])
+    for translation in translate["batch"]:
+        assert isinstance(translation, str) and translation.strip()  # one non-empty string per input
+        # every word is one of the Spanish target words the pipeline computed
+        assert set(re.findall(r"\w+", translation)) <= vocabulary_words, translation
+    assert any(any(c.isalpha() for c in t) for t in translate["batch"]), translate["batch"]
+    # mixed lengths in one batch: each row decodes exactly as it does alone
+    assert translate["batch"] == translate["alone"]
+
+
 def test_pushed_model_uses_only_core_tensorflow_ops(pipeline_run):
     audit = _fresh_python("audit_ops.py", str(pipeline_run.pushed_model_dir))
     assert audit["unregistered"] == [] and audit["python_ops"] == []
@@ -95,13 +113,13 @@ def test_pushed_model_carries_warmup_requests_that_its_signatures_accept(pipelin
         inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
         outputs = model.signatures[request.model_spec.signature_name](**inputs)  # dtypes and names must match
         assert all(int(v.shape[0]) == int(next(iter(inputs.values())).shape[0]) for v in outputs.values())
-    assert signatures == ["serving_default", "relation"]
+    assert signatures == ["serving_default", "relation", "translate"]
 
 
 def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipeline_run):
     """Rerun in the same workdir with a barely trained model: the blessed model is now the baseline."""
     result = run_cli("run", "--profile", "quick", "--workdir", str(pipeline_run.workdir),
-                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", "2")  # fmt: skip
+                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", "2", "--tasks", *FIXTURE_TASKS)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((pipeline_run.workdir / "run_summary.json").read_text())
     states = {c["component"]: c["state"] for c in summary["components"]}
@@ -109,6 +127,6 @@ def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipel
     assert states["Trainer"] == "COMPLETE"
     assert summary["blessed"] is False and summary["pushed"] is False
     assert summary["blessing_failures"], "the summary says which gate failed"
-    assert set(summary["metric_deltas"]) == {h.name for h in all_heads()} | {"overall"}  # vs the baseline
+    assert set(summary["metric_deltas"]) == {h.name for h in HEADS} | {"overall"}  # vs the baseline
     assert sorted(os.listdir(pipeline_run.serving_model_base)) == ["1"]
     assert "not blessed" in result.stdout

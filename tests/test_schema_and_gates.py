@@ -24,7 +24,8 @@ def test_schema_carries_the_label_domains():
     domains = {d.name: list(d.value) for d in load_schema().string_domain}
     assert domains["pos"] == list(UPOS_TAGS)
     assert domains["relation"] == list(SEMEVAL_RELATIONS)
-    assert domains["task"] == ["tagging", "sentiment", "relation"]
+    assert domains["task"] == ["tagging", "sentiment", "relation", "translation"]
+    assert "source" in {f.name for f in load_schema().feature} and "target" not in domains  # free text
 
 
 def _write_anomalies(frame: pd.DataFrame, root: str) -> str:

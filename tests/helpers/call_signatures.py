@@ -28,6 +28,25 @@ def decoded(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def translate():
+    # mixed lengths, so that short rows are padded inside the batch
+    sentences = ["Where is the station?", "Go.", "I think that Tom doesn't like to read books at night.", "Thank you."]
+    signature = model.signatures["translate"]
+    return {
+        "sentences": sentences,
+        "batch": decoded(signature(text=tf.constant(sentences))["translation"].numpy().tolist()),
+        "alone": [decoded(signature(text=tf.constant([s]))["translation"].numpy().tolist())[0] for s in sentences],
+    }
+
+
+def target_vocabulary():
+    # the words the translation head can output: Transform's vocabulary file, an asset of the model
+    path = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(sys.argv[1], "assets"))
+            for f in files if f == "translation_words"]  # fmt: skip
+    with open(path[0], encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
 result = {
     "signatures": sorted(model.signatures.keys()),
     "analyze": (plain(model.signatures["serving_default"](text=sentences))),
@@ -37,6 +56,8 @@ result = {
         text=tf.constant(["The company fabricates plastic chairs.", "Smoke came from the fire."]),
         e1_start=tf.constant([4, 0], tf.int64), e1_end=tf.constant([11, 5], tf.int64),
         e2_start=tf.constant([31, 20], tf.int64), e2_end=tf.constant([37, 24], tf.int64)))),
+    "translate": translate(),
+    "target_vocabulary": target_vocabulary(),
     "blocked_modules_loaded": sorted(m for m, v in sys.modules.items() if m.split(".")[0] in BLOCKED and v is not None),
 }
 print(json.dumps(result))
