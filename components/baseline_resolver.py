@@ -1,12 +1,17 @@
-"""Resolves the baseline model: the latest blessed model *not trained on the current examples*.
+"""Resolvers for the two uses of the latest blessed model: the Trainer's warm start and the
+Evaluator's baseline.
 
-TFX's LatestBlessedModelStrategy returns the newest blessed model. With warm start that defeats
-caching: a run with no new data would find its own previous result as the newest blessed model,
-feed it to the Trainer as ``base_model`` and to the Evaluator as ``baseline_model``, and retrain and
-re-push for nothing. Skipping blessed models trained on the very Examples artifact of this run fixes
-that without changing anything when new data arrives: then the newest blessed model was trained on
-older data and is the one returned. On a rerun the same model as last time is returned, so Trainer,
-Evaluator and Pusher inputs are unchanged and they are served from the cache.
+TFX's LatestBlessedModelStrategy returns the newest blessed model. Used for both, it defeats caching:
+a run with no new data finds its own previous result as the newest blessed model, feeds it to the
+Trainer as ``base_model`` and to the Evaluator as ``baseline_model``, and retrains and re-pushes for
+nothing. So:
+
+- warm start: the latest blessed model *not trained on this run's Examples*. With new data that is the
+  newest blessed model; on a rerun it is the same model as last time, so the Trainer stays cached.
+  (A retrain on the same data with other settings starts from scratch.)
+- baseline: the latest blessed model *other than the candidate*, resolved after the Trainer. With new
+  data or new settings that is the serving model; on a rerun (cached candidate) it is the same
+  baseline as last time, so the Evaluator and the Pusher stay cached.
 """
 
 from __future__ import annotations
@@ -38,37 +43,68 @@ def trained_on(store: mlmd.MetadataStore, model_id: int) -> set[int]:
     return trainer_inputs | _producer_inputs(store, list(trainer_inputs))
 
 
+def _latest_blessed(input_dict: dict[str, list[types.Artifact]], skip) -> dict[str, list[types.Artifact]]:
+    """The newest blessed model for which ``skip(model)`` is false, with its blessing."""
+    blessed = {
+        b.get_int_custom_property("current_model_id"): b
+        for b in input_dict["model_blessing"]
+        if b.get_int_custom_property("blessed") == 1
+    }
+    result: dict[str, list[types.Artifact]] = {key: [] for key in input_dict}
+    for model in sorted(input_dict["model"], key=lambda a: a.id, reverse=True):
+        if model.id in blessed and not skip(model):
+            result["model"], result["model_blessing"] = [model], [blessed[model.id]]
+            break
+    return result
+
+
 class LatestBlessedModelOnOtherDataStrategy(resolver.ResolverStrategy):
     """Inputs: ``model`` (Model), ``model_blessing`` (ModelBlessing), ``examples`` (this run's Examples)."""
 
     def resolve_artifacts(
         self, store: mlmd.MetadataStore, input_dict: dict[str, list[types.Artifact]]
     ) -> Optional[dict[str, list[types.Artifact]]]:
-        models = sorted(input_dict["model"], key=lambda a: a.id, reverse=True)
-        blessed = {
-            b.get_int_custom_property("current_model_id"): b
-            for b in input_dict["model_blessing"]
-            if b.get_int_custom_property("blessed") == 1
-        }
         examples = max(input_dict.get("examples") or [], key=lambda a: a.id, default=None)
-        result: dict[str, list[types.Artifact]] = {"model": [], "model_blessing": [], "examples": []}
-        for model in models:
-            if model.id not in blessed:
-                continue
-            if examples is not None and examples.id in trained_on(store, model.id):
-                continue  # a result of this very data: not a baseline for it
-            result["model"], result["model_blessing"] = [model], [blessed[model.id]]
-            break
-        return result
+        if examples is None:
+            return _latest_blessed(input_dict, skip=lambda model: False)
+        return _latest_blessed(input_dict, skip=lambda model: examples.id in trained_on(store, model.id))
 
 
-def baseline_model_resolver(example_gen_id: str) -> "resolver.Resolver":
+class LatestBlessedModelOtherThanCandidateStrategy(resolver.ResolverStrategy):
+    """Inputs: ``model`` (Model), ``model_blessing`` (ModelBlessing), ``candidate`` (this run's model)."""
+
+    def resolve_artifacts(
+        self, store: mlmd.MetadataStore, input_dict: dict[str, list[types.Artifact]]
+    ) -> Optional[dict[str, list[types.Artifact]]]:
+        candidate = max(input_dict.get("candidate") or [], key=lambda a: a.id, default=None)
+        return _latest_blessed(input_dict, skip=lambda model: candidate is not None and model.id == candidate.id)
+
+
+def _blessed_models(strategy, node_id: str, **more) -> "resolver.Resolver":
     from tfx import v1 as tfx
 
     return tfx.dsl.Resolver(
-        strategy_class=LatestBlessedModelOnOtherDataStrategy,
+        strategy_class=strategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
-        examples=tfx.dsl.Channel(type=standard_artifacts.Examples, producer_component_id=example_gen_id,
-                                 output_key="examples"),  # fmt: skip
-    ).with_id("baseline_model_resolver")
+        **more,
+    ).with_id(node_id)
+
+
+def warm_start_model_resolver(example_gen_id: str) -> "resolver.Resolver":
+    """Run it after the ExampleGen (``add_upstream_node``): it reads this run's Examples."""
+    examples = standard_artifacts.Examples
+    return _blessed_models(LatestBlessedModelOnOtherDataStrategy, "warm_start_model_resolver",
+                           examples=_channel(examples, example_gen_id, "examples"))  # fmt: skip
+
+
+def baseline_model_resolver(trainer_id: str) -> "resolver.Resolver":
+    """Run it after the Trainer (``add_upstream_node``): it reads this run's candidate model."""
+    return _blessed_models(LatestBlessedModelOtherThanCandidateStrategy, "baseline_model_resolver",
+                           candidate=_channel(standard_artifacts.Model, trainer_id, "model"))  # fmt: skip
+
+
+def _channel(artifact_type, producer_id: str, output_key: str):
+    from tfx import v1 as tfx
+
+    return tfx.dsl.Channel(type=artifact_type, producer_component_id=producer_id, output_key=output_key)

@@ -2,7 +2,8 @@
 
 JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomaliesGate
 -> Transform -> Trainer (warm-started) -> Evaluator (against the baseline) -> Pusher (blessed only).
-The baseline is the latest blessed model not trained on this run's examples (components/baseline_resolver.py).
+Warm start and baseline come from resolvers that keep a rerun with nothing new fully cached
+(components/baseline_resolver.py).
 
 Transform and Trainer reference their functions by import path, not ``module_file``: nothing is
 built or uploaded at compile time, and Transform stays cached when only training code changes.
@@ -16,7 +17,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components import versioned_pusher
-from components.baseline_resolver import baseline_model_resolver
+from components.baseline_resolver import baseline_model_resolver, warm_start_model_resolver
 from components.anomalies_gate import AnomaliesGate
 from components.jsonl_example_gen import JsonlExampleGen
 from pipelines import evaluation
@@ -27,8 +28,9 @@ PREPROCESSING_FN = "model.preprocessing.preprocessing_fn"
 RUN_FN = "model.trainer.run_fn"
 
 # The resolver that finds the baseline model (the Trainer's warm start and the Evaluator's baseline):
-# "other_data": the latest blessed model not trained on this run's examples (components/baseline_resolver.py);
-#   it queries ML Metadata in the orchestrator's process, as LocalDagRunner runs resolvers.
+# "other_data": warm start from the latest blessed model not trained on this run's examples, and compare
+#   with the latest blessed model other than the candidate (components/baseline_resolver.py: keeps reruns
+#   cached); custom strategies query ML Metadata in the orchestrator's process, as LocalDagRunner runs them.
 # "latest_blessed": TFX's LatestBlessedModelStrategy, the only baseline resolver KubeflowV2DagRunner compiles
 #   (Vertex AI Pipelines runs it).
 # "none": no baseline and no warm start, where the orchestrator runs no resolvers (open-source KFP v2).
@@ -80,35 +82,39 @@ def create_pipeline(
     )
     transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
 
-    # The baseline model (see BASELINES): the Trainer's warm start and the Evaluator's baseline.
+    # The latest blessed model (see BASELINES): the Trainer's warm start and the Evaluator's baseline.
     if baseline == "other_data":
-        baseline_model = baseline_model_resolver(example_gen.id)
-        baseline_model.add_upstream_node(example_gen)
+        warm_start_model = warm_start_model_resolver(example_gen.id)
+        warm_start_model.add_upstream_node(example_gen)
     elif baseline == "latest_blessed":
-        baseline_model = tfx.dsl.Resolver(
+        warm_start_model = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
             model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
             model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
         ).with_id("baseline_model_resolver")
     else:
-        baseline_model = None
-    baseline_channel = baseline_model.outputs["model"] if baseline_model else None
+        warm_start_model = None
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        base_model=baseline_channel,  # warm start; empty on the first run
+        base_model=warm_start_model.outputs["model"] if warm_start_model else None,  # empty on a first run
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
         custom_config=config.to_json_dict(),
     )
 
+    if baseline == "other_data":
+        baseline_model = baseline_model_resolver(trainer.id)
+        baseline_model.add_upstream_node(trainer)
+    else:
+        baseline_model = warm_start_model  # TFX's latest blessed model for both, or none
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline_channel,
+        baseline_model=baseline_model.outputs["model"] if baseline_model else None,
         eval_config=evaluation.eval_config(config),
     )
     pusher = VersionedPusher(
@@ -122,8 +128,8 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform,
-                    trainer, *([baseline_model] if baseline_model else []), evaluator, pusher],  # fmt: skip
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform, trainer,
+                    *dict.fromkeys(r for r in (warm_start_model, baseline_model) if r), evaluator, pusher],  # fmt: skip
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),
