@@ -57,7 +57,7 @@ class _Traffic(threading.Thread):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("retrain") / "data"
-    shutil.copytree(DATA, data, ignore=shutil.ignore_patterns("translation"))
+    shutil.copytree(DATA, data)
     return data
 
 
