@@ -103,6 +103,10 @@ class SequenceDecoder(keras.layers.Layer):
 
     def call(self, encoder_hidden, encoder_mask, target_ids, training=None):
         rows = ops.where(ops.greater(target_ids[:, 0], 0))[0]  # examples with a target
+        # Never decode zero rows: an empty gather/scatter segfaults the 2-replica MirroredStrategy step
+        # on CPU. Row 0 is decoded instead; it has no target, so its zero sample weight keeps loss and
+        # gradient at 0 (and it costs one row).
+        rows = tf.cond(tf.size(rows) > 0, lambda: rows, lambda: tf.zeros([1], rows.dtype))
         logits = self.decode(
             ops.take(encoder_hidden, rows, axis=0), ops.take(encoder_mask, rows, axis=0),
             self.shift_right(ops.take(target_ids, rows, axis=0)), training=training,
