@@ -149,3 +149,27 @@ class SequenceDecoder(keras.layers.Layer):
                 "num_layers": self.num_layers, "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
                 "bos_id": self.bos_id, "eos_id": self.eos_id}  # fmt: skip
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy from logits with label smoothing (which Keras' sparse loss lacks).
+
+    y_true int [..., ], y_pred logits [..., V]: ``(1 - s) * CE(y_true) + s * mean over classes of -log p``,
+    i.e. the target distribution puts ``s`` uniformly on every class. Per-position values; Keras
+    applies the sample weights and the reduction.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, reduction="mean_with_sample_weight", name="smoothed_crossentropy"):
+        super().__init__(reduction=reduction, name=name)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        log_probabilities = ops.log_softmax(y_pred, axis=-1)
+        y_true = ops.cast(y_true, "int32")
+        gold = ops.take_along_axis(log_probabilities, ops.expand_dims(y_true, -1), axis=-1)[..., 0]
+        uniform = ops.mean(log_probabilities, axis=-1)
+        return -((1.0 - self.label_smoothing) * gold + self.label_smoothing * uniform)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -8,7 +8,7 @@ import keras
 import keras_nlp
 
 from model import text
-from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder
+from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
 from model.preprocessing import TARGET_BOS, TARGET_EOS
 from model.tasks import Head, HeadKind
 
@@ -85,8 +85,13 @@ def build_model(
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
 
 
-def compile_for_heads(model: keras.Model, heads: Sequence[Head], optimizer: keras.optimizers.Optimizer) -> None:
+def compile_for_heads(
+    model: keras.Model, heads: Sequence[Head], optimizer: keras.optimizers.Optimizer, sequence_label_smoothing: float = 0.0
+) -> None:
     """Per-head sparse cross-entropy, each averaged over the examples (or words) that carry its label.
+
+    Sequence heads may use label smoothing (``sequence_label_smoothing``): the decoder then does not
+    grow over-confident on the few thousand sentence pairs it sees.
 
     The sample weights (``<head>_weight`` from Transform) are 0 for examples of other tasks and for
     padding, so a head learns only from its own labels; ``mean_with_sample_weight`` divides by the
@@ -94,7 +99,12 @@ def compile_for_heads(model: keras.Model, heads: Sequence[Head], optimizer: kera
     """
     model.compile(
         optimizer=optimizer,
-        loss={h.name: keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
-              for h in heads},  # fmt: skip
+        loss={h.name: _loss(h, sequence_label_smoothing) for h in heads},
         weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
     )
+
+
+def _loss(head: Head, sequence_label_smoothing: float) -> keras.losses.Loss:
+    if head.kind is HeadKind.SEQUENCE and sequence_label_smoothing > 0:
+        return SmoothedSparseCrossentropy(sequence_label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")

@@ -91,7 +91,8 @@ def run_fn(fn_args: FnArgs) -> None:
         )
         report = warm_start(model, base_model, vocabulary_file) if base_model else None
         log.warning("%s", report or "Training from scratch (no blessed model to start from yet)")
-        compile_for_heads(model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
+        compile_for_heads(model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
+                          sequence_label_smoothing=training["sequence_label_smoothing"])
     log.warning("Training %s parameters for %d steps on %d replica(s), global batch %d",
                 f"{model.count_params():,}", total_steps, strategy.num_replicas_in_sync, training["batch_size"])  # fmt: skip
     model.fit(

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from model import text
-from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder
+from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
 from model.network import ENCODER_OUTPUT, build_model, compile_for_heads, decoder_layer_name
 from model.preprocessing import TARGET_EOS
 from model.tasks import TRANSLATION, HeadKind, all_heads
@@ -123,6 +123,18 @@ def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
     after_eos = np.cumsum(together == TARGET_EOS, axis=1) - (together == TARGET_EOS) > 0
     assert np.all(together[after_eos] == 0)  # nothing is generated after EOS
     assert not np.any(np.isin(together[~after_eos], [0, 1]))  # neither padding nor BOS is generated
+
+
+def test_smoothed_crossentropy_is_keras_sparse_crossentropy_without_smoothing_and_spreads_mass_with_it():
+    labels, weights = np.array([[1, 2, 0]]), np.array([[1.0, 1.0, 0.0]])
+    logits = np.random.default_rng(0).normal(size=(1, 3, 5)).astype("float32")
+    keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    expected = float(keras_loss(labels, logits, sample_weight=weights))
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, logits, sample_weight=weights)) == pytest.approx(expected, rel=1e-6)
+    log_p = np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))[0]
+    by_hand = np.mean([-(0.9 * log_p[i, labels[0, i]] + 0.1 * log_p[i].mean()) for i in (0, 1)])
+    assert float(SmoothedSparseCrossentropy(0.1)(labels, logits, sample_weight=weights)) == pytest.approx(by_hand, rel=1e-5)
+    assert SmoothedSparseCrossentropy.from_config(SmoothedSparseCrossentropy(0.2).get_config()).label_smoothing == 0.2
 
 
 def test_sequence_decoder_config_round_trips():
