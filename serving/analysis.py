@@ -1,7 +1,8 @@
 """What `mtnlp predict` does with one sentence: call the project model's signatures and shape the answer.
 
-The model's signature contract: `serving_default`/`analyze` (text -> tokens, sentiment, POS and IOB2 NER tags) and
-`relation` (text + two entity character spans -> SemEval-2010 relation). Relation spans come from a marker syntax:
+The model's signature contract: `serving_default`/`analyze` (text -> tokens, sentiment, POS and IOB2 NER tags),
+`relation` (text + two entity character spans -> SemEval-2010 relation) and `translate` (English text -> Spanish
+text; called only when asked for with `--task translate`). Relation spans come from a marker syntax:
 "The [[company]] makes [[chairs]]." (first marker = e1, second = e2; offsets are into the text without markers).
 """
 
@@ -15,6 +16,9 @@ import numpy as np
 
 _MARKER = re.compile(r"\[\[(.+?)\]\]")
 TASKS = ("sentiment", "ner", "pos", "relation")
+# Its own signature and a decoding loop: only on request, so the default stays one analyze call.
+TRANSLATE = "translate"
+PREDICT_TASKS = TASKS + (TRANSLATE,)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ def relation_outputs(outputs: dict[str, Any], marked: Marked) -> dict[str, Any]:
             "e2": {"text": marked.text[s2:e2], "start": s2, "end": e2}}
 
 
+def translation_output(outputs: dict[str, Any]) -> str:
+    return _s(np.asarray(outputs["translation"]).reshape(-1)[0])
+
+
 def format_human(result: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:
     lines = [f"Text:      {result['text']}"]
     if "sentiment" in tasks and "sentiment" in result:
@@ -131,4 +139,6 @@ def format_human(result: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:
         r = result["relation"]
         lines.append(f"Relation:  {r['label']} (p={r['probability']:.3f})  e1={r['e1']['text']!r} "
                      f"e2={r['e2']['text']!r}")
+    if TRANSLATE in tasks and "translation" in result:
+        lines.append(f"Translation: {result['translation']}")
     return "\n".join(lines)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .analysis import TASKS, analyze_outputs, format_human, parse_markers, relation_outputs
+from .analysis import (PREDICT_TASKS, TASKS, TRANSLATE, analyze_outputs, format_human, parse_markers,
+                       relation_outputs, translation_output)
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +25,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model-name", default="mtnlp")
     p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
     p.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
-    p.add_argument("--task", action="append", choices=TASKS, help="only these tasks (repeatable; default all)")
+    p.add_argument("--task", action="append", choices=PREDICT_TASKS,
+                   help="only these tasks (repeatable; default all but translate, which is only run when named)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system roots)")
     p.set_defaults(func=cmd_predict)
@@ -67,9 +69,16 @@ def run_predict(text: str, *, server: str | None = None, model_name: str = "mtnl
 
     marked = parse_markers(text)
     want_relation = "relation" in tasks and len(marked.spans) >= 2
+    want_analysis = any(t in TASKS for t in tasks)  # `--task translate` alone needs no analyze call
+    out, translated = {}, None
     if rest:
         rc = RestClient(server, model_name=model_name, timeout=timeout)
-        out = _to_arrays(rc.predict({"text": [marked.text]}, "serving_default"))
+        if want_analysis:
+            out = _to_arrays(rc.predict({"text": [marked.text]}, "serving_default"))
+        if TRANSLATE in tasks:
+            answer = rc.predict({"text": [marked.text]}, TRANSLATE)
+            # a columnar REST answer is the bare value when the signature has a single output
+            translated = _to_arrays(answer if isinstance(answer, dict) else {"translation": answer})
         rel = None
         if want_relation:
             (s1, e1), (s2, e2) = marked.spans[:2]
@@ -79,7 +88,10 @@ def run_predict(text: str, *, server: str | None = None, model_name: str = "mtnl
             rel = {k: np.atleast_1d(v) for k, v in rel.items()}
     else:
         with ServingClient(server, model_name=model_name, timeout=timeout, tls=tls) as gc:
-            out = gc.predict({"text": [marked.text]}, "serving_default")
+            if want_analysis:
+                out = gc.predict({"text": [marked.text]}, "serving_default")
+            if TRANSLATE in tasks:
+                translated = gc.predict({"text": [marked.text]}, TRANSLATE)
             rel = None
             if want_relation:
                 (s1, e1), (s2, e2) = marked.spans[:2]
@@ -87,7 +99,9 @@ def run_predict(text: str, *, server: str | None = None, model_name: str = "mtnl
                 rel = gc.predict({"text": [marked.text], "e1_start": np.array([s1], i64),
                                   "e1_end": np.array([e1], i64), "e2_start": np.array([s2], i64),
                                   "e2_end": np.array([e2], i64)}, "relation")
-    result = analyze_outputs(out, marked.text)
+    result = analyze_outputs(out, marked.text) if want_analysis else {"text": marked.text}
+    if translated is not None:
+        result["translation"] = translation_output(translated)
     for task in ("sentiment", "pos"):
         if task not in tasks:
             result.pop(task, None)

@@ -35,7 +35,7 @@ def served(pipeline_run, server_logs):
 def test_signature_contract(served, pipeline_run):
     with ServingClient(served.grpc, model_name=pipeline_run.model_name) as c:
         sigs = c.metadata()
-    assert {"serving_default", "analyze", "analyze_tokens", "relation", "serving_tf_example"} <= set(sigs)
+    assert {"serving_default", "analyze", "analyze_tokens", "relation", "serving_tf_example", "translate"} <= set(sigs)
     for key in ("serving_default", "analyze"):
         assert {k: v.dtype for k, v in sigs[key].inputs.items()} == {"text": DT_STRING}
         assert {k: v.dtype for k, v in sigs[key].outputs.items()} == ANALYZE_OUTPUTS
@@ -45,6 +45,8 @@ def test_signature_contract(served, pipeline_run):
     assert {k: v.dtype for k, v in sigs["relation"].outputs.items()} == {
         "relation_label": DT_STRING, "relation_probability": DT_FLOAT, "relation_probabilities": DT_FLOAT}
     assert {k: v.dtype for k, v in sigs["serving_tf_example"].inputs.items()} == {"examples": DT_STRING}
+    assert {k: v.dtype for k, v in sigs["translate"].inputs.items()} == {"text": DT_STRING}
+    assert {k: v.dtype for k, v in sigs["translate"].outputs.items()} == {"translation": DT_STRING}
 
 
 def test_warmup_file_replayed(served, pipeline_run):
@@ -97,6 +99,28 @@ def test_mtnlp_predict_human_and_json(served, pipeline_run, capsys, transport):
                                                            doc["relation"]["label"])
     assert 0.0 <= doc["relation"]["probability"] <= 1.0
     assert {p["tag"] for p in doc["pos"]} <= UPOS
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_mtnlp_predict_translate(served, pipeline_run, capsys, transport):
+    server = served.grpc if transport == "grpc" else served.rest
+    extra = ["--rest"] if transport == "rest" else []
+    rc = mtnlp_cli.main(["predict", "--task", "translate", "Where is the station?", "--server", server,
+                         "--model-name", pipeline_run.model_name, *extra])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    lines = out.out.splitlines()
+    assert lines[0] == "Text:      Where is the station?"
+    assert lines[1].startswith("Translation: ") and lines[1][len("Translation: "):].strip(), out.out
+    assert "Sentiment:" not in out.out  # only what was asked for
+
+    rc = mtnlp_cli.main(["predict", "--task", "translate", "--task", "sentiment", "Thank you.", "--json",
+                         "--server", server, "--model-name", pipeline_run.model_name, *extra])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    doc = json.loads(out.out)
+    assert isinstance(doc["translation"], str) and doc["translation"].strip()
+    assert doc["sentiment"]["label"] in ("negative", "positive")
 
 
 def test_rest_status_ready(served, pipeline_run):
