@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 from components.jsonl_example_gen.layout import SPANS_DIR, next_span
-from components.jsonl_example_gen.records import RecordError, record_to_example
+from components.jsonl_example_gen.records import RecordError, bytes_to_example
 from model.tasks import TASKS, Task, get_task
 
 MAX_ERRORS_SHOWN = 10
@@ -50,14 +50,10 @@ def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
-                record_to_example(line, task)
-            except UnicodeDecodeError as e:
-                errors.append(f"{path}:{number}: invalid UTF-8 at byte {e.start}")
-                line = raw.decode("utf-8", errors="replace")
+                bytes_to_example(raw, task)
             except RecordError as e:
                 errors.append(f"{path}:{number}: {e}")
-            lines.append(line.rstrip("\n"))
+            lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
     return lines, errors
 
 
@@ -75,8 +71,9 @@ def add_span(data_root: str, task_name: str, train_file: str, validation_file: s
         validation, more_errors = _check(validation_file, task)
         errors += more_errors
     else:
-        validation = [line for line in train if _is_validation(line, validation_fraction)]
-        train = [line for line in train if not _is_validation(line, validation_fraction)]
+        held_out = [_is_validation(line, validation_fraction) for line in train]
+        validation = [line for line, out in zip(train, held_out) if out]
+        train = [line for line, out in zip(train, held_out) if not out]
     # with --force the malformed lines are written too: ingest rejects them with file and line
     if errors and not force:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])

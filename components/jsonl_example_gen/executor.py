@@ -25,7 +25,7 @@ from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
 from components.jsonl_example_gen import layout
-from components.jsonl_example_gen.records import RecordError, record_to_example
+from components.jsonl_example_gen.records import RecordError, bytes_to_example
 from model.tasks import get_task
 
 REJECTED_KEY = "rejected"
@@ -63,14 +63,10 @@ class _ParseLine(beam.DoFn):
     def process(self, element: tuple[str, int, bytes]):
         path, number, raw_line = element
         task_name = task_of_file(path)
-        line = raw_line.decode("utf-8", errors="replace")
         try:
-            try:
-                raw_line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
-            example = record_to_example(line, get_task(task_name))
+            example = bytes_to_example(raw_line, get_task(task_name))
         except RecordError as e:
+            line = raw_line.decode("utf-8", errors="replace")
             yield beam.pvalue.TaggedOutput(_COUNTS, (path, (1, 1)))
             yield beam.pvalue.TaggedOutput(
                 REJECTED_KEY,

@@ -85,3 +85,12 @@ def record_to_example(line: str, task: Task) -> tf.train.Example:
         if value is not None:
             features[field.name] = _feature(field, value)
     return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def bytes_to_example(raw_line: bytes, task: Task) -> tf.train.Example:
+    """``record_to_example`` on a line as read from a file; invalid UTF-8 is a malformed record too."""
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
+    return record_to_example(line, task)
