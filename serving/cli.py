@@ -1,4 +1,4 @@
-"""`mtnlp predict` and `mtnlp serve` (registered into the `mtnlp` command by mtnlp/cli.py)."""
+"""`mtnlp predict`, `mtnlp serve` and `mtnlp evaluate` (registered into the `mtnlp` command by mtnlp/cli.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,20 @@ def register(subparsers: Any) -> None:
     s.add_argument("--no-warmup", action="store_true", help="skip replaying assets.extra warmup requests")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=cmd_serve)
+
+    e = subparsers.add_parser("evaluate", help="Score a SavedModel on labelled data through its serving signatures",
+                              description="Score a pushed SavedModel (a version folder, or a model base path: its "
+                                          "newest version) on a folder laid out like data/ (one sub-folder per task, "
+                                          "JSON Lines of any split name) with the pipeline's metrics, through the "
+                                          "signatures a client calls. Prints a per-task table.")
+    e.add_argument("model_dir", metavar="MODEL_DIR")
+    e.add_argument("--data", required=True, help="folder with one sub-folder per task")
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    e.add_argument("--split", action="append", dest="splits", metavar="NAME",
+                   help="only <task>/NAME.jsonl[.gz] files (repeatable; default: every file)")
+    e.add_argument("--max-records", type=int, help="at most this many records per task")
+    e.add_argument("--batch-size", type=int, default=64, help="records per signature call")
+    e.set_defaults(func=cmd_evaluate)
 
 
 # ----- predict ------------------------------------------------------------------------------------------------
@@ -176,3 +190,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .model_server.main import main as server_main
 
     return server_main(flags)
+
+
+# ----- evaluate -----------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtnlp import logs
+
+    logs.quiet_environment()
+    from .evaluate import EvaluationError, evaluate_signatures, format_table, load_signatures, read_task_data, \
+        resolve_saved_model, to_json
+
+    logs.configure_logging()
+    try:
+        data = read_task_data(args.data, max_records=args.max_records, splits=args.splits)
+        path = resolve_saved_model(args.model_dir)
+        results, skipped = evaluate_signatures(load_signatures(path), data, batch_size=args.batch_size)
+    except EvaluationError as e:
+        print(f"mtnlp evaluate: {e}", file=sys.stderr)
+        return 2
+    print(f"Model {path} on {os.path.abspath(args.data)}")
+    print(format_table(results, skipped, data))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(results, skipped, data, model=path, data_dir=os.path.abspath(args.data)), f, indent=2)
+        print(f"  results: {args.json}")
+    return 0 if results else 1

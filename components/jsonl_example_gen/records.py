@@ -68,22 +68,34 @@ def _feature(field: Field, value: Any) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
 
 
-def record_to_example(line: str, task: Task) -> tf.train.Example:
-    """Parses one line of ``task``'s data; raises ``RecordError`` if it is malformed."""
+def parse_record(line: str, task: Task) -> dict[str, Any]:
+    """The record on one line of ``task``'s data, every field checked; raises ``RecordError`` if it is malformed.
+
+    Optional fields that are null or absent are left out of the result.
+    """
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise RecordError(f"invalid JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(record, dict):
         raise RecordError(f"expected a JSON object, got {type(record).__name__}")
-
-    features = {TASK_FEATURE: _feature(Field(TASK_FEATURE, FieldKind.TEXT), task.name)}
-    if isinstance(record.get(ID_FEATURE), (str, int)):
-        features[ID_FEATURE] = _feature(Field(ID_FEATURE, FieldKind.TEXT), str(record[ID_FEATURE]))
+    checked = {ID_FEATURE: str(record[ID_FEATURE])} if isinstance(record.get(ID_FEATURE), (str, int)) else {}
     for field in task.fields:
         value = _check_field(record, field)
         if value is not None:
-            features[field.name] = _feature(field, value)
+            checked[field.name] = value
+    return checked
+
+
+def record_to_example(line: str, task: Task) -> tf.train.Example:
+    """Parses one line of ``task``'s data; raises ``RecordError`` if it is malformed."""
+    record = parse_record(line, task)
+    features = {TASK_FEATURE: _feature(Field(TASK_FEATURE, FieldKind.TEXT), task.name)}
+    if ID_FEATURE in record:
+        features[ID_FEATURE] = _feature(Field(ID_FEATURE, FieldKind.TEXT), record[ID_FEATURE])
+    for field in task.fields:
+        if field.name in record:
+            features[field.name] = _feature(field, record[field.name])
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 
