@@ -13,9 +13,7 @@ throughput at 32 clients.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -25,20 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, Machine, default_output, percentile, quiet_tensorflow, table, write_json  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+quiet_tensorflow()
 
 
 def free_port() -> int:
@@ -69,11 +57,6 @@ def build_mlp(base: Path) -> Path:
     path = base / "1"
     tf.saved_model.save(m, str(path), signatures={"serving_default": m.predict.get_concrete_function()})
     return base
-
-
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def drive(call, concurrency: int, seconds: float) -> dict:
@@ -192,7 +175,7 @@ def main() -> int:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-timeout-micros", type=int, default=1000)
     ap.add_argument("--num-batch-threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("serving_results.json"))
+    ap.add_argument("--output", "--out", type=Path, default=default_output("serving"))
     ns = ap.parse_args()
 
     import numpy as np
@@ -224,7 +207,7 @@ def main() -> int:
     request.inputs[input_name].CopyFrom(to_tensor_proto(example))
 
     levels = [int(c) for c in ns.concurrency.split(",")]
-    load_before = os.getloadavg()
+    machine = Machine()
     results: dict[str, dict[int, dict]] = {"in_process": {}, "grpc": {}, "grpc_batching": {}}
     for c in levels:
         results["in_process"][c] = drive(lambda: fn(**feed), c, ns.seconds)
@@ -248,32 +231,23 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
 
-    machine = {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
-               "tensorflow": tf.__version__, "platform": platform.platform(),
-               "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     overhead = results["grpc"][levels[0]]["p50_ms"] - results["in_process"][levels[0]]["p50_ms"]
     top = levels[-1]
     speedup = results["grpc_batching"][top]["throughput_rps"] / results["grpc"][top]["throughput_rps"]
     summary = {"p50_overhead_ms_at_c1": overhead, "batching_speedup_at_max_concurrency": speedup,
                "targets": {"p50_overhead_ms_at_c1": "<= 1.5", "batching_speedup": ">= 3"}}
 
-    print(f"Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores, Python {machine['python']}, "
-          f"TF {machine['tensorflow']}; load average {machine['load_average_1min_before_after'][0]} before, "
-          f"{machine['load_average_1min_before_after'][1]} after (other work on the machine skews the figures)")
+    print(machine.line())
     print(f"Model: {base} (input '{input_name}', one example per request); {ns.seconds:.0f}s per cell; batching: "
           f"max_batch_size={ns.max_batch_size} batch_timeout_micros={ns.batch_timeout_micros} "
           f"num_batch_threads={ns.num_batch_threads}")
-    print(f"{'mode':<15}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>10}{'errors':>8}")
-    for mode, rows in results.items():
-        for c, r in rows.items():
-            print(f"{mode:<15}{c:>8}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['throughput_rps']:>10.0f}"
-                  f"{r['errors']:>8}")
+    print(table(["mode", "clients", "p50 ms", "p99 ms", "req/s", "errors"],
+                [[mode, c, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput_rps']:.0f}", r["errors"]]
+                 for mode, rows in results.items() for c, r in rows.items()]))
     print(f"p50 overhead of gRPC over in-process at {levels[0]} client(s): {overhead:.3f} ms (target <= 1.5)")
     print(f"batching throughput gain at {top} clients: {speedup:.2f}x (target >= 3)")
-    ns.out.write_text(json.dumps({"machine": machine, "model": str(base), "input": input_name,
-                                  "seconds_per_cell": ns.seconds, "results": results, "summary": summary,
-                                  "command": " ".join([Path(sys.executable).name] + sys.argv)}, indent=2))
-    print(f"wrote {ns.out}")
+    write_json(ns.output, machine, {"model": str(base), "input": input_name, "seconds_per_cell": ns.seconds,
+                                    "results": results, "summary": summary})
     return 0
 
 

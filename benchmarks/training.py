@@ -1,0 +1,268 @@
+"""Training throughput: the multi-task model (MTL, every head) against each single-task model (STL, one head),
+the encoder's achieved FLOP/s against this machine's matmul peak, and the cost of MirroredStrategy on CPU.
+
+    python benchmarks/training.py                  # the quick profile's encoder, 30 timed steps per model
+    python benchmarks/training.py --profile full   # the full profile's encoder
+    python benchmarks/training.py --quick          # 3 timed steps after 1 warmup step: checks that it runs
+
+Every model is built and compiled exactly as the Trainer builds it (``build_model`` + ``compile_for_heads``,
+AdamW with weight decay and gradient clipping) at the profile's encoder size and trained with ``model.fit`` on
+one synthetic batch repeated: ``--batch-size`` rows (default 32) of sentences of about ``--length`` words
+(default 25, each row 0.6-1.4x that, the batch padded to its longest as the input pipeline cuts it) and
+translation targets of about ``--target-length`` words (default 10). The MTL batch mixes the tasks' rows in
+equal shares (the quick profile's mix: 3,000 records per task, temperature sampling) with every head's labels
+and sample weights as Transform produces them: 0 on other tasks' rows and on padding. An STL batch holds rows
+of its own task only. Each step is timed on its own (the first ``--warmup`` steps, tracing included, are not);
+the table shows the median.
+
+Also measured: the encoder's forward+backward FLOPs per step counted from the layer shapes (per layer
+8·B·T·d² for the attention projections, 4·B·T²·d for scores and weighted sum, 4·B·T·d·f for the feed-forward;
+backward = 2x forward) divided by the step time, against the peak of a large float32 matmul timed in the same
+run; and the MTL step under the profile's ``cpu_replicas`` (2) replica MirroredStrategy against one device.
+Prints a table stating the machine and writes benchmarks/training_results.json (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import Machine, default_output, quiet_tensorflow, table, write_json  # noqa: E402
+
+quiet_tensorflow()
+import numpy as np  # noqa: E402
+
+from model.tasks import TASKS, Head, HeadKind, Task, all_heads  # noqa: E402
+
+# Vocabulary sizes of the synthetic model: about what Transform computes on the quick profile's data.
+VOCABULARY_SIZE = 8000
+TARGET_VOCABULARY_SIZE = 3000
+
+
+def task_of(head: Head) -> Task:
+    return next(t for t in TASKS if head in t.heads)
+
+
+def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: int, target_length: int,
+                    spread: float = 0.4, seed: int = 0):
+    """(inputs, labels, sample_weights) as ``model.dataset`` feeds them to ``fit``: row i is an example of
+    ``row_tasks[i]``; sentence and target lengths are uniform in (1 ± spread) x the given length, and the batch
+    is padded to its longest sentence and longest target. Returns also the number of real words."""
+    from model import text
+    from model.network import model_input_names
+    from model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS
+
+    rng = np.random.default_rng(seed)
+    batch_size = len(row_tasks)
+
+    def lengths(mean: int) -> np.ndarray:
+        return rng.integers(max(1, round(mean * (1 - spread))), round(mean * (1 + spread)) + 1, size=batch_size)
+
+    words = lengths(length)  # drawn first, so every model of a run sees the same sentence lengths
+    targets = lengths(target_length)
+    real = np.arange(words.max())[None, :] < words[:, None]
+    features = {
+        "token_ids": np.where(real, rng.integers(1, VOCABULARY_SIZE, size=real.shape), 0),
+        "shape_ids": np.where(real, rng.integers(1, text.NUM_SHAPES, size=real.shape), 0),
+        "entity_ids": np.zeros(real.shape, np.int64),
+    }
+    for i, task in enumerate(row_tasks):
+        if any(h.kind is HeadKind.ENTITY_PAIR for h in task.heads):  # a word of e1, later a word of e2
+            features["entity_ids"][i, 0], features["entity_ids"][i, words[i] - 1] = 1, 2
+    labels, weights = {}, {}
+    for head in heads:
+        mine = np.array([head in t.heads for t in row_tasks])
+        if head.kind is HeadKind.SEQUENCE:
+            longest = max(int(targets[mine].max()) if mine.any() else 1, 1)
+            on = mine[:, None] & (np.arange(longest)[None, :] < targets[:, None])
+            ids = np.where(on, rng.integers(FIRST_TARGET_WORD, TARGET_VOCABULARY_SIZE, size=on.shape), 0)
+            ids[np.arange(batch_size)[mine], targets[mine] - 1] = TARGET_EOS
+            features[head.label_key] = labels[head.name] = ids
+            weights[head.name] = on.astype("float32")
+        elif head.kind is HeadKind.TOKEN:
+            on = real & mine[:, None]
+            labels[head.name] = np.where(on, rng.integers(0, head.num_labels, size=on.shape), 0)
+            weights[head.name] = on.astype("float32")
+        else:
+            labels[head.name] = np.where(mine, rng.integers(0, head.num_labels, size=batch_size), 0)
+            weights[head.name] = mine.astype("float32")
+    inputs = {k: features[k].astype("int64") for k in model_input_names(heads)}
+    return (inputs, {k: v.astype("int64") for k, v in labels.items()}, weights), int(words.sum())
+
+
+def mixed_rows(tasks: Sequence[Task], batch_size: int, seed: int = 0) -> list[Task]:
+    """Equal shares of the tasks' rows, in a fixed random order (so that every replica gets a mix)."""
+    rows = [tasks[i % len(tasks)] for i in range(batch_size)]
+    order = np.random.default_rng(seed).permutation(batch_size)
+    return [rows[i] for i in order]
+
+
+def build_training_model(heads: Sequence[Head], config, strategy):
+    """The model, loss and optimizer as the Trainer makes them (synthetic vocabulary sizes)."""
+    import keras
+
+    from model.network import build_model, compile_for_heads
+
+    keras.utils.set_random_seed(config.training.seed)
+    with strategy.scope():
+        model = build_model(
+            heads, vocabulary_size=VOCABULARY_SIZE, max_length=config.transform.max_length,
+            target_vocabulary_sizes={h.name: TARGET_VOCABULARY_SIZE for h in heads if h.kind is HeadKind.SEQUENCE},
+            max_target_length=config.transform.max_target_length, **dataclasses.asdict(config.model),
+        )  # fmt: skip
+        optimizer = keras.optimizers.AdamW(learning_rate=config.training.learning_rate, weight_decay=0.01, clipnorm=1.0)
+        compile_for_heads(model, heads, optimizer, sequence_label_smoothing=config.training.sequence_label_smoothing)
+    return model
+
+
+def step_seconds(model, batch, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps of ``model.fit`` on ``batch`` repeated, after ``warmup``
+    untimed steps (the first one traces the step function)."""
+    import keras
+    import tensorflow as tf
+
+    class StepEnds(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            if logs and "loss" in logs:
+                float(logs["loss"])  # the step has finished
+            self.ends.append(time.perf_counter())
+
+    ends = StepEnds()
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=max(1, warmup) + steps, epochs=1,
+              verbose=0, callbacks=[ends])  # fmt: skip
+    return list(np.diff(ends.ends[max(1, warmup) - 1 :]))
+
+
+def encoder_flops(batch_size: int, length: int, model_config) -> float:
+    """Forward + backward FLOPs of the shared encoder's transformer layers for one [B, T] batch."""
+    b, t, d, f = batch_size, length, model_config.embedding_dim, model_config.intermediate_dim
+    forward = model_config.num_layers * (4 * 2 * b * t * d * d + 2 * 2 * b * t * t * d + 2 * 2 * b * t * d * f)
+    return 3.0 * forward
+
+
+def matmul_peak(size: int, repeats: int) -> dict:
+    """GFLOP/s of a float32 [size, size] x [size, size] matmul on this machine: best and median of ``repeats``."""
+    import tensorflow as tf
+
+    g = tf.random.Generator.from_seed(0)
+    a, b = g.normal([size, size]), g.normal([size, size])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    for _ in range(3):
+        matmul().numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * size**3
+    return {"size": size, "repeats": repeats, "gflops_best": flops / min(times) / 1e9,
+            "gflops_median": flops / statistics.median(times) / 1e9}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=("quick", "full"), default="quick", help="whose ModelConfig (encoder size)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (at least 1: tracing)")
+    ap.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1, a 1024 matmul: checks that it runs")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--length", type=int, default=25, help="mean sentence length in words")
+    ap.add_argument("--target-length", type=int, default=10, help="mean translation target length in words")
+    ap.add_argument("--replicas", type=int, help="MirroredStrategy CPU replicas (default: the profile's, 2)")
+    ap.add_argument("--models", nargs="+", help="only these: mtl and/or head names (default: mtl and every head)")
+    ap.add_argument("--matmul-size", type=int, default=2048)
+    ap.add_argument("--output", type=Path, default=default_output("training"))
+    ns = ap.parse_args()
+    if ns.quick:
+        ns.steps, ns.warmup, ns.matmul_size = 3, 1, 1024
+
+    from pipelines.config import get_config
+
+    config = get_config(ns.profile)
+    replicas = ns.replicas or config.training.cpu_replicas
+    from model import devices
+
+    devices.configure_cpu_replicas(replicas)  # before TensorFlow initializes its devices
+    import tensorflow as tf
+
+    machine = Machine()
+    mirrored = devices.make_strategy(replicas) if replicas > 1 else None
+    single = tf.distribute.OneDeviceStrategy("/cpu:0")
+    main_strategy = mirrored or single
+
+    heads = all_heads(TASKS)
+    models = {"mtl": (heads, mixed_rows(TASKS, ns.batch_size))}
+    models.update({h.name: ((h,), [task_of(h)] * ns.batch_size) for h in heads})
+    if ns.models:
+        unknown = set(ns.models) - set(models)
+        if unknown:
+            ap.error(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(models)}")
+        models = {k: v for k, v in models.items() if k in ns.models}
+
+    peak = matmul_peak(ns.matmul_size, 5 if ns.quick else 20)
+    results = {}
+    runs = [(name, main_strategy) for name in models]
+    if mirrored and "mtl" in models:
+        runs.append(("mtl_one_device", single))
+    for name, strategy in runs:
+        model_heads, row_tasks = models[name.removesuffix("_one_device")]
+        batch, words = synthetic_batch(model_heads, row_tasks, ns.length, ns.target_length)
+        padded = batch[0]["token_ids"].shape[1]
+        model = build_training_model(model_heads, config, strategy)
+        times = step_seconds(model, batch, ns.steps, ns.warmup)
+        median, flops = statistics.median(times), encoder_flops(ns.batch_size, padded, config.model)
+        results[name] = {
+            "heads": [h.name for h in model_heads], "replicas": strategy.num_replicas_in_sync,
+            "parameters": model.count_params(), "padded_length": padded, "words_per_batch": words,
+            "step_ms_median": median * 1e3, "step_ms_mean": statistics.fmean(times) * 1e3,
+            "examples_per_s": ns.batch_size / median, "tokens_per_s": words / median,
+            "encoder_gflop_per_step": flops / 1e9, "encoder_gflops_achieved": flops / median / 1e9,
+            "fraction_of_matmul_peak": flops / median / 1e9 / peak["gflops_best"],
+        }  # fmt: skip
+        print(f"  {name}: {median * 1e3:.1f} ms per step", flush=True)
+        del model
+
+    summary = {}
+    if "mtl_one_device" in results:
+        summary["mirrored_over_one_device_step_time"] = (results["mtl"]["step_ms_median"]
+                                                         / results["mtl_one_device"]["step_ms_median"])  # fmt: skip
+
+    m = config.model
+    print(machine.line())
+    print(f"Profile {ns.profile}: encoder d={m.embedding_dim} f={m.intermediate_dim} L={m.num_layers} "
+          f"heads={m.num_heads}; batch {ns.batch_size}, ~{ns.length}-word sentences, ~{ns.target_length}-word "
+          f"targets; {ns.steps} timed steps after {max(1, ns.warmup)} warmup; synthetic data, untrained weights")
+    rows = [[name, r["replicas"], f"{r['parameters']:,}", f"{r['step_ms_median']:.1f}", f"{r['step_ms_mean']:.1f}",
+             f"{r['examples_per_s']:.0f}", f"{r['tokens_per_s']:,.0f}", f"{r['encoder_gflops_achieved']:.2f}",
+             f"{r['fraction_of_matmul_peak']:.1%}"] for name, r in results.items()]  # fmt: skip
+    print(table(["model", "replicas", "params", "step ms", "mean ms", "ex/s", "tokens/s", "enc GFLOP/s", "of peak"],
+                rows))
+    first = next(iter(results.values()))
+    print(f"encoder: {first['encoder_gflop_per_step']:.2f} GFLOP per step (fwd+bwd, T={first['padded_length']}); "
+          f"matmul peak {peak['gflops_best']:.1f} GFLOP/s ({peak['size']}x{peak['size']} float32, best of "
+          f"{peak['repeats']}; median {peak['gflops_median']:.1f})")
+    if summary:
+        print(f"MirroredStrategy ({replicas} CPU replicas) step time / one device: "
+              f"{summary['mirrored_over_one_device_step_time']:.2f}x (MTL)")
+    write_json(ns.output, machine, {
+        "profile": ns.profile, "model_config": dataclasses.asdict(config.model),
+        "settings": {"batch_size": ns.batch_size, "length": ns.length, "target_length": ns.target_length,
+                     "steps": ns.steps, "warmup": max(1, ns.warmup), "replicas": replicas,
+                     "vocabulary_size": VOCABULARY_SIZE, "target_vocabulary_size": TARGET_VOCABULARY_SIZE},
+        "matmul_peak": peak, "models": results, "summary": summary,
+    })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
