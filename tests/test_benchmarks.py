@@ -1,0 +1,110 @@
+"""The benchmark scripts keep running: each one runs with its smallest settings and writes JSON with the expected
+keys and positive figures. (They are scripts run by hand; these tests only guard them against rotting.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return result
+
+
+def ran(result: subprocess.CompletedProcess, output) -> dict:
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-5000:]}"
+    assert "Machine: " in result.stdout and "logical cores" in result.stdout
+    document = json.loads(output.read_text())
+    assert document["machine"]["logical_cores"] > 0 and document["machine"]["cpu_model"]
+    return document
+
+
+@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py"])
+def test_every_benchmark_states_its_usage(script):
+    result = run_benchmark(script, "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--output" in result.stdout and f"python benchmarks/{script}" in result.stdout
+
+
+def test_the_synthetic_training_batch_weights_each_head_on_its_own_tasks_rows_only():
+    from benchmarks.training import mixed_rows, synthetic_batch
+    from model.network import model_input_names
+    from model.tasks import TASKS, HeadKind, all_heads
+
+    heads = all_heads(TASKS)
+    rows = mixed_rows(TASKS, 32)
+    (inputs, labels, weights), words = synthetic_batch(heads, rows, length=25, target_length=10)
+    assert set(inputs) == set(model_input_names(heads))
+    real = inputs["token_ids"] > 0
+    assert words == real.sum() and 15 <= real.sum(axis=1).min() and real.sum(axis=1).max() == real.shape[1]
+    for head in heads:
+        mine = np.array([head in task.heads for task in rows])
+        assert 0 < mine.sum() < 32
+        w = weights[head.name]
+        assert (w.reshape(32, -1)[~mine] == 0).all() and (labels[head.name].reshape(32, -1)[~mine] == 0).all()
+        if head.kind is HeadKind.TOKEN:
+            assert (w[mine] == real[mine]).all()
+        elif head.kind is HeadKind.SEQUENCE:
+            assert (inputs[head.label_key] == labels[head.name]).all() and (w[mine].sum(axis=1) >= 6).all()
+        else:
+            assert (w[mine] == 1).all()
+    relation = np.array([task.name == "relation" for task in rows])
+    assert (inputs["entity_ids"][~relation] == 0).all() and (inputs["entity_ids"][relation].max(axis=1) == 2).all()
+
+
+def test_the_inference_benchmark_names_the_command_that_makes_a_workdir(tmp_path):
+    result = run_benchmark("inference.py", "--workdir", str(tmp_path / "none"), timeout=120)
+    assert result.returncode == 2 and "mtnlp run" in result.stderr
+
+
+@pytest.mark.slow
+def test_training_benchmark(tmp_path):
+    output = tmp_path / "training.json"
+    document = ran(run_benchmark("training.py", "--quick", "--models", "mtl", "sentiment", "--output", str(output)),
+                   output)  # fmt: skip
+    assert set(document["models"]) == {"mtl", "sentiment", "mtl_one_device"}
+    for figures in document["models"].values():
+        for key in ("step_ms_median", "examples_per_s", "tokens_per_s", "encoder_gflops_achieved",
+                    "fraction_of_matmul_peak"):  # fmt: skip
+            assert figures[key] > 0, key
+    assert document["models"]["mtl"]["heads"] == ["pos", "ner", "sentiment", "relation", "translation"]
+    assert document["models"]["mtl"]["replicas"] == 2 and document["models"]["mtl_one_device"]["replicas"] == 1
+    assert document["matmul_peak"]["gflops_best"] > 0
+    assert document["summary"]["mirrored_over_one_device_step_time"] > 0
+
+
+@pytest.mark.slow
+def test_inference_benchmark(pipeline_run, tmp_path):
+    output = tmp_path / "inference.json"
+    result = run_benchmark("inference.py", "--workdir", str(pipeline_run.workdir), "--requests", "5", "--warmup", "1",
+                           "--output", str(output))  # fmt: skip
+    document = ran(result, output)
+    assert set(document["latency"]) == {"mtl", "sentiment", "pos", "ner", "stl_sum"}
+    for figures in document["latency"].values():
+        assert figures["p50_ms"] > 0 and figures["mean_ms"] > 0
+    assert document["summary"]["mtl_over_stl_sum_p50"] > 0 and "target" in document["summary"]
+    assert "0.45" in result.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark(tmp_path):
+    output = tmp_path / "pipeline.json"
+    result = run_benchmark("pipeline.py", "--base-records", "60", "--train-steps", "5", "--sizes", "1", "2",
+                           "--out", str(tmp_path / "runs"), "--output", str(output), timeout=1100)  # fmt: skip
+    document = ran(result, output)
+    assert set(document["runs"]) == {"1x", "2x", "rerun"}
+    for run in document["runs"].values():
+        assert run["wall_seconds"] > 0 and run["records_ingested"] > 0
+    for stage in ("JsonlExampleGen", "StatisticsGen", "Transform", "Evaluator", "Trainer"):
+        assert document["runs"]["1x"]["components"][stage] > 0 and document["runs"]["2x"]["components"][stage] > 0
+    assert document["runs"]["2x"]["records_ingested"] == 2 * document["runs"]["1x"]["records_ingested"]
+    assert document["summary"]["rerun_all_cached"]
+    assert all(g > 0 for g in document["summary"]["beam_stage_max_growth_per_doubling"].values())
