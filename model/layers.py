@@ -173,3 +173,57 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class TaskUncertainty(keras.layers.Layer):
+    """Learned homoscedastic task uncertainty (Kendall, Gal and Cipolla, 2018): one log-variance
+    ``s = log sigma^2`` per head, used by ``UncertaintyWeightedLoss``.
+
+    It sits in the graph as an identity (inputs [...] -> the same tensor) only so that its variables
+    belong to the model and are trained with it; it computes nothing at serving time.
+    """
+
+    def __init__(self, head_names: tuple[str, ...] | list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.head_names = tuple(head_names)
+
+    def build(self, input_shape):
+        self.log_variance = self.add_weight(
+            shape=(len(self.head_names),), initializer="zeros", name="log_variance", trainable=True
+        )
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def log_variance_of(self, head_name: str):
+        return self.log_variance[self.head_names.index(head_name)]
+
+    def get_config(self):
+        return {**super().get_config(), "head_names": self.head_names}
+
+
+class UncertaintyWeightedLoss(keras.losses.Loss):
+    """A head's loss weighted by its learned uncertainty: ``exp(-s) * L + s / 2`` (Kendall et al. 2018's
+    classification form with ``s = log sigma^2``), so that noisy or hard heads get smaller weights
+    without a hand-set weight per head. ``L`` is the wrapped loss with its own sample weighting.
+
+    Training-only (the compiled loss holds a reference to the model's ``TaskUncertainty`` layer), so it
+    is not registered for serialization.
+    """
+
+    def __init__(self, loss: keras.losses.Loss, uncertainty: TaskUncertainty, head_name: str):
+        super().__init__(name=f"{head_name}_uncertainty_weighted", reduction=loss.reduction)
+        self.loss, self.uncertainty, self.head_name = loss, uncertainty, head_name
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        s = self.uncertainty.log_variance_of(self.head_name)
+        # the wrapped loss is already divided by the number of replicas (Keras sums them); so is the prior
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return ops.exp(-s) * self.loss(y_true, y_pred, sample_weight) + 0.5 * s / replicas
+
+    def call(self, y_true, y_pred):  # __call__ does the work
+        raise NotImplementedError

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 import keras_nlp
 
 from model import text
-from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
+from model.layers import (EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy,
+                          TaskUncertainty, UncertaintyWeightedLoss)
 from model.preprocessing import TARGET_BOS, TARGET_EOS
 from model.tasks import Head, HeadKind
 
 ENCODER_OUTPUT = "encoder_output"
+TASK_UNCERTAINTY = "task_uncertainty"
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 
 
 def decoder_layer_name(head: Head) -> str:
@@ -36,6 +39,7 @@ def build_model(
     decoder_layers: int = 1,
     target_vocabulary_sizes: dict[str, int] | None = None,
     max_target_length: int = 24,
+    uncertainty_weighting: bool = False,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -43,6 +47,9 @@ def build_model(
     Outputs: a dict of logits per head, [B, num_labels] for sentence and entity-pair heads,
     [B, T, num_labels] for token heads and [B, L, V] for sequence heads (V: the head's entry in
     ``target_vocabulary_sizes``, special ids and OOV buckets included).
+
+    ``uncertainty_weighting`` adds a ``TaskUncertainty`` layer (one learned log-variance per head) for
+    ``compile_for_heads(loss_weighting="uncertainty")``.
     """
     inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
@@ -60,6 +67,8 @@ def build_model(
         x = keras_nlp.layers.TransformerEncoder(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
+    if uncertainty_weighting:
+        x = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
     x = keras.layers.Identity(name=ENCODER_OUTPUT)(x)  # a name for the serving graph's decoding loop
 
     sentence = MaskedMeanPooling(name="mean_pooling")(x, padding_mask)
@@ -86,7 +95,12 @@ def build_model(
 
 
 def compile_for_heads(
-    model: keras.Model, heads: Sequence[Head], optimizer: keras.optimizers.Optimizer, sequence_label_smoothing: float = 0.0
+    model: keras.Model,
+    heads: Sequence[Head],
+    optimizer: keras.optimizers.Optimizer,
+    sequence_label_smoothing: float = 0.0,
+    loss_weighting: str = "fixed",
+    loss_weights: Mapping[str, float] | None = None,
 ) -> None:
     """Per-head sparse cross-entropy, each averaged over the examples (or words) that carry its label.
 
@@ -96,10 +110,20 @@ def compile_for_heads(
     The sample weights (``<head>_weight`` from Transform) are 0 for examples of other tasks and for
     padding, so a head learns only from its own labels; ``mean_with_sample_weight`` divides by the
     weights' sum rather than the batch size, so a head's loss scale does not depend on the task mix.
+
+    The heads' losses are summed with ``loss_weighting``: "fixed" (``loss_weights`` per head, 1 for
+    heads not named) or "uncertainty" (learned; the model needs ``build_model(uncertainty_weighting=True)``).
     """
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss_weighting {loss_weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
+    losses = {h.name: _loss(h, sequence_label_smoothing) for h in heads}
+    if loss_weighting == "uncertainty":
+        uncertainty = model.get_layer(TASK_UNCERTAINTY)
+        losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}
     model.compile(
         optimizer=optimizer,
-        loss={h.name: _loss(h, sequence_label_smoothing) for h in heads},
+        loss=losses,
+        loss_weights={h.name: float((loss_weights or {}).get(h.name, 1.0)) for h in heads},
         weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
     )
 

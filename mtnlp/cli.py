@@ -12,6 +12,7 @@ SUBCOMMAND_MODULES = (
     "pipelines.cli",  # run
     "serving.cli",  # serve, predict
     "pipelines.kubeflow_cli",  # kubeflow compile, kubeflow submit
+    "experiments.cli",  # experiment mtl-vs-stl
 )
 
 

@@ -12,7 +12,7 @@ import re
 import sys
 import warnings
 
-PROJECT_LOGGERS = ("mtnlp", "model", "components", "pipelines", "serving")
+PROJECT_LOGGERS = ("mtnlp", "model", "components", "pipelines", "serving", "experiments")
 _PROGRESS = re.compile(r"Component (\S+) is (running|finished)\.")
 
 

@@ -49,6 +49,10 @@ class TrainingConfig:
     # MirroredStrategy replicas on a CPU-only machine (logical CPU devices); all GPUs are used when present.
     cpu_replicas: int = 2
     seed: int = 42
+    # How the heads' losses are summed: "fixed" (loss_weights per head, 1 for heads not named) or
+    # "uncertainty" (learned per-head weights, Kendall et al. 2018: see model/layers.py).
+    loss_weighting: str = "fixed"
+    loss_weights: dict[str, float] | None = None
     # Label smoothing of sequence heads' (translation) cross-entropy; 0 turns it off. Off: on the quick
     # profile 0.1 gave BLEU 0.012 against 0.014 without (one run each, within noise; no gain).
     sequence_label_smoothing: float = 0.0

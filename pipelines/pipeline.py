@@ -11,6 +11,7 @@ built or uploaded at compile time, and Transform stays cached when only training
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from tfx import v1 as tfx
@@ -43,21 +44,25 @@ class VersionedPusher(tfx.components.Pusher):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(versioned_pusher.Executor)
 
 
-def create_pipeline(
-    pipeline_name: str,
-    pipeline_root: str,
-    data_root: str,
-    serving_model_dir: str,
-    config: PipelineConfig,
-    metadata_connection_config=None,
-    beam_pipeline_args: Sequence[str] = (),
-    enable_cache: bool = True,
-    data_has_spans: bool = False,
-    schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
-    baseline: str = "other_data",  # which resolver finds the baseline model: see BASELINES
-) -> tfx.dsl.Pipeline:
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+@dataclasses.dataclass(frozen=True)
+class DataComponents:
+    """Ingest, validation and Transform: what every model of the project trains on."""
+
+    example_gen: JsonlExampleGen
+    statistics_gen: tfx.components.StatisticsGen
+    schema_gen: tfx.components.ImportSchemaGen
+    example_validator: tfx.components.ExampleValidator
+    anomalies_gate: AnomaliesGate
+    transform: tfx.components.Transform
+
+    def all(self) -> list:
+        return [self.example_gen, self.statistics_gen, self.schema_gen, self.example_validator,
+                self.anomalies_gate, self.transform]  # fmt: skip
+
+
+def data_components(
+    data_root: str, config: PipelineConfig, data_has_spans: bool = False, schema_file: str = SCHEMA_PATH
+) -> DataComponents:
     example_gen = JsonlExampleGen(
         input_base=data_root,
         spans=data_has_spans,
@@ -81,6 +86,45 @@ def create_pipeline(
         custom_config=config.to_json_dict()["transform"],
     )
     transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
+    return DataComponents(example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform)
+
+
+def create_data_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    config: PipelineConfig,
+    metadata_connection_config=None,
+    beam_pipeline_args: Sequence[str] = (),
+) -> tfx.dsl.Pipeline:
+    """Ingest -> ... -> Transform only: the transformed examples that experiments train their own models on."""
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=data_components(data_root, config).all(),
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args),
+    )
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    config: PipelineConfig,
+    metadata_connection_config=None,
+    beam_pipeline_args: Sequence[str] = (),
+    enable_cache: bool = True,
+    data_has_spans: bool = False,
+    schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
+    baseline: str = "other_data",  # which resolver finds the baseline model: see BASELINES
+) -> tfx.dsl.Pipeline:
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+    data = data_components(data_root, config, data_has_spans, schema_file)
+    example_gen, schema_gen, transform = data.example_gen, data.schema_gen, data.transform
 
     # The latest blessed model (see BASELINES): the Trainer's warm start and the Evaluator's baseline.
     if baseline == "other_data":
@@ -128,8 +172,8 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform, trainer,
-                    *dict.fromkeys(r for r in (warm_start_model, baseline_model) if r), evaluator, pusher],  # fmt: skip
+        components=[*data.all(), trainer, *dict.fromkeys(r for r in (warm_start_model, baseline_model) if r),
+                    evaluator, pusher],  # fmt: skip
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),

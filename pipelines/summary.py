@@ -137,6 +137,20 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
     return summary
 
 
+def latest_transform_outputs(metadata_path: str) -> dict[str, str]:
+    """URIs of the newest Transform execution's outputs, by output key ("transform_graph",
+    "transformed_examples", ...), as ML Metadata recorded them (a cached run's included)."""
+    store = _store(metadata_path)
+    graphs = store.get_artifacts_by_type("TransformGraph")
+    if not graphs:
+        raise LookupError(f"{metadata_path} records no Transform output")
+    newest = max(graphs, key=lambda a: a.id)
+    producers = [e.execution_id for e in store.get_events_by_artifact_ids([newest.id]) if e.type in _OUTPUT_EVENTS]
+    events = [e for e in store.get_events_by_execution_ids(producers[-1:]) if e.type in _OUTPUT_EVENTS]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    return {e.path.steps[0].key: artifacts[e.artifact_id].uri for e in events if e.path.steps}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", f"Pipeline run {summary.get('run_id', '?')} ({summary.get('status', '?')}, "
                  f"{summary.get('wall_seconds', 0):.0f} s wall)"]  # fmt: skip
@@ -161,7 +175,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                     continue
                 delta = deltas.get(head, {}).get(name)
                 shown.append(f"{name}={value:.4f}" + (f" ({delta:+.4f} vs baseline)" if delta is not None else ""))
-            lines.append(f"    {head:<10} " + "  ".join(shown))
+            lines.append(f"    {head:<11} " + "  ".join(shown))
     if "blessed" in summary:
         lines.append(f"  blessed: {'yes' if summary['blessed'] else 'no'}")
         for failure in summary.get("blessing_failures", []):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from model import text
 from model.layers import EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
-from model.network import ENCODER_OUTPUT, build_model, compile_for_heads, decoder_layer_name
+from model.network import ENCODER_OUTPUT, TASK_UNCERTAINTY, build_model, compile_for_heads, decoder_layer_name
 from model.preprocessing import TARGET_EOS
 from model.tasks import TRANSLATION, HeadKind, all_heads
 
@@ -214,3 +214,61 @@ def test_strategy_fails_loudly_instead_of_hanging_when_devices_are_missing():
     """)
     assert result.returncode != 0
     assert "DeviceSetupError" in result.stderr and "logical CPU devices" in result.stderr
+
+
+def _head_kernels(model):
+    return {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind is not HeadKind.SEQUENCE}
+
+
+def test_fixed_loss_weights_scale_each_head_and_zero_turns_one_off():
+    keras.utils.set_random_seed(1)
+    model = build_model(HEADS, **SIZES)
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1), loss_weights={"sentiment": 0.0, "pos": 2.0})
+    inputs, labels, weights = batch()
+    per_head = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
+    expected_total = sum(per_head[f"{h.name}_loss"] * {"sentiment": 0.0, "pos": 2.0}.get(h.name, 1.0) for h in HEADS)
+    assert per_head["loss"] == pytest.approx(expected_total, rel=1e-4)
+    before = _head_kernels(model)
+    model.train_on_batch(inputs, labels, sample_weight=weights)
+    assert np.array_equal(model.get_layer("sentiment").kernel.numpy(), before["sentiment"])
+    assert not np.array_equal(model.get_layer("pos").kernel.numpy(), before["pos"])
+
+
+def test_uncertainty_weighting_learns_one_log_variance_per_head():
+    keras.utils.set_random_seed(1)
+    model = build_model(HEADS, uncertainty_weighting=True, **SIZES)
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1), loss_weighting="uncertainty")
+    uncertainty = model.get_layer(TASK_UNCERTAINTY)
+    assert uncertainty.head_names == tuple(h.name for h in HEADS)
+    inputs, labels, weights = batch()
+    # at s = 0 the weighted loss is the plain loss: exp(0) * L + 0 / 2
+    per_head = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
+    assert per_head["loss"] == pytest.approx(sum(per_head[f"{h.name}_loss"] for h in HEADS), rel=1e-4)
+    for _ in range(3):
+        model.train_on_batch(inputs, labels, sample_weight=weights)
+    s = uncertainty.log_variance.numpy()
+    # d/ds [exp(-s) L + s/2] = 1/2 - L < 0 for losses above 1/2: every head's log-variance grows
+    assert np.all(s > 0), s
+    # the identity layer leaves the outputs as they were
+    outputs = model(inputs)
+    assert outputs["pos"].shape == (4, 6, 17)
+
+
+def test_uncertainty_weighting_trains_under_two_cpu_replicas():
+    result = _python("""
+        from model import devices
+        devices.configure_cpu_replicas(2)
+        import keras, numpy as np
+        from tests.test_model import HEADS, SIZES, batch
+        from model.network import TASK_UNCERTAINTY, build_model, compile_for_heads
+        strategy = devices.make_strategy(2)
+        with strategy.scope():
+            model = build_model(HEADS, uncertainty_weighting=True, **SIZES)
+            compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1), loss_weighting="uncertainty")
+        inputs, labels, weights = batch()
+        model.fit(inputs, labels, sample_weight=weights, batch_size=4, epochs=2, verbose=0)
+        print("s", *model.get_layer(TASK_UNCERTAINTY).log_variance.numpy())
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = [float(v) for v in next(l for l in result.stdout.splitlines() if l.startswith("s ")).split()[1:]]
+    assert len(s) == len(HEADS) and all(v != 0.0 for v in s)

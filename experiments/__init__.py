@@ -1,0 +1,1 @@
+"""Studies run on the project's own model code: ``mtnlp experiment ...``."""

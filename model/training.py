@@ -1,0 +1,141 @@
+"""The training loop shared by the TFX Trainer (``model/trainer.py``) and the MTL-vs-STL study
+(``experiments/mtl_vs_stl.py``): the same model, optimizer, schedule and input pipeline for both.
+
+``train_model`` builds the model for the given heads inside a distribution strategy, optionally warm
+starts it, and fits it on Transform's output with the given task sampling weights and loss weighting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from model import dataset
+from model.network import build_model, compile_for_heads
+from model.preprocessing import FIRST_TARGET_WORD, WORDS_VOCABULARY
+from model.tasks import Head, HeadKind
+from model.warm_start import warm_start
+
+log = logging.getLogger(__name__)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One line per epoch with step count, losses and time, instead of Keras' progress bars."""
+
+    def __init__(self, total_steps: int, prefix: str = ""):
+        super().__init__()
+        self._total_steps, self._prefix, self._start = total_steps, prefix, time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = (epoch + 1) * self.params["steps"]
+        shown = {k: v for k, v in (logs or {}).items() if k == "loss" or k == "val_loss" or k.endswith("accuracy")}
+        elapsed = time.time() - self._start
+        eta = elapsed / steps * (self._total_steps - steps)
+        log.warning("%strain step %d/%d  %s  (%.0fs, ETA %.0fs)", self._prefix, steps, self._total_steps,
+                    "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())), elapsed, eta)  # fmt: skip
+
+
+def vocabulary_size(tf_transform_output: tft.TFTransformOutput, num_oov_buckets: int) -> int:
+    # ids: 0 padding, 1..V the vocabulary, then the OOV buckets
+    return tf_transform_output.vocabulary_size_by_name(WORDS_VOCABULARY) + num_oov_buckets + 1
+
+
+def target_vocabulary_sizes(
+    tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], num_oov_buckets: int
+) -> dict[str, int]:
+    # target ids: 0 padding, BOS, EOS, then the vocabulary, then the OOV buckets
+    return {h.name: tf_transform_output.vocabulary_size_by_name(h.vocabulary_name) + num_oov_buckets + FIRST_TARGET_WORD
+            for h in heads if h.kind is HeadKind.SEQUENCE}  # fmt: skip
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    model: keras.Model
+    # per epoch: the step reached and Keras' logs (losses, accuracies, their val_ versions)
+    history: list[dict[str, float]]
+    steps: int
+    seconds: float  # in model.fit, tracing included
+    warm_start_report: Any = None
+
+    @property
+    def parameters(self) -> int:
+        return self.model.count_params()
+
+
+def train_model(
+    heads: Sequence[Head],
+    tf_transform_output: tft.TFTransformOutput,
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    task_weights: Mapping[str, float],
+    model_config: Mapping[str, Any],
+    training: Mapping[str, Any],
+    transform_config: Mapping[str, Any],
+    steps: int,
+    eval_steps: int,
+    strategy: tf.distribute.Strategy,
+    epochs: int | None = None,
+    base_model: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    log_prefix: str = "",
+) -> TrainedModel:
+    """Fits a model with ``heads`` for ``steps`` optimizer steps, batches mixed by ``task_weights``.
+
+    ``training`` is ``TrainingConfig`` as a dict (batch size, learning rate, seed, loss weighting...);
+    ``epochs`` is the number of validation points (default: one per 100 steps, at most 10).
+    """
+    keras.utils.set_random_seed(training["seed"])
+    train_data = dataset.training_dataset(
+        train_files, tf_transform_output, heads, training["batch_size"], dict(task_weights), training["seed"]
+    )
+    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training["batch_size"])
+    epochs = epochs or max(1, min(10, steps // 100))
+    steps_per_epoch = max(1, steps // epochs)
+    with strategy.scope():
+        model = build_model(
+            heads,
+            vocabulary_size=vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"]),
+            max_length=transform_config["max_length"],
+            target_vocabulary_sizes=target_vocabulary_sizes(tf_transform_output, heads, transform_config["num_oov_buckets"]),
+            max_target_length=transform_config["max_target_length"],
+            uncertainty_weighting=training["loss_weighting"] == "uncertainty",
+            **model_config,
+        )
+        warmup_steps = int(steps * training["warmup_fraction"])
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0, warmup_target=training["learning_rate"], warmup_steps=warmup_steps,
+            decay_steps=max(1, steps - warmup_steps),
+        )  # fmt: skip
+        report = None
+        if base_model:
+            report = warm_start(model, base_model, tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY))
+            log.warning("%s%s", log_prefix, report)
+        compile_for_heads(
+            model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
+            sequence_label_smoothing=training["sequence_label_smoothing"],
+            loss_weighting=training["loss_weighting"], loss_weights=training.get("loss_weights"),
+        )  # fmt: skip
+    log.warning("%sTraining %s parameters for %d steps on %d replica(s), global batch %d", log_prefix,
+                f"{model.count_params():,}", steps_per_epoch * epochs, strategy.num_replicas_in_sync,
+                training["batch_size"])  # fmt: skip
+    start = time.time()
+    fitted = model.fit(
+        train_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=eval_data,
+        validation_steps=eval_steps,
+        verbose=0,
+        callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix)],
+    )
+    history = [
+        {"step": (epoch + 1) * steps_per_epoch, **{k: float(v[epoch]) for k, v in fitted.history.items()}}
+        for epoch in range(epochs)
+    ]
+    return TrainedModel(model, history, steps_per_epoch * epochs, time.time() - start, report)
