@@ -18,22 +18,15 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(REPO))
+
+from mtnlp.machine import cpu_model  # noqa: E402
 
 
 def quiet_tensorflow() -> None:
     """Before TensorFlow is imported: no C++ info logs, no gRPC chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def default_output(name: str) -> Path:

@@ -45,14 +45,15 @@ class MissingRunError(RuntimeError):
 
 
 def newest_transform_graph(workdir: Path) -> Path:
-    """The Transform output of the workdir's newest pipeline run (highest execution id)."""
-    root = workdir / "pipeline_root" / "Transform" / "transform_graph"
-    found = sorted((p for p in root.glob("*") if p.name.isdigit() and (p / "transform_fn").is_dir()),
-                   key=lambda p: int(p.name))  # fmt: skip
-    if not found:
-        raise MissingRunError(f"no Transform output in {root}: run the pipeline first "
-                              f"(`mtnlp run --workdir {workdir}`), or pass --workdir of a finished run")  # fmt: skip
-    return found[-1]
+    """The Transform output of the workdir's newest pipeline run, as ML Metadata recorded it."""
+    from pipelines.summary import latest_transform_outputs
+
+    metadata = workdir / "metadata.sqlite"
+    try:
+        return Path(latest_transform_outputs(str(metadata))["transform_graph"])
+    except (LookupError, OSError, RuntimeError) as e:
+        raise MissingRunError(f"no Transform output recorded in {metadata} ({e}): run the pipeline first "
+                              f"(`mtnlp run --workdir {workdir}`), or pass --workdir of a finished run") from None
 
 
 def latest_pushed_model(workdir: Path, model_name: str = "mtnlp") -> Path:

@@ -104,21 +104,18 @@ def mixed_rows(tasks: Sequence[Task], batch_size: int, seed: int = 0) -> list[Ta
 
 
 def build_training_model(heads: Sequence[Head], config, strategy):
-    """The model, loss and optimizer as the Trainer makes them (synthetic vocabulary sizes)."""
+    """The model, loss and optimizer exactly as the Trainer makes them (synthetic vocabulary sizes)."""
     import keras
 
-    from model.network import build_model, compile_for_heads
+    from model import training
 
     keras.utils.set_random_seed(config.training.seed)
     with strategy.scope():
-        model = build_model(
-            heads, vocabulary_size=VOCABULARY_SIZE, max_length=config.transform.max_length,
-            target_vocabulary_sizes={h.name: TARGET_VOCABULARY_SIZE for h in heads if h.kind is HeadKind.SEQUENCE},
-            max_target_length=config.transform.max_target_length, **dataclasses.asdict(config.model),
+        return training.build_training_model(
+            heads, VOCABULARY_SIZE, {h.name: TARGET_VOCABULARY_SIZE for h in heads if h.kind is HeadKind.SEQUENCE},
+            dataclasses.asdict(config.model), dataclasses.asdict(config.training), dataclasses.asdict(config.transform),
+            config.training.train_steps,
         )  # fmt: skip
-        optimizer = keras.optimizers.AdamW(learning_rate=config.training.learning_rate, weight_decay=0.01, clipnorm=1.0)
-        compile_for_heads(model, heads, optimizer, sequence_label_smoothing=config.training.sequence_label_smoothing)
-    return model
 
 
 def step_seconds(model, batch, steps: int, warmup: int) -> list[float]:

@@ -54,6 +54,35 @@ def target_vocabulary_sizes(
             for h in heads if h.kind is HeadKind.SEQUENCE}  # fmt: skip
 
 
+def build_training_model(
+    heads: Sequence[Head],
+    vocabulary_size: int,
+    target_vocabulary_sizes: Mapping[str, int],
+    model_config: Mapping[str, Any],
+    training: Mapping[str, Any],
+    transform_config: Mapping[str, Any],
+    steps: int,
+) -> keras.Model:
+    """The model compiled with the project's loss and optimizer (AdamW; warmup then cosine decay over
+    ``steps``). Call it inside the distribution strategy's scope."""
+    model = build_model(
+        heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
+        target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
+        uncertainty_weighting=training["loss_weighting"] == "uncertainty", **model_config,
+    )  # fmt: skip
+    warmup_steps = int(steps * training["warmup_fraction"])
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=training["learning_rate"], warmup_steps=warmup_steps,
+        decay_steps=max(1, steps - warmup_steps),
+    )  # fmt: skip
+    compile_for_heads(
+        model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
+        sequence_label_smoothing=training["sequence_label_smoothing"],
+        loss_weighting=training["loss_weighting"], loss_weights=training.get("loss_weights"),
+    )  # fmt: skip
+    return model
+
+
 @dataclasses.dataclass
 class TrainedModel:
     model: keras.Model
@@ -98,29 +127,15 @@ def train_model(
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
-        model = build_model(
-            heads,
-            vocabulary_size=vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"]),
-            max_length=transform_config["max_length"],
-            target_vocabulary_sizes=target_vocabulary_sizes(tf_transform_output, heads, transform_config["num_oov_buckets"]),
-            max_target_length=transform_config["max_target_length"],
-            uncertainty_weighting=training["loss_weighting"] == "uncertainty",
-            **model_config,
-        )
-        warmup_steps = int(steps * training["warmup_fraction"])
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0, warmup_target=training["learning_rate"], warmup_steps=warmup_steps,
-            decay_steps=max(1, steps - warmup_steps),
+        model = build_training_model(
+            heads, vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"]),
+            target_vocabulary_sizes(tf_transform_output, heads, transform_config["num_oov_buckets"]),
+            model_config, training, transform_config, steps,
         )  # fmt: skip
         report = None
         if base_model:
             report = warm_start(model, base_model, tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY))
             log.warning("%s%s", log_prefix, report)
-        compile_for_heads(
-            model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
-            sequence_label_smoothing=training["sequence_label_smoothing"],
-            loss_weighting=training["loss_weighting"], loss_weights=training.get("loss_weights"),
-        )  # fmt: skip
     log.warning("%sTraining %s parameters for %d steps on %d replica(s), global batch %d", log_prefix,
                 f"{model.count_params():,}", steps_per_epoch * epochs, strategy.num_replicas_in_sync,
                 training["batch_size"])  # fmt: skip
