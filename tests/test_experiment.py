@@ -89,3 +89,8 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-5000:]
     assert "Resuming: 6 of 6 runs" in again.stderr and "Training" not in again.stderr
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 6
+
+
+def test_steps_must_fill_whole_validation_intervals():
+    with pytest.raises(ValueError, match="multiple of validation_points"):
+        study_config("full", steps_per_task=500)
