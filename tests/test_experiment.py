@@ -22,13 +22,13 @@ def test_variants_parse_and_name_themselves():
 
 
 def test_every_model_gets_the_same_steps_per_task_and_every_seed():
-    config = study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2, 3), steps_per_task=100)
+    config = study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2, 3), steps_per_task=96)
     runs = plan_runs(config)
     stl = [r for r in runs if r.config == "STL"]
     mtl = [r for r in runs if r.config != "STL"]
     assert sorted({r.heads for r in stl}) == [("ner",), ("pos",), ("sentiment",)]
-    assert all(r.steps == 100 for r in stl)
-    assert all(r.steps == 200 and r.heads == ("pos", "ner", "sentiment") for r in mtl)  # 100 x 2 tasks
+    assert all(r.steps == 96 for r in stl)
+    assert all(r.steps == 192 and r.heads == ("pos", "ner", "sentiment") for r in mtl)  # 96 x 2 tasks
     assert len(stl) == 3 * 3 and len(mtl) == len(STUDIES["full"].variants) * 3
     assert len({r.key for r in runs}) == len(runs)
     assert [r.seed for r in runs][: len(runs) // 3] == [1] * (len(runs) // 3)  # seed by seed
