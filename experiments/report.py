@@ -188,7 +188,9 @@ def _setup(results: dict[str, Any]) -> str:
         f"{t['cpu_replicas']}-replica MirroredStrategy.",
         f"- Steps: each STL model {study['steps_per_task']}; each MTL model {study['steps_per_task']} x {tasks} tasks "
         f"= {study['steps_per_task'] * tasks}. Seeds: {', '.join(map(str, study['seeds']))}.",
-        f"- Scored through the models' serving signatures with the pipeline's metrics (`serving/evaluate.py`).",
+        f"- Scored through the models' serving signatures with the pipeline's metrics (`serving/evaluate.py`). "
+        f"Training time: seconds in `model.fit` (graph tracing and validation points included); for STL the sum "
+        f"over the separate models.",
         f"- Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB; the whole study took "
         f"{results.get('wall_seconds', 0) / 60:.0f} min (data preparation {results.get('data_seconds', 0):.0f} s).",
     ])  # fmt: skip
