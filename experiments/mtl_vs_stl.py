@@ -144,15 +144,21 @@ class TransformedData:
     eval_files: list[str]
 
 
+def _pipeline_config(config: StudyConfig):
+    """Ingest and Transform settings of the study's data pipeline (and of the models that read its output)."""
+    from pipelines.config import get_config
+
+    return get_config("quick", tasks=config.tasks, max_records_per_split=config.max_records_per_split)
+
+
 def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> TransformedData:
     """Ingest, validation and Transform as a TFX pipeline (cached when the data and settings are unchanged)."""
     from tfx import v1 as tfx
 
-    from pipelines.config import get_config
     from pipelines.pipeline import create_data_pipeline
     from pipelines.summary import latest_transform_outputs
 
-    pipeline_config = get_config("quick", tasks=config.tasks, max_records_per_split=config.max_records_per_split)
+    pipeline_config = _pipeline_config(config)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
     pipeline = create_data_pipeline(
         "mtnlp-experiment", os.path.join(workdir, "pipeline_root"), os.path.abspath(data_root), pipeline_config,
@@ -255,7 +261,7 @@ class Study:
             training = dataclasses.replace(self.config.training, seed=run.seed, loss_weighting=run.variant.weighting)
         trained = train_model(
             heads, tft_output, data.train_files, data.eval_files, weights, dataclasses.asdict(self.config.model),
-            dataclasses.asdict(training), self._transform_config(), run.steps, self.config.eval_steps, strategy,
+            dataclasses.asdict(training), dataclasses.asdict(_pipeline_config(self.config).transform), run.steps, self.config.eval_steps, strategy,
             epochs=self.config.validation_points, log_prefix=prefix,
         )  # fmt: skip
         module = ServingModule(trained.model, tft_output, tasks)
@@ -272,12 +278,6 @@ class Study:
         keras.backend.clear_session()
         gc.collect()
         return record
-
-    @staticmethod
-    def _transform_config() -> dict[str, Any]:
-        from pipelines.config import TransformConfig
-
-        return dataclasses.asdict(TransformConfig())
 
 
 def study_config(name: str, **overrides: Any) -> StudyConfig:

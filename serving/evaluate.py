@@ -73,9 +73,10 @@ def read_task_data(
     found: dict[str, TaskData] = {}
     for task in tasks:
         folder = os.path.join(data_dir, task.name)
-        if not os.path.isdir(folder) or not _data_files(folder, splits):
+        files = _data_files(folder, splits) if os.path.isdir(folder) else []
+        if not files:
             continue
-        data = TaskData(task, [], _data_files(folder, splits))
+        data = TaskData(task, [], files)
         for path in data.files:
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rb") as f:
