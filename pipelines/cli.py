@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
+import textwrap
 import time
 
 log = logging.getLogger("mtnlp")
@@ -14,23 +14,42 @@ DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    run = subparsers.add_parser("run", help="run the TFX pipeline locally (ingest ... push)")
+    from pipelines.settings import add_settings_arguments
+
+    run = subparsers.add_parser("run", help="run the TFX pipeline locally (ingest ... push)",
+                                description="Run the TFX pipeline on this machine: ingest, validate, transform, "
+                                            "train, evaluate, bless and push. Settings: the profile, then --config "
+                                            "files, then --tasks/--train-steps/--max-records, then --set.")  # fmt: skip
     run.add_argument("--profile", choices=("quick", "full"), default="quick",
                      help="quick: capped data and a small model (<= 10 min on 2 cores); full: all data")  # fmt: skip
-    run.add_argument("--data", default=DEFAULT_DATA, help="folder with one sub-folder per task (default: bundled data)")
-    run.add_argument("--workdir", default="workdir", help="artifacts, ML Metadata, serving_model/ (default ./workdir)")
-    run.add_argument("--tasks", nargs="+", help="train only these tasks (default: the profile's)")
-    run.add_argument("--train-steps", type=int, help="override the profile's number of training steps")
-    run.add_argument("--max-records", type=int, help="override the profile's records per task and split")
+    run.add_argument("--data", default=DEFAULT_DATA,
+                     help=f"folder with one sub-folder per task (default: the bundled data, {DEFAULT_DATA})")
+    run.add_argument("--workdir", default="workdir", help="artifacts, ML Metadata, serving_model/")
+    run.add_argument("--tasks", nargs="+",
+                     help="train only these tasks (default: the profile's); same as --set tasks=...")
+    run.add_argument("--train-steps", type=int,
+                     help="training steps (default: the profile's); same as --set training.train_steps=N")
+    run.add_argument("--max-records", type=int,
+                     help="records per task and split (default: the profile's); "
+                          "same as --set max_records_per_split=N")  # fmt: skip
+    add_settings_arguments(run)
     run.add_argument("--no-cache", action="store_true", help="re-execute every component")
-    run.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
+    run.add_argument("--verbose", action="store_true",
+                     help="print the effective settings; show TensorFlow, Beam and TFX logs")  # fmt: skip
     run.set_defaults(func=run_command)
 
-    add = subparsers.add_parser("add-data", help="add a file of new labelled records as the next data span")
+    add = subparsers.add_parser("add-data", help="add a file of new labelled records as the next data span",
+                                description="Check a JSON Lines file of one task's records with the ingest rules and "
+                                            "add it to the data folder as the next span "
+                                            "(<data>/spans/<N>/<task>/train.jsonl and validation.jsonl). The next "
+                                            "`mtnlp run` with the same --data trains on it (warm-started from the "
+                                            "latest blessed model).")  # fmt: skip
     add.add_argument("file", help="JSON Lines records of one task (same fields as data/<task>/)")
     add.add_argument("--task", required=True, help="the task, or one of its heads (ner -> tagging)")
-    add.add_argument("--data", default=DEFAULT_DATA, help="the data folder (default: the bundled data)")
-    add.add_argument("--validation", help="validation records (default: a deterministic 10 %% of FILE)")
+    add.add_argument("--data", default=DEFAULT_DATA,
+                     help=f"the data folder (default: the bundled data, {DEFAULT_DATA})")
+    add.add_argument("--validation",
+                     help="validation records (default: a deterministic 10 %% of FILE's records)")  # fmt: skip
     add.add_argument("--force", action="store_true", help="add the file even if some records are malformed")
     add.set_defaults(func=add_data_command)
 
@@ -41,19 +60,22 @@ def run_command(args: argparse.Namespace) -> int:
     logs.quiet_environment(args.verbose)
     from pipelines.config import get_config
     from pipelines.local_runner import Workdir, run_locally
-    from pipelines.summary import format_summary, summarize_latest_run, write_summary
+    from pipelines.settings import SettingsError, as_dict, config_changes, config_from_args, format_config
+    from pipelines.summary import format_summary, record_config, summarize_latest_run, write_summary
 
     logs.configure_logging(args.verbose)
-    config = get_config(args.profile)
-    if args.tasks:
-        config = dataclasses.replace(config, tasks=tuple(args.tasks))
-    if args.train_steps:
-        config = dataclasses.replace(config, training=dataclasses.replace(config.training, train_steps=args.train_steps))
-    if args.max_records:
-        config = dataclasses.replace(config, max_records_per_split=args.max_records)
+    try:
+        config = config_from_args(args, shortcuts=_shortcut_settings(args))
+    except SettingsError as e:
+        log.error("error: %s", e)
+        return 2
     if not os.path.isdir(args.data):
         log.error("error: data folder %s does not exist", args.data)
         return 2
+    changes = config_changes(get_config(args.profile), config)
+    if args.verbose:
+        print(f"Effective settings (profile {config.profile}; pass them back with --config FILE):\n"
+              + textwrap.indent(format_config(config), "  "))  # fmt: skip
 
     workdir = Workdir(os.path.abspath(args.workdir))
     log.info("Running the %s pipeline on %s (tasks: %s); workdir %s",
@@ -64,15 +86,33 @@ def run_command(args: argparse.Namespace) -> int:
         run_locally(config, args.data, workdir, enable_cache=not args.no_cache)
     except Exception as e:  # noqa: BLE001 - reported in the summary, with the component's own message
         error = f"{type(e).__name__}: {e}"
-    summary = summarize_latest_run(workdir.metadata_path) if os.path.exists(workdir.metadata_path) else {"components": []}
+    if os.path.exists(workdir.metadata_path):
+        record_config(workdir.metadata_path, as_dict(config))
+        summary = summarize_latest_run(workdir.metadata_path)
+    else:
+        summary = {"components": []}
     summary.update(status="failed" if error else "succeeded", wall_seconds=round(time.time() - start, 1),
-                   profile=config.profile, data=os.path.abspath(args.data))  # fmt: skip
+                   profile=config.profile, data=os.path.abspath(args.data), config=as_dict(config),
+                   config_changes=changes, config_sources={"files": [os.path.abspath(f) for f in args.config_files],
+                                                           "set": list(args.assignments)})  # fmt: skip
     if error:
         summary["error"] = error
     write_summary(summary, workdir.summary_path)
     print(format_summary(summary))
     print(f"  summary: {workdir.summary_path}")
     return 1 if error else 0
+
+
+def _shortcut_settings(args: argparse.Namespace) -> dict:
+    """--tasks, --train-steps and --max-records as settings (they come after --config, before --set)."""
+    shortcuts: dict = {}
+    if args.tasks:
+        shortcuts["tasks"] = list(args.tasks)
+    if args.train_steps:
+        shortcuts["training"] = {"train_steps": args.train_steps}
+    if args.max_records:
+        shortcuts["max_records_per_split"] = args.max_records
+    return shortcuts
 
 
 def add_data_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ class SubmitError(RuntimeError):
 
 def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
     from pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
+    from pipelines.settings import add_settings_arguments
 
     group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
     group.add_argument("--image", help=f"pipeline image, e.g. REGISTRY/{DEFAULT_IMAGE_REPOSITORY}:TAG "
@@ -39,19 +41,27 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
     group.add_argument("--platform", choices=("kfp", "vertex"), default="kfp",
                        help="kfp: open-source Kubeflow Pipelines, no baseline model (it runs no resolvers); "
                             "vertex: Vertex AI Pipelines, baseline = latest blessed model (default kfp)")  # fmt: skip
-    group.add_argument("--profile", choices=("quick", "full"), default="quick", help="hyper-parameters (default quick)")
+    group.add_argument("--profile", choices=("quick", "full"), default="quick",
+                       help="hyper-parameters (default quick); --config and --set change them")  # fmt: skip
+    add_settings_arguments(group)
+    group.add_argument("--verbose", action="store_true", help="print the effective settings (default off)")
     group.add_argument("--data", help="data folder as the pods see it (default <pipeline-root>/data)")
     group.add_argument("--serving-model-dir",
                        help="where blessed models are pushed (default <pipeline-root>/serving_model/<model>)")  # fmt: skip
     group.add_argument("--beam-arg", action="append", default=[], metavar="ARG", dest="beam_args",
                        help="a Beam pipeline argument for ExampleGen, StatisticsGen, Transform and Evaluator; "
-                            "repeat it, and attach the value with '=': --beam-arg=--runner=DataflowRunner")  # fmt: skip
-    group.add_argument("--beam-args-file", help="Beam arguments, one per line (# comments); --beam-arg adds to them")
-    group.add_argument("--gpus", type=int, default=0, help="GPUs for the Trainer's pod (MirroredStrategy uses all)")
+                            "repeat it, and attach the value with '=': --beam-arg=--runner=DataflowRunner "
+                            "(default none: DirectRunner in the pod)")  # fmt: skip
+    group.add_argument("--beam-args-file",
+                       help="Beam arguments, one per line (# comments); --beam-arg adds to them "
+                            "(default none)")  # fmt: skip
+    group.add_argument("--gpus", type=int, default=0,
+                       help="GPUs for the Trainer's pod; MirroredStrategy uses all (default 0)")  # fmt: skip
     group.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
                        help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)")  # fmt: skip
     group.add_argument("--no-cache", action="store_true",
-                       help="re-execute every component (compiled with caching off; on submit, also for this run)")  # fmt: skip
+                       help="re-execute every component (compiled with caching off; on submit, also for this run; "
+                            "default off)")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,10 +113,12 @@ def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
 def _compile(args: argparse.Namespace, output: str) -> str:
     from mtnlp import logs
     from pipelines import kubeflow_runner
-    from pipelines.config import get_config
+    from pipelines.settings import config_from_args, format_config
 
     settings = settings_from_args(args)  # before the slow imports: a bad flag fails at once
-    config = get_config(args.profile)
+    config = config_from_args(args)
+    if args.verbose:
+        print(f"Effective settings (profile {config.profile}):\n" + textwrap.indent(format_config(config), "  "))
     logs.quiet_environment(False)
     from tfx import v1 as tfx  # noqa: F401 - imported before configure_logging: absl/Beam install handlers
 
@@ -125,11 +137,12 @@ def _compile(args: argparse.Namespace, output: str) -> str:
 def compile_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
     from pipelines.kubeflow_runner import KubeflowConfigError
+    from pipelines.settings import SettingsError
 
     logs.configure_logging(False)
     try:
         _compile(args, args.output)
-    except KubeflowConfigError as e:
+    except (KubeflowConfigError, SettingsError) as e:
         log.error("error: %s", e)
         return 2
     return 0
@@ -212,6 +225,7 @@ def _explain_submit_failure(host: str, error: Exception) -> str:
 def submit_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
     from pipelines.kubeflow_runner import KubeflowConfigError
+    from pipelines.settings import SettingsError
 
     logs.configure_logging(False)
     # The client's own noise: a FutureWarning on every construction, and urllib3's retry lines (a filter,
@@ -235,7 +249,7 @@ def submit_command(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             enable_caching=False if args.no_cache else None,  # None: as compiled
         )
-    except (KubeflowConfigError, SubmitError) as e:
+    except (KubeflowConfigError, SettingsError, SubmitError) as e:
         log.error("error: %s", e)
         return 2
     finally:

@@ -15,11 +15,44 @@ from ml_metadata.proto import metadata_store_pb2
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
 
-def _store(metadata_path: str) -> mlmd.MetadataStore:
+# The custom property of a run's ``pipeline_run`` context that holds its effective settings (JSON).
+CONFIG_PROPERTY = "mtnlp_config"
+
+
+def _store(metadata_path: str, writable: bool = False) -> mlmd.MetadataStore:
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
+                                     else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)  # fmt: skip
     return mlmd.MetadataStore(config)
+
+
+def _latest_run(store: mlmd.MetadataStore) -> metadata_store_pb2.Context | None:
+    runs = store.get_contexts_by_type("pipeline_run")
+    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
+
+
+def record_config(metadata_path: str, config: dict[str, Any]) -> bool:
+    """Store the effective settings on the latest run's ``pipeline_run`` context (custom property
+    ``mtnlp_config``, JSON). False when the store has no run. The Trainer's execution also holds them, as
+    its ``custom_config`` property (absent from runs that stopped before the Trainer)."""
+    store = _store(metadata_path, writable=True)
+    run = _latest_run(store)
+    if run is None:
+        return False
+    run.custom_properties[CONFIG_PROPERTY].string_value = json.dumps(config, sort_keys=True)
+    store.put_contexts([run])
+    return True
+
+
+def recorded_config(metadata_path: str, run_id: str | None = None) -> dict[str, Any] | None:
+    """The effective settings of a run (the latest, or the ``pipeline_run`` context named ``run_id``) as
+    ``record_config`` stored them; None for a run recorded without them."""
+    store = _store(metadata_path)
+    run = store.get_context_by_type_and_name("pipeline_run", run_id) if run_id else _latest_run(store)
+    if run is None or CONFIG_PROPERTY not in run.custom_properties:
+        return None
+    return json.loads(run.custom_properties[CONFIG_PROPERTY].string_value)
 
 
 def _property(artifact: metadata_store_pb2.Artifact, name: str) -> Any:
@@ -88,10 +121,9 @@ def _training_facts(model_run_uri: str) -> dict[str, Any]:
 
 def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
     store = _store(metadata_path)
-    runs = store.get_contexts_by_type("pipeline_run")
-    if not runs:
+    run = _latest_run(store)
+    if run is None:
         return {"components": []}
-    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
     node_type = store.get_context_type("node").id
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}
 
@@ -157,6 +189,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  {'component':<32} {'state':<10} {'seconds':>8}")
     for c in summary["components"]:
         lines.append(f"  {c['component']:<32} {c['state']:<10} {c['seconds']:>8.1f}")
+    changes = summary.get("config_changes")
+    if changes:
+        shown = ", ".join(f"{key}={json.dumps(change['effective'])}" for key, change in changes.items())
+        lines.append(f"  settings changed from the {summary.get('profile', '?')} profile: {shown}")
     if summary.get("spans"):
         lines.append(f"  spans read: {', '.join(map(str, summary['spans']))} (0 = the data folder's own files)")
     if "warm_start" in summary:

@@ -1,0 +1,215 @@
+"""Settings without editing code: ``--set`` and ``--config`` over a profile, checked against the typed config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from pipelines.config import HeadGate, get_config
+from pipelines.settings import (SettingsError, apply_mapping, config_changes, effective_config, format_config,
+                                load_settings_file, parse_assignment)
+from tests.conftest import REPO
+
+
+def test_set_changes_typed_values_and_keeps_the_rest():
+    config = effective_config("quick", assignments=["training.learning_rate=5e-4", "model.num_layers=4",
+                                                    "training.warm_start=false", "model_name=mymodel"])
+    assert config.training.learning_rate == 5e-4 and isinstance(config.training.learning_rate, float)
+    assert config.model.num_layers == 4 and isinstance(config.model.num_layers, int)
+    assert config.training.warm_start is False
+    assert config.model_name == "mymodel"
+    quick = get_config("quick")
+    assert config.training.batch_size == quick.training.batch_size
+    assert config.model.embedding_dim == quick.model.embedding_dim
+    assert config.gates == quick.gates
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tasks=tagging,sentiment", ("tagging", "sentiment")),
+    ("tasks=[relation, translation]", ("relation", "translation")),
+    ("tasks=sentiment", ("sentiment",)),
+])  # fmt: skip
+def test_tuples_from_text(text, expected):
+    assert effective_config("quick", assignments=[text]).tasks == expected
+
+
+def test_optional_fields_take_none_and_values():
+    assert effective_config("quick", assignments=["max_records_per_split=none"]).max_records_per_split is None
+    assert effective_config("full", assignments=["max_records_per_split=500"]).max_records_per_split == 500
+
+
+def test_mappings_merge_key_by_key():
+    config = effective_config("quick", assignments=["training.loss_weights.pos=2", "training.loss_weights.ner=0.5",
+                                                    "gates.ner.lower_bound=0.3"])  # fmt: skip
+    assert config.training.loss_weights == {"pos": 2.0, "ner": 0.5}
+    assert config.gates["ner"] == HeadGate(lower_bound=0.3, tolerance=get_config("quick").gates["ner"].tolerance)
+    assert config.gates["pos"] == get_config("quick").gates["pos"]
+    whole = effective_config("quick", assignments=["training.loss_weights={pos: 2, ner: 1}"])
+    assert whole.training.loss_weights == {"pos": 2.0, "ner": 1.0}
+    assert effective_config("quick", assignments=["training.loss_weights=null"]).training.loss_weights is None
+
+
+def test_later_settings_win_and_set_comes_after_files(tmp_path):
+    settings = tmp_path / "s.yaml"
+    settings.write_text("training:\n  learning_rate: 1.0e-4\n  train_steps: 77\nmodel:\n  num_layers: 3\n")
+    config = effective_config("quick", files=[str(settings)],
+                              assignments=["training.train_steps=5", "training.train_steps=6"])
+    assert (config.training.learning_rate, config.training.train_steps, config.model.num_layers) == (1e-4, 6, 3)
+
+
+def test_yaml_and_json_files_give_the_same_config(tmp_path):
+    settings = {"training": {"learning_rate": 0.0005, "task_sampling": "uniform"}, "model": {"num_layers": 4},
+                "gates": {"pos": {"lower_bound": 0.5}}, "tasks": ["tagging", "relation"]}
+    (tmp_path / "s.json").write_text(json.dumps(settings))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    from_json = effective_config("quick", files=[str(tmp_path / "s.json")])
+    assert from_json == effective_config("quick", files=[str(tmp_path / "s.yaml")])
+    assert from_json.tasks == ("tagging", "relation") and from_json.gates["pos"].lower_bound == 0.5
+
+
+def test_yaml_exponent_without_a_dot_is_still_a_float(tmp_path):
+    # YAML 1.1 reads 5e-4 as a string; the field's type decides.
+    (tmp_path / "s.yaml").write_text("training:\n  learning_rate: 5e-4\n")
+    assert effective_config("quick", files=[str(tmp_path / "s.yaml")]).training.learning_rate == 5e-4
+
+
+def test_the_printed_effective_config_reads_back(tmp_path):
+    config = effective_config("full", assignments=["training.learning_rate=3e-4", "tasks=tagging,sentiment"])
+    (tmp_path / "effective.yaml").write_text(format_config(config))
+    assert effective_config("full", files=[str(tmp_path / "effective.yaml")]) == config
+    with pytest.raises(SettingsError, match="is for profile 'full'.*--profile full"):
+        effective_config("quick", files=[str(tmp_path / "effective.yaml")])
+
+
+def test_config_changes_lists_what_differs_from_the_profile():
+    base = get_config("quick")
+    config = effective_config("quick", assignments=["training.learning_rate=5e-4", "gates.ner.lower_bound=0.3"])
+    assert config_changes(base, config) == {
+        "gates.ner.lower_bound": {"profile": 0.0, "effective": 0.3},
+        "training.learning_rate": {"profile": 0.002, "effective": 0.0005},
+    }
+    assert config_changes(base, base) == {}
+
+
+# ----- errors -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("assignment, message", [
+    ("training.learnin_rate=1", r"unknown setting 'training.learnin_rate' \(did you mean learning_rate\?\); "
+                                r"valid keys of training: batch_size, train_steps, .*learning_rate"),
+    ("modle.num_layers=2", r"unknown setting 'modle' \(did you mean model\?\); valid keys of the top level: .*model"),
+    ("training.learning_rate=fast", r"training.learning_rate: expected float, got 'fast' \(str\)"),
+    ("model.num_layers=2.5", r"model.num_layers: expected int, got '2.5'"),
+    ("training.warm_start=maybe", r"training.warm_start: expected bool, got 'maybe'"),
+    ("max_records_per_split=lots", r"max_records_per_split: expected int or None, got 'lots'"),
+    ("training.loss_weights.pos=heavy", r"training.loss_weights.pos: expected float, got 'heavy'"),
+    ("gates.nerr.lower_bound=0.3", r"a new HeadGate needs tolerance.*gates has no 'nerr' yet; did you mean ner\?"),
+    ("gates.ner.lower=0.3", r"unknown setting 'gates.ner.lower' \(did you mean lower_bound\?\)"),
+    ("model=4", r"model: expected ModelConfig \(a mapping with keys embedding_dim, num_layers"),
+    ("profile=full", r"'profile' cannot be set \(choose the profile with --profile\)"),
+    ("training.learning_rate", r"--set expects SECTION.KEY=VALUE"),
+    ("=4", r"--set expects SECTION.KEY=VALUE"),
+    ("training..x=4", r"--set expects SECTION.KEY=VALUE"),
+])  # fmt: skip
+def test_bad_assignments_name_the_key_and_the_problem(assignment, message):
+    with pytest.raises(SettingsError, match=message):
+        effective_config("quick", assignments=[assignment])
+
+
+def test_the_message_names_its_source(tmp_path):
+    with pytest.raises(SettingsError, match=r"^--set model.num_layers=x: model.num_layers: expected int"):
+        effective_config("quick", assignments=["model.num_layers=x"])
+    (tmp_path / "s.yaml").write_text("model:\n  num_layers: four\n")
+    with pytest.raises(SettingsError, match=r"s.yaml: model.num_layers: expected int, got 'four'"):
+        effective_config("quick", files=[str(tmp_path / "s.yaml")])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("model: [1, 2\n", "is not valid YAML"),
+    ("- a\n- b\n", "must hold a mapping of sections"),
+    ("training:\n  warm_start: 1\n", r"training.warm_start: expected bool, got 1 \(int\)"),
+    ("model_name: 5\n", r"model_name: expected str, got 5 \(int\)"),
+    ("training:\n  batch_size: true\n", r"training.batch_size: expected int, got True"),
+])  # fmt: skip
+def test_bad_files(tmp_path, content, message):
+    (tmp_path / "s.yaml").write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        effective_config("quick", files=[str(tmp_path / "s.yaml")])
+
+
+def test_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(SettingsError, match="settings file .*nope.yaml does not exist"):
+        load_settings_file(str(tmp_path / "nope.yaml"))
+    (tmp_path / "s.json").write_text("{training: 1}")
+    with pytest.raises(SettingsError, match="is not valid JSON"):
+        load_settings_file(str(tmp_path / "s.json"))
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_settings_file(str(tmp_path / "empty.yaml")) == {}
+
+
+def test_parse_assignment_keeps_the_value_as_text():
+    assert parse_assignment("a.b.c= x=y ") == {"a": {"b": {"c": "x=y"}}}
+
+
+# ----- any fields: the module reads the dataclasses' type hints --------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    ratio: float = 0.5
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    profile: str = "x"
+    inner: _Inner = _Inner()
+    sizes: tuple[int, int] = (1, 2)
+    names: list[str] = dataclasses.field(default_factory=list)
+    limit: Optional[int] = None
+    scale: int | float = 1
+
+
+def test_generic_over_any_dataclass():
+    outer = apply_mapping(_Outer(), {"inner": {"ratio": "0.25", "mode": "b"}, "sizes": "3,4", "names": "p,q",
+                                     "limit": "7", "scale": "2.5"})  # fmt: skip
+    assert outer == _Outer(inner=_Inner(ratio=0.25, mode="b"), sizes=(3, 4), names=["p", "q"], limit=7, scale=2.5)
+    assert apply_mapping(_Outer(), {"scale": "3"}).scale == 3
+    with pytest.raises(SettingsError, match=r"inner.mode: expected one of 'a', 'b', got 'c'"):
+        apply_mapping(_Outer(), {"inner": {"mode": "c"}})
+    with pytest.raises(SettingsError, match=r"sizes: expected 2 values"):
+        apply_mapping(_Outer(), {"sizes": "1,2,3"})
+    with pytest.raises(SettingsError, match=r"sizes\[1\]: expected int, got 'x'"):
+        apply_mapping(_Outer(), {"sizes": [1, "x"]})
+
+
+# ----- the commands -------------------------------------------------------------------------------------------------
+def _mtnlp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtnlp.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_refuses_a_bad_setting_before_running(tmp_path):
+    result = _mtnlp("run", "--workdir", str(tmp_path / "w"), "--set", "training.learnin_rate=1")
+    assert result.returncode == 2
+    assert "unknown setting 'training.learnin_rate'" in result.stderr and "valid keys of training" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_kubeflow_compile_applies_settings(tmp_path):
+    settings = tmp_path / "s.yaml"
+    settings.write_text("model:\n  num_layers: 5\n")
+    output = tmp_path / "pipeline.json"
+    result = _mtnlp("kubeflow", "compile", "--pipeline-root", "gs://bucket/mtnlp", "--output", str(output),
+                    "--config", str(settings), "--set", "training.learning_rate=7e-4", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "learning_rate: 0.0007" in result.stdout and "num_layers: 5" in result.stdout
+    # The Trainer's custom_config in the spec is the effective config: what the pods (and ML Metadata) get.
+    trainer = json.loads(output.read_text())["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]
+    recorded = json.loads(trainer["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    assert recorded["training"]["learning_rate"] == 7e-4 and recorded["model"]["num_layers"] == 5
+    bad = _mtnlp("kubeflow", "compile", "--pipeline-root", "gs://bucket/mtnlp", "--output", str(output),
+                 "--set", "model.num_layers=many")
+    assert bad.returncode == 2 and "model.num_layers: expected int, got 'many'" in bad.stderr
