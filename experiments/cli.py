@@ -29,12 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
     study.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
     study.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2 3; quick: 1 2)")
-    study.add_argument("--steps-per-task", type=int, help="optimizer steps of each STL model; MTL: this x tasks")
+    study.add_argument("--steps-per-task", type=int,
+                       help="optimizer steps of each STL model; MTL: this x tasks (default 480; quick: 20)")
     study.add_argument("--variants", nargs="+", metavar="SAMPLING[=T]:WEIGHTING",
                        help="MTL variants, e.g. proportional:fixed temperature=2:fixed uniform:fixed "
                             "temperature=2:uncertainty (the default set)")  # fmt: skip
-    study.add_argument("--max-records", type=int, help="records per task and split read at ingest")
-    study.add_argument("--eval-records", type=int, help="validation records per task scored")
+    study.add_argument("--max-records", type=int,
+                       help="records per task and split read at ingest (default: all; quick: 120)")
+    study.add_argument("--eval-records", type=int, help="validation records per task scored (default 2000; quick: 60)")
     study.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     study.set_defaults(func=mtl_vs_stl_command)
 

@@ -68,18 +68,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kubeflow = subparsers.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, or submit a run")
     commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True, metavar="COMMAND")
 
-    compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline spec (no network needed)")
+    compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline spec (no network needed)",
+                                   description="Compile the pipeline (the same create_pipeline() as `mtnlp run`) "
+                                               "into a KFP v2 pipeline spec with TFX's KubeflowV2DagRunner. The "
+                                               "settings (profile, --config, --set) are baked into the spec.")
     _add_compile_flags(compile_, for_submit=False)
     compile_.add_argument("--output", default=DEFAULT_OUTPUT,
                           help=".yaml: PipelineSpec for kfp/KFP UI (default pipeline.yaml); .json: Vertex PipelineJob")  # fmt: skip
     compile_.set_defaults(func=compile_command)
 
-    submit = commands.add_parser("submit", help="start a run on a KFP endpoint with the kfp client")
+    submit = commands.add_parser("submit", help="start a run on a KFP endpoint with the kfp client",
+                                 description="Start a run of a compiled pipeline (--pipeline-file) on a Kubeflow "
+                                             "Pipelines endpoint with the kfp client, compiling it first (with the "
+                                             "compile options) when no file is given.")  # fmt: skip
     submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forward)")
-    submit.add_argument("--pipeline-file", help="an already compiled pipeline (.yaml or .json); else compile now")
+    submit.add_argument("--pipeline-file",
+                        help="an already compiled pipeline (.yaml or .json) (default: compile one now)")
     submit.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment (default {DEFAULT_EXPERIMENT})")
     submit.add_argument("--run-name", help="run name shown in the UI (default: the pipeline file name and time)")
-    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs; default kubeflow)")
     _add_compile_flags(submit, for_submit=True)
     submit.set_defaults(func=submit_command)
 

@@ -1,9 +1,10 @@
-"""What `mtnlp predict` does with one sentence: call the project model's signatures and shape the answer.
+"""What `mtnlp predict` does with a sentence: the marker syntax, and the model's outputs shaped into an answer.
 
 The model's signature contract: `serving_default`/`analyze` (text -> tokens, sentiment, POS and IOB2 NER tags),
 `relation` (text + two entity character spans -> SemEval-2010 relation) and `translate` (English text -> Spanish
 text; called only when asked for with `--task translate`). Relation spans come from a marker syntax:
 "The [[company]] makes [[chairs]]." (first marker = e1, second = e2; offsets are into the text without markers).
+The output functions take one row of a batched answer (`row`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-_MARKER = re.compile(r"\[\[(.+?)\]\]")
+_MARKER = re.compile(r"\[\[(.*?)\]\]")
+MARKER_EXAMPLE = '"The [[company]] makes [[chairs]]."'
 TASKS = ("sentiment", "ner", "pos", "relation")
 # Its own signature and a decoding loop: only on request, so the default stays one analyze call.
 TRANSLATE = "translate"
@@ -28,9 +30,13 @@ class Marked:
 
 
 def parse_markers(raw: str) -> Marked:
-    """Strip [[...]] markers; their contents stay in the text and their offsets are recorded."""
+    """Strip [[...]] markers; their contents stay in the text and their offsets are recorded. ValueError for an
+    empty marker or a stray [[ or ]]."""
     spans, out, pos = [], [], 0
     for m in _MARKER.finditer(raw):
+        if not m.group(1).strip() or "[[" in m.group(1):
+            what = "an empty [[]] entity marker" if not m.group(1).strip() else "nested [[ ]] entity markers"
+            raise ValueError(f"{what} at character {m.start()}: mark an entity as [[entity]], e.g. {MARKER_EXAMPLE}")
         out.append(raw[pos:m.start()])
         start = sum(len(p) for p in out)
         out.append(m.group(1))
@@ -39,8 +45,21 @@ def parse_markers(raw: str) -> Marked:
     out.append(raw[pos:])
     text = "".join(out)
     if "[[" in text or "]]" in text:
-        raise ValueError("unbalanced [[ ]] entity markers")
+        raise ValueError(f"unbalanced [[ ]] entity markers (a [[ without its ]] or the reverse): mark an entity as "
+                         f"[[entity]], e.g. {MARKER_EXAMPLE}")  # fmt: skip
     return Marked(text, spans)
+
+
+def relation_spans(marked: Marked, required: bool = False) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The (e1, e2) spans of a sentence marked for a relation; None for a sentence without markers unless a
+    relation is `required`. ValueError unless exactly two entities are marked."""
+    if not marked.spans and not required:
+        return None
+    if len(marked.spans) != 2:
+        found = ", ".join(f"[[{marked.text[s:e]}]]" for s, e in marked.spans) or "none"
+        raise ValueError(f"a relation needs exactly two entities marked with [[...]], e.g. {MARKER_EXAMPLE}; found "
+                         f"{len(marked.spans)}: {found}")  # fmt: skip
+    return marked.spans[0], marked.spans[1]
 
 
 def _s(v: Any) -> str:
@@ -74,13 +93,13 @@ def align_tokens(text: str, tokens: list[str]) -> list[tuple[int, int] | None]:
     return out
 
 
-def analyze_outputs(outputs: dict[str, Any], text: str) -> dict[str, Any]:
+def analyze_outputs(outputs: dict[str, Any], text: str, row: int = 0) -> dict[str, Any]:
     """One row of the analyze signature's outputs -> a JSON-able result."""
-    n = int(np.asarray(outputs["length"]).reshape(-1)[0])
-    tokens = [_s(t) for t in np.asarray(outputs["tokens"])[0][:n]]
-    pos = [_s(t) for t in np.asarray(outputs["pos_tags"])[0][:n]]
-    ner = [_s(t) for t in np.asarray(outputs["ner_tags"])[0][:n]]
-    probs = np.asarray(outputs["sentiment_probabilities"], dtype=float)[0].tolist()
+    n = int(np.asarray(outputs["length"]).reshape(-1)[row])
+    tokens = [_s(t) for t in np.asarray(outputs["tokens"])[row][:n]]
+    pos = [_s(t) for t in np.asarray(outputs["pos_tags"])[row][:n]]
+    ner = [_s(t) for t in np.asarray(outputs["ner_tags"])[row][:n]]
+    probs = np.asarray(outputs["sentiment_probabilities"], dtype=float)[row].tolist()
     offsets = align_tokens(text, tokens)
     entities = []
     for a, b, kind in iob2_spans(ner):
@@ -94,24 +113,24 @@ def analyze_outputs(outputs: dict[str, Any], text: str) -> dict[str, Any]:
     return {
         "text": text,
         "tokens": tokens,
-        "sentiment": {"label": _s(np.asarray(outputs["sentiment_label"]).reshape(-1)[0]),
-                      "probability": float(np.asarray(outputs["sentiment_probability"]).reshape(-1)[0]),
+        "sentiment": {"label": _s(np.asarray(outputs["sentiment_label"]).reshape(-1)[row]),
+                      "probability": float(np.asarray(outputs["sentiment_probability"]).reshape(-1)[row]),
                       "probabilities": {"negative": probs[0], "positive": probs[1]}},
         "pos": [{"token": t, "tag": p} for t, p in zip(tokens, pos)],
         "ner": {"tags": ner, "entities": entities},
     }
 
 
-def relation_outputs(outputs: dict[str, Any], marked: Marked) -> dict[str, Any]:
+def relation_outputs(outputs: dict[str, Any], marked: Marked, row: int = 0) -> dict[str, Any]:
     (s1, e1), (s2, e2) = marked.spans[:2]
-    return {"label": _s(np.asarray(outputs["relation_label"]).reshape(-1)[0]),
-            "probability": float(np.asarray(outputs["relation_probability"]).reshape(-1)[0]),
+    return {"label": _s(np.asarray(outputs["relation_label"]).reshape(-1)[row]),
+            "probability": float(np.asarray(outputs["relation_probability"]).reshape(-1)[row]),
             "e1": {"text": marked.text[s1:e1], "start": s1, "end": e1},
             "e2": {"text": marked.text[s2:e2], "start": s2, "end": e2}}
 
 
-def translation_output(outputs: dict[str, Any]) -> str:
-    return _s(np.asarray(outputs["translation"]).reshape(-1)[0])
+def translation_output(outputs: dict[str, Any], row: int = 0) -> str:
+    return _s(np.asarray(outputs["translation"]).reshape(-1)[row])
 
 
 def format_human(result: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:

@@ -6,27 +6,36 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
-from .analysis import (PREDICT_TASKS, TASKS, TRANSLATE, analyze_outputs, format_human, parse_markers,
-                       relation_outputs, translation_output)
+from .analysis import (PREDICT_TASKS, TASKS, TRANSLATE, Marked, analyze_outputs, format_human, parse_markers,
+                       relation_outputs, relation_spans, translation_output)
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("predict", help="Query a served model (TF Serving or mtnlp serve) for one sentence",
-                              description="Print each task's result for a sentence. Mark two entities with "
-                                          "[[...]] to also get their relation, e.g. "
-                                          "\"The [[company]] makes [[chairs]].\"")
-    p.add_argument("text", help="the sentence")
+    p = subparsers.add_parser("predict", help="Query a served model (TF Serving or mtnlp serve) for sentences",
+                              description="Print each task's result for each sentence (one request per batch of "
+                                          "sentences). Sentences come from the arguments ('-' reads stdin, one per "
+                                          "line) and then from each --file (one per line; blank lines are skipped). "
+                                          "Mark two entities with [[...]] to also get their relation, e.g. "
+                                          "\"The [[company]] makes [[chairs]].\"")  # fmt: skip
+    p.add_argument("sentences", nargs="*", metavar="SENTENCE",
+                   help="sentences to analyze; '-' reads them from stdin, one per line (default: none; then --file)")
+    p.add_argument("--file", action="append", default=[], dest="files", metavar="FILE",
+                   help="a UTF-8 text file with one sentence per line; repeatable (default: none)")
     p.add_argument("--server", default=None,
                    help="host:port of the gRPC API (default $MTNLP_SERVING_GRPC or localhost:8500); with --rest, of "
                         "the REST API (default $MTNLP_SERVING_REST or localhost:8501)")
-    p.add_argument("--model-name", default="mtnlp")
+    p.add_argument("--model-name", default="mtnlp", help="the served model's name")
     p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
-    p.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON Lines: one JSON object per sentence (for machines)")  # fmt: skip
     p.add_argument("--task", action="append", choices=PREDICT_TASKS,
-                   help="only these tasks (repeatable; default all but translate, which is only run when named)")
+                   help="only these tasks (repeatable; default all but translate, which is only run when named; "
+                        "relation runs for sentences with two [[...]] entities, and named, needs them in every one)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system roots)")
     p.set_defaults(func=cmd_predict)
@@ -34,16 +43,18 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser("serve", help="Serve the latest pushed model of a workdir locally (gRPC + REST)",
                               description="Start mtnlp-model-server on <workdir>/serving_model/<model-name>. Binds "
                                           "127.0.0.1 unless --host says otherwise (see serving/README.md).")
-    s.add_argument("--workdir", default="./workdir")
-    s.add_argument("--model-name", default="mtnlp")
+    s.add_argument("--workdir", default="./workdir", help="the pipeline's workdir (its serving_model/ is served)")
+    s.add_argument("--model-name", default="mtnlp", help="the model's name (serving_model/<name>/, the API's name)")
     s.add_argument("--port", type=int, default=8500, help="gRPC port")
     s.add_argument("--rest-port", type=int, default=8501, help="REST port (0: no REST API)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all interfaces, like TF Serving)")
-    s.add_argument("--enable-batching", action="store_true")
-    s.add_argument("--batching-parameters-file", default="")
-    s.add_argument("--monitoring-config-file", default="")
+    s.add_argument("--enable-batching", action="store_true", help="batch concurrent requests (TF Serving's flag)")
+    s.add_argument("--batching-parameters-file", default="",
+                   help="BatchingParameters text proto for --enable-batching (default: built-in parameters)")
+    s.add_argument("--monitoring-config-file", default="",
+                   help="MonitoringConfig text proto, e.g. Prometheus metrics on the REST port (default: none)")
     s.add_argument("--no-warmup", action="store_true", help="skip replaying assets.extra warmup requests")
-    s.add_argument("--verbose", action="store_true")
+    s.add_argument("--verbose", action="store_true", help="show TensorFlow's and the server's detailed logs")
     s.set_defaults(func=cmd_serve)
 
     e = subparsers.add_parser("evaluate", help="Score a SavedModel on labelled data through its serving signatures",
@@ -51,21 +62,86 @@ def register(subparsers: Any) -> None:
                                           "newest version) on a folder laid out like data/ (one sub-folder per task, "
                                           "JSON Lines of any split name) with the pipeline's metrics, through the "
                                           "signatures a client calls. Prints a per-task table.")
-    e.add_argument("model_dir", metavar="MODEL_DIR")
-    e.add_argument("--data", required=True, help="folder with one sub-folder per task")
-    e.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    e.add_argument("model_dir", metavar="MODEL_DIR",
+                   help="a SavedModel version folder, or a model base path (its newest version)")
+    e.add_argument("--data", required=True, help="folder with one sub-folder per task (required)")
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: no file)")
     e.add_argument("--split", action="append", dest="splits", metavar="NAME",
                    help="only <task>/NAME.jsonl[.gz] files (repeatable; default: every file)")
-    e.add_argument("--max-records", type=int, help="at most this many records per task")
+    e.add_argument("--max-records", type=int, help="at most this many records per task (default: all)")
     e.add_argument("--batch-size", type=int, default=64, help="records per signature call")
     e.set_defaults(func=cmd_evaluate)
 
 
 # ----- predict ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sentence:
+    text: str  # as given, markers included
+    origin: str  # where it came from, for messages: "argument 2", "line 3 of stdin", "line 4 of in.txt"
+
+
+class PredictInputError(ValueError):
+    """Input that cannot be sent (no sentences, an empty one, bad markers); the message says which and where."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def read_sentences(arguments: Sequence[str], files: Sequence[str] = (), stdin: TextIO | None = None) -> list[Sentence]:
+    """Each argument ('-': every line of stdin), then every line of each file. Blank lines of stdin and files are
+    skipped; an unreadable file or no sentences at all is a PredictInputError."""
+    sentences: list[Sentence] = []
+    for number, argument in enumerate(arguments, 1):
+        if argument == "-":
+            sentences += _lines((stdin or sys.stdin).read(), "stdin")
+        else:
+            sentences.append(Sentence(argument.strip(), f"argument {number}"))  # an empty one is refused later
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                sentences += _lines(f.read(), path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise PredictInputError(f"cannot read {path}: {e}") from None
+    if not sentences:
+        raise PredictInputError("no sentences: give them as arguments, '-' to read stdin (one per line), or --file FILE"
+                                + (f" (the input {'had' if len(files) + len(arguments) == 1 else 'all had'} only "
+                                   f"blank lines)" if files or arguments else ""))  # fmt: skip
+    return sentences
+
+
+def _lines(text: str, name: str) -> list[Sentence]:
+    lines = enumerate(text.splitlines(), 1)
+    return [Sentence(line.strip(), f"line {number} of {name}") for number, line in lines if line.strip()]
+
+
+def mark_sentences(sentences: Sequence[Sentence], tasks: Sequence[str],
+                   relation_required: bool = False) -> list[Marked]:
+    """Markers parsed and checked for each sentence: a sentence with markers needs exactly two for a relation
+    (and every sentence does when `relation_required`). PredictInputError names the sentence."""
+    marked = []
+    for sentence in sentences:
+        try:
+            m = parse_markers(sentence.text)
+            if "relation" in tasks:
+                relation_spans(m, required=relation_required)
+        except ValueError as e:
+            raise PredictInputError(f"{sentence.origin} ({sentence.text!r}): {e}") from None
+        marked.append(m)
+    return marked
+
+
+SignatureCall = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+ANALYZE_TASKS = ("sentiment", "ner", "pos")  # what the analyze signature answers
+
+
 def _to_arrays(outputs: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    return {k: np.asarray(v, dtype=object if _is_text(v) else None) for k, v in outputs.items()}
+    return {k: np.atleast_1d(np.asarray(v, dtype=object if _is_text(v) else None)) for k, v in outputs.items()}
 
 
 def _is_text(v: Any) -> bool:
@@ -74,86 +150,105 @@ def _is_text(v: Any) -> bool:
     return isinstance(v, (str, dict))
 
 
-def run_predict(text: str, *, server: str | None = None, model_name: str = "mtnlp", rest: bool = False,
-                tasks: tuple[str, ...] = TASKS, timeout: float = 30.0, tls: bool = False) -> dict[str, Any]:
-    """Query the model for one sentence; the JSON-able result `mtnlp predict --json` prints."""
+def _rest_call(client: Any) -> SignatureCall:
+    def call(signature: str, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        answer = client.predict(inputs, signature)
+        # a columnar REST answer is the bare value when the signature has a single output (translate's)
+        return _to_arrays(answer if isinstance(answer, dict) else {"translation": answer})
+
+    return call
+
+
+def analyze_batch(marked: Sequence[Marked], call: SignatureCall, tasks: Sequence[str] = TASKS) -> list[dict[str, Any]]:
+    """One call per signature for the whole batch: analyze for sentiment, NER and POS, translate when asked for,
+    relation for the sentences with two marked entities. The JSON-able results, in order."""
     import numpy as np
 
+    texts = np.array([m.text for m in marked], dtype=object)
+    analysis = call("serving_default", {"text": texts}) if any(t in ANALYZE_TASKS for t in tasks) else None
+    translations = call(TRANSLATE, {"text": texts}) if TRANSLATE in tasks else None
+    with_relation = [i for i, m in enumerate(marked) if "relation" in tasks and len(m.spans) == 2]
+    relations = None
+    if with_relation:
+        spans = [relation_spans(marked[i]) for i in with_relation]
+        relations = call("relation", {"text": texts[with_relation],
+                                      "e1_start": np.array([e1[0] for e1, _ in spans], np.int64),
+                                      "e1_end": np.array([e1[1] for e1, _ in spans], np.int64),
+                                      "e2_start": np.array([e2[0] for _, e2 in spans], np.int64),
+                                      "e2_end": np.array([e2[1] for _, e2 in spans], np.int64)})  # fmt: skip
+    results = []
+    for row, m in enumerate(marked):
+        result = analyze_outputs(analysis, m.text, row) if analysis is not None else {"text": m.text}
+        for task in ANALYZE_TASKS:
+            if task not in tasks:
+                result.pop(task, None)
+        if translations is not None:
+            result["translation"] = translation_output(translations, row)
+        if row in with_relation:
+            result["relation"] = relation_outputs(relations, m, with_relation.index(row))
+        results.append(result)
+    return results
+
+
+def predict_sentences(sentences: Sequence[Sentence | str], *, server: str | None = None, model_name: str = "mtnlp",
+                      rest: bool = False, tasks: Sequence[str] = TASKS, relation_required: bool = False,
+                      timeout: float = 30.0, tls: bool = False, batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """Query the model for the sentences, `batch_size` per request; yields what `mtnlp predict --json` prints for
+    each, in order. Every sentence is checked (PredictInputError) before the first request."""
     from .client import RestClient, ServingClient
 
-    marked = parse_markers(text)
-    want_relation = "relation" in tasks and len(marked.spans) >= 2
-    want_analysis = any(t in TASKS for t in tasks)  # `--task translate` alone needs no analyze call
-    out, translated = {}, None
+    sentences = [s if isinstance(s, Sentence) else Sentence(s, f"sentence {i}") for i, s in enumerate(sentences, 1)]
+    for sentence in sentences:
+        if not sentence.text.strip():
+            raise PredictInputError(f"{sentence.origin} is empty: give a sentence")
+    marked = mark_sentences(sentences, tasks, relation_required)
     if rest:
-        rc = RestClient(server, model_name=model_name, timeout=timeout)
-        if want_analysis:
-            out = _to_arrays(rc.predict({"text": [marked.text]}, "serving_default"))
-        if TRANSLATE in tasks:
-            answer = rc.predict({"text": [marked.text]}, TRANSLATE)
-            # a columnar REST answer is the bare value when the signature has a single output
-            translated = _to_arrays(answer if isinstance(answer, dict) else {"translation": answer})
-        rel = None
-        if want_relation:
-            (s1, e1), (s2, e2) = marked.spans[:2]
-            rel = _to_arrays(rc.predict({"text": [marked.text], "e1_start": [s1], "e1_end": [e1],
-                                         "e2_start": [s2], "e2_end": [e2]}, "relation"))
-            # columnar REST returns per-output lists; make them batch-shaped like gRPC's
-            rel = {k: np.atleast_1d(v) for k, v in rel.items()}
+        client: Any = RestClient(server, model_name=model_name, timeout=timeout)
+        call = _rest_call(client)
     else:
-        with ServingClient(server, model_name=model_name, timeout=timeout, tls=tls) as gc:
-            if want_analysis:
-                out = gc.predict({"text": [marked.text]}, "serving_default")
-            if TRANSLATE in tasks:
-                translated = gc.predict({"text": [marked.text]}, TRANSLATE)
-            rel = None
-            if want_relation:
-                (s1, e1), (s2, e2) = marked.spans[:2]
-                i64 = np.int64
-                rel = gc.predict({"text": [marked.text], "e1_start": np.array([s1], i64),
-                                  "e1_end": np.array([e1], i64), "e2_start": np.array([s2], i64),
-                                  "e2_end": np.array([e2], i64)}, "relation")
-    result = analyze_outputs(out, marked.text) if want_analysis else {"text": marked.text}
-    if translated is not None:
-        result["translation"] = translation_output(translated)
-    for task in ("sentiment", "pos"):
-        if task not in tasks:
-            result.pop(task, None)
-    if "ner" not in tasks:
-        result.pop("ner", None)
-    if rel is not None:
-        result["relation"] = relation_outputs(rel, marked)
-    elif "relation" in tasks and marked.spans:
-        result["relation"] = None
-        result["relation_note"] = "mark exactly two entities with [[...]] to get their relation"
-    return result
+        client = ServingClient(server, model_name=model_name, timeout=timeout, tls=tls)
+
+        def call(signature: str, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+            return client.predict(inputs, signature)
+    try:
+        for start in range(0, len(marked), batch_size):
+            yield from analyze_batch(marked[start:start + batch_size], call, tasks)
+    finally:
+        if not rest:
+            client.close()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import warnings
 
     warnings.filterwarnings("ignore")
-    from .client import ServingClientError
+    from .client import DEFAULT_GRPC, DEFAULT_REST, ENV_GRPC, ENV_REST, ServingClientError
 
     tasks = tuple(args.task) if args.task else TASKS
+    target = args.server or (os.environ.get(ENV_REST) or DEFAULT_REST if args.rest
+                             else os.environ.get(ENV_GRPC) or DEFAULT_GRPC)  # fmt: skip
     try:
-        result = run_predict(args.text, server=args.server, model_name=args.model_name, rest=args.rest,
-                             tasks=tasks, timeout=args.timeout, tls=args.tls)
-    except ValueError as e:
+        sentences = read_sentences(args.sentences, args.files)
+        results = predict_sentences(sentences, server=target, model_name=args.model_name, rest=args.rest,
+                                    tasks=tasks, relation_required=bool(args.task and "relation" in args.task),
+                                    timeout=args.timeout, tls=args.tls, batch_size=args.batch_size)  # fmt: skip
+        for number, result in enumerate(results):
+            if args.json:
+                print(json.dumps(result, ensure_ascii=False), flush=True)
+            else:
+                print(("\n" if number else "") + format_human(result, tasks), flush=True)
+    except PredictInputError as e:
         print(f"mtnlp predict: {e}", file=sys.stderr)
         return 2
     except ServingClientError as e:
-        where = args.server or ("REST" if args.rest else "gRPC") + " default"
-        print(f"mtnlp predict: the server ({where}) answered {e.code}: {e.message}", file=sys.stderr)
+        api = "REST" if args.rest else "gRPC"
+        if e.nothing_listening:
+            print(f"mtnlp predict: nothing is listening on {target} ({api}). Start a server (`mtnlp serve`), or "
+                  f"pass --server HOST:PORT{'' if args.rest else ' (or --rest for the REST API)'}.", file=sys.stderr)
+        else:
+            print(f"mtnlp predict: the server at {target} ({api}) answered {e.code}: {e.message}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print(format_human(result, tasks))
-        if result.get("relation_note"):
-            print(f"Relation:  ({result['relation_note']})")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Client for TF Serving's APIs (works against real TF Serving and against `mtnlp-model-server`).
 
 gRPC over the official stubs, with channel options, per-call timeouts, retries on UNAVAILABLE (with backoff) and TLS
-when asked; and the same calls over REST with urllib.
+when asked; and the same calls over REST with urllib. Neither imports TensorFlow: the gRPC messages are TF Serving's
+generated protos and TensorFlow's framework protos (TensorProto), imported without TensorFlow's package __init__
+(see `import_serving_protos`), so a client process starts in well under a second.
 
     with ServingClient("localhost:8500", model_name="mtnlp") as c:
         out = c.predict({"text": ["Apple sued Samsung."]})          # {"tokens": ndarray, ...}
@@ -11,9 +13,13 @@ when asked; and the same calls over REST with urllib.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
+import socket
+import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from typing import Any, Iterable, Mapping, Sequence
@@ -27,16 +33,72 @@ ENV_REST = "MTNLP_SERVING_REST"
 
 
 class ServingClientError(Exception):
-    """A failed call: `code` is the canonical status name (e.g. "NOT_FOUND"), `message` the server's text."""
+    """A failed call: `code` is the canonical status name (e.g. "NOT_FOUND"), `message` the server's text.
+    `nothing_listening` is True when no server accepted a connection at the target (UNAVAILABLE)."""
 
-    def __init__(self, code: str, message: str, http_status: int | None = None) -> None:
+    def __init__(self, code: str, message: str, http_status: int | None = None,
+                 nothing_listening: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
+        self.nothing_listening = nothing_listening
+
+
+# What the gRPC client uses: TF Serving's API protos and stubs, and the TensorFlow protos it builds requests from.
+SERVING_PROTO_MODULES = (
+    "tensorflow.core.framework.tensor_pb2", "tensorflow.core.framework.tensor_shape_pb2",
+    "tensorflow.core.framework.types_pb2", "tensorflow.core.example.example_pb2",
+    "tensorflow_serving.apis.model_pb2", "tensorflow_serving.apis.predict_pb2",
+    "tensorflow_serving.apis.prediction_service_pb2_grpc", "tensorflow_serving.apis.model_service_pb2_grpc",
+    "tensorflow_serving.config.model_server_config_pb2",
+)  # fmt: skip
+
+
+def import_serving_protos() -> None:
+    """Import `SERVING_PROTO_MODULES` without importing TensorFlow.
+
+    TensorFlow's generated protos (tensorflow/core/framework/tensor_pb2.py, ...) need nothing but protobuf, but
+    importing them normally runs tensorflow/__init__.py first, which loads the whole TensorFlow runtime (seconds):
+    Python imports a module's parent packages, and each `from tensorflow.core.framework import x` also imports the
+    top-level package. So while these modules are imported, `sys.modules["tensorflow"]` is a bare placeholder
+    package pointing at TensorFlow's folder; it is removed afterwards. The proto modules stay, already bound to their
+    packages, so later `from tensorflow.core.framework import tensor_pb2` statements find them without any import.
+    Nothing happens when TensorFlow is already imported; a later `import tensorflow` runs its __init__ as usual and
+    reuses these modules (one class per message)."""
+    if "tensorflow" in sys.modules:
+        return  # TensorFlow itself (its protos come with it), or a loading in progress
+    spec = importlib.util.find_spec("tensorflow")  # locates the folder; runs nothing
+    if spec is None or not spec.submodule_search_locations:
+        return  # no TensorFlow installed: the imports below fail with their own message
+    placeholder = types.ModuleType("tensorflow", "placeholder while the client imports TensorFlow's protos")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    sys.modules["tensorflow"] = placeholder
+    try:
+        for name in SERVING_PROTO_MODULES:
+            importlib.import_module(name)
+    finally:
+        if sys.modules.get("tensorflow") is placeholder:
+            del sys.modules["tensorflow"]
+
+
+def nothing_listening(target: str) -> bool:
+    """True when `target` ("host:port", "[v6]:port", optionally "http://...") refuses TCP connections or cannot be
+    resolved: no server runs there. False when something accepts, or the target is not a host:port."""
+    address = target.split("://", 1)[-1].split("/", 1)[0]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=2.0):
+            return False
+    except OSError:
+        return True
+
 
 
 def _model_spec(name: str, signature_name: str = "", version: int | None = None, version_label: str | None = None):
+    import_serving_protos()
     from tensorflow_serving.apis import model_pb2
 
     spec = model_pb2.ModelSpec(name=name, signature_name=signature_name)
@@ -55,6 +117,8 @@ class ServingClient:
                  client_key: bytes | None = None, client_cert: bytes | None = None,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         import grpc
+
+        import_serving_protos()
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.target = target or os.environ.get(ENV_GRPC) or DEFAULT_GRPC
@@ -95,6 +159,9 @@ class ServingClient:
                     time.sleep(self.backoff * (2 ** attempt))
                     attempt += 1
                     continue
+                if code == grpc.StatusCode.UNAVAILABLE and nothing_listening(self.target):
+                    raise ServingClientError(code.name, f"nothing is listening on {self.target}",
+                                             nothing_listening=True) from None  # fmt: skip
                 raise ServingClientError(code.name, e.details() or "") from None
 
     def spec(self, signature_name: str = "", version: int | None = None, version_label: str | None = None,
@@ -223,6 +290,9 @@ class RestClient:
                     time.sleep(self.backoff * (2 ** attempt))
                     attempt += 1
                     continue
+                if nothing_listening(self.target):
+                    raise ServingClientError("UNAVAILABLE", f"nothing is listening on {self.target}",
+                                             nothing_listening=True) from None  # fmt: skip
                 raise ServingClientError("UNAVAILABLE", f"{url}: {e}") from None
 
     def predict(self, inputs: Mapping[str, Any] | Any = None, signature_name: str = "", *,
@@ -268,6 +338,7 @@ _HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSI
 
 def to_tensor_proto(value: Any) -> Any:
     """Python/numpy value -> TensorProto (strings as UTF-8 bytes, numbers keep their numpy dtype)."""
+    import_serving_protos()
     from .model_server.tensors import as_strings, to_proto
 
     if hasattr(value, "SerializeToString") and hasattr(value, "dtype"):
@@ -282,6 +353,7 @@ def to_tensor_proto(value: Any) -> Any:
 
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
+    import_serving_protos()
     from .model_server.tensors import to_numpy
 
     return to_numpy(proto)

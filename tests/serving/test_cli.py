@@ -5,15 +5,18 @@ The real pushed model is covered by test_project_model.py (slow: it needs the pi
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from mtnlp import cli as mtnlp_cli
-from serving.analysis import align_tokens, iob2_spans, parse_markers
+from serving.analysis import align_tokens, iob2_spans, parse_markers, relation_spans
+from serving.cli import PredictInputError, read_sentences
 
 from .conftest import LOCAL_ONLY, REPO, ServerProcess, free_port
 
@@ -25,8 +28,39 @@ def test_parse_markers_offsets_on_clean_text():
     assert [m.text[s:e] for s, e in m.spans] == ["company", "chairs"]
     assert m.spans == [(4, 11), (18, 24)]
     assert parse_markers("no markers").spans == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unbalanced"):
         parse_markers("broken [[marker")
+    with pytest.raises(ValueError, match="unbalanced"):
+        parse_markers("broken marker]] here")
+    with pytest.raises(ValueError, match=r"an empty \[\[\]\] entity marker at character 4"):
+        parse_markers("The [[ ]] makes [[chairs]].")
+    with pytest.raises(ValueError, match="nested"):
+        parse_markers("The [[big [[company]] makes [[chairs]].")
+
+
+def test_relation_needs_exactly_two_marked_entities():
+    assert relation_spans(parse_markers("The [[company]] makes [[chairs]].")) == ((4, 11), (18, 24))
+    assert relation_spans(parse_markers("no markers")) is None
+    with pytest.raises(ValueError, match="exactly two entities.*found 0: none"):
+        relation_spans(parse_markers("no markers"), required=True)
+    with pytest.raises(ValueError, match=r"found 1: \[\[company\]\]"):
+        relation_spans(parse_markers("The [[company]] makes chairs."))
+    with pytest.raises(ValueError, match=r"found 3: \[\[a\]\], \[\[b\]\], \[\[c\]\]"):
+        relation_spans(parse_markers("[[a]] [[b]] [[c]]"))
+
+
+def test_read_sentences_from_arguments_stdin_and_files(tmp_path):
+    (tmp_path / "in.txt").write_text("First line.\n\n   \nSecond line.  \n", encoding="utf-8")
+    stdin = io.StringIO("From stdin.\n\nAnd more.\n")
+    got = read_sentences(["One.", "-", "Two."], [str(tmp_path / "in.txt")], stdin=stdin)
+    assert [(s.text, s.origin) for s in got] == [
+        ("One.", "argument 1"), ("From stdin.", "line 1 of stdin"), ("And more.", "line 3 of stdin"),
+        ("Two.", "argument 3"), ("First line.", f"line 1 of {tmp_path / 'in.txt'}"),
+        ("Second line.", f"line 4 of {tmp_path / 'in.txt'}")]
+    with pytest.raises(PredictInputError, match="no sentences"):
+        read_sentences([], [])
+    with pytest.raises(PredictInputError, match="cannot read .*missing.txt"):
+        read_sentences([], [str(tmp_path / "missing.txt")])
 
 
 def test_iob2_spans():
@@ -113,10 +147,13 @@ def test_predict_task_selection(mtnlp_serve, capsys):
     assert "Sentiment:" in out and "Entities:" not in out and "POS:" not in out
 
 
-def test_predict_unreachable_server_fails_cleanly(capsys):
-    rc = mtnlp_cli.main(["predict", "x", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2"])
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_predict_says_nothing_is_listening(capsys, transport):
+    target = f"127.0.0.1:{free_port()}"
+    extra = ["--rest"] if transport == "rest" else []
+    rc = mtnlp_cli.main(["predict", "x", "--server", target, "--timeout", "2", *extra])
     err = capsys.readouterr().err
-    assert rc == 1 and "UNAVAILABLE" in err
+    assert rc == 1 and f"nothing is listening on {target}" in err and "UNAVAILABLE" not in err
 
 
 def test_predict_wrong_model_name(mtnlp_serve, capsys):
@@ -137,3 +174,119 @@ def test_console_entry_predict_subprocess(mtnlp_serve):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ner"]["entities"][0]["text"] == "Apple"
+
+
+# ----- several sentences, stdin, files, JSON Lines -------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_predict_several_sentences_as_json_lines(mtnlp_serve, capsys, transport):
+    server = mtnlp_serve.grpc if transport == "grpc" else mtnlp_serve.rest
+    extra = ["--rest"] if transport == "rest" else []
+    sentences = ["Apple sued Samsung in California.", "The [[company]] makes [[chairs]].", "Great film!"]
+    out = predict(capsys, *sentences, "--server", server, "--json", *extra)
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [d["text"] for d in docs] == ["Apple sued Samsung in California.", "The company makes chairs.",
+                                         "Great film!"]
+    # each row of the batched answer is that sentence's own: lengths, tags, and a relation only where marked
+    assert [len(d["tokens"]) for d in docs] == [6, 5, 3]
+    assert [e["text"] for e in docs[0]["ner"]["entities"]] == ["Apple", "Samsung", "California"]
+    assert [d["sentiment"]["label"] for d in docs] == ["negative", "positive", "positive"]
+    assert "relation" not in docs[0] and "relation" not in docs[2]
+    assert docs[1]["relation"]["label"] == "Product-Producer(e1,e2)"
+    alone = json.loads(predict(capsys, sentences[1], "--server", server, "--json", *extra))
+    assert alone == docs[1]
+
+
+def test_predict_batches_give_the_same_answers(mtnlp_serve, capsys):
+    sentences = ["Apple sued Samsung.", "[[Paris]] loves [[Berlin]].", "Google is in California.", "Nice."]
+    one_request = predict(capsys, *sentences, "--server", mtnlp_serve.grpc, "--json")
+    one_by_one = predict(capsys, *sentences, "--server", mtnlp_serve.grpc, "--json", "--batch-size", "1")
+    assert one_request == one_by_one and len(one_request.splitlines()) == 4
+
+
+def test_predict_human_output_separates_sentences(mtnlp_serve, capsys):
+    out = predict(capsys, "Apple sued Samsung.", "Paris is nice.", "--server", mtnlp_serve.grpc)
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == 2 and blocks[0].startswith("Text:      Apple sued") and "[Paris]LOC" in blocks[1]
+
+
+def test_predict_reads_stdin_and_files(mtnlp_serve, tmp_path):
+    (tmp_path / "sentences.txt").write_text("Google sued Apple.\n\nThe [[company]] makes [[chairs]].\n")
+    r = subprocess.run([sys.executable, "-m", "mtnlp.cli", "predict", "-", "--file", str(tmp_path / "sentences.txt"),
+                        "--server", mtnlp_serve.grpc, "--json"], input="Apple sued Samsung.\n\nParis is nice.\n",
+                       cwd=str(REPO), capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["text"] for d in docs] == ["Apple sued Samsung.", "Paris is nice.", "Google sued Apple.",
+                                         "The company makes chairs."]
+    assert docs[3]["relation"]["e2"]["text"] == "chairs"
+
+
+def test_predict_only_relation(mtnlp_serve, capsys):
+    doc = json.loads(predict(capsys, "The [[company]] makes [[chairs]].", "--task", "relation", "--json",
+                             "--server", mtnlp_serve.grpc))
+    assert set(doc) == {"text", "relation"} and doc["relation"]["label"] == "Product-Producer(e1,e2)"
+
+
+# ----- bad input: refused before any request (the server below does not exist) ----------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["The [[company]] makes chairs."], r"argument 1 \('The \[\[company\]\] makes chairs.'\): a relation needs "
+                                        r"exactly two entities marked with \[\[...\]\].*found 1: \[\[company\]\]"),
+    (["Fine.", "[[a]] [[b]] [[c]]"], r"argument 2 .*found 3"),
+    (["Plain sentence.", "--task", "relation"], r"argument 1 .*a relation needs exactly two entities.*found 0"),
+    (["The [[company makes chairs."], r"argument 1 .*unbalanced \[\[ \]\] entity markers"),
+    (["The [[]] makes [[chairs]]."], r"argument 1 .*an empty \[\[\]\] entity marker"),
+    (["Fine.", "  "], r"argument 2 is empty: give a sentence"),
+    ([], r"no sentences: give them as arguments, '-' to read stdin \(one per line\), or --file FILE"),
+])  # fmt: skip
+def test_predict_refuses_bad_input_before_calling(capsys, args, message):
+    rc = mtnlp_cli.main(["predict", *args, "--server", f"127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert re.search(message, err), err
+
+
+def test_predict_refuses_a_file_of_blank_lines(capsys, tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    rc = mtnlp_cli.main(["predict", "--file", str(tmp_path / "blank.txt"), "--server", f"127.0.0.1:{free_port()}"])
+    assert rc == 2 and "no sentences" in capsys.readouterr().err
+
+
+def test_markers_are_not_checked_when_relation_is_not_asked_for(mtnlp_serve, capsys):
+    doc = json.loads(predict(capsys, "The [[company]] makes chairs.", "--task", "sentiment", "--json",
+                             "--server", mtnlp_serve.grpc))
+    assert doc["text"] == "The company makes chairs." and "relation" not in doc
+
+
+# ----- the gRPC client does not import TensorFlow --------------------------------------------------------------
+@LOCAL_ONLY
+def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
+    code = ("import sys, json\n"
+            "from mtnlp import cli\n"
+            f"rc = cli.main(['predict', 'Apple sued Samsung.', 'The [[company]] makes [[chairs]].', '--server', "
+            f"'{mtnlp_serve.grpc}', '--json'])\n"
+            "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python'))\n"
+            "print(json.dumps({'rc': rc, 'tensorflow_modules': loaded}))\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert json.loads(lines[0])["ner"]["entities"][0]["text"] == "Apple"
+    assert json.loads(lines[-1]) == {"rc": 0, "tensorflow_modules": []}
+
+
+def test_serving_protos_stay_compatible_with_tensorflow_imported_later():
+    code = ("import sys\n"
+            "from serving.client import import_serving_protos, to_tensor_proto\n"
+            "import_serving_protos()\n"
+            "assert 'tensorflow' not in sys.modules\n"
+            "from tensorflow.core.framework import tensor_pb2\n"
+            "proto = to_tensor_proto([[1.5, 2.5]])\n"
+            "import tensorflow as tf\n"
+            "assert type(tf.make_tensor_proto([1.0])) is tensor_pb2.TensorProto\n"
+            "assert tf.make_ndarray(proto).tolist() == [[1.5, 2.5]]\n"
+            "assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0\n"
+            "print('ok')\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
