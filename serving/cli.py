@@ -42,12 +42,20 @@ def register(subparsers: Any) -> None:
 
     s = subparsers.add_parser("serve", help="Serve the latest pushed model of a workdir locally (gRPC + REST)",
                               description="Start mtnlp-model-server on <workdir>/serving_model/<model-name>. Binds "
-                                          "127.0.0.1 unless --host says otherwise (see serving/README.md).")
+                                          "loopback (127.0.0.1 and ::1) unless --host says otherwise, refuses the "
+                                          "ReloadConfig RPC and serves only models under the workdir's serving_model "
+                                          "folder (see serving/README.md, Security).")
     s.add_argument("--workdir", default="./workdir", help="the pipeline's workdir (its serving_model/ is served)")
     s.add_argument("--model-name", default="mtnlp", help="the model's name (serving_model/<name>/, the API's name)")
     s.add_argument("--port", type=int, default=8500, help="gRPC port")
     s.add_argument("--rest-port", type=int, default=8501, help="REST port (0: no REST API)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all interfaces, like TF Serving)")
+    s.add_argument("--host", default=LOOPBACK,
+                   help="comma-separated addresses to bind (default: IPv4 and IPv6 loopback; 0.0.0.0: all "
+                        "interfaces, like TF Serving)")
+    s.add_argument("--allow-reload-config-rpc", action="store_true",
+                   help="accept ModelService/HandleReloadConfigRequest (TF Serving's default; off here)")
+    s.add_argument("--model-root", action="append", dest="model_roots", metavar="DIR",
+                   help="directory model base paths must lie in (repeatable; default <workdir>/serving_model)")
     s.add_argument("--enable-batching", action="store_true", help="batch concurrent requests (TF Serving's flag)")
     s.add_argument("--batching-parameters-file", default="",
                    help="BatchingParameters text proto for --enable-batching (default: built-in parameters)")
@@ -253,11 +261,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ----- serve --------------------------------------------------------------------------------------------------
+LOOPBACK = "127.0.0.1,::1"
+
+
 def serve_flags(args: argparse.Namespace) -> list[str]:
-    """The mtnlp-model-server command line `mtnlp serve` amounts to."""
-    base = Path(args.workdir).resolve() / "serving_model" / args.model_name
+    """The mtnlp-model-server command line `mtnlp serve` amounts to: TF Serving's flags plus our security extensions,
+    on by default here (model paths confined to the workdir's serving_model folder, no ReloadConfig RPC)."""
+    serving_model = Path(args.workdir).resolve() / "serving_model"
+    base = serving_model / args.model_name
+    roots = [str(Path(r).resolve()) for r in (getattr(args, "model_roots", None) or [serving_model])]
     flags = [f"--model_name={args.model_name}", f"--model_base_path={base}", f"--port={args.port}",
-             f"--rest_api_port={args.rest_port}", f"--bind_address={args.host}"]
+             f"--rest_api_port={args.rest_port}", f"--bind_address={args.host}",
+             f"--allowed_model_roots={','.join(roots)}"]
+    if not getattr(args, "allow_reload_config_rpc", False):
+        flags.append("--disable_reload_config_rpc")
     if args.enable_batching:
         flags.append("--enable_batching")
     if args.batching_parameters_file:
@@ -272,15 +289,19 @@ def serve_flags(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .model_server.manager import version_directories
+
     base = Path(args.workdir).resolve() / "serving_model" / args.model_name
-    versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+    versions = sorted(version_directories(str(base))) if base.is_dir() else []
     if not versions:
         print(f"mtnlp serve: no pushed model under {base} (expected numeric version directories). Run the pipeline "
               f"first (`mtnlp run --workdir {args.workdir}`) or pass --workdir.", file=sys.stderr)
         return 2
     flags = serve_flags(args)
+    hosts = [f"[{h}]" if ":" in h else h for h in args.host.split(",") if h]
     print(f"Serving {args.model_name} (latest of versions {versions}) from {base}\n"
-          f"  gRPC {args.host}:{args.port}" + (f", REST http://{args.host}:{args.rest_port}" if args.rest_port else "")
+          "  gRPC " + ", ".join(f"{h}:{args.port}" for h in hosts)
+          + ("; REST " + ", ".join(f"http://{h}:{args.rest_port}" for h in hosts) if args.rest_port else "")
           + "\n  equivalent: mtnlp-model-server " + " ".join(flags), file=sys.stderr)
     from .model_server.main import main as server_main
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -80,6 +80,7 @@ class BatchOptions:
 class _Task:
     inputs: dict[str, np.ndarray]
     size: int
+    deadline: float | None = None  # time.monotonic() after which nobody waits for the result
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
     error: ServingError | None = None
@@ -98,16 +99,20 @@ class _Queue:
         self.batches: deque[_Batch] = deque()
 
 
-class BatchScheduler:
-    """One per servable version: a queue per signature, shared worker threads (like TF Serving's shared scheduler)."""
+# run(queue key, merged inputs, deadline) -> outputs; the key is what `BatchScheduler.run` was given.
+RunBatch = Callable[[Hashable, dict[str, np.ndarray], "float | None"], dict[str, np.ndarray]]
 
-    def __init__(self, options: BatchOptions, run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-                 on_batch: Callable[[int], None] | None = None) -> None:
+
+class BatchScheduler:
+    """One per servable version: a queue per signature and output selection, shared worker threads (like TF
+    Serving's shared scheduler)."""
+
+    def __init__(self, options: BatchOptions, run: RunBatch, on_batch: Callable[[int], None] | None = None) -> None:
         self.options = options
         self._run = run
         self._on_batch = on_batch
         self._cv = threading.Condition()
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[Hashable, _Queue] = {}
         self._stopped = False
         self._threads = [threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
@@ -119,7 +124,10 @@ class BatchScheduler:
             self._stopped = True
             self._cv.notify_all()
 
-    def run(self, signature_key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, signature_key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue `inputs` with other requests for the same signature and outputs; block until its rows are back."""
+        key = (signature_key, outputs)
         sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
         if None in sizes or len(sizes) != 1:
             raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
@@ -130,10 +138,10 @@ class BatchScheduler:
                 f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}")
         if size > limit:  # split into execution-sized pieces, run them, stitch the outputs together
             pieces = [{k: v[i:i + limit] for k, v in inputs.items()} for i in range(0, size, limit)]
-            tasks = [self._enqueue(signature_key, p, min(limit, size - i * limit)) for i, p in enumerate(pieces)]
+            tasks = [self._enqueue(key, p, min(limit, size - i * limit), deadline) for i, p in enumerate(pieces)]
             results = [self._wait(t) for t in tasks]
             return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-        return self._wait(self._enqueue(signature_key, inputs, size))
+        return self._wait(self._enqueue(key, inputs, size, deadline))
 
     @staticmethod
     def _wait(task: _Task) -> dict[str, np.ndarray]:
@@ -143,8 +151,8 @@ class BatchScheduler:
         assert task.result is not None
         return task.result
 
-    def _enqueue(self, key: str, inputs: dict[str, np.ndarray], size: int) -> _Task:
-        task = _Task(inputs, size)
+    def _enqueue(self, key: Hashable, inputs: dict[str, np.ndarray], size: int, deadline: float | None) -> _Task:
+        task = _Task(inputs, size, deadline)
         o = self.options
         with self._cv:
             q = self._queues.setdefault(key, _Queue())
@@ -169,7 +177,7 @@ class BatchScheduler:
                 self._cv.notify()
         return task
 
-    def _take(self) -> tuple[str, _Batch] | None:
+    def _take(self) -> tuple[Hashable, _Batch] | None:
         """Under the lock: the oldest batch that may run now, else None."""
         timeout = self.options.batch_timeout_micros / 1e6
         now = time.monotonic()
@@ -204,13 +212,15 @@ class BatchScheduler:
                     self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             self._process(*taken)
 
-    def _process(self, key: str, batch: _Batch) -> None:
+    def _process(self, key: Hashable, batch: _Batch) -> None:
         tasks = batch.tasks
         try:
             merged, padded = self._merge(tasks)
             if self._on_batch is not None:
                 self._on_batch(padded)
-            out = self._run(key, merged)
+            # The batch runs as long as its most patient request waits (TF Serving's BatchingSession does the same).
+            deadlines = [t.deadline for t in tasks]
+            out = self._run(key, merged, None if None in deadlines else max(deadlines))
             start = 0
             for t in tasks:
                 piece = {}

@@ -1,25 +1,42 @@
-"""Reading TF Serving's text-format config files; a malformed one fails with protobuf's parser message."""
+"""Reading TF Serving's text-format config files; a malformed one fails as in TF Serving (ParseProtoTextFile)."""
 
 from __future__ import annotations
+
+import logging
 
 from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from .errors import invalid_argument
+from .errors import ServingError, invalid_argument
 from .protos import BatchingParameters, MonitoringConfig, SSLConfig
+
+log = logging.getLogger(__name__)
 
 
 def parse_text_proto(path: str, proto: message.Message) -> message.Message:
+    """Parse a text-format config file as TF Serving's ParseProtoTextFile: a failure is INVALID_ARGUMENT
+    "Invalid protobuf file: '<path>'", and the parser's own complaint is logged the way protobuf's C++ parser logs it
+    ("Error parsing text-format <message type>: <line>:<column>: <what>")."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+    except FileNotFoundError as e:
+        raise ServingError(5, f"{path}; No such file or directory") from e
     except (OSError, UnicodeDecodeError) as e:
         raise invalid_argument(f"Cannot read config file '{path}': {e}") from e
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as e:
-        raise invalid_argument(f"Invalid protobuf file: '{path}': {e}") from e
+        log.error("Error parsing text-format %s: %s", proto.DESCRIPTOR.full_name, _parser_complaint(e))
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from e
     return proto
+
+
+def _parser_complaint(e: text_format.ParseError) -> str:
+    """Python's "3:5 : msg" in the C++ parser's "3:5: msg" spelling."""
+    text = str(e)
+    location, sep, what = text.partition(" : ")
+    return f"{location}: {what}" if sep else text
 
 
 def model_server_config(path: str) -> model_server_config_pb2.ModelServerConfig:

@@ -2,7 +2,9 @@
 
 Accepted forms: `--flag=value`, `--flag value`, booleans as `--flag`, `--flag=true|false` (also `--noflag`). Flags
 that real TF Serving has but that mean nothing here (TPU, GPU memory, profiler, ...) are accepted and ignored with a
-note, so the same command line works on both servers. Anything else is an error.
+note, so the same command line works on both servers. As in TF Serving (tensorflow::Flags): a value that does not
+parse is an error ("Couldn't interpret value ..."), while an unknown argument is reported ("unknown argument: ...")
+and skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 
 
 class FlagError(Exception):
-    """A command-line error; the message names the flag."""
+    """A flag value that does not parse; the message names the flag (TF's wording)."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("port", int, 8500, "Port to listen on for gRPC API"),
     Flag("grpc_socket_path", str, "", "If non-empty, listen to a UNIX socket for gRPC API on the given path."),
     Flag("rest_api_port", int, 0, "Port to listen on for HTTP/REST API. 0: no REST API. Must differ from --port."),
-    Flag("rest_api_num_threads", int, 4 * _CPU, "Number of threads for HTTP/REST API processing.", supported=False),
+    Flag("rest_api_num_threads", int, 4 * _CPU, "Number of threads for HTTP/REST API processing."),
     Flag("rest_api_timeout_in_ms", int, 30000, "Timeout for HTTP/REST API calls."),
     Flag("enable_batching", bool, False, "enable batching"),
     Flag("allow_version_labels_for_unavailable_models", bool, False,
@@ -67,8 +69,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("num_request_iterations_for_warmup", int, 1, "Number of times each warmup request is replayed.",
          supported=False),
     Flag("monitoring_config_file", str, "", "If non-empty, read an ascii MonitoringConfig protobuf from it."),
-    Flag("enable_signature_method_name_check", bool, False, "Check signature method names on Predict.",
-         supported=False),
+    Flag("enable_signature_method_name_check", bool, False,
+         "Require Classify/Regress signatures to carry the classify/regress method name (TF2 SavedModels always "
+         "say predict, so this is off by default, as in TF Serving)."),
     Flag("xla_cpu_compilation_enabled", bool, False, "XLA on CPU.", supported=False),
     Flag("enable_profiler", bool, True, "Enable the profiler service.", supported=False),
     Flag("remove_unused_fields_from_bundle_metagraph", bool, True, "Memory optimisation.", supported=False),
@@ -82,9 +85,30 @@ FLAGS: tuple[Flag, ...] = (
     Flag("enable_grpc_healthcheck_service", bool, False, "gRPC health checking service.", supported=False),
     Flag("version", bool, False, "Display version"),
     # Our extensions (not in tensorflow_model_server):
-    Flag("bind_address", str, "0.0.0.0", "[mtnlp extension] Address the gRPC and REST servers bind to. TF Serving "
-                                        "always uses all interfaces (0.0.0.0), as does this default."),
+    Flag("bind_address", str, "0.0.0.0", "[mtnlp extension] Comma-separated addresses the gRPC and REST servers bind "
+                                        "to. The default, 0.0.0.0, is TF Serving's: every interface, IPv4 and IPv6. "
+                                        "mtnlp serve uses 127.0.0.1,::1 (loopback only)."),
     Flag("verbose", bool, False, "[mtnlp extension] Log load, reload and request details."),
+    Flag("max_request_tensor_elements", int, 2**31 - 1,
+         "[mtnlp extension] Most elements the input tensors of one request may hold once decoded (a TensorProto's "
+         "last value repeats to fill its shape); beyond: RESOURCE_EXHAUSTED."),
+    Flag("max_request_tensor_bytes", int, 2**31 - 1,
+         "[mtnlp extension] Most bytes the input tensors of one request may take once decoded (strings: 24 bytes "
+         "each plus their length); beyond: RESOURCE_EXHAUSTED. Default: TF Serving's largest gRPC message."),
+    Flag("rest_api_max_body_bytes", int, 256 * 1024 * 1024,
+         "[mtnlp extension] Largest REST request body; beyond: HTTP 413 and the connection is closed."),
+    Flag("rest_api_read_timeout_in_ms", int, 30000,
+         "[mtnlp extension] Time a REST client has to send a request's headers (also the keep-alive idle time) and, "
+         "separately, its body."),
+    Flag("rest_api_max_connections", int, 1000,
+         "[mtnlp extension] Most open REST connections; more are answered 503 and closed."),
+    Flag("allowed_model_roots", str, "",
+         "[mtnlp extension] Comma-separated directories; when set, every model base path (from flags, config file or "
+         "the ReloadConfig RPC) and every version directory it resolves to must lie inside one of them "
+         "(PERMISSION_DENIED otherwise). Empty (default): any path, as TF Serving."),
+    Flag("disable_reload_config_rpc", bool, False,
+         "[mtnlp extension] Refuse ModelService/HandleReloadConfigRequest (PERMISSION_DENIED). Off by default, as "
+         "TF Serving; mtnlp serve turns it on."),
 )
 _BY_NAME = {f.name: f for f in FLAGS}
 
@@ -99,72 +123,100 @@ def _convert(flag: Flag, raw: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise FlagError(f"Illegal value '{raw}' for boolean flag --{flag.name} (use true or false)")
-    try:
-        return flag.kind(raw)
-    except ValueError:
-        kind = {int: "integer", float: "number", str: "string"}[flag.kind]
-        raise FlagError(f"Illegal value '{raw}' for flag --{flag.name}: expected an {kind}") from None
+    else:
+        try:
+            return flag.kind(raw)
+        except ValueError:
+            pass
+    raise FlagError(f"Couldn't interpret value {raw} for flag {flag.name}.")
 
 
-def parse(argv: Sequence[str]) -> dict[str, Any]:
-    """argv (without the program name) -> {flag name: value}, every flag present with its default."""
+def parse(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """argv (without the program name) -> ({flag name: value}, unknown arguments), every flag present with its
+    default. Raises FlagError for a value that does not parse."""
     values = {f.name: f.default for f in FLAGS}
+    unknown: list[str] = []
     args = list(argv)
     i = 0
     while i < len(args):
         arg = args[i]
+        i += 1
         if not arg.startswith("-") or arg in ("-", "--"):
-            raise FlagError(f"unknown argument: {arg}")
+            unknown.append(arg)
+            continue
         body = arg.lstrip("-")
         name, eq, raw = body.partition("=")
         flag = _BY_NAME.get(name)
         if flag is None and name.startswith("no") and name[2:] in _BY_NAME and _BY_NAME[name[2:]].kind is bool \
                 and not eq:
             values[name[2:]] = False
-            i += 1
             continue
         if flag is None:
-            raise FlagError(f"unknown command line flag '{name}'")
+            unknown.append(arg)
+            continue
         if eq:
             values[name] = _convert(flag, raw)
         elif flag.kind is bool:
             # `--flag` alone is true; `--flag true|false` is also accepted when the next word is a bool literal.
-            if i + 1 < len(args) and args[i + 1].lower() in _TRUE | _FALSE:
-                values[name] = _convert(flag, args[i + 1])
+            if i < len(args) and args[i].lower() in _TRUE | _FALSE:
+                values[name] = _convert(flag, args[i])
                 i += 1
             else:
                 values[name] = True
         else:
-            if i + 1 >= len(args):
-                raise FlagError(f"flag --{name} needs a value")
-            values[name] = _convert(flag, args[i + 1])
+            if i >= len(args):
+                raise FlagError(f"Couldn't interpret value  for flag {name}.")
+            values[name] = _convert(flag, args[i])
             i += 1
-        i += 1
-    return values
+    return values, unknown
+
+
+class StartupError(Exception):
+    """A flag combination TF Serving's Server::BuildAndStart refuses (INVALID_ARGUMENT, message as TF Serving's)."""
 
 
 def check(values: dict[str, Any]) -> None:
-    """Cross-flag rules, as tensorflow_model_server enforces them."""
+    """Cross-flag rules, with the messages tensorflow_model_server's BuildAndStart gives (raised as StartupError)."""
     if values["version"]:
         return
+    if values["port"] == 0:
+        raise StartupError("server_options.grpc_port is not set.")
     if not values["model_base_path"] and not values["model_config_file"]:
-        raise FlagError("Both --model_base_path and --model_config_file are empty: give one of them")
-    for name in ("port", "rest_api_port"):
-        if not 0 <= values[name] <= 65535:
-            raise FlagError(f"--{name}={values[name]} is not a valid port")
-    if values["rest_api_port"] and values["rest_api_port"] == values["port"]:
-        raise FlagError("--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API.")
+        raise StartupError("Both server_options.model_base_path and server_options.model_config_file are empty!")
     if values["batching_parameters_file"] and not values["enable_batching"]:
-        raise FlagError("You supplied --batching_parameters_file without --enable_batching")
-    for name in ("rest_api_timeout_in_ms", "grpc_max_threads", "rest_api_num_threads"):
+        raise StartupError("server_options.batching_parameters_file is set without setting "
+                           "server_options.enable_batching to true.")
+    if values["tensorflow_intra_op_parallelism"] > 0 and values["tensorflow_inter_op_parallelism"] > 0 and \
+            values["tensorflow_session_parallelism"] > 0:
+        raise StartupError("Either configure server_options.tensorflow_session_parallelism or "
+                           "(server_options.tensorflow_intra_op_parallelism, "
+                           "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.")
+    for name in ("port", "rest_api_port"):
+        if not 0 <= values[name] <= 65535:  # gRPC cannot listen there: TF Serving's BuildAndStart fails
+            raise StartupError("Failed to BuildAndStart gRPC server" if name == "port" else
+                               f"--rest_api_port={values[name]} is not a valid port")
+    for name in ("rest_api_timeout_in_ms", "grpc_max_threads", "rest_api_num_threads", "max_request_tensor_elements",
+                 "max_request_tensor_bytes", "rest_api_max_body_bytes", "rest_api_read_timeout_in_ms",
+                 "rest_api_max_connections"):
         if values[name] <= 0:
-            raise FlagError(f"--{name} must be positive")
-    for name in ("max_num_load_retries", "load_retry_interval_micros", "tensorflow_intra_op_parallelism",
-                 "tensorflow_inter_op_parallelism", "tensorflow_session_parallelism", "num_load_threads"):
-        if values[name] < 0:
-            raise FlagError(f"--{name} must not be negative")
-    channel_arguments(values["grpc_channel_arguments"])
+            raise StartupError(f"--{name} must be positive")
+    try:
+        channel_arguments(values["grpc_channel_arguments"])
+    except FlagError as e:
+        raise StartupError(str(e)) from None
+
+
+def comma_list(value: str) -> list[str]:
+    """A comma-separated flag value, in order, without blanks or repeats."""
+    out: list[str] = []
+    for item in (a.strip() for a in value.split(",")):
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def bind_addresses(value: str) -> list[str]:
+    return comma_list(value) or ["0.0.0.0"]
 
 
 def channel_arguments(spec: str) -> list[tuple[str, Any]]:
@@ -182,7 +234,7 @@ def channel_arguments(spec: str) -> list[tuple[str, Any]]:
 
 
 def usage(prog: str = "mtnlp-model-server") -> str:
-    lines = [f"usage: {prog} --model_base_path=PATH [--model_name=NAME] | --model_config_file=FILE [flags]", "Flags:"]
+    lines = [f"usage: {prog}", "Flags:"]
     for f in FLAGS:
         note = "" if f.supported else " (accepted for compatibility; ignored)"
         lines.append(f"  --{f.name}={f.default!r:<12} {f.kind.__name__:5}  {f.help}{note}")

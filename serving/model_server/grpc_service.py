@@ -21,13 +21,16 @@ class _Base:
         self.manager = manager
 
     def _serve(self, api: str, request: Any, context: grpc.ServicerContext,
-               fn: Callable[[inference.Servable, Any], Any], spec: Any = None) -> Any:
+               fn: Callable[[inference.Servable, Any, float | None], Any], spec: Any = None) -> Any:
         spec = request.model_spec if spec is None else spec
         start = time.perf_counter()
         status = "OK"
+        # As TF Serving: the client's deadline becomes the Session::Run timeout, so abandoned work stops.
+        remaining = context.time_remaining()
+        deadline = None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
         try:
             with self.manager.acquire(spec) as servable:
-                return fn(servable, request)
+                return fn(servable, request, deadline)
         except Exception as e:  # noqa: BLE001 - every failure becomes a status, the server keeps serving
             err = from_exception(e)
             status = err.code_name
@@ -59,9 +62,11 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None,
+                 reload_enabled: bool = True) -> None:
         self.manager = manager
         self.on_reload = on_reload
+        self.reload_enabled = reload_enabled
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
@@ -72,6 +77,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         response = model_management_pb2.ReloadConfigResponse()
+        if not self.reload_enabled:
+            log.warning("Refused a ReloadConfig request from %s: --disable_reload_config_rpc", context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "HandleReloadConfigRequest is disabled on this server (--disable_reload_config_rpc)")
         try:
             self.manager.apply_config(request.config)
             if self.on_reload is not None:
@@ -87,7 +96,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str, Any]],
-                 on_reload: Callable[[Any], None] | None = None) -> grpc.Server:
+                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True) -> grpc.Server:
     from concurrent.futures import ThreadPoolExecutor
 
     # TF Serving accepts messages up to INT32_MAX both ways; request-size policing is the model's business.
@@ -96,5 +105,6 @@ def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str,
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                          options=base + options, maximum_concurrent_rpcs=None)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload, reload_enabled),
+                                                              server)
     return server

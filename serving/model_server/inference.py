@@ -14,9 +14,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from .batching import BatchScheduler
-from .errors import ServingError, invalid_argument
+from .errors import ServingError, failed_precondition, invalid_argument
 from .servable import LoadedModel, Signature
-from .tensors import to_numpy, to_proto
+from .tensors import RequestBudget, RequestLimits, fill_proto, to_numpy
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -26,18 +26,27 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 
 @dataclass
 class Servable:
-    """What a request runs on: a model version, optionally behind a batch scheduler."""
+    """What a request runs on: a model version, optionally behind a batch scheduler, with the server's per-request
+    limits and TF Serving's `--enable_signature_method_name_check` setting."""
 
     name: str
     version: int
     model: LoadedModel
     batcher: BatchScheduler | None = None
+    limits: RequestLimits = RequestLimits()
+    method_name_check: bool = False
 
-    def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
         checked = self.model.validate_inputs(sig, inputs)
         if self.batcher is not None:
-            return self.batcher.run(sig.key, checked)
-        return self.model.run(sig, checked)
+            return self.batcher.run(sig.key, checked, outputs, deadline)
+        return self.model.run(sig, checked, outputs, deadline)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        self.model.close()
 
 
 def _fill_spec(spec, name: str, version: int, signature_name: str | None) -> None:
@@ -47,31 +56,36 @@ def _fill_spec(spec, name: str, version: int, signature_name: str | None) -> Non
         spec.signature_name = signature_name
 
 
-def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+def predict(servable: Servable, request: predict_pb2.PredictRequest,
+            deadline: float | None = None) -> predict_pb2.PredictResponse:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = servable.model.signature(key)
-    inputs = {alias: to_numpy(t, alias) for alias, t in request.inputs.items()}
+    budget = RequestBudget(servable.limits)
+    inputs = {alias: to_numpy(t, alias, budget) for alias, t in request.inputs.items()}
     aliases = _output_filter(sig, list(request.output_filter))
-    outputs = servable.run(sig, inputs)
+    outputs = servable.run(sig, inputs, aliases, deadline)
     response = predict_pb2.PredictResponse()
     _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
     for alias in aliases:
-        response.outputs[alias].CopyFrom(to_proto(outputs[alias], sig.outputs[alias].dtype))
+        fill_proto(response.outputs[alias], outputs[alias], sig.outputs[alias].dtype)
     return response
 
 
 def predict_arrays(servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                   output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Predict on numpy inputs (the REST path): same validation, no proto round trip."""
+                   output_filter: list[str] | None = None, deadline: float | None = None) -> dict[str, np.ndarray]:
+    """Predict on numpy inputs (the REST path): same validation and limits, no proto round trip."""
     sig = servable.model.signature(signature_name or DEFAULT_SIGNATURE)
+    budget = RequestBudget(servable.limits)
+    for alias, arr in inputs.items():
+        nbytes = sum(len(v) for v in arr.reshape(-1)) + 24 * arr.size if arr.dtype == object else arr.nbytes
+        budget.charge(alias, int(arr.size), int(nbytes))
     aliases = _output_filter(sig, output_filter or [])
-    outputs = servable.run(sig, inputs)
-    return {a: outputs[a] for a in aliases}
+    return servable.run(sig, inputs, aliases, deadline)
 
 
-def _output_filter(sig: Signature, wanted: list[str]) -> list[str]:
+def _output_filter(sig: Signature, wanted: list[str]) -> tuple[str, ...]:
     if not wanted:
-        return sorted(sig.outputs)
+        return tuple(sorted(sig.outputs))
     seen: set[str] = set()
     for alias in wanted:
         if alias not in sig.outputs:
@@ -80,7 +94,7 @@ def _output_filter(sig: Signature, wanted: list[str]) -> list[str]:
         if alias in seen:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
-    return wanted
+    return tuple(wanted)
 
 
 def serialize_examples(inp) -> np.ndarray:
@@ -108,81 +122,110 @@ def serialize_examples(inp) -> np.ndarray:
 
 
 def _example_signature(servable: Servable, key: str, method: str, what: str) -> Signature:
-    sig = servable.model.signature(key or DEFAULT_SIGNATURE)
-    if sig.method_name != method:
+    """The Classify/Regress signature `key`, checked as TF Serving's Get{Classification,Regression}SignatureDef:
+    its method name only with --enable_signature_method_name_check (TF2 SavedModels always say `predict`),
+    otherwise its shape: one input named `inputs` and the outputs the API reads."""
+    sig = servable.model.signatures.get(key)
+    if sig is None:
+        raise invalid_argument(f"No signature was found with the name: {key}")
+    if servable.method_name_check and sig.method_name != method:
         raise invalid_argument(f"Expected {what} signature method_name to be {method}. Was: {sig.method_name}")
     if len(sig.inputs) != 1:
-        raise invalid_argument(f"Expected one input Tensor, found {len(sig.inputs)}.")
+        raise invalid_argument("Expected one input Tensor.")
+    if what == "classification":
+        if len(sig.outputs) not in (1, 2):
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+        if "inputs" not in sig.inputs:
+            raise invalid_argument(f"No classification inputs found in SignatureDef: {key}")
+        if "classes" not in sig.outputs and "scores" not in sig.outputs:
+            raise failed_precondition(f'Expected classification signature outputs to contain at least one of '
+                                      f'"classes" or "scores". Signature was: {key}')
+    else:
+        if len(sig.outputs) != 1:
+            raise invalid_argument("Expected one output Tensor.")
+        if "inputs" not in sig.inputs:
+            raise invalid_argument(f"No regression inputs found in SignatureDef: {key}")
+        if "outputs" not in sig.outputs:
+            raise failed_precondition(f"No regression outputs found in SignatureDef: {key}")
     return sig
 
 
-def _run_examples(servable: Servable, sig: Signature, inp) -> tuple[dict[str, np.ndarray], int]:
+def _run_examples(servable: Servable, sig: Signature, inp, deadline: float | None
+                  ) -> tuple[dict[str, np.ndarray], int]:
     serialized = serialize_examples(inp)
-    (alias,) = sig.inputs
-    return servable.run(sig, {alias: serialized}), len(serialized)
+    return servable.run(sig, {"inputs": serialized}, None, deadline), len(serialized)
 
 
-def classify_result(servable: Servable, request) -> tuple[str, classification_pb2.ClassificationResult]:
+def classify_result(servable: Servable, request, deadline: float | None = None
+                    ) -> tuple[str, classification_pb2.ClassificationResult]:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _example_signature(servable, key, CLASSIFY_METHOD, "classification")
-    if "classes" not in sig.outputs and "scores" not in sig.outputs:
-        raise invalid_argument("Expected classification signature outputs to contain classes and/or scores.")
-    out, n = _run_examples(servable, sig, request.input)
+    out, n = _run_examples(servable, sig, request.input, deadline)
     classes, scores = out.get("classes"), out.get("scores")
-    for name, arr in (("classes", classes), ("scores", scores)):
-        if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
-            raise invalid_argument(f"Expected {name} Tensor of shape [batch_size num_classes] with batch size {n}. "
-                                   f"Got {list(arr.shape)}")
-    if classes is not None and scores is not None and classes.shape != scores.shape:
-        raise invalid_argument(f"Tensors class and score should match in shape. Classes: {list(classes.shape)}, "
-                               f"Scores: {list(scores.shape)}")
+    for name, arr, dtype in (("classes", classes, object), ("scores", scores, np.float32)):
+        if arr is None:
+            continue
+        if arr.ndim != 2:
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(arr.shape)}")
+        if arr.dtype != dtype:
+            raise invalid_argument(f"Expected {name} Tensor of {'DT_STRING' if dtype is object else 'DT_FLOAT'}. "
+                                   f"Got: {arr.dtype}")
+        if arr.shape[0] != n:
+            raise invalid_argument(f"Expected {name} output batch size of {n}. Got: {arr.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
+                               f"{scores.shape[1]}")
     result = classification_pb2.ClassificationResult()
     k = (classes if classes is not None else scores).shape[1]
+    score_values = scores.tolist() if scores is not None else None
     for i in range(n):
         c = result.classifications.add()
         for j in range(k):
             cls = c.classes.add()
             if classes is not None:
-                cls.label = classes[i, j].decode("utf-8", "replace") if isinstance(classes[i, j], bytes) \
-                    else str(classes[i, j])
-            if scores is not None:
-                cls.score = float(scores[i, j])
+                label = classes[i, j]
+                cls.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if score_values is not None:
+                cls.score = score_values[i][j]
     return key, result
 
 
-def regress_result(servable: Servable, request) -> tuple[str, regression_pb2.RegressionResult]:
+def regress_result(servable: Servable, request, deadline: float | None = None
+                   ) -> tuple[str, regression_pb2.RegressionResult]:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _example_signature(servable, key, REGRESS_METHOD, "regression")
-    if "outputs" not in sig.outputs:
-        raise invalid_argument("No output Tensor named 'outputs' in the regression signature.")
-    out, n = _run_examples(servable, sig, request.input)
+    out, n = _run_examples(servable, sig, request.input, deadline)
     values = out["outputs"]
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim != 1 or values.shape[0] != n:
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
         raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                               f"{list(out['outputs'].shape)}")
+                               f"{list(values.shape)}")
+    if values.shape[0] != n:
+        raise invalid_argument(f"Input batch size did not match output batch size: {n} vs. {values.shape[0]}")
+    if values.dtype != np.float32:
+        raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype}")
     result = regression_pb2.RegressionResult()
-    for v in values.tolist():
-        result.regressions.add(value=float(v))
+    for v in values.reshape(-1).tolist():
+        result.regressions.add(value=v)
     return key, result
 
 
-def classify(servable: Servable, request) -> classification_pb2.ClassificationResponse:
-    key, result = classify_result(servable, request)
+def classify(servable: Servable, request, deadline: float | None = None
+             ) -> classification_pb2.ClassificationResponse:
+    key, result = classify_result(servable, request, deadline)
     response = classification_pb2.ClassificationResponse(result=result)
     _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
     return response
 
 
-def regress(servable: Servable, request) -> regression_pb2.RegressionResponse:
-    key, result = regress_result(servable, request)
+def regress(servable: Servable, request, deadline: float | None = None) -> regression_pb2.RegressionResponse:
+    key, result = regress_result(servable, request, deadline)
     response = regression_pb2.RegressionResponse(result=result)
     _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
     return response
 
 
-def multi_inference(servable: Servable, request) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(servable: Servable, request, deadline: float | None = None
+                    ) -> inference_pb2.MultiInferenceResponse:
     if not request.tasks:
         raise invalid_argument("MultiInferenceRequest must have at least one task.")
     seen: set[str] = set()
@@ -201,16 +244,17 @@ def multi_inference(servable: Servable, request) -> inference_pb2.MultiInference
                     else regression_pb2.RegressionRequest)(model_spec=task.model_spec, input=request.input)
         r = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
-            key, res = classify_result(servable, sub)
+            key, res = classify_result(servable, sub, deadline)
             r.classification_result.CopyFrom(res)
         else:
-            key, res = regress_result(servable, sub)
+            key, res = regress_result(servable, sub, deadline)
             r.regression_result.CopyFrom(res)
         _fill_spec(r.model_spec, task.model_spec.name, servable.version, key)
     return response
 
 
-def metadata(servable: Servable, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def metadata(servable: Servable, request, deadline: float | None = None  # noqa: ARG001 - same call shape
+             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     fields = list(request.metadata_field)
     if not fields:
         raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")

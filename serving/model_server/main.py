@@ -30,20 +30,23 @@ def _configure_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def _configure_tf(values: dict) -> None:
-    import tensorflow as tf
-
-    session = values["tensorflow_session_parallelism"]
-    intra = values["tensorflow_intra_op_parallelism"] or session
-    inter = values["tensorflow_inter_op_parallelism"] or session
-    if intra:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-    if inter:
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+def _load_tf_ops() -> None:
     try:  # SavedModels with TF Text ops (ours) load only once its kernels are registered.
         import tensorflow_text  # noqa: F401
     except ImportError:  # pragma: no cover - part of the stack
         log.warning("tensorflow_text is not installed: models using TF Text ops will fail to load")
+
+
+def _session_config(values: dict):
+    """TF Serving's session_config: intra/inter-op flags when either is set, else --tensorflow_session_parallelism
+    for both (0: TensorFlow picks)."""
+    from .servable import session_config
+
+    intra, inter = values["tensorflow_intra_op_parallelism"], values["tensorflow_inter_op_parallelism"]
+    if intra > 0 or inter > 0:
+        return session_config(intra, inter)
+    session = values["tensorflow_session_parallelism"]
+    return session_config(session, session)
 
 
 class Configs:
@@ -58,6 +61,8 @@ class Configs:
             self.model_config = cfg.model_server_config(values["model_config_file"])
             cfg.validate_config(self.model_config)
         else:
+            log.info("Building single TensorFlow model file config:  model_name: %s model_base_path: %s",
+                     values["model_name"], values["model_base_path"])
             self.model_config = cfg.single_model_config(values["model_name"], values["model_base_path"])
         self.batching = None
         if values["enable_batching"]:
@@ -70,6 +75,8 @@ class Configs:
             if mon.prometheus_config.enable:
                 self.prometheus_path = mon.prometheus_config.path or "/monitoring/prometheus/metrics"
         self.ssl = cfg.ssl_config(values["ssl_config_file"]) if values["ssl_config_file"] else None
+        roots = flagmod.comma_list(values["allowed_model_roots"])
+        self.allowed_model_roots = tuple(os.path.realpath(r) for r in roots)
 
 
 class ModelServer:
@@ -78,22 +85,26 @@ class ModelServer:
     def __init__(self, values: dict, configs: "Configs") -> None:
         from .manager import Manager, ManagerOptions
         from .metrics import Metrics
+        from .tensors import RequestLimits
 
         self.values = values
         self.metrics = Metrics()
         self.model_config = configs.model_config
-        batching = configs.batching
         self.prometheus_path = configs.prometheus_path
         self.ssl = configs.ssl
         self.manager = Manager(ManagerOptions(
             saved_model_tags=[t for t in values["saved_model_tags"].split(",") if t],
             enable_model_warmup=values["enable_model_warmup"],
-            batching=batching,
+            batching=configs.batching,
             file_system_poll_wait_seconds=values["file_system_poll_wait_seconds"],
             max_num_load_retries=values["max_num_load_retries"],
             load_retry_interval_micros=values["load_retry_interval_micros"],
             num_load_threads=values["num_load_threads"] or 2,
             allow_version_labels_for_unavailable_models=values["allow_version_labels_for_unavailable_models"],
+            session_config=_session_config(values),
+            limits=RequestLimits(values["max_request_tensor_elements"], values["max_request_tensor_bytes"]),
+            enable_signature_method_name_check=values["enable_signature_method_name_check"],
+            allowed_model_roots=configs.allowed_model_roots,
         ), self.metrics)
         self._config_text = self._read_config_text()
         self._grpc = None
@@ -111,33 +122,68 @@ class ModelServer:
             return None
 
     def start(self) -> None:
+        """Load the initial models (ServingError if they cannot load), then listen. ServingError when gRPC cannot
+        listen; a REST port that cannot be bound is logged and skipped, as TF Serving does."""
+        from .errors import invalid_argument
         from .flags import channel_arguments
         from .grpc_service import build_server
-        from .rest import RestApi, make_http_server
 
         v = self.values
         self.manager.apply_config(self.model_config, initial=True)
         self.manager.start_polling()
         self._start_config_polling()
-        host = v["bind_address"]
+        addresses = flagmod.bind_addresses(v["bind_address"])
         self._grpc = build_server(self.manager, max_workers=v["grpc_max_threads"],
-                                  options=channel_arguments(v["grpc_channel_arguments"]))
+                                  options=channel_arguments(v["grpc_channel_arguments"]),
+                                  reload_enabled=not v["disable_reload_config_rpc"])
         creds = self._server_credentials()
-        address = f"{host}:{v['port']}" if ":" not in host else f"[{host}]:{v['port']}"
-        bound = self._grpc.add_secure_port(address, creds) if creds else self._grpc.add_insecure_port(address)
-        if not bound:
-            raise OSError(f"Failed to bind gRPC to {address}")
+        bound = []
+        for host in addresses:
+            # gRPC treats 0.0.0.0 (TF Serving's address) as every interface, IPv4 and IPv6 alike.
+            address = f"[{host}]:{v['port']}" if ":" in host else f"{host}:{v['port']}"
+            try:
+                ok = self._grpc.add_secure_port(address, creds) if creds else self._grpc.add_insecure_port(address)
+            except RuntimeError:  # grpcio raises where older releases returned port 0
+                ok = 0
+            if ok:
+                bound.append(address)
+            elif ":" in host and bound:
+                log.warning("Not listening on %s (IPv6 unavailable here?)", address)
+            else:
+                log.error("Failed to bind gRPC to %s", address)
+                raise invalid_argument("Failed to BuildAndStart gRPC server")
         if v["grpc_socket_path"]:
             self._grpc.add_insecure_port(f"unix:{v['grpc_socket_path']}")
         self._grpc.start()
-        log.info("Running gRPC ModelServer at %s ...", address)
+        for address in bound:
+            log.info("Running gRPC ModelServer at %s ...", address)
         if v["grpc_socket_path"]:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", v["grpc_socket_path"])
         if v["rest_api_port"]:
-            api = RestApi(self.manager, v["rest_api_timeout_in_ms"], self.metrics, self.prometheus_path)
-            self._http = make_http_server(api, host, v["rest_api_port"])
-            threading.Thread(target=self._http.serve_forever, name="rest", daemon=True).start()
-            log.info("Exporting HTTP/REST API at:%s:%d ...", host, v["rest_api_port"])
+            self._start_rest(addresses)
+
+    def _start_rest(self, addresses: list[str]) -> None:
+        from .rest import HttpLimits, RestApi, RestServer
+
+        v = self.values
+        if v["rest_api_port"] == v["port"]:
+            log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                      "HTTP/REST API. Skipped exporting HTTP/REST API.")
+            return
+        api = RestApi(self.manager, v["rest_api_timeout_in_ms"], self.metrics, self.prometheus_path)
+        limits = HttpLimits(max_body_bytes=v["rest_api_max_body_bytes"],
+                            read_timeout_s=v["rest_api_read_timeout_in_ms"] / 1000.0,
+                            max_connections=v["rest_api_max_connections"])
+        server = RestServer(api, addresses, v["rest_api_port"], num_threads=v["rest_api_num_threads"], limits=limits)
+        try:
+            server.start()
+        except OSError as e:
+            log.error("Failed to start HTTP Server at localhost:%d (%s)", v["rest_api_port"], e)
+            return
+        self._http = server
+        for host, port in server.bound:
+            shown = f"[{host}]" if ":" in host else host
+            log.info("Exporting HTTP/REST API at:%s:%d ...", shown, port)
 
     def _server_credentials(self):
         if self.ssl is None:
@@ -159,14 +205,19 @@ class ModelServer:
                 text = self._read_config_text()
                 if text is None or text == self._config_text:
                     continue
+                self._config_text = text  # a broken file is reported once, not at every poll
                 try:
                     new = cfg.model_server_config(self.values["model_config_file"])
-                    self.manager.apply_config(new)
-                    self._config_text = text
-                    log.info("Reloaded model config from %s", self.values["model_config_file"])
                 except Exception as e:  # noqa: BLE001 - keep serving the previous config
-                    log.error("Failed to reload model config %s: %s", self.values["model_config_file"], e)
-                    self._config_text = text  # don't retry the same broken text every poll
+                    log.error("Failed to reload model config %s: Failed to read ModelServerConfig file: %s",
+                              self.values["model_config_file"], e)
+                    continue
+                try:
+                    self.manager.apply_config(new)
+                    log.info("Reloaded model config from %s", self.values["model_config_file"])
+                except Exception as e:  # noqa: BLE001
+                    log.error("Failed to reload model config %s: PollFilesystemAndReloadConfig failed to "
+                              "ReloadConfig: %s", self.values["model_config_file"], e)
 
         threading.Thread(target=loop, name="config-poll", daemon=True).start()
 
@@ -176,10 +227,20 @@ class ModelServer:
     def stop(self) -> None:
         self._stop.set()
         if self._http is not None:
-            self._http.shutdown()
+            self._http.stop()
         if self._grpc is not None:
             self._grpc.stop(grace=2)
         self.manager.stop()
+
+
+# What tensorflow_model_server returns from main() when it cannot start (-1).
+EXIT_START_FAILED = 255
+
+
+def _start_failed(code_name: str, message: str) -> int:
+    # TF Serving's main.cc writes this line to stdout.
+    print(f"Failed to start server. Error: {code_name}: {message}", flush=True)
+    return EXIT_START_FAILED
 
 
 def run(values: dict) -> int:
@@ -191,20 +252,19 @@ def run(values: dict) -> int:
     from .errors import ServingError
 
     try:
+        flagmod.check(values)
+    except flagmod.StartupError as e:
+        return _start_failed("INVALID_ARGUMENT", str(e))
+    try:
         configs = Configs(values)
     except ServingError as e:
-        print(f"Failed to start server. Error: {e.code_name}: {e.message}", file=sys.stderr)
-        return 1
-    _configure_tf(values)
+        return _start_failed(e.code_name, e.message)
+    _load_tf_ops()
     try:
         server = ModelServer(values, configs)
         server.start()
     except ServingError as e:
-        print(f"Failed to start server. Error: {e.code_name}: {e.message}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"Failed to start server. Error: {e}", file=sys.stderr)
-        return 1
+        return _start_failed(e.code_name, e.message)
 
     def _term(signum, frame):  # noqa: ARG001
         server._stop.set()
@@ -223,14 +283,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(flagmod.usage())
         return 0
     try:
-        values = flagmod.parse(args)
-        flagmod.check(values)
+        values, unknown = flagmod.parse(args)
     except flagmod.FlagError as e:
-        print(f"mtnlp-model-server: {e}\n(run with --help for the list of flags)", file=sys.stderr)
-        return 2
+        # As tensorflow::Flags: the complaint on stderr, the usage on stdout, exit -1.
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        print(flagmod.usage(), flush=True)
+        return EXIT_START_FAILED
     if values["version"]:
         print(VERSION)
         return 0
+    if unknown:
+        # tensorflow_model_server reports the first unknown argument with its usage, then starts anyway.
+        print(f"unknown argument: {unknown[0]}\n{flagmod.usage()}", flush=True)
+        print(f"WARNING: ignoring unknown argument(s): {' '.join(unknown)}", file=sys.stderr, flush=True)
     return run(values)
 
 

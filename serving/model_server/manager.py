@@ -3,6 +3,12 @@
 Availability-preserving like TF Serving's AspiredVersionsManager + AvailabilityPreservingPolicy: a new version is
 loaded before an old one is unloaded, a version that fails to load is reported (state END with its error) and never
 replaces a serving one, and an unloaded version is only released once its in-flight requests are done.
+
+Version directories are discovered as TF Serving's FileSystemStoragePathSource does: a child of the base path is a
+version when its name parses as an int64 (`strings::safe_strto64`: ASCII digits, optional leading '-', surrounding
+ASCII whitespace), so `00000123` is version 123 and is loaded from `00000123/`; anything else is ignored. Failed loads
+are retried on a timer rather than in a loader thread, and a retry is cancelled as soon as its version is no longer
+aspired (TF Serving's CancelLoadServableRetry), so a broken version never holds up a good one.
 """
 
 from __future__ import annotations
@@ -14,17 +20,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from .batching import BatchOptions, BatchScheduler
 from .config import validate_config
-from .errors import ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from .errors import CODE_NAMES, ServingError, failed_precondition, from_exception, invalid_argument, not_found
 from .inference import Servable
 from .metrics import Metrics
 from .servable import LoadedModel
+from .tensors import RequestLimits
 from .warmup import run_warmup
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,12 @@ class ManagerOptions:
     load_retry_interval_micros: int = 60_000_000
     num_load_threads: int = 2
     allow_version_labels_for_unavailable_models: bool = False
+    session_config: Any = None  # tf.compat.v1.ConfigProto for every model's session
+    limits: RequestLimits = RequestLimits()
+    enable_signature_method_name_check: bool = False
+    # [mtnlp extension] When non-empty, every base path (and the directory a version resolves to) must lie inside
+    # one of these directories; TF Serving loads whatever path a config names.
+    allowed_model_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,9 +63,13 @@ class VersionHandle:
     version: int
     path: str
     state: str = START
-    error: ServingError | None = None
+    error: ServingError | None = None  # the last load failure (also while retries are pending)
     servable: Servable | None = None
     inflight: int = 0
+    failed_attempts: int = 0
+    attempt_running: bool = False
+    cancelled: bool = False  # no longer aspired: no further load attempt
+    retry_timer: threading.Timer | None = None
 
 
 @dataclass
@@ -61,14 +78,43 @@ class ModelEntry:
     versions: dict[int, VersionHandle] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     removed: bool = False
+    last_poll_problem: str | None = None  # logged once, not at every poll
 
 
-def list_versions(base_path: str) -> list[int]:
-    try:
-        names = os.listdir(base_path)
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(base_path, n)))
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_C_SPACE = " \t\n\v\f\r"  # what C's isspace() accepts in the "C" locale
+
+
+def parse_version(name: str) -> int | None:
+    """A directory name as a version number, exactly as TF Serving's ParseVersionNumber (safe_strto64): optional
+    surrounding ASCII whitespace, an optional '-', ASCII digits only, within int64; None otherwise (ignored)."""
+    text = name.strip(_C_SPACE)
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or any(c < "0" or c > "9" for c in digits):
+        return None
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def version_directories(base_path: str) -> dict[int, str]:
+    """{version: child name} under `base_path`; raises OSError when the base path cannot be listed. Two names for
+    one version (`7` and `007`): the later in byte order wins, with TF Serving's warning."""
+    found: dict[int, str] = {}
+    for child in sorted(os.listdir(base_path)):
+        version = parse_version(child)
+        if version is None:
+            continue
+        if version in found:
+            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
+                        "ignored.", version, child, found[version])
+        found[version] = child
+    return found
+
+
+def within_roots(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether `path`, with symlinks resolved, is one of `roots` or lies below one (roots are already resolved)."""
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> list[int]:
@@ -99,6 +145,7 @@ class Manager:
                      timeout: float | None = None) -> None:
         """Make `config` the served set; wait for its loads; then set labels. Raises ServingError."""
         validate_config(config)
+        self._check_roots(config)
         with self._config_lock:
             wanted = {mc.name: mc for mc in config.model_config_list.config}
             with self._lock:
@@ -129,10 +176,17 @@ class Manager:
                 failed = [h for n in check for h in self._models[n].versions.values()
                           if h.state == END and h.error is not None]
                 if failed:
-                    details = ", ".join(f"{{name: {h.model} version: {h.version}}} due to error: {h.error}"
-                                        for h in failed)
-                    raise ServingError(2, f"{len(failed)} servable(s) did not become available: {details}")
+                    raise ServingError(2, unavailable_message(failed))
             self._apply_labels(wanted)
+
+    def _check_roots(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        roots = self.options.allowed_model_roots
+        if not roots:
+            return
+        for mc in config.model_config_list.config:
+            if not within_roots(mc.base_path, roots):
+                raise ServingError(7, f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
+                                      f"({', '.join(roots)}); see --allowed_model_roots")
 
     def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
         with self._lock:
@@ -186,22 +240,41 @@ class Manager:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            for entry in self._models.values():
+                for h in entry.versions.values():
+                    if h.retry_timer is not None:
+                        h.retry_timer.cancel()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     def _reconcile(self, entry: ModelEntry) -> None:
-        """Under the lock: load aspired versions, unload the rest once something aspired is AVAILABLE."""
+        """Under the lock: load aspired versions, cancel pending loads of the others, unload the rest once something
+        aspired is AVAILABLE."""
         mc = entry.config
-        present = list_versions(mc.base_path)
+        try:
+            present = version_directories(mc.base_path)
+        except OSError as e:
+            # As TF Serving: a base path that cannot be read changes nothing (no reason to unload what serves).
+            self._report_poll_problem(entry, f"Could not find base path {mc.base_path} for servable {mc.name} with "
+                                             f"error {e.strerror or e}")
+            return
         if not present and not entry.versions:
-            log.warning("No versions of servable %s found under base path %s", mc.name, mc.base_path)
-        aspired = aspired_versions(mc, present)
+            self._report_poll_problem(entry, f"No versions of servable {mc.name} found under base path "
+                                             f"{mc.base_path}. Did you forget to name your leaf directory as a number "
+                                             f"(eg. '/1/')?")
+        else:
+            entry.last_poll_problem = None
+        aspired = aspired_versions(mc, sorted(present))
         # Forget versions whose directory is gone and that are not serving (a failed one may be re-pushed).
         for v in [v for v, h in entry.versions.items() if v not in present and h.state == END]:
             del entry.versions[v]
-        for v in sorted(aspired, reverse=True):
+        for v, h in entry.versions.items():
+            if v not in aspired and h.state in (START, LOADING) and not h.cancelled:
+                self._cancel_load(h)
+        for v in sorted(aspired, reverse=True):  # newest first: the version most likely to be wanted
             h = entry.versions.get(v)
             if h is None or (h.state == END and h.error is None):
-                h = VersionHandle(mc.name, v, os.path.join(mc.base_path, str(v)))
+                h = VersionHandle(mc.name, v, os.path.join(mc.base_path, present[v]))
                 entry.versions[v] = h
                 self.metrics.set_state(mc.name, v, START)
                 self._loader.submit(self._load, h)
@@ -212,6 +285,24 @@ class Manager:
         for v in to_unload:
             self._unload(entry.versions[v])
 
+    @staticmethod
+    def _report_poll_problem(entry: ModelEntry, message: str) -> None:
+        if entry.last_poll_problem != message:
+            log.warning("%s", message)
+            entry.last_poll_problem = message
+
+    def _cancel_load(self, h: VersionHandle) -> None:
+        """Under the lock: no further load attempt of `h` (no longer aspired). An attempt already running finishes
+        and is then judged like any other version; a pending retry or a queued load ends now, with the last error."""
+        h.cancelled = True
+        if h.retry_timer is not None:
+            h.retry_timer.cancel()
+            h.retry_timer = None
+        if not h.attempt_running:
+            log.info("Cancelled loading of servable version {name: %s version: %d}: no longer aspired", h.model,
+                     h.version)
+            self._set_state(h, END)
+
     # ----- load / unload -------------------------------------------------------------------------------------
     def _set_state(self, h: VersionHandle, state: str) -> None:
         with self._changed:
@@ -220,60 +311,76 @@ class Manager:
             self._changed.notify_all()
 
     def _load(self, h: VersionHandle) -> None:
-        if self._stop.is_set():
-            return
-        self._set_state(h, LOADING)
-        attempts = 1 + max(0, self.options.max_num_load_retries)
-        err: ServingError | None = None
-        for attempt in range(attempts):
-            if attempt:
-                log.info("Retrying load of %s version %d (attempt %d)", h.model, h.version, attempt + 1)
-                if self._stop.wait(self.options.load_retry_interval_micros / 1e6):
-                    return
-            try:
-                servable = self._build_servable(h)
-            except Exception as e:  # noqa: BLE001 - any failure is this version's load error
-                err = from_exception(e)
-                self.metrics.inc(":tensorflow:cc:saved_model:load_attempt_count", model_path=h.path,
-                                 status=err.code_name)
-                log.error("Loading servable: {name: %s version: %d} failed: %s", h.model, h.version, err)
-                continue
-            self.metrics.inc(":tensorflow:cc:saved_model:load_attempt_count", model_path=h.path, status="success")
-            with self._changed:
-                h.servable = servable
-                h.error = None
+        """One load attempt (in a loader thread). A failure schedules the next attempt on a timer, so loader threads
+        never sleep through retry intervals while other versions wait."""
+        with self._changed:
+            if h.cancelled or self._stop.is_set():
+                return
+            h.retry_timer = None
+            h.attempt_running = True
+            if h.state != LOADING:
+                self._set_state(h, LOADING)
+        if h.failed_attempts:
+            log.info("Retrying load of servable version {name: %s version: %d} (attempt %d)", h.model, h.version,
+                     h.failed_attempts + 1)
+        try:
+            servable, err = self._build_servable(h), None
+        except Exception as e:  # noqa: BLE001 - any failure is this version's load error
+            servable, err = None, from_exception(e)
+        self.metrics.inc(":tensorflow:cc:saved_model:load_attempt_count", model_path=h.path,
+                         status="success" if err is None else err.code_name)
+        with self._changed:
+            h.attempt_running = False
+            entry = self._models.get(h.model)
+            if servable is not None:
+                h.servable, h.error = servable, None
                 self._set_state(h, AVAILABLE)
                 log.info("Successfully loaded servable version {name: %s version: %d}", h.model, h.version)
-                entry = self._models.get(h.model)
                 if entry is not None and not entry.removed:
-                    self._reconcile(entry)  # now older versions may go
+                    self._reconcile(entry)  # now older versions may go (and this one, if no longer aspired)
                 else:
                     self._unload(h)
-            return
-        with self._changed:
+                return
             h.error = err
+            h.failed_attempts += 1
+            log.error("Loading servable: {name: %s version: %d} failed: %s", h.model, h.version, err)
+            retries_left = h.failed_attempts <= self.options.max_num_load_retries
+            if retries_left and not h.cancelled and not self._stop.is_set():
+                h.retry_timer = threading.Timer(max(0, self.options.load_retry_interval_micros) / 1e6,
+                                                self._submit_retry, args=(h,))
+                h.retry_timer.daemon = True
+                h.retry_timer.start()
+                self._changed.notify_all()  # the error is visible in the status while the retry waits
+                return
             self._set_state(h, END)
-            entry = self._models.get(h.model)
             if entry is not None:
                 self._reconcile(entry)
 
+    def _submit_retry(self, h: VersionHandle) -> None:
+        if not self._stop.is_set():
+            self._loader.submit(self._load, h)
+
     def _build_servable(self, h: VersionHandle) -> Servable:
-        model = LoadedModel(h.path, self.options.saved_model_tags)
+        roots = self.options.allowed_model_roots
+        if roots and not within_roots(h.path, roots):  # e.g. a version directory that is a symlink elsewhere
+            raise ServingError(7, f"Version directory {h.path} resolves to {os.path.realpath(h.path)}, outside the "
+                                  f"allowed model roots ({', '.join(roots)}); see --allowed_model_roots")
+        model = LoadedModel(h.path, self.options.saved_model_tags, self.options.session_config)
         batcher = None
         if self.options.batching is not None:
             batcher = BatchScheduler(
                 self.options.batching,
-                run=lambda key, inputs: model.run(model.signatures[key], inputs),
+                run=lambda key, inputs, deadline: model.run(model.signatures[key[0]], inputs, key[1], deadline),
                 on_batch=lambda size: self.metrics.observe(
                     ":tensorflow:serving:batching_session:processed_batch_size", size, model_name=h.model))
-        servable = Servable(h.model, h.version, model, batcher)
+        servable = Servable(h.model, h.version, model, batcher, self.options.limits,
+                            self.options.enable_signature_method_name_check)
         if self.options.enable_model_warmup:
             start = time.perf_counter()
             try:
                 n = run_warmup(servable, h.path)
             except Exception:
-                if batcher is not None:
-                    batcher.stop()
+                servable.close()
                 raise
             if n:
                 self.metrics.observe(":tensorflow:serving:model_warmup_latency",
@@ -292,8 +399,8 @@ class Manager:
                     self._changed.wait(1.0)
                 servable, h.servable = h.servable, None
                 self._set_state(h, END)
-            if servable is not None and servable.batcher is not None:
-                servable.batcher.stop()
+            if servable is not None:
+                servable.close()
 
         threading.Thread(target=finish, name="unload", daemon=True).start()
 
@@ -371,3 +478,12 @@ class Manager:
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)
+
+
+def unavailable_message(failed: list[VersionHandle]) -> str:
+    """TF Serving's startup/reload failure text: `N servable(s) did not become available: {{{name: m version: v}
+    due to error: CODE: message}, }`."""
+    details = "".join(f"{{{{name: {h.model} version: {h.version}}} due to error: "
+                      f"{CODE_NAMES.get(h.error.code, 'UNKNOWN') if h.error else 'UNKNOWN'}: "
+                      f"{h.error.message if h.error else ''}}}, " for h in failed)
+    return f"{len(failed)} servable(s) did not become available: {{{details}}}"

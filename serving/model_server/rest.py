@@ -1,19 +1,23 @@
 """HTTP/REST front end, TF Serving's /v1 API: status, metadata, :predict (row and columnar), :classify, :regress.
 
-Errors are `{"error": "..."}` with the HTTP status TF Serving derives from the canonical code.
+Errors are `{"error": "..."}` with the HTTP status TF Serving derives from the canonical code. HTTP itself is Tornado's
+(a maintained server: strict Content-Length, chunked bodies, no request smuggling through both headers), with a body
+size cap, read timeouts and a connection cap; requests run in a pool of `--rest_api_num_threads` threads so the
+event loop never waits on a model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +34,11 @@ from .servable import _NUMPY_FOR, TensorInfo
 
 log = logging.getLogger(__name__)
 
+# As TF Serving's path regex: case-insensitive, ASCII version digits.
 _MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict|:classify|:regress)?$")
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<tail>/metadata|:predict|:classify|:regress)?$", re.IGNORECASE)
+_INT64_MAX = 2**63 - 1
 _STRING = 7
 
 
@@ -235,8 +241,10 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
                 sdm, preserving_proto_field_name=True, including_default_value_fields=True)}}
 
 
-# ----- HTTP plumbing ------------------------------------------------------------------------------------------
+# ----- the API, independent of the HTTP transport ----------------------------------------------------------
 class RestApi:
+    """The /v1 API on (method, path, body): what the HTTP server calls from its worker threads."""
+
     def __init__(self, manager: Manager, timeout_ms: int, metrics: Metrics,
                  prometheus_path: str | None = None) -> None:
         self.manager = manager
@@ -244,13 +252,13 @@ class RestApi:
         self.metrics = metrics
         self.prometheus_path = prometheus_path
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
-        """-> (HTTP status, content type, body)."""
+    def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, str, bytes]:
+        """-> (HTTP status, content type, body). `deadline` (time.monotonic()) bounds the model run."""
         path = path.split("?", 1)[0]
         if self.prometheus_path and path == self.prometheus_path and method == "GET":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         m = _MODEL_PATH.match(path)
-        tail = m.group("tail") if m else None
+        tail = (m.group("tail") or "").lower() or None if m else None
         try:
             if m is None or (method == "GET" and tail not in (None, "/metadata")) or \
                     (method == "POST" and tail not in (":predict", ":classify", ":regress")) or \
@@ -258,7 +266,10 @@ class RestApi:
                 raise ServingError(3 if path.startswith("/v1/") else 5, f"Malformed request: {method} {path}")
             spec = model_pb2.ModelSpec(name=m.group("name"))
             if m.group("version") is not None:
-                spec.version.value = int(m.group("version"))
+                version = int(m.group("version"))
+                if version > _INT64_MAX:
+                    raise invalid_argument(f"Failed to convert version: {m.group('version')} to numeric.")
+                spec.version.value = version
             elif m.group("label") is not None:
                 spec.version_label = m.group("label")
             if method == "GET" and tail is None:
@@ -268,28 +279,21 @@ class RestApi:
                 req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
                 with self.manager.acquire(spec) as servable:
                     return self._json(200, metadata_json(inference.metadata(servable, req)))
-            try:
-                doc = json.loads(body.decode("utf-8")) if body else None
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise invalid_argument(f"JSON Parse error: {e}") from e
-            if not isinstance(doc, dict):
-                raise invalid_argument("JSON Parse error: the request body must be a JSON object")
-            return self._timed(tail[1:], spec, doc)
+            return self._json(200, self._timed(tail[1:], spec, parse_body(body), deadline))
         except Exception as e:  # noqa: BLE001
             err = from_exception(e)
             return self._json(err.http_status, {"error": err.message})
 
-    def _timed(self, api: str, spec: model_pb2.ModelSpec, doc: dict) -> tuple[int, str, bytes]:
+    def _timed(self, api: str, spec: model_pb2.ModelSpec, doc: dict, deadline: float | None) -> dict:
         start = time.perf_counter()
         status = "OK"
         try:
-            if isinstance(doc.get("signature_name", ""), str):
-                spec.signature_name = doc.get("signature_name", "")
-            result = _pool().submit(self._run, api, spec, doc).result(timeout=self.timeout)
-            return self._json(200, result)
-        except FutureTimeout:
-            status = "DEADLINE_EXCEEDED"
-            raise ServingError(4, f"Request timed out after {int(self.timeout * 1000)} ms") from None
+            if "signature_name" in doc:
+                if not isinstance(doc["signature_name"], str):
+                    raise invalid_argument(f"JSON Value: {_short_json(doc)} not formatted correctly. 'signature_name' "
+                                           f"key must be a string value.")
+                spec.signature_name = doc["signature_name"]
+            return self._run(api, spec, doc, deadline)
         except Exception as e:  # noqa: BLE001
             status = from_exception(e).code_name
             raise
@@ -297,19 +301,20 @@ class RestApi:
             api_name = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[api]
             self.metrics.request(spec.name, api_name, "REST", status, (time.perf_counter() - start) * 1e6)
 
-    def _run(self, api: str, spec: model_pb2.ModelSpec, doc: dict) -> dict:
+    def _run(self, api: str, spec: model_pb2.ModelSpec, doc: dict, deadline: float | None) -> dict:
         with self.manager.acquire(spec) as servable:
             if api == "predict":
                 sig = servable.model.signature(spec.signature_name or inference.DEFAULT_SIGNATURE)
                 arrays, row = predict_request_arrays(doc, sig.inputs)
-                outputs = inference.predict_arrays(servable, sig.key, arrays)
+                outputs = inference.predict_arrays(servable, sig.key, arrays, deadline=deadline)
                 return predict_response_json(outputs, row)
             inp = examples_input(doc)
             if api == "classify":
                 _, res = inference.classify_result(servable, classification_pb2.ClassificationRequest(
-                    model_spec=spec, input=inp))
+                    model_spec=spec, input=inp), deadline)
                 return {"results": [[[c.label, c.score] for c in cl.classes] for cl in res.classifications]}
-            _, res = inference.regress_result(servable, regression_pb2.RegressionRequest(model_spec=spec, input=inp))
+            _, res = inference.regress_result(servable, regression_pb2.RegressionRequest(model_spec=spec, input=inp),
+                                              deadline)
             return {"results": [r.value for r in res.regressions]}
 
     @staticmethod
@@ -317,50 +322,181 @@ class RestApi:
         return status, "application/json", json.dumps(doc, indent=None).encode("utf-8")
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+def parse_body(body: bytes) -> dict:
+    """The request's JSON object; INVALID_ARGUMENT for anything else, including nesting too deep to parse."""
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise invalid_argument(f"JSON Parse error: {e}") from e
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {_short_json(doc)} Is not object")
+    return doc
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rest")
-        return _POOL
+def _short_json(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "mtnlp-model-server"
+# ----- HTTP transport (Tornado) -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may hold of the REST server (`--rest_api_*` extension flags)."""
 
-        def _respond(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            status, ctype, payload = api.handle(method, self.path, body)
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    max_body_bytes: int = 256 * 1024 * 1024
+    read_timeout_s: float = 30.0  # to send a request's headers (also how long an idle keep-alive lasts) and its body
+    max_connections: int = 1000
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._respond("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
-            self._respond("POST")
+class RestServer:
+    """Tornado's HTTP server on its own event-loop thread; requests run in a thread pool."""
 
-        def do_PUT(self) -> None:  # noqa: N802
-            self._respond("PUT")
+    def __init__(self, api: RestApi, addresses: list[str], port: int, *, num_threads: int,
+                 limits: HttpLimits = HttpLimits()) -> None:
+        self.api = api
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self.bound: list[tuple[str, int]] = []
+        self._thread = threading.Thread(target=self._serve, args=(addresses, port), name="rest", daemon=True)
 
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._respond("DELETE")
+    def start(self) -> None:
+        """Bind and serve; raises OSError when no address could be bound."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("REST %s", fmt % args)
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
+    def _serve(self, addresses: list[str], port: int) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            sockets = bind_sockets(addresses, port)
+            self._server = _make_tornado_server(self)
+            self._server.add_sockets(sockets)
+            self.bound = [s.getsockname()[:2] for s in sockets]
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
 
-    return Server((host, port), Handler)
+
+def bind_sockets(addresses: list[str], port: int) -> list[socket.socket]:
+    """Listening sockets for `addresses` ("0.0.0.0" meaning every interface, IPv4 and IPv6 as TF Serving's "::"
+    listener). An IPv6 address the host cannot bind is skipped with a warning while another address is bound (TF
+    Serving likewise falls back to IPv4 when IPv6 is unavailable); any other failure is an error."""
+    from tornado.netutil import bind_sockets as tornado_bind
+
+    sockets: list[socket.socket] = []
+    for address in addresses:
+        try:
+            sockets.extend(tornado_bind(port, address=None if address in ("0.0.0.0", "", "::") else address,
+                                        reuse_port=False))
+        except OSError as e:
+            if ":" in address and e.errno in (99, 97) and address != addresses[0]:  # EADDRNOTAVAIL, EAFNOSUPPORT
+                log.warning("Not listening on [%s]:%d (IPv6 unavailable here: %s)", address, port, e.strerror)
+                continue
+            for s in sockets:
+                s.close()
+            raise OSError(e.errno, f"Failed to bind REST to {address}:{port}: {e.strerror}") from e
+    return sockets
+
+
+def _make_tornado_server(rest: RestServer):
+    from tornado import httpserver, iostream, web
+
+    limits = rest.limits
+
+    @web.stream_request_body
+    class Handler(web.RequestHandler):
+        def initialize(self) -> None:
+            self._chunks: list[bytes] = []
+            self._size = 0
+            self._rejected = False
+
+        async def prepare(self) -> None:
+            declared = self.request.headers.get("Content-Length", "")
+            # A malformed Content-Length is Tornado's to refuse (400) when it reads the body.
+            if re.fullmatch(r"[0-9]+", declared) and int(declared) > limits.max_body_bytes:
+                await self._reject_body()
+
+        async def data_received(self, chunk: bytes) -> None:
+            if self._rejected:
+                return
+            self._size += len(chunk)
+            if self._size > limits.max_body_bytes:  # a chunked body has no Content-Length to check up front
+                await self._reject_body()
+                return
+            self._chunks.append(chunk)
+
+        async def _reject_body(self) -> None:
+            self._rejected = True
+            self.set_status(413)
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Connection", "close")
+            await self.finish(json.dumps({"error": f"Request body exceeds the limit of {limits.max_body_bytes} "
+                                                   f"bytes (--rest_api_max_body_bytes)"}))
+            # The unread body must not be parsed as a next request: drop the connection.
+            self.request.connection.stream.close()
+
+        async def _dispatch(self) -> None:
+            if self._rejected:
+                return
+            body, self._chunks = b"".join(self._chunks), []
+            deadline = time.monotonic() + rest.api.timeout
+            future = asyncio.get_running_loop().run_in_executor(
+                rest._pool, rest.api.handle, self.request.method, self.request.path, body, deadline)  # noqa: SLF001
+            try:
+                status, ctype, payload = await asyncio.wait_for(asyncio.shield(future), rest.api.timeout)
+            except asyncio.TimeoutError:
+                # The run itself stops at the same deadline (Session::Run timeout), freeing its thread.
+                status, ctype = 504, "application/json"
+                payload = json.dumps({"error": f"Request timed out after {int(rest.api.timeout * 1000)} ms"}).encode()
+            self.set_status(status)
+            self.set_header("Content-Type", ctype)
+            try:
+                await self.finish(payload)
+            except iostream.StreamClosedError:
+                pass  # the client left
+
+        get = post = put = delete = patch = head = options = _dispatch
+
+        def check_xsrf_cookie(self) -> None:  # an API, not a browser form
+            pass
+
+        def set_default_headers(self) -> None:
+            self.clear_header("Server")
+
+        def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001
+            log.debug("REST handler error", exc_info=(typ, value, tb))
+
+    class Server(httpserver.HTTPServer):
+        def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+            if len(self._connections) >= limits.max_connections:
+                body = json.dumps({"error": f"Too many open connections (limit {limits.max_connections}, "
+                                            f"--rest_api_max_connections)"}).encode()
+                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                stream.write(head + body).add_done_callback(lambda _: stream.close())
+                return
+            super().handle_stream(stream, address)
+
+    app = web.Application([(r".*", Handler)], log_function=lambda handler: None)
+    return Server(app, xheaders=False, max_body_size=limits.max_body_bytes + 65536,
+                  idle_connection_timeout=limits.read_timeout_s, body_timeout=limits.read_timeout_s,
+                  max_header_size=64 * 1024)

@@ -1,15 +1,26 @@
-"""One loaded SavedModel version: its MetaGraph's signature defs (what clients see) and callables (what runs)."""
+"""One loaded SavedModel version: its MetaGraph's signature defs (what clients see) and a session (what runs).
+
+Like TF Serving's SavedModelBundle, every SavedModel (TF1 `SavedModelBuilder` or TF2 `tf.saved_model.save` format) is
+loaded into a TF1 `Session` with the MetaGraph's restore and init ops, and a signature runs as one `Session::Run`
+feeding the signature's input tensors by name. So shape compatibility is TensorFlow's business (a [3] vector fed to a
+[-1, 1] placeholder runs, as in TF Serving), graphs whose signature inputs carry no shape (old TF1 exports with a
+`ParseExample` over serialized examples) load, and a request deadline becomes the run's `timeout_in_ms`.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .errors import ServingError, failed_precondition, from_exception, invalid_argument
-from .tensors import dtype_name, shape_of
+from .tensors import dtype_name, numpy_dtype_enum, shape_of
 
+INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 _NUMPY_FOR = {  # dtype enum -> numpy dtype for casting validated inputs
     1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object, 9: np.int64,
     10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
@@ -21,6 +32,7 @@ class TensorInfo:
     alias: str
     dtype: int
     shape: list[int] | None  # None: unknown rank; -1: unknown dimension
+    name: str  # the graph tensor, e.g. "serving_default_x:0" ("" for sparse/composite encodings)
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,8 @@ class Signature:
 
 
 def read_meta_graph(path: str, tags: list[str]):
-    """The MetaGraphDef whose tag set equals `tags`, read from saved_model.pb (or .pbtxt)."""
+    """The MetaGraphDef whose tag set equals `tags`, read from saved_model.pb (or .pbtxt), with TF Serving's
+    messages for a missing SavedModel or tag set."""
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -65,29 +78,46 @@ def _signatures(meta_graph) -> dict[str, Signature]:
     out = {}
     for key, sd in meta_graph.signature_def.items():
         def infos(m):
-            return {a: TensorInfo(a, t.dtype, shape_of(t.tensor_shape)) for a, t in m.items()}
+            return {a: TensorInfo(a, t.dtype, shape_of(t.tensor_shape), t.name) for a, t in m.items()}
         out[key] = Signature(key, sd.method_name, infos(sd.inputs), infos(sd.outputs))
     return out
 
 
-class LoadedModel:
-    """A SavedModel loaded for serving. Thread-safe: TF functions may be called concurrently."""
+def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0) -> Any:
+    """The ConfigProto every model's session gets (TF Serving's session_config from the parallelism flags)."""
+    import tensorflow as tf
 
-    def __init__(self, path: str, tags: list[str]) -> None:
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                    inter_op_parallelism_threads=inter_op_threads, allow_soft_placement=True)
+
+
+class LoadedModel:
+    """A SavedModel loaded for serving. Thread-safe: concurrent runs share the session, as in TF Serving."""
+
+    def __init__(self, path: str, tags: list[str], config: Any = None) -> None:
         import tensorflow as tf
+        from tensorflow.python.client import pywrap_tf_session
 
         self.path = path
         self.meta_graph = read_meta_graph(path, tags)
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:
-            self._obj = tf.saved_model.load(path, tags=tags)
-        except Exception as e:  # noqa: BLE001
+            with self._graph.as_default():
+                tf.compat.v1.saved_model.loader.load(self._session, tags, path)
+            # The init op's entry (TF2 exports) names an operation, not tensors: it is not a signature to serve.
+            self.signatures = {k: v for k, v in _signatures(self.meta_graph).items() if k != INIT_OP_SIGNATURE_KEY}
+            # Graph tensors are resolved once; a signature naming a tensor the graph lacks fails the load.
+            self._endpoints = {
+                info.name: self._graph.get_tensor_by_name(info.name)._as_tf_output()  # noqa: SLF001
+                for sig in self.signatures.values()
+                for info in (*sig.inputs.values(), *sig.outputs.values()) if info.name}
+        except Exception as e:  # noqa: BLE001 - any failure is this version's load error
+            self._session.close()
             raise from_exception(e) from e
-        available = dict(self._obj.signatures)
-        self.signatures = {k: s for k, s in _signatures(self.meta_graph).items() if k in available}
-        self._fns = available
-        self._tf = tf
-        self._tf_dtypes = {(k, a): tf.dtypes.as_dtype(i.dtype) for k, sig in self.signatures.items()
-                           for a, i in sig.inputs.items()}
+        self._tf_session = pywrap_tf_session
+        self._run_options = tf.compat.v1.RunOptions
+        self._closed = threading.Event()
 
     def signature(self, key: str) -> Signature:
         try:
@@ -96,7 +126,8 @@ class LoadedModel:
             raise failed_precondition(f'Serving signature key "{key}" not found.') from None
 
     def validate_inputs(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check names, dtypes and shapes against the signature; INVALID_ARGUMENT naming the culprit."""
+        """Names and dtypes against the signature (INVALID_ARGUMENT naming the culprit); shapes are left to
+        TensorFlow, as TF Serving leaves them to Session::Run."""
         extra = sorted(set(inputs) - set(sig.inputs))
         missing = sorted(set(sig.inputs) - set(inputs))
         if extra or missing:
@@ -111,32 +142,49 @@ class LoadedModel:
         checked = {}
         for i, (alias, info) in enumerate(sorted(sig.inputs.items())):
             arr = inputs[alias]
-            want = _NUMPY_FOR.get(info.dtype)
-            got = _dtype_enum(arr)
+            got = numpy_dtype_enum(arr)
             if got != info.dtype:
                 raise invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
                     f"(input '{alias}')")
-            if info.shape is not None:
-                if len(info.shape) != arr.ndim or any(w not in (-1, g) for w, g in zip(info.shape, arr.shape)):
-                    raise invalid_argument(
-                        f"input '{alias}' has shape {list(arr.shape)}, incompatible with the signature's "
-                        f"{['?' if d == -1 else d for d in info.shape]}")
+            want = _NUMPY_FOR.get(info.dtype)
             checked[alias] = arr if want is None or want is object else arr.astype(want, copy=False)
         return checked
 
-    def run(self, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tf = self._tf
-        fn = self._fns[sig.key]
-        feed = {alias: tf.constant(arr, dtype=self._tf_dtypes[(sig.key, alias)]) for alias, arr in inputs.items()}
+    def run(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
+        """One Session::Run of `sig` (only the `outputs` aliases, default all); `deadline` (time.monotonic()) becomes
+        the run's timeout, so TensorFlow abandons work nobody waits for any more (DEADLINE_EXCEEDED)."""
+        aliases = tuple(sorted(sig.outputs)) if outputs is None else outputs
         try:
-            result = fn(**feed)
+            feeds = {self._endpoint(sig, sig.inputs[alias]): arr for alias, arr in inputs.items()}
+            fetches = [self._endpoint(sig, sig.outputs[alias]) for alias in aliases]
+        except KeyError as e:
+            raise invalid_argument(f"Unknown tensor alias {e} for signature {sig.key}") from None
+        options = None
+        if deadline is not None:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise ServingError(4, "Deadline exceeded before the model ran")
+            options = self._tf_session.TF_NewBufferFromString(
+                self._run_options(timeout_in_ms=remaining_ms).SerializeToString())
+        try:
+            values = self._session._call_tf_sessionrun(options, feeds, fetches, [], None)  # noqa: SLF001
         except Exception as e:  # noqa: BLE001 - the model's own error, with TF's code
             raise from_exception(e) from e
-        return {k: v.numpy() for k, v in result.items()}
+        finally:
+            if options is not None:
+                self._tf_session.TF_DeleteBuffer(options)
+        return dict(zip(aliases, (np.asarray(v) for v in values)))
 
+    def _endpoint(self, sig: Signature, info: TensorInfo) -> Any:
+        if not info.name:
+            raise ServingError(12, f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
+                                   f"tensors are served")
+        return self._endpoints[info.name]
 
-def _dtype_enum(arr: np.ndarray) -> int:
-    from .tensors import numpy_dtype_enum
-
-    return numpy_dtype_enum(arr)
+    def close(self) -> None:
+        """Release the session (the version's memory); called once no request uses this version any more."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._session.close()

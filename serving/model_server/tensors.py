@@ -1,13 +1,20 @@
-"""TensorProto <-> numpy without going through TF ops: cheap, strict, and safe against hostile shapes."""
+"""TensorProto <-> numpy without going through TF ops: cheap, strict, and bounded against hostile shapes.
+
+Decoding follows TF's `Tensor::FromProto` (the last value repeats to fill the shape, no values means all zeros), but
+first charges what the tensor will cost once expanded against the request's `RequestLimits`, so a 32-byte proto that
+claims 2^30 elements is refused before anything is allocated. Encoding writes the typed value fields that TF
+Serving's `AsProtoField` writes, building the packed wire bytes with numpy instead of going through Python lists.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from .errors import invalid_argument
+from .errors import ServingError, invalid_argument
 
 # dtype enum -> (numpy dtype, TensorProto field holding the values)
 _DTYPES: dict[int, tuple[Any, str]] = {
@@ -25,11 +32,50 @@ _DTYPES: dict[int, tuple[Any, str]] = {
     types_pb2.DT_HALF: (np.float16, "half_val"),
     types_pb2.DT_STRING: (object, "string_val"),
 }
-_BY_NUMPY = {np.dtype(v[0]): k for k, v in _DTYPES.items() if v[0] is not object and k not in (types_pb2.DT_INT16,)}
-_BY_NUMPY[np.dtype(np.int16)] = types_pb2.DT_INT16
+_BY_NUMPY = {np.dtype(v[0]): k for k, v in _DTYPES.items() if v[0] is not object}
 
-# Refuse tensors whose declared size alone would exhaust memory before any work is done.
-MAX_TENSOR_BYTES = 1 << 31
+# TensorProto field numbers of the typed value fields (tensorflow/core/framework/tensor.proto).
+_FIELD_NUMBER = {"float_val": 5, "double_val": 6, "int_val": 7, "string_val": 8, "int64_val": 10, "bool_val": 11,
+                 "half_val": 13, "uint32_val": 16, "uint64_val": 17}
+
+# What TF holds per string element besides its bytes (sizeof(tstring)).
+_STRING_ELEMENT_OVERHEAD = 24
+# Varint encoding works on blocks of this many values to bound its temporaries (10 bytes of scratch per value).
+_VARINT_BLOCK = 1 << 20
+
+# TF Serving accepts gRPC messages up to INT32_MAX bytes; by default a request may expand to what such a message
+# could have carried explicitly, so nothing TF Serving would take in one message is refused.
+DEFAULT_MAX_REQUEST_BYTES = 2**31 - 1
+DEFAULT_MAX_REQUEST_ELEMENTS = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What the inputs of one request may amount to once decoded (`--max_request_tensor_*` flags)."""
+
+    max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+class RequestBudget:
+    """The running cost of one request's inputs; raises RESOURCE_EXHAUSTED once it passes the limits."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits = limits
+        self.elements = 0
+        self.bytes = 0
+
+    def charge(self, alias: str, elements: int, nbytes: int) -> None:
+        self.elements += elements
+        self.bytes += nbytes
+        if self.elements > self.limits.max_elements:
+            raise ServingError(8, f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
+                                  f"limit); this server accepts at most {self.limits.max_elements} per request "
+                                  f"(--max_request_tensor_elements)")
+        if self.bytes > self.limits.max_bytes:
+            raise ServingError(8, f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
+                                  f"brings it over the limit); this server accepts at most {self.limits.max_bytes} "
+                                  f"per request (--max_request_tensor_bytes)")
 
 
 def dtype_name(dtype: int) -> str:
@@ -44,48 +90,130 @@ def shape_of(proto: tensor_shape_pb2.TensorShapeProto) -> list[int] | None:
     return [d.size for d in proto.dim]
 
 
-def to_numpy(proto: tensor_pb2.TensorProto, alias: str = "") -> np.ndarray:
-    """Decode one TensorProto; raise INVALID_ARGUMENT for anything TF's Tensor::FromProto would refuse."""
+def element_count(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def string_bytes(elements: int, total_length: int) -> int:
+    """What a string tensor of `elements` strings with `total_length` bytes in all costs TF."""
+    return elements * _STRING_ELEMENT_OVERHEAD + total_length
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, alias: str = "", budget: RequestBudget | None = None) -> np.ndarray:
+    """Decode one TensorProto; INVALID_ARGUMENT for what `Tensor::FromProto` refuses, RESOURCE_EXHAUSTED past the
+    budget (checked before anything is allocated)."""
     if proto.dtype not in _DTYPES:
         raise invalid_argument(f"tensor parsing error: {alias} (unsupported dtype {dtype_name(proto.dtype)})")
     np_dtype, field = _DTYPES[proto.dtype]
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument(f"tensor parsing error: {alias} (a tensor needs a known shape)")
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(s < 0 for s in shape):
         raise invalid_argument(f"tensor parsing error: {alias} (negative dimension in shape {shape})")
-    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
-    itemsize = 8 if np_dtype is object else np.dtype(np_dtype).itemsize
-    if count * itemsize > MAX_TENSOR_BYTES:
-        raise invalid_argument(f"tensor parsing error: {alias} (shape {shape} is too large)")
+    count = element_count(shape)
+    if np_dtype is object:
+        return _decode_strings(proto, alias, shape, count, budget)
+    itemsize = np.dtype(np_dtype).itemsize
+    if budget is not None:
+        budget.charge(alias, count, count * itemsize)
     if proto.tensor_content:
-        if np_dtype is object:
-            raise invalid_argument(f"tensor parsing error: {alias} (tensor_content is not valid for strings)")
         if len(proto.tensor_content) != count * itemsize:
             raise invalid_argument(
                 f"tensor parsing error: {alias} (tensor_content holds {len(proto.tensor_content)} bytes, "
                 f"shape {shape} needs {count * itemsize})")
+        # A copy: TF may reuse a fed buffer in place, and this one belongs to the (immutable) proto.
         return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape).copy()
-    values = getattr(proto, field)
-    n = len(values)
-    if np_dtype is object:
-        flat = np.empty(n, dtype=object)
-        flat[:] = list(values)
-    elif proto.dtype == types_pb2.DT_HALF:
-        flat = np.asarray(values, dtype=np.uint16).view(np.float16)
-    else:
-        flat = np.asarray(values, dtype=np_dtype)
+    flat = _typed_values(proto, field, np_dtype)
+    n = flat.size
+    if n > count:
+        raise invalid_argument(f"tensor parsing error: {alias} ({n} values do not fit shape {shape})")
     if n == count:
         return flat.reshape(shape)
-    if n == 0 and count == 0:
-        return flat.reshape(shape)
-    if 0 < n < count:  # TensorProto: the last value repeats to fill the shape
-        out = np.empty(count, dtype=flat.dtype)
-        out[:n] = flat
-        out[n:] = flat[-1]
-        return out.reshape(shape)
-    if n == 0:  # an all-default tensor
-        fill = b"" if np_dtype is object else 0
-        return np.full(shape, fill, dtype=flat.dtype if np_dtype is not object else object)
-    raise invalid_argument(f"tensor parsing error: {alias} ({n} values do not fit shape {shape})")
+    out = np.empty(count, dtype=np_dtype)
+    out[:n] = flat
+    out[n:] = flat[-1] if n else 0  # TensorProto: the last value repeats; no values at all means zeros
+    return out.reshape(shape)
+
+
+def _typed_values(proto: tensor_pb2.TensorProto, field: str, np_dtype: Any) -> np.ndarray:
+    """The values of a numeric typed field, read from the packed wire bytes (no Python object per value)."""
+    payload = _packed_payload(proto.SerializeToString(), _FIELD_NUMBER[field])
+    if payload is None:  # not packed (never produced by protobuf's own serializer): the slow, general way
+        values = getattr(proto, field)
+        if proto.dtype == types_pb2.DT_HALF:
+            return np.fromiter(values, dtype=np.uint16, count=len(values)).view(np.float16)
+        return np.fromiter(values, dtype=np_dtype, count=len(values))
+    if field == "float_val":
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if field == "double_val":
+        return np.frombuffer(payload, dtype="<f8").astype(np.float64)
+    raw = _decode_varints(np.frombuffer(payload, dtype=np.uint8))
+    if field == "half_val":  # the IEEE bits, stored as int32s
+        return raw.astype(np.uint16).view(np.float16)
+    if field == "bool_val":
+        return raw != 0
+    # Two's complement: int32-family values were sign-extended to 64 bits on the wire.
+    return raw.view(np.int64).astype(np_dtype) if np.dtype(np_dtype).kind == "i" else raw.astype(np_dtype)
+
+
+def _packed_payload(data: bytes, field_number: int) -> bytes | None:
+    """The concatenated payloads of packed field `field_number` in a serialized message; None if the field occurs
+    unpacked. Walks only the top-level fields (a TensorProto has a handful, each one length-delimited run)."""
+    chunks = []
+    view = memoryview(data)
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            if number == field_number:
+                chunks.append(view[pos:pos + length])
+            pos += length
+        elif number == field_number:
+            return None
+        elif wire_type == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            raise invalid_argument(f"tensor parsing error: unexpected wire type {wire_type}")
+    return b"".join(chunks)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _decode_strings(proto: tensor_pb2.TensorProto, alias: str, shape: list[int], count: int,
+                    budget: RequestBudget | None) -> np.ndarray:
+    if proto.tensor_content:
+        raise invalid_argument(f"tensor parsing error: {alias} (tensor_content is not valid for strings)")
+    values = proto.string_val
+    n = len(values)
+    if n > count:
+        raise invalid_argument(f"tensor parsing error: {alias} ({n} values do not fit shape {shape})")
+    if budget is not None:
+        # Charge the elements first: the lengths below are only read once the count is known to be acceptable.
+        budget.charge(alias, count, string_bytes(count, 0))
+        explicit = sum(len(v) for v in values)
+        repeated = (count - n) * (len(values[-1]) if n else 0)
+        budget.charge(alias, 0, explicit + repeated)
+    out = np.empty(count, dtype=object)
+    out[:n] = list(values)
+    if n < count:
+        out[n:] = values[-1] if n else b""
+    return out.reshape(shape)
 
 
 def numpy_dtype_enum(arr: np.ndarray) -> int:
@@ -99,21 +227,95 @@ def numpy_dtype_enum(arr: np.ndarray) -> int:
 
 def to_proto(value: Any, dtype: int | None = None) -> tensor_pb2.TensorProto:
     """Encode into the typed value fields (TF Serving's AsProtoField), not tensor_content."""
+    proto = tensor_pb2.TensorProto()
+    fill_proto(proto, value, dtype)
+    return proto
+
+
+def fill_proto(proto: tensor_pb2.TensorProto, value: Any, dtype: int | None = None) -> None:
+    """Write `value` into `proto` (e.g. a response's map entry) as typed value fields, without Python lists for
+    numbers: the packed field is built as wire bytes and parsed by protobuf's C implementation."""
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
     if dtype is None:
         dtype = numpy_dtype_enum(arr)
-    proto = tensor_pb2.TensorProto(dtype=dtype)
+    if dtype not in _DTYPES:
+        raise ServingError(12, f"Output dtype {dtype_name(dtype)} cannot be returned")
+    header = tensor_pb2.TensorProto(dtype=dtype)
     for s in arr.shape:
-        proto.tensor_shape.dim.add(size=int(s))
+        header.tensor_shape.dim.add(size=int(s))
     np_dtype, field = _DTYPES[dtype]
     flat = arr.reshape(-1)
     if np_dtype is object:
+        proto.CopyFrom(header)
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in flat.tolist())
+        return
+    proto.Clear()
+    proto.MergeFromString(header.SerializeToString() + _packed_field(field, dtype, flat))
+
+
+def _packed_field(field: str, dtype: int, flat: np.ndarray) -> bytes:
+    if flat.size == 0:
+        return b""
+    if dtype == types_pb2.DT_FLOAT:
+        payload = flat.astype("<f4", copy=False).tobytes()
+    elif dtype == types_pb2.DT_DOUBLE:
+        payload = flat.astype("<f8", copy=False).tobytes()
     elif dtype == types_pb2.DT_HALF:
-        proto.half_val.extend(flat.astype(np.float16).view(np.uint16).tolist())
+        payload = _varints(flat.astype(np.float16, copy=False).view(np.uint16).astype(np.uint64))
     else:
-        getattr(proto, field).extend(flat.astype(np_dtype, copy=False).tolist())
-    return proto
+        # int32-family values are sign-extended to 64 bits on the wire, as protobuf encodes negative int32s.
+        payload = _varints(flat.astype(np.int64, copy=False).view(np.uint64) if flat.dtype.kind in "ib"
+                           else flat.astype(np.uint64, copy=False))
+    tag = (_FIELD_NUMBER[field] << 3) | 2  # length-delimited (packed)
+    return _varint(tag) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Protobuf varints of a uint64 array, concatenated, computed with whole-array operations."""
+    if not values.size:
+        return b""
+    if int(values.max()) < 0x80:  # the common case of small values: one byte each
+        return values.astype(np.uint8).tobytes()
+    nbytes = np.ones(values.shape, dtype=np.int64)
+    for k in range(1, 10):
+        nbytes += values >= np.uint64(1 << (7 * k))
+    starts = np.cumsum(nbytes) - nbytes
+    out = np.empty(int(nbytes.sum()), dtype=np.uint8)
+    for k in range(10):
+        has = nbytes > k
+        if not has.any():
+            break
+        group = (values[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[has] + k] = (group | more).astype(np.uint8)
+    return out.tobytes()
+
+
+def _decode_varints(data: np.ndarray) -> np.ndarray:
+    """The uint64 values of concatenated protobuf varints (a uint8 array); INVALID_ARGUMENT if truncated."""
+    if not data.size:
+        return np.zeros(0, dtype=np.uint64)
+    last = data < 0x80
+    if not last[-1]:
+        raise invalid_argument("tensor parsing error: truncated varint")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if int((ends - starts).max()) >= 10:
+        raise invalid_argument("tensor parsing error: varint longer than 10 bytes")
+    offsets = np.arange(data.size) - np.repeat(starts, ends - starts + 1)
+    parts = (data & 0x7F).astype(np.uint64) << (offsets.astype(np.uint64) * np.uint64(7))
+    return np.add.reduceat(parts, starts)
 
 
 def as_strings(arr: np.ndarray) -> np.ndarray:

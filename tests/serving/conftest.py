@@ -130,7 +130,8 @@ def monitoring_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(toy_dir: Path, server_logs: Path, monitoring_config: Path) -> Iterator[Endpoint]:
-    """The shared server: half_plus_two (versions 1, 2; labels stable=1, canary=2) and tf1_half_plus_two."""
+    """The shared server: half_plus_two (versions 1, 2; labels stable=1, canary=2), tf1_half_plus_two, tf2_padded
+    (version 123 from 00000123/) and tf1_half_plus_three."""
     if EXTERNAL_GRPC:
         yield Endpoint(EXTERNAL_GRPC, EXTERNAL_REST, None)
         return
@@ -162,7 +163,8 @@ def grpc_client(server: Endpoint):
 
     with ServingClient(server.grpc, model_name="half_plus_two", timeout=30) as c:
         c.wait_until_available(60)
-        c.wait_until_available(60, model_name="tf1_half_plus_two")
+        for model in ("tf1_half_plus_two", "tf2_padded", "tf1_half_plus_three"):
+            c.wait_until_available(60, model_name=model)
         yield c
 
 

@@ -15,7 +15,7 @@ from serving.model_server.errors import ServingError
 def recorder(delay: float = 0.0, gate: threading.Event | None = None):
     seen: list[int] = []
 
-    def run(key: str, inputs: dict) -> dict:
+    def run(key, inputs: dict, deadline=None) -> dict:
         if gate is not None:
             gate.wait(10)
         time.sleep(delay)
@@ -84,7 +84,7 @@ def test_timeout_collects_sequential_requests():
 
 
 def test_model_error_reaches_every_task_of_the_batch():
-    def run(key, inputs):
+    def run(key, inputs, deadline=None):
         raise ServingError(3, "bad batch")
 
     s = BatchScheduler(BatchOptions(max_batch_size=4, num_batch_threads=1), run)

@@ -18,8 +18,9 @@ from .conftest import REPO, LOCAL_ONLY, server_command
 
 
 def test_flag_forms_equivalent():
-    a = flagmod.parse(["--port=9000", "--model_base_path=/m", "--enable_batching", "--rest_api_port", "9001"])
-    b = flagmod.parse(["--port", "9000", "--model_base_path", "/m", "--enable_batching=true", "--rest_api_port=9001"])
+    a, _ = flagmod.parse(["--port=9000", "--model_base_path=/m", "--enable_batching", "--rest_api_port", "9001"])
+    b, _ = flagmod.parse(["--port", "9000", "--model_base_path", "/m", "--enable_batching=true",
+                          "--rest_api_port=9001"])
     assert a == b
     assert a["port"] == 9000 and a["rest_api_port"] == 9001 and a["enable_batching"] is True
 
@@ -30,40 +31,53 @@ def test_flag_forms_equivalent():
     (["--enable_model_warmup", "false"], False),
 ])
 def test_boolean_forms(argv, expected):
-    assert flagmod.parse(argv)["enable_model_warmup"] is expected
+    assert flagmod.parse(argv)[0]["enable_model_warmup"] is expected
 
 
 def test_defaults_match_tensorflow_model_server():
-    v = flagmod.parse([])
+    v, _ = flagmod.parse([])
+    assert v["enable_signature_method_name_check"] is False and v["rest_api_num_threads"] > 0
     assert (v["port"], v["rest_api_port"], v["model_name"], v["file_system_poll_wait_seconds"],
             v["rest_api_timeout_in_ms"], v["enable_batching"], v["saved_model_tags"]) == \
         (8500, 0, "default", 1, 30000, False, "serve")
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--no_such_flag=1"], "unknown command line flag 'no_such_flag'"),
-    (["--port=abc"], "--port"),
-    (["--enable_batching=maybe"], "--enable_batching"),
-    (["--port"], "needs a value"),
-    (["stray"], "unknown argument"),
+    (["--port=abc"], "Couldn't interpret value abc for flag port."),
+    (["--enable_batching=maybe"], "Couldn't interpret value maybe for flag enable_batching."),
+    (["--port"], "for flag port"),
 ])
-def test_bad_flags_rejected(argv, fragment):
-    with pytest.raises(flagmod.FlagError, match=None) as e:
+def test_bad_flag_values_rejected_with_tf_message(argv, fragment):
+    with pytest.raises(flagmod.FlagError) as e:
         flagmod.parse(argv)
     assert fragment in str(e.value)
 
 
+def test_unknown_arguments_are_reported_not_fatal():
+    # tensorflow::Flags leaves unknown arguments alone; tensorflow_model_server prints them and starts anyway.
+    values, unknown = flagmod.parse(["--no_such_flag=1", "stray", "--port=9"])
+    assert unknown == ["--no_such_flag=1", "stray"] and values["port"] == 9
+
+
 @pytest.mark.parametrize("argv,fragment", [
-    ([], "--model_base_path"),
-    (["--model_base_path=/m", "--port=8500", "--rest_api_port=8500"], "cannot be same as --port"),
-    (["--model_base_path=/m", "--batching_parameters_file=/b"], "without --enable_batching"),
+    ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
+    (["--model_base_path=/m", "--port=0"], "server_options.grpc_port is not set."),
+    (["--model_base_path=/m", "--batching_parameters_file=/b"],
+     "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."),
+    (["--model_base_path=/m", "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
+      "--tensorflow_session_parallelism=1"], "You cannot configure all."),
     (["--model_base_path=/m", "--grpc_channel_arguments=novalue"], "key=value"),
-    (["--model_base_path=/m", "--port=70000"], "not a valid port"),
+    (["--model_base_path=/m", "--port=70000"], "Failed to BuildAndStart gRPC server"),
 ])
 def test_inconsistent_flags_rejected(argv, fragment):
-    with pytest.raises(flagmod.FlagError) as e:
-        flagmod.check(flagmod.parse(argv))
+    with pytest.raises(flagmod.StartupError) as e:
+        flagmod.check(flagmod.parse(argv)[0])
     assert fragment in str(e.value)
+
+
+def test_same_rest_and_grpc_port_is_not_a_startup_error():
+    # TF Serving logs it and skips the REST API.
+    flagmod.check(flagmod.parse(["--model_base_path=/m", "--port=8500", "--rest_api_port=8500"])[0])
 
 
 def test_channel_arguments_typed_like_tf_serving():
@@ -77,21 +91,22 @@ def _run_server(*flags: str, timeout: float = 60) -> subprocess.CompletedProcess
 
 
 @LOCAL_ONLY
-@pytest.mark.parametrize("flags,fragment", [
-    (["--bogus_flag=1", "--model_base_path=/x"], "unknown command line flag 'bogus_flag'"),
-    (["--port=eighty", "--model_base_path=/x"], "Illegal value 'eighty'"),
-    (["--port=8500"], "--model_base_path"),
+@pytest.mark.parametrize("flags,stream,fragment", [
+    (["--port=eighty", "--model_base_path=/x"], "stderr", "Couldn't interpret value eighty for flag port."),
+    (["--port=8500"], "stdout", "Failed to start server. Error: INVALID_ARGUMENT: Both "
+                                "server_options.model_base_path and server_options.model_config_file are empty!"),
 ])
-def test_server_exits_nonzero_on_bad_flags(flags, fragment):
+def test_server_exits_255_on_bad_flags(flags, stream, fragment):
     r = _run_server(*flags)
-    assert r.returncode != 0
-    assert fragment in r.stderr
+    assert r.returncode == 255  # main() returns -1
+    assert fragment in getattr(r, stream)
+    assert "usage:" in r.stdout or stream == "stdout"
 
 
 def test_model_server_config_parses(toy_dir):
     cfg = model_server_config(str(toy_dir / "models.config"))
     names = [c.name for c in cfg.model_config_list.config]
-    assert names == ["half_plus_two", "tf1_half_plus_two"]
+    assert names == ["half_plus_two", "tf1_half_plus_two", "tf2_padded", "tf1_half_plus_three"]
     assert dict(cfg.model_config_list.config[0].version_labels) == {"stable": 1, "canary": 2}
 
 
@@ -121,19 +136,22 @@ def test_monitoring_config_parses(tmp_path):
     assert isinstance(MonitoringConfig(), type(monitoring_config(str(p))))
 
 
-@pytest.mark.parametrize("reader,text,fragment", [
-    (model_server_config, "model_config_list { config { name: 'x' base_path: '/x' } ", "Expected"),
-    (model_server_config, "model_config_list { config { nme: 'x' } }", "nme"),
-    (batching_parameters, "max_batch_size: 3", 'Expected "{"'),
-    (monitoring_config, "prometheus_config { enable: maybe }", "enable"),
+@pytest.mark.parametrize("reader,text,message_type,fragment", [
+    (model_server_config, "model_config_list { config { name: 'x' base_path: '/x' } ", "ModelServerConfig",
+     "Expected"),
+    (model_server_config, "model_config_list { config { nme: 'x' } }", "ModelServerConfig", "nme"),
+    (batching_parameters, "max_batch_size: 3", "BatchingParameters", 'Expected "{"'),
+    (monitoring_config, "prometheus_config { enable: maybe }", "MonitoringConfig", "enable"),
 ])
-def test_malformed_config_rejected_with_parser_message(tmp_path, reader, text, fragment):
+def test_malformed_config_rejected_as_tf_serving(tmp_path, caplog, reader, text, message_type, fragment):
     p = tmp_path / "bad.config"
     p.write_text(text)
     with pytest.raises(ServingError) as e:
         reader(str(p))
     assert e.value.code_name == "INVALID_ARGUMENT"
-    assert "Invalid protobuf file" in e.value.message and fragment in e.value.message
+    assert e.value.message == f"Invalid protobuf file: '{p}'"  # ParseProtoTextFile's status
+    logged = caplog.text
+    assert f"Error parsing text-format tensorflow.serving.{message_type}: " in logged and fragment in logged
 
 
 @LOCAL_ONLY
@@ -146,9 +164,10 @@ def test_server_exits_on_malformed_config(tmp_path, kind):
         flags.append("--model_base_path=/nonexistent")
     if kind == "batching_parameters_file":
         flags.append("--enable_batching")
-    r = _run_server(*flags, "--port=0")
-    assert r.returncode != 0
-    assert "Invalid protobuf file" in r.stderr and str(bad) in r.stderr
+    r = _run_server(*flags)
+    assert r.returncode == 255
+    assert f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{bad}'" in r.stdout
+    assert "Error parsing text-format tensorflow.serving." in r.stderr
 
 
 @LOCAL_ONLY
@@ -156,7 +175,7 @@ def test_server_rejects_duplicate_model_names(tmp_path):
     cfg = tmp_path / "dup.config"
     cfg.write_text("model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }")
     r = _run_server(f"--model_config_file={cfg}")
-    assert r.returncode != 0 and "Illegal to list model a 2 times" in r.stderr
+    assert r.returncode == 255 and "Illegal to list model a 2 times" in r.stdout
 
 
 def test_console_script_declared():

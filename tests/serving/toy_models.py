@@ -7,10 +7,17 @@ writes, under OUT_DIR:
                           batch_size), classify and regress (tf.Example with float feature "x"), strings (UTF-8 text
                           -> length), two_inputs, matrix ([B,3]), seq ([B,T]).
   tf1_half_plus_two/1     TF1 format (tf.compat.v1 SavedModelBuilder): predict, classify, regress signatures.
+  tf2_padded/00000123     TF2 format written by tf.saved_model.save into a zero-padded version directory (version
+                          123); y = 2x - 1. Every signature keeps tf.saved_model.save's `predict` method name:
+                          serving_default (x [-1, 1] -> y), classify (tf.Example "x" -> scores [B, 2]) and regress
+                          (tf.Example "x" -> outputs), as TF Serving serves them on Classify/Regress.
+  tf1_half_plus_three/1   TF1 format like TF Serving's testdata saved_model_half_plus_three: a ParseExample over a
+                          shapeless string placeholder, signature TensorInfos without shapes (old exporters);
+                          serving_default (x [-1, 1] -> y = 0.5x + 3), regress and classify over tf.Examples.
   warmup_counter/1        TF2 model counting its calls, with assets.extra/tf_serving_warmup_requests (3 records).
   broken/3                a version directory that cannot load (copied in by tests).
-  models.config           ModelServerConfig for half_plus_two (all versions, labels stable=1, canary=2) and
-                          tf1_half_plus_two.
+  models.config           ModelServerConfig for half_plus_two (all versions, labels stable=1, canary=2),
+                          tf1_half_plus_two, tf2_padded and tf1_half_plus_three.
   monitoring.config       MonitoringConfig enabling Prometheus at /monitoring/prometheus/metrics.
 """
 
@@ -129,6 +136,76 @@ def build_tf1(out: Path) -> Path:
     return path
 
 
+def build_tf2_padded(out: Path) -> Path:
+    """tf.saved_model.save into `00000123`, method names left as written (predict) on the classify/regress ones."""
+    import tensorflow as tf
+
+    class TwiceMinusOne(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = tf.Variable(2.0)
+            self.b = tf.Variable(-1.0)
+
+        def _parse(self, inputs):
+            return tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([], tf.float32)})["x"]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": self.a * x + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs):
+            p = tf.sigmoid(self.a * self._parse(inputs) + self.b)
+            return {"scores": tf.stack([1.0 - p, p], axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs):
+            return {"outputs": self.a * self._parse(inputs) + self.b}
+
+    m = TwiceMinusOne()
+    path = out / "tf2_padded" / "00000123"
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.predict.get_concrete_function(),
+                                                  "classify": m.classify.get_concrete_function(),
+                                                  "regress": m.regress.get_concrete_function()})
+    return path
+
+
+def build_tf1_half_plus_three(out: Path) -> Path:
+    """Like TF Serving's saved_model_half_plus_three: ParseExample over a placeholder of unknown shape, and signature
+    TensorInfos that carry no shape at all (which TF2's loader reads as scalars)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    v1 = tf.compat.v1
+    path = out / "tf1_half_plus_three" / "1"
+
+    def info(tensor) -> meta_graph_pb2.TensorInfo:
+        return meta_graph_pb2.TensorInfo(name=tensor.name, dtype=tensor.dtype.as_datatype_enum)
+
+    with tf.Graph().as_default():
+        a = v1.get_variable("a", initializer=0.5)
+        c = v1.get_variable("c", initializer=3.0)
+        serialized = v1.placeholder(tf.string, name="tf_example")  # no shape, as the original
+        parsed = v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})
+        y_examples = tf.add(a * parsed["x"], c, name="y_from_examples")
+        x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
+        y = tf.add(a * x, c, name="y")
+        p = tf.sigmoid(y_examples - 3.0)
+        scores = tf.concat([1.0 - p, p], axis=1, name="scores")
+        build = v1.saved_model.signature_def_utils.build_signature_def
+        sig_map = {
+            "serving_default": build({"x": info(x)}, {"y": info(y)}, "tensorflow/serving/predict"),
+            "regress": build({"inputs": info(serialized)}, {"outputs": info(y_examples)}, REGRESS),
+            "classify": build({"inputs": info(serialized)}, {"scores": info(scores)}, CLASSIFY),
+        }
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sig_map)
+            builder.save()
+    return path
+
+
 def build_warmup_counter(out: Path) -> Path:
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -179,6 +256,16 @@ def models_config(root: str) -> str:
     base_path: "{root}/tf1_half_plus_two"
     model_platform: "tensorflow"
   }}
+  config {{
+    name: "tf2_padded"
+    base_path: "{root}/tf2_padded"
+    model_platform: "tensorflow"
+  }}
+  config {{
+    name: "tf1_half_plus_three"
+    base_path: "{root}/tf1_half_plus_three"
+    model_platform: "tensorflow"
+  }}
 }}
 """
 
@@ -188,6 +275,8 @@ def build_all(out: Path, serving_root: str | None = None) -> Path:
     build_half_plus_two(out, 1, 2.0)
     build_half_plus_two(out, 2, 3.0)
     build_tf1(out)
+    build_tf2_padded(out)
+    build_tf1_half_plus_three(out)
     build_warmup_counter(out)
     build_broken(out)
     (out / "models.config").write_text(models_config(serving_root or str(out)))
