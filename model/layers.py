@@ -7,6 +7,8 @@ import keras_nlp
 import tensorflow as tf
 from keras import ops
 
+from model import decoding
+
 
 @keras.saving.register_keras_serializable(package="mtnlp")
 class MaskedMeanPooling(keras.layers.Layer):
@@ -24,11 +26,17 @@ class MaskedMeanPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
-class EntityStartPooling(keras.layers.Layer):
-    """Hidden states of the first word of each marked entity, concatenated ("entity-start pooling").
+class EntityBoundaryPooling(keras.layers.Layer):
+    """Hidden states of the first and the last word of each marked entity, concatenated.
 
-    Call args: hidden [B, T, D], entity_ids [B, T] (1 marks entity 1's words, 2 entity 2's).
-    Returns [B, 2 * D]; an entity that is absent contributes zeros.
+    Both ends of both entities (rather than only their first words) let a multi-word entity's head
+    word, usually its last ("the plastic *chairs*"), reach the relation classifier.
+
+    Args:
+        markers: the entity marker ids to pool, in output order (1 marks entity 1's words, 2 entity 2's).
+
+    Call args: hidden [B, T, D], entity_ids [B, T]. Returns [B, 2 * len(markers) * D]: for each
+    marker its first word's state then its last word's; an absent entity contributes zeros.
     """
 
     def __init__(self, markers: tuple[int, ...] = (1, 2), **kwargs):
@@ -39,13 +47,15 @@ class EntityStartPooling(keras.layers.Layer):
         pooled = []
         for marker in self.markers:
             is_marker = ops.cast(ops.equal(entity_ids, marker), hidden.dtype)  # [B, T]
-            # one-hot of the first marked position (all zeros when the entity is absent)
-            first = is_marker * ops.cast(ops.equal(ops.cumsum(is_marker, axis=1), 1.0), hidden.dtype)
-            pooled.append(ops.einsum("bt,btd->bd", first, hidden))
+            seen = ops.cumsum(is_marker, axis=1)
+            # one-hot of the first and of the last marked position (all zeros when the entity is absent)
+            first = is_marker * ops.cast(ops.equal(seen, 1.0), hidden.dtype)
+            last = is_marker * ops.cast(ops.equal(seen, ops.max(seen, axis=1, keepdims=True)), hidden.dtype)
+            pooled += [ops.einsum("bt,btd->bd", first, hidden), ops.einsum("bt,btd->bd", last, hidden)]
         return ops.concatenate(pooled, axis=-1)
 
     def compute_output_shape(self, hidden_shape, entity_ids_shape=None):
-        return (hidden_shape[0], hidden_shape[2] * len(self.markers))
+        return (hidden_shape[0], hidden_shape[2] * 2 * len(self.markers))
 
     def get_config(self):
         return {**super().get_config(), "markers": self.markers}
@@ -58,6 +68,15 @@ class SequenceDecoder(keras.layers.Layer):
 
     Target ids: 0 padding, ``bos_id``, ``eos_id``, then words (see ``model/preprocessing.py``).
 
+    Args:
+        vocabulary_size: target ids V (special ids and OOV buckets included).
+        max_length: longest target sequence L (positions of the target embedding).
+        num_layers, num_heads, intermediate_dim, dropout: the ``TransformerDecoder`` layers' sizes.
+        bos_id, eos_id: the special target ids.
+        tie_embeddings: project onto the vocabulary with the target embedding matrix (transposed)
+            instead of a separate output matrix (Press & Wolf 2017): fewer parameters, and rare
+            target words learn from both their uses.
+
     Call args: encoder_hidden [B, T, D], encoder_mask [B, T] (bool, True for real words), target_ids
     [B, L] int (the label ids: words then EOS, 0 padding; an all-zero row has no target).
     Returns teacher-forced logits [B, L, V]. Only the rows that have a target run through the
@@ -66,8 +85,10 @@ class SequenceDecoder(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size: int, max_length: int, num_layers: int, num_heads: int,
-                 intermediate_dim: int, dropout: float = 0.0, bos_id: int = 1, eos_id: int = 2, **kwargs):  # fmt: skip
+                 intermediate_dim: int, dropout: float = 0.0, bos_id: int = 1, eos_id: int = 2,
+                 tie_embeddings: bool = False, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
+        self.tie_embeddings = tie_embeddings
         self.vocabulary_size, self.max_length, self.num_layers = vocabulary_size, max_length, num_layers
         self.num_heads, self.intermediate_dim, self.dropout = num_heads, intermediate_dim, dropout
         self.bos_id, self.eos_id = bos_id, eos_id
@@ -75,7 +96,7 @@ class SequenceDecoder(keras.layers.Layer):
     def build(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
         dim = encoder_hidden_shape[-1]
         self.embedding = keras_nlp.layers.TokenAndPositionEmbedding(
-            self.vocabulary_size, self.max_length, dim, name="target_embedding"
+            self.vocabulary_size, self.max_length, dim, tie_weights=self.tie_embeddings, name="target_embedding"
         )
         self.embedding.build((None, None))
         self.decoders = []
@@ -85,8 +106,6 @@ class SequenceDecoder(keras.layers.Layer):
             )
             decoder.build((None, None, dim), (None, None, dim))
             self.decoders.append(decoder)
-        self.projection = keras.layers.Dense(self.vocabulary_size, name="target_projection")
-        self.projection.build((None, None, dim))
         super().build(encoder_hidden_shape)
 
     def decode(self, encoder_hidden, encoder_mask, decoder_input_ids, training=None):
@@ -94,7 +113,8 @@ class SequenceDecoder(keras.layers.Layer):
         x = self.embedding(decoder_input_ids)
         for decoder in self.decoders:
             x = decoder(x, encoder_hidden, encoder_padding_mask=encoder_mask, use_causal_mask=True, training=training)
-        return self.projection(x)
+        # the embedding's reverse projection: its own output matrix, or the embedding itself when tied
+        return self.embedding.token_embedding(x, reverse=True)
 
     def shift_right(self, target_ids):
         """Teacher forcing: the decoder reads BOS and the target up to the previous position. [N, L]"""
@@ -114,11 +134,11 @@ class SequenceDecoder(keras.layers.Layer):
         shape = (ops.shape(target_ids)[0], ops.shape(target_ids)[1], self.vocabulary_size)
         return ops.scatter(ops.expand_dims(rows, -1), logits, shape)
 
-    def greedy_decode(self, encoder_hidden, encoder_mask, max_length: int):
+    def greedy_decode(self, encoder_hidden, encoder_mask, max_length: int, never_emit: tuple[int, ...] = ()):
         """Greedy decoding in a ``tf.while_loop`` (core TF ops only, for the serving graph).
 
         encoder_hidden [N, T, D], encoder_mask [N, T] -> target ids int64 [N, max_length]: words,
-        then EOS, then 0. Every step re-reads the whole fixed-size buffer (the causal mask hides the
+        then EOS, then 0. Padding, BOS and the ids in ``never_emit`` (an unknown-piece id) are never chosen. Every step re-reads the whole fixed-size buffer (the causal mask hides the
         positions not yet written), which keeps the loop's shapes fixed; rows are independent.
         """
         n = tf.shape(encoder_hidden)[0]
@@ -127,8 +147,7 @@ class SequenceDecoder(keras.layers.Layer):
 
         def step(t, ids, finished):
             logits = self.decode(encoder_hidden, encoder_mask, self.shift_right(ids), training=False)
-            # padding and BOS are never outputs
-            special = tf.one_hot(tf.range(self.eos_id), self.vocabulary_size, on_value=-1e9, off_value=0.0)
+            special = tf.one_hot(list(range(self.eos_id)) + list(never_emit), self.vocabulary_size, on_value=-1e9, off_value=0.0)
             step_logits = logits[:, t, :] + tf.cast(tf.reduce_sum(special, axis=0), logits.dtype)
             best = tf.argmax(step_logits, axis=-1, output_type=tf.int64)
             best = tf.where(finished, tf.zeros_like(best), best)  # nothing after EOS
@@ -141,6 +160,27 @@ class SequenceDecoder(keras.layers.Layer):
         )  # fmt: skip
         return ids
 
+    def beam_decode(self, encoder_hidden, encoder_mask, max_length: int, beam_width: int, length_penalty: float,
+                    never_emit: tuple[int, ...] = ()):  # fmt: skip
+        """Beam search (``model.decoding.beam_search``, core TF ops only): like ``greedy_decode``, but
+        keeps the ``beam_width`` most likely hypotheses per row and returns the best finished one
+        under the GNMT length penalty ``length_penalty``. Width 1 is greedy decoding.
+
+        encoder_hidden [N, T, D], encoder_mask [N, T] -> target ids int64 [N, max_length].
+        """
+        hidden = decoding.tile_for_beams(encoder_hidden, beam_width)
+        mask = decoding.tile_for_beams(encoder_mask, beam_width)
+        suppressed = tf.reduce_sum(tf.one_hot(list(never_emit), self.vocabulary_size, on_value=-1e9), axis=0) if never_emit else 0.0
+
+        def next_logits(ids, t):
+            logits = self.decode(hidden, mask, self.shift_right(ids), training=False)[:, t, :]
+            return logits + tf.cast(suppressed, logits.dtype)
+
+        return decoding.beam_search(
+            next_logits, tf.shape(encoder_hidden)[0], max_length, beam_width, length_penalty,
+            bos_id=self.bos_id, eos_id=self.eos_id, vocabulary_size=self.vocabulary_size,
+        )  # fmt: skip
+
     def compute_output_shape(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
         return (target_ids_shape[0], target_ids_shape[1], self.vocabulary_size)
 
@@ -148,7 +188,7 @@ class SequenceDecoder(keras.layers.Layer):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "max_length": self.max_length,
                 "num_layers": self.num_layers, "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
-                "bos_id": self.bos_id, "eos_id": self.eos_id}  # fmt: skip
+                "bos_id": self.bos_id, "eos_id": self.eos_id, "tie_embeddings": self.tie_embeddings}  # fmt: skip
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")

@@ -8,9 +8,9 @@ import keras
 import keras_nlp
 
 from model import text
-from model.layers import (EntityStartPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy,
+from model.layers import (EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy,
                           TaskUncertainty, UncertaintyWeightedLoss)
-from model.preprocessing import TARGET_BOS, TARGET_EOS
+from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_BOS, TARGET_EOS
 from model.tasks import Head, HeadKind
 
 ENCODER_OUTPUT = "encoder_output"
@@ -24,7 +24,17 @@ def decoder_layer_name(head: Head) -> str:
 
 def model_input_names(heads: Sequence[Head]) -> tuple[str, ...]:
     """The model's inputs: the encoder's, plus each sequence head's label ids (teacher forcing)."""
-    return ("token_ids", "shape_ids", "entity_ids") + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
+    return MODEL_INPUTS + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
+
+
+def encoder_layer_index(head_name: str, head_layers: Mapping[str, int] | None, num_layers: int) -> int:
+    """Which encoder layer (1..num_layers) a head reads: ``head_layers[head]`` counted from the bottom
+    (1 = first layer) or, when negative, from the top (-1 = last); the last layer by default."""
+    layer = (head_layers or {}).get(head_name, -1)
+    index = layer if layer > 0 else num_layers + 1 + layer
+    if not 1 <= index <= num_layers:
+        raise ValueError(f"head_layers[{head_name!r}] = {layer}: the encoder has layers 1..{num_layers} (or -1..-{num_layers})")
+    return index
 
 
 def build_model(
@@ -40,9 +50,20 @@ def build_model(
     target_vocabulary_sizes: dict[str, int] | None = None,
     max_target_length: int = 24,
     uncertainty_weighting: bool = False,
+    subword_buckets: int = 5_000,
+    subword_features: bool = True,
+    head_layers: Mapping[str, int] | None = None,
+    head_dropout: float | None = None,
+    tie_decoder_embeddings: bool = False,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
+
+    Each word's input vector is the sum of its word, position, word-shape and entity-marker
+    embeddings and, with ``subword_features``, of the embeddings of its hashed prefix, suffix and
+    shape pattern (``subword_buckets`` rows each, see ``model/preprocessing.py``), so rare and unseen
+    words are represented by their spelling. Heads read the encoder layer named in ``head_layers``
+    (see ``encoder_layer_index``; default the last), with dropout ``head_dropout`` (default ``dropout``).
 
     Outputs: a dict of logits per head, [B, num_labels] for sentence and entity-pair heads,
     [B, T, num_labels] for token heads and [B, L, V] for sequence heads (V: the head's entry in
@@ -61,35 +82,44 @@ def build_model(
     x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
         inputs["entity_ids"]
     )
+    for name in SUBWORD_INPUTS:
+        # Unused inputs are still wired (as zeros) so that every model takes the same features.
+        embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(inputs[name])
+        x = x + (embedded if subword_features else keras.ops.zeros_like(embedded))
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="embedding_norm")(x)
     x = keras.layers.Dropout(dropout)(x)
+    layer_outputs = []
     for i in range(num_layers):
         x = keras_nlp.layers.TransformerEncoder(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
+        layer_outputs.append(x)
     if uncertainty_weighting:
         x = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
     x = keras.layers.Identity(name=ENCODER_OUTPUT)(x)  # a name for the serving graph's decoding loop
 
-    sentence = MaskedMeanPooling(name="mean_pooling")(x, padding_mask)
+    head_dropout = dropout if head_dropout is None else head_dropout
     outputs = {}
     for head in heads:
         if head.kind is HeadKind.SEQUENCE:
             decoder = SequenceDecoder(
                 (target_vocabulary_sizes or {})[head.name], max_target_length, decoder_layers, num_heads,
-                intermediate_dim, dropout, bos_id=TARGET_BOS, eos_id=TARGET_EOS, name=decoder_layer_name(head),
+                intermediate_dim, dropout, bos_id=TARGET_BOS, eos_id=TARGET_EOS,
+                tie_embeddings=tie_decoder_embeddings, name=decoder_layer_name(head),
             )  # fmt: skip
             # an Identity names the output after the head, as the other heads' Dense layers are
             outputs[head.name] = keras.layers.Identity(name=head.name)(decoder(x, padding_mask, inputs[head.label_key]))
             continue
+        hidden = layer_outputs[encoder_layer_index(head.name, head_layers, num_layers) - 1]
         if head.kind is HeadKind.TOKEN:
-            features = x
+            features = hidden
         elif head.kind is HeadKind.SENTENCE:
-            features = sentence
+            features = MaskedMeanPooling(name=f"{head.name}_mean_pooling")(hidden, padding_mask)
         else:
-            entities = EntityStartPooling(name=f"{head.name}_entity_start")(x, inputs["entity_ids"])
+            entities = EntityBoundaryPooling(name=f"{head.name}_entity_pooling")(hidden, inputs["entity_ids"])
+            sentence = MaskedMeanPooling(name=f"{head.name}_mean_pooling")(hidden, padding_mask)
             features = keras.layers.Concatenate(name=f"{head.name}_features")([entities, sentence])
-        features = keras.layers.Dropout(dropout, name=f"{head.name}_dropout")(features)
+        features = keras.layers.Dropout(head_dropout, name=f"{head.name}_dropout")(features)
         outputs[head.name] = keras.layers.Dense(head.num_labels, name=head.name)(features)
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
 

@@ -11,15 +11,20 @@ Raw features (all optional except ``task``; see ``model/tasks.py``): ``text``, `
 - ``token_ids``   int64 [B, L]: word vocabulary ids, 0 padding, 1.. words, then OOV buckets;
 - ``shape_ids``   int64 [B, L]: word shape classes (``model/text.py``);
 - ``entity_ids``  int64 [B, L]: 1 for words of span e1, 2 for e2, else 0;
+- ``prefix_ids``, ``suffix_ids``, ``pattern_ids`` int64 [B, L]: hashed subword features of each word
+  (its first and last ``affix_length`` characters, normalized, and its ``text.shape_patterns``
+  shape) in 1..``subword_buckets``, 0 padding. They give every word, however rare, a representation
+  from its spelling, like spaCy's MultiHashEmbed; hashing needs no vocabulary, so words never seen in
+  training still get them;
 - ``task_id``     int64 [B]: index of the example's task in ``model.tasks.TASKS``;
 - ``<head>_label`` int64 [B] or [B, L] and ``<head>_weight`` float32, same shape: 1 where the
   example has that label (and the position is a real word), else 0.
 
 Sequence heads (translation), with Lt = ``max_target_length``: the encoder reads the ``source``
-text like any other text, and the target words get their own vocabulary (``<head>_words``, case
-kept so that outputs read naturally):
+text like any other text, and the target side is spelled in WordPiece pieces of its own vocabulary
+(``<head>_words``, learned on Beam, case kept so that outputs read naturally; see ``model/subwords.py``):
 
-- ``<head>_label``  int64 [B, Lt]: target word ids then EOS (``TARGET_EOS``), 0 padding; all 0 for
+- ``<head>_label``  int64 [B, Lt]: target piece ids then EOS (``TARGET_EOS``), 0 padding; all 0 for
   examples without a target. The decoder's teacher-forced input is this shifted right behind BOS.
 - ``<head>_weight`` float32 [B, Lt]: 1 on the label's real positions (EOS included);
 - ``<head>_reference`` string [B]: the raw target text ("" without one), what BLEU compares with;
@@ -28,16 +33,19 @@ kept so that outputs read naturally):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model import text
+from model import subwords, text
 from model.tasks import ENCODER_TEXT_FIELDS, TASKS, FieldKind, HeadKind, all_fields, all_heads
+from pipelines.config import TransformConfig
 
 WORDS_VOCABULARY = "words"
-MODEL_INPUTS = ("token_ids", "shape_ids", "entity_ids")
+SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")
+MODEL_INPUTS = ("token_ids", "shape_ids", "entity_ids") + SUBWORD_INPUTS
 
 # Target-side ids of sequence heads: 0 padding, then BOS and EOS, then the vocabulary and its OOV buckets.
 TARGET_PAD, TARGET_BOS, TARGET_EOS = 0, 1, 2
@@ -63,14 +71,27 @@ def _label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
 
 
+def _subword_features(affix_length: int) -> dict[str, Any]:
+    """Each subword input's string feature of a word (see the module docstring)."""
+    return {
+        "prefix_ids": lambda words: tf.ragged.map_flat_values(text.affix, words, affix_length, from_end=False),
+        "suffix_ids": lambda words: tf.ragged.map_flat_values(text.affix, words, affix_length, from_end=True),
+        "pattern_ids": lambda words: tf.ragged.map_flat_values(text.shape_patterns, words),
+    }
+
+
+def _hashed(strings: tf.Tensor, buckets: int) -> tf.Tensor:
+    """Hash bucket of each string in 1..buckets (0 stays padding). FarmHash: a core op, stable across runs."""
+    return tf.strings.to_hash_bucket_fast(strings, buckets) + 1
+
+
 def _span(inputs: dict[str, Any], name: str) -> tf.Tensor:
     """A [B, 2] span feature, [0, 0] for examples without it."""
     return _feature(inputs, name, tf.int64)[:, :2].to_tensor(default_value=0, shape=[None, 2])
 
 
 def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
-    config = {"max_length": 128, "vocabulary_size": 20_000, "min_word_frequency": 2, "num_oov_buckets": 1,
-              "max_target_length": 24, "target_vocabulary_size": 8_000}
+    config = dataclasses.asdict(TransformConfig())
     config.update(custom_config or {})
     max_length = config["max_length"]
     fields = all_fields()
@@ -100,6 +121,8 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         "token_ids": dense(vocab_ids + 1, 0),
         "shape_ids": dense(tf.ragged.map_flat_values(text.word_shapes, words), 0),
         "entity_ids": dense(markers, 0),
+        **{name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config["subword_buckets"]), 0)
+           for name, feature in _subword_features(config["affix_length"]).items()},
         "task_id": _label_ids(_first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in TASKS)),
     }
 
@@ -123,16 +146,11 @@ def _target_features(head, target: tf.Tensor, has_target: tf.Tensor, config: dic
     """A sequence head's features (see the module docstring). target: string [B]; has_target: bool [B]."""
     length = config["max_target_length"]
     words = text.split_words(target)  # "" (no target) has no words
-    vocab_ids = tft.compute_and_apply_vocabulary(
-        words,
-        top_k=config["target_vocabulary_size"],
-        frequency_threshold=config["min_word_frequency"],
-        num_oov_buckets=config["num_oov_buckets"],
-        vocab_filename=head.vocabulary_name,
-    )
+    vocabulary = subwords.learn_vocabulary(words.flat_values, config["target_vocabulary_size"], head.vocabulary_name)
+    piece_ids = subwords.tokenize(words, vocabulary)
     eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
     # Long targets are cut, but always end in EOS, so the decoder learns to stop.
-    ids = tf.concat([(vocab_ids + FIRST_TARGET_WORD)[:, : length - 1], eos], axis=1)
+    ids = tf.concat([(piece_ids + FIRST_TARGET_WORD)[:, : length - 1], eos], axis=1)
     return {
         head.label_key: ids.to_tensor(default_value=TARGET_PAD, shape=[None, length]),
         head.weight_key: tf.ones_like(ids, tf.float32).to_tensor(default_value=0.0, shape=[None, length]),

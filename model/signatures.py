@@ -12,11 +12,12 @@ Signatures (every output is batched on axis 0; T is the longest sentence of the 
   (character offsets, end exclusive) -> ``relation_label``, ``relation_probability``,
   ``relation_probabilities`` for each entity-pair head.
 - ``translate`` (one per sequence head, named by ``Head.signature``): ``text`` string [B] ->
-  ``translation`` string [B]: greedy decoding in a ``tf.while_loop`` up to ``max_target_length``
-  words, detokenized. Rows are decoded independently (padding is masked), so a sentence gets the
+  ``translation`` string [B]: beam search (``beam_width``, ``length_penalty``; width 1 is greedy)
+  in a ``tf.while_loop`` up to ``max_target_length`` pieces, detokenized. Rows are decoded independently (padding is masked), so a sentence gets the
   same output alone and in a batch.
 - ``serving_tf_example``: ``examples`` serialized tf.Example [B] -> per-head probabilities at full
-  length (the Evaluator's view); for a sequence head its greedy translation, string [B] ("" for
+  length (the Evaluator's view; for a token head with structured ``decoding``, the one-hot of its
+  decoded tags, so that the Evaluator scores what clients get); for a sequence head its greedy translation, string [B] ("" for
   examples of other tasks, which are not decoded).
 - ``transform_features``: ``examples`` -> Transform's output features (TFMA reads labels from it).
 
@@ -32,9 +33,11 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from model import decoding
 from model import text as text_ops
 from model.network import ENCODER_OUTPUT, decoder_layer_name, model_input_names
 from model.preprocessing import FIRST_TARGET_WORD, MODEL_INPUTS
+from model.subwords import UNKNOWN as UNKNOWN_PIECE
 from model.tasks import ENCODER_TEXT_FIELDS, TASKS, Head, HeadKind, Task
 
 DEFAULT_SIGNATURE = "analyze"
@@ -51,9 +54,21 @@ def _sparse_rows(values: tf.Tensor) -> tf.SparseTensor:
 
 
 class ServingModule(tf.Module):
-    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task]):
+    """The serving signatures of a trained model (see the module docstring).
+
+    Args:
+        model: the trained multi-task Keras model.
+        tf_transform_output: the Transform output it was trained on (its graph runs in every signature).
+        tasks: the tasks whose heads the model has.
+        beam_width: hypotheses kept per sentence when decoding sequence heads (1: greedy).
+        length_penalty: GNMT length penalty alpha of beam search (0: none).
+    """
+
+    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task],
+                 beam_width: int = 1, length_penalty: float = 0.0):  # fmt: skip
         super().__init__()
         self.model = model
+        self._beam_width, self._length_penalty = beam_width, length_penalty
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._tasks = tuple(tasks)
@@ -62,12 +77,14 @@ class ServingModule(tf.Module):
         if self._sequence_heads:
             # the encoder alone (shared layers), for the decoding loop of sequence heads
             self.encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS}, model.get_layer(ENCODER_OUTPUT).output)
-            # id -> target word ("" for padding, BOS, EOS and OOV buckets), a constant of the graph
-            self._target_words = {}
+            # id -> target piece ("" for padding, BOS, EOS, the unknown piece and OOV buckets), a
+            # constant of the graph; the unknown piece is never emitted
+            self._target_words, self._never_emit = {}, {}
             for head in self._sequence_heads:
                 size = model.get_layer(decoder_layer_name(head)).vocabulary_size
-                words = [w.decode() if isinstance(w, bytes) else w for w in tf_transform_output.vocabulary_by_name(head.vocabulary_name)]
-                table = [""] * FIRST_TARGET_WORD + words
+                pieces = [w.decode() if isinstance(w, bytes) else w for w in tf_transform_output.vocabulary_by_name(head.vocabulary_name)]
+                self._never_emit[head.name] = tuple(FIRST_TARGET_WORD + i for i, p in enumerate(pieces) if p == UNKNOWN_PIECE)
+                table = [""] * FIRST_TARGET_WORD + ["" if p == UNKNOWN_PIECE else p for p in pieces]
                 self._target_words[head.name] = table + [""] * (size - len(table))
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -102,17 +119,26 @@ class ServingModule(tf.Module):
         inputs = {k: v[:, :longest] for k, v in inputs.items()}
         decoder = self.model.get_layer(decoder_layer_name(head))
         hidden = self.encoder(inputs, training=False)
-        ids = decoder.greedy_decode(hidden, inputs["token_ids"] > 0, decoder.max_length)
+        ids = decoder.beam_decode(hidden, inputs["token_ids"] > 0, decoder.max_length, self._beam_width,
+                                  self._length_penalty, self._never_emit[head.name])  # fmt: skip
         translations = text_ops.join_words(tf.gather(tf.constant(self._target_words[head.name]), ids))
         batch_size = tf.shape(transformed["token_ids"])[0]
         return tf.tensor_scatter_nd_update(tf.fill([batch_size], ""), rows[:, None], translations)
+
+    def _best_labels(self, head: Head, logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """The served label ids of a head: argmax, or for an "iob2" token head the best well-formed
+        IOB2 sequence (constrained Viterbi over log-probabilities), int64 [B] or [B, T]."""
+        if head.decoding == "iob2":
+            allowed, allowed_start = decoding.iob2_transitions(head.labels)
+            return decoding.constrained_viterbi(tf.nn.log_softmax(logits, axis=-1), mask, allowed, allowed_start)
+        return tf.argmax(logits, axis=-1)
 
     def _head_outputs(self, heads: Sequence[Head], logits: dict, transformed: dict) -> dict[str, tf.Tensor]:
         outputs = {}
         mask = transformed["token_ids"] > 0
         for head in heads:
             probabilities = tf.nn.softmax(logits[head.name], axis=-1)
-            best = tf.argmax(probabilities, axis=-1)
+            best = self._best_labels(head, logits[head.name], mask)
             labels = tf.gather(tf.constant(head.labels), best)
             if head.kind is HeadKind.TOKEN:
                 outputs[f"{head.name}_tags"] = tf.where(mask, labels, "")
@@ -180,6 +206,11 @@ class ServingModule(tf.Module):
         raw = tf.io.parse_example(examples, self._raw_spec)
         transformed, logits, _ = self._run(raw, trim=False)
         outputs = {h.name: tf.nn.softmax(logits[h.name], axis=-1) for h in self._heads if h.kind is not HeadKind.SEQUENCE}
+        mask = transformed["token_ids"] > 0
+        for head in self._heads:
+            if head.decoding is not None:  # the Evaluator scores the tags a client gets: their one-hot
+                best = self._best_labels(head, logits[head.name], mask)
+                outputs[head.name] = tf.one_hot(best, head.num_labels, dtype=outputs[head.name].dtype)
         task_index = {t.name: i for i, t in enumerate(TASKS)}
         for task in self._tasks:
             for head in task.heads:
@@ -211,7 +242,8 @@ class ServingModule(tf.Module):
 
 
 def export_serving_model(
-    model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task], export_dir: str
+    model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task], export_dir: str,
+    beam_width: int = 1, length_penalty: float = 0.0,
 ) -> None:
-    module = ServingModule(model, tf_transform_output, tasks)
+    module = ServingModule(model, tf_transform_output, tasks, beam_width, length_penalty)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())

@@ -71,6 +71,9 @@ class Head:
     # The serving signature of a head that needs its own inputs or outputs (a sequence head's
     # generated text); None: the head answers ``analyze`` (or its task's signature, entity pairs).
     signature: str | None = None
+    # How a token head's tags are decoded when served: None (each word's best tag) or "iob2"
+    # (the best tag sequence that is well-formed IOB2, by constrained Viterbi; see model/decoding.py).
+    decoding: str | None = None
 
     @property
     def num_labels(self) -> int:
@@ -146,7 +149,7 @@ TAGGING = Task(
     heads=(
         Head("pos", HeadKind.TOKEN, "pos", UPOS_TAGS, metrics=("token_accuracy",)),
         Head("ner", HeadKind.TOKEN, "ner", NER_TAGS,
-             metrics=("entity_f1", "entity_precision", "entity_recall")),
+             metrics=("entity_f1", "entity_precision", "entity_recall"), decoding="iob2"),
     ),
 )  # fmt: skip
 
@@ -224,5 +227,17 @@ def all_fields(tasks: Sequence[Task] = TASKS) -> dict[str, Field]:
     return fields
 
 
+DECODINGS = (None, "iob2")
+
+
+def _check_heads() -> None:
+    for head in all_heads():
+        if head.decoding not in DECODINGS:
+            raise ValueError(f"head {head.name!r}: unknown decoding {head.decoding!r}; use one of {DECODINGS}")
+        if head.decoding is not None and head.kind is not HeadKind.TOKEN:
+            raise ValueError(f"head {head.name!r}: decoding {head.decoding!r} is for token heads only")
+
+
 # Checked at import so that a bad task definition fails at once, not in the middle of a pipeline run.
 all_fields()
+_check_heads()

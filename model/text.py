@@ -16,6 +16,9 @@ import tensorflow as tf
 SHAPE_PUNCT, SHAPE_NUMBER, SHAPE_ALLCAPS, SHAPE_CAPITALIZED, SHAPE_OTHER = 1, 2, 3, 4, 5
 NUM_SHAPES = 6
 
+# Marks a WordPiece piece that continues the previous piece's word ("habl ##amos").
+WORDPIECE_JOINER = "##"
+
 # Entity marker of each word: 0 outside both spans (and padding), 1 inside span e1, 2 inside span e2.
 NUM_ENTITY_MARKERS = 3
 
@@ -42,6 +45,32 @@ def split_words(text: tf.Tensor) -> tf.RaggedTensor:
 def normalize_words(words: tf.Tensor) -> tf.Tensor:
     """The vocabulary key of a word: lower-cased, every digit replaced by 0."""
     return tf.strings.regex_replace(tf.strings.lower(words, encoding="utf-8"), r"\pN", "0")
+
+
+def affix(words: tf.Tensor, length: int, from_end: bool) -> tf.Tensor:
+    """The first (or last) ``length`` characters of each normalized word, same shape, string.
+
+    Affixes carry a rare word's class: "-ation", "-ly", "-ed", "un-", capitalized "-son" names.
+    """
+    norm = normalize_words(words)
+    start = tf.maximum(tf.strings.length(norm, unit="UTF8_CHAR") - length, 0) if from_end else tf.zeros_like(
+        tf.strings.length(norm)
+    )
+    return tf.strings.substr(norm, start, tf.fill(tf.shape(start), length), unit="UTF8_CHAR")
+
+
+def shape_patterns(words: tf.Tensor) -> tf.Tensor:
+    """spaCy-style word shape of each word, same shape, string: upper-case letters become X, other
+    letters x, digits d, and runs longer than four are cut to four ("McDonald's" -> "XxXxxxx'x",
+    "1,000" -> "d,ddd"). Finer than ``word_shapes`` and still shared by unseen words."""
+    pattern = words
+    # placeholders first: the class letters themselves are letters
+    for chars, placeholder in ((r"\p{Lu}", "\x04"), (r"\pL", "\x05"), (r"\pN", "\x06")):
+        pattern = tf.strings.regex_replace(pattern, chars, placeholder)
+    for placeholder, letter in (("\x04", "X"), ("\x05", "x"), ("\x06", "d")):
+        pattern = tf.strings.regex_replace(pattern, placeholder + "{5,}", placeholder * 4)
+        pattern = tf.strings.regex_replace(pattern, placeholder, letter)
+    return pattern
 
 
 def word_shapes(words: tf.Tensor) -> tf.Tensor:
@@ -90,13 +119,15 @@ def split_words_marking_spans(
 
 
 def join_words(words: tf.Tensor) -> tf.Tensor:
-    """Words back into text: string [B, N] ("" padding) -> string [B].
+    """Words or WordPiece pieces back into text: string [B, N] ("" padding) -> string [B].
 
-    Joined with spaces, then the spaces that ``split_words`` introduced around punctuation are
-    removed again: none before closing marks (``. , ! ? ; : ) ] } »``), none after opening marks
-    (``¿ ¡ ( [ { «``).
+    Joined with spaces; a piece that starts with ``WORDPIECE_JOINER`` continues the word before it
+    (one at the very start begins a word). Then the spaces that ``split_words`` introduced around
+    punctuation are removed again: none before closing marks (``. , ! ? ; : ) ] } »``), none after
+    opening marks (``¿ ¡ ( [ { «``).
     """
-    joined = tf.strings.strip(tf.strings.reduce_join(words, axis=-1, separator=" "))
-    joined = tf.strings.regex_replace(joined, r" +", " ")
+    joined = tf.strings.reduce_join(words, axis=-1, separator=" ")
+    joined = tf.strings.regex_replace(joined, f"(^| +){WORDPIECE_JOINER}", "")
+    joined = tf.strings.strip(tf.strings.regex_replace(joined, r" +", " "))
     joined = tf.strings.regex_replace(joined, r" ([.,!?;:)\]}»%])", r"\1")
     return tf.strings.regex_replace(joined, r"([¿¡(\[{«]) ", r"\1")

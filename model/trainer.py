@@ -48,7 +48,8 @@ def run_fn(fn_args: FnArgs) -> None:
     )  # fmt: skip
     model, report = trained.model, trained.warm_start_report
 
-    export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir)
+    export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir,
+                         **config["serving"])
     vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
     save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
     relation_signatures = [t.name for t in tasks if any(h.kind is HeadKind.ENTITY_PAIR for h in t.heads)]

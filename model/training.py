@@ -41,6 +41,35 @@ class ProgressLog(keras.callbacks.Callback):
                     "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())), elapsed, eta)  # fmt: skip
 
 
+class KeepBestWeights(keras.callbacks.Callback):
+    """Early stopping's other half: remembers the weights of the epoch with the best validation score
+    and restores them when training ends, so a model that over-fits late (relation) is kept at its peak.
+
+    The score is the mean over heads of Keras' validation accuracy (``val_<head>_accuracy``; teacher
+    forced for sequence heads), a cheap stand-in for the heads' primary metrics that moves with them.
+    """
+
+    def __init__(self, head_names: Sequence[str], log_prefix: str = ""):
+        super().__init__()
+        self._keys = [f"val_{name}_accuracy" for name in head_names]
+        self._prefix = log_prefix
+        self.best_score, self.best_epoch, self._best_weights = -1.0, -1, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [logs[k] for k in self._keys if k in (logs or {})]
+        if not values:
+            return
+        score = sum(values) / len(values)
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self._best_weights = score, epoch, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self._best_weights is not None and self.best_epoch != self.params["epochs"] - 1:
+            log.warning("%skeeping the weights of epoch %d (mean validation accuracy %.4f), not the last epoch's",
+                        self._prefix, self.best_epoch + 1, self.best_score)  # fmt: skip
+            self.model.set_weights(self._best_weights)
+
+
 def vocabulary_size(tf_transform_output: tft.TFTransformOutput, num_oov_buckets: int) -> int:
     # ids: 0 padding, 1..V the vocabulary, then the OOV buckets
     return tf_transform_output.vocabulary_size_by_name(WORDS_VOCABULARY) + num_oov_buckets + 1
@@ -68,7 +97,8 @@ def build_training_model(
     model = build_model(
         heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
         target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
-        uncertainty_weighting=training["loss_weighting"] == "uncertainty", **model_config,
+        uncertainty_weighting=training["loss_weighting"] == "uncertainty",
+        subword_buckets=transform_config["subword_buckets"], **model_config,
     )  # fmt: skip
     warmup_steps = int(steps * training["warmup_fraction"])
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -147,7 +177,8 @@ def train_model(
         validation_data=eval_data,
         validation_steps=eval_steps,
         verbose=0,
-        callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix)],
+        callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix),
+                   *([KeepBestWeights([h.name for h in heads], log_prefix)] if training["keep_best"] else [])],
     )
     history = [
         {"step": (epoch + 1) * steps_per_epoch, **{k: float(v[epoch]) for k, v in fitted.history.items()}}

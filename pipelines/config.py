@@ -19,6 +19,22 @@ class ModelConfig:
     dropout: float = 0.1
     # Transformer decoder layers of each sequence head (translation); they share the encoder's sizes.
     decoder_layers: int = 1
+    # The decoder's output projection is its (transposed) target embedding matrix.
+    tie_decoder_embeddings: bool = False
+    # Hashed prefix/suffix/shape-pattern embeddings of every word (see model/network.py).
+    subword_features: bool = True
+    # Which encoder layer each head reads: 1.. from the bottom, -1.. from the top (default -1, the last).
+    head_layers: dict[str, int] | None = None
+    # Dropout before each head's classifier (None: the encoder's dropout).
+    head_dropout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    # Served translations: beam search with this many hypotheses per sentence (1: greedy decoding)
+    # and the GNMT length penalty alpha that ranks finished hypotheses (0: none).
+    beam_width: int = 4
+    length_penalty: float = 0.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +45,13 @@ class TransformConfig:
     vocabulary_size: int = 20_000
     min_word_frequency: int = 2
     num_oov_buckets: int = 1
-    # Sequence heads (translation): target words kept (EOS included; 99 % of the Spanish sentences fit)
-    # and the size of the target vocabulary (most frequent first, same minimum frequency).
-    max_target_length: int = 24
+    # Hashed subword features of every word (prefix, suffix, shape pattern; see model/preprocessing.py):
+    # characters per affix and hash buckets per feature.
+    affix_length: int = 3
+    subword_buckets: int = 5_000
+    # Sequence heads (translation): target pieces kept (EOS included; 99.5 % of the Spanish sentences
+    # fit) and the size of the WordPiece target vocabulary (see model/subwords.py).
+    max_target_length: int = 32
     target_vocabulary_size: int = 8_000
 
 
@@ -47,7 +67,8 @@ class TrainingConfig:
     task_sampling: str = "temperature"
     sampling_temperature: float = 2.0
     # MirroredStrategy replicas on a CPU-only machine (logical CPU devices); all GPUs are used when present.
-    cpu_replicas: int = 2
+    # 1: on 2 CPU cores two replicas cost 1.38x the one-device step (benchmarks/training.py).
+    cpu_replicas: int = 1
     seed: int = 42
     # How the heads' losses are summed: "fixed" (loss_weights per head, 1 for heads not named) or
     # "uncertainty" (learned per-head weights, Kendall et al. 2018: see model/layers.py).
@@ -56,6 +77,8 @@ class TrainingConfig:
     # Label smoothing of sequence heads' (translation) cross-entropy; 0 turns it off. Off: on the quick
     # profile 0.1 gave BLEU 0.012 against 0.014 without (one run each, within noise; no gain).
     sequence_label_smoothing: float = 0.0
+    # Restore, at the end, the weights of the validation point with the best mean validation accuracy.
+    keep_best: bool = True
     # Start from the latest blessed model when there is one (see model/warm_start.py), training for
     # this fraction of train_steps.
     warm_start: bool = True
@@ -87,6 +110,7 @@ class PipelineConfig:
     model: ModelConfig = ModelConfig()
     transform: TransformConfig = TransformConfig()
     training: TrainingConfig = TrainingConfig()
+    serving: ServingConfig = ServingConfig()
     gates: dict[str, HeadGate] = dataclasses.field(default_factory=dict)
     # Once a blessed baseline exists, the mean of the heads' primary metrics must change by at least
     # this much (0: no worse overall) on top of every head staying within its tolerance.
