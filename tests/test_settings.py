@@ -213,3 +213,23 @@ def test_kubeflow_compile_applies_settings(tmp_path):
     bad = _mtnlp("kubeflow", "compile", "--pipeline-root", "gs://bucket/mtnlp", "--output", str(output),
                  "--set", "model.num_layers=many")
     assert bad.returncode == 2 and "model.num_layers: expected int, got 'many'" in bad.stderr
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_every_setting_of_the_config_can_be_given_as_text(profile):
+    """Each leaf of the real config, written as --set text, reads back as the same value (new fields included)."""
+    from pipelines.settings import _flatten, as_dict
+
+    config = get_config(profile)
+    for key, value in _flatten(as_dict(config)).items():
+        if key == "profile":
+            continue
+        if value is None:
+            text = "none"
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value)
+        assert effective_config(profile, assignments=[f"{key}={text}"]) == config, key
