@@ -81,7 +81,8 @@ def export_untrained(tasks, tf_transform_output, model_config, transform_config,
     model = build_model(
         heads, vocabulary_size=vocabulary_size(tf_transform_output, oov), max_length=transform_config.max_length,
         target_vocabulary_sizes=target_vocabulary_sizes(tf_transform_output, heads, oov),
-        max_target_length=transform_config.max_target_length, **dataclasses.asdict(model_config),
+        max_target_length=transform_config.max_target_length, subword_buckets=transform_config.subword_buckets,
+        **dataclasses.asdict(model_config),
     )  # fmt: skip
     export_serving_model(model, tf_transform_output, tasks, str(export_dir))
     return model.count_params()
@@ -123,6 +124,7 @@ def main() -> int:
     import tensorflow as tf
     import tensorflow_transform as tft
 
+    from model.serving_ops import load_text_ops
     from model.tasks import TASKS, all_heads
     from pipelines.config import get_config
 
@@ -148,6 +150,7 @@ def main() -> int:
             models[name], paths[name] = {"trained": False, "parameters": params, "heads": [name]}, scratch / name
         print(f"exported {len(models)} SavedModels", flush=True)
 
+        load_text_ops()  # the WordPiece op of the translation target side
         calls = {name: tf.saved_model.load(str(path)).signatures[SIGNATURE] for name, path in paths.items()}
         inputs = [tf.constant([s]) for s in sentences]
         for name, fn in calls.items():

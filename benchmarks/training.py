@@ -56,7 +56,8 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
     is padded to its longest sentence and longest target. Returns also the number of real words."""
     from model import text
     from model.network import model_input_names
-    from model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS
+    from model.preprocessing import FIRST_TARGET_WORD, SUBWORD_INPUTS, TARGET_EOS
+    from pipelines.config import TransformConfig
 
     rng = np.random.default_rng(seed)
     batch_size = len(row_tasks)
@@ -71,6 +72,9 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
         "token_ids": np.where(real, rng.integers(1, VOCABULARY_SIZE, size=real.shape), 0),
         "shape_ids": np.where(real, rng.integers(1, text.NUM_SHAPES, size=real.shape), 0),
         "entity_ids": np.zeros(real.shape, np.int64),
+        # hashed subword ids of the default TransformConfig's bucket count
+        **{name: np.where(real, rng.integers(1, TransformConfig().subword_buckets + 1, size=real.shape), 0)
+           for name in SUBWORD_INPUTS},
     }
     for i, task in enumerate(row_tasks):
         if any(h.kind is HeadKind.ENTITY_PAIR for h in task.heads):  # a word of e1, later a word of e2

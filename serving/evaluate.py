@@ -222,8 +222,11 @@ def resolve_saved_model(model_dir: str) -> str:
 def load_signatures(model_dir: str) -> Signatures:
     import tensorflow as tf
 
+    from model.serving_ops import load_text_ops
+
     path = resolve_saved_model(model_dir)
     try:
+        load_text_ops()  # the WordPiece op of the translation target side
         return dict(tf.saved_model.load(path).signatures)
     except Exception as e:  # noqa: BLE001 - any load failure is reported with the path
         raise EvaluationError(f"cannot load the SavedModel in {path}: {type(e).__name__}: {e}") from e

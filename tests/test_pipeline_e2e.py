@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from model.serving_ops import load_text_ops
 from model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads, select_tasks
 from tests.conftest import FIXTURE_RECORDS, FIXTURE_TASKS, run_cli
 
@@ -70,6 +71,9 @@ def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline
         assert all(t in UPOS_TAGS for t in analyze["pos_tags"][row][:length])
         assert all(t in NER_TAGS for t in analyze["ner_tags"][row][:length])
         assert set(analyze["pos_tags"][row][length:]) <= {""}  # padding is blank, not a tag
+        # IOB2-constrained decoding: an I-X only continues a B-X or I-X
+        tags = ["O"] + analyze["ner_tags"][row][:length]
+        assert all(not t.startswith("I-") or prev[2:] == t[2:] for prev, t in zip(tags, tags[1:])), tags
     assert all(label in SENTIMENT_LABELS for label in analyze["sentiment_label"])
     assert all(abs(sum(p) - 1) < 1e-4 for p in analyze["sentiment_probabilities"])
 
@@ -86,25 +90,37 @@ def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras
     result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
     assert result["blocked_modules_loaded"] == []
     translate = result["translate"]
-    vocabulary_words = set(re.findall(r"\w+", " ".join(result["target_vocabulary"])))
+    pieces = set(result["target_vocabulary"])
     assert len(translate["batch"]) == len(translate["sentences"])
     for translation in translate["batch"]:
         assert isinstance(translation, str) and translation.strip()  # one non-empty string per input
-        # every word is one of the Spanish target words the pipeline computed
-        assert set(re.findall(r"\w+", translation)) <= vocabulary_words, translation
+        assert "[UNK]" not in translation and "##" not in translation, translation  # detokenized, no holes
+        # every word is spelled with the WordPiece pieces the pipeline learned
+        assert all(_spellable(word, pieces) for word in re.findall(r"\w+", translation)), translation
     assert any(any(c.isalpha() for c in t) for t in translate["batch"]), translate["batch"]
     # mixed lengths in one batch: each row decodes exactly as it does alone
     assert translate["batch"] == translate["alone"]
 
 
-def test_pushed_model_uses_only_core_tensorflow_ops(pipeline_run):
+def _spellable(word: str, pieces: set[str]) -> bool:
+    """Whether a word is a concatenation of a piece and "##" continuation pieces."""
+    reachable = [True] + [False] * len(word)
+    for end in range(1, len(word) + 1):
+        reachable[end] = any(reachable[start] and (word[start:end] if start == 0 else "##" + word[start:end]) in pieces
+                             for start in range(end))  # fmt: skip
+    return reachable[-1]
+
+
+def test_pushed_model_uses_only_core_tensorflow_and_tf_text_ops(pipeline_run):
     audit = _fresh_python("audit_ops.py", str(pipeline_run.pushed_model_dir))
     assert audit["unregistered"] == [] and audit["python_ops"] == []
+    assert audit["text_ops"] == ["WordpieceTokenizeWithOffsets"]  # the target-side WordPiece tokenizer
     assert {"StringSplitV2", "StaticRegexReplace", "MatMul"} <= set(audit["ops"])  # the in-graph tokenizer is there
 
 
 def test_pushed_model_carries_warmup_requests_that_its_signatures_accept(pipeline_run):
     path = pipeline_run.pushed_model_dir / "assets.extra" / "tf_serving_warmup_requests"
+    load_text_ops()
     model = tf.saved_model.load(str(pipeline_run.pushed_model_dir))
     signatures = []
     for record in tf.data.TFRecordDataset(str(path)):

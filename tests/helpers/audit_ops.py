@@ -1,6 +1,7 @@
 """Run in a fresh interpreter: lists every op of a SavedModel (graph and function library) and checks
-that core TensorFlow alone registers it (Keras and TF Text blocked), and that none calls Python.
-Prints JSON {"ops": [...], "unregistered": [...], "python_ops": [...]}."""
+that core TensorFlow, plus the TF Text kernels that stock TF Serving links, registers it (Keras and
+TF Text's Python package blocked), and that none calls Python. Prints JSON {"ops": [...],
+"unregistered": [...], "text_ops": [...], "python_ops": [...]} (text_ops: those only TF Text registers)."""
 
 import json
 import os
@@ -23,8 +24,13 @@ for meta_graph in saved_model.meta_graphs:
         ops.update(node.op for node in function.node_def)
 functions = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
 real_ops = sorted(ops - functions)  # a node may call a library function by name
+core_only = [op for op in real_ops if op_def_registry.get(op) is None]
+from model.serving_ops import load_text_ops  # noqa: E402
+
+load_text_ops()
 print(json.dumps({
     "ops": real_ops,
     "unregistered": [op for op in real_ops if op_def_registry.get(op) is None],
+    "text_ops": [op for op in core_only if op_def_registry.get(op) is not None],
     "python_ops": [op for op in real_ops if "PyFunc" in op],
 }))

@@ -5,7 +5,8 @@ import json
 import os
 import sys
 
-# tensorflow_text too: the graph uses core TF string ops only (its Python package also imports Keras).
+# tensorflow_text's Python package too (it imports Keras): the graph's one TF Text op is registered
+# from its kernel library alone, as stock TF Serving links it.
 BLOCKED = ("keras", "keras_nlp", "keras_hub", "tf_keras", "tensorflow_text")
 # None in sys.modules makes `import keras` raise ImportError and find_spec() report it missing,
 # exactly as if it were not installed (TensorFlow itself copes with that).
@@ -14,6 +15,9 @@ for _name in BLOCKED:
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf  # noqa: E402
 
+from model.serving_ops import load_text_ops  # noqa: E402
+
+load_text_ops()
 model = tf.saved_model.load(sys.argv[1])
 sentences = tf.constant(["Apple sued Samsung in California.", "I really love this wonderful movie!"])
 
