@@ -52,7 +52,8 @@ def _image_matches_lock(image: str) -> None:
 
 
 def _check_flags(args: list[str]) -> dict:
-    values = flagmod.parse(args)  # every flag is one tensorflow_model_server (and ours) accepts
+    values, unknown = flagmod.parse(args)
+    assert unknown == []  # every flag is one tensorflow_model_server (and ours) accepts
     flagmod.check(values)
     return values
 
