@@ -4,20 +4,67 @@ Training batches mix the tasks by sampling: each task gets its own shuffled, rep
 ``tf.data.Dataset.sample_from_datasets`` draws from them with weights ``n_task ** (1 / T)``
 (proportional for T=1, uniform for T -> infinity). Every batch is cut to the length of its longest
 sentence, so short sentences do not pay for the 128-word maximum.
+
+With the masked-word objective (``MaskedWords``), one more stream joins the mix: examples of every
+task (translation's English side included) with a share of their words masked BERT-style, labelled
+only with the masked words' ids, so the shared encoder also learns from the text itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model.network import model_input_names
-from model.preprocessing import MODEL_INPUTS
+from model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
+from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
 from model.tasks import TASKS, Head, HeadKind
 
-SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS
+SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS + (MASKED_WORD_LABELS,)
+MASKED_WORDS_WEIGHT = "masked_words_weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedWords:
+    """The masked-word objective's share of training examples and how words are masked.
+
+    Args:
+        share: probability that a training example is drawn for the objective (from all tasks' text).
+        rate: probability that a word of such an example is masked; of the masked words 80 % read
+            the mask id, 10 % a random word, 10 % themselves (Devlin et al. 2019).
+        vocabulary_size: word ids of the encoder (the mask id is one past them).
+    """
+
+    share: float
+    rate: float
+    vocabulary_size: int
+
+    def mask(self, features: dict[str, tf.Tensor], seed: int) -> dict[str, tf.Tensor]:
+        """One example masked: [L] features in, the same with masked words and their labels, every
+        head's weights 0 and the objective's weight 1 (0 when no word was drawn)."""
+        token_ids = features["token_ids"]
+        draws = tf.random.uniform(tf.shape(token_ids), seed=seed)
+        masked = (draws < self.rate) & (token_ids > 0)
+        how = draws / self.rate  # uniform in [0, 1) again on the masked words
+        random_words = tf.random.uniform(tf.shape(token_ids), 1, self.vocabulary_size, dtype=tf.int64, seed=seed + 1)
+        replaced = tf.where(how < 0.8, tf.constant(mask_word_id(self.vocabulary_size), tf.int64),
+                            tf.where(how < 0.9, random_words, token_ids))  # fmt: skip
+        # no head learns from this example (and a translation example's decoder does not run)
+        out = {k: (tf.zeros_like(v) if k.endswith(("_weight", "_label")) else v) for k, v in features.items()}
+        out["token_ids"] = tf.where(masked, replaced, token_ids)
+        # a masked word's spelling and shape would give it away
+        for name in SUBWORD_INPUTS + ("shape_ids",):
+            out[name] = tf.where(masked, tf.zeros_like(features[name]), features[name])
+        out[MASKED_WORD_LABELS] = tf.where(masked, token_ids, tf.zeros_like(token_ids))
+        out[MASKED_WORDS_WEIGHT] = tf.cast(tf.reduce_any(masked), tf.float32)
+        return out
+
+
+def _without_masked_words(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A supervised example in the masked-word stream's structure: no masked word, weight 0."""
+    return {**features, MASKED_WORD_LABELS: tf.zeros_like(features["token_ids"]), MASKED_WORDS_WEIGHT: tf.constant(0.0)}
 
 
 def task_weights(counts: dict[str, int], sampling: str, temperature: float = 1.0) -> dict[str, float]:
@@ -71,9 +118,12 @@ def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> d
 
 
 def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
-    inputs = {k: features[k] for k in model_input_names(heads)}
+    masked_words = MASKED_WORD_LABELS in features
+    inputs = {k: features[k] for k in model_input_names(heads, masked_words)}
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
+    if masked_words:  # the output is the loss itself; its label is a placeholder
+        labels[MASKED_WORDS], weights[MASKED_WORDS] = tf.zeros_like(features[MASKED_WORDS_WEIGHT]), features[MASKED_WORDS_WEIGHT]
     return inputs, labels, weights
 
 
@@ -84,8 +134,10 @@ def training_dataset(
     batch_size: int,
     weights: dict[str, float],
     seed: int,
+    masked_words: MaskedWords | None = None,
 ) -> tf.data.Dataset:
-    """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights."""
+    """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
+    (and, with ``masked_words``, its share of masked-word examples)."""
     parsed = _parsed(file_patterns, tf_transform_output)
     task_index = {t.name: i for i, t in enumerate(TASKS)}
     streams = [
@@ -95,7 +147,18 @@ def training_dataset(
         .repeat()
         for name in weights
     ]
-    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=seed)
+    stream_weights = list(weights.values())
+    if masked_words is not None:
+        streams = [stream.map(_without_masked_words) for stream in streams]
+        streams.append(
+            parsed.filter(lambda f: tf.reduce_any(f["token_ids"] > 0))
+            .cache()
+            .shuffle(8192, seed=seed + 1, reshuffle_each_iteration=True)
+            .repeat()
+            .map(lambda f: masked_words.mask(f, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        )
+        stream_weights = [w * (1 - masked_words.share) for w in stream_weights] + [masked_words.share]
+    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=stream_weights, seed=seed)
     return (
         mixed.batch(batch_size, drop_remainder=True)
         .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads), num_parallel_calls=tf.data.AUTOTUNE)
@@ -104,11 +167,14 @@ def training_dataset(
 
 
 def evaluation_dataset(
-    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], batch_size: int
+    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], batch_size: int,
+    masked_words: bool = False,
 ) -> tf.data.Dataset:
-    """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch."""
+    """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
+    ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on)."""
+    parsed = _parsed(file_patterns, tf_transform_output)
     return (
-        _parsed(file_patterns, tf_transform_output)
+        (parsed.map(_without_masked_words) if masked_words else parsed)
         .cache()
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()

@@ -192,6 +192,65 @@ class SequenceDecoder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
+class MaskedWordLoss(keras.layers.Layer):
+    """The masked-word (masked language model) objective: predicts the original word at the masked
+    positions from the encoder's states and returns each example's mean cross-entropy.
+
+    Only the masked positions are projected onto the word vocabulary (gathered first), so the
+    objective costs a few dozen [D, V] products per batch instead of one per word. Training-only:
+    the serving model is built without it (``model.network.inference_model``).
+
+    Args:
+        vocabulary_size: the word ids V it predicts (the encoder's word vocabulary).
+
+    Call args: hidden [B, T, D]; word_labels [B, T] int (the original word id at a masked position,
+    0 elsewhere). Returns float [B]: the mean cross-entropy over the row's masked positions (0 for a
+    row without any).
+    """
+
+    def __init__(self, vocabulary_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+
+    def build(self, hidden_shape, word_labels_shape=None):
+        self.projection = keras.layers.Dense(self.vocabulary_size, name="word_projection")
+        self.projection.build((None, hidden_shape[-1]))
+        super().build(hidden_shape)
+
+    def call(self, hidden, word_labels):
+        word_labels = tf.cast(word_labels, tf.int64)
+        positions = tf.where(word_labels > 0)  # [M, 2]
+        # An empty gather crashes multi-replica CPU steps (see SequenceDecoder.call): without masked
+        # words, position (0, 0) is scored with weight 0 instead.
+        positions = tf.cond(tf.size(positions) > 0, lambda: positions, lambda: tf.zeros([1, 2], tf.int64))
+        targets = tf.gather_nd(word_labels, positions)
+        logits = self.projection(tf.gather_nd(hidden, positions))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+        counted = tf.cast(targets > 0, tf.float32)
+        rows, batch = positions[:, 0], tf.shape(hidden, out_type=tf.int64)[0]
+        total = tf.math.unsorted_segment_sum(losses * counted, rows, batch)
+        return total / tf.maximum(tf.math.unsorted_segment_sum(counted, rows, batch), 1.0)
+
+    def compute_output_shape(self, hidden_shape, word_labels_shape=None):
+        return (hidden_shape[0],)
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class PrecomputedLoss(keras.losses.Loss):
+    """The loss of an output that already is a per-example loss (``MaskedWordLoss``): y_pred [B] as it
+    is (y_true is ignored); Keras applies the sample weights and the reduction."""
+
+    def __init__(self, reduction="mean_with_sample_weight", name="precomputed_loss"):
+        super().__init__(reduction=reduction, name=name)
+
+    def call(self, y_true, y_pred):
+        return y_pred
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
 class SmoothedSparseCrossentropy(keras.losses.Loss):
     """Sparse categorical cross-entropy from logits with label smoothing (which Keras' sparse loss lacks).
 

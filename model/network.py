@@ -8,7 +8,7 @@ import keras
 import keras_nlp
 
 from model import text
-from model.layers import (EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy,
+from model.layers import (EntityBoundaryPooling, MaskedMeanPooling, MaskedWordLoss, PrecomputedLoss, SequenceDecoder, SmoothedSparseCrossentropy,
                           TaskUncertainty, UncertaintyWeightedLoss)
 from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_BOS, TARGET_EOS
 from model.tasks import Head, HeadKind
@@ -16,15 +16,33 @@ from model.tasks import Head, HeadKind
 ENCODER_OUTPUT = "encoder_output"
 TASK_UNCERTAINTY = "task_uncertainty"
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+# The masked-word objective: its training-only input (original word ids at masked positions) and output.
+MASKED_WORD_LABELS = "masked_word_labels"
+MASKED_WORDS = "masked_words"
 
 
 def decoder_layer_name(head: Head) -> str:
     return f"{head.name}_decoder"
 
 
-def model_input_names(heads: Sequence[Head]) -> tuple[str, ...]:
-    """The model's inputs: the encoder's, plus each sequence head's label ids (teacher forcing)."""
-    return MODEL_INPUTS + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
+def model_input_names(heads: Sequence[Head], masked_words: bool = False) -> tuple[str, ...]:
+    """The model's inputs: the encoder's, each sequence head's label ids (teacher forcing), and with
+    the masked-word objective its word labels."""
+    return (MODEL_INPUTS + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
+            + ((MASKED_WORD_LABELS,) if masked_words else ()))  # fmt: skip
+
+
+def mask_word_id(vocabulary_size: int) -> int:
+    """The word id that stands for a masked word: one past the vocabulary and its OOV buckets."""
+    return vocabulary_size
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The model without its training-only parts (the masked-word objective): what is served."""
+    if MASKED_WORDS not in model.output:
+        return model
+    return keras.Model({k: v for k, v in model.input.items() if k != MASKED_WORD_LABELS},
+                       {k: v for k, v in model.output.items() if k != MASKED_WORDS}, name=model.name)  # fmt: skip
 
 
 def encoder_layer_index(head_name: str, head_layers: Mapping[str, int] | None, num_layers: int) -> int:
@@ -55,6 +73,7 @@ def build_model(
     head_layers: Mapping[str, int] | None = None,
     head_dropout: float | None = None,
     tie_decoder_embeddings: bool = False,
+    masked_words: bool = False,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -69,14 +88,18 @@ def build_model(
     [B, T, num_labels] for token heads and [B, L, V] for sequence heads (V: the head's entry in
     ``target_vocabulary_sizes``, special ids and OOV buckets included).
 
+    ``masked_words`` adds the masked-word objective: one more word id (``mask_word_id``), the input
+    ``masked_word_labels`` int64 [B, T] and the output ``masked_words`` float [B], each example's
+    masked-word loss (``MaskedWordLoss`` on the last encoder layer); ``inference_model`` drops both.
+
     ``uncertainty_weighting`` adds a ``TaskUncertainty`` layer (one learned log-variance per head) for
     ``compile_for_heads(loss_weighting="uncertainty")``.
     """
-    inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads)}
+    inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
     x = keras_nlp.layers.TokenAndPositionEmbedding(
-        vocabulary_size, max_length, embedding_dim, name="word_and_position_embedding"
+        vocabulary_size + int(masked_words), max_length, embedding_dim, name="word_and_position_embedding"
     )(inputs["token_ids"])
     x = x + keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs["shape_ids"])
     x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
@@ -100,6 +123,8 @@ def build_model(
 
     head_dropout = dropout if head_dropout is None else head_dropout
     outputs = {}
+    if masked_words:
+        outputs[MASKED_WORDS] = MaskedWordLoss(vocabulary_size, name=MASKED_WORDS)(layer_outputs[-1], inputs[MASKED_WORD_LABELS])
     for head in heads:
         if head.kind is HeadKind.SEQUENCE:
             decoder = SequenceDecoder(
@@ -150,10 +175,13 @@ def compile_for_heads(
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}
+    weights = {h.name: float((loss_weights or {}).get(h.name, 1.0)) for h in heads}
+    if MASKED_WORDS in model.output:  # already a per-example loss; weight 1 on the masked-word examples
+        losses[MASKED_WORDS], weights[MASKED_WORDS] = PrecomputedLoss(), 1.0
     model.compile(
         optimizer=optimizer,
         loss=losses,
-        loss_weights={h.name: float((loss_weights or {}).get(h.name, 1.0)) for h in heads},
+        loss_weights=weights,
         weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
     )
 

@@ -35,7 +35,7 @@ import tensorflow_transform as tft
 
 from model import decoding
 from model import text as text_ops
-from model.network import ENCODER_OUTPUT, decoder_layer_name, model_input_names
+from model.network import ENCODER_OUTPUT, decoder_layer_name, inference_model, model_input_names
 from model.preprocessing import FIRST_TARGET_WORD, MODEL_INPUTS
 from model.subwords import UNKNOWN as UNKNOWN_PIECE
 from model.tasks import ENCODER_TEXT_FIELDS, TASKS, Head, HeadKind, Task
@@ -67,7 +67,7 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task],
                  beam_width: int = 1, length_penalty: float = 0.0):  # fmt: skip
         super().__init__()
-        self.model = model
+        self.model = model = inference_model(model)
         self._beam_width, self._length_penalty = beam_width, length_penalty
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._raw_spec = tf_transform_output.raw_feature_spec()

@@ -98,7 +98,8 @@ def build_training_model(
         heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
         target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
         uncertainty_weighting=training["loss_weighting"] == "uncertainty",
-        subword_buckets=transform_config["subword_buckets"], **model_config,
+        subword_buckets=transform_config["subword_buckets"], masked_words=training["masked_word_share"] > 0,
+        **model_config,
     )  # fmt: skip
     warmup_steps = int(steps * training["warmup_fraction"])
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -150,15 +151,21 @@ def train_model(
     ``epochs`` is the number of validation points (default: one per 100 steps, at most 10).
     """
     keras.utils.set_random_seed(training["seed"])
+    words = vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"])
+    masked_words = None
+    if training["masked_word_share"] > 0:
+        masked_words = dataset.MaskedWords(training["masked_word_share"], training["masked_word_rate"], words)
     train_data = dataset.training_dataset(
-        train_files, tf_transform_output, heads, training["batch_size"], dict(task_weights), training["seed"]
-    )
-    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training["batch_size"])
+        train_files, tf_transform_output, heads, training["batch_size"], dict(task_weights), training["seed"],
+        masked_words,
+    )  # fmt: skip
+    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training["batch_size"],
+                                           masked_words is not None)  # fmt: skip
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
         model = build_training_model(
-            heads, vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"]),
+            heads, words,
             target_vocabulary_sizes(tf_transform_output, heads, transform_config["num_oov_buckets"]),
             model_config, training, transform_config, steps,
         )  # fmt: skip

@@ -77,6 +77,10 @@ class TrainingConfig:
     # Label smoothing of sequence heads' (translation) cross-entropy; 0 turns it off. Off: on the quick
     # profile 0.1 gave BLEU 0.012 against 0.014 without (one run each, within noise; no gain).
     sequence_label_smoothing: float = 0.0
+    # The masked-word objective (model/dataset.py): the share of training examples drawn for it from
+    # every task's text (0: off) and the share of their words masked.
+    masked_word_share: float = 0.2
+    masked_word_rate: float = 0.15
     # Restore, at the end, the weights of the validation point with the best mean validation accuracy.
     keep_best: bool = True
     # Start from the latest blessed model when there is one (see model/warm_start.py), training for

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from model import text
 from model.layers import EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
-from model.network import ENCODER_OUTPUT, TASK_UNCERTAINTY, build_model, compile_for_heads, decoder_layer_name
+from model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
+                           compile_for_heads, decoder_layer_name, inference_model)
 from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
 from model.tasks import TRANSLATION, HeadKind, all_heads
 
@@ -283,3 +284,49 @@ def test_uncertainty_weighting_trains_under_two_cpu_replicas():
     assert result.returncode == 0, result.stderr[-3000:]
     s = [float(v) for v in next(l for l in result.stdout.splitlines() if l.startswith("s ")).split()[1:]]
     assert len(s) == len(HEADS) and all(v != 0.0 for v in s)
+
+
+def test_masked_word_objective_trains_the_encoder_and_is_not_served():
+    keras.utils.set_random_seed(4)
+    model = build_model(HEADS, masked_words=True, **SIZES)
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1))
+    inputs, labels, weights = batch()
+    # rows 0 and 1 are masked-word examples: two masked words each, labelled with their original ids
+    word_labels = np.zeros_like(inputs["token_ids"])
+    word_labels[:2, :2] = inputs["token_ids"][:2, :2]
+    inputs[MASKED_WORD_LABELS] = word_labels
+    labels[MASKED_WORDS], weights[MASKED_WORDS] = np.zeros(4, "float32"), np.array([1, 1, 0, 0], "float32")
+    per_example = model(inputs)[MASKED_WORDS].numpy()
+    assert per_example.shape == (4,) and np.all(per_example[:2] > 0) and np.all(per_example[2:] == 0)
+    # its loss is the weighted mean of the per-example losses, and training lowers it
+    first = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)[f"{MASKED_WORDS}_loss"]
+    assert first == pytest.approx(per_example[:2].mean(), rel=1e-4)
+    for name in labels:  # only the masked-word objective learns
+        if name != MASKED_WORDS:
+            weights[name] = np.zeros_like(weights[name])
+    before = model.get_layer("shared_encoder_0").get_weights()[0].copy()
+    for _ in range(5):
+        model.train_on_batch(inputs, labels, sample_weight=weights)
+    assert model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)[f"{MASKED_WORDS}_loss"] < first
+    assert not np.array_equal(model.get_layer("shared_encoder_0").get_weights()[0], before)
+    # the served model has neither its input nor its output
+    served = inference_model(model)
+    assert MASKED_WORD_LABELS not in served.input and MASKED_WORDS not in served.output
+    assert set(served.output) == {h.name for h in HEADS}
+
+
+def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
+    from model.dataset import MaskedWords
+
+    features = {"token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64), "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
+                "entity_ids": tf.zeros([6], tf.int64), "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),
+                "pos_weight": tf.constant([1, 1, 1, 1, 1, 0], tf.float32),
+                **{name: tf.constant([3, 3, 3, 3, 3, 0], tf.int64) for name in SUBWORD_INPUTS}}  # fmt: skip
+    masked = {k: v.numpy() for k, v in MaskedWords(share=0.2, rate=0.99, vocabulary_size=50).mask(features, seed=1).items()}
+    chosen = masked[MASKED_WORD_LABELS] > 0
+    assert chosen[:5].sum() >= 4 and not chosen[5]  # padding is never masked
+    np.testing.assert_array_equal(masked[MASKED_WORD_LABELS][chosen], features["token_ids"].numpy()[chosen])
+    assert np.all(masked["prefix_ids"][chosen] == 0) and np.all(masked["shape_ids"][chosen] == 0)
+    assert np.all(masked["pos_weight"] == 0) and np.all(masked["pos_label"] == 0)  # no head learns from it
+    assert masked["masked_words_weight"] == 1.0
+    assert set(masked["token_ids"][chosen]) - set(range(1, 50)) <= {50}  # the mask id is one past the vocabulary
