@@ -178,8 +178,9 @@ def test_tour_python_snippet_opens_statistics_evaluation_lineage_and_settings(to
     lines = result.stdout.splitlines()
     # (other tests may rerun the pipeline in this workdir first: "newest" is then that run's)
     assert int(re.search(r"^training examples: (\d+)$", result.stdout, re.M).group(1)) > 0
-    metrics_line = next(line for line in lines if "entity_f1" in line)
-    assert all(head in metrics_line for head in ("pos", "ner", "sentiment", "relation", "translation"))
+    metrics = {line.split()[0]: line for line in lines if "{'" in line}
+    assert set(metrics) == {"pos", "ner", "sentiment", "relation", "translation"}
+    assert "'entity_f1'" in metrics["ner"] and "'bleu'" in metrics["translation"]
     lineage = {line.split()[0] for line in lines if line.split() and line.split()[0] in
                ("Examples", "TransformGraph", "Schema", "Model")}  # fmt: skip
     assert {"Examples", "TransformGraph", "Schema"} <= lineage
