@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from typing import Literal, Optional
@@ -233,3 +234,45 @@ def test_every_setting_of_the_config_can_be_given_as_text(profile):
         else:
             text = json.dumps(value)
         assert effective_config(profile, assignments=[f"{key}={text}"]) == config, key
+
+
+def test_run_prints_and_records_the_effective_settings(tmp_path, monkeypatch, capsys):
+    """`mtnlp run --verbose` with the pipeline itself stubbed out: what it prints and what the summary keeps."""
+    import pipelines.local_runner as local_runner
+    from mtnlp import cli as mtnlp_cli
+
+    def stopped_run(config, data_root, workdir, enable_cache=True):
+        os.makedirs(workdir.root, exist_ok=True)
+        raise RuntimeError(f"stopped by the test (learning rate {config.training.learning_rate})")
+
+    monkeypatch.setattr(local_runner, "run_locally", stopped_run)
+    settings = tmp_path / "s.yaml"
+    settings.write_text("model:\n  num_layers: 3\n")
+    workdir = tmp_path / "w"
+    rc = mtnlp_cli.main(["run", "--workdir", str(workdir), "--verbose", "--config", str(settings),
+                         "--set", "training.learning_rate=5e-4", "--train-steps", "7"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "stopped by the test (learning rate 0.0005)" in out
+    assert "Effective settings (profile quick; pass them back with --config FILE):" in out
+    assert "    learning_rate: 0.0005" in out and "    train_steps: 7" in out and "    num_layers: 3" in out
+    assert "settings changed from the quick profile: model.num_layers=3, training.learning_rate=0.0005, " \
+           "training.train_steps=7" in out
+    summary = json.loads((workdir / "run_summary.json").read_text())
+    assert summary["config"]["training"] == {**summary["config"]["training"], "learning_rate": 5e-4, "train_steps": 7}
+    assert summary["config_changes"]["model.num_layers"] == {"profile": get_config("quick").model.num_layers,
+                                                             "effective": 3}  # fmt: skip
+    assert summary["config_sources"] == {"files": [str(settings)], "set": ["training.learning_rate=5e-4"]}
+
+
+@pytest.mark.slow
+def test_the_pipeline_run_records_its_settings_in_the_summary_and_ml_metadata(pipeline_run):
+    from pipelines.summary import recorded_config
+    from tests.conftest import FIXTURE_STEPS
+
+    summary = pipeline_run.summary
+    assert summary["config"]["training"]["train_steps"] == FIXTURE_STEPS
+    assert summary["config_changes"]["training.train_steps"] == {
+        "profile": get_config("quick").training.train_steps, "effective": FIXTURE_STEPS}
+    assert "settings changed from the quick profile:" in pipeline_run.stdout
+    metadata = str(pipeline_run.workdir / "metadata.sqlite")
+    assert recorded_config(metadata, summary["run_id"]) == summary["config"]
