@@ -108,3 +108,71 @@ def test_pipeline_benchmark(tmp_path):
     assert document["runs"]["2x"]["records_ingested"] == 2 * document["runs"]["1x"]["records_ingested"]
     assert document["summary"]["rerun_all_cached"]
     assert all(g > 0 for g in document["summary"]["beam_stage_max_growth_per_doubling"].values())
+
+
+# -- benchmarks/peer_spacy.py: only what needs no spaCy (installing it is the script's job, not CI's) --------------
+
+
+# tagging records as read from the data: one with NER, one without (the field is optional)
+PEER_TAGGED_RECORDS = [{"tokens": ["Apple", "sued", "Samsung", "."], "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
+                        "ner": ["B-ORG", "O", "B-ORG", "O"]},
+                       {"tokens": ["Hi", "!"], "pos": ["INTJ", "PUNCT"], "ner": None}]  # fmt: skip
+
+
+def test_the_spacy_peer_states_its_usage_without_spacy():
+    result = run_benchmark("peer_spacy.py", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in ("--model-dir", "--max-minutes", "--max-steps", "--venv", "--quick", "--output"):
+        assert option in result.stdout, option
+    assert "python benchmarks/peer_spacy.py" in result.stdout and "spacy>=3.8,<3.9" in result.stdout
+
+
+def test_the_spacy_peer_names_a_missing_model_before_doing_anything(tmp_path):
+    result = run_benchmark("peer_spacy.py", "--model-dir", str(tmp_path / "none"), "--venv", str(tmp_path / "venv"),
+                           timeout=120)  # fmt: skip
+    assert result.returncode == 2 and str(tmp_path / "none") in result.stderr and "mtnlp run" in result.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_our_records_become_spacy_examples_with_their_own_words_and_tags():
+    from benchmarks.peer_spacy import spacy_examples, words_key
+
+    examples = list(spacy_examples("tagging", PEER_TAGGED_RECORDS))
+    assert [(e["words"], e["tags"], e["ents"]) for e in examples] == [
+        (r["tokens"], r["pos"], r["ner"]) for r in PEER_TAGGED_RECORDS]
+    assert examples[1]["ents"] is None  # missing NER stays missing: spaCy must not learn "no entities" from it
+    (sentiment,) = spacy_examples("sentiment", [{"text": "Great!", "label": "positive"}])
+    assert sentiment["text"] == "Great!" and sentiment["cats"] == {"negative": 0.0, "positive": 1.0}
+    assert json.loads(json.dumps(examples)) == examples  # what the spaCy side reads back
+    assert words_key(["Hi", "!", "", ""]) == ("Hi", "!")
+
+
+def test_the_spacy_peer_is_scored_by_the_same_code_as_our_model():
+    """Gold answers recorded as spaCy's go through mtnlp evaluate's scoring and score perfectly; a wrong tag and
+    a wrong class cost what the pipeline's scorers say."""
+    from benchmarks.peer_spacy import spacy_examples, spacy_signatures
+    from model.tasks import get_task
+    from serving.evaluate import TaskData, evaluate_signatures
+
+    texts = [{"text": "Great!", "label": "positive"}, {"text": "Awful.", "label": "negative"}]
+    data = {"tagging": TaskData(get_task("tagging"), PEER_TAGGED_RECORDS, []),
+            "sentiment": TaskData(get_task("sentiment"), texts, [])}
+
+    def scores(answers) -> dict:
+        results, skipped = evaluate_signatures(spacy_signatures(answers), data, batch_size=64)
+        assert not skipped
+        return {r.head: r.metrics for r in results}
+
+    gold = {"tagging": [{"words": e["words"], "pos_tags": e["tags"], "ner_tags": e["ents"] or ["O"] * len(e["words"])}
+                        for e in spacy_examples("tagging", PEER_TAGGED_RECORDS)],
+            "sentiment": [{"text": e["text"], "cats": e["cats"]}
+                          for e in spacy_examples("sentiment", texts)]}  # fmt: skip
+    perfect = scores(gold)
+    assert perfect["pos"]["token_accuracy"] == 1.0 and perfect["ner"]["entity_f1"] == 1.0
+    assert perfect["sentiment"]["accuracy"] == 1.0
+    gold["tagging"][0]["pos_tags"][1] = "NOUN"
+    gold["tagging"][0]["ner_tags"][2] = "B-LOC"
+    gold["sentiment"][1]["cats"] = {"negative": 0.2, "positive": 0.7}
+    flawed = scores(gold)
+    assert flawed["pos"]["token_accuracy"] == 5 / 6 and flawed["sentiment"]["accuracy"] == 0.5
+    assert flawed["ner"]["entity_precision"] == 0.5 and flawed["ner"]["entity_recall"] == 0.5
