@@ -6,7 +6,8 @@
 
 For each concurrency (1, 8, 32 client threads, each sending one example per request, back to back for --seconds),
 prints p50/p99 latency and throughput, states the machine, and writes the figures as JSON next to this script
-(serving_results.json). Targets: p50 gRPC overhead over in-process <= 1.5 ms at concurrency 1; batching >= 3x
+(serving_results.json). "in_process" calls the model through the server's own runtime (a TF1 Session, as TF Serving)
+in this process; "in_process_eager" through TF2's `tf.saved_model.load` signatures, for reference. Targets: p50 gRPC overhead over in-process <= 1.5 ms at concurrency 1; batching >= 3x
 throughput at 32 clients.
 """
 
@@ -194,9 +195,16 @@ def main() -> int:
             any(p.name.isdigit() for p in pushed.iterdir()):
         ns.model_base_path = pushed
     base = ns.model_base_path.resolve() if ns.model_base_path and not ns.builtin else build_mlp(tmp / "mtnlp")
-    versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
-    fn = tf.saved_model.load(str(base / str(versions[-1]))).signatures["serving_default"]
-    (input_name,) = fn.structured_input_signature[1].keys()
+    from serving.model_server.manager import version_directories
+    from serving.model_server.servable import LoadedModel
+
+    versions = version_directories(str(base))
+    version_dir = str(base / versions[max(versions)])
+    # The server's own runtime (a Session, as TF Serving's) in this process: the baseline the server adds to.
+    model = LoadedModel(version_dir, ["serve"])
+    signature = model.signature("serving_default")
+    (input_name,) = signature.inputs
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]  # TF2's eager runtime, for reference
     if input_name == "text":
         example = np.array([ns.text.encode()], dtype=object)
         feed = {"text": tf.constant([ns.text])}
@@ -208,9 +216,10 @@ def main() -> int:
 
     levels = [int(c) for c in ns.concurrency.split(",")]
     machine = Machine()
-    results: dict[str, dict[int, dict]] = {"in_process": {}, "grpc": {}, "grpc_batching": {}}
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "in_process_eager": {}, "grpc": {}, "grpc_batching": {}}
     for c in levels:
-        results["in_process"][c] = drive(lambda: fn(**feed), c, ns.seconds)
+        results["in_process"][c] = drive(lambda: model.run(signature, {input_name: example}), c, ns.seconds)
+        results["in_process_eager"][c] = drive(lambda: fn(**feed), c, ns.seconds)
 
     batching = tmp / "batching_parameters.txt"
     sizes = [s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s < ns.max_batch_size] + [ns.max_batch_size]
