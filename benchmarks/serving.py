@@ -7,8 +7,8 @@
 For each concurrency (1, 8, 32 client threads, each sending one example per request, back to back for --seconds),
 prints p50/p99 latency and throughput, states the machine, and writes the figures as JSON next to this script
 (serving_results.json). "in_process" calls the model through the server's own runtime (a TF1 Session, as TF Serving)
-in this process; "in_process_eager" through TF2's `tf.saved_model.load` signatures, for reference. Targets: p50 gRPC overhead over in-process <= 1.5 ms at concurrency 1; batching >= 3x
-throughput at 32 clients.
+in this process; "in_process_eager" through TF2's `tf.saved_model.load` signatures, for reference. Targets: p50
+gRPC overhead over in-process <= 1.5 ms at concurrency 1; batching >= 3x throughput at 32 clients.
 """
 
 from __future__ import annotations
@@ -216,7 +216,8 @@ def main() -> int:
 
     levels = [int(c) for c in ns.concurrency.split(",")]
     machine = Machine()
-    results: dict[str, dict[int, dict]] = {"in_process": {}, "in_process_eager": {}, "grpc": {}, "grpc_batching": {}}
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "in_process_eager": {}, "grpc": {},
+                                           "grpc_batching": {}}
     for c in levels:
         results["in_process"][c] = drive(lambda: model.run(signature, {input_name: example}), c, ns.seconds)
         results["in_process_eager"][c] = drive(lambda: fn(**feed), c, ns.seconds)
