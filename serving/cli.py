@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--task", action="append", choices=PREDICT_TASKS,
                    help="only these tasks (repeatable; default all but translate, which is only run when named; "
                         "relation runs for sentences with two [[...]] entities, and named, needs them in every one)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per request")
+    p.add_argument("--batch-size", type=positive_integer, default=32, help="sentences per request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system roots)")
     p.set_defaults(func=cmd_predict)
@@ -92,7 +92,7 @@ class PredictInputError(ValueError):
     """Input that cannot be sent (no sentences, an empty one, bad markers); the message says which and where."""
 
 
-def _positive_int(text: str) -> int:
+def positive_integer(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -115,9 +115,9 @@ def read_sentences(arguments: Sequence[str], files: Sequence[str] = (), stdin: T
         except (OSError, UnicodeDecodeError) as e:
             raise PredictInputError(f"cannot read {path}: {e}") from None
     if not sentences:
-        raise PredictInputError("no sentences: give them as arguments, '-' to read stdin (one per line), or --file FILE"
-                                + (f" (the input {'had' if len(files) + len(arguments) == 1 else 'all had'} only "
-                                   f"blank lines)" if files or arguments else ""))  # fmt: skip
+        blank = " (the input given had only blank lines)" if files or arguments else ""
+        raise PredictInputError(f"no sentences{blank}: give them as arguments, '-' to read stdin (one per line), "
+                                f"or --file FILE")  # fmt: skip
     return sentences
 
 
