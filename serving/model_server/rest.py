@@ -417,6 +417,22 @@ def bind_sockets(addresses: list[str], port: int) -> list[socket.socket]:
     return sockets
 
 
+async def _close_gracefully(stream, answer: bytes = b"") -> None:
+    """Send `answer`, end our side, then discard (briefly) what the client is still sending before closing: closing
+    with unread input makes the kernel reset the connection, and the client could lose the answer."""
+    try:
+        if answer:
+            await stream.write(answer)
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(stream.read_bytes(65536, partial=True), deadline - time.monotonic())
+    except Exception:  # noqa: BLE001 - closed by the client, timed out: either way we are done
+        pass
+    finally:
+        stream.close()
+
+
 def _make_tornado_server(rest: RestServer):
     from tornado import httpserver, iostream, web
 
@@ -452,7 +468,7 @@ def _make_tornado_server(rest: RestServer):
             await self.finish(json.dumps({"error": f"Request body exceeds the limit of {limits.max_body_bytes} "
                                                    f"bytes (--rest_api_max_body_bytes)"}))
             # The unread body must not be parsed as a next request: drop the connection.
-            self.request.connection.stream.close()
+            await _close_gracefully(self.request.connection.stream)
 
         async def _dispatch(self) -> None:
             if self._rejected:
@@ -492,7 +508,7 @@ def _make_tornado_server(rest: RestServer):
                                             f"--rest_api_max_connections)"}).encode()
                 head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-                stream.write(head + body).add_done_callback(lambda _: stream.close())
+                asyncio.ensure_future(_close_gracefully(stream, head + body))
                 return
             super().handle_stream(stream, address)
 
