@@ -87,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - reported in the summary, with the component's own message
         error = f"{type(e).__name__}: {e}"
     if os.path.exists(workdir.metadata_path):
-        record_config(workdir.metadata_path, as_dict(config))
+        record_config(workdir.metadata_path, as_dict(config), started=start)
         summary = summarize_latest_run(workdir.metadata_path)
     else:
         summary = {"components": []}

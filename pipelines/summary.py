@@ -32,13 +32,14 @@ def _latest_run(store: mlmd.MetadataStore) -> metadata_store_pb2.Context | None:
     return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)) if runs else None
 
 
-def record_config(metadata_path: str, config: dict[str, Any]) -> bool:
+def record_config(metadata_path: str, config: dict[str, Any], started: float | None = None) -> bool:
     """Store the effective settings on the latest run's ``pipeline_run`` context (custom property
-    ``mtnlp_config``, JSON). False when the store has no run. The Trainer's execution also holds them, as
-    its ``custom_config`` property (absent from runs that stopped before the Trainer)."""
+    ``mtnlp_config``, JSON). False when the store has no run, or none created since ``started`` (a time.time();
+    a run that failed before it reached the orchestrator). The Trainer's execution also holds them, as its
+    ``custom_config`` property (absent from runs that stopped before the Trainer)."""
     store = _store(metadata_path, writable=True)
     run = _latest_run(store)
-    if run is None:
+    if run is None or (started is not None and run.create_time_since_epoch < int(started * 1000) - 1000):
         return False
     run.custom_properties[CONFIG_PROPERTY].string_value = json.dumps(config, sort_keys=True)
     store.put_contexts([run])
