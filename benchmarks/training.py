@@ -18,7 +18,7 @@ the table shows the median.
 Also measured: the encoder's forward+backward FLOPs per step counted from the layer shapes (per layer
 8·B·T·d² for the attention projections, 4·B·T²·d for scores and weighted sum, 4·B·T·d·f for the feed-forward;
 backward = 2x forward) divided by the step time, against the peak of a large float32 matmul timed in the same
-run; and the MTL step under the profile's ``cpu_replicas`` (2) replica MirroredStrategy against one device.
+run; and the MTL step under a ``--replicas`` (2) replica MirroredStrategy against one device.
 Prints a table stating the machine and writes benchmarks/training_results.json (``--output``).
 """
 
@@ -50,12 +50,13 @@ def task_of(head: Head) -> Task:
 
 
 def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: int, target_length: int,
-                    spread: float = 0.4, seed: int = 0):
+                    spread: float = 0.4, seed: int = 0, masked_words: bool = False):
     """(inputs, labels, sample_weights) as ``model.dataset`` feeds them to ``fit``: row i is an example of
     ``row_tasks[i]``; sentence and target lengths are uniform in (1 ± spread) x the given length, and the batch
-    is padded to its longest sentence and longest target. Returns also the number of real words."""
+    is padded to its longest sentence and longest target. Returns also the number of real words.
+    ``masked_words``: for a model with the masked-word objective; 15 % of the words are its labels."""
     from model import text
-    from model.network import model_input_names
+    from model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
     from model.preprocessing import FIRST_TARGET_WORD, SUBWORD_INPUTS, TARGET_EOS
     from pipelines.config import TransformConfig
 
@@ -96,8 +97,13 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
         else:
             labels[head.name] = np.where(mine, rng.integers(0, head.num_labels, size=batch_size), 0)
             weights[head.name] = mine.astype("float32")
-    inputs = {k: features[k].astype("int64") for k in model_input_names(heads)}
-    return (inputs, {k: v.astype("int64") for k, v in labels.items()}, weights), int(words.sum())
+    if masked_words:
+        chosen = real & (rng.random(real.shape) < 0.15)
+        features[MASKED_WORD_LABELS] = np.where(chosen, features["token_ids"], 0)
+        labels[MASKED_WORDS], weights[MASKED_WORDS] = np.zeros(batch_size), chosen.any(axis=1).astype("float32")
+    inputs = {k: features[k].astype("int64") for k in model_input_names(heads, masked_words)}
+    labels = {k: (v if k == MASKED_WORDS else v.astype("int64")) for k, v in labels.items()}
+    return (inputs, labels, weights), int(words.sum())
 
 
 def mixed_rows(tasks: Sequence[Task], batch_size: int, seed: int = 0) -> list[Task]:
@@ -179,7 +185,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--length", type=int, default=25, help="mean sentence length in words")
     ap.add_argument("--target-length", type=int, default=10, help="mean translation target length in words")
-    ap.add_argument("--replicas", type=int, help="MirroredStrategy CPU replicas (default: the profile's, 2)")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="MirroredStrategy CPU replicas, compared with one device (the profiles train on 1 on CPU)")
     ap.add_argument("--models", nargs="+", help="only these: mtl and/or head names (default: mtl and every head)")
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--output", type=Path, default=default_output("training"))
@@ -190,7 +197,7 @@ def main() -> int:
     from pipelines.config import get_config
 
     config = get_config(ns.profile)
-    replicas = ns.replicas or config.training.cpu_replicas
+    replicas = ns.replicas
     from model import devices
 
     devices.configure_cpu_replicas(replicas)  # before TensorFlow initializes its devices
@@ -217,7 +224,8 @@ def main() -> int:
         runs.append(("mtl_one_device", single))
     for name, strategy in runs:
         model_heads, row_tasks = models[name.removesuffix("_one_device")]
-        batch, words = synthetic_batch(model_heads, row_tasks, ns.length, ns.target_length)
+        batch, words = synthetic_batch(model_heads, row_tasks, ns.length, ns.target_length,
+                                       masked_words=config.training.masked_word_share > 0)
         padded = batch[0]["token_ids"].shape[1]
         model = build_training_model(model_heads, config, strategy)
         times = step_seconds(model, batch, ns.steps, ns.warmup)

@@ -45,10 +45,11 @@ class _LearnWordpieceVocabulary(tft_beam.experimental.PTransformAnalyzer):
     def _learn_and_write(self, word_counts: list[tuple[bytes, int]]) -> np.ndarray:
         counts = [(word.decode("utf-8"), count) for word, count in word_counts]
         # lower_thresh 1: rare pieces still compete; the learner's binary search picks the threshold
-        # that lands the vocabulary near the requested size.
+        # that lands the vocabulary near the requested size. include_joiner_token: every character
+        # also as a continuation piece ("##ñ"), so that every word is spellable.
         pieces = wordpiece_tokenizer_learner_lib.learn(
             counts, self._vocabulary_size, reserved_tokens=[UNKNOWN], lower_thresh=1, joiner=JOINER,
-            include_joiner_token=False,
+            include_joiner_token=True,
         )  # fmt: skip
         # tf.Transform copies the asset under its base name, the name `vocabulary_by_name` looks for
         directory = os.path.join(self.base_temp_dir, uuid.uuid4().hex)

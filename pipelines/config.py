@@ -82,7 +82,8 @@ class TrainingConfig:
     masked_word_share: float = 0.2
     masked_word_rate: float = 0.15
     # Restore, at the end, the weights of the validation point with the best mean validation accuracy.
-    keep_best: bool = True
+    # Off: on the quick profile the noisy mean (30 validation batches) picked step 720 of 1,200 and cost POS 0.02.
+    keep_best: bool = False
     # Start from the latest blessed model when there is one (see model/warm_start.py), training for
     # this fraction of train_steps.
     warm_start: bool = True
@@ -151,11 +152,13 @@ PROFILES: dict[str, PipelineConfig] = {
         training=TrainingConfig(batch_size=32, train_steps=1200, eval_steps=10, learning_rate=2e-3),
         gates=_QUICK_GATES,
     ),
-    # All the data; about 25 minutes of training on 2 CPU cores.
+    # All the data; within 60 minutes end to end on 2 CPU cores (see README).
     "full": PipelineConfig(
         profile="full",
-        model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512),
-        training=TrainingConfig(batch_size=64, train_steps=4000, eval_steps=30, learning_rate=1e-3),
+        model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512, decoder_layers=2,
+                          tie_decoder_embeddings=True),
+        training=TrainingConfig(batch_size=64, train_steps=6000, eval_steps=30, learning_rate=1e-3,
+                                sequence_label_smoothing=0.1),
         gates=_FULL_GATES,
         min_overall_improvement=0.002,
     ),

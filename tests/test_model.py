@@ -149,8 +149,16 @@ def test_smoothed_crossentropy_is_keras_sparse_crossentropy_without_smoothing_an
 
 
 def test_sequence_decoder_config_round_trips():
-    layer = SequenceDecoder(30, 5, 2, 2, 32, 0.1, name="d")
+    layer = SequenceDecoder(30, 5, 2, 2, 32, 0.1, tie_embeddings=True, name="d")
     assert SequenceDecoder.from_config(layer.get_config()).get_config() == layer.get_config()
+    assert layer.get_config()["tie_embeddings"] is True
+
+
+def test_tied_decoder_projects_with_its_target_embedding():
+    tied = build_model(HEADS, tie_decoder_embeddings=True, **SIZES)
+    untied = build_model(HEADS, **SIZES)
+    # tied: no separate output matrix, so V x D fewer parameters
+    assert untied.count_params() - tied.count_params() == TARGET_VOCABULARY * SIZES["embedding_dim"]
 
 
 def test_padding_does_not_count_in_token_losses():
@@ -178,6 +186,23 @@ def test_word_splitting_follows_universal_dependencies_style():
     words = text.split_words(tf.constant(["I don't like U.S. café prices: 3.5 $ at 10:30, it's sad!"]))
     assert [w.decode() for w in words.to_list()[0]] == [
         "I", "do", "n't", "like", "U.S.", "café", "prices", ":", "3.5", "$", "at", "10:30", ",", "it", "'s", "sad", "!"]  # fmt: skip
+
+
+def test_subword_features_of_words_seen_and_unseen():
+    words = tf.constant(["Tomás", "McDonald's", "1,000", "ran", "a", "XXXXXXL"])
+    assert [w.decode() for w in text.affix(words, 3, from_end=False).numpy()] == ["tom", "mcd", "0,0", "ran", "a", "xxx"]
+    assert [w.decode() for w in text.affix(words, 3, from_end=True).numpy()] == ["más", "d's", "000", "ran", "a", "xxl"]
+    assert [w.decode() for w in text.shape_patterns(words).numpy()] == ["Xxxxx", "XxXxxxx'x", "d,ddd", "xxx", "x", "XXXX"]
+    # hashing needs no vocabulary: a never-seen word gets ids, the same ones every time, 0 stays padding
+    from model.preprocessing import _hashed
+
+    ids = _hashed(tf.constant(["zyxwv", "zyxwv", "the"]), 5000).numpy()
+    assert ids[0] == ids[1] and 1 <= ids.min() and ids.max() <= 5000
+
+
+def test_join_words_rejoins_wordpiece_pieces_and_punctuation():
+    pieces = tf.constant([["¿", "Dónde", "est", "##á", "la", "esta", "##ción", "?", ""], ["##s", "Hola", "!", "", "", "", "", "", ""]])
+    assert [t.decode() for t in text.join_words(pieces).numpy()] == ["¿Dónde está la estación?", "s Hola!"]
 
 
 def test_spans_are_marked_on_their_words_whatever_their_order():
