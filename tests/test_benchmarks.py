@@ -27,7 +27,7 @@ def ran(result: subprocess.CompletedProcess, output) -> dict:
     return document
 
 
-@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py"])
+@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py"])
 def test_every_benchmark_states_its_usage(script):
     result = run_benchmark(script, "--help", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -79,6 +79,23 @@ def test_training_benchmark(tmp_path):
     assert document["models"]["mtl"]["replicas"] == 2 and document["models"]["mtl_one_device"]["replicas"] == 1
     assert document["matmul_peak"]["gflops_best"] > 0
     assert document["summary"]["mirrored_over_one_device_step_time"] > 0
+
+
+def test_the_decoding_benchmark_names_the_command_that_makes_a_workdir(tmp_path):
+    result = run_benchmark("decoding.py", "--workdir", str(tmp_path / "none"), timeout=120)
+    assert result.returncode == 2 and "mtnlp run" in result.stderr
+
+
+@pytest.mark.slow
+def test_decoding_benchmark(pipeline_run, tmp_path):
+    output = tmp_path / "decoding.json"
+    result = run_benchmark("decoding.py", "--workdir", str(pipeline_run.workdir), "--beams", "1", "2", "--pairs", "20",
+                           "--requests", "3", "--examples", "2", "--output", str(output))  # fmt: skip
+    document = ran(result, output)
+    assert set(document["beams"]) == {"1", "2"}
+    for figures in document["beams"].values():
+        assert 0 <= figures["bleu"] <= 1 and figures["pairs"] == 20 and figures["ms_one_sentence_p50"] > 0
+        assert len(figures["examples"]) == 2 and all(e["output"] and "##" not in e["output"] for e in figures["examples"])
 
 
 @pytest.mark.slow
