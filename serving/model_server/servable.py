@@ -1,10 +1,17 @@
-"""One loaded SavedModel version: its MetaGraph's signature defs (what clients see) and a session (what runs).
+"""One loaded SavedModel version: its MetaGraph's signature defs (what clients see) and what runs them.
 
-Like TF Serving's SavedModelBundle, every SavedModel (TF1 `SavedModelBuilder` or TF2 `tf.saved_model.save` format) is
-loaded into a TF1 `Session` with the MetaGraph's restore and init ops, and a signature runs as one `Session::Run`
-feeding the signature's input tensors by name. So shape compatibility is TensorFlow's business (a [3] vector fed to a
-[-1, 1] placeholder runs, as in TF Serving), graphs whose signature inputs carry no shape (old TF1 exports with a
-`ParseExample` over serialized examples) load, and a request deadline becomes the run's `timeout_in_ms`.
+TF1-format SavedModels (`SavedModelBuilder`) are loaded as TF Serving's SavedModelBundle loads them: into a TF1
+`Session` with the MetaGraph's restore and init ops, and a signature runs as one `Session::Run` feeding its input
+tensors by name. So graphs whose signature inputs carry no shape (old exports with a `ParseExample` over serialized
+examples) load, and a request deadline becomes the run's `timeout_in_ms`.
+
+TF2-format SavedModels (`tf.saved_model.save`, with an object graph) are loaded with `tf.saved_model.load`: the
+session restore of their TF1 compatibility graph misses variables of Keras 3 exports such as the project model
+(observed: "Could not find variable sentiment/bias" at the first run). Their signature functions are called through
+the flat-argument path, which skips the Python-side TensorSpec check.
+
+Either way shape compatibility is TensorFlow's business, as in TF Serving: a [3] vector fed to a [-1, 1] signature
+runs.
 """
 
 from __future__ import annotations
@@ -100,21 +107,30 @@ class LoadedModel:
 
         self.path = path
         self.meta_graph = read_meta_graph(path, tags)
-        self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
-        try:
-            with self._graph.as_default():
-                tf.compat.v1.saved_model.loader.load(self._session, tags, path)
-            # The init op's entry (TF2 exports) names an operation, not tensors: it is not a signature to serve.
-            self.signatures = {k: v for k, v in _signatures(self.meta_graph).items() if k != INIT_OP_SIGNATURE_KEY}
-            # Graph tensors are resolved once; a signature naming a tensor the graph lacks fails the load.
-            self._endpoints = {
-                info.name: self._graph.get_tensor_by_name(info.name)._as_tf_output()  # noqa: SLF001
-                for sig in self.signatures.values()
-                for info in (*sig.inputs.values(), *sig.outputs.values()) if info.name}
-        except Exception as e:  # noqa: BLE001 - any failure is this version's load error
-            self._session.close()
-            raise from_exception(e) from e
+        # The init op's entry (TF2 exports) names an operation, not tensors: it is not a signature to serve.
+        self.signatures = {k: v for k, v in _signatures(self.meta_graph).items() if k != INIT_OP_SIGNATURE_KEY}
+        self._session = None
+        self._functions: dict[str, Any] = {}
+        if self.meta_graph.object_graph_def.nodes:  # TF2 format
+            try:
+                self._functions = dict(tf.saved_model.load(path, tags=tags).signatures)
+            except Exception as e:  # noqa: BLE001 - any failure is this version's load error
+                raise from_exception(e) from e
+        else:
+            self._graph = tf.Graph()
+            self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+            try:
+                with self._graph.as_default():
+                    tf.compat.v1.saved_model.loader.load(self._session, tags, path)
+                # Graph tensors are resolved once; a signature naming a tensor the graph lacks fails the load.
+                self._endpoints = {
+                    info.name: self._graph.get_tensor_by_name(info.name)._as_tf_output()  # noqa: SLF001
+                    for sig in self.signatures.values()
+                    for info in (*sig.inputs.values(), *sig.outputs.values()) if info.name}
+            except Exception as e:  # noqa: BLE001
+                self._session.close()
+                raise from_exception(e) from e
+        self._tf = tf
         self._tf_session = pywrap_tf_session
         self._run_options = tf.compat.v1.RunOptions
         self._closed = threading.Event()
@@ -156,6 +172,8 @@ class LoadedModel:
         """One Session::Run of `sig` (only the `outputs` aliases, default all); `deadline` (time.monotonic()) becomes
         the run's timeout, so TensorFlow abandons work nobody waits for any more (DEADLINE_EXCEEDED)."""
         aliases = tuple(sorted(sig.outputs)) if outputs is None else outputs
+        if self._session is None:
+            return self._run_function(sig, inputs, aliases)
         try:
             feeds = {self._endpoint(sig, sig.inputs[alias]): arr for alias, arr in inputs.items()}
             fetches = [self._endpoint(sig, sig.outputs[alias]) for alias in aliases]
@@ -177,6 +195,23 @@ class LoadedModel:
                 self._tf_session.TF_DeleteBuffer(options)
         return dict(zip(aliases, (np.asarray(v) for v in values)))
 
+    def _run_function(self, sig: Signature, inputs: dict[str, np.ndarray], aliases: tuple[str, ...]
+                      ) -> dict[str, np.ndarray]:
+        """A TF2 signature function, called with flat arguments (no TensorSpec shape check, as a Session feed)."""
+        fn = self._functions.get(sig.key)
+        if fn is None:
+            raise failed_precondition(f'Serving signature key "{sig.key}" not found.')
+        tf = self._tf
+        try:
+            args = [tf.constant(inputs[name], dtype=tf.dtypes.as_dtype(sig.inputs[name].dtype))
+                    for name in fn._arg_keywords]  # noqa: SLF001 - the function's own argument order
+            result = fn._call_flat(args, fn.captured_inputs)  # noqa: SLF001
+        except ServingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the model's own error, with TF's code
+            raise from_exception(e) from e
+        return {alias: result[alias].numpy() for alias in aliases}
+
     def _endpoint(self, sig: Signature, info: TensorInfo) -> Any:
         if not info.name:
             raise ServingError(12, f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
@@ -187,4 +222,6 @@ class LoadedModel:
         """Release the session (the version's memory); called once no request uses this version any more."""
         if not self._closed.is_set():
             self._closed.set()
-            self._session.close()
+            if self._session is not None:
+                self._session.close()
+            self._functions = {}
