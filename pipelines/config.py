@@ -157,7 +157,7 @@ PROFILES: dict[str, PipelineConfig] = {
         profile="full",
         model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512, decoder_layers=2,
                           tie_decoder_embeddings=True),
-        training=TrainingConfig(batch_size=64, train_steps=6000, eval_steps=30, learning_rate=1e-3,
+        training=TrainingConfig(batch_size=64, train_steps=4000, eval_steps=30, learning_rate=1e-3,
                                 sequence_label_smoothing=0.1),
         gates=_FULL_GATES,
         min_overall_improvement=0.002,
