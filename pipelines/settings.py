@@ -268,21 +268,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
             return value.strip().lower() in TRUE_WORDS
         raise _wrong_type(key, hint, value)
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if hint in (int, float):
+        # a float field takes an int too; an int field takes no float
+        accepted = (int, float) if hint is float else int
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _wrong_type(key, hint, value)
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                return hint(value.strip())
             except ValueError:
                 pass
         raise _wrong_type(key, hint, value)
