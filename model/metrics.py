@@ -306,7 +306,10 @@ def score(metric: str, head: Head, examples: Iterable[tuple[np.ndarray, np.ndarr
 
 
 def _add_example(scorer: Scorer, element: metric_types.StandardMetricInputs, model_name: str, head: str) -> None:
-    labels = np.asarray(element.get_labels(model_name, head))
+    labels = element.get_labels(model_name, head)
+    if labels is None:  # TFMA hands over some elements without labels for a head: nothing to score
+        return
+    labels = np.asarray(labels)
     probabilities = np.asarray(element.get_predictions(model_name, head))
     weights = element.get_example_weights(model_name, head)
     weights = np.ones(labels.shape) if weights is None else np.reshape(np.asarray(weights), labels.shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.metrics import corpus_bleu, iob2_chunks, score, semeval_macro_f1, tokenize_13a
+from model.metrics import corpus_bleu, iob2_chunks, make_scorer, score, semeval_macro_f1, tokenize_13a
 from model.tasks import NER_TAGS, RELATION, SENTIMENT, TAGGING, TRANSLATION
 
 NER = TAGGING.heads[1]
@@ -117,3 +117,26 @@ def test_bleu_scorer_accumulates_the_corpus_and_skips_other_tasks_examples():
     expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score / 100
     assert score("bleu", head, examples) == pytest.approx(expected, abs=1e-9)
     assert score("bleu", head, [(np.array([b"a b c d"]), np.array([b"a b c d"]), np.array([1.0]))]) == pytest.approx(1.0)
+
+
+def test_a_tfma_element_without_labels_for_a_head_is_not_scored():
+    from model.metrics import _add_example
+
+    class Element:  # the part of TFMA's StandardMetricInputs the adapter reads
+        def __init__(self, labels):
+            self._labels = labels
+
+        def get_labels(self, model_name, head):
+            return self._labels
+
+        def get_predictions(self, model_name, head):
+            return np.eye(len(NER_TAGS))[[1, 2, 0]]
+
+        def get_example_weights(self, model_name, head):
+            return None
+
+    scorer = make_scorer("entity_f1", NER)
+    _add_example(scorer, Element(None), "", "ner")
+    assert scorer.gold == scorer.predicted == 0
+    _add_example(scorer, Element(np.array([1, 2, 0])), "", "ner")
+    assert scorer.result() == 1.0
