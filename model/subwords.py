@@ -44,6 +44,8 @@ class _LearnWordpieceVocabulary(tft_beam.experimental.PTransformAnalyzer):
 
     def _learn_and_write(self, word_counts: list[tuple[bytes, int]]) -> np.ndarray:
         counts = [(word.decode("utf-8"), count) for word, count in word_counts]
+        if not counts:  # no target text (a run without the task): a vocabulary of the unknown piece alone
+            return self._write([UNKNOWN])
         # lower_thresh 1: rare pieces still compete; the learner's binary search picks the threshold
         # that lands the vocabulary near the requested size. include_joiner_token: every character
         # also as a continuation piece ("##ñ"), so that every word is spellable.
@@ -51,6 +53,9 @@ class _LearnWordpieceVocabulary(tft_beam.experimental.PTransformAnalyzer):
             counts, self._vocabulary_size, reserved_tokens=[UNKNOWN], lower_thresh=1, joiner=JOINER,
             include_joiner_token=True,
         )  # fmt: skip
+        return self._write(pieces)
+
+    def _write(self, pieces: list[str]) -> np.ndarray:
         # tf.Transform copies the asset under its base name, the name `vocabulary_by_name` looks for
         directory = os.path.join(self.base_temp_dir, uuid.uuid4().hex)
         tf.io.gfile.makedirs(directory)

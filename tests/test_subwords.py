@@ -40,3 +40,10 @@ def test_every_training_word_is_spelled_by_the_learned_pieces_and_joins_back():
         assert 0 not in ids, sentence  # no [UNK]: every word is spellable
         joined = text.join_words(tf.constant([[pieces[i] for i in ids]])).numpy()[0].decode()
         assert joined == sentence
+
+
+def test_no_target_text_gives_a_vocabulary_of_the_unknown_piece(tmp_path):
+    learner = subwords._LearnWordpieceVocabulary(60, "target_pieces")
+    learner.base_temp_dir = str(tmp_path)
+    path = learner._learn_and_write([]).item().decode()
+    assert open(path, encoding="utf-8").read() == subwords.UNKNOWN + "\n"
