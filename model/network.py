@@ -118,7 +118,8 @@ def build_model(
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)
     if uncertainty_weighting:
-        x = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
+        # on the path of the heads that read the last layer, so that it is part of the model
+        x = layer_outputs[-1] = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
     x = keras.layers.Identity(name=ENCODER_OUTPUT)(x)  # a name for the serving graph's decoding loop
 
     head_dropout = dropout if head_dropout is None else head_dropout

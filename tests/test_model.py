@@ -355,3 +355,9 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
     assert np.all(masked["pos_weight"] == 0) and np.all(masked["pos_label"] == 0)  # no head learns from it
     assert masked["masked_words_weight"] == 1.0
     assert set(masked["token_ids"][chosen]) - set(range(1, 50)) <= {50}  # the mask id is one past the vocabulary
+
+
+def test_uncertainty_layer_is_part_of_a_model_without_a_decoder():
+    heads = [h for h in HEADS if h.kind is not HeadKind.SEQUENCE]
+    model = build_model(heads, uncertainty_weighting=True, **SIZES)
+    assert model.get_layer(TASK_UNCERTAINTY).head_names == tuple(h.name for h in heads)
