@@ -1,290 +1,49 @@
-"""Per-head metrics, defined once and used by the Evaluator (through TFMA) and by tests.
+"""The TFMA adapter of the per-head scorers of ``model/scoring.py``: the Evaluator's metrics.
 
-Each metric is a small *scorer* that accumulates one example at a time and merges with others, so
-it runs as a Beam combiner in TFMA and as a plain loop anywhere else:
+``HeadMetric`` runs one scorer (``accuracy``, ``token_accuracy``, ``auc``, ``entity_f1`` /
+``entity_precision`` / ``entity_recall``, ``bleu``, ``semeval_macro_f1``; what each means is told in
+``model/scoring.py``) for the head named as the metric spec's output; ``MeanPrimaryMetric`` is the mean
+of several heads' primary metrics, the overall criterion a retrained model must improve. Both run
+the scorers as a Beam combiner (``_ScorersCombiner``: one accumulator of scorers, merged across
+workers). The class names, this module's path and the registered names are what saved TFMA configs
+name (``tfma_metric_config``, ``tfma_overall_metric_config``): keep them.
 
-- ``accuracy`` / ``token_accuracy``: weighted share of correct argmax predictions (token heads count
-  only real, labelled words: the weights are 0 on padding);
-- ``auc``: ROC AUC of the last class's probability (binary heads), exact (Mann-Whitney);
-- ``entity_f1`` / ``entity_precision`` / ``entity_recall``: exact-span, exact-type entity matching
-  over IOB2 tags, as conlleval computes it (an ``I-X`` that does not continue an ``X`` starts one);
-- ``bleu``: corpus BLEU of a sequence head's decoded text against the reference, computed as
-  sacreBLEU's default ``corpus_bleu`` does (13a tokenization, case kept, n-grams up to 4 clipped
-  and summed over the corpus, exponential brevity penalty, ``exp`` smoothing of zero precisions),
-  reported as a fraction (sacreBLEU's score / 100) like every other metric here;
-- ``semeval_macro_f1``: the official SemEval-2010 Task 8 score, macro-averaged F1 over the 9
-  relation types with direction taken into account and ``Other`` excluded. Per type R: correct = gold
-  and prediction are the same directed label; precision = correct / predictions of R in either
-  direction; recall = correct / gold examples of R in either direction.
+Scoring outside of TFMA needs only ``model.scoring``, which imports neither Beam, TFMA nor TensorFlow.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-import math
-import re
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 
-from model.tasks import SEMEVAL_RELATIONS, Head, all_heads
+from model.scoring import Scorer, make_scorer
+from model.tasks import Head, all_heads
 
-# -- entity chunks (conlleval) ------------------------------------------------------------------
-
-
-def iob2_chunks(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """Entities of an IOB2 tag sequence as (type, start, end) with end exclusive."""
-    chunks, start, kind = set(), None, None
-    for i, tag in enumerate(list(tags) + ["O"]):
-        prefix, _, tag_kind = tag.partition("-")
-        continues = prefix == "I" and tag_kind == kind
-        if start is not None and not continues:
-            chunks.add((kind, start, i))
-            start, kind = None, None
-        if prefix == "B" or (prefix == "I" and not continues):
-            start, kind = i, tag_kind
-    return chunks
-
-
-def precision_recall_f1(correct: float, predicted: float, gold: float) -> tuple[float, float, float]:
-    precision = correct / predicted if predicted else 0.0
-    recall = correct / gold if gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def relation_type(label: str) -> str:
-    return label.split("(")[0]
-
-
-def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str]) -> float:
-    # the official scorer averages over all 9 types of the task, also over one absent from the data
-    types = sorted({relation_type(label) for label in SEMEVAL_RELATIONS} - {"Other"})
-    scores = []
-    for kind in types:
-        correct = sum(g == p and relation_type(g) == kind for g, p in zip(gold, predicted))
-        n_predicted = sum(relation_type(p) == kind for p in predicted)
-        n_gold = sum(relation_type(g) == kind for g in gold)
-        scores.append(precision_recall_f1(correct, n_predicted, n_gold)[2])
-    return float(np.mean(scores))
-
-
-# -- BLEU (sacreBLEU's corpus BLEU) ----------------------------------------------------------------
-
-# mteval-v13a's tokenization, in the order sacreBLEU applies it: split off most ASCII symbols, then
-# periods and commas unless inside a number, then a dash after a digit.
-_13A_RULES = (
-    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
-    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
-    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),
-    (re.compile(r"([0-9])(-)"), r"\1 \2 "),
+# re-exported for callers that still import the scorers from here: import them from model.scoring
+from model.scoring import (  # noqa: F401
+    BLEU_MAX_ORDER,
+    SCORERS,
+    Accuracy,
+    BinaryAUC,
+    BleuScorer,
+    EntityScorer,
+    SemEvalScorer,
+    as_text,
+    bleu_from_statistics,
+    bleu_statistics,
+    corpus_bleu,
+    iob2_chunks,
+    precision_recall_f1,
+    relation_type,
+    score,
+    semeval_macro_f1,
 )
-BLEU_MAX_ORDER = 4
 
-
-def tokenize_13a(line: str) -> list[str]:
-    line = line.rstrip().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
-    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
-        line = line.replace(entity, char)
-    line = f" {line} "
-    for pattern, replacement in _13A_RULES:
-        line = pattern.sub(replacement, line)
-    return line.split()
-
-
-def _ngrams(words: list[str], n: int) -> collections.Counter:
-    return collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def bleu_statistics(hypothesis: str, reference: str) -> np.ndarray:
-    """Sufficient statistics of one sentence pair: [hyp length, ref length, correct_1..4, total_1..4]."""
-    hyp, ref = tokenize_13a(hypothesis), tokenize_13a(reference)
-    stats = [len(hyp), len(ref)]
-    correct, total = [], []
-    for n in range(1, BLEU_MAX_ORDER + 1):
-        hyp_ngrams, ref_ngrams = _ngrams(hyp, n), _ngrams(ref, n)
-        correct.append(sum(min(count, ref_ngrams[g]) for g, count in hyp_ngrams.items()))
-        total.append(max(0, len(hyp) - n + 1))
-    return np.asarray(stats + correct + total, np.int64)
-
-
-def bleu_from_statistics(stats: np.ndarray) -> float:
-    """Corpus BLEU in [0, 1] from summed statistics (sacreBLEU's score / 100)."""
-    sys_len, ref_len = int(stats[0]), int(stats[1])
-    correct, total = stats[2 : 2 + BLEU_MAX_ORDER], stats[2 + BLEU_MAX_ORDER :]
-    if not correct.any():
-        return 0.0
-    brevity = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len else 0.0)
-    log_precisions, smoothing = [], 1.0
-    for n in range(BLEU_MAX_ORDER):
-        if total[n] == 0:  # no n-grams of this order at all: it counts as precision 0
-            log_precisions += [-9999999999.0] * (BLEU_MAX_ORDER - n)
-            break
-        if correct[n] == 0:  # "exp" smoothing: 1 / 2^k for the k-th order without a match
-            smoothing *= 2
-            log_precisions.append(math.log(1.0 / (smoothing * total[n])))
-        else:
-            log_precisions.append(math.log(correct[n] / total[n]))
-    return brevity * math.exp(sum(log_precisions) / BLEU_MAX_ORDER)
-
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    return bleu_from_statistics(sum((bleu_statistics(h, r) for h, r in zip(hypotheses, references)),
-                                    np.zeros(2 + 2 * BLEU_MAX_ORDER, np.int64)))  # fmt: skip
-
-
-# -- scorers ------------------------------------------------------------------------------------
-
-
-class Scorer:
-    """Accumulates one example at a time: ``add(label_ids, probabilities, weights)``."""
-
-    def __init__(self, head: Head):
-        self.head = head
-
-    def add(self, labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def merge(self, other: "Scorer") -> None:
-        raise NotImplementedError
-
-    def result(self) -> float:
-        raise NotImplementedError
-
-
-class Accuracy(Scorer):
-    def __init__(self, head: Head):
-        super().__init__(head)
-        self.correct = self.total = 0.0
-
-    def add(self, labels, probabilities, weights):
-        hits = np.argmax(probabilities, axis=-1) == labels
-        self.correct += float(np.sum(hits * weights))
-        self.total += float(np.sum(weights))
-
-    def merge(self, other):
-        self.correct += other.correct
-        self.total += other.total
-
-    def result(self):
-        return self.correct / self.total if self.total else 0.0
-
-
-class BinaryAUC(Scorer):
-    def __init__(self, head: Head):
-        super().__init__(head)
-        self.scores: list[float] = []
-        self.positives: list[bool] = []
-
-    def add(self, labels, probabilities, weights):
-        if float(np.sum(weights)) > 0:
-            self.scores.append(float(np.reshape(probabilities, [-1])[-1]))
-            self.positives.append(int(np.reshape(labels, [-1])[0]) == self.head.num_labels - 1)
-
-    def merge(self, other):
-        self.scores += other.scores
-        self.positives += other.positives
-
-    def result(self):
-        scores, positives = np.asarray(self.scores), np.asarray(self.positives, bool)
-        n_pos, n_neg = positives.sum(), (~positives).sum()
-        if not n_pos or not n_neg:
-            return 0.0
-        order = np.argsort(scores, kind="mergesort")
-        ranks = np.empty(len(scores))
-        ranks[order] = np.arange(1, len(scores) + 1)
-        for value in np.unique(scores):  # average ranks of ties
-            tied = scores == value
-            ranks[tied] = ranks[tied].mean()
-        return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-class EntityScorer(Scorer):
-    def __init__(self, head: Head, which: str = "f1"):
-        super().__init__(head)
-        self.which = which
-        self.correct = self.predicted = self.gold = 0
-
-    def add(self, labels, probabilities, weights):
-        real = np.asarray(weights) > 0
-        names = np.asarray(self.head.labels)
-        gold = iob2_chunks(names[np.asarray(labels)[real]])
-        predicted = iob2_chunks(names[np.argmax(probabilities, axis=-1)[real]])
-        self.correct += len(gold & predicted)
-        self.predicted += len(predicted)
-        self.gold += len(gold)
-
-    def merge(self, other):
-        self.correct += other.correct
-        self.predicted += other.predicted
-        self.gold += other.gold
-
-    def result(self):
-        precision, recall, f1 = precision_recall_f1(self.correct, self.predicted, self.gold)
-        return {"precision": precision, "recall": recall, "f1": f1}[self.which]
-
-
-class SemEvalScorer(Scorer):
-    def __init__(self, head: Head):
-        super().__init__(head)
-        self.gold: list[str] = []
-        self.predicted: list[str] = []
-
-    def add(self, labels, probabilities, weights):
-        if float(np.sum(weights)) > 0:
-            self.gold.append(self.head.labels[int(np.reshape(labels, [-1])[0])])
-            self.predicted.append(self.head.labels[int(np.argmax(probabilities))])
-
-    def merge(self, other):
-        self.gold += other.gold
-        self.predicted += other.predicted
-
-    def result(self):
-        return semeval_macro_f1(self.gold, self.predicted)
-
-
-class BleuScorer(Scorer):
-    """Corpus BLEU; ``labels`` is the reference text, ``probabilities`` the decoded text (bytes or str)."""
-
-    def __init__(self, head: Head):
-        super().__init__(head)
-        self.stats = np.zeros(2 + 2 * BLEU_MAX_ORDER, np.int64)
-
-    def add(self, labels, probabilities, weights):
-        if float(np.sum(weights)) > 0:
-            self.stats += bleu_statistics(_text(probabilities), _text(labels))
-
-    def merge(self, other):
-        self.stats += other.stats
-
-    def result(self):
-        return bleu_from_statistics(self.stats)
-
-
-def _text(value) -> str:
-    value = np.reshape(np.asarray(value, dtype=object), [-1])[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-SCORERS = {
-    "bleu": BleuScorer,
-    "accuracy": Accuracy,
-    "token_accuracy": Accuracy,
-    "auc": BinaryAUC,
-    "entity_f1": lambda head: EntityScorer(head, "f1"),
-    "entity_precision": lambda head: EntityScorer(head, "precision"),
-    "entity_recall": lambda head: EntityScorer(head, "recall"),
-    "semeval_macro_f1": SemEvalScorer,
-}
-
-
-def make_scorer(metric: str, head: Head) -> Scorer:
-    if metric not in SCORERS:
-        raise KeyError(f"unknown metric {metric!r} for head {head.name!r}; known: {sorted(SCORERS)}")
-    return SCORERS[metric](head)
+# -- TFMA ---------------------------------------------------------------------------------------
 
 
 def _head(name: str) -> Head:
@@ -292,17 +51,6 @@ def _head(name: str) -> Head:
         if head.name == name:
             return head
     raise KeyError(f"unknown head {name!r}")
-
-
-def score(metric: str, head: Head, examples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
-    """The metric over (label_ids, probabilities, weights) examples, outside of TFMA."""
-    scorer = make_scorer(metric, head)
-    for labels, probabilities, weights in examples:
-        scorer.add(np.asarray(labels), np.asarray(probabilities), np.asarray(weights))
-    return scorer.result()
-
-
-# -- TFMA ---------------------------------------------------------------------------------------
 
 
 def _add_example(scorer: Scorer, element: metric_types.StandardMetricInputs, model_name: str, head: str) -> None:
@@ -351,7 +99,7 @@ def _keys(name: str, model_names, output_names, example_weighted: bool):
 
 
 class HeadMetric(metric_types.Metric):
-    """A ``model.metrics`` scorer as a TFMA metric, for the head given as the spec's output name."""
+    """A ``model.scoring`` scorer as a TFMA metric, for the head given as the spec's output name."""
 
     def __init__(self, name: str = "accuracy", metric: str | None = None):
         super().__init__(self._computations, name=name, metric=metric or name)
