@@ -64,13 +64,13 @@ def main() -> int:
 
     import model.layers  # noqa: F401 - registers the custom layers for loading
     from model.signatures import ServingModule
-    from model.tasks import TASKS, TRANSLATION
+    from model.tasks import TRANSLATION, registered_tasks
     from serving.evaluate import evaluate_signatures, read_task_data
 
     machine = Machine()
     trained = keras.saving.load_model(str(keras_path), compile=False)
     tft_output = tft.TFTransformOutput(str(transform_graph))
-    tasks = [t for t in TASKS if all(h.name in trained.output for h in t.heads)]
+    tasks = [t for t in registered_tasks() if all(h.name in trained.output for h in t.heads)]
     data = read_task_data(str(ns.data), [TRANSLATION], max_records=ns.pairs, splits=["validation"])
     pairs = data[TRANSLATION.name].records
     sources = [r["source"] for r in pairs]

@@ -89,17 +89,16 @@ def export_untrained(tasks, tf_transform_output, model_config, transform_config,
 
 
 def with_vocabularies(tasks, tf_transform_output):
-    """The tasks whose sequence heads have a target vocabulary in this Transform output (older runs lack it)."""
-    from model.tasks import HeadKind
+    """The tasks whose heads have the vocabularies they need in this Transform output (older runs lack some)."""
 
-    def has(name: str) -> bool:
+    def has_vocabulary(head) -> bool:
         try:
-            tf_transform_output.vocabulary_file_by_name(name)
+            head.output_vocabulary_size(tf_transform_output, 0)
             return True
         except (ValueError, KeyError):
             return False
 
-    return tuple(t for t in tasks if all(has(h.vocabulary_name) for h in t.heads if h.kind is HeadKind.SEQUENCE))
+    return tuple(t for t in tasks if all(has_vocabulary(h) for h in t.heads))
 
 
 def main() -> int:
@@ -125,7 +124,7 @@ def main() -> int:
     import tensorflow_transform as tft
 
     from model.serving_ops import load_text_ops
-    from model.tasks import TASKS, all_heads
+    from model.tasks import all_heads, registered_tasks
     from pipelines.config import get_config
 
     machine = Machine()
@@ -139,12 +138,12 @@ def main() -> int:
         if pushed:
             models["mtl"], paths["mtl"] = {"pushed": str(pushed), "trained": True}, pushed
         else:
-            mtl_tasks = with_vocabularies(TASKS, tf_transform_output)
+            mtl_tasks = with_vocabularies(registered_tasks(), tf_transform_output)
             params = export_untrained(mtl_tasks, tf_transform_output, config.model, config.transform, scratch / "mtl")
             models["mtl"] = {"trained": False, "parameters": params, "heads": [h.name for h in all_heads(mtl_tasks)]}
             paths["mtl"] = scratch / "mtl"
         for name in STL_HEADS:
-            task = next(t for t in TASKS if any(h.name == name for h in t.heads))
+            task = next(t for t in registered_tasks() if any(h.name == name for h in t.heads))
             single = dataclasses.replace(task, heads=tuple(h for h in task.heads if h.name == name))
             params = export_untrained((single,), tf_transform_output, config.model, config.transform, scratch / name)
             models[name], paths[name] = {"trained": False, "parameters": params, "heads": [name]}, scratch / name

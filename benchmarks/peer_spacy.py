@@ -307,10 +307,8 @@ class RecordedSignature:
 
 
 def spacy_signatures(answers: Mapping[str, Any]) -> dict[str, RecordedSignature]:
+    from model.scoring import as_text as text
     from model.tasks import SENTIMENT_LABELS
-
-    def text(value: Any) -> str:
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     tagged = {words_key(a["words"]): a for a in answers["tagging"]}
     # the sentiment head is scored on probabilities in our label order

@@ -38,7 +38,8 @@ from benchmarks.common import Machine, default_output, quiet_tensorflow, table, 
 quiet_tensorflow()
 import numpy as np  # noqa: E402
 
-from model.tasks import TASKS, Head, HeadKind, Task, all_heads  # noqa: E402
+from model.heads import Head  # noqa: E402
+from model.tasks import Task, all_heads, registered_tasks  # noqa: E402
 
 # Vocabulary sizes of the synthetic model: about what Transform computes on the quick profile's data.
 VOCABULARY_SIZE = 8000
@@ -46,7 +47,7 @@ TARGET_VOCABULARY_SIZE = 3000
 
 
 def task_of(head: Head) -> Task:
-    return next(t for t in TASKS if head in t.heads)
+    return next(t for t in registered_tasks() if head in t.heads)
 
 
 def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: int, target_length: int,
@@ -57,7 +58,7 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
     ``masked_words``: for a model with the masked-word objective; 15 % of the words are its labels."""
     from model import text
     from model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
-    from model.preprocessing import FIRST_TARGET_WORD, SUBWORD_INPUTS, TARGET_EOS
+    from model.preprocessing import SUBWORD_INPUTS
     from pipelines.config import TransformConfig
 
     rng = np.random.default_rng(seed)
@@ -78,25 +79,14 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
            for name in SUBWORD_INPUTS},
     }
     for i, task in enumerate(row_tasks):
-        if any(h.kind is HeadKind.ENTITY_PAIR for h in task.heads):  # a word of e1, later a word of e2
+        if task.encoder_input.span_fields:  # a word of e1, later a word of e2
             features["entity_ids"][i, 0], features["entity_ids"][i, words[i] - 1] = 1, 2
     labels, weights = {}, {}
     for head in heads:
         mine = np.array([head in t.heads for t in row_tasks])
-        if head.kind is HeadKind.SEQUENCE:
-            longest = max(int(targets[mine].max()) if mine.any() else 1, 1)
-            on = mine[:, None] & (np.arange(longest)[None, :] < targets[:, None])
-            ids = np.where(on, rng.integers(FIRST_TARGET_WORD, TARGET_VOCABULARY_SIZE, size=on.shape), 0)
-            ids[np.arange(batch_size)[mine], targets[mine] - 1] = TARGET_EOS
-            features[head.label_key] = labels[head.name] = ids
-            weights[head.name] = on.astype("float32")
-        elif head.kind is HeadKind.TOKEN:
-            on = real & mine[:, None]
-            labels[head.name] = np.where(on, rng.integers(0, head.num_labels, size=on.shape), 0)
-            weights[head.name] = on.astype("float32")
-        else:
-            labels[head.name] = np.where(mine, rng.integers(0, head.num_labels, size=batch_size), 0)
-            weights[head.name] = mine.astype("float32")
+        labels[head.name], weights[head.name] = head.synthetic_labels(rng, mine, real, targets, TARGET_VOCABULARY_SIZE)
+        for name in head.model_inputs():  # teacher forcing reads the labels
+            features[name] = labels[head.name]
     if masked_words:
         chosen = real & (rng.random(real.shape) < 0.15)
         features[MASKED_WORD_LABELS] = np.where(chosen, features["token_ids"], 0)
@@ -122,7 +112,7 @@ def build_training_model(heads: Sequence[Head], config, strategy):
     keras.utils.set_random_seed(config.training.seed)
     with strategy.scope():
         return training.build_training_model(
-            heads, VOCABULARY_SIZE, {h.name: TARGET_VOCABULARY_SIZE for h in heads if h.kind is HeadKind.SEQUENCE},
+            heads, VOCABULARY_SIZE, {h.name: TARGET_VOCABULARY_SIZE for h in heads},
             dataclasses.asdict(config.model), dataclasses.asdict(config.training), dataclasses.asdict(config.transform),
             config.training.train_steps,
         )  # fmt: skip
@@ -208,8 +198,8 @@ def main() -> int:
     single = tf.distribute.OneDeviceStrategy("/cpu:0")
     main_strategy = mirrored or single
 
-    heads = all_heads(TASKS)
-    models = {"mtl": (heads, mixed_rows(TASKS, ns.batch_size))}
+    heads = all_heads()
+    models = {"mtl": (heads, mixed_rows(registered_tasks(), ns.batch_size))}
     models.update({h.name: ((h,), [task_of(h)] * ns.batch_size) for h in heads})
     if ns.models:
         unknown = set(ns.models) - set(models)

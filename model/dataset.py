@@ -20,7 +20,8 @@ import tensorflow_transform as tft
 
 from model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
 from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
-from model.tasks import TASKS, Head, HeadKind
+from model.heads import Head
+from model.tasks import registered_tasks
 
 SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS + (MASKED_WORD_LABELS,)
 MASKED_WORDS_WEIGHT = "masked_words_weight"
@@ -97,23 +98,18 @@ def _parsed(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOu
 
 
 def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
+    tasks = registered_tasks()
     task_ids = _parsed(file_patterns, tf_transform_output).map(lambda f: f["task_id"])
-    counts = task_ids.reduce(tf.zeros([len(TASKS)], tf.int64), lambda acc, t: acc + tf.one_hot(t, len(TASKS), dtype=tf.int64))
-    return {task.name: int(n) for task, n in zip(TASKS, counts.numpy())}
+    counts = task_ids.reduce(tf.zeros([len(tasks)], tf.int64), lambda acc, t: acc + tf.one_hot(t, len(tasks), dtype=tf.int64))
+    return {task.name: int(n) for task, n in zip(tasks, counts.numpy())}
 
 
 def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> dict[str, tf.Tensor]:
     length = tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1))
     length = tf.maximum(length, 1)
-    sequence_keys = set(SEQUENCE_FEATURES) | {k for h in heads if h.kind is HeadKind.TOKEN for k in (h.label_key, h.weight_key)}
-    trimmed = {k: (v[:, :length] if k in sequence_keys else v) for k, v in features.items()}
-    # Sequence heads' targets are cut to the batch's longest target (1 when it has none), so a
-    # batch without translation examples carries no target-length tensors.
-    for head in heads:
-        if head.kind is HeadKind.SEQUENCE:
-            target_length = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[head.label_key] > 0, tf.int32), axis=1)), 1)
-            trimmed[head.label_key] = features[head.label_key][:, :target_length]
-            trimmed[head.weight_key] = features[head.weight_key][:, :target_length]
+    trimmed = {k: (v[:, :length] if k in SEQUENCE_FEATURES else v) for k, v in features.items()}
+    for head in heads:  # each head kind cuts its own features (per-word labels, targets)
+        trimmed.update(head.trim(features, length))
     return trimmed
 
 
@@ -139,7 +135,7 @@ def training_dataset(
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples)."""
     parsed = _parsed(file_patterns, tf_transform_output)
-    task_index = {t.name: i for i, t in enumerate(TASKS)}
+    task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
         parsed.filter(lambda f, i=task_index[name]: tf.equal(f["task_id"], i))
         .cache()

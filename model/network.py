@@ -8,10 +8,9 @@ import keras
 import keras_nlp
 
 from model import text
-from model.layers import (EntityBoundaryPooling, MaskedMeanPooling, MaskedWordLoss, PrecomputedLoss, SequenceDecoder, SmoothedSparseCrossentropy,
-                          TaskUncertainty, UncertaintyWeightedLoss)
-from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_BOS, TARGET_EOS
-from model.tasks import Head, HeadKind
+from model.heads import Head, HeadSettings
+from model.layers import MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
+from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
 
 ENCODER_OUTPUT = "encoder_output"
 TASK_UNCERTAINTY = "task_uncertainty"
@@ -21,15 +20,10 @@ MASKED_WORD_LABELS = "masked_word_labels"
 MASKED_WORDS = "masked_words"
 
 
-def decoder_layer_name(head: Head) -> str:
-    return f"{head.name}_decoder"
-
-
 def model_input_names(heads: Sequence[Head], masked_words: bool = False) -> tuple[str, ...]:
-    """The model's inputs: the encoder's, each sequence head's label ids (teacher forcing), and with
-    the masked-word objective its word labels."""
-    return (MODEL_INPUTS + tuple(h.label_key for h in heads if h.kind is HeadKind.SEQUENCE)
-            + ((MASKED_WORD_LABELS,) if masked_words else ()))  # fmt: skip
+    """The model's inputs: the encoder's, the heads' own (a sequence head's teacher-forced targets),
+    and with the masked-word objective its word labels."""
+    return MODEL_INPUTS + tuple(k for h in heads for k in h.model_inputs()) + ((MASKED_WORD_LABELS,) if masked_words else ())
 
 
 def mask_word_id(vocabulary_size: int) -> int:
@@ -120,33 +114,21 @@ def build_model(
     if uncertainty_weighting:
         # on the path of the heads that read the last layer, so that it is part of the model
         x = layer_outputs[-1] = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
-    x = keras.layers.Identity(name=ENCODER_OUTPUT)(x)  # a name for the serving graph's decoding loop
+    # a name for the serving graph's decoding loop; the heads that read the last layer read it here
+    x = layer_outputs[-1] = keras.layers.Identity(name=ENCODER_OUTPUT)(x)
 
-    head_dropout = dropout if head_dropout is None else head_dropout
+    settings = HeadSettings(
+        layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs, head_layers=head_layers,
+        dropout=dropout if head_dropout is None else head_dropout,
+        decoder={"vocabulary_sizes": target_vocabulary_sizes or {}, "max_length": max_target_length,
+                 "layers": decoder_layers, "num_heads": num_heads, "intermediate_dim": intermediate_dim,
+                 "dropout": dropout, "tie_embeddings": tie_decoder_embeddings},
+    )  # fmt: skip
     outputs = {}
     if masked_words:
         outputs[MASKED_WORDS] = MaskedWordLoss(vocabulary_size, name=MASKED_WORDS)(layer_outputs[-1], inputs[MASKED_WORD_LABELS])
     for head in heads:
-        if head.kind is HeadKind.SEQUENCE:
-            decoder = SequenceDecoder(
-                (target_vocabulary_sizes or {})[head.name], max_target_length, decoder_layers, num_heads,
-                intermediate_dim, dropout, bos_id=TARGET_BOS, eos_id=TARGET_EOS,
-                tie_embeddings=tie_decoder_embeddings, name=decoder_layer_name(head),
-            )  # fmt: skip
-            # an Identity names the output after the head, as the other heads' Dense layers are
-            outputs[head.name] = keras.layers.Identity(name=head.name)(decoder(x, padding_mask, inputs[head.label_key]))
-            continue
-        hidden = layer_outputs[encoder_layer_index(head.name, head_layers, num_layers) - 1]
-        if head.kind is HeadKind.TOKEN:
-            features = hidden
-        elif head.kind is HeadKind.SENTENCE:
-            features = MaskedMeanPooling(name=f"{head.name}_mean_pooling")(hidden, padding_mask)
-        else:
-            entities = EntityBoundaryPooling(name=f"{head.name}_entity_pooling")(hidden, inputs["entity_ids"])
-            sentence = MaskedMeanPooling(name=f"{head.name}_mean_pooling")(hidden, padding_mask)
-            features = keras.layers.Concatenate(name=f"{head.name}_features")([entities, sentence])
-        features = keras.layers.Dropout(head_dropout, name=f"{head.name}_dropout")(features)
-        outputs[head.name] = keras.layers.Dense(head.num_labels, name=head.name)(features)
+        outputs[head.name] = head.build(settings)
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
 
 
@@ -172,7 +154,7 @@ def compile_for_heads(
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
-    losses = {h.name: _loss(h, sequence_label_smoothing) for h in heads}
+    losses = {h.name: h.loss({"sequence_label_smoothing": sequence_label_smoothing}) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}
@@ -185,9 +167,3 @@ def compile_for_heads(
         loss_weights=weights,
         weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
     )
-
-
-def _loss(head: Head, sequence_label_smoothing: float) -> keras.losses.Loss:
-    if head.kind is HeadKind.SEQUENCE and sequence_label_smoothing > 0:
-        return SmoothedSparseCrossentropy(sequence_label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")

@@ -16,19 +16,18 @@ Raw features (all optional except ``task``; see ``model/tasks.py``): ``text``, `
   shape) in 1..``subword_buckets``, 0 padding. They give every word, however rare, a representation
   from its spelling, like spaCy's MultiHashEmbed; hashing needs no vocabulary, so words never seen in
   training still get them;
-- ``task_id``     int64 [B]: index of the example's task in ``model.tasks.TASKS``;
-- ``<head>_label`` int64 [B] or [B, L] and ``<head>_weight`` float32, same shape: 1 where the
-  example has that label (and the position is a real word), else 0.
+- ``task_id``     int64 [B]: index of the example's task in the registry (``model.tasks.registered_tasks()``);
+- each head's features, as its kind makes them (``Head.transform_features`` in ``model/heads.py``):
+  ``<head>_label`` int64 [B] or [B, L] and ``<head>_weight`` float32, same shape: 1 where the
+  example has that label (and the position is a real word), else 0. Sequence heads (translation)
+  spell their target in WordPiece pieces of a vocabulary learned on Beam (``<head>_words``; see
+  ``model/subwords.py``): ``<head>_label`` int64 [B, Lt] (Lt = ``max_target_length``; piece ids then
+  EOS, 0 padding), ``<head>_weight``, ``<head>_reference`` string [B] (what BLEU compares with) and
+  ``<head>_example_weight`` float32 [B].
 
-Sequence heads (translation), with Lt = ``max_target_length``: the encoder reads the ``source``
-text like any other text, and the target side is spelled in WordPiece pieces of its own vocabulary
-(``<head>_words``, learned on Beam, case kept so that outputs read naturally; see ``model/subwords.py``):
-
-- ``<head>_label``  int64 [B, Lt]: target piece ids then EOS (``TARGET_EOS``), 0 padding; all 0 for
-  examples without a target. The decoder's teacher-forced input is this shifted right behind BOS.
-- ``<head>_weight`` float32 [B, Lt]: 1 on the label's real positions (EOS included);
-- ``<head>_reference`` string [B]: the raw target text ("" without one), what BLEU compares with;
-- ``<head>_example_weight`` float32 [B]: 1 for examples with a target.
+Which record fields make the words is the input kinds' business (``model/inputs.py``): their text
+fields are split in the graph (words of a span field pair are marked 1 and 2), their tokens fields
+are taken as they are. Each example has exactly one of them.
 """
 
 from __future__ import annotations
@@ -39,9 +38,10 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model import subwords, text
-from model.tasks import ENCODER_TEXT_FIELDS, TASKS, FieldKind, HeadKind, all_fields, all_heads
+from model import text
+from model.tasks import all_heads, registered_tasks
 from pipelines.config import TransformConfig
+from pipelines.settings import typed_section
 
 WORDS_VOCABULARY = "words"
 SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")
@@ -60,12 +60,12 @@ def _feature(inputs: dict[str, Any], name: str, dtype: tf.DType) -> tf.RaggedTen
     return tf.RaggedTensor.from_sparse(x) if isinstance(x, tf.SparseTensor) else tf.RaggedTensor.from_tensor(x)
 
 
-def _first_value(x: tf.RaggedTensor, default: Any) -> tf.Tensor:
+def first_value(x: tf.RaggedTensor, default: Any) -> tf.Tensor:
     """The first value of each row of a [B, (n)] feature, ``default`` where the row is empty: [B]."""
     return x[:, :1].to_tensor(default_value=default, shape=[None, 1])[:, 0]
 
 
-def _label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
+def label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     """Index of each label in ``label_set`` (0 when absent; ingest guarantees known labels)."""
     matches = tf.equal(tf.expand_dims(labels, -1), tf.constant(label_set))
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
@@ -90,26 +90,38 @@ def _span(inputs: dict[str, Any], name: str) -> tf.Tensor:
     return _feature(inputs, name, tf.int64)[:, :2].to_tensor(default_value=0, shape=[None, 2])
 
 
+def _encoder_fields() -> tuple[list[str], list[str], tuple[str, ...]]:
+    """The registered input kinds' text fields, tokens fields and (at most one) span field pair."""
+    inputs = [t.encoder_input for t in registered_tasks()]
+    span_pairs = {i.span_fields for i in inputs if i.span_fields}
+    if len(span_pairs) > 1:
+        raise ValueError(f"the encoder marks one pair of spans (entity markers 1 and 2); tasks declare {sorted(span_pairs)}")
+    return (sorted({i.text_field for i in inputs if i.text_field}), sorted({i.tokens_field for i in inputs if i.tokens_field}),
+            next(iter(span_pairs), ()))  # fmt: skip
+
+
 def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
-    config = dataclasses.asdict(TransformConfig())
-    config.update(custom_config or {})
-    max_length = config["max_length"]
-    fields = all_fields()
+    """Transform's entry point; ``custom_config`` is ``TransformConfig`` as a dict (checked)."""
+    config = typed_section(TransformConfig, custom_config or {}, "transform")
+    max_length = config.max_length
+    text_fields, tokens_fields, span_fields = _encoder_fields()
 
     # Words: gold tokens where the task has them, else the split text. Each example has only one of
-    # the two, so concatenating per row selects it without a branch.
-    text_fields = sorted(set(ENCODER_TEXT_FIELDS.values()))
-    text_values = _first_value(tf.concat([_feature(inputs, name, tf.string) for name in text_fields], axis=1), "")
-    text_words, markers = text.split_words_marking_spans(text_values, _span(inputs, "e1"), _span(inputs, "e2"))
-    gold_tokens = _feature(inputs, "tokens", tf.string)
+    # them, so concatenating per row selects it without a branch.
+    text_values = first_value(tf.concat([_feature(inputs, name, tf.string) for name in text_fields], axis=1), "")
+    no_span = tf.zeros([tf.shape(inputs["task"])[0], 2], tf.int64)
+    spans = [_span(inputs, name) for name in span_fields] or [no_span, no_span]
+    text_words, markers = text.split_words_marking_spans(text_values, *spans)
+    gold_tokens = tf.concat([_feature(inputs, name, tf.string) for name in tokens_fields] or
+                            [tf.RaggedTensor.from_tensor(tf.zeros([tf.shape(inputs["task"])[0], 0], tf.string))], axis=1)
     words = tf.concat([gold_tokens, text_words], axis=1)
     markers = tf.concat([tf.zeros_like(gold_tokens, tf.int64), markers], axis=1)
 
     vocab_ids = tft.compute_and_apply_vocabulary(
         text.normalize_words(words),
-        top_k=config["vocabulary_size"],
-        frequency_threshold=config["min_word_frequency"],
-        num_oov_buckets=config["num_oov_buckets"],
+        top_k=config.vocabulary_size,
+        frequency_threshold=config.min_word_frequency,
+        num_oov_buckets=config.num_oov_buckets,
         vocab_filename=WORDS_VOCABULARY,
     )
 
@@ -121,39 +133,11 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         "token_ids": dense(vocab_ids + 1, 0),
         "shape_ids": dense(tf.ragged.map_flat_values(text.word_shapes, words), 0),
         "entity_ids": dense(markers, 0),
-        **{name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config["subword_buckets"]), 0)
-           for name, feature in _subword_features(config["affix_length"]).items()},
-        "task_id": _label_ids(_first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in TASKS)),
+        **{name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config.subword_buckets), 0)
+           for name, feature in _subword_features(config.affix_length).items()},
+        "task_id": label_ids(first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in registered_tasks())),
     }
-
     for head in all_heads():
-        kind = fields[head.label_field].kind
-        labels = _feature(inputs, head.label_field, tf.string)
-        if head.kind is HeadKind.SEQUENCE:
-            outputs.update(_target_features(head, _first_value(labels, ""), labels.row_lengths() > 0, config))
-        elif head.kind is HeadKind.TOKEN:
-            assert kind is FieldKind.TOKEN_LABELS, head
-            ids = tf.ragged.map_flat_values(_label_ids, labels, head.labels)
-            outputs[head.label_key] = dense(ids, 0)
-            outputs[head.weight_key] = dense(tf.ones_like(ids, tf.float32), 0.0)
-        else:
-            outputs[head.label_key] = _label_ids(_first_value(labels, ""), head.labels)
-            outputs[head.weight_key] = tf.cast(labels.row_lengths() > 0, tf.float32)
+        outputs.update(head.transform_features(_feature(inputs, head.label_field, tf.string), max_length,
+                                               dataclasses.asdict(config)))  # fmt: skip
     return outputs
-
-
-def _target_features(head, target: tf.Tensor, has_target: tf.Tensor, config: dict[str, Any]) -> dict[str, tf.Tensor]:
-    """A sequence head's features (see the module docstring). target: string [B]; has_target: bool [B]."""
-    length = config["max_target_length"]
-    words = text.split_words(target)  # "" (no target) has no words
-    vocabulary = subwords.learn_vocabulary(words.flat_values, config["target_vocabulary_size"], head.vocabulary_name)
-    piece_ids = subwords.tokenize(words, vocabulary)
-    eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
-    # Long targets are cut, but always end in EOS, so the decoder learns to stop.
-    ids = tf.concat([(piece_ids + FIRST_TARGET_WORD)[:, : length - 1], eos], axis=1)
-    return {
-        head.label_key: ids.to_tensor(default_value=TARGET_PAD, shape=[None, length]),
-        head.weight_key: tf.ones_like(ids, tf.float32).to_tensor(default_value=0.0, shape=[None, length]),
-        head.eval_label_key: tf.where(has_target, target, ""),
-        head.eval_weight_key: tf.cast(has_target, tf.float32),
-    }

@@ -31,7 +31,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from model.tasks import SEMEVAL_RELATIONS, Head
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.heads import Head
 
 __all__ = [
     "BLEU_MAX_ORDER",
@@ -99,9 +102,12 @@ def relation_type(label: str) -> str:
     return label.split("(")[0]
 
 
-def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str]) -> float:
+def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    """``labels``: the head's label set (default: SemEval-2010 Task 8's, ``model.tasks.SEMEVAL_RELATIONS``)."""
+    if labels is None:
+        from model.tasks import SEMEVAL_RELATIONS as labels
     # the official scorer averages over all 9 types of the task, also over one absent from the data
-    types = sorted({relation_type(label) for label in SEMEVAL_RELATIONS} - {"Other"})
+    types = sorted({relation_type(label) for label in labels} - {"Other"})
     scores = []
     for kind in types:
         correct = sum(g == p and relation_type(g) == kind for g, p in zip(gold, predicted))
@@ -256,7 +262,7 @@ class SemEvalScorer(Scorer):
         self.predicted += other.predicted
 
     def result(self):
-        return semeval_macro_f1(self.gold, self.predicted)
+        return semeval_macro_f1(self.gold, self.predicted, self.head.labels)
 
 
 class BleuScorer(Scorer):

@@ -3,6 +3,7 @@ the serving SavedModel with its signatures and warmup requests."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,30 +16,31 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from model import dataset, devices
 from model.preprocessing import WORDS_VOCABULARY
 from model.signatures import export_serving_model
-from model.tasks import HeadKind, all_heads, select_tasks
+from model.tasks import all_heads, select_tasks
 from model.training import train_model
 from model.warm_start import keras_dir_for, save_for_warm_start
 from model.warmup import write_warmup_requests
+from pipelines.settings import as_dict, config_from_json
 
 log = logging.getLogger(__name__)
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    config = fn_args.custom_config
-    model_cfg, training, transform_cfg = config["model"], config["training"], config["transform"]
-    tasks = select_tasks(config["tasks"])
+    config = config_from_json(fn_args.custom_config)  # the typed PipelineConfig, checked
+    model_cfg, training, transform_cfg = (dataclasses.asdict(c) for c in (config.model, config.training, config.transform))
+    tasks = select_tasks(config.tasks)
     heads = all_heads(tasks)
-    strategy = devices.make_strategy(training["cpu_replicas"])
+    strategy = devices.make_strategy(config.training.cpu_replicas)
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     counts = dataset.count_examples_per_task(fn_args.train_files, tf_transform_output)
     weights = dataset.task_weights(counts, training["task_sampling"], training["sampling_temperature"])
     log.warning("Task mixing (%s): %s", training["task_sampling"], dataset.describe_weights(weights, counts))
 
-    base_model = fn_args.base_model if training["warm_start"] else None
+    base_model = fn_args.base_model if config.training.warm_start else None
     total_steps = fn_args.train_steps
     if base_model:  # continuing from a trained model needs fewer steps
-        total_steps = max(1, round(total_steps * training["warm_start_step_fraction"]))
+        total_steps = max(1, round(total_steps * config.training.warm_start_step_fraction))
     else:
         log.warning("Training from scratch (no blessed model to start from yet)")
     trained = train_model(
@@ -49,14 +51,12 @@ def run_fn(fn_args: FnArgs) -> None:
     model, report = trained.model, trained.warm_start_report
 
     export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir,
-                         **config["serving"])
+                         **dataclasses.asdict(config.serving))
     vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
     save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
-    relation_signatures = [t.name for t in tasks if any(h.kind is HeadKind.ENTITY_PAIR for h in t.heads)]
-    translate_signatures = [h.signature for h in heads if h.kind is HeadKind.SEQUENCE]
-    write_warmup_requests(fn_args.serving_model_dir, relation_signatures, translate_signatures)
+    write_warmup_requests(fn_args.serving_model_dir, tasks)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
         f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": trained.steps,
                             "train_seconds": round(trained.seconds, 1), "warm_start": str(report) if report else None,
-                            **config}, indent=2))  # fmt: skip
+                            **as_dict(config)}, indent=2))  # fmt: skip
     log.warning("Exported the serving model to %s", fn_args.serving_model_dir)

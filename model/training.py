@@ -18,8 +18,8 @@ import tensorflow_transform as tft
 
 from model import dataset
 from model.network import build_model, compile_for_heads
-from model.preprocessing import FIRST_TARGET_WORD, WORDS_VOCABULARY
-from model.tasks import Head, HeadKind
+from model.heads import Head
+from model.preprocessing import WORDS_VOCABULARY
 from model.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ def vocabulary_size(tf_transform_output: tft.TFTransformOutput, num_oov_buckets:
 def target_vocabulary_sizes(
     tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], num_oov_buckets: int
 ) -> dict[str, int]:
-    # target ids: 0 padding, BOS, EOS, then the vocabulary, then the OOV buckets
-    return {h.name: tf_transform_output.vocabulary_size_by_name(h.vocabulary_name) + num_oov_buckets + FIRST_TARGET_WORD
-            for h in heads if h.kind is HeadKind.SEQUENCE}  # fmt: skip
+    """The vocabulary size of each head that generates from a vocabulary of its own (sequence heads)."""
+    sizes = {h.name: h.output_vocabulary_size(tf_transform_output, num_oov_buckets) for h in heads}
+    return {name: size for name, size in sizes.items() if size is not None}
 
 
 def build_training_model(

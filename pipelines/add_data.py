@@ -15,8 +15,8 @@ import shutil
 import tempfile
 
 from components.jsonl_example_gen.layout import SPANS_DIR, next_span
-from components.jsonl_example_gen.records import RecordError, bytes_to_example
-from model.tasks import TASKS, Task, get_task
+from model.records import RecordError, bytes_to_example
+from model.tasks import Task, get_task, registered_tasks
 
 MAX_ERRORS_SHOWN = 10
 
@@ -36,7 +36,7 @@ class AddedSpan:
 
 def resolve_task(name: str) -> Task:
     """A task by its name or by the name of one of its heads (``ner`` -> ``tagging``)."""
-    for task in TASKS:
+    for task in registered_tasks():
         if name == task.name or name in {h.name for h in task.heads}:
             return task
     return get_task(name)  # raises with the list of known tasks

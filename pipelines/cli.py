@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help=f"folder with one sub-folder per task (default: the bundled data, {DEFAULT_DATA})")
     run.add_argument("--workdir", default="workdir", help="artifacts, ML Metadata, serving_model/")
     run.add_argument("--tasks", nargs="+",
-                     help="train only these tasks (default: the profile's); same as --set tasks=...")
+                     help="train only these tasks (default: every registered task); same as --set tasks=...")
     run.add_argument("--train-steps", type=int,
                      help="training steps (default: the profile's); same as --set training.train_steps=N")
     run.add_argument("--max-records", type=int,
@@ -79,7 +79,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     workdir = Workdir(os.path.abspath(args.workdir))
     log.info("Running the %s pipeline on %s (tasks: %s); workdir %s",
-             config.profile, args.data, ", ".join(config.tasks), workdir.root)  # fmt: skip
+             config.profile, args.data, ", ".join(config.task_names), workdir.root)  # fmt: skip
     start = time.time()
     error = None
     try:

@@ -102,7 +102,8 @@ class HeadGate:
 class PipelineConfig:
     profile: str
     model_name: str = "mtnlp"
-    tasks: tuple[str, ...] = ("tagging", "sentiment", "relation", "translation")
+    # The tasks to ingest, train and evaluate (None: every registered task, see model/tasks.py).
+    tasks: tuple[str, ...] | None = None
     # Records read per task and split at ingest (None: all). Keeps the quick profile fast.
     max_records_per_split: int | None = None
     # The run fails when more than this fraction of a file's records are malformed.
@@ -120,6 +121,30 @@ class PipelineConfig:
     # Once a blessed baseline exists, the mean of the heads' primary metrics must change by at least
     # this much (0: no worse overall) on top of every head staying within its tolerance.
     min_overall_improvement: float = 0.0
+
+    def __post_init__(self) -> None:
+        # names that refer to tasks and heads must exist: a typo would otherwise be silently ignored
+        from model.tasks import all_heads, get_head, select_tasks
+
+        try:
+            select_tasks(self.tasks)
+        except KeyError as e:  # it names the known tasks
+            raise ValueError(f"tasks: {e.args[0]}") from None
+        for what, names in (("gates", self.gates), ("training.loss_weights", self.training.loss_weights or {}),
+                            ("model.head_layers", self.model.head_layers or {})):  # fmt: skip
+            for name in names:
+                try:
+                    get_head(name)
+                except KeyError:
+                    raise ValueError(f"{what} names head {name!r}, which no task has; heads: "
+                                     f"{', '.join(h.name for h in all_heads())}") from None
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks of this run: ``tasks``, or every registered task."""
+        from model.tasks import select_tasks
+
+        return tuple(t.name for t in select_tasks(self.tasks))
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

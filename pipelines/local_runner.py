@@ -44,6 +44,7 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
 
     from components.jsonl_example_gen.layout import has_spans
     from pipelines.pipeline import create_pipeline
+    from pipelines.schema import schema_file_for
 
     os.makedirs(workdir.root, exist_ok=True)
     pipeline = create_pipeline(
@@ -56,5 +57,6 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
         enable_cache=enable_cache,
         data_has_spans=has_spans(data_root),
+        schema_file=schema_file_for(os.path.join(workdir.root, "schema")),
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

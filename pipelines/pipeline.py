@@ -68,7 +68,7 @@ def data_components(
         spans=data_has_spans,
         span_selection=config.span_selection,
         span_window=config.span_window,
-        tasks=config.tasks,
+        tasks=config.task_names,  # explicit: the executor may run in another process
         max_records_per_split=config.max_records_per_split,
         max_rejected_fraction=config.max_rejected_fraction,
     )

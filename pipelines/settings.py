@@ -130,6 +130,23 @@ def apply_mapping(config: PipelineConfig, settings: Mapping[str, Any], source: s
         raise SettingsError(f"{source}: {e}") from None
 
 
+def config_from_json(values: Mapping[str, Any]) -> PipelineConfig:
+    """The typed config back from its JSON form (a component's ``custom_config``), checked as settings are:
+    an unknown or misspelt key is an error, not silently ignored."""
+    if "profile" not in values:
+        raise SettingsError("custom_config: no 'profile' key (expected PipelineConfig as JSON)")
+    return apply_mapping(get_config(values["profile"]), {k: v for k, v in values.items() if k != "profile"},
+                         "custom_config")  # fmt: skip
+
+
+def typed_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """One config section (e.g. ``TransformConfig``) from its JSON form, over the section's defaults."""
+    try:
+        return _merge_dataclass(cls(), cls, values, section)
+    except SettingsError as e:
+        raise SettingsError(f"custom_config: {e}") from None
+
+
 def as_dict(config: Any) -> dict[str, Any]:
     """The config as plain JSON values (tuples become lists), as the summary and ML Metadata hold it."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -207,7 +224,7 @@ def _merge_dataclass(current: Any, cls: type, value: Any, key: str) -> Any:
                                 f"(it has no defaults)") from None  # fmt: skip
         raise SettingsError(f"{key or 'settings'}: {e}") from None
     except ValueError as e:  # the dataclass's own validation (__post_init__)
-        raise SettingsError(f"{key or 'settings'}: {e}") from None
+        raise SettingsError(f"{key}: {e}" if key else str(e)) from None
 
 
 def _merge_dict(current: Any, hint: Any, value: Any, key: str) -> dict:

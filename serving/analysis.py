@@ -1,26 +1,23 @@
-"""What `mtnlp predict` does with a sentence: the marker syntax, and the model's outputs shaped into an answer.
+"""What `mtnlp predict` does with a sentence: the marker syntax, which heads to ask, and the answer for people.
 
-The model's signature contract: `serving_default`/`analyze` (text -> tokens, sentiment, POS and IOB2 NER tags),
-`relation` (text + two entity character spans -> SemEval-2010 relation) and `translate` (English text -> Spanish
-text; called only when asked for with `--task translate`). Relation spans come from a marker syntax:
-"The [[company]] makes [[chairs]]." (first marker = e1, second = e2; offsets are into the text without markers).
-The output functions take one row of a batched answer (`row`).
+Which signature answers which head is the serving contract (`model/contract.py`); how a head's outputs read as an
+answer is its kind's (`Head.read_answer`, `Head.describe`). By default every head is asked except those a kind
+keeps for explicit requests (translation's decoding loop: `--task translate`). Entity spans for a relation come
+from a marker syntax: "The [[company]] makes [[chairs]]." (first marker = e1, second = e2; offsets are into the
+text without markers).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
-import numpy as np
+from model.heads import Head, titled
+from model.tasks import all_heads, registered_tasks
 
 _MARKER = re.compile(r"\[\[(.*?)\]\]")
 MARKER_EXAMPLE = '"The [[company]] makes [[chairs]]."'
-TASKS = ("sentiment", "ner", "pos", "relation")
-# Its own signature and a decoding loop: only on request, so the default stays one analyze call.
-TRANSLATE = "translate"
-PREDICT_TASKS = TASKS + (TRANSLATE,)
 
 
 @dataclass(frozen=True)
@@ -62,102 +59,38 @@ def relation_spans(marked: Marked, required: bool = False) -> tuple[tuple[int, i
     return marked.spans[0], marked.spans[1]
 
 
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+def head_choices() -> dict[str, Head]:
+    """What `--task` accepts: every head by name, and a head with a signature of its own also by that name
+    (`translate`)."""
+    choices = {h.name: h for h in all_heads()}
+    for task in registered_tasks():
+        for head in task.heads:
+            choices.setdefault(head.own_signature(task) or head.name, head)
+    return choices
 
 
-def iob2_spans(tags: list[str]) -> list[tuple[int, int, str]]:
-    """IOB2 tags -> (first token, last token exclusive, type); a stray I- starts a span, as conlleval does."""
-    spans: list[tuple[int, int, str]] = []
-    start, kind = None, None
-    for i, tag in enumerate(tags + ["O"]):
-        prefix, _, t = tag.partition("-")
-        if start is not None and (prefix != "I" or t != kind):
-            spans.append((start, i, kind or ""))
-            start, kind = None, None
-        if prefix == "B" or (prefix == "I" and start is None):
-            start, kind = i, t
-    return spans
+def select_heads(names: Sequence[str] | None) -> tuple[Head, ...]:
+    """The heads named (head or signature names), in registry order; by default every head a kind does not keep
+    for explicit requests."""
+    if not names:
+        return tuple(h for h in all_heads() if not h.on_request)
+    choices = head_choices()
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(choices)}")
+    chosen = {choices[n].name for n in names}
+    return tuple(h for h in all_heads() if h.name in chosen)
 
 
-def align_tokens(text: str, tokens: list[str]) -> list[tuple[int, int] | None]:
-    """Character offsets of each token in `text` (case-insensitive, in order); None when not found."""
-    low, pos, out = text.lower(), 0, []
-    for tok in tokens:
-        i = low.find(tok.lower(), pos)
-        if i < 0:
-            out.append(None)
-            continue
-        out.append((i, i + len(tok)))
-        pos = i + len(tok)
-    return out
+def needs_marked_entities(heads: Sequence[Head]) -> bool:
+    """Whether a chosen head is asked through an input that marks spans (a relation)."""
+    return any(task.encoder_input.span_fields and head.own_signature(task)
+               for task in registered_tasks() for head in task.heads if head in heads)  # fmt: skip
 
 
-def analyze_outputs(outputs: dict[str, Any], text: str, row: int = 0) -> dict[str, Any]:
-    """One row of the analyze signature's outputs -> a JSON-able result."""
-    n = int(np.asarray(outputs["length"]).reshape(-1)[row])
-    tokens = [_s(t) for t in np.asarray(outputs["tokens"])[row][:n]]
-    pos = [_s(t) for t in np.asarray(outputs["pos_tags"])[row][:n]]
-    ner = [_s(t) for t in np.asarray(outputs["ner_tags"])[row][:n]]
-    probs = np.asarray(outputs["sentiment_probabilities"], dtype=float)[row].tolist()
-    offsets = align_tokens(text, tokens)
-    entities = []
-    for a, b, kind in iob2_spans(ner):
-        if offsets[a] is not None and offsets[b - 1] is not None:
-            s, e = offsets[a][0], offsets[b - 1][1]  # type: ignore[index]
-            surface = text[s:e]
-        else:
-            s = e = None
-            surface = " ".join(tokens[a:b])
-        entities.append({"text": surface, "type": kind, "start": s, "end": e, "token_start": a, "token_end": b})
-    return {
-        "text": text,
-        "tokens": tokens,
-        "sentiment": {"label": _s(np.asarray(outputs["sentiment_label"]).reshape(-1)[row]),
-                      "probability": float(np.asarray(outputs["sentiment_probability"]).reshape(-1)[row]),
-                      "probabilities": {"negative": probs[0], "positive": probs[1]}},
-        "pos": [{"token": t, "tag": p} for t, p in zip(tokens, pos)],
-        "ner": {"tags": ner, "entities": entities},
-    }
-
-
-def relation_outputs(outputs: dict[str, Any], marked: Marked, row: int = 0) -> dict[str, Any]:
-    (s1, e1), (s2, e2) = marked.spans[:2]
-    return {"label": _s(np.asarray(outputs["relation_label"]).reshape(-1)[row]),
-            "probability": float(np.asarray(outputs["relation_probability"]).reshape(-1)[row]),
-            "e1": {"text": marked.text[s1:e1], "start": s1, "end": e1},
-            "e2": {"text": marked.text[s2:e2], "start": s2, "end": e2}}
-
-
-def translation_output(outputs: dict[str, Any], row: int = 0) -> str:
-    return _s(np.asarray(outputs["translation"]).reshape(-1)[row])
-
-
-def format_human(result: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:
-    lines = [f"Text:      {result['text']}"]
-    if "sentiment" in tasks and "sentiment" in result:
-        s = result["sentiment"]
-        lines.append(f"Sentiment: {s['label']} (p={s['probability']:.3f})")
-    if "ner" in tasks and "ner" in result:
-        text, pieces, pos = result["text"], [], 0
-        located = [e for e in result["ner"]["entities"] if e["start"] is not None]
-        for e in sorted(located, key=lambda e: e["start"]):
-            pieces.append(text[pos:e["start"]])
-            pieces.append(f"[{text[e['start']:e['end']]}]{e['type']}")
-            pos = e["end"]
-        pieces.append(text[pos:])
-        lines.append(f"Entities:  {''.join(pieces)}")
-        for e in result["ner"]["entities"]:
-            where = f"chars {e['start']}-{e['end']}" if e["start"] is not None else "unaligned"
-            lines.append(f"           {e['type']:<4} {e['text']!r} ({where})")
-        if not result["ner"]["entities"]:
-            lines.append("           (no entities)")
-    if "pos" in tasks and "pos" in result:
-        lines.append("POS:       " + " ".join(f"{p['token']}/{p['tag']}" for p in result["pos"]))
-    if "relation" in tasks and result.get("relation"):
-        r = result["relation"]
-        lines.append(f"Relation:  {r['label']} (p={r['probability']:.3f})  e1={r['e1']['text']!r} "
-                     f"e2={r['e2']['text']!r}")
-    if TRANSLATE in tasks and "translation" in result:
-        lines.append(f"Translation: {result['translation']}")
+def format_human(result: dict[str, Any], heads: Sequence[Head]) -> str:
+    lines = [titled("Text", result["text"])]
+    for head in heads:
+        if result.get(head.name) is not None:
+            lines += head.describe(result[head.name], result["text"])
     return "\n".join(lines)

@@ -10,8 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
-from .analysis import (PREDICT_TASKS, TASKS, TRANSLATE, Marked, analyze_outputs, format_human, parse_markers,
-                       relation_outputs, relation_spans, translation_output)
+from model import contract
+from model.heads import Head
+from model.inputs import PLAIN_INPUTS
+from model.scoring import as_text
+from model.tasks import registered_tasks
+
+from .analysis import (Marked, format_human, head_choices, needs_marked_entities, parse_markers, relation_spans,
+                       select_heads)
 
 
 def register(subparsers: Any) -> None:
@@ -32,8 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
     p.add_argument("--json", action="store_true",
                    help="print JSON Lines: one JSON object per sentence (for machines)")  # fmt: skip
-    p.add_argument("--task", action="append", choices=PREDICT_TASKS,
-                   help="only these tasks (repeatable; default all but translate, which is only run when named; "
+    p.add_argument("--task", action="append", choices=list(head_choices()),
+                   help="only these heads (repeatable; default all but translate, which is only run when named; "
                         "relation runs for sentences with two [[...]] entities, and named, needs them in every one)")
     p.add_argument("--batch-size", type=positive_integer, default=32, help="sentences per request")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
@@ -126,7 +132,7 @@ def _lines(text: str, name: str) -> list[Sentence]:
     return [Sentence(line.strip(), f"line {number} of {name}") for number, line in lines if line.strip()]
 
 
-def mark_sentences(sentences: Sequence[Sentence], tasks: Sequence[str],
+def mark_sentences(sentences: Sequence[Sentence], heads: Sequence[Head],
                    relation_required: bool = False) -> list[Marked]:
     """Markers parsed and checked for each sentence: a sentence with markers needs exactly two for a relation
     (and every sentence does when `relation_required`). PredictInputError names the sentence."""
@@ -134,7 +140,7 @@ def mark_sentences(sentences: Sequence[Sentence], tasks: Sequence[str],
     for sentence in sentences:
         try:
             m = parse_markers(sentence.text)
-            if "relation" in tasks:
+            if needs_marked_entities(heads):
                 relation_spans(m, required=relation_required)
         except ValueError as e:
             raise PredictInputError(f"{sentence.origin} ({sentence.text!r}): {e}") from None
@@ -142,8 +148,10 @@ def mark_sentences(sentences: Sequence[Sentence], tasks: Sequence[str],
     return marked
 
 
-SignatureCall = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
-ANALYZE_TASKS = ("sentiment", "ner", "pos")  # what the analyze signature answers
+DEFAULT_PLAIN_SIGNATURE = PLAIN_INPUTS[0].plain_signature  # analyze: text in
+
+# (signature, inputs, the output's name should the answer be a bare value) -> outputs by name
+SignatureCall = Callable[[str, Mapping[str, Any], str], Mapping[str, Any]]
 
 
 def _to_arrays(outputs: dict[str, Any]) -> dict[str, Any]:
@@ -159,68 +167,71 @@ def _is_text(v: Any) -> bool:
 
 
 def _rest_call(client: Any) -> SignatureCall:
-    def call(signature: str, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    def call(signature: str, inputs: Mapping[str, Any], single_output: str) -> Mapping[str, Any]:
         answer = client.predict(inputs, signature)
         # a columnar REST answer is the bare value when the signature has a single output (translate's)
-        return _to_arrays(answer if isinstance(answer, dict) else {"translation": answer})
+        return _to_arrays(answer if isinstance(answer, dict) else {single_output: answer})
 
     return call
 
 
-def analyze_batch(marked: Sequence[Marked], call: SignatureCall, tasks: Sequence[str] = TASKS) -> list[dict[str, Any]]:
-    """One call per signature for the whole batch: analyze for sentiment, NER and POS, translate when asked for,
-    relation for the sentences with two marked entities. The JSON-able results, in order."""
+def analyze_batch(marked: Sequence[Marked], call: SignatureCall, heads: Sequence[Head] | None = None) -> list[dict[str, Any]]:
+    """One call per signature of the serving contract that answers a chosen head, for the whole batch: `analyze`
+    (as serving_default) on every sentence, a signature that needs marked entities on the sentences that have
+    them. The JSON-able results, in order."""
     import numpy as np
 
-    texts = np.array([m.text for m in marked], dtype=object)
-    analysis = call("serving_default", {"text": texts}) if any(t in ANALYZE_TASKS for t in tasks) else None
-    translations = call(TRANSLATE, {"text": texts}) if TRANSLATE in tasks else None
-    with_relation = [i for i, m in enumerate(marked) if "relation" in tasks and len(m.spans) == 2]
-    relations = None
-    if with_relation:
-        spans = [relation_spans(marked[i]) for i in with_relation]
-        relations = call("relation", {"text": texts[with_relation],
-                                      "e1_start": np.array([e1[0] for e1, _ in spans], np.int64),
-                                      "e1_end": np.array([e1[1] for e1, _ in spans], np.int64),
-                                      "e2_start": np.array([e2[0] for _, e2 in spans], np.int64),
-                                      "e2_end": np.array([e2[1] for _, e2 in spans], np.int64)})  # fmt: skip
-    results = []
-    for row, m in enumerate(marked):
-        result = analyze_outputs(analysis, m.text, row) if analysis is not None else {"text": m.text}
-        for task in ANALYZE_TASKS:
-            if task not in tasks:
-                result.pop(task, None)
-        if translations is not None:
-            result["translation"] = translation_output(translations, row)
-        if row in with_relation:
-            result["relation"] = relation_outputs(relations, m, with_relation.index(row))
-        results.append(result)
+    heads = select_heads(None) if heads is None else heads
+    results: list[dict[str, Any]] = [{"text": m.text} for m in marked]
+    words: list[list[str]] = [[] for _ in marked]
+    for signature in contract.signatures(registered_tasks()):
+        wanted = [h for h in signature.heads if h in heads]
+        if not wanted or (signature.plain and signature.name != DEFAULT_PLAIN_SIGNATURE):
+            continue  # predict reads text: analyze answers the plain heads
+        records = [signature.input.record_from_text(m.text, m.spans) for m in marked]
+        rows = [i for i, r in enumerate(records) if r is not None]
+        if not rows:
+            continue
+        name = contract.DEFAULT_SIGNATURE if signature.plain else signature.name
+        outputs = call(name, signature.input.request([records[i] for i in rows]), wanted[0].scored_output)
+        for k, row in enumerate(rows):
+            if signature.plain:
+                length = int(np.asarray(outputs["length"]).reshape(-1)[k])
+                words[row] = [as_text(w) for w in np.asarray(outputs["tokens"])[k][:length]]
+                results[row]["tokens"] = words[row]
+            for head in wanted:
+                answer = head.read_answer(outputs, k, words[row], marked[row].text)
+                if signature.input.span_fields:  # the marked entities the answer is about
+                    answer.update({name: {"text": marked[row].text[s:e], "start": s, "end": e}
+                                   for name, (s, e) in zip(signature.input.REQUEST_SPANS, marked[row].spans)})
+                results[row][head.name] = answer
     return results
 
 
 def predict_sentences(sentences: Sequence[Sentence | str], *, server: str | None = None, model_name: str = "mtnlp",
-                      rest: bool = False, tasks: Sequence[str] = TASKS, relation_required: bool = False,
+                      rest: bool = False, heads: Sequence[Head] | None = None, relation_required: bool = False,
                       timeout: float = 30.0, tls: bool = False, batch_size: int = 32) -> Iterator[dict[str, Any]]:
     """Query the model for the sentences, `batch_size` per request; yields what `mtnlp predict --json` prints for
     each, in order. Every sentence is checked (PredictInputError) before the first request."""
     from .client import RestClient, ServingClient
 
+    heads = select_heads(None) if heads is None else heads
     sentences = [s if isinstance(s, Sentence) else Sentence(s, f"sentence {i}") for i, s in enumerate(sentences, 1)]
     for sentence in sentences:
         if not sentence.text.strip():
             raise PredictInputError(f"{sentence.origin} is empty: give a sentence")
-    marked = mark_sentences(sentences, tasks, relation_required)
+    marked = mark_sentences(sentences, heads, relation_required)
     if rest:
         client: Any = RestClient(server, model_name=model_name, timeout=timeout)
         call = _rest_call(client)
     else:
         client = ServingClient(server, model_name=model_name, timeout=timeout, tls=tls)
 
-        def call(signature: str, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        def call(signature: str, inputs: Mapping[str, Any], single_output: str) -> Mapping[str, Any]:
             return client.predict(inputs, signature)
     try:
         for start in range(0, len(marked), batch_size):
-            yield from analyze_batch(marked[start:start + batch_size], call, tasks)
+            yield from analyze_batch(marked[start:start + batch_size], call, heads)
     finally:
         if not rest:
             client.close()
@@ -233,19 +244,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore")
     from .client import DEFAULT_GRPC, DEFAULT_REST, ENV_GRPC, ENV_REST, ServingClientError
 
-    tasks = tuple(args.task) if args.task else TASKS
+    heads = select_heads(args.task)
     target = args.server or (os.environ.get(ENV_REST) or DEFAULT_REST if args.rest
                              else os.environ.get(ENV_GRPC) or DEFAULT_GRPC)  # fmt: skip
     try:
         sentences = read_sentences(args.sentences, args.files)
         results = predict_sentences(sentences, server=target, model_name=args.model_name, rest=args.rest,
-                                    tasks=tasks, relation_required=bool(args.task and "relation" in args.task),
+                                    heads=heads, relation_required=bool(args.task) and needs_marked_entities(
+                                        select_heads(args.task)),
                                     timeout=args.timeout, tls=args.tls, batch_size=args.batch_size)  # fmt: skip
         for number, result in enumerate(results):
             if args.json:
                 print(json.dumps(result, ensure_ascii=False), flush=True)
             else:
-                print(("\n" if number else "") + format_human(result, tasks), flush=True)
+                print(("\n" if number else "") + format_human(result, heads), flush=True)
     except PredictInputError as e:
         print(f"mtnlp predict: {e}", file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
 What is scored is what a client gets: each task's records go through the signature a client would call
 (``model/signatures.py``), and the answers are scored with the pipeline's own metric definitions
-(``model/metrics.py``: the scorers behind the Evaluator's TFMA metrics). Which signature and which
-inputs follow from the task registry (``model/tasks.py``):
+(``model/scoring.py``: the scorers behind the Evaluator's TFMA metrics). Which signature and which
+inputs follow from the serving contract (``model/contract.py``), what is scored from the head kinds:
 
 - raw text (sentiment): ``analyze`` with ``text``; scored on ``<head>_probabilities``;
 - gold tokens (tagging): ``analyze_tokens`` with the data's own ``tokens``, so token metrics line up
@@ -25,11 +25,11 @@ import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 
-from components.jsonl_example_gen.records import RecordError, parse_record
-from model.metrics import make_scorer
-from model.tasks import ENCODER_TEXT_FIELDS, TASKS, EncoderInput, FieldKind, Head, HeadKind, Task
+from model import contract
+from model.records import RecordError, parse_record
+from model.scoring import make_scorer
+from model.tasks import Task, registered_tasks
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,13 @@ def _data_files(folder: str, splits: Sequence[str] | None) -> list[str]:
 
 
 def read_task_data(
-    data_dir: str, tasks: Sequence[Task] = TASKS, max_records: int | None = None, splits: Sequence[str] | None = None
+    data_dir: str, tasks: Sequence[Task] | None = None, max_records: int | None = None, splits: Sequence[str] | None = None
 ) -> dict[str, TaskData]:
     """Every task folder of ``data_dir`` with its checked records: from the files of the given splits
     (``validation`` for ``validation.jsonl[.gz]``; all files for None), at most ``max_records`` per task."""
     if not os.path.isdir(data_dir):
         raise EvaluationError(f"data folder {data_dir} does not exist")
+    tasks = registered_tasks() if tasks is None else tasks
     found: dict[str, TaskData] = {}
     for task in tasks:
         folder = os.path.join(data_dir, task.name)
@@ -104,60 +105,11 @@ def _batches(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield records[start:start + size]
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _signature_name(task: Task, head: Head) -> str:
-    if head.kind is HeadKind.SEQUENCE:
-        return head.signature or "translate"
-    if task.encoder_input is EncoderInput.TOKENS:
-        return "analyze_tokens"
-    if task.encoder_input is EncoderInput.TEXT_WITH_SPANS:
-        return task.name
-    return "analyze"
-
-
-def _output_name(head: Head) -> str:
-    return {HeadKind.TOKEN: f"{head.name}_tags", HeadKind.SEQUENCE: "translation"}.get(
-        head.kind, f"{head.name}_probabilities"
-    )
-
-
 def _request(task: Task, batch: list[dict[str, Any]]) -> dict[str, Any]:
     """The signature's inputs for a batch of records, as a client would send them."""
     import tensorflow as tf
 
-    if task.encoder_input is EncoderInput.TOKENS:
-        longest = max(len(r["tokens"]) for r in batch)
-        return {"tokens": tf.constant([r["tokens"] + [""] * (longest - len(r["tokens"])) for r in batch])}
-    text_field = ENCODER_TEXT_FIELDS[task.encoder_input]
-    request = {"text": tf.constant([r[text_field] for r in batch])}
-    spans = [f.name for f in task.fields if f.kind is FieldKind.CHAR_SPAN]
-    for prefix, field in zip(("e1", "e2"), spans):
-        request[f"{prefix}_start"] = tf.constant([r[field][0] for r in batch], tf.int64)
-        request[f"{prefix}_end"] = tf.constant([r[field][1] for r in batch], tf.int64)
-    return request
-
-
-def _scorer_inputs(head: Head, record: dict[str, Any], answer: Any) -> tuple[Any, Any, Any] | None:
-    """(labels, predictions, weights) of one record in the form the pipeline's scorers take; None: no label."""
-    gold = record.get(head.label_field)
-    if gold is None:  # an optional field (NER on a sentence without it)
-        return None
-    if head.kind is HeadKind.SEQUENCE:
-        return np.array([gold], object), np.array([_text(answer)], object), np.ones([1])
-    if head.kind is HeadKind.TOKEN:
-        # the predicted tag of each of the record's words as a one-hot row (words beyond the model's
-        # maximum length get no tag: an all-zero row, scored as the first label)
-        index = {label: i for i, label in enumerate(head.labels)}
-        predicted = [_text(t) for t in np.asarray(answer)[: len(gold)]]
-        one_hot = np.zeros([len(gold), head.num_labels], np.float32)
-        for position, tag in enumerate(predicted):
-            if tag in index:
-                one_hot[position, index[tag]] = 1.0
-        return np.array([index[g] for g in gold]), one_hot, np.ones([len(gold)])
-    return np.array([head.labels.index(gold)]), np.asarray(answer, np.float32), np.ones([1])
+    return {name: tf.constant(value) for name, value in contract.request(task, batch).items()}
 
 
 @dataclasses.dataclass
@@ -179,7 +131,7 @@ def evaluate_signatures(
     for task_data in data.values():
         task = task_data.task
         for head in task.heads:
-            name, output = _signature_name(task, head), _output_name(head)
+            name, output = contract.signature_for(task, head), head.scored_output
             function = signatures.get(name)
             if function is None:
                 skipped[head.name] = f"the model has no {name!r} signature"
@@ -192,9 +144,10 @@ def evaluate_signatures(
             for batch in _batches(task_data.records, batch_size):
                 answers = function(**_request(task, batch))[output].numpy()
                 for record, answer in zip(batch, answers):
-                    scored = _scorer_inputs(head, record, answer)
-                    if scored is None:
+                    gold = record.get(head.label_field)
+                    if gold is None:  # an optional field (NER on a sentence without it)
                         continue
+                    scored = head.scorer_inputs(gold, answer)
                     examples += 1
                     for scorer in scorers:
                         scorer.add(*scored)

@@ -14,9 +14,9 @@ import tensorflow as tf
 from model import text
 from model.layers import EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
 from model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
-                           compile_for_heads, decoder_layer_name, inference_model)
+                           compile_for_heads, inference_model)
 from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
-from model.tasks import TRANSLATION, HeadKind, all_heads
+from model.tasks import TRANSLATION, all_heads
 
 HEADS = all_heads()
 TARGET_VOCABULARY = 30
@@ -39,10 +39,10 @@ def batch(batch_size=4, length=6, seed=0):
     target = np.array([[5, 6, 7, TARGET_EOS, 0], [0] * 5, [8, TARGET_EOS, 0, 0, 0], [0] * 5])[:batch_size]
     inputs[TRANSLATION_HEAD.label_key] = target
     for head in HEADS:
-        if head.kind is HeadKind.SEQUENCE:
+        if head.kind == "sequence":
             labels[head.name], weights[head.name] = target, (target > 0).astype("float32")
             continue
-        shape = (batch_size, length) if head.kind.value == "token" else (batch_size,)
+        shape = (batch_size, length) if head.kind == "token" else (batch_size,)
         labels[head.name] = rng.integers(0, head.num_labels, size=shape)
         weights[head.name] = np.ones(shape, "float32") * (token_ids > 0 if len(shape) == 2 else 1)
     return inputs, labels, weights
@@ -67,7 +67,7 @@ def test_a_head_without_labels_in_the_batch_gets_no_gradient():
     compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1))
     inputs, labels, weights = batch()
     weights["relation"][:] = 0.0  # no example of the batch is a relation example
-    before = {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind is not HeadKind.SEQUENCE}
+    before = {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind != "sequence"}
     losses = model.train_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
     assert losses["relation_loss"] == pytest.approx(0.0)
     assert np.array_equal(model.get_layer("relation").kernel.numpy(), before["relation"])
@@ -75,7 +75,7 @@ def test_a_head_without_labels_in_the_batch_gets_no_gradient():
 
 
 def _decoder_weights(model):
-    return [w.numpy().copy() for w in model.get_layer(decoder_layer_name(TRANSLATION_HEAD)).weights]
+    return [w.numpy().copy() for w in model.get_layer(TRANSLATION_HEAD.decoder_name).weights]
 
 
 def test_the_decoder_gets_no_loss_or_gradient_without_translation_examples_in_the_batch():
@@ -110,7 +110,7 @@ def test_a_translation_loss_depends_only_on_the_translation_rows():
 def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
     keras.utils.set_random_seed(3)
     model = build_model(HEADS, **SIZES)
-    decoder = model.get_layer(decoder_layer_name(TRANSLATION_HEAD))
+    decoder = model.get_layer(TRANSLATION_HEAD.decoder_name)
     encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS},
                           model.get_layer(ENCODER_OUTPUT).output)  # fmt: skip
     inputs, _, _ = batch(batch_size=4, length=6)
@@ -254,7 +254,7 @@ def test_strategy_fails_loudly_instead_of_hanging_when_devices_are_missing():
 
 
 def _head_kernels(model):
-    return {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind is not HeadKind.SEQUENCE}
+    return {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind != "sequence"}
 
 
 def test_fixed_loss_weights_scale_each_head_and_zero_turns_one_off():
@@ -358,6 +358,6 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
 
 
 def test_uncertainty_layer_is_part_of_a_model_without_a_decoder():
-    heads = [h for h in HEADS if h.kind is not HeadKind.SEQUENCE]
+    heads = [h for h in HEADS if h.kind != "sequence"]
     model = build_model(heads, uncertainty_weighting=True, **SIZES)
     assert model.get_layer(TASK_UNCERTAINTY).head_names == tuple(h.name for h in heads)

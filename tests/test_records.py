@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.jsonl_example_gen.records import RecordError, record_to_example
+from model.records import RecordError, record_to_example
 from model.tasks import RELATION, SENTIMENT, TAGGING
 
 GOOD_TAGGING = {"id": "s1", "tokens": ["Apple", "sued", "Samsung", "."], "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],

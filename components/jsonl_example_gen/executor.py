@@ -25,7 +25,7 @@ from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
 from components.jsonl_example_gen import layout
-from components.jsonl_example_gen.records import RecordError, bytes_to_example
+from model.records import RecordError, bytes_to_example
 from model.tasks import get_task
 
 REJECTED_KEY = "rejected"

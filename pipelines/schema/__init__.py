@@ -2,7 +2,7 @@
 
 The schema states what valid data looks like: label domains (an unknown label is an anomaly), value
 counts (a span has exactly two offsets, a text exactly one string) and the task names. Which fields
-a task *requires* is enforced per record at ingest (``components/jsonl_example_gen/records.py``):
+a task *requires* is enforced per record at ingest (``model/records.py``):
 TFDV has no conditional presence, so every task-specific feature is optional here.
 
 ``schema.pbtxt`` is generated from ``model/tasks.py`` and committed, so that a review shows any
@@ -12,13 +12,14 @@ stale.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from components.jsonl_example_gen.records import ID_FEATURE, TASK_FEATURE
-from model.tasks import TASKS, FieldKind, all_fields
+from model.records import ID_FEATURE, TASK_FEATURE
+from model.tasks import FieldKind, all_fields, registered_tasks
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.pbtxt")
 
@@ -30,14 +31,14 @@ def build_schema() -> schema_pb2.Schema:
     task.presence.min_fraction = 1.0
     task.presence.min_count = 1
     task.value_count.min = task.value_count.max = 1
-    schema.string_domain.add(name=TASK_FEATURE, value=[t.name for t in TASKS])
+    schema.string_domain.add(name=TASK_FEATURE, value=[t.name for t in registered_tasks()])
 
     example_id = schema.feature.add(name=ID_FEATURE, type=schema_pb2.BYTES)
     example_id.value_count.min = example_id.value_count.max = 1
 
     for field in all_fields().values():
         feature = schema.feature.add(name=field.name)
-        users = [t.name for t in TASKS if any(f.name == field.name for f in t.fields)]
+        users = [t.name for t in registered_tasks() if any(f.name == field.name for f in t.fields)]
         feature.annotation.comment.append(f"used by task(s): {', '.join(users)}")
         if field.kind is FieldKind.CHAR_SPAN:
             feature.type = schema_pb2.INT
@@ -57,6 +58,19 @@ def build_schema() -> schema_pb2.Schema:
 def load_schema(path: str = SCHEMA_PATH) -> schema_pb2.Schema:
     with open(path) as f:
         return text_format.Parse(f.read(), schema_pb2.Schema())
+
+
+def schema_file_for(directory: str) -> str:
+    """The schema a run imports: the committed one, or, when tasks are registered beyond
+    ``model/tasks.py`` (``MTNLP_TASK_MODULES``), one generated from the registry into ``directory``."""
+    if build_schema() == load_schema():
+        return SCHEMA_PATH
+    path = os.path.join(directory, "schema.pbtxt")
+    os.makedirs(directory, exist_ok=True)
+    write_schema(path)
+    logging.getLogger(__name__).warning("The task registry differs from %s: using a schema generated from it, %s",
+                                        SCHEMA_PATH, path)  # fmt: skip
+    return path
 
 
 def write_schema(path: str = SCHEMA_PATH) -> None:

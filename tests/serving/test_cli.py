@@ -15,7 +15,9 @@ import sys
 import pytest
 
 from mtnlp import cli as mtnlp_cli
-from serving.analysis import align_tokens, iob2_spans, parse_markers, relation_spans
+from model.heads import align_words
+from model.scoring import iob2_chunks
+from serving.analysis import head_choices, parse_markers, relation_spans, select_heads
 from serving.cli import PredictInputError, read_sentences
 
 from .conftest import LOCAL_ONLY, REPO, ServerProcess, free_port
@@ -63,15 +65,23 @@ def test_read_sentences_from_arguments_stdin_and_files(tmp_path):
         read_sentences([], [str(tmp_path / "missing.txt")])
 
 
-def test_iob2_spans():
+def test_iob2_chunks_as_predict_reads_them():
     tags = ["B-PER", "I-PER", "O", "B-ORG", "B-LOC", "I-LOC", "I-PER", "O"]
-    assert iob2_spans(tags) == [(0, 2, "PER"), (3, 4, "ORG"), (4, 6, "LOC"), (6, 7, "PER")]
-    assert iob2_spans(["O", "O"]) == []
+    assert iob2_chunks(tags) == {("PER", 0, 2), ("ORG", 3, 4), ("LOC", 4, 6), ("PER", 6, 7)}
+    assert iob2_chunks(["O", "O"]) == set()
 
 
-def test_align_tokens_case_insensitive():
-    assert align_tokens("Apple sued Samsung.", ["apple", "sued", "samsung", "."]) == [(0, 5), (6, 10), (11, 18),
-                                                                                      (18, 19)]
+def test_align_words_case_insensitive():
+    assert align_words("Apple sued Samsung.", ["apple", "sued", "samsung", "."]) == [(0, 5), (6, 10), (11, 18),
+                                                                                     (18, 19)]
+
+
+def test_task_choices_come_from_the_registry():
+    assert set(head_choices()) == {"pos", "ner", "sentiment", "relation", "translation", "translate"}
+    assert [h.name for h in select_heads(None)] == ["pos", "ner", "sentiment", "relation"]  # translate on request
+    assert [h.name for h in select_heads(["translate"])] == ["translation"]
+    with pytest.raises(ValueError, match="unknown task.*choose from"):
+        select_heads(["chunking"])
 
 
 # ----- end to end -----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Validates one JSON Lines record against its task's fields and turns it into a ``tf.train.Example``.
 
-Pure Python (no Beam), so that every rule is unit-tested on its own. A bad record raises
+Pure Python (no Beam; TensorFlow only to build the ``tf.train.Example``), so that every rule is
+unit-tested on its own and ``mtnlp evaluate`` / ``mtnlp add-data`` check records without the pipeline. A bad record raises
 ``RecordError`` naming the field and the problem; the executor keeps it, with its file and line,
 in the rejected-records output.
 """
@@ -8,11 +9,12 @@ in the rejected-records output.
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from model.tasks import Field, FieldKind, Task
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 TASK_FEATURE = "task"
 ID_FEATURE = "id"
@@ -61,7 +63,9 @@ def _check_field(record: dict[str, Any], field: Field) -> Any:
     return value
 
 
-def _feature(field: Field, value: Any) -> tf.train.Feature:
+def _feature(field: Field, value: Any) -> "tf.train.Feature":
+    import tensorflow as tf  # here: validating records needs no TensorFlow
+
     if field.kind is FieldKind.CHAR_SPAN:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=value))
     values = value if isinstance(value, list) else [value]
@@ -87,8 +91,10 @@ def parse_record(line: str, task: Task) -> dict[str, Any]:
     return checked
 
 
-def record_to_example(line: str, task: Task) -> tf.train.Example:
+def record_to_example(line: str, task: Task) -> "tf.train.Example":
     """Parses one line of ``task``'s data; raises ``RecordError`` if it is malformed."""
+    import tensorflow as tf
+
     record = parse_record(line, task)
     features = {TASK_FEATURE: _feature(Field(TASK_FEATURE, FieldKind.TEXT), task.name)}
     if ID_FEATURE in record:
@@ -99,7 +105,7 @@ def record_to_example(line: str, task: Task) -> tf.train.Example:
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 
-def bytes_to_example(raw_line: bytes, task: Task) -> tf.train.Example:
+def bytes_to_example(raw_line: bytes, task: Task) -> "tf.train.Example":
     """``record_to_example`` on a line as read from a file; invalid UTF-8 is a malformed record too."""
     try:
         line = raw_line.decode("utf-8")
