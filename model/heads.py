@@ -200,8 +200,9 @@ class Head:
 
     def evaluator_output(self, module: Any, logits: "tf.Tensor", transformed: Mapping[str, "tf.Tensor"],
                          rows: "tf.Tensor") -> "tf.Tensor":  # fmt: skip
-        """The head's output in ``serving_tf_example`` (what TFMA scores); ``rows``: int64 [N], the
-        batch's examples of the head's task."""
+        """The head's output in ``serving_tf_example`` (what TFMA scores) from its logits on the batch cut
+        to its longest sentence; ``transformed``: the batch at full length (the labels' shape); ``rows``:
+        int64 [N], the batch's examples of the head's task."""
         import tensorflow as tf
 
         return tf.nn.softmax(logits, axis=-1)
@@ -310,6 +311,8 @@ class TokenHead(Head):
     def evaluator_output(self, module, logits, transformed, rows):
         import tensorflow as tf
 
+        # logits of the batch's longest sentence, padded back to the labels' length (padding weighs 0)
+        logits = tf.pad(logits, [[0, 0], [0, tf.shape(transformed["token_ids"])[1] - tf.shape(logits)[1]], [0, 0]])
         probabilities = tf.nn.softmax(logits, axis=-1)
         if self.decoding is None:
             return probabilities

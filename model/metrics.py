@@ -21,36 +21,10 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 
 from model.scoring import Scorer, make_scorer
-from model.tasks import Head, all_heads
+from model.tasks import Head, get_head
 
-# re-exported for callers that still import the scorers from here: import them from model.scoring
-from model.scoring import (  # noqa: F401
-    BLEU_MAX_ORDER,
-    SCORERS,
-    Accuracy,
-    BinaryAUC,
-    BleuScorer,
-    EntityScorer,
-    SemEvalScorer,
-    as_text,
-    bleu_from_statistics,
-    bleu_statistics,
-    corpus_bleu,
-    iob2_chunks,
-    precision_recall_f1,
-    relation_type,
-    score,
-    semeval_macro_f1,
-)
 
 # -- TFMA ---------------------------------------------------------------------------------------
-
-
-def _head(name: str) -> Head:
-    for head in all_heads():
-        if head.name == name:
-            return head
-    raise KeyError(f"unknown head {name!r}")
 
 
 def _add_example(scorer: Scorer, element: metric_types.StandardMetricInputs, model_name: str, head: str) -> None:
@@ -71,7 +45,7 @@ class _ScorersCombiner(beam.CombineFn):
         self._key, self._scored, self._reduce = key, scored, reduce
 
     def create_accumulator(self) -> list[Scorer]:
-        return [make_scorer(metric, _head(head)) for head, metric in self._scored]
+        return [make_scorer(metric, get_head(head)) for head, metric in self._scored]
 
     def add_input(self, scorers: list[Scorer], element: metric_types.StandardMetricInputs) -> list[Scorer]:
         for scorer, (head, _) in zip(scorers, self._scored):

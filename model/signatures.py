@@ -125,7 +125,8 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serving_tf_example(self, examples):
         transformed = self.tft_layer(tf.io.parse_example(examples, self._raw_spec))
-        logits = self._logits(transformed)
+        # the encoder runs on the batch's longest sentence, not on max_length; heads pad back to the labels
+        logits = self._logits(self._trim(transformed))
         task_index = {t.name: i for i, t in enumerate(registered_tasks())}
         outputs = {}
         for task in self._tasks:

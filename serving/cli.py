@@ -200,6 +200,8 @@ def analyze_batch(marked: Sequence[Marked], call: SignatureCall, heads: Sequence
                 words[row] = [as_text(w) for w in np.asarray(outputs["tokens"])[k][:length]]
                 results[row]["tokens"] = words[row]
             for head in wanted:
+                if head.scored_output not in outputs:
+                    continue  # the served model was trained without this head
                 answer = head.read_answer(outputs, k, words[row], marked[row].text)
                 if signature.input.span_fields:  # the marked entities the answer is about
                     answer.update({name: {"text": marked[row].text[s:e], "start": s, "end": e}

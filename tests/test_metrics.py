@@ -1,6 +1,5 @@
 """The TFMA adapter of model/metrics.py: how it feeds TFMA's elements to the scorers of model/scoring.py,
-the names saved TFMA configs rely on, and the scorers it still re-exports. The scorers themselves are
-tested in tests/test_scoring.py."""
+and the names saved TFMA configs rely on. The scorers themselves are tested in tests/test_scoring.py."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
 import model.metrics
-import model.scoring
 from model.metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
 from model.scoring import make_scorer
 from model.tasks import NER_TAGS, TAGGING, all_heads
@@ -50,11 +48,6 @@ def test_saved_tfma_configs_keep_naming_model_metrics():
     assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "model.metrics")
     assert json.loads(overall["config"]) == {"name": "mean_primary_metric", "heads": {h.name: h.primary_metric for h in heads}}
     assert model.metrics.HeadMetric.__module__ == model.metrics.MeanPrimaryMetric.__module__ == "model.metrics"
-
-
-@pytest.mark.parametrize("name", model.scoring.__all__)
-def test_moved_names_are_still_importable_from_model_metrics(name):
-    assert getattr(model.metrics, name) is getattr(model.scoring, name)
 
 
 def test_the_combiner_merges_scorers_like_one_pass():

@@ -74,9 +74,9 @@ def test_mtnlp_evaluate_scores_the_new_head_through_analyze_tokens(run, data_dir
     assert result.returncode == 0, result.stderr[-3000:]
     heads = json.loads(output.read_text())["heads"]
     assert heads["chunk"]["signature"] == "analyze_tokens" and heads["chunk"]["examples"] == RECORDS
-    # the same model and data as the Evaluator: the same figure
+    # the same model and data as the Evaluator: the same figure (the summary keeps 4 digits)
     assert heads["chunk"]["metrics"]["token_accuracy"] == pytest.approx(summary["metrics"]["chunk"]["token_accuracy"],
-                                                                        abs=1e-6)
+                                                                        abs=1e-4)
 
 
 def test_mtnlp_predict_shows_the_new_head(run, tmp_path):
