@@ -29,6 +29,8 @@ from model.tasks import Task
 DEFAULT_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "serving_tf_example"
 TRANSFORM_SIGNATURE = "transform_features"
+# the plain signature on raw text (``serving_default`` is the same function): what clients and warmup call
+ANALYZE_SIGNATURE = PLAIN_INPUTS[0].plain_signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ def warmup_requests(tasks: Sequence[Task]) -> list[tuple[str, dict[str, np.ndarr
     """(signature, inputs) of one request per signature, for TF Serving's warmup replay."""
     requests = []
     for signature in signatures(tasks):
-        if signature.plain and signature.name != PLAIN_INPUTS[0].plain_signature:
+        if signature.plain and signature.name != ANALYZE_SIGNATURE:
             continue  # one plain signature warms the shared graph; serving_default is the one clients call
         name = DEFAULT_SIGNATURE if signature.plain else signature.name
         requests.append((name, signature.input.warmup_request()))

@@ -38,7 +38,7 @@ from model.preprocessing import MODEL_INPUTS
 from model.tasks import Task, registered_tasks
 
 # kept here too: the names callers of this module know
-DEFAULT_SIGNATURE = "analyze"
+DEFAULT_SIGNATURE = contract.ANALYZE_SIGNATURE
 EXAMPLES_SIGNATURE = contract.EXAMPLES_SIGNATURE
 TRANSFORM_SIGNATURE = contract.TRANSFORM_SIGNATURE
 

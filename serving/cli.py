@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 from model import contract
 from model.heads import Head
-from model.inputs import PLAIN_INPUTS
 from model.scoring import as_text
 from model.tasks import registered_tasks
 
@@ -148,8 +147,6 @@ def mark_sentences(sentences: Sequence[Sentence], heads: Sequence[Head],
     return marked
 
 
-DEFAULT_PLAIN_SIGNATURE = PLAIN_INPUTS[0].plain_signature  # analyze: text in
-
 # (signature, inputs, the output's name should the answer be a bare value) -> outputs by name
 SignatureCall = Callable[[str, Mapping[str, Any], str], Mapping[str, Any]]
 
@@ -186,7 +183,7 @@ def analyze_batch(marked: Sequence[Marked], call: SignatureCall, heads: Sequence
     words: list[list[str]] = [[] for _ in marked]
     for signature in contract.signatures(registered_tasks()):
         wanted = [h for h in signature.heads if h in heads]
-        if not wanted or (signature.plain and signature.name != DEFAULT_PLAIN_SIGNATURE):
+        if not wanted or (signature.plain and signature.name != contract.ANALYZE_SIGNATURE):
             continue  # predict reads text: analyze answers the plain heads
         records = [signature.input.record_from_text(m.text, m.spans) for m in marked]
         rows = [i for i, r in enumerate(records) if r is not None]
