@@ -37,11 +37,13 @@ COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam
 # The project lives here; pipelines/kubeflow_runner.py names files in it (IMAGE_PROJECT_DIR), e.g. the schema.
 WORKDIR /opt/mtnlp
 
-# The locked stack first, in its own layer, so that code changes do not reinstall it. requirements.lock is
-# the complete resolved environment of `pip install -c requirements.lock -e .`, so this is the project's
-# dependency set under the lock's constraints, exactly the versions the tests ran with.
-COPY requirements.lock ./
-RUN python -m pip install -c requirements.lock -r requirements.lock
+# The stack first, in its own layer, so that code changes do not reinstall it: the project's dependencies
+# and its kubeflow extra as pyproject.toml declares them, at the versions of requirements.lock (the tests
+# ran with exactly these). Test tools and the study's plotting stay out of the image.
+COPY requirements.lock pyproject.toml ./
+RUN python -c "import pip._vendor.tomli as toml; project = toml.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies'] + project['optional-dependencies']['kubeflow']))" > /tmp/requirements.txt && \
+    python -m pip install -c requirements.lock -r /tmp/requirements.txt
 
 # GPU variant: the CUDA/cuDNN wheels TensorFlow was built against (pinned by its and-cuda extra), and their
 # library folders registered with the dynamic loader, because TF 2.16 does not always find pip-installed
@@ -55,9 +57,9 @@ RUN if [ "$GPU" = "1" ]; then \
     fi
 
 # The project itself, editable so that the source tree in /opt/mtnlp is the imported package: import paths
-# such as model.preprocessing.preprocessing_fn and model.trainer.run_fn resolve from any working directory.
+# such as mtnlp.model.preprocessing.preprocessing_fn and mtnlp.model.trainer.run_fn resolve from any working directory.
 COPY . ./
 RUN python -m pip install -c requirements.lock --no-deps -e . && \
-    python -c "import model.preprocessing, model.trainer, components.jsonl_example_gen, components.versioned_pusher, pipelines.pipeline; \
-from pipelines.schema import SCHEMA_PATH; assert SCHEMA_PATH.startswith('/opt/mtnlp/'), SCHEMA_PATH; \
+    python -c "import mtnlp.model.preprocessing, mtnlp.model.trainer, mtnlp.components.jsonl_example_gen, mtnlp.components.versioned_pusher, mtnlp.pipelines.pipeline; \
+from mtnlp.pipelines.schema import SCHEMA_PATH; assert SCHEMA_PATH.startswith('/opt/mtnlp/'), SCHEMA_PATH; \
 import tfx, apache_beam, tensorflow as tf; print('tfx', tfx.__version__, 'beam', apache_beam.__version__, 'tf', tf.__version__)"

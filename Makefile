@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || "$$(tools/find-python310)" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24,<25"
 	@echo "Installing the pinned stack into $(VENV) (first time: a few minutes)..."
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,kubeflow,study]'
 	@touch $@
 
 run: $(VENV)/.installed

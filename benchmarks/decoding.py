@@ -62,10 +62,10 @@ def main() -> int:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    import model.layers  # noqa: F401 - registers the custom layers for loading
-    from model.signatures import ServingModule
-    from model.tasks import TRANSLATION, registered_tasks
-    from serving.evaluate import evaluate_signatures, read_task_data
+    import mtnlp.model.layers  # noqa: F401 - registers the custom layers for loading
+    from mtnlp.model.signatures import ServingModule
+    from mtnlp.model.tasks import TRANSLATION, registered_tasks
+    from mtnlp.serving.evaluate import evaluate_signatures, read_task_data
 
     machine = Machine()
     trained = keras.saving.load_model(str(keras_path), compile=False)

@@ -46,7 +46,7 @@ class MissingRunError(RuntimeError):
 
 def newest_transform_graph(workdir: Path) -> Path:
     """The Transform output of the workdir's newest pipeline run, as ML Metadata recorded it."""
-    from pipelines.summary import latest_transform_outputs
+    from mtnlp.pipelines.summary import latest_transform_outputs
 
     metadata = workdir / "metadata.sqlite"
     try:
@@ -71,10 +71,10 @@ def sample_sentences(path: Path, n: int) -> list[str]:
 
 def export_untrained(tasks, tf_transform_output, model_config, transform_config, export_dir: Path) -> int:
     """Builds the model of ``tasks``' heads (untrained), exports its serving SavedModel; its parameter count."""
-    from model.network import build_model
-    from model.signatures import export_serving_model
-    from model.tasks import all_heads
-    from model.training import target_vocabulary_sizes, vocabulary_size
+    from mtnlp.model.network import build_model
+    from mtnlp.model.signatures import export_serving_model
+    from mtnlp.model.tasks import all_heads
+    from mtnlp.model.training import target_vocabulary_sizes, vocabulary_size
 
     heads = all_heads(tasks)
     oov = transform_config.num_oov_buckets
@@ -123,9 +123,9 @@ def main() -> int:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from model.serving_ops import load_text_ops
-    from model.tasks import all_heads, registered_tasks
-    from pipelines.config import get_config
+    from mtnlp.model.serving_ops import load_text_ops
+    from mtnlp.model.tasks import all_heads, registered_tasks
+    from mtnlp.pipelines.config import get_config
 
     machine = Machine()
     config = get_config(ns.profile)

@@ -77,7 +77,7 @@ def spacy_examples(task_name: str, records: Iterable[Mapping[str, Any]]) -> Iter
     """Plain dicts the spaCy side turns into Docs: ``words``, ``tags`` (UPOS) and ``ents`` (IOB2; None when the
     record has no NER annotation, which spaCy treats as missing, not as "no entities") for tagging; ``text``
     and ``cats`` (1.0 for the gold label, 0.0 for the other) for sentiment."""
-    from model.tasks import SENTIMENT_LABELS
+    from mtnlp.model.tasks import SENTIMENT_LABELS
 
     for record in records:
         if task_name == "tagging":
@@ -307,8 +307,8 @@ class RecordedSignature:
 
 
 def spacy_signatures(answers: Mapping[str, Any]) -> dict[str, RecordedSignature]:
-    from model.scoring import as_text as text
-    from model.tasks import SENTIMENT_LABELS
+    from mtnlp.model.scoring import as_text as text
+    from mtnlp.model.tasks import SENTIMENT_LABELS
 
     tagged = {words_key(a["words"]): a for a in answers["tagging"]}
     # the sentiment head is scored on probabilities in our label order
@@ -328,7 +328,7 @@ def head_metrics(results) -> dict[str, dict[str, float]]:
 def our_tagging_throughput(signatures, tagging_data, batch_size: int, repeats: int) -> dict[str, Any]:
     """Sentences/s of our ``analyze_tokens`` in process on the validation sentences, median of the passes; the
     requests are built as ``mtnlp evaluate`` builds them (the words padded with "")."""
-    from serving.evaluate import _request
+    from mtnlp.serving.evaluate import _request
 
     function, records = signatures["analyze_tokens"], tagging_data.records
     batches = [records[start:start + batch_size] for start in range(0, len(records), batch_size)]
@@ -407,8 +407,8 @@ def main() -> int:
         ns.max_records, ns.max_steps, ns.repeats = ns.max_records or QUICK_RECORDS, min(ns.max_steps, 20), 1
     machine = Machine()
     quiet_tensorflow()
-    from model.tasks import get_task
-    from serving.evaluate import (EvaluationError, evaluate_signatures, load_signatures, read_task_data,
+    from mtnlp.model.tasks import get_task
+    from mtnlp.serving.evaluate import (EvaluationError, evaluate_signatures, load_signatures, read_task_data,
                                   resolve_saved_model)
 
     try:

@@ -3,7 +3,7 @@ of a rerun with nothing new (every component cached).
 
     python benchmarks/pipeline.py                                   # 3,000 / 6,000 / 12,000 records: ~20 minutes
     python benchmarks/pipeline.py --out /tmp/scaling --sizes 1 2 4 8
-    python benchmarks/pipeline.py --base-records 100 --train-steps 10 --sizes 1 2    # checks that it runs
+    python benchmarks/pipeline.py --base-records 100 --train-steps 10 --sizes 1 2 --tasks sentiment  # checks that it runs
 
 Each size runs ``mtnlp run --profile quick --max-records N --train-steps S`` in a subprocess, in its own fresh
 workdir under ``--out`` (default: a new temporary folder; kept, with each run's log), with the training steps
@@ -36,10 +36,12 @@ BEAM_STAGES = ("JsonlExampleGen", "StatisticsGen", "Transform", "Evaluator")
 TARGET_GROWTH = 2.1
 
 
-def run_pipeline(workdir: Path, records: int, train_steps: int, data: Path | None, log: Path) -> dict:
+def run_pipeline(workdir: Path, records: int, train_steps: int, data: Path | None, log: Path,
+                 tasks: list[str] | None = None) -> dict:
     """One ``mtnlp run`` in a subprocess; its run_summary.json plus the subprocess's own wall time."""
     command = [sys.executable, "-m", "mtnlp.cli", "run", "--profile", "quick", "--max-records", str(records),
                "--train-steps", str(train_steps), "--workdir", str(workdir)] + (["--data", str(data)] if data else [])
+    command += ["--tasks", *tasks] if tasks else []
     start = time.perf_counter()
     with open(log, "a") as out:
         result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4], help="multiples of --base-records")
     ap.add_argument("--train-steps", type=int, default=200, help="the same at every size")
     ap.add_argument("--data", type=Path, help="data folder (default: the bundled data)")
+    ap.add_argument("--tasks", nargs="+", help="tasks of every run (default: every registered task)")
     ap.add_argument("--out", type=Path, help="where the workdirs and logs go (default: a new temporary folder)")
     ap.add_argument("--output", type=Path, default=default_output("pipeline"))
     ns = ap.parse_args()
@@ -88,11 +91,12 @@ def main() -> int:
         for k in sizes:
             records = ns.base_records * k
             print(f"running the pipeline on {records} records per task and split ({k}x) ...", flush=True)
-            runs[f"{k}x"] = run_pipeline(workdirs[k], records, ns.train_steps, ns.data, out / f"records-{records}.log")
+            runs[f"{k}x"] = run_pipeline(workdirs[k], records, ns.train_steps, ns.data, out / f"records-{records}.log",
+                                         ns.tasks)
         k = sizes[0]
         print(f"rerunning {k}x with nothing new ...", flush=True)
         runs["rerun"] = run_pipeline(workdirs[k], ns.base_records * k, ns.train_steps, ns.data,
-                                     out / f"records-{ns.base_records * k}.log")  # fmt: skip
+                                     out / f"records-{ns.base_records * k}.log", ns.tasks)  # fmt: skip
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -137,7 +141,7 @@ def main() -> int:
           f"{runs['rerun']['wall_seconds']:.1f} s wall")
     write_json(ns.output, machine, {
         "settings": {"base_records": ns.base_records, "sizes": sizes, "train_steps": ns.train_steps,
-                     "data": str(ns.data or REPO / "data"), "out": str(out)},
+                     "data": str(ns.data or REPO / "data"), "tasks": ns.tasks or "all", "out": str(out)},
         "runs": runs, "growth_per_doubling": growth, "summary": summary,
     })  # fmt: skip
     return 0

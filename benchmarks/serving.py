@@ -140,7 +140,7 @@ def drive_grpc_async(target: str, request_bytes: bytes, concurrency: int, second
 def start_server(base: Path, name: str, batching_file: Path | None,
                  grpc_threads: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    args = [sys.executable, "-m", "serving.model_server.main", f"--port={port}", f"--model_name={name}",
+    args = [sys.executable, "-m", "mtnlp.serving.model_server.main", f"--port={port}", f"--model_name={name}",
             f"--model_base_path={base}", "--bind_address=127.0.0.1", "--enable_model_warmup=false",
             # Enough handler threads for every client to be in flight at once (the default is 4 per core), so
             # that batches can actually fill up; the same setting for both modes.
@@ -186,7 +186,7 @@ def main() -> int:
         import tensorflow_text  # noqa: F401 - the project model uses TF Text ops
     except ImportError:
         pass
-    from serving.client import ServingClient, to_tensor_proto
+    from mtnlp.serving.client import ServingClient, to_tensor_proto
     from tensorflow_serving.apis import model_pb2, predict_pb2
 
     tmp = Path(tempfile.mkdtemp(prefix="mtnlp-bench-"))
@@ -195,8 +195,8 @@ def main() -> int:
             any(p.name.isdigit() for p in pushed.iterdir()):
         ns.model_base_path = pushed
     base = ns.model_base_path.resolve() if ns.model_base_path and not ns.builtin else build_mlp(tmp / "mtnlp")
-    from serving.model_server.manager import version_directories
-    from serving.model_server.servable import LoadedModel
+    from mtnlp.serving.model_server.manager import version_directories
+    from mtnlp.serving.model_server.servable import LoadedModel
 
     versions = version_directories(str(base))
     version_dir = str(base / versions[max(versions)])

@@ -38,8 +38,8 @@ from benchmarks.common import Machine, default_output, quiet_tensorflow, table, 
 quiet_tensorflow()
 import numpy as np  # noqa: E402
 
-from model.heads import Head  # noqa: E402
-from model.tasks import Task, all_heads, registered_tasks  # noqa: E402
+from mtnlp.model.heads import Head  # noqa: E402
+from mtnlp.model.tasks import Task, all_heads, registered_tasks  # noqa: E402
 
 # Vocabulary sizes of the synthetic model: about what Transform computes on the quick profile's data.
 VOCABULARY_SIZE = 8000
@@ -56,10 +56,10 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
     ``row_tasks[i]``; sentence and target lengths are uniform in (1 ± spread) x the given length, and the batch
     is padded to its longest sentence and longest target. Returns also the number of real words.
     ``masked_words``: for a model with the masked-word objective; 15 % of the words are its labels."""
-    from model import text
-    from model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
-    from model.preprocessing import SUBWORD_INPUTS
-    from pipelines.config import TransformConfig
+    from mtnlp.model import text
+    from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
+    from mtnlp.model.preprocessing import SUBWORD_INPUTS
+    from mtnlp.pipelines.config import TransformConfig
 
     rng = np.random.default_rng(seed)
     batch_size = len(row_tasks)
@@ -107,7 +107,7 @@ def build_training_model(heads: Sequence[Head], config, strategy):
     """The model, loss and optimizer exactly as the Trainer makes them (synthetic vocabulary sizes)."""
     import keras
 
-    from model import training
+    from mtnlp.model import training
 
     keras.utils.set_random_seed(config.training.seed)
     with strategy.scope():
@@ -184,11 +184,11 @@ def main() -> int:
     if ns.quick:
         ns.steps, ns.warmup, ns.matmul_size = 3, 1, 1024
 
-    from pipelines.config import get_config
+    from mtnlp.pipelines.config import get_config
 
     config = get_config(ns.profile)
     replicas = ns.replicas
-    from model import devices
+    from mtnlp.model import devices
 
     devices.configure_cpu_replicas(replicas)  # before TensorFlow initializes its devices
     import tensorflow as tf

@@ -26,9 +26,9 @@ quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.training import build_training_model, mixed_rows, synthetic_batch  # noqa: E402
-from model import devices  # noqa: E402
-from model.tasks import all_heads, select_tasks  # noqa: E402
-from pipelines.config import get_config  # noqa: E402
+from mtnlp.model import devices  # noqa: E402
+from mtnlp.model.tasks import all_heads, select_tasks  # noqa: E402
+from mtnlp.pipelines.config import get_config  # noqa: E402
 
 
 def _time(heads, row_tasks, steps: int, strategy) -> tuple[float, float]:

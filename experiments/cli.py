@@ -11,10 +11,10 @@ import time
 
 log = logging.getLogger("mtnlp")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mtnlp.data_location import DATA_HELP, default_data_dir
+
     experiment = subparsers.add_parser("experiment", help="run a study on the project's model code")
     studies = experiment.add_subparsers(dest="study", required=True, metavar="STUDY")
     study = studies.add_parser(
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "results.json and plots. Resumes an interrupted study with the same settings.",
     )  # fmt: skip
     study.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
-    study.add_argument("--data", default=os.path.join(REPO, "data"), help="one sub-folder per task (default: bundled)")
+    study.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     study.add_argument("--out", help="report folder (default reports/mtl-vs-stl, or reports/mtl-vs-stl-quick)")
     study.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
     study.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
@@ -43,10 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
+    from mtnlp.extras import require_extra
 
+    require_extra("study")
     logs.quiet_environment(args.verbose)
-    from experiments.mtl_vs_stl import study_config, variants_from
-    from model import devices
+    from mtnlp.experiments.mtl_vs_stl import study_config, variants_from
+    from mtnlp.model import devices
 
     name = "quick" if args.quick else "full"
     config = study_config(
@@ -55,14 +57,15 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
         max_records_per_split=args.max_records, eval_records=args.eval_records,
     )  # fmt: skip
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
-    from experiments.mtl_vs_stl import run_study
-    from experiments.report import REPORT_FILE, format_table
+    from mtnlp.data_location import missing_data_message
+    from mtnlp.experiments.mtl_vs_stl import run_study
+    from mtnlp.experiments.report import REPORT_FILE, format_table
 
     logs.configure_logging(args.verbose)
     out = os.path.abspath(args.out or os.path.join("reports", "mtl-vs-stl" + ("-quick" if args.quick else "")))
     workdir = os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
-    if not os.path.isdir(args.data):
-        log.error("error: data folder %s does not exist", args.data)
+    if missing := missing_data_message(args.data):
+        log.error("error: %s", missing)
         return 2
     log.warning("MTL vs STL (%s): %d seeds, %d steps per task, report in %s", name, len(config.seeds),
                 config.steps_per_task, out)  # fmt: skip

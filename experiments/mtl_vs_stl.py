@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any, Sequence
 
-from pipelines.config import ModelConfig, TrainingConfig
+from mtnlp.pipelines.config import ModelConfig, TrainingConfig
 
 log = logging.getLogger("mtnlp")
 
@@ -123,7 +123,7 @@ class PlannedRun:
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     """Seed by seed (a partial study still compares every configuration): each STL model, then each MTL variant."""
-    from model.tasks import select_tasks
+    from mtnlp.model.tasks import select_tasks
 
     tasks = select_tasks(config.tasks)
     heads = [(task.name, head.name) for task in tasks for head in task.heads]
@@ -145,7 +145,7 @@ class TransformedData:
 
 def _pipeline_config(config: StudyConfig):
     """Ingest and Transform settings of the study's data pipeline (and of the models that read its output)."""
-    from pipelines.config import get_config
+    from mtnlp.pipelines.config import get_config
 
     return get_config("quick", tasks=config.tasks, max_records_per_split=config.max_records_per_split)
 
@@ -154,8 +154,8 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     """Ingest, validation and Transform as a TFX pipeline (cached when the data and settings are unchanged)."""
     from tfx import v1 as tfx
 
-    from pipelines.pipeline import create_data_pipeline
-    from pipelines.summary import latest_transform_outputs
+    from mtnlp.pipelines.pipeline import create_data_pipeline
+    from mtnlp.pipelines.summary import latest_transform_outputs
 
     pipeline_config = _pipeline_config(config)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
@@ -200,9 +200,9 @@ class Study:
     def run(self) -> dict[str, Any]:
         import tensorflow_transform as tft
 
-        from model import dataset, devices
-        from model.tasks import select_tasks
-        from serving.evaluate import read_task_data
+        from mtnlp.model import dataset, devices
+        from mtnlp.model.tasks import select_tasks
+        from mtnlp.serving.evaluate import read_task_data
 
         start = time.time()
         log.warning("Preparing the data (ingest, validation, Transform) on %s", self.data_root)
@@ -241,11 +241,11 @@ class Study:
     def _run_one(self, run: PlannedRun, data: TransformedData, tft_output, counts, eval_data, strategy, prefix: str):
         import keras
 
-        from model import dataset
-        from model.signatures import ServingModule
-        from model.tasks import select_tasks
-        from model.training import train_model
-        from serving.evaluate import evaluate_signatures
+        from mtnlp.model import dataset
+        from mtnlp.model.signatures import ServingModule
+        from mtnlp.model.tasks import select_tasks
+        from mtnlp.model.training import train_model
+        from mtnlp.serving.evaluate import evaluate_signatures
 
         start = time.time()
         tasks = tuple(dataclasses.replace(t, heads=tuple(h for h in t.heads if h.name in run.heads))
@@ -285,7 +285,7 @@ def study_config(name: str, **overrides: Any) -> StudyConfig:
 
 
 def run_study(config: StudyConfig, data_root: str, workdir: str, report_dir: str, command: str = "") -> dict[str, Any]:
-    from experiments import report
+    from mtnlp.experiments import report
 
     os.makedirs(report_dir, exist_ok=True)
     os.makedirs(workdir, exist_ok=True)

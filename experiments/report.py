@@ -18,7 +18,7 @@ STL = "STL"
 
 
 def _primary_metrics() -> dict[str, str]:
-    from model.tasks import all_heads
+    from mtnlp.model.tasks import all_heads
 
     return {h.name: h.primary_metric for h in all_heads()}
 

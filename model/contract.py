@@ -22,9 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from model.heads import Head
-from model.inputs import PLAIN_INPUTS, EncoderInput
-from model.tasks import Task
+from mtnlp.model.heads import Head
+from mtnlp.model.inputs import PLAIN_INPUTS, EncoderInput
+from mtnlp.model.tasks import Task
 
 DEFAULT_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "serving_tf_example"

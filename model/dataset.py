@@ -18,10 +18,10 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
-from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
-from model.heads import Head
-from model.tasks import registered_tasks
+from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
+from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.model.heads import Head
+from mtnlp.model.tasks import registered_tasks
 
 SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS + (MASKED_WORD_LABELS,)
 MASKED_WORDS_WEIGHT = "masked_words_weight"

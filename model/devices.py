@@ -35,7 +35,7 @@ def configure_cpu_replicas(replicas: int) -> None:
     except RuntimeError as e:
         raise DeviceSetupError(
             f"Cannot create {replicas} logical CPU devices for MirroredStrategy: TensorFlow has already "
-            f"initialized its devices in this process ({e}). Call model.devices.configure_cpu_replicas() "
+            f"initialized its devices in this process ({e}). Call mtnlp.model.devices.configure_cpu_replicas() "
             "at process start (the local runner does), or set training.cpu_replicas to 1."
         ) from e
 
@@ -51,7 +51,7 @@ def make_strategy(cpu_replicas: int) -> tf.distribute.MirroredStrategy:
             raise DeviceSetupError(
                 f"MirroredStrategy wants {cpu_replicas} CPU replicas but only {len(cpus)} logical CPU "
                 f"device(s) exist: {[d.name for d in cpus]}. Configure them before TensorFlow starts "
-                "(model.devices.configure_cpu_replicas) or lower training.cpu_replicas."
+                "(mtnlp.model.devices.configure_cpu_replicas) or lower training.cpu_replicas."
             )
         strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:cpu_replicas]])
     log.info("MirroredStrategy over %d replica(s): %s", strategy.num_replicas_in_sync,

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from model.scoring import as_text, iob2_chunks
+from mtnlp.model.scoring import as_text, iob2_chunks
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from model.tasks import Task
+    from mtnlp.model.tasks import Task
 
 # Structured decodings a token head may ask for (see model/decoding.py).
 DECODINGS = (None, "iob2")
@@ -64,7 +64,7 @@ class HeadSettings:
     decoder: Mapping[str, Any]
 
     def layer_for(self, head_name: str) -> Any:
-        from model.network import encoder_layer_index
+        from mtnlp.model.network import encoder_layer_index
 
         return self.layer_outputs[encoder_layer_index(head_name, self.head_layers, len(self.layer_outputs)) - 1]
 
@@ -129,7 +129,7 @@ class Head:
         """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label)."""
         import tensorflow as tf
 
-        from model.preprocessing import first_value, label_ids
+        from mtnlp.model.preprocessing import first_value, label_ids
 
         return {self.label_key: label_ids(first_value(labels, ""), self.labels),
                 self.weight_key: tf.cast(labels.row_lengths() > 0, tf.float32)}  # fmt: skip
@@ -246,7 +246,7 @@ class SentenceHead(Head):
     label_field_kinds: ClassVar[tuple[str, ...]] = ("label",)
 
     def features(self, settings: HeadSettings):
-        from model.layers import MaskedMeanPooling
+        from mtnlp.model.layers import MaskedMeanPooling
 
         return MaskedMeanPooling(name=f"{self.name}_mean_pooling")(settings.layer_for(self.name), settings.padding_mask)
 
@@ -274,7 +274,7 @@ class TokenHead(Head):
     def transform_features(self, labels, max_length, config):
         import tensorflow as tf
 
-        from model.preprocessing import label_ids
+        from mtnlp.model.preprocessing import label_ids
 
         ids = tf.ragged.map_flat_values(label_ids, labels, self.labels)
         return {self.label_key: ids.to_tensor(default_value=0, shape=[None, max_length]),
@@ -289,7 +289,7 @@ class TokenHead(Head):
     def best_labels(self, logits, mask):
         import tensorflow as tf
 
-        from model import decoding
+        from mtnlp.model import decoding
 
         if self.decoding == "iob2":
             allowed, allowed_start = decoding.iob2_transitions(self.labels)
@@ -406,7 +406,7 @@ class EntityPairHead(Head):
     def features(self, settings: HeadSettings):
         import keras
 
-        from model.layers import EntityBoundaryPooling, MaskedMeanPooling
+        from mtnlp.model.layers import EntityBoundaryPooling, MaskedMeanPooling
 
         hidden = settings.layer_for(self.name)
         entities = EntityBoundaryPooling(name=f"{self.name}_entity_pooling")(hidden, settings.inputs["entity_ids"])
@@ -466,8 +466,8 @@ class SequenceHead(Head):
         ``<head>_weight`` float [B, Lt], ``<head>_reference`` string [B], ``<head>_example_weight`` float [B]."""
         import tensorflow as tf
 
-        from model import subwords, text
-        from model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS, TARGET_PAD, first_value
+        from mtnlp.model import subwords, text
+        from mtnlp.model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS, TARGET_PAD, first_value
 
         target, has_target = first_value(labels, ""), labels.row_lengths() > 0
         length = config["max_target_length"]
@@ -496,7 +496,7 @@ class SequenceHead(Head):
         return (self.label_key,)  # teacher forcing
 
     def output_vocabulary_size(self, tf_transform_output, num_oov_buckets):
-        from model.preprocessing import FIRST_TARGET_WORD
+        from mtnlp.model.preprocessing import FIRST_TARGET_WORD
 
         # target ids: 0 padding, BOS, EOS, then the vocabulary, then the OOV buckets
         return tf_transform_output.vocabulary_size_by_name(self.vocabulary_name) + num_oov_buckets + FIRST_TARGET_WORD
@@ -505,8 +505,8 @@ class SequenceHead(Head):
         """Logits [B, L, V] of each target position (teacher forced), V the target vocabulary size."""
         import keras
 
-        from model.layers import SequenceDecoder
-        from model.preprocessing import TARGET_BOS, TARGET_EOS
+        from mtnlp.model.layers import SequenceDecoder
+        from mtnlp.model.preprocessing import TARGET_BOS, TARGET_EOS
 
         d = settings.decoder
         decoder = SequenceDecoder(
@@ -521,7 +521,7 @@ class SequenceHead(Head):
     def loss(self, training):
         smoothing = training["sequence_label_smoothing"]
         if smoothing > 0:
-            from model.layers import SmoothedSparseCrossentropy
+            from mtnlp.model.layers import SmoothedSparseCrossentropy
 
             return SmoothedSparseCrossentropy(smoothing)
         return super().loss(training)
@@ -532,8 +532,8 @@ class SequenceHead(Head):
     def prepare_serving(self, module, tf_transform_output):
         # id -> target piece ("" for padding, BOS, EOS, the unknown piece and OOV buckets), a constant
         # of the graph; the unknown piece is never emitted
-        from model.preprocessing import FIRST_TARGET_WORD
-        from model.subwords import UNKNOWN
+        from mtnlp.model.preprocessing import FIRST_TARGET_WORD
+        from mtnlp.model.subwords import UNKNOWN
 
         size = module.model.get_layer(self.decoder_name).vocabulary_size
         pieces = [as_text(p) for p in tf_transform_output.vocabulary_by_name(self.vocabulary_name)]
@@ -545,8 +545,8 @@ class SequenceHead(Head):
         """Beam-search translations of the given rows (int64 [N]) of a transformed batch: string [B], "" elsewhere."""
         import tensorflow as tf
 
-        from model import text as text_ops
-        from model.preprocessing import MODEL_INPUTS
+        from mtnlp.model import text as text_ops
+        from mtnlp.model.preprocessing import MODEL_INPUTS
 
         words, never_emit = module.head_constants[self.name]
         inputs = {k: tf.gather(transformed[k], rows) for k in MODEL_INPUTS}
@@ -578,7 +578,7 @@ class SequenceHead(Head):
         return np.array([gold], object), np.array([as_text(answer)], object), np.ones([1])
 
     def synthetic_labels(self, rng, rows, words, target_lengths, target_vocabulary_size):
-        from model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS
+        from mtnlp.model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS
 
         longest = max(int(target_lengths[rows].max()) if rows.any() else 1, 1)
         on = rows[:, None] & (np.arange(longest)[None, :] < target_lengths[:, None])

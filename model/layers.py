@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import keras
-import keras_nlp
+import keras_hub
 import tensorflow as tf
 from keras import ops
 
-from model import decoding
+from mtnlp.model import decoding
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
@@ -63,7 +63,7 @@ class EntityBoundaryPooling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="mtnlp")
 class SequenceDecoder(keras.layers.Layer):
-    """The decoder of a sequence head: target-word embeddings, keras-nlp ``TransformerDecoder`` layers
+    """The decoder of a sequence head: target-word embeddings, keras-hub ``TransformerDecoder`` layers
     (causal self-attention, cross-attention to the encoder) and a projection onto the target vocabulary.
 
     Target ids: 0 padding, ``bos_id``, ``eos_id``, then words (see ``model/preprocessing.py``).
@@ -95,13 +95,13 @@ class SequenceDecoder(keras.layers.Layer):
 
     def build(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
         dim = encoder_hidden_shape[-1]
-        self.embedding = keras_nlp.layers.TokenAndPositionEmbedding(
+        self.embedding = keras_hub.layers.TokenAndPositionEmbedding(
             self.vocabulary_size, self.max_length, dim, tie_weights=self.tie_embeddings, name="target_embedding"
         )
         self.embedding.build((None, None))
         self.decoders = []
         for i in range(self.num_layers):
-            decoder = keras_nlp.layers.TransformerDecoder(
+            decoder = keras_hub.layers.TransformerDecoder(
                 self.intermediate_dim, self.num_heads, dropout=self.dropout, name=f"decoder_{i}"
             )
             decoder.build((None, None, dim), (None, None, dim))

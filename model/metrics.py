@@ -20,8 +20,8 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 
-from model.scoring import Scorer, make_scorer
-from model.tasks import Head, get_head
+from mtnlp.model.scoring import Scorer, make_scorer
+from mtnlp.model.tasks import Head, get_head
 
 
 # -- TFMA ---------------------------------------------------------------------------------------

@@ -1,16 +1,16 @@
-"""The multi-task network: one shared transformer encoder (keras-nlp layers) and one head per task head."""
+"""The multi-task network: one shared transformer encoder (keras-hub layers) and one head per task head."""
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 import keras
-import keras_nlp
+import keras_hub
 
-from model import text
-from model.heads import Head, HeadSettings
-from model.layers import MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
-from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.model import text
+from mtnlp.model.heads import Head, HeadSettings
+from mtnlp.model.layers import MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
+from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
 
 ENCODER_OUTPUT = "encoder_output"
 TASK_UNCERTAINTY = "task_uncertainty"
@@ -92,7 +92,7 @@ def build_model(
     inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
-    x = keras_nlp.layers.TokenAndPositionEmbedding(
+    x = keras_hub.layers.TokenAndPositionEmbedding(
         vocabulary_size + int(masked_words), max_length, embedding_dim, name="word_and_position_embedding"
     )(inputs["token_ids"])
     x = x + keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs["shape_ids"])
@@ -107,7 +107,7 @@ def build_model(
     x = keras.layers.Dropout(dropout)(x)
     layer_outputs = []
     for i in range(num_layers):
-        x = keras_nlp.layers.TransformerEncoder(
+        x = keras_hub.layers.TransformerEncoder(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)

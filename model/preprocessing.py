@@ -38,10 +38,10 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model import text
-from model.tasks import all_heads, registered_tasks
-from pipelines.config import TransformConfig
-from pipelines.settings import typed_section
+from mtnlp.model import text
+from mtnlp.model.tasks import all_heads, registered_tasks
+from mtnlp.pipelines.config import TransformConfig
+from mtnlp.pipelines.settings import typed_section
 
 WORDS_VOCABULARY = "words"
 SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from model.tasks import Field, FieldKind, Task
+from mtnlp.model.tasks import Field, FieldKind, Task
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -34,7 +34,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from model.heads import Head
+    from mtnlp.model.heads import Head
 
 __all__ = [
     "BLEU_MAX_ORDER",
@@ -105,7 +105,7 @@ def relation_type(label: str) -> str:
 def semeval_macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None) -> float:
     """``labels``: the head's label set (default: SemEval-2010 Task 8's, ``model.tasks.SEMEVAL_RELATIONS``)."""
     if labels is None:
-        from model.tasks import SEMEVAL_RELATIONS as labels
+        from mtnlp.model.tasks import SEMEVAL_RELATIONS as labels
     # the official scorer averages over all 9 types of the task, also over one absent from the data
     types = sorted({relation_type(label) for label in labels} - {"Other"})
     scores = []

@@ -32,10 +32,10 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model import contract
-from model.network import ENCODER_OUTPUT, inference_model, model_input_names
-from model.preprocessing import MODEL_INPUTS
-from model.tasks import Task, registered_tasks
+from mtnlp.model import contract
+from mtnlp.model.network import ENCODER_OUTPUT, inference_model, model_input_names
+from mtnlp.model.preprocessing import MODEL_INPUTS
+from mtnlp.model.tasks import Task, registered_tasks
 
 # kept here too: the names callers of this module know
 DEFAULT_SIGNATURE = contract.ANALYZE_SIGNATURE

@@ -29,7 +29,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib
 
-from model import text
+from mtnlp.model import text
 
 JOINER = text.WORDPIECE_JOINER
 UNKNOWN = "[UNK]"  # a character never seen in training; the decoder is never allowed to emit it

@@ -24,8 +24,8 @@ import importlib
 import os
 from typing import Sequence
 
-from model.heads import EntityPairHead, Head, SentenceHead, SequenceHead, TokenHead
-from model.inputs import EncoderInput, TextInput, TextWithSpansInput, TokensInput
+from mtnlp.model.heads import EntityPairHead, Head, SentenceHead, SequenceHead, TokenHead
+from mtnlp.model.inputs import EncoderInput, TextInput, TextWithSpansInput, TokensInput
 
 
 class FieldKind(enum.Enum):

@@ -13,14 +13,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from model import dataset, devices
-from model.preprocessing import WORDS_VOCABULARY
-from model.signatures import export_serving_model
-from model.tasks import all_heads, select_tasks
-from model.training import train_model
-from model.warm_start import keras_dir_for, save_for_warm_start
-from model.warmup import write_warmup_requests
-from pipelines.settings import as_dict, config_from_json
+from mtnlp.model import dataset, devices
+from mtnlp.model.preprocessing import WORDS_VOCABULARY
+from mtnlp.model.signatures import export_serving_model
+from mtnlp.model.tasks import all_heads, select_tasks
+from mtnlp.model.training import train_model
+from mtnlp.model.warm_start import keras_dir_for, save_for_warm_start
+from mtnlp.model.warmup import write_warmup_requests
+from mtnlp.pipelines.settings import as_dict, config_from_json
 
 log = logging.getLogger(__name__)
 

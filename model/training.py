@@ -16,11 +16,11 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from model import dataset
-from model.network import build_model, compile_for_heads
-from model.heads import Head
-from model.preprocessing import WORDS_VOCABULARY
-from model.warm_start import warm_start
+from mtnlp.model import dataset
+from mtnlp.model.network import build_model, compile_for_heads
+from mtnlp.model.heads import Head
+from mtnlp.model.preprocessing import WORDS_VOCABULARY
+from mtnlp.model.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Sequence
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from model import contract
-from model.tasks import Task
+from mtnlp.model import contract
+from mtnlp.model.tasks import Task
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 

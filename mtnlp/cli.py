@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 # module -> it defines `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 SUBCOMMAND_MODULES = (
-    "pipelines.cli",  # run
-    "serving.cli",  # serve, predict
-    "pipelines.kubeflow_cli",  # kubeflow compile, kubeflow submit
-    "experiments.cli",  # experiment mtl-vs-stl
+    "mtnlp.pipelines.cli",  # run
+    "mtnlp.serving.cli",  # serve, predict
+    "mtnlp.pipelines.kubeflow_cli",  # kubeflow compile, kubeflow submit
+    "mtnlp.experiments.cli",  # experiment mtl-vs-stl
 )
 
 
@@ -50,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mtnlp.extras import MissingExtraError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import os
 import shutil
 import tempfile
 
-from components.jsonl_example_gen.layout import SPANS_DIR, next_span
-from model.records import RecordError, bytes_to_example
-from model.tasks import Task, get_task, registered_tasks
+from mtnlp.components.jsonl_example_gen.layout import SPANS_DIR, next_span
+from mtnlp.model.records import RecordError, bytes_to_example
+from mtnlp.model.tasks import Task, get_task, registered_tasks
 
 MAX_ERRORS_SHOWN = 10
 

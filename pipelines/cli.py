@@ -10,11 +10,11 @@ import time
 
 log = logging.getLogger("mtnlp")
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pipelines.settings import add_settings_arguments
+    from mtnlp.data_location import DATA_HELP, default_data_dir
+    from mtnlp.pipelines.settings import add_settings_arguments
 
     run = subparsers.add_parser("run", help="run the TFX pipeline locally (ingest ... push)",
                                 description="Run the TFX pipeline on this machine: ingest, validate, transform, "
@@ -22,8 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "files, then --tasks/--train-steps/--max-records, then --set.")  # fmt: skip
     run.add_argument("--profile", choices=("quick", "full"), default="quick",
                      help="quick: capped data and a small model (<= 10 min on 2 cores); full: all data")  # fmt: skip
-    run.add_argument("--data", default=DEFAULT_DATA,
-                     help=f"folder with one sub-folder per task (default: the bundled data, {DEFAULT_DATA})")
+    run.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     run.add_argument("--workdir", default="workdir", help="artifacts, ML Metadata, serving_model/")
     run.add_argument("--tasks", nargs="+",
                      help="train only these tasks (default: every registered task); same as --set tasks=...")
@@ -46,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "latest blessed model).")  # fmt: skip
     add.add_argument("file", help="JSON Lines records of one task (same fields as data/<task>/)")
     add.add_argument("--task", required=True, help="the task, or one of its heads (ner -> tagging)")
-    add.add_argument("--data", default=DEFAULT_DATA,
-                     help=f"the data folder (default: the bundled data, {DEFAULT_DATA})")
+    add.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     add.add_argument("--validation",
                      help="validation records (default: a deterministic 10 %% of FILE's records)")  # fmt: skip
     add.add_argument("--force", action="store_true", help="add the file even if some records are malformed")
@@ -56,12 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
+    from mtnlp.data_location import missing_data_message
 
     logs.quiet_environment(args.verbose)
-    from pipelines.config import get_config
-    from pipelines.local_runner import Workdir, run_locally
-    from pipelines.settings import SettingsError, as_dict, config_changes, config_from_args, format_config
-    from pipelines.summary import format_summary, record_config, summarize_latest_run, write_summary
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.local_runner import Workdir, run_locally
+    from mtnlp.pipelines.settings import SettingsError, as_dict, config_changes, config_from_args, format_config
+    from mtnlp.pipelines.summary import format_summary, record_config, summarize_latest_run, write_summary
 
     logs.configure_logging(args.verbose)
     try:
@@ -69,8 +68,8 @@ def run_command(args: argparse.Namespace) -> int:
     except SettingsError as e:
         log.error("error: %s", e)
         return 2
-    if not os.path.isdir(args.data):
-        log.error("error: data folder %s does not exist", args.data)
+    if missing := missing_data_message(args.data):
+        log.error("error: %s", missing)
         return 2
     changes = config_changes(get_config(args.profile), config)
     if args.verbose:
@@ -119,10 +118,9 @@ def add_data_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
 
     logs.quiet_environment()
-    from pipelines.add_data import BadDataError, add_span
+    from mtnlp.pipelines.add_data import BadDataError, add_span
 
     logs.configure_logging()
-
     try:
         added = add_span(args.data, args.task, args.file, args.validation, force=args.force)
     except (BadDataError, KeyError, OSError) as e:

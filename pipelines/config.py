@@ -124,7 +124,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         # names that refer to tasks and heads must exist: a typo would otherwise be silently ignored
-        from model.tasks import all_heads, get_head, select_tasks
+        from mtnlp.model.tasks import all_heads, get_head, select_tasks
 
         try:
             select_tasks(self.tasks)
@@ -142,7 +142,7 @@ class PipelineConfig:
     @property
     def task_names(self) -> tuple[str, ...]:
         """The tasks of this run: ``tasks``, or every registered task."""
-        from model.tasks import select_tasks
+        from mtnlp.model.tasks import select_tasks
 
         return tuple(t.name for t in select_tasks(self.tasks))
 

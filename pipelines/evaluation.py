@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from model.metrics import tfma_metric_config, tfma_overall_metric_config
-from model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
-from model.tasks import all_heads, select_tasks
-from pipelines.config import HeadGate, PipelineConfig
+from mtnlp.model.metrics import tfma_metric_config, tfma_overall_metric_config
+from mtnlp.model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
+from mtnlp.model.tasks import all_heads, select_tasks
+from mtnlp.pipelines.config import HeadGate, PipelineConfig
 
 
 def _threshold(gate: HeadGate) -> tfma.MetricThreshold:

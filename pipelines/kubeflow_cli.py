@@ -17,7 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.kubeflow_runner import KubeflowSettings
+    from mtnlp.pipelines.kubeflow_runner import KubeflowSettings
 
 log = logging.getLogger("mtnlp")
 
@@ -30,8 +30,8 @@ class SubmitError(RuntimeError):
 
 
 def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
-    from pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
-    from pipelines.settings import add_settings_arguments
+    from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
+    from mtnlp.pipelines.settings import add_settings_arguments
 
     group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
     group.add_argument("--image", help=f"pipeline image, e.g. REGISTRY/{DEFAULT_IMAGE_REPOSITORY}:TAG "
@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
-    from pipelines import kubeflow_runner
+    from mtnlp.pipelines import kubeflow_runner
 
     if not args.pipeline_root:
         raise kubeflow_runner.KubeflowConfigError(
@@ -119,8 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
 
 def _compile(args: argparse.Namespace, output: str) -> str:
     from mtnlp import logs
-    from pipelines import kubeflow_runner
-    from pipelines.settings import config_from_args, format_config
+    from mtnlp.pipelines import kubeflow_runner
+    from mtnlp.pipelines.settings import config_from_args, format_config
 
     settings = settings_from_args(args)  # before the slow imports: a bad flag fails at once
     config = config_from_args(args)
@@ -143,9 +143,11 @@ def _compile(args: argparse.Namespace, output: str) -> str:
 
 def compile_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
-    from pipelines.kubeflow_runner import KubeflowConfigError
-    from pipelines.settings import SettingsError
+    from mtnlp.extras import require_extra
+    from mtnlp.pipelines.kubeflow_runner import KubeflowConfigError
+    from mtnlp.pipelines.settings import SettingsError
 
+    require_extra("kubeflow")
     logs.configure_logging(False)
     try:
         _compile(args, args.output)
@@ -166,7 +168,7 @@ def submit_pipeline(
     """Starts a run of a compiled pipeline; returns the kfp ``RunPipelineResult``."""
     import kfp
 
-    from pipelines import kubeflow_runner
+    from mtnlp.pipelines import kubeflow_runner
 
     spec, pipeline_root = kubeflow_runner.load_pipeline_spec(pipeline_file)
     if not pipeline_root:
@@ -203,7 +205,7 @@ def _as_kfp_package(pipeline_file: str, tmp: str) -> str:
     """kfp.Client reads a bare PipelineSpec from .yaml/.yml/.zip/.tar.gz; a .json PipelineJob is unwrapped."""
     import yaml
 
-    from pipelines import kubeflow_runner
+    from mtnlp.pipelines import kubeflow_runner
 
     if pipeline_file.endswith((".yaml", ".yml", ".zip", ".tar.gz", ".tgz")):
         return pipeline_file
@@ -231,9 +233,11 @@ def _explain_submit_failure(host: str, error: Exception) -> str:
 
 def submit_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
-    from pipelines.kubeflow_runner import KubeflowConfigError
-    from pipelines.settings import SettingsError
+    from mtnlp.extras import require_extra
+    from mtnlp.pipelines.kubeflow_runner import KubeflowConfigError
+    from mtnlp.pipelines.settings import SettingsError
 
+    require_extra("kubeflow")
     logs.configure_logging(False)
     # The client's own noise: a FutureWarning on every construction, and urllib3's retry lines (a filter,
     # because the kfp_server_api configuration resets the urllib3 logger's level).

@@ -5,7 +5,7 @@ storage, the Beam runner of the Beam-powered components and the resources of eac
 The pipeline itself is the same ``create_pipeline()`` that ``mtnlp run`` executes locally.
 
 Compiling needs no network and uploads nothing: Transform and Trainer name their functions by import
-path (``model.preprocessing.preprocessing_fn``, ``model.trainer.run_fn``), which resolve inside the
+path (``mtnlp.model.preprocessing.preprocessing_fn``, ``mtnlp.model.trainer.run_fn``), which resolve inside the
 image built from the repository's ``Dockerfile``.
 
 Output format follows the file name, as in ``KubeflowV2DagRunner`` itself:
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
-from pipelines.config import PipelineConfig
-from pipelines.local_runner import PIPELINE_NAME
+from mtnlp.pipelines.config import PipelineConfig
+from mtnlp.pipelines.local_runner import PIPELINE_NAME
 
 if TYPE_CHECKING:  # imported lazily at run time: they pull in TFX and TensorFlow
     from kfp.pipeline_spec.pipeline_spec_pb2 import PipelineDeploymentConfig
@@ -148,7 +148,7 @@ class KubeflowSettings:
 
 def image_schema_file() -> str:
     """The curated schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
-    from pipelines.schema import SCHEMA_PATH  # imported here: it pulls in TensorFlow
+    from mtnlp.pipelines.schema import SCHEMA_PATH  # imported here: it pulls in TensorFlow
 
     return posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))
 
@@ -172,7 +172,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
     """``create_pipeline()`` with Kubeflow's locations, then each component's pod resources."""
     from tfx.dsl.components.base import base_component, executor_spec
 
-    from pipelines.pipeline import create_pipeline
+    from mtnlp.pipelines.pipeline import create_pipeline
 
     pipeline = create_pipeline(
         pipeline_name=PIPELINE_NAME,
@@ -236,7 +236,7 @@ def write_pipeline(job: Mapping[str, Any], output: str) -> str:
         spec = job["pipelineSpec"]
         header = (
             f"# PIPELINE DEFINITION\n# Name: {spec['pipelineInfo']['name']}\n"
-            "# Compiled by `mtnlp kubeflow compile` (TFX KubeflowV2DagRunner) from pipelines.pipeline.create_pipeline\n"
+            "# Compiled by `mtnlp kubeflow compile` (TFX KubeflowV2DagRunner) from mtnlp.pipelines.pipeline.create_pipeline\n"
         )
         with open(output, "w", encoding="utf-8") as f:
             f.write(header)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from pipelines.config import PipelineConfig
+from mtnlp.pipelines.config import PipelineConfig
 
 PIPELINE_NAME = "mtnlp"
 
@@ -36,15 +36,15 @@ class Workdir:
 
 def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable_cache: bool = True) -> None:
     # Logical CPU devices for MirroredStrategy must exist before any component initializes TensorFlow.
-    from model import devices
+    from mtnlp.model import devices
 
     devices.configure_cpu_replicas(config.training.cpu_replicas)
 
     from tfx import v1 as tfx
 
-    from components.jsonl_example_gen.layout import has_spans
-    from pipelines.pipeline import create_pipeline
-    from pipelines.schema import schema_file_for
+    from mtnlp.components.jsonl_example_gen.layout import has_spans
+    from mtnlp.pipelines.pipeline import create_pipeline
+    from mtnlp.pipelines.schema import schema_file_for
 
     os.makedirs(workdir.root, exist_ok=True)
     pipeline = create_pipeline(

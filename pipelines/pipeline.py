@@ -17,16 +17,16 @@ from typing import Sequence
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components import versioned_pusher
-from components.baseline_resolver import baseline_model_resolver, warm_start_model_resolver
-from components.anomalies_gate import AnomaliesGate
-from components.jsonl_example_gen import JsonlExampleGen
-from pipelines import evaluation
-from pipelines.config import PipelineConfig
-from pipelines.schema import SCHEMA_PATH
+from mtnlp.components import versioned_pusher
+from mtnlp.components.baseline_resolver import baseline_model_resolver, warm_start_model_resolver
+from mtnlp.components.anomalies_gate import AnomaliesGate
+from mtnlp.components.jsonl_example_gen import JsonlExampleGen
+from mtnlp.pipelines import evaluation
+from mtnlp.pipelines.config import PipelineConfig
+from mtnlp.pipelines.schema import SCHEMA_PATH
 
-PREPROCESSING_FN = "model.preprocessing.preprocessing_fn"
-RUN_FN = "model.trainer.run_fn"
+PREPROCESSING_FN = "mtnlp.model.preprocessing.preprocessing_fn"
+RUN_FN = "mtnlp.model.trainer.run_fn"
 
 # The resolver that finds the baseline model (the Trainer's warm start and the Evaluator's baseline):
 # "other_data": warm start from the latest blessed model not trained on this run's examples, and compare

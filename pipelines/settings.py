@@ -27,7 +27,7 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
-from pipelines.config import PipelineConfig, get_config
+from mtnlp.pipelines.config import PipelineConfig, get_config
 
 # Top-level fields that a settings file or --set may not change, and what to use instead.
 FIXED_FIELDS = {"profile": "choose the profile with --profile"}

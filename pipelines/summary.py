@@ -156,12 +156,12 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
                 summary["tensorboard_logdir"] = artifact.uri
                 summary.update(_training_facts(artifact.uri))
             elif kind == "Examples" and component == "JsonlExampleGen":
-                from components.jsonl_example_gen.executor import SPANS_PROPERTY
+                from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
 
                 spans = _property(artifact, SPANS_PROPERTY)
                 summary["spans"] = [int(s) for s in spans.split(",")] if spans else []
             elif kind == "mtnlp.RejectedRecords":
-                from components.jsonl_example_gen.executor import read_rejected_summary
+                from mtnlp.components.jsonl_example_gen.executor import read_rejected_summary
 
                 summary["ingest"] = read_rejected_summary(artifact.uri)
                 summary["rejected_records_uri"] = artifact.uri

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from model.heads import Head, titled
-from model.tasks import all_heads, registered_tasks
+from mtnlp.model.heads import Head, titled
+from mtnlp.model.tasks import all_heads, registered_tasks
 
 _MARKER = re.compile(r"\[\[(.*?)\]\]")
 MARKER_EXAMPLE = '"The [[company]] makes [[chairs]]."'

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
-from model import contract
-from model.heads import Head
-from model.scoring import as_text
-from model.tasks import registered_tasks
+from mtnlp.model import contract
+from mtnlp.model.heads import Head
+from mtnlp.model.scoring import as_text
+from mtnlp.model.tasks import registered_tasks
 
 from .analysis import (Marked, format_human, head_choices, needs_marked_entities, parse_markers, relation_spans,
                        select_heads)

@@ -26,10 +26,10 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 
-from model import contract
-from model.records import RecordError, parse_record
-from model.scoring import make_scorer
-from model.tasks import Task, registered_tasks
+from mtnlp.model import contract
+from mtnlp.model.records import RecordError, parse_record
+from mtnlp.model.scoring import make_scorer
+from mtnlp.model.tasks import Task, registered_tasks
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def resolve_saved_model(model_dir: str) -> str:
 def load_signatures(model_dir: str) -> Signatures:
     import tensorflow as tf
 
-    from model.serving_ops import load_text_ops
+    from mtnlp.model.serving_ops import load_text_ops
 
     path = resolve_saved_model(model_dir)
     try:

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from components.jsonl_example_gen.layout import has_spans, span_files
-from pipelines.add_data import BadDataError, add_span, resolve_task
+from mtnlp.components.jsonl_example_gen.layout import has_spans, span_files
+from mtnlp.pipelines.add_data import BadDataError, add_span, resolve_task
 from tests.conftest import run_cli
 
 

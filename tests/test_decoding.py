@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.decoding import (
+from mtnlp.model.decoding import (
     FORBIDDEN_TRANSITION,
     beam_search,
     constrained_viterbi,
@@ -459,7 +459,7 @@ def test_beam_search_wraps_the_sequence_decoder():
     equals the layer's own greedy decoding."""
     import keras
 
-    from model.layers import SequenceDecoder
+    from mtnlp.model.layers import SequenceDecoder
 
     keras.utils.set_random_seed(0)
     vocabulary_size, max_length = 12, 5

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from serving.evaluate import EvaluationError, read_task_data, resolve_saved_model
+from mtnlp.serving.evaluate import EvaluationError, read_task_data, resolve_saved_model
 from tests.conftest import DATA, FIXTURE_RECORDS, run_cli
 
 

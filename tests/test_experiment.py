@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from experiments import report
-from experiments.mtl_vs_stl import STUDIES, MtlVariant, plan_runs, study_config
+from mtnlp.experiments import report
+from mtnlp.experiments.mtl_vs_stl import STUDIES, MtlVariant, plan_runs, study_config
 from tests.conftest import run_cli
 
 

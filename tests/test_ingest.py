@@ -15,9 +15,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components.jsonl_example_gen import RejectedRecords
-from components.jsonl_example_gen.executor import Executor, TooManyRejectedRecords, read_rejected_summary
-from components.jsonl_example_gen.layout import input_config
+from mtnlp.components.jsonl_example_gen import RejectedRecords
+from mtnlp.components.jsonl_example_gen.executor import Executor, TooManyRejectedRecords, read_rejected_summary
+from mtnlp.components.jsonl_example_gen.layout import input_config
 
 
 def _write(path, lines, compress=False):
@@ -106,7 +106,7 @@ def test_invalid_utf8_line_is_rejected_not_mangled(tmp_path):
 
 
 def test_span_selection():
-    from components.jsonl_example_gen.layout import select_spans
+    from mtnlp.components.jsonl_example_gen.layout import select_spans
 
     assert select_spans([0, 1, 2, 3], 3, "all") == [0, 1, 2, 3]
     assert select_spans([0, 1, 2, 3], 3, "latest") == [3]
@@ -132,8 +132,8 @@ def data_with_spans(tmp_path):
 ])  # fmt: skip
 def test_a_run_reads_the_selected_spans_and_records_which(data_with_spans, tmp_path, selection, window,
                                                           spans_read, train_records):  # fmt: skip
-    from components.jsonl_example_gen.executor import SPANS_PROPERTY
-    from components.jsonl_example_gen.layout import has_spans
+    from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
+    from mtnlp.components.jsonl_example_gen.layout import has_spans
 
     assert has_spans(str(data_with_spans))
     examples, _ = _run(data_with_spans, tmp_path / "out", max_fraction=0.0,

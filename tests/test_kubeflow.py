@@ -14,8 +14,8 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from pipelines import kubeflow_cli, kubeflow_runner
-from pipelines.config import get_config
+from mtnlp.pipelines import kubeflow_cli, kubeflow_runner
+from mtnlp.pipelines.config import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = "gs://mtnlp-test-bucket/pipelines/mtnlp"
@@ -76,7 +76,7 @@ def local_pipeline(tmp_path_factory):
     """The pipeline as the local runner builds it (its own paths, SQLite metadata, DirectRunner args)."""
     from tfx import v1 as tfx
 
-    from pipelines.pipeline import create_pipeline
+    from mtnlp.pipelines.pipeline import create_pipeline
 
     work = tmp_path_factory.mktemp("local")
     return create_pipeline(

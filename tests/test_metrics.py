@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
-import model.metrics
-from model.metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
-from model.scoring import make_scorer
-from model.tasks import NER_TAGS, TAGGING, all_heads
+import mtnlp.model.metrics
+from mtnlp.model.metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
+from mtnlp.model.scoring import make_scorer
+from mtnlp.model.tasks import NER_TAGS, TAGGING, all_heads
 
 NER = TAGGING.heads[1]
 
@@ -40,14 +40,14 @@ def test_a_tfma_element_without_labels_for_a_head_is_not_scored():
 
 def test_saved_tfma_configs_keep_naming_model_metrics():
     assert tfma_metric_config("entity_f1") == {
-        "class_name": "HeadMetric", "module": "model.metrics",
+        "class_name": "HeadMetric", "module": "mtnlp.model.metrics",
         "config": json.dumps({"name": "entity_f1", "metric": "entity_f1"}),
     }  # fmt: skip
     heads = all_heads()
     overall = tfma_overall_metric_config(heads)
-    assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "model.metrics")
+    assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "mtnlp.model.metrics")
     assert json.loads(overall["config"]) == {"name": "mean_primary_metric", "heads": {h.name: h.primary_metric for h in heads}}
-    assert model.metrics.HeadMetric.__module__ == model.metrics.MeanPrimaryMetric.__module__ == "model.metrics"
+    assert mtnlp.model.metrics.HeadMetric.__module__ == mtnlp.model.metrics.MeanPrimaryMetric.__module__ == "mtnlp.model.metrics"
 
 
 def test_the_combiner_merges_scorers_like_one_pass():
@@ -65,7 +65,7 @@ def test_the_combiner_merges_scorers_like_one_pass():
             return None
 
     key = metric_types.MetricKey(name="entity_f1", output_name="ner")
-    combiner = model.metrics._ScorersCombiner(key, [("ner", "entity_f1")])
+    combiner = mtnlp.model.metrics._ScorersCombiner(key, [("ner", "entity_f1")])
     elements = [Element([1, 2, 0], [1, 2, 0]), Element([1, 0, 1], [1, 0, 0]), Element([0, 1, 2], [0, 3, 4])]
     halves = [combiner.create_accumulator(), combiner.create_accumulator()]
     for i, element in enumerate(elements):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import text
-from model.layers import EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
-from model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
+from mtnlp.model import text
+from mtnlp.model.layers import EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
+from mtnlp.model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
                            compile_for_heads, inference_model)
-from model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
-from model.tasks import TRANSLATION, all_heads
+from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
+from mtnlp.model.tasks import TRANSLATION, all_heads
 
 HEADS = all_heads()
 TARGET_VOCABULARY = 30
@@ -194,7 +194,7 @@ def test_subword_features_of_words_seen_and_unseen():
     assert [w.decode() for w in text.affix(words, 3, from_end=True).numpy()] == ["más", "d's", "000", "ran", "a", "xxl"]
     assert [w.decode() for w in text.shape_patterns(words).numpy()] == ["Xxxxx", "XxXxxxx'x", "d,ddd", "xxx", "x", "XXXX"]
     # hashing needs no vocabulary: a never-seen word gets ids, the same ones every time, 0 stays padding
-    from model.preprocessing import _hashed
+    from mtnlp.model.preprocessing import _hashed
 
     ids = _hashed(tf.constant(["zyxwv", "zyxwv", "the"]), 5000).numpy()
     assert ids[0] == ids[1] and 1 <= ids.min() and ids.max() <= 5000
@@ -220,7 +220,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_two_replica_cpu_strategy_really_trains_on_two_devices():
     result = _python("""
-        from model import devices
+        from mtnlp.model import devices
         devices.configure_cpu_replicas(2)
         import numpy as np, keras, tensorflow as tf
         strategy = devices.make_strategy(2)
@@ -246,7 +246,7 @@ def test_strategy_fails_loudly_instead_of_hanging_when_devices_are_missing():
     result = _python("""
         import tensorflow as tf
         tf.config.list_logical_devices("CPU")  # TensorFlow initializes its devices: too late to split the CPU
-        from model import devices
+        from mtnlp.model import devices
         devices.make_strategy(2)
     """)
     assert result.returncode != 0
@@ -293,11 +293,11 @@ def test_uncertainty_weighting_learns_one_log_variance_per_head():
 
 def test_uncertainty_weighting_trains_under_two_cpu_replicas():
     result = _python("""
-        from model import devices
+        from mtnlp.model import devices
         devices.configure_cpu_replicas(2)
         import keras, numpy as np
         from tests.test_model import HEADS, SIZES, batch
-        from model.network import TASK_UNCERTAINTY, build_model, compile_for_heads
+        from mtnlp.model.network import TASK_UNCERTAINTY, build_model, compile_for_heads
         strategy = devices.make_strategy(2)
         with strategy.scope():
             model = build_model(HEADS, uncertainty_weighting=True, **SIZES)
@@ -341,7 +341,7 @@ def test_masked_word_objective_trains_the_encoder_and_is_not_served():
 
 
 def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
-    from model.dataset import MaskedWords
+    from mtnlp.model.dataset import MaskedWords
 
     features = {"token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64), "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
                 "entity_ids": tf.zeros([6], tf.int64), "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from model.serving_ops import load_text_ops
-from model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads, select_tasks
+from mtnlp.model.serving_ops import load_text_ops
+from mtnlp.model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads, select_tasks
 from tests.conftest import FIXTURE_RECORDS, FIXTURE_TASKS, run_cli
 
 pytestmark = pytest.mark.slow

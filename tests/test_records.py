@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from model.records import RecordError, record_to_example
-from model.tasks import RELATION, SENTIMENT, TAGGING
+from mtnlp.model.records import RecordError, record_to_example
+from mtnlp.model.tasks import RELATION, SENTIMENT, TAGGING
 
 GOOD_TAGGING = {"id": "s1", "tokens": ["Apple", "sued", "Samsung", "."], "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
                 "ner": ["B-ORG", "O", "B-ORG", "O"]}  # fmt: skip

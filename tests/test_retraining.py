@@ -20,9 +20,20 @@ from tests.serving.conftest import ServerProcess, wait_for
 pytestmark = pytest.mark.slow
 
 
+# With 200 validation records a head's accuracy moves by +-0.05 between two trainings on noise alone, so
+# the quick gates' tolerances would bless or block the retrained model by chance (CI failed once on
+# sentiment -0.055). This test is about the swap; blocking a regressing candidate has its own e2e test.
+_LENIENT_GATES = [f"--set=gates.{head}.tolerance=1" for head in ("sentiment", "pos", "ner", "relation")]
+_LENIENT_GATES.append("--set=min_overall_improvement=-1")
+# Translation (vocabulary learning, beam search in the Evaluator) would double the time of each run and
+# adds nothing to what retraining does; the other e2e tests run it.
+_TASKS = ("tagging", "sentiment", "relation")
+
+
 def _run(workdir, data):
     result = run_cli("run", "--profile", "quick", "--workdir", str(workdir), "--data", str(data),
-                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", str(FIXTURE_STEPS))  # fmt: skip
+                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", str(FIXTURE_STEPS),
+                     "--tasks", *_TASKS, *_LENIENT_GATES)  # fmt: skip
     summary = json.loads((workdir / "run_summary.json").read_text())
     return result, summary
 
@@ -32,7 +43,7 @@ class _Traffic(threading.Thread):
 
     def __init__(self, target: str, seconds: float):
         super().__init__(daemon=True)
-        from serving.client import ServingClient
+        from mtnlp.serving.client import ServingClient
 
         self.client = ServingClient(target, model_name="mtnlp", timeout=20)
         self.deadline = time.monotonic() + seconds

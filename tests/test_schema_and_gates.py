@@ -10,14 +10,14 @@ import pytest
 import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
 
-from components.anomalies_gate import DataAnomaliesError, check_anomalies
-from components.versioned_pusher import next_version, publish_version
-from model.tasks import SEMEVAL_RELATIONS, UPOS_TAGS
-from pipelines.schema import SCHEMA_PATH, build_schema, load_schema
+from mtnlp.components.anomalies_gate import DataAnomaliesError, check_anomalies
+from mtnlp.components.versioned_pusher import next_version, publish_version
+from mtnlp.model.tasks import SEMEVAL_RELATIONS, UPOS_TAGS
+from mtnlp.pipelines.schema import SCHEMA_PATH, build_schema, load_schema
 
 
 def test_committed_schema_is_the_one_the_tasks_imply():
-    assert load_schema() == build_schema(), "run `python -m pipelines.schema` and commit the result"
+    assert load_schema() == build_schema(), "run `python -m mtnlp.pipelines.schema` and commit the result"
 
 
 def test_schema_carries_the_label_domains():

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.scoring import as_text, corpus_bleu, iob2_chunks, make_scorer, score, semeval_macro_f1
-from model.tasks import NER_TAGS, RELATION, SENTIMENT, TAGGING, TRANSLATION
+from mtnlp.model.scoring import as_text, corpus_bleu, iob2_chunks, make_scorer, score, semeval_macro_f1
+from mtnlp.model.tasks import NER_TAGS, RELATION, SENTIMENT, TAGGING, TRANSLATION
 
 REPO = Path(__file__).resolve().parents[1]
 NER = TAGGING.heads[1]
@@ -209,13 +209,13 @@ import sys
 heavy = ("apache_beam", "tensorflow_model_analysis", "tensorflow")
 def loaded():
     return sorted({m.split(".")[0] for m in sys.modules} & set(heavy))
-import model.scoring
+import mtnlp.model.scoring
 print("after import", loaded())
-from model.tasks import all_heads
+from mtnlp.model.tasks import all_heads
 for head in all_heads():
     for metric in head.metrics:
-        model.scoring.make_scorer(metric, head).result()
-model.scoring.corpus_bleu(["a b c"], ["a b c"])
+        mtnlp.model.scoring.make_scorer(metric, head).result()
+mtnlp.model.scoring.corpus_bleu(["a b c"], ["a b c"])
 print("after scoring", loaded())
 """
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

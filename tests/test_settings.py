@@ -12,8 +12,8 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from pipelines.config import HeadGate, get_config
-from pipelines.settings import (SettingsError, apply_mapping, config_changes, effective_config, format_config,
+from mtnlp.pipelines.config import HeadGate, get_config
+from mtnlp.pipelines.settings import (SettingsError, apply_mapping, config_changes, effective_config, format_config,
                                 load_settings_file, parse_assignment)
 from tests.conftest import REPO
 
@@ -219,7 +219,7 @@ def test_kubeflow_compile_applies_settings(tmp_path):
 @pytest.mark.parametrize("profile", ["quick", "full"])
 def test_every_setting_of_the_config_can_be_given_as_text(profile):
     """Each leaf of the real config, written as --set text, reads back as the same value (new fields included)."""
-    from pipelines.settings import _flatten, as_dict
+    from mtnlp.pipelines.settings import _flatten, as_dict
 
     config = get_config(profile)
     for key, value in _flatten(as_dict(config)).items():
@@ -238,7 +238,7 @@ def test_every_setting_of_the_config_can_be_given_as_text(profile):
 
 def test_run_prints_and_records_the_effective_settings(tmp_path, monkeypatch, capsys):
     """`mtnlp run --verbose` with the pipeline itself stubbed out: what it prints and what the summary keeps."""
-    import pipelines.local_runner as local_runner
+    import mtnlp.pipelines.local_runner as local_runner
     from mtnlp import cli as mtnlp_cli
 
     def stopped_run(config, data_root, workdir, enable_cache=True):
@@ -266,7 +266,7 @@ def test_run_prints_and_records_the_effective_settings(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_the_pipeline_run_records_its_settings_in_the_summary_and_ml_metadata(pipeline_run):
-    from pipelines.summary import recorded_config
+    from mtnlp.pipelines.summary import recorded_config
     from tests.conftest import FIXTURE_STEPS
 
     summary = pipeline_run.summary

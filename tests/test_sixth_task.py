@@ -14,7 +14,7 @@ import pathlib
 
 import pytest
 
-from model.tasks import TASK_MODULES_VARIABLE
+from mtnlp.model.tasks import TASK_MODULES_VARIABLE
 from tests.conftest import DATA, run_cli
 from tests.fixtures.chunks import chunk_tags
 from tests.serving.conftest import ServerProcess

@@ -9,7 +9,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from model import subwords, text
+from mtnlp.model import subwords, text
 
 SPANISH = ["¿Dónde está la estación?", "La estación está cerca.", "Hablamos español.", "Hablábamos mucho.",
            "Tomás habla con María.", "¡Salta!"] * 3  # fmt: skip

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from model import contract
-from model.heads import EntityPairHead, SentenceHead, SequenceHead, TokenHead
-from model.inputs import TextInput, TextWithSpansInput, TokensInput
-from model.tasks import (RELATION, SENTIMENT, TAGGING, TRANSLATION, Field, FieldKind, Task, all_heads, register_task,
+from mtnlp.model import contract
+from mtnlp.model.heads import EntityPairHead, SentenceHead, SequenceHead, TokenHead
+from mtnlp.model.inputs import TextInput, TextWithSpansInput, TokensInput
+from mtnlp.model.tasks import (RELATION, SENTIMENT, TAGGING, TRANSLATION, Field, FieldKind, Task, all_heads, register_task,
                          registered_tasks, select_tasks)
-from pipelines.config import get_config
+from mtnlp.pipelines.config import get_config
 from tests.conftest import REPO
 
 LABELS = ("no", "yes")

@@ -10,11 +10,11 @@ import textwrap
 
 def test_two_replica_step_on_a_batch_without_translation_targets():
     code = textwrap.dedent("""
-        from model import devices
+        from mtnlp.model import devices
         devices.configure_cpu_replicas(2)
         import numpy as np, keras, tensorflow as tf
-        from model.network import build_model, compile_for_heads
-        from model.tasks import all_heads
+        from mtnlp.model.network import build_model, compile_for_heads
+        from mtnlp.model.tasks import all_heads
         heads = all_heads()
         assert "translation" in {h.name for h in heads}
         strategy = devices.make_strategy(2)

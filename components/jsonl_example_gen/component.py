@@ -12,7 +12,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact, channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.jsonl_example_gen import executor, layout
+from mtnlp.components.jsonl_example_gen import executor, layout
 
 
 class RejectedRecords(artifact.Artifact):

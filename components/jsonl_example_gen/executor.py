@@ -24,9 +24,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
-from components.jsonl_example_gen import layout
-from model.records import RecordError, bytes_to_example
-from model.tasks import get_task
+from mtnlp.components.jsonl_example_gen import layout
+from mtnlp.model.records import RecordError, bytes_to_example
+from mtnlp.model.tasks import get_task
 
 REJECTED_KEY = "rejected"
 SPANS_PROPERTY = "spans_read"  # custom property of the Examples artifact: the spans it holds, e.g. "0,1,2"

@@ -6,7 +6,7 @@ a task *requires* is enforced per record at ingest (``model/records.py``):
 TFDV has no conditional presence, so every task-specific feature is optional here.
 
 ``schema.pbtxt`` is generated from ``model/tasks.py`` and committed, so that a review shows any
-change of the data contract; ``python -m pipelines.schema`` rewrites it, and a test fails when it is
+change of the data contract; ``python -m mtnlp.pipelines.schema`` rewrites it, and a test fails when it is
 stale.
 """
 
@@ -18,8 +18,8 @@ import os
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from model.records import ID_FEATURE, TASK_FEATURE
-from model.tasks import FieldKind, all_fields, registered_tasks
+from mtnlp.model.records import ID_FEATURE, TASK_FEATURE
+from mtnlp.model.tasks import FieldKind, all_fields, registered_tasks
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.pbtxt")
 
@@ -74,6 +74,6 @@ def schema_file_for(directory: str) -> str:
 
 
 def write_schema(path: str = SCHEMA_PATH) -> None:
-    header = "# Generated from model/tasks.py by `python -m pipelines.schema`; do not edit by hand.\n"
+    header = "# Generated from model/tasks.py by `python -m mtnlp.pipelines.schema`; do not edit by hand.\n"
     with open(path, "w") as f:
         f.write(header + text_format.MessageToString(build_schema()))

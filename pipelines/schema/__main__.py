@@ -1,4 +1,4 @@
-from pipelines.schema import SCHEMA_PATH, write_schema
+from mtnlp.pipelines.schema import SCHEMA_PATH, write_schema
 
 write_schema()
 print(f"wrote {SCHEMA_PATH}")

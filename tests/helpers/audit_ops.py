@@ -25,7 +25,7 @@ for meta_graph in saved_model.meta_graphs:
 functions = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
 real_ops = sorted(ops - functions)  # a node may call a library function by name
 core_only = [op for op in real_ops if op_def_registry.get(op) is None]
-from model.serving_ops import load_text_ops  # noqa: E402
+from mtnlp.model.serving_ops import load_text_ops  # noqa: E402
 
 load_text_ops()
 print(json.dumps({

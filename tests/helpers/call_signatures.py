@@ -15,7 +15,7 @@ for _name in BLOCKED:
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf  # noqa: E402
 
-from model.serving_ops import load_text_ops  # noqa: E402
+from mtnlp.model.serving_ops import load_text_ops  # noqa: E402
 
 load_text_ops()
 model = tf.saved_model.load(sys.argv[1])

@@ -1,6 +1,6 @@
 """Fixtures for the serving conformance suite.
 
-By default each server is `python -m serving.model_server.main` (what `mtnlp-model-server` runs) started as a
+By default each server is `python -m mtnlp.serving.model_server.main` (what `mtnlp-model-server` runs) started as a
 subprocess on free loopback ports. Set MTNLP_SERVING_GRPC=host:port and MTNLP_SERVING_REST=host:port to run the
 protocol tests against another server, e.g. real TF Serving, which must then serve the toy models built by
 `python -m tests.serving.toy_models DIR --serving-root /models` with `--model_config_file=/models/models.config`
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def server_command() -> list[str]:
     exe = shutil.which("mtnlp-model-server", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "serving.model_server.main"]
+    return [exe] if exe else [sys.executable, "-m", "mtnlp.serving.model_server.main"]
 
 
 class ServerProcess:
@@ -159,7 +159,7 @@ def start_server(server_logs: Path) -> Iterator:
 
 @pytest.fixture(scope="session")
 def grpc_client(server: Endpoint):
-    from serving.client import ServingClient
+    from mtnlp.serving.client import ServingClient
 
     with ServingClient(server.grpc, model_name="half_plus_two", timeout=30) as c:
         c.wait_until_available(60)

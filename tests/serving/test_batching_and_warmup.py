@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.client import ServingClient, ServingClientError
+from mtnlp.serving.client import ServingClient, ServingClientError
 
 from .conftest import LOCAL_ONLY
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from serving.model_server.batching import BatchOptions, BatchScheduler
-from serving.model_server.errors import ServingError
+from mtnlp.serving.model_server.batching import BatchOptions, BatchScheduler
+from mtnlp.serving.model_server.errors import ServingError
 
 
 def recorder(delay: float = 0.0, gate: threading.Event | None = None):

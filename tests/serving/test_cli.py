@@ -15,10 +15,10 @@ import sys
 import pytest
 
 from mtnlp import cli as mtnlp_cli
-from model.heads import align_words
-from model.scoring import iob2_chunks
-from serving.analysis import head_choices, parse_markers, relation_spans, select_heads
-from serving.cli import PredictInputError, read_sentences
+from mtnlp.model.heads import align_words
+from mtnlp.model.scoring import iob2_chunks
+from mtnlp.serving.analysis import head_choices, parse_markers, relation_spans, select_heads
+from mtnlp.serving.cli import PredictInputError, read_sentences
 
 from .conftest import LOCAL_ONLY, REPO, ServerProcess, free_port
 
@@ -287,7 +287,7 @@ def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
 
 def test_serving_protos_stay_compatible_with_tensorflow_imported_later():
     code = ("import sys\n"
-            "from serving.client import import_serving_protos, to_tensor_proto\n"
+            "from mtnlp.serving.client import import_serving_protos, to_tensor_proto\n"
             "import_serving_protos()\n"
             "assert 'tensorflow' not in sys.modules\n"
             "from tensorflow.core.framework import tensor_pb2\n"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.model_server import flags as flagmod
-from serving.model_server.batching import BatchOptions
-from serving.model_server.config import (batching_parameters, model_server_config, monitoring_config,
+from mtnlp.serving.model_server import flags as flagmod
+from mtnlp.serving.model_server.batching import BatchOptions
+from mtnlp.serving.model_server.config import (batching_parameters, model_server_config, monitoring_config,
                                          validate_config)
 
 from .conftest import REPO

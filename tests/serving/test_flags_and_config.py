@@ -8,11 +8,11 @@ import sys
 import pytest
 from google.protobuf import text_format
 
-from serving.model_server import flags as flagmod
-from serving.model_server.batching import BatchOptions
-from serving.model_server.config import batching_parameters, model_server_config, monitoring_config
-from serving.model_server.errors import ServingError
-from serving.model_server.protos import BatchingParameters, MonitoringConfig
+from mtnlp.serving.model_server import flags as flagmod
+from mtnlp.serving.model_server.batching import BatchOptions
+from mtnlp.serving.model_server.config import batching_parameters, model_server_config, monitoring_config
+from mtnlp.serving.model_server.errors import ServingError
+from mtnlp.serving.model_server.protos import BatchingParameters, MonitoringConfig
 
 from .conftest import REPO, LOCAL_ONLY, server_command
 
@@ -180,5 +180,5 @@ def test_server_rejects_duplicate_model_names(tmp_path):
 
 def test_console_script_declared():
     text = (REPO / "pyproject.toml").read_text()
-    assert 'mtnlp-model-server = "serving.model_server.main:main"' in text
+    assert 'mtnlp-model-server = "mtnlp.serving.model_server.main:main"' in text
     assert sys.version_info >= (3, 10)

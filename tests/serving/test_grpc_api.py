@@ -10,8 +10,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_pb2, predict_pb2, prediction_service_pb2_grpc,
                                      regression_pb2)
 
-from serving.client import ServingClientError, to_tensor_proto
-from serving.model_server.tensors import to_numpy
+from mtnlp.serving.client import ServingClientError, to_tensor_proto
+from mtnlp.serving.model_server.tensors import to_numpy
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"

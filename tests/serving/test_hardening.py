@@ -20,8 +20,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.client import ServingClient, ServingClientError
-from serving.model_server.tensors import RequestBudget, RequestLimits, to_numpy, to_proto
+from mtnlp.serving.client import ServingClient, ServingClientError
+from mtnlp.serving.model_server.tensors import RequestBudget, RequestLimits, to_numpy, to_proto
 from tests.serving.toy_models import copy_version
 
 from .conftest import LOCAL_ONLY, wait_for
@@ -286,7 +286,7 @@ def test_model_roots_confine_flags_reloads_and_symlinks(start_server, tmp_path, 
 def test_mtnlp_serve_turns_the_security_extensions_on(tmp_path):
     import argparse
 
-    from serving.cli import LOOPBACK, serve_flags
+    from mtnlp.serving.cli import LOOPBACK, serve_flags
 
     args = argparse.Namespace(workdir=str(tmp_path), model_name="mtnlp", port=1, rest_port=2, host=LOOPBACK,
                               enable_batching=False, batching_parameters_file="", monitoring_config_file="",

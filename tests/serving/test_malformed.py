@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from serving.client import to_tensor_proto
-from serving.model_server.tensors import to_numpy
+from mtnlp.serving.client import to_tensor_proto
+from mtnlp.serving.model_server.tensors import to_numpy
 
 
 @pytest.fixture(scope="module")

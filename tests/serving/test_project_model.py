@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtnlp import cli as mtnlp_cli
-from serving.client import RestClient, ServingClient
+from mtnlp.serving.client import RestClient, ServingClient
 
 from .conftest import LOCAL_ONLY, ServerProcess
 

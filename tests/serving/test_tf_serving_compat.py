@@ -17,9 +17,9 @@ from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, model_pb2, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from serving.client import ServingClient, to_tensor_proto
-from serving.model_server.manager import parse_version, version_directories
-from serving.model_server.tensors import to_numpy
+from mtnlp.serving.client import ServingClient, to_tensor_proto
+from mtnlp.serving.model_server.manager import parse_version, version_directories
+from mtnlp.serving.model_server.tensors import to_numpy
 from tests.serving.toy_models import copy_version
 
 from .conftest import LOCAL_ONLY, wait_for

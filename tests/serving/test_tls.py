@@ -7,8 +7,8 @@ import datetime
 import pytest
 from google.protobuf import text_format
 
-from serving.client import ServingClient, ServingClientError
-from serving.model_server.protos import SSLConfig
+from mtnlp.serving.client import ServingClient, ServingClientError
+from mtnlp.serving.model_server.protos import SSLConfig
 
 from .conftest import LOCAL_ONLY
 

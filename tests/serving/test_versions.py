@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.client import RestClient, ServingClient, ServingClientError
+from mtnlp.serving.client import RestClient, ServingClient, ServingClientError
 from tests.serving.toy_models import copy_version
 
 from .conftest import LOCAL_ONLY, wait_for

@@ -1,0 +1,26 @@
+"""Optional parts of the install: ``pip install 'mtnlp[kubeflow]'`` (Kubeflow Pipelines SDK) and
+``'mtnlp[study]'`` (the plots of the MTL-vs-STL study). The commands that need one say so."""
+
+from __future__ import annotations
+
+import importlib
+
+# extra -> (the module it brings, what needs it)
+EXTRAS = {
+    "kubeflow": ("kfp", "mtnlp kubeflow (compiling and submitting Kubeflow pipelines)"),
+    "study": ("matplotlib", "mtnlp experiment (the study's plots)"),
+}
+
+
+class MissingExtraError(RuntimeError):
+    """A command needs an optional dependency that this install lacks; the message says what to install."""
+
+
+def require_extra(extra: str) -> None:
+    """Raises ``MissingExtraError`` unless the module that ``extra`` brings imports."""
+    module, needed_by = EXTRAS[extra]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{needed_by} needs {module!r}, which this install lacks: "
+                                f"pip install 'mtnlp[{extra}]'") from None  # fmt: skip
