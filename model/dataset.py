@@ -19,11 +19,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
-from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, trim_to_longest
 from mtnlp.model.heads import Head
 from mtnlp.model.tasks import registered_tasks
 
-SEQUENCE_FEATURES = ("words",) + MODEL_INPUTS + (MASKED_WORD_LABELS,)
+SEQUENCE_FEATURES = WORD_FEATURES + (MASKED_WORD_LABELS,)
 MASKED_WORDS_WEIGHT = "masked_words_weight"
 
 
@@ -107,7 +107,7 @@ def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: t
 def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> dict[str, tf.Tensor]:
     length = tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1))
     length = tf.maximum(length, 1)
-    trimmed = {k: (v[:, :length] if k in SEQUENCE_FEATURES else v) for k, v in features.items()}
+    trimmed = trim_to_longest(features, SEQUENCE_FEATURES)  # a pretrained backbone's pieces too
     for head in heads:  # each head kind cuts its own features (per-word labels, targets)
         trimmed.update(head.trim(features, length))
     return trimmed
@@ -115,7 +115,7 @@ def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> d
 
 def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
     masked_words = MASKED_WORD_LABELS in features
-    inputs = {k: features[k] for k in model_input_names(heads, masked_words)}
+    inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone=PIECE_FEATURES[0] in features)}
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder

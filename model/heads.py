@@ -546,15 +546,15 @@ class SequenceHead(Head):
         import tensorflow as tf
 
         from mtnlp.model import text as text_ops
-        from mtnlp.model.preprocessing import MODEL_INPUTS
+        from mtnlp.model.preprocessing import trim_to_longest
 
         words, never_emit = module.head_constants[self.name]
-        inputs = {k: tf.gather(transformed[k], rows) for k in MODEL_INPUTS}
-        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(inputs["token_ids"] > 0, tf.int32), axis=1)), 1)
-        inputs = {k: v[:, :longest] for k, v in inputs.items()}
+        # the encoder's inputs (a backbone's pieces, or the word features) and the word mask, cut to these rows' longest
+        names = dict.fromkeys((*module.encoder_inputs, "token_ids"))
+        batch = trim_to_longest({k: tf.gather(transformed[k], rows) for k in names})
         decoder = module.model.get_layer(self.decoder_name)
-        hidden = module.encoder(inputs, training=False)
-        ids = decoder.beam_decode(hidden, inputs["token_ids"] > 0, decoder.max_length, module.beam_width,
+        hidden = module.encoder({k: batch[k] for k in module.encoder_inputs}, training=False)
+        ids = decoder.beam_decode(hidden, batch["token_ids"] > 0, decoder.max_length, module.beam_width,
                                   module.length_penalty, never_emit)  # fmt: skip
         translations = text_ops.join_words(tf.gather(tf.constant(words), ids))
         batch_size = tf.shape(transformed["token_ids"])[0]

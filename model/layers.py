@@ -326,3 +326,22 @@ class UncertaintyWeightedLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):  # __call__ does the work
         raise NotImplementedError
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class FirstPieceGather(keras.layers.Layer):
+    """Each word's state from a subword encoder: the state of the word's first piece.
+
+    A pretrained backbone (``model/backbone.py``) reads WordPiece pieces; the heads read words. Word
+    heads (tags, entity pooling) take the first piece of each word, as BERT's NER fine-tuning does.
+
+    Call args: pieces [B, P, H], the backbone's output per piece; first_piece int [B, T], the position
+    of each word's first piece in ``pieces`` (0, the start piece, on padding words).
+    Returns [B, T, H].
+    """
+
+    def call(self, pieces, first_piece):
+        return ops.take_along_axis(pieces, ops.expand_dims(ops.cast(first_piece, "int32"), -1), axis=1)
+
+    def compute_output_shape(self, pieces_shape, first_piece_shape=None):
+        return (pieces_shape[0], first_piece_shape[1] if first_piece_shape else None, pieces_shape[2])

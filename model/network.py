@@ -9,8 +9,9 @@ import keras_hub
 
 from mtnlp.model import text
 from mtnlp.model.heads import Head, HeadSettings
-from mtnlp.model.layers import MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
-from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS, SETTING as BACKBONE_SETTING
+from mtnlp.model.layers import FirstPieceGather, MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
+from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SUBWORD_INPUTS
 
 ENCODER_OUTPUT = "encoder_output"
 TASK_UNCERTAINTY = "task_uncertainty"
@@ -20,10 +21,21 @@ MASKED_WORD_LABELS = "masked_word_labels"
 MASKED_WORDS = "masked_words"
 
 
-def model_input_names(heads: Sequence[Head], masked_words: bool = False) -> tuple[str, ...]:
+def encoder_input_names(backbone: bool = False) -> tuple[str, ...]:
+    """The encoder's inputs: the from-scratch encoder's word features, or a pretrained backbone's pieces."""
+    return BACKBONE_INPUTS if backbone else MODEL_INPUTS
+
+
+def has_backbone(model: keras.Model) -> bool:
+    """Whether the model's encoder is a pretrained backbone (``build_model(backbone_preset=...)``)."""
+    return PIECE_IDS in model.input
+
+
+def model_input_names(heads: Sequence[Head], masked_words: bool = False, backbone: bool = False) -> tuple[str, ...]:
     """The model's inputs: the encoder's, the heads' own (a sequence head's teacher-forced targets),
     and with the masked-word objective its word labels."""
-    return MODEL_INPUTS + tuple(k for h in heads for k in h.model_inputs()) + ((MASKED_WORD_LABELS,) if masked_words else ())
+    return (encoder_input_names(backbone) + tuple(k for h in heads for k in h.model_inputs())
+            + ((MASKED_WORD_LABELS,) if masked_words else ()))  # fmt: skip
 
 
 def mask_word_id(vocabulary_size: int) -> int:
@@ -68,6 +80,7 @@ def build_model(
     head_dropout: float | None = None,
     tie_decoder_embeddings: bool = False,
     masked_words: bool = False,
+    backbone_preset: str | None = None,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -88,7 +101,25 @@ def build_model(
 
     ``uncertainty_weighting`` adds a ``TaskUncertainty`` layer (one learned log-variance per head) for
     ``compile_for_heads(loss_weighting="uncertainty")``.
+
+    ``backbone_preset`` (a keras-hub preset name or directory) replaces the from-scratch encoder with
+    the preset's pretrained backbone (``backbone_encoder``); the encoder's inputs are then
+    ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
+    ``max_length``, ``num_layers``, ``subword_buckets`` and ``subword_features`` are unused, and
+    ``head_layers`` and ``masked_words`` are refused.
     """
+    decoder = {"vocabulary_sizes": target_vocabulary_sizes or {}, "max_length": max_target_length,
+               "layers": decoder_layers, "num_heads": num_heads, "intermediate_dim": intermediate_dim,
+               "dropout": dropout, "tie_embeddings": tie_decoder_embeddings}  # fmt: skip
+    head_dropout = dropout if head_dropout is None else head_dropout
+    if backbone_preset:
+        if masked_words or head_layers:
+            raise ValueError(f"{BACKBONE_SETTING}: the masked-word objective and head_layers need the from-scratch "
+                             "encoder; with a backbone every head reads its last layer")  # fmt: skip
+        inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, backbone=True)}
+        x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout)
+        return _with_heads(heads, inputs, keras.ops.greater(inputs[FIRST_PIECE], 0), [x], None, head_dropout, decoder,
+                           uncertainty_weighting, None)  # fmt: skip
     inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
@@ -111,25 +142,57 @@ def build_model(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)
+    return _with_heads(heads, inputs, padding_mask, layer_outputs, head_layers, head_dropout, decoder,
+                       uncertainty_weighting, vocabulary_size if masked_words else None)  # fmt: skip
+
+
+def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs: list, head_layers, head_dropout: float,
+                decoder: dict, uncertainty_weighting: bool, masked_word_vocabulary: int | None) -> keras.Model:  # fmt: skip
+    """The model from its encoder (each layer's output [B, T, D], bottom first): uncertainty weighting,
+    the named encoder output, the heads and, with ``masked_word_vocabulary``, the masked-word loss."""
+    x = layer_outputs[-1]
     if uncertainty_weighting:
         # on the path of the heads that read the last layer, so that it is part of the model
         x = layer_outputs[-1] = TaskUncertainty([h.name for h in heads], name=TASK_UNCERTAINTY)(x)
     # a name for the serving graph's decoding loop; the heads that read the last layer read it here
     x = layer_outputs[-1] = keras.layers.Identity(name=ENCODER_OUTPUT)(x)
 
-    settings = HeadSettings(
-        layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs, head_layers=head_layers,
-        dropout=dropout if head_dropout is None else head_dropout,
-        decoder={"vocabulary_sizes": target_vocabulary_sizes or {}, "max_length": max_target_length,
-                 "layers": decoder_layers, "num_heads": num_heads, "intermediate_dim": intermediate_dim,
-                 "dropout": dropout, "tie_embeddings": tie_decoder_embeddings},
-    )  # fmt: skip
+    settings = HeadSettings(layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs,
+                            head_layers=head_layers, dropout=head_dropout, decoder=decoder)  # fmt: skip
     outputs = {}
-    if masked_words:
-        outputs[MASKED_WORDS] = MaskedWordLoss(vocabulary_size, name=MASKED_WORDS)(layer_outputs[-1], inputs[MASKED_WORD_LABELS])
+    if masked_word_vocabulary is not None:
+        outputs[MASKED_WORDS] = MaskedWordLoss(masked_word_vocabulary, name=MASKED_WORDS)(layer_outputs[-1],
+                                                                                          inputs[MASKED_WORD_LABELS])
     for head in heads:
         outputs[head.name] = head.build(settings)
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
+
+
+def backbone_encoder(inputs: Mapping[str, keras.KerasTensor], preset: str, embedding_dim: int, dropout: float
+                     ) -> keras.KerasTensor:  # fmt: skip
+    """A keras-hub preset's pretrained backbone as the encoder: word states [B, T, embedding_dim].
+
+    The backbone reads ``inputs["piece_ids"]`` [B, P] (its ids + 1, 0 padding; see ``model/backbone.py``);
+    ``FirstPieceGather`` takes its last layer's state at each word's first piece (``first_piece`` [B, T]),
+    a Dense layer projects it to ``embedding_dim`` (the width the decoder and the from-scratch heads
+    are sized for), and the entity-marker embedding of ``entity_ids`` [B, T] is added, as the from-scratch
+    encoder adds it to its input.
+    """
+    backbone = keras_hub.models.Backbone.from_preset(preset)
+    piece_ids = inputs[PIECE_IDS]
+    given = {"token_ids": keras.ops.maximum(piece_ids - 1, 0), "padding_mask": keras.ops.greater(piece_ids, 0),
+             "segment_ids": keras.ops.zeros_like(piece_ids)}  # fmt: skip
+    names = list(backbone.input) if isinstance(backbone.input, dict) else []
+    if not names or set(names) - set(given):
+        raise ValueError(f"{BACKBONE_SETTING}={preset!r}: a {type(backbone).__name__} reads {names or backbone.input}; "
+                         f"only backbones of {sorted(given)} are supported")  # fmt: skip
+    output = backbone({name: keras.ops.cast(given[name], backbone.input[name].dtype) for name in names})
+    pieces = output["sequence_output"] if isinstance(output, dict) else output
+    x = FirstPieceGather(name="first_piece_gather")(pieces, inputs[FIRST_PIECE])
+    x = keras.layers.Dense(embedding_dim, name="backbone_projection")(x)
+    x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(inputs["entity_ids"])
+    x = keras.layers.LayerNormalization(epsilon=1e-5, name="backbone_norm")(x)
+    return keras.layers.Dropout(dropout)(x)
 
 
 def compile_for_heads(

@@ -16,6 +16,11 @@ Raw features (all optional except ``task``; see ``model/tasks.py``): ``text``, `
   shape) in 1..``subword_buckets``, 0 padding. They give every word, however rare, a representation
   from its spelling, like spaCy's MultiHashEmbed; hashing needs no vocabulary, so words never seen in
   training still get them;
+- with a pretrained backbone (``backbone_preset``, see ``model/backbone.py``): ``piece_ids`` int64 [B, P]
+  (the preset's WordPiece ids + 1, its start and end pieces around the words' pieces, 0 padding; P its
+  ``max_sequence_length``) and ``first_piece`` int64 [B, L] (each word's first piece in ``piece_ids``,
+  0 padding). Words whose pieces do not fit are dropped (with their per-word labels), as words beyond
+  ``max_length`` are;
 - ``task_id``     int64 [B]: index of the example's task in the registry (``model.tasks.registered_tasks()``);
 - each head's features, as its kind makes them (``Head.transform_features`` in ``model/heads.py``):
   ``<head>_label`` int64 [B] or [B, L] and ``<head>_weight`` float32, same shape: 1 where the
@@ -38,7 +43,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from mtnlp.model import text
+from mtnlp.model import backbone, text
+from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS
 from mtnlp.model.tasks import all_heads, registered_tasks
 from mtnlp.pipelines.config import TransformConfig
 from mtnlp.pipelines.settings import typed_section
@@ -46,6 +52,11 @@ from mtnlp.pipelines.settings import typed_section
 WORDS_VOCABULARY = "words"
 SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")
 MODEL_INPUTS = ("token_ids", "shape_ids", "entity_ids") + SUBWORD_INPUTS
+# The inputs of a model whose encoder is a pretrained backbone (model/backbone.py).
+BACKBONE_INPUTS = (PIECE_IDS, FIRST_PIECE, "entity_ids")
+# Per-word features [B, L], cut to a batch's longest sentence; per-piece ones [B, P], to its longest pieces.
+WORD_FEATURES = ("words",) + MODEL_INPUTS + (FIRST_PIECE,)
+PIECE_FEATURES = (PIECE_IDS,)
 
 # Target-side ids of sequence heads: 0 padding, then BOS and EOS, then the vocabulary and its OOV buckets.
 TARGET_PAD, TARGET_BOS, TARGET_EOS = 0, 1, 2
@@ -69,6 +80,17 @@ def label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     """Index of each label in ``label_set`` (0 when absent; ingest guarantees known labels)."""
     matches = tf.equal(tf.expand_dims(labels, -1), tf.constant(label_set))
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
+
+
+def trim_to_longest(features: dict[str, tf.Tensor], word_features: tuple[str, ...] = WORD_FEATURES) -> dict[str, tf.Tensor]:
+    """A batch cut to its longest sentence: ``word_features`` [B, L] to the most words (``token_ids`` > 0;
+    at least 1) and, with a backbone, ``piece_ids`` [B, P] to the most pieces. Other features are kept."""
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1)), 1)
+    trimmed = {k: (v[:, :longest] if k in word_features else v) for k, v in features.items()}
+    if PIECE_IDS in features:
+        pieces = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[PIECE_IDS] > 0, tf.int32), axis=1)), 1)
+        trimmed.update({k: features[k][:, :pieces] for k in PIECE_FEATURES})
+    return trimmed
 
 
 def _subword_features(affix_length: int) -> dict[str, Any]:
@@ -116,6 +138,15 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
                             [tf.RaggedTensor.from_tensor(tf.zeros([tf.shape(inputs["task"])[0], 0], tf.string))], axis=1)
     words = tf.concat([gold_tokens, text_words], axis=1)
     markers = tf.concat([tf.zeros_like(gold_tokens, tf.int64), markers], axis=1)
+    backbone_outputs, kept_words = {}, None
+    if config.backbone_preset:
+        # the preset's tokenizer; words whose pieces do not fit the backbone are dropped from here on
+        tokenizer = backbone.preset_tokenizer(config.backbone_preset)
+        keep, piece_ids, first_piece = backbone.piece_features(words, tokenizer, max_length)
+        words, markers = tf.ragged.boolean_mask(words, keep), tf.ragged.boolean_mask(markers, keep)
+        kept_words = words.row_lengths()
+        backbone_outputs = {PIECE_IDS: piece_ids.to_tensor(default_value=0, shape=[None, tokenizer.max_pieces]),
+                            FIRST_PIECE: first_piece.to_tensor(default_value=0, shape=[None, max_length])}  # fmt: skip
 
     vocab_ids = tft.compute_and_apply_vocabulary(
         text.normalize_words(words),
@@ -136,8 +167,12 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         **{name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config.subword_buckets), 0)
            for name, feature in _subword_features(config.affix_length).items()},
         "task_id": label_ids(first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in registered_tasks())),
+        **backbone_outputs,
     }
+    aligned = {f.name for t in registered_tasks() for f in t.fields if f.aligned_with}  # one label per word
     for head in all_heads():
-        outputs.update(head.transform_features(_feature(inputs, head.label_field, tf.string), max_length,
-                                               dataclasses.asdict(config)))  # fmt: skip
+        labels = _feature(inputs, head.label_field, tf.string)
+        if kept_words is not None and head.label_field in aligned:  # the dropped words' labels go too
+            labels = tf.ragged.boolean_mask(labels, tf.ragged.range(labels.row_lengths()) < kept_words[:, None])
+        outputs.update(head.transform_features(labels, max_length, dataclasses.asdict(config)))
     return outputs

@@ -33,8 +33,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from mtnlp.model import contract
-from mtnlp.model.network import ENCODER_OUTPUT, inference_model, model_input_names
-from mtnlp.model.preprocessing import MODEL_INPUTS
+from mtnlp.model.network import ENCODER_OUTPUT, encoder_input_names, has_backbone, inference_model, model_input_names
+from mtnlp.model.preprocessing import trim_to_longest
 from mtnlp.model.tasks import Task, registered_tasks
 
 # kept here too: the names callers of this module know
@@ -63,7 +63,9 @@ class ServingModule(tf.Module):
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._tasks = tuple(tasks)
         # the encoder alone (shared layers), for heads that run their own decoding loop
-        self.encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS}, model.get_layer(ENCODER_OUTPUT).output)
+        self.backbone = has_backbone(model)
+        self.encoder_inputs = encoder_input_names(self.backbone)
+        self.encoder = keras.Model({k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output)
         self.head_constants: dict = {}
         for task in self._tasks:
             for head in task.heads:
@@ -89,13 +91,11 @@ class ServingModule(tf.Module):
     @staticmethod
     def _trim(transformed: dict) -> dict:
         """A transformed batch cut to its longest sentence (a request does not pay for 128 words)."""
-        lengths = tf.reduce_sum(tf.cast(transformed["token_ids"] > 0, tf.int32), axis=1)
-        longest = tf.maximum(tf.reduce_max(lengths), 1)
-        return {k: (v[:, :longest] if k in MODEL_INPUTS + ("words",) else v) for k, v in transformed.items()}
+        return trim_to_longest(transformed)
 
     def _logits(self, transformed: dict) -> dict:
-        inputs = {k: transformed[k] for k in MODEL_INPUTS}
-        for name in model_input_names(self._heads):
+        inputs = {k: transformed[k] for k in self.encoder_inputs}
+        for name in model_input_names(self._heads, backbone=self.backbone):
             if name not in inputs:  # serving never teacher-forces: no target, no decoder compute
                 inputs[name] = tf.zeros([tf.shape(transformed["token_ids"])[0], 1], tf.int64)
         return self.model(inputs, training=False)

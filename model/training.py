@@ -83,6 +83,12 @@ def target_vocabulary_sizes(
     return {name: size for name, size in sizes.items() if size is not None}
 
 
+def masked_word_objective(training: Mapping[str, Any], transform_config: Mapping[str, Any]) -> bool:
+    """Whether the model learns the masked-word objective: ``masked_word_share`` > 0 and no pretrained
+    backbone (the objective predicts the from-scratch encoder's word ids; a backbone is pretrained)."""
+    return training["masked_word_share"] > 0 and not transform_config.get("backbone_preset")
+
+
 def build_training_model(
     heads: Sequence[Head],
     vocabulary_size: int,
@@ -98,8 +104,8 @@ def build_training_model(
         heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
         target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
         uncertainty_weighting=training["loss_weighting"] == "uncertainty",
-        subword_buckets=transform_config["subword_buckets"], masked_words=training["masked_word_share"] > 0,
-        **model_config,
+        subword_buckets=transform_config["subword_buckets"], masked_words=masked_word_objective(training, transform_config),
+        backbone_preset=transform_config.get("backbone_preset"), **model_config,
     )  # fmt: skip
     warmup_steps = int(steps * training["warmup_fraction"])
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -153,7 +159,11 @@ def train_model(
     keras.utils.set_random_seed(training["seed"])
     words = vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"])
     masked_words = None
-    if training["masked_word_share"] > 0:
+    if transform_config.get("backbone_preset"):
+        log.warning("%sEncoder: the pretrained backbone %s (transform.backbone_preset); off with it: the masked-word "
+                    "objective (training.masked_word_share=%s), model.subword_features, model.num_layers",
+                    log_prefix, transform_config["backbone_preset"], training["masked_word_share"])  # fmt: skip
+    if masked_word_objective(training, transform_config):
         masked_words = dataset.MaskedWords(training["masked_word_share"], training["masked_word_rate"], words)
     train_data = dataset.training_dataset(
         train_files, tf_transform_output, heads, training["batch_size"], dict(task_weights), training["seed"],

@@ -53,6 +53,12 @@ class TransformConfig:
     # fit) and the size of the WordPiece target vocabulary (see model/subwords.py).
     max_target_length: int = 32
     target_vocabulary_size: int = 8_000
+    # A pretrained keras-hub backbone as the shared encoder instead of the from-scratch one: a preset
+    # name ("bert_tiny_en_uncased", downloaded by keras-hub) or a local preset directory. Its WordPiece
+    # tokenizer runs here in Transform and the Trainer builds the model around it (model/backbone.py),
+    # so the value lives in this section, which both read. Every head then reads the backbone's last
+    # layer, and the masked-word objective and subword features are off.
+    backbone_preset: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +144,10 @@ class PipelineConfig:
                 except KeyError:
                     raise ValueError(f"{what} names head {name!r}, which no task has; heads: "
                                      f"{', '.join(h.name for h in all_heads())}") from None
+        if self.transform.backbone_preset and self.model.head_layers:
+            raise ValueError(f"model.head_layers ({self.model.head_layers}) cannot be combined with "
+                             f"transform.backbone_preset ({self.transform.backbone_preset!r}): every head reads the "
+                             "backbone's last layer; leave model.head_layers unset")  # fmt: skip
 
     @property
     def task_names(self) -> tuple[str, ...]:
