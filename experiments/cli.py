@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -40,6 +41,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     study.set_defaults(func=mtl_vs_stl_command)
 
+    from mtnlp.experiments.ablation import LEVERS
+
+    ablation = studies.add_parser(
+        "ablation", help="the multi-task model with one quality lever changed at a time, several seeds each",
+        description="Trains the multi-task model with the defaults (the baseline) and with each lever changed "
+                    "(one `--set`-style setting each), with every seed, on one shared Transform output; scores them "
+                    "through their serving signatures and writes report.md and results.json: per head the mean and "
+                    "std over seeds and each lever's paired difference from the baseline. Resumes an interrupted "
+                    "ablation with the same settings.",
+    )  # fmt: skip
+    ablation.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
+    ablation.add_argument("--levers", nargs="+", metavar="NAME", choices=[lever.name for lever in LEVERS],
+                          help="levers to compare with the baseline (default: all: " +
+                               ", ".join(repr(lever.name) for lever in LEVERS) + ")")  # fmt: skip
+    ablation.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
+    ablation.add_argument("--out", help="report folder (default reports/ablation, or reports/ablation-quick)")
+    ablation.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
+    ablation.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
+    ablation.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2 3; quick: 1)")
+    ablation.add_argument("--steps-per-task", type=int, help="steps per task of every model (default 300; quick: 10)")
+    ablation.add_argument("--max-records", type=int, help="records per task and split (default 3000; quick: 120)")
+    ablation.add_argument("--eval-records", type=int, help="validation records per task scored (default 1000; quick: 60)")
+    ablation.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
+    ablation.set_defaults(func=ablation_command)
+
 
 def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
@@ -73,4 +99,35 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     results = run_study(config, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]))
     print(format_table(results["summary"]))
     print(f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}")
+    return 0
+
+
+def ablation_command(args: argparse.Namespace) -> int:
+    from mtnlp import logs
+
+    logs.quiet_environment(args.verbose)
+    from mtnlp.data_location import missing_data_message
+    from mtnlp.experiments.ablation import LEVERS, LEVERS_BY_NAME, STUDIES, format_table, run_ablation
+    from mtnlp.model import devices
+
+    name = "quick" if args.quick else "full"
+    overrides = {"tasks": tuple(args.tasks) if args.tasks else None, "seeds": tuple(args.seeds) if args.seeds else None,
+                 "steps_per_task": args.steps_per_task, "max_records_per_split": args.max_records,
+                 "eval_records": args.eval_records}  # fmt: skip
+    config = dataclasses.replace(STUDIES[name], **{k: v for k, v in overrides.items() if v is not None})
+    levers = [LEVERS_BY_NAME[n] for n in args.levers] if args.levers else list(LEVERS)
+    devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
+    logs.configure_logging(args.verbose)
+    out = os.path.abspath(args.out or os.path.join("reports", "ablation" + ("-quick" if args.quick else "")))
+    workdir = os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
+    if missing := missing_data_message(args.data):
+        log.error("error: %s", missing)
+        return 2
+    log.warning("Ablation (%s): baseline + %d levers x %d seeds, %d steps per task, report in %s", name, len(levers),
+                len(config.seeds), config.steps_per_task, out)  # fmt: skip
+    start = time.time()
+    results = run_ablation(config, levers, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]))
+    print(format_table(results["summary"]))
+    print(f"\n{len(results['summary']['configs']) * len(config.seeds)} models in {(time.time() - start) / 60:.1f} min; "
+          f"report: {os.path.join(out, 'report.md')}")
     return 0

@@ -115,6 +115,8 @@ class PlannedRun:
     seed: int
     steps: int
     variant: MtlVariant | None = None
+    # settings over the study's model and training, as `mtnlp run --set` takes them (the ablation's levers)
+    settings: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -170,11 +172,25 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     return TransformedData(outputs["transform_graph"], [f"{examples}/Split-train/*"], [f"{examples}/Split-eval/*"])
 
 
-class Study:
-    """Runs the planned models one after another and records each as it finishes."""
+def with_settings(model: ModelConfig, training: TrainingConfig, settings: Sequence[str]) -> tuple[ModelConfig, TrainingConfig]:
+    """``model`` and ``training`` with ``settings`` (``section.key=value``, as ``mtnlp run --set``) applied,
+    checked against the typed config."""
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.settings import apply_mapping, parse_assignment
 
-    def __init__(self, config: StudyConfig, data_root: str, workdir: str, results_path: str):
+    config = dataclasses.replace(get_config("quick"), model=model, training=training)
+    for assignment in settings:
+        config = apply_mapping(config, parse_assignment(assignment), source=assignment)
+    return config.model, config.training
+
+
+class Study:
+    """Runs the planned models (default: ``plan_runs(config)``) one after another and records each as it finishes."""
+
+    def __init__(self, config: StudyConfig, data_root: str, workdir: str, results_path: str,
+                 planned: Sequence[PlannedRun] | None = None):  # fmt: skip
         self.config, self.data_root, self.workdir, self.results_path = config, data_root, workdir, results_path
+        self.planned = list(planned) if planned is not None else plan_runs(config)
         self.results = self._load_results()
 
     def _load_results(self) -> dict[str, Any]:
@@ -214,7 +230,7 @@ class Study:
         eval_data = read_task_data(self.data_root, tasks, self.config.eval_records, splits=["validation"])
         strategy = devices.make_strategy(self.config.training.cpu_replicas)
 
-        planned = plan_runs(self.config)
+        planned = self.planned
         done = {r["key"] for r in self.results["runs"]}
         todo = [run for run in planned if run.key not in done]
         if done:
@@ -258,8 +274,9 @@ class Study:
             weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
                                            run.variant.temperature)  # fmt: skip
             training = dataclasses.replace(self.config.training, seed=run.seed, loss_weighting=run.variant.weighting)
+        model, training = with_settings(self.config.model, training, run.settings)
         trained = train_model(
-            heads, tft_output, data.train_files, data.eval_files, weights, dataclasses.asdict(self.config.model),
+            heads, tft_output, data.train_files, data.eval_files, weights, dataclasses.asdict(model),
             dataclasses.asdict(training), dataclasses.asdict(_pipeline_config(self.config).transform), run.steps, self.config.eval_steps, strategy,
             epochs=self.config.validation_points, log_prefix=prefix,
         )  # fmt: skip
@@ -267,6 +284,7 @@ class Study:
         scored, _ = evaluate_signatures(module.signatures(), {t.name: eval_data[t.name] for t in tasks if t.name in eval_data})
         record = {
             "key": run.key, "config": run.config, "heads": list(run.heads), "seed": run.seed, "steps": trained.steps,
+            "settings": list(run.settings),
             "task_weights": weights, "train_seconds": round(trained.seconds, 1), "parameters": trained.parameters,
             "metrics": {r.head: r.metrics for r in scored},
             "eval_examples": {r.head: r.examples for r in scored},

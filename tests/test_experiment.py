@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -94,3 +95,60 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
 def test_steps_must_fill_whole_validation_intervals():
     with pytest.raises(ValueError, match="multiple of validation_points"):
         study_config("full", steps_per_task=500)
+
+
+# -- mtnlp experiment ablation ----------------------------------------------------------------------------------
+
+
+def test_the_ablation_trains_the_baseline_and_each_lever_with_every_seed():
+    from mtnlp.experiments.ablation import BASELINE, LEVERS, STUDIES, check_levers, plan_ablation
+
+    config = dataclasses.replace(STUDIES["full"], tasks=("tagging", "sentiment"), seeds=(1, 2))
+    runs = plan_ablation(config, LEVERS)
+    assert [r.config for r in runs[: len(LEVERS) + 1]] == [BASELINE] + [lever.name for lever in LEVERS]
+    assert [r.seed for r in runs] == [1] * (len(LEVERS) + 1) + [2] * (len(LEVERS) + 1)
+    assert {r.heads for r in runs} == {("pos", "ner", "sentiment")} and {r.steps for r in runs} == {600}
+    assert runs[0].settings == () and runs[1].settings == LEVERS[0].settings
+    assert len({r.key for r in runs}) == len(runs)
+    check_levers(config, LEVERS)  # every default lever is a valid setting
+
+
+def test_a_misspelt_lever_setting_fails_before_training():
+    from mtnlp.experiments.ablation import STUDIES, Lever, check_levers
+    from mtnlp.pipelines.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="masked_word_shar"):
+        check_levers(STUDIES["quick"], [Lever("typo", ("training.masked_word_shar=0",))])
+
+
+def test_the_ablation_reports_each_levers_paired_difference_from_the_baseline():
+    from mtnlp.experiments.ablation import BASELINE, PlannedRun, format_table, summarize
+
+    runs, planned = [], []
+    for seed, (base, lever) in enumerate([(0.80, 0.83), (0.82, 0.81), (0.78, 0.82)]):
+        for config, value in ((BASELINE, base), ("no masked words", lever)):
+            plan = PlannedRun(config, ("sentiment",), ("sentiment",), seed, 100)
+            planned.append(plan)
+            runs.append({**_run(config, seed, {"sentiment": value}), "key": plan.key})
+    runs.append({**_run("dropped lever", 0, {"sentiment": 0.1}), "key": "not planned"})
+    summary = summarize({"runs": runs}, planned)
+    effect = summary["effects"]["no masked words"]["sentiment"]
+    assert effect["mean"] == pytest.approx(0.02) and effect["higher_on"] == 2 and effect["n"] == 3
+    assert summary["configs"] == [BASELINE, "no masked words"]
+    table = format_table(summary)
+    assert "| no masked words | 0.8200 ± 0.0100 (+0.0200; higher on 2/3) | 10 |" in table
+    assert "| baseline | 0.8000 ± 0.0200 | 10 |" in table
+
+
+@pytest.mark.slow
+def test_quick_ablation_writes_its_report(tmp_path):
+    out = tmp_path / "report"
+    result = run_cli("experiment", "ablation", "--quick", "--tasks", "sentiment", "--levers", "no masked words",
+                     "--out", str(out), "--workdir", str(tmp_path / "work"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["config"], r["settings"]) for r in results["runs"]] == [
+        ("baseline", []), ("no masked words", ["training.masked_word_share=0"])]
+    assert set(results["summary"]["effects"]["no masked words"]) == {"sentiment"}
+    text = (out / "report.md").read_text()
+    assert "| no masked words | " in text and "`training.masked_word_share=0`" in text
