@@ -67,6 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablation.set_defaults(func=ablation_command)
 
 
+def _study_folders(args: argparse.Namespace, report_name: str) -> tuple[str, str] | None:
+    """A study's report folder (``--out``, default reports/<name>[-quick]) and work folder (``--workdir``,
+    default workdir/experiments/<report folder name>); None, after saying why, when the data folder is missing."""
+    from mtnlp.data_location import missing_data_message
+
+    if missing := missing_data_message(args.data):
+        log.error("error: %s", missing)
+        return None
+    out = os.path.abspath(args.out or os.path.join("reports", report_name + ("-quick" if args.quick else "")))
+    return out, os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
+
+
 def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
     from mtnlp.extras import require_extra
@@ -83,16 +95,13 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
         max_records_per_split=args.max_records, eval_records=args.eval_records,
     )  # fmt: skip
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
-    from mtnlp.data_location import missing_data_message
     from mtnlp.experiments.mtl_vs_stl import run_study
     from mtnlp.experiments.report import REPORT_FILE, format_table
 
     logs.configure_logging(args.verbose)
-    out = os.path.abspath(args.out or os.path.join("reports", "mtl-vs-stl" + ("-quick" if args.quick else "")))
-    workdir = os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
-    if missing := missing_data_message(args.data):
-        log.error("error: %s", missing)
+    if not (folders := _study_folders(args, "mtl-vs-stl")):
         return 2
+    out, workdir = folders
     log.warning("MTL vs STL (%s): %d seeds, %d steps per task, report in %s", name, len(config.seeds),
                 config.steps_per_task, out)  # fmt: skip
     start = time.time()
@@ -106,7 +115,6 @@ def ablation_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
 
     logs.quiet_environment(args.verbose)
-    from mtnlp.data_location import missing_data_message
     from mtnlp.experiments.ablation import LEVERS, LEVERS_BY_NAME, STUDIES, format_table, run_ablation
     from mtnlp.model import devices
 
@@ -118,11 +126,9 @@ def ablation_command(args: argparse.Namespace) -> int:
     levers = [LEVERS_BY_NAME[n] for n in args.levers] if args.levers else list(LEVERS)
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
     logs.configure_logging(args.verbose)
-    out = os.path.abspath(args.out or os.path.join("reports", "ablation" + ("-quick" if args.quick else "")))
-    workdir = os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
-    if missing := missing_data_message(args.data):
-        log.error("error: %s", missing)
+    if not (folders := _study_folders(args, "ablation")):
         return 2
+    out, workdir = folders
     log.warning("Ablation (%s): baseline + %d levers x %d seeds, %d steps per task, report in %s", name, len(levers),
                 len(config.seeds), config.steps_per_task, out)  # fmt: skip
     start = time.time()
