@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shlex
@@ -116,13 +115,14 @@ def ablation_command(args: argparse.Namespace) -> int:
 
     logs.quiet_environment(args.verbose)
     from mtnlp.experiments.ablation import LEVERS, LEVERS_BY_NAME, STUDIES, format_table, run_ablation
+    from mtnlp.experiments.mtl_vs_stl import study_config
     from mtnlp.model import devices
 
     name = "quick" if args.quick else "full"
-    overrides = {"tasks": tuple(args.tasks) if args.tasks else None, "seeds": tuple(args.seeds) if args.seeds else None,
-                 "steps_per_task": args.steps_per_task, "max_records_per_split": args.max_records,
-                 "eval_records": args.eval_records}  # fmt: skip
-    config = dataclasses.replace(STUDIES[name], **{k: v for k, v in overrides.items() if v is not None})
+    config = study_config(
+        name, STUDIES, tasks=tuple(args.tasks) if args.tasks else None, seeds=tuple(args.seeds) if args.seeds else None,
+        steps_per_task=args.steps_per_task, max_records_per_split=args.max_records, eval_records=args.eval_records,
+    )  # fmt: skip
     levers = [LEVERS_BY_NAME[n] for n in args.levers] if args.levers else list(LEVERS)
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
     logs.configure_logging(args.verbose)

@@ -297,8 +297,9 @@ class Study:
         return record
 
 
-def study_config(name: str, **overrides: Any) -> StudyConfig:
-    config = STUDIES[name]
+def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **overrides: Any) -> StudyConfig:
+    """``studies[name]`` (default: this study's) with the overrides that are not None."""
+    config = (studies or STUDIES)[name]
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
