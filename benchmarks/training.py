@@ -39,7 +39,7 @@ quiet_tensorflow()
 import numpy as np  # noqa: E402
 
 from mtnlp.model.heads import Head  # noqa: E402
-from mtnlp.model.tasks import Task, all_heads, registered_tasks  # noqa: E402
+from mtnlp.model.tasks import Task, all_heads, registered_tasks, supervised_tasks  # noqa: E402
 
 # Vocabulary sizes of the synthetic model: about what Transform computes on the quick profile's data.
 VOCABULARY_SIZE = 8000
@@ -199,7 +199,7 @@ def main() -> int:
     main_strategy = mirrored or single
 
     heads = all_heads()
-    models = {"mtl": (heads, mixed_rows(registered_tasks(), ns.batch_size))}
+    models = {"mtl": (heads, mixed_rows(supervised_tasks(), ns.batch_size))}
     models.update({h.name: ((h,), [task_of(h)] * ns.batch_size) for h in heads})
     if ns.models:
         unknown = set(ns.models) - set(models)

@@ -4,13 +4,13 @@ Every model is the pipeline's multi-task model (all heads, temperature sampling,
 training settings) trained with the project's own code on one shared Transform output, and scored through its
 serving signatures on the same validation records (the MTL-vs-STL study's machinery:
 ``experiments/mtl_vs_stl.py``). The baseline is the defaults; each lever is a setting as ``mtnlp run --set``
-takes it (e.g. ``training.masked_word_share=0``). Every configuration is trained with every seed, so each
+takes it (e.g. ``training.masked_word_share=0.2``). Every configuration is trained with every seed, so each
 lever's effect on a head is reported as mean +- std over seeds, its difference from the baseline, and on how
 many seeds it was better (a paired comparison: a seed shares its data order and initial weights with the
 baseline's run of that seed).
 
     mtnlp experiment ablation                                  # the default levers, 3 seeds
-    mtnlp experiment ablation --levers "no masked words" --seeds 1 2
+    mtnlp experiment ablation --levers "masked words" --seeds 1 2
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class Lever:
 LEVERS = (
     Lever("no subword features", ("model.subword_features=false",),
           "words are represented by their vocabulary id alone: no hashed prefix, suffix and shape embeddings"),
-    Lever("no masked words", ("training.masked_word_share=0",), "no self-supervised masked-word objective"),
+    Lever("masked words", ("training.masked_word_share=0.2",),
+          "the self-supervised masked-word objective takes 20 % of the training examples"),
     Lever("layered heads", ("model.head_layers={pos: 1}",), "POS reads the first encoder layer instead of the last"),
     Lever("uncertainty weighting", ("training.loss_weighting=uncertainty",),
           "learned per-head loss weights (Kendall et al. 2018) instead of fixed ones"),
@@ -70,9 +71,9 @@ STUDIES = {
 
 def plan_ablation(config: StudyConfig, levers: Sequence[Lever]) -> list[PlannedRun]:
     """Seed by seed: the baseline, then each lever (all heads, the study's one MTL variant)."""
-    from mtnlp.model.tasks import select_tasks
+    from mtnlp.model.tasks import select_tasks, supervised_tasks
 
-    tasks = select_tasks(config.tasks)
+    tasks = supervised_tasks(select_tasks(config.tasks))
     heads = tuple(h.name for t in tasks for h in t.heads)
     task_names = tuple(t.name for t in tasks)
     steps = config.steps_per_task * len(task_names)

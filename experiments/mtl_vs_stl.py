@@ -125,9 +125,9 @@ class PlannedRun:
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     """Seed by seed (a partial study still compares every configuration): each STL model, then each MTL variant."""
-    from mtnlp.model.tasks import select_tasks
+    from mtnlp.model.tasks import select_tasks, supervised_tasks
 
-    tasks = select_tasks(config.tasks)
+    tasks = supervised_tasks(select_tasks(config.tasks))
     heads = [(task.name, head.name) for task in tasks for head in task.heads]
     task_names = tuple(t.name for t in tasks)
     runs = []
@@ -217,7 +217,7 @@ class Study:
         import tensorflow_transform as tft
 
         from mtnlp.model import dataset, devices
-        from mtnlp.model.tasks import select_tasks
+        from mtnlp.model.tasks import select_tasks, supervised_tasks
         from mtnlp.serving.evaluate import read_task_data
 
         start = time.time()
@@ -226,7 +226,7 @@ class Study:
         self.results["data_seconds"] = round(time.time() - start, 1)
         tft_output = tft.TFTransformOutput(data.transform_graph)
         counts = dataset.count_examples_per_task(data.train_files, tft_output)
-        tasks = select_tasks(self.config.tasks)
+        tasks = supervised_tasks(select_tasks(self.config.tasks))
         eval_data = read_task_data(self.data_root, tasks, self.config.eval_records, splits=["validation"])
         strategy = devices.make_strategy(self.config.training.cpu_replicas)
 

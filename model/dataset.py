@@ -21,7 +21,7 @@ import tensorflow_transform as tft
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
 from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, trim_to_longest
 from mtnlp.model.heads import Head
-from mtnlp.model.tasks import registered_tasks
+from mtnlp.model.tasks import get_task, registered_tasks
 
 SEQUENCE_FEATURES = WORD_FEATURES + (MASKED_WORD_LABELS,)
 MASKED_WORDS_WEIGHT = "masked_words_weight"
@@ -69,8 +69,9 @@ def _without_masked_words(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor
 
 
 def task_weights(counts: dict[str, int], sampling: str, temperature: float = 1.0) -> dict[str, float]:
-    """Sampling probability of each task with examples, from its example count."""
-    present = {name: n for name, n in counts.items() if n > 0}
+    """Sampling probability of each supervised task with examples, from its example count (raw text without
+    heads is drawn only by the masked-word objective)."""
+    present = {name: n for name, n in counts.items() if n > 0 and get_task(name).supervised}
     if sampling == "proportional":
         raw = dict(present)
     elif sampling == "temperature":
@@ -178,6 +179,11 @@ def evaluation_dataset(
         .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads))
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def raw_text_counts(counts: dict[str, int]) -> dict[str, int]:
+    """The example counts of the tasks without heads (``unlabeled``) that have examples."""
+    return {name: n for name, n in counts.items() if n > 0 and not get_task(name).supervised}
 
 
 def describe_weights(weights: dict[str, float], counts: dict[str, int]) -> str:

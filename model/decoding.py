@@ -13,8 +13,8 @@ backpointers) followed by a reversed ``tf.scan`` that follows the backpointers. 
 hard: a forbidden transition costs ``-1e9``; there are no learned transition scores.
 
 **Beam search** (``beam_search``, ``tile_for_beams``). Decodes ``beam_width`` hypotheses per
-example in one ``tf.while_loop`` with fixed-shape state. The caller's ``logits_fn`` reads the whole
-fixed-size id buffer at every step, as ``SequenceDecoder.greedy_decode`` does. Hypotheses are
+example in one ``tf.while_loop`` with fixed-shape state. The caller's ``logits_fn`` reads the
+fixed-size id buffer at every step (``SequenceDecoder.next_logits`` runs only its written prefix). Hypotheses are
 ranked by the sum of their tokens' log-softmax; finished ones (ending with EOS) are compared after
 dividing by the GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al., 2016), where
 ``length`` counts the generated tokens, EOS included. See ``beam_search`` for the exact search rule

@@ -116,6 +116,16 @@ class SequenceDecoder(keras.layers.Layer):
         # the embedding's reverse projection: its own output matrix, or the embedding itself when tied
         return self.embedding.token_embedding(x, reverse=True)
 
+    def next_logits(self, encoder_hidden, encoder_mask, ids, t):
+        """Logits [N, V] of the token at position ``t``, given the id buffer ``ids`` [N, L] that holds the
+        tokens before it (decoding). Only positions 0..t run through the decoder, since the causal mask makes
+        later ones irrelevant to position t, and only position t is projected onto the vocabulary: a step costs
+        O(t) instead of O(L) layer positions and one [D, V] product instead of L."""
+        x = self.embedding(self.shift_right(ids)[:, : t + 1])
+        for decoder in self.decoders:
+            x = decoder(x, encoder_hidden, encoder_padding_mask=encoder_mask, use_causal_mask=True, training=False)
+        return self.embedding.token_embedding(x[:, -1, :], reverse=True)
+
     def shift_right(self, target_ids):
         """Teacher forcing: the decoder reads BOS and the target up to the previous position. [N, L]"""
         bos = ops.full((ops.shape(target_ids)[0], 1), self.bos_id, dtype=target_ids.dtype)
@@ -138,17 +148,18 @@ class SequenceDecoder(keras.layers.Layer):
         """Greedy decoding in a ``tf.while_loop`` (core TF ops only, for the serving graph).
 
         encoder_hidden [N, T, D], encoder_mask [N, T] -> target ids int64 [N, max_length]: words,
-        then EOS, then 0. Padding, BOS and the ids in ``never_emit`` (an unknown-piece id) are never chosen. Every step re-reads the whole fixed-size buffer (the causal mask hides the
-        positions not yet written), which keeps the loop's shapes fixed; rows are independent.
+        then EOS, then 0. Padding, BOS and the ids in ``never_emit`` (an unknown-piece id) are never chosen.
+        The loop keeps a fixed-size id buffer; step t runs the decoder over its first t + 1 positions
+        (``next_logits``; no key/value cache); rows are independent.
         """
         n = tf.shape(encoder_hidden)[0]
         ids = tf.zeros([n, max_length], tf.int64)
         finished = tf.zeros([n], tf.bool)
 
         def step(t, ids, finished):
-            logits = self.decode(encoder_hidden, encoder_mask, self.shift_right(ids), training=False)
+            logits = self.next_logits(encoder_hidden, encoder_mask, ids, t)
             special = tf.one_hot(list(range(self.eos_id)) + list(never_emit), self.vocabulary_size, on_value=-1e9, off_value=0.0)
-            step_logits = logits[:, t, :] + tf.cast(tf.reduce_sum(special, axis=0), logits.dtype)
+            step_logits = logits + tf.cast(tf.reduce_sum(special, axis=0), logits.dtype)
             best = tf.argmax(step_logits, axis=-1, output_type=tf.int64)
             best = tf.where(finished, tf.zeros_like(best), best)  # nothing after EOS
             ids = ids + best[:, None] * tf.one_hot(t, max_length, dtype=tf.int64)[None, :]
@@ -173,7 +184,7 @@ class SequenceDecoder(keras.layers.Layer):
         suppressed = tf.reduce_sum(tf.one_hot(list(never_emit), self.vocabulary_size, on_value=-1e9), axis=0) if never_emit else 0.0
 
         def next_logits(ids, t):
-            logits = self.decode(hidden, mask, self.shift_right(ids), training=False)[:, t, :]
+            logits = self.next_logits(hidden, mask, ids, t)
             return logits + tf.cast(suppressed, logits.dtype)
 
         return decoding.beam_search(

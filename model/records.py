@@ -105,10 +105,37 @@ def record_to_example(line: str, task: Task) -> "tf.train.Example":
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 
-def bytes_to_example(raw_line: bytes, task: Task) -> "tf.train.Example":
-    """``record_to_example`` on a line as read from a file; invalid UTF-8 is a malformed record too."""
+# A data file's format, by its name (``.gz`` compressed or not): JSON Lines records, or plain text, one
+# record per line, for tasks whose only field is a text (raw text for the masked-word objective).
+JSON_LINES, PLAIN_TEXT = ".jsonl", ".txt"
+
+
+def file_format(path: str) -> str:
+    """``JSON_LINES`` or ``PLAIN_TEXT`` from the file name; raises ValueError naming the file otherwise."""
+    name = path.removesuffix(".gz")
+    for suffix in (JSON_LINES, PLAIN_TEXT):
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{path}: unknown data file type; name it .jsonl (JSON Lines records) or .txt (plain text, "
+                     "one text per line), optionally .gz compressed")  # fmt: skip
+
+
+def text_only_field(task: Task) -> Field | None:
+    """The task's one field when it is a text (a plain-text line is then a record), else None."""
+    return task.fields[0] if len(task.fields) == 1 and task.fields[0].kind is FieldKind.TEXT else None
+
+
+def bytes_to_example(raw_line: bytes, task: Task, fmt: str = JSON_LINES) -> "tf.train.Example":
+    """``record_to_example`` on a line as read from a file of format ``fmt``; invalid UTF-8 is a malformed
+    record too."""
     try:
         line = raw_line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
+    if fmt == PLAIN_TEXT:
+        field = text_only_field(task)
+        if field is None:
+            raise RecordError(f"task {task.name!r} reads JSON Lines records ({', '.join(f.name for f in task.fields)}); "
+                              "plain text files are for tasks whose only field is a text, such as unlabeled")  # fmt: skip
+        line = json.dumps({field.name: line.rstrip("\r\n")}, ensure_ascii=False)
     return record_to_example(line, task)

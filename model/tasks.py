@@ -11,6 +11,9 @@ the Transform features, the Keras heads and losses, the TFMA metrics and blessin
 serving signatures and their outputs (``model/contract.py``), ``mtnlp evaluate`` and ``mtnlp predict``,
 and every default list of tasks (pipeline, study, tests). The kinds own what a head or input *does*.
 
+A task may have no heads: ``unlabeled`` is raw text (``data/unlabeled/``, JSON Lines ``{"text": ...}`` or plain
+text, one sentence per line) that feeds only the self-supervised masked-word objective and the word vocabulary.
+
 Adding a task of an existing kind is one ``register_task(Task(...))``: here, or in a module of your
 own named in ``MTNLP_TASK_MODULES`` (see the README's "Adding a task"). A gate in
 ``pipelines/config.py`` is optional (heads without one are evaluated but do not gate blessing).
@@ -57,13 +60,19 @@ class Task:
         name: the task (and data folder) name.
         encoder_input: the input kind that turns a record into the encoder's words (``model/inputs.py``).
         fields: the record fields, validated at ingest and written to ``tf.Example``s.
-        heads: the model outputs trained on its labels (``model/heads.py``).
+        heads: the model outputs trained on its labels (``model/heads.py``); none for raw text that only
+            the masked-word objective learns from.
     """
 
     name: str
     encoder_input: EncoderInput
     fields: tuple[Field, ...]
     heads: tuple[Head, ...]
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the task has heads; one without feeds only the masked-word objective."""
+        return bool(self.heads)
 
     def field(self, name: str) -> Field:
         for f in self.fields:
@@ -158,6 +167,15 @@ TRANSLATION = Task(
     heads=(SequenceHead("translation", "target", metrics=("bleu",), signature="translate"),),
 )
 
+# Raw text without labels: the masked-word objective (training.masked_word_share) learns from it, with every
+# other task's text; no head, no validation split needed, nothing served or scored.
+UNLABELED = Task(
+    name="unlabeled",
+    encoder_input=TextInput("text"),
+    fields=(Field("text", FieldKind.TEXT),),
+    heads=(),
+)
+
 _REGISTRY: list[Task] = []
 
 
@@ -178,6 +196,11 @@ def register_task(task: Task) -> Task:
 def registered_tasks() -> tuple[Task, ...]:
     """Every registered task, in registration order (its index is the ``task_id`` feature)."""
     return tuple(_REGISTRY)
+
+
+def supervised_tasks(tasks: Sequence[Task] | None = None) -> tuple[Task, ...]:
+    """The tasks (of the registry by default) that have heads: what is trained on labels, scored and served."""
+    return tuple(t for t in (registered_tasks() if tasks is None else tasks) if t.supervised)
 
 
 def task_names() -> tuple[str, ...]:
@@ -224,7 +247,7 @@ def all_fields(tasks: Sequence[Task] | None = None) -> dict[str, Field]:
     return fields
 
 
-for _task in (TAGGING, SENTIMENT, RELATION, TRANSLATION):
+for _task in (TAGGING, SENTIMENT, RELATION, TRANSLATION, UNLABELED):
     register_task(_task)
 
 # Tasks declared outside this file (a user's package, a test's fixture): modules named in this

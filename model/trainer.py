@@ -17,7 +17,7 @@ from mtnlp.model import dataset, devices
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
 from mtnlp.model.signatures import export_serving_model
 from mtnlp.model.tasks import all_heads, select_tasks
-from mtnlp.model.training import train_model
+from mtnlp.model.training import masked_word_objective, train_model
 from mtnlp.model.warm_start import keras_dir_for, save_for_warm_start
 from mtnlp.model.warmup import write_warmup_requests
 from mtnlp.pipelines.settings import as_dict, config_from_json
@@ -36,6 +36,12 @@ def run_fn(fn_args: FnArgs) -> None:
     counts = dataset.count_examples_per_task(fn_args.train_files, tf_transform_output)
     weights = dataset.task_weights(counts, training["task_sampling"], training["sampling_temperature"])
     log.warning("Task mixing (%s): %s", training["task_sampling"], dataset.describe_weights(weights, counts))
+    for name, n in dataset.raw_text_counts(counts).items():
+        if masked_word_objective(training, transform_cfg):
+            log.warning("%s: %d examples of raw text, drawn by the masked-word objective only", name, n)
+        else:
+            log.warning("%s: %d examples of raw text are not learned from (they only add to the word vocabulary): the "
+                        "masked-word objective is off; --set training.masked_word_share=0.2 turns it on", name, n)
 
     base_model = fn_args.base_model if config.training.warm_start else None
     total_steps = fn_args.train_steps

@@ -1,4 +1,5 @@
-"""``mtnlp add-data``: drops a file of new labelled records into the data folder as the next span.
+"""``mtnlp add-data``: drops a file of new labelled records (or raw text for ``unlabeled``) into the data folder
+as the next span.
 
 ``data/spans/<N>/<task>/train.jsonl`` and ``validation.jsonl`` are written (the validation records are
 a deterministic 10 % of the file unless a validation file is given), after every record has been
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 
 from mtnlp.components.jsonl_example_gen.layout import SPANS_DIR, next_span
-from mtnlp.model.records import RecordError, bytes_to_example
+from mtnlp.model.records import JSON_LINES, PLAIN_TEXT, RecordError, bytes_to_example, text_only_field
 from mtnlp.model.tasks import Task, get_task, registered_tasks
 
 MAX_ERRORS_SHOWN = 10
@@ -43,17 +45,21 @@ def resolve_task(name: str) -> Task:
 
 
 def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
-    """(every record line, an error per malformed one). Lines stay raw so that a forced add keeps them."""
+    """(every record line, an error per malformed one). Lines stay raw so that a forced add keeps them; a
+    plain-text file (``.txt``, raw text for a task whose only field is a text) becomes JSON Lines records."""
+    fmt = PLAIN_TEXT if path.endswith(PLAIN_TEXT) else JSON_LINES
+    field = text_only_field(task)
     lines, errors = [], []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             try:
-                bytes_to_example(raw, task)
+                bytes_to_example(raw, task, fmt)
             except RecordError as e:
                 errors.append(f"{path}:{number}: {e}")
-            lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            lines.append(json.dumps({field.name: line}, ensure_ascii=False) if fmt == PLAIN_TEXT and field else line)
     return lines, errors
 
 

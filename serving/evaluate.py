@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from mtnlp.model import contract
 from mtnlp.model.records import RecordError, parse_record
 from mtnlp.model.scoring import make_scorer
-from mtnlp.model.tasks import Task, registered_tasks
+from mtnlp.model.tasks import Task, supervised_tasks
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def read_task_data(
     (``validation`` for ``validation.jsonl[.gz]``; all files for None), at most ``max_records`` per task."""
     if not os.path.isdir(data_dir):
         raise EvaluationError(f"data folder {data_dir} does not exist")
-    tasks = registered_tasks() if tasks is None else tasks
+    tasks = supervised_tasks(tasks)  # raw text (no heads) has nothing to score
     found: dict[str, TaskData] = {}
     for task in tasks:
         folder = os.path.join(data_dir, task.name)

@@ -47,6 +47,17 @@ def test_malformed_records_are_refused_with_file_and_line(tmp_path):
     assert not (tmp_path / "data").exists() or not has_spans(str(tmp_path / "data"))
 
 
+def test_raw_text_becomes_a_span_of_json_lines_records(tmp_path):
+    new = tmp_path / "more.txt"
+    new.write_text("".join(f"Plain sentence {i}, with \"quotes\".\n" for i in range(50)) + "\n")
+    added = add_span(str(tmp_path / "data"), "unlabeled", str(new))
+    assert added.train_records + added.validation_records == 50 and added.folder.endswith("unlabeled")
+    records = [json.loads(line) for line in open(os.path.join(added.folder, "train.jsonl"), encoding="utf-8")]
+    assert all(set(r) == {"text"} and r["text"].startswith("Plain sentence") for r in records)
+    with pytest.raises(BadDataError, match="plain text files are for tasks whose only field is a text"):
+        add_span(str(tmp_path / "data"), "sentiment", str(new))
+
+
 def test_cli_reports_the_span(tmp_path):
     new = tmp_path / "new.jsonl"
     new.write_text("".join(_tagging(i) + "\n" for i in range(50)))

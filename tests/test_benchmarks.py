@@ -37,10 +37,10 @@ def test_every_benchmark_states_its_usage(script):
 def test_the_synthetic_training_batch_weights_each_head_on_its_own_tasks_rows_only():
     from benchmarks.training import mixed_rows, synthetic_batch
     from mtnlp.model.network import model_input_names
-    from mtnlp.model.tasks import all_heads, registered_tasks
+    from mtnlp.model.tasks import all_heads, supervised_tasks
 
     heads = all_heads()
-    rows = mixed_rows(registered_tasks(), 32)
+    rows = mixed_rows(supervised_tasks(), 32)
     (inputs, labels, weights), words = synthetic_batch(heads, rows, length=25, target_length=10)
     assert set(inputs) == set(model_input_names(heads))
     real = inputs["token_ids"] > 0

@@ -480,6 +480,13 @@ def test_beam_search_wraps_the_sequence_decoder():
     np.testing.assert_array_equal(decode(1), decoder.greedy_decode(hidden, mask, max_length).numpy())
     wide = decode(3)
     assert wide.shape == (3, max_length) and ((wide == 0) | (wide >= decoder.eos_id)).all()
+    # the layer's own decoding runs only the written prefix and projects only the next position: same logits
+    # as the whole buffer, same hypotheses
+    ids = tf.constant(np.random.default_rng(1).integers(3, vocabulary_size, size=(3, max_length)), tf.int64)
+    whole = decoder.decode(hidden, mask, decoder.shift_right(ids), training=False).numpy()
+    for t in range(max_length):
+        np.testing.assert_allclose(decoder.next_logits(hidden, mask, ids, t).numpy(), whole[:, t, :], atol=1e-5)
+    np.testing.assert_array_equal(decoder.beam_decode(hidden, mask, max_length, 3, 0.6).numpy(), wide)
 
 
 def test_both_trace_with_static_shapes():

@@ -126,29 +126,29 @@ def test_the_ablation_reports_each_levers_paired_difference_from_the_baseline():
 
     runs, planned = [], []
     for seed, (base, lever) in enumerate([(0.80, 0.83), (0.82, 0.81), (0.78, 0.82)]):
-        for config, value in ((BASELINE, base), ("no masked words", lever)):
+        for config, value in ((BASELINE, base), ("masked words", lever)):
             plan = PlannedRun(config, ("sentiment",), ("sentiment",), seed, 100)
             planned.append(plan)
             runs.append({**_run(config, seed, {"sentiment": value}), "key": plan.key})
     runs.append({**_run("dropped lever", 0, {"sentiment": 0.1}), "key": "not planned"})
     summary = summarize({"runs": runs}, planned)
-    effect = summary["effects"]["no masked words"]["sentiment"]
+    effect = summary["effects"]["masked words"]["sentiment"]
     assert effect["mean"] == pytest.approx(0.02) and effect["higher_on"] == 2 and effect["n"] == 3
-    assert summary["configs"] == [BASELINE, "no masked words"]
+    assert summary["configs"] == [BASELINE, "masked words"]
     table = format_table(summary)
-    assert "| no masked words | 0.8200 ± 0.0100 (+0.0200; higher on 2/3) | 10 |" in table
+    assert "| masked words | 0.8200 ± 0.0100 (+0.0200; higher on 2/3) | 10 |" in table
     assert "| baseline | 0.8000 ± 0.0200 | 10 |" in table
 
 
 @pytest.mark.slow
 def test_quick_ablation_writes_its_report(tmp_path):
     out = tmp_path / "report"
-    result = run_cli("experiment", "ablation", "--quick", "--tasks", "sentiment", "--levers", "no masked words",
+    result = run_cli("experiment", "ablation", "--quick", "--tasks", "sentiment", "--levers", "masked words",
                      "--out", str(out), "--workdir", str(tmp_path / "work"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
     assert [(r["config"], r["settings"]) for r in results["runs"]] == [
-        ("baseline", []), ("no masked words", ["training.masked_word_share=0"])]
-    assert set(results["summary"]["effects"]["no masked words"]) == {"sentiment"}
+        ("baseline", []), ("masked words", ["training.masked_word_share=0.2"])]
+    assert set(results["summary"]["effects"]["masked words"]) == {"sentiment"}
     text = (out / "report.md").read_text()
-    assert "| no masked words | " in text and "`training.masked_word_share=0`" in text
+    assert "| masked words | " in text and "`training.masked_word_share=0.2`" in text

@@ -105,6 +105,32 @@ def test_invalid_utf8_line_is_rejected_not_mangled(tmp_path):
     assert record["line"] == 6 and "invalid UTF-8" in record["error"]
 
 
+def test_raw_text_is_read_from_plain_text_and_json_lines_and_a_stray_file_stops_the_run(tmp_path):
+    base = tmp_path / "data"
+    _write(base / "sentiment" / "train.jsonl", [_sentiment(i) for i in range(3)])
+    _write(base / "sentiment" / "validation.jsonl", [_sentiment(0)])
+    _write(base / "unlabeled" / "train.txt.gz", ["Raw text, one sentence per line.", "", "Blank lines are skipped."],
+           compress=True)  # fmt: skip
+    _write(base / "unlabeled" / "validation.jsonl", [json.dumps({"text": "JSON Lines work too."}), '{"txt": "typo"}'])
+    examples, rejected = _run(base, tmp_path / "out", max_fraction=0.5)
+    assert _count(examples.uri, "train") == 3 + 2 and _count(examples.uri, "eval") == 1 + 1
+    texts = {tf.train.Example.FromString(r.numpy()).features.feature["text"].bytes_list.value[0].decode()
+             for r in tf.data.TFRecordDataset(glob.glob(os.path.join(examples.uri, "Split-train", "*.gz")), "GZIP")}
+    assert {"Raw text, one sentence per line.", "Blank lines are skipped."} <= texts
+    (record,) = [json.loads(line) for line in open(os.path.join(rejected.uri, "Split-eval", "rejected.jsonl"))]
+    assert record["line"] == 2 and record["task"] == "unlabeled" and record["field"] == "text"
+
+    # plain text is no record of a labelled task: every line is rejected, naming why
+    _write(base / "sentiment" / "train.txt", ["a sentence without its label"])
+    with pytest.raises(TooManyRejectedRecords, match="plain text files are for tasks whose only field is a text"):
+        _run(base, tmp_path / "out2", max_fraction=0.5)
+    os.remove(base / "sentiment" / "train.txt")
+
+    _write(base / "unlabeled" / "train.csv", ["text", "a,b"])
+    with pytest.raises(ValueError, match=r"unlabeled/train.csv: unknown data file type; name it .jsonl .* or .txt"):
+        _run(base, tmp_path / "out3", max_fraction=0.5)
+
+
 def test_span_selection():
     from mtnlp.components.jsonl_example_gen.layout import select_spans
 

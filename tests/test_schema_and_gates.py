@@ -24,7 +24,7 @@ def test_schema_carries_the_label_domains():
     domains = {d.name: list(d.value) for d in load_schema().string_domain}
     assert domains["pos"] == list(UPOS_TAGS)
     assert domains["relation"] == list(SEMEVAL_RELATIONS)
-    assert domains["task"] == ["tagging", "sentiment", "relation", "translation"]
+    assert domains["task"] == ["tagging", "sentiment", "relation", "translation", "unlabeled"]
     assert "source" in {f.name for f in load_schema().feature} and "target" not in domains  # free text
 
 

@@ -10,8 +10,8 @@ import pytest
 from mtnlp.model import contract
 from mtnlp.model.heads import EntityPairHead, SentenceHead, SequenceHead, TokenHead
 from mtnlp.model.inputs import TextInput, TextWithSpansInput, TokensInput
-from mtnlp.model.tasks import (RELATION, SENTIMENT, TAGGING, TRANSLATION, Field, FieldKind, Task, all_heads, register_task,
-                         registered_tasks, select_tasks)
+from mtnlp.model.tasks import (RELATION, SENTIMENT, TAGGING, TRANSLATION, UNLABELED, Field, FieldKind, Task, all_heads,
+                               register_task, registered_tasks, select_tasks, supervised_tasks)
 from mtnlp.pipelines.config import get_config
 from tests.conftest import REPO
 
@@ -52,13 +52,14 @@ def test_registering_a_taken_name_or_head_fails():
                  (SentenceHead("sentiment", "label", SENTIMENT.heads[0].labels, metrics=("accuracy",)),))  # fmt: skip
     with pytest.raises(ValueError, match="taken by another task"):
         register_task(clash)
-    assert [t.name for t in registered_tasks()] == ["tagging", "sentiment", "relation", "translation"]
+    assert [t.name for t in registered_tasks()] == ["tagging", "sentiment", "relation", "translation", "unlabeled"]
 
 
 def test_task_lists_default_to_every_registered_task_and_unknown_names_list_the_known():
-    assert select_tasks(None) == registered_tasks() == (TAGGING, SENTIMENT, RELATION, TRANSLATION)
-    assert get_config("quick").task_names == ("tagging", "sentiment", "relation", "translation")
-    with pytest.raises(KeyError, match="known tasks: tagging, sentiment, relation, translation"):
+    assert select_tasks(None) == registered_tasks() == (TAGGING, SENTIMENT, RELATION, TRANSLATION, UNLABELED)
+    assert supervised_tasks() == (TAGGING, SENTIMENT, RELATION, TRANSLATION)  # raw text has no heads
+    assert get_config("quick").task_names == ("tagging", "sentiment", "relation", "translation", "unlabeled")
+    with pytest.raises(KeyError, match="known tasks: tagging, sentiment, relation, translation, unlabeled"):
         select_tasks(["tagging", "chunking"])
     with pytest.raises(ValueError, match="tasks: unknown task"):
         get_config("quick", tasks=("taging",))

@@ -1,7 +1,8 @@
 """Beam executor of JsonlExampleGen.
 
-Each split pattern (e.g. ``*/train.jsonl*``) matches one file per task folder; the folder name is
-the task. Every line becomes a ``tf.Example`` or, if malformed, a rejected record
+Each split pattern (e.g. ``*/train.*``) matches one file per task folder; the folder name is
+the task, the file name its format (``.jsonl[.gz]``: JSON Lines; ``.txt[.gz]``: plain text, one text per
+line, for a task whose only field is a text such as ``unlabeled``; any other name stops the run). Every line becomes a ``tf.Example`` or, if malformed, a rejected record
 (``{"file", "line", "task", "field", "error", "record"}``) written to
 ``<rejected>/Split-<split>/rejected.jsonl``, next to a ``summary.json`` of per-file counts. After
 the Beam run the executor fails the component, naming the files and their first errors, only when
@@ -25,7 +26,7 @@ from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
 from mtnlp.components.jsonl_example_gen import layout
-from mtnlp.model.records import RecordError, bytes_to_example
+from mtnlp.model.records import RecordError, bytes_to_example, file_format
 from mtnlp.model.tasks import get_task
 
 REJECTED_KEY = "rejected"
@@ -64,7 +65,7 @@ class _ParseLine(beam.DoFn):
         path, number, raw_line = element
         task_name = task_of_file(path)
         try:
-            example = bytes_to_example(raw_line, get_task(task_name))
+            example = bytes_to_example(raw_line, get_task(task_name), file_format(path))
         except RecordError as e:
             line = raw_line.decode("utf-8", errors="replace")
             yield beam.pvalue.TaggedOutput(_COUNTS, (path, (1, 1)))
@@ -131,6 +132,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             chosen = [f for f in files if tasks is None or task_of_file(f) in tasks]
             for skipped in sorted(set(files) - set(chosen)):
                 log.info("Skipping %s: task %r is not enabled", skipped, task_of_file(skipped))
+            for path in chosen:
+                file_format(path)  # an unknown file type stops the run before any reading, naming the file
             if not chosen:
                 raise FileNotFoundError(
                     f"no input files match {split_pattern!r} under {input_base} for tasks {tasks}"

@@ -2,7 +2,7 @@
 
 Two layouts, recognised by ``has_spans``:
 
-- flat: ``<data>/<task>/train.jsonl*`` and ``validation.jsonl*`` (the bundled data);
+- flat: ``<data>/<task>/train.jsonl*`` and ``validation.jsonl*`` (the bundled data; ``.txt*`` for raw text);
 - spans: the same plus ``<data>/spans/<N>/<task>/...`` for each span N >= 1 of new data. The flat
   files, when present, are span 0.
 
@@ -20,7 +20,8 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 
 SPANS_DIR = "spans"
-SPLIT_FILES = {"train": "train.jsonl*", "eval": "validation.jsonl*"}
+# any extension: the executor reads .jsonl and .txt (each optionally .gz) and names any other file it finds
+SPLIT_FILES = {"train": "train.*", "eval": "validation.*"}
 SPAN_SELECTIONS = ("latest", "all", "window")
 
 
