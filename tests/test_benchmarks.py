@@ -27,7 +27,7 @@ def ran(result: subprocess.CompletedProcess, output) -> dict:
     return document
 
 
-@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py"])
+@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py", "oov_entities.py"])
 def test_every_benchmark_states_its_usage(script):
     result = run_benchmark(script, "--help", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -96,6 +96,31 @@ def test_decoding_benchmark(pipeline_run, tmp_path):
     for figures in document["beams"].values():
         assert 0 <= figures["bleu"] <= 1 and figures["pairs"] == 20 and figures["ms_one_sentence_p50"] > 0
         assert len(figures["examples"]) == 2 and all(e["output"] and "##" not in e["output"] for e in figures["examples"])
+
+
+def test_an_entity_is_out_of_vocabulary_when_one_of_its_normalized_words_is():
+    from benchmarks.oov_entities import entity_groups, normalize_word
+
+    assert normalize_word("Route66") == "route00"
+    records = [{"tokens": ["Zorblax", "Inc", "met", "Paris", "in", "1999"],
+                "ner": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O"]}]  # fmt: skip
+    vocabulary = {"inc", "met", "paris", "in", "0000"}
+    groups = entity_groups(records, [["B-ORG", "O", "O", "B-LOC", "O", "O"]], vocabulary)
+    # "Zorblax Inc" is OOV and missed (wrong boundary); "Paris" is in the vocabulary and found
+    assert groups == {"oov": {"found": 0, "total": 1}, "in_vocabulary": {"found": 1, "total": 1}}
+
+
+@pytest.mark.slow
+def test_oov_entity_benchmark(pipeline_run, tmp_path):
+    output = tmp_path / "oov.json"
+    result = run_benchmark("oov_entities.py", "--workdir", str(pipeline_run.workdir), "--label", "fixture",
+                           "--output", str(output))  # fmt: skip
+    document = ran(result, output)
+    entities = document["results"]["fixture"]["entities"]
+    assert entities["oov"]["total"] > 0 and entities["in_vocabulary"]["total"] > 0
+    assert all(0 <= group["error_rate"] <= 1 for group in entities.values())
+    missing = run_benchmark("oov_entities.py", "--workdir", str(tmp_path / "none"), timeout=120)
+    assert missing.returncode == 2 and "mtnlp run" in missing.stderr
 
 
 @pytest.mark.slow
