@@ -170,13 +170,14 @@ _QUICK_GATES = {
     # corpus BLEU as a fraction (sacreBLEU / 100); small samples make it noisy
     "translation": HeadGate(lower_bound=0.0, tolerance=0.05),
 }
+# Floors well below the full profile's measurements (2026-12-03: sentiment 0.873, POS 0.914, NER 0.484,
+# relation 0.712, BLEU 0.226), so that only a broken model fails them.
 _FULL_GATES = {
-    "sentiment": HeadGate(lower_bound=0.75, tolerance=0.02),
-    "pos": HeadGate(lower_bound=0.85, tolerance=0.01),
-    "ner": HeadGate(lower_bound=0.30, tolerance=0.03),
-    "relation": HeadGate(lower_bound=0.30, tolerance=0.03),
-    # measured: BLEU 0.157 on the full run (2026-11-24); the floor catches a decoder that learned nothing
-    "translation": HeadGate(lower_bound=0.10, tolerance=0.02),
+    "sentiment": HeadGate(lower_bound=0.80, tolerance=0.02),
+    "pos": HeadGate(lower_bound=0.88, tolerance=0.01),
+    "ner": HeadGate(lower_bound=0.40, tolerance=0.03),
+    "relation": HeadGate(lower_bound=0.55, tolerance=0.03),
+    "translation": HeadGate(lower_bound=0.15, tolerance=0.02),
 }
 
 PROFILES: dict[str, PipelineConfig] = {
@@ -193,7 +194,9 @@ PROFILES: dict[str, PipelineConfig] = {
         profile="full",
         model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512, decoder_layers=2,
                           tie_decoder_embeddings=True),
-        training=TrainingConfig(batch_size=64, train_steps=4000, eval_steps=30, learning_rate=1e-3,
+        # 5,500 steps: 49 min end to end (2026-12-03); against 4,000 steps BLEU 0.179 -> 0.226, POS +0.006,
+        # NER -0.021, relation -0.011 (one run each)
+        training=TrainingConfig(batch_size=64, train_steps=5500, eval_steps=30, learning_rate=1e-3,
                                 sequence_label_smoothing=0.1),
         gates=_FULL_GATES,
         min_overall_improvement=0.002,
