@@ -18,7 +18,9 @@ the table shows the median.
 Also measured: the encoder's forward+backward FLOPs per step counted from the layer shapes (per layer
 8·B·T·d² for the attention projections, 4·B·T²·d for scores and weighted sum, 4·B·T·d·f for the feed-forward;
 backward = 2x forward) divided by the step time, against the peak of a large float32 matmul timed in the same
-run; and the MTL step under a ``--replicas`` (2) replica MirroredStrategy against one device.
+run; and the MTL step under a ``--replicas`` (2) replica MirroredStrategy against one device. ``--speedups xla
+bf16`` also times the MTL step compiled with XLA (``jit_compile``) and under Keras' ``mixed_bfloat16`` policy
+(bfloat16 compute, float32 weights), the two levers a CPU with AVX-512 BF16 may reward.
 Prints a table stating the machine and writes benchmarks/training_results.json (``--output``).
 """
 
@@ -94,6 +96,9 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
     inputs = {k: features[k].astype("int64") for k in model_input_names(heads, masked_words)}
     labels = {k: (v if k == MASKED_WORDS else v.astype("int64")) for k, v in labels.items()}
     return (inputs, labels, weights), int(words.sum())
+
+
+SPEEDUPS = ("xla", "bf16")
 
 
 def mixed_rows(tasks: Sequence[Task], batch_size: int, seed: int = 0) -> list[Task]:
@@ -178,6 +183,8 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=2,
                     help="MirroredStrategy CPU replicas, compared with one device (the profiles train on 1 on CPU)")
     ap.add_argument("--models", nargs="+", help="only these: mtl and/or head names (default: mtl and every head)")
+    ap.add_argument("--speedups", nargs="*", choices=SPEEDUPS, default=[],
+                    help="also time the MTL step with XLA (xla) and/or mixed bfloat16 (bf16)")
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--output", type=Path, default=default_output("training"))
     ns = ap.parse_args()
@@ -191,6 +198,7 @@ def main() -> int:
     from mtnlp.model import devices
 
     devices.configure_cpu_replicas(replicas)  # before TensorFlow initializes its devices
+    import keras
     import tensorflow as tf
 
     machine = Machine()
@@ -212,13 +220,24 @@ def main() -> int:
     runs = [(name, main_strategy) for name in models]
     if mirrored and "mtl" in models:
         runs.append(("mtl_one_device", single))
+    runs += [(f"mtl_{speedup}", single) for speedup in ns.speedups]
     for name, strategy in runs:
-        model_heads, row_tasks = models[name.removesuffix("_one_device")]
+        speedup = name.removeprefix("mtl_") if name.removeprefix("mtl_") in SPEEDUPS else None
+        model_heads, row_tasks = models["mtl" if speedup else name.removesuffix("_one_device")]
         batch, words = synthetic_batch(model_heads, row_tasks, ns.length, ns.target_length,
                                        masked_words=config.training.masked_word_share > 0)
         padded = batch[0]["token_ids"].shape[1]
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if speedup == "bf16" else "float32")
         model = build_training_model(model_heads, config, strategy)
-        times = step_seconds(model, batch, ns.steps, ns.warmup)
+        model.jit_compile = speedup == "xla"
+        try:
+            times = step_seconds(model, batch, ns.steps, ns.warmup)
+        except Exception as e:  # noqa: BLE001 - a lever the model cannot take is a finding, not a crash
+            print(f"  {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            results[name] = {"failed": f"{type(e).__name__}: {str(e)[:2000]}"}
+            continue
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
         median, flops = statistics.median(times), encoder_flops(ns.batch_size, padded, config.model)
         results[name] = {
             "heads": [h.name for h in model_heads], "replicas": strategy.num_replicas_in_sync,
@@ -231,7 +250,13 @@ def main() -> int:
         print(f"  {name}: {median * 1e3:.1f} ms per step", flush=True)
         del model
 
-    summary = {}
+    failed = {name: r for name, r in results.items() if "failed" in r}
+    results = {name: r for name, r in results.items() if "failed" not in r}
+    summary = {f"{name}_failed": r["failed"] for name, r in failed.items()}
+    reference = results.get("mtl_one_device") or results.get("mtl")  # float32 on one device
+    for speedup in ns.speedups:
+        if f"mtl_{speedup}" in results and reference:
+            summary[f"{speedup}_over_float32_step_time"] = results[f"mtl_{speedup}"]["step_ms_median"] / reference["step_ms_median"]
     if "mtl_one_device" in results:
         summary["mirrored_over_one_device_step_time"] = (results["mtl"]["step_ms_median"]
                                                          / results["mtl_one_device"]["step_ms_median"])  # fmt: skip
@@ -246,17 +271,22 @@ def main() -> int:
              f"{r['fraction_of_matmul_peak']:.1%}"] for name, r in results.items()]  # fmt: skip
     print(table(["model", "replicas", "params", "step ms", "mean ms", "ex/s", "tokens/s", "enc GFLOP/s", "of peak"],
                 rows))
-    first = next(iter(results.values()))
+    first = next(iter(results.values()))  # the baseline runs first and does not fail
     print(f"encoder: {first['encoder_gflop_per_step']:.2f} GFLOP per step (fwd+bwd, T={first['padded_length']}); "
           f"matmul peak {peak['gflops_best']:.1f} GFLOP/s ({peak['size']}x{peak['size']} float32, best of "
           f"{peak['repeats']}; median {peak['gflops_median']:.1f})")
-    if summary:
+    if "mirrored_over_one_device_step_time" in summary:
         print(f"MirroredStrategy ({replicas} CPU replicas) step time / one device: "
               f"{summary['mirrored_over_one_device_step_time']:.2f}x (MTL)")
+    for speedup in ns.speedups:
+        if f"{speedup}_over_float32_step_time" in summary:
+            print(f"{speedup} step time / float32 one device: {summary[f'{speedup}_over_float32_step_time']:.2f}x (MTL)")
+        else:
+            print(f"{speedup}: failed: {summary.get(f'mtl_{speedup}_failed', 'not run')[:300]}")
     write_json(ns.output, machine, {
         "profile": ns.profile, "model_config": dataclasses.asdict(config.model),
         "settings": {"batch_size": ns.batch_size, "length": ns.length, "target_length": ns.target_length,
-                     "steps": ns.steps, "warmup": max(1, ns.warmup), "replicas": replicas,
+                     "steps": ns.steps, "warmup": max(1, ns.warmup), "replicas": replicas, "speedups": ns.speedups,
                      "vocabulary_size": VOCABULARY_SIZE, "target_vocabulary_size": TARGET_VOCABULARY_SIZE},
         "matmul_peak": peak, "models": results, "summary": summary,
     })  # fmt: skip

@@ -68,9 +68,11 @@ def test_the_inference_benchmark_names_the_command_that_makes_a_workdir(tmp_path
 @pytest.mark.slow
 def test_training_benchmark(tmp_path):
     output = tmp_path / "training.json"
-    document = ran(run_benchmark("training.py", "--quick", "--models", "mtl", "sentiment", "--output", str(output)),
-                   output)  # fmt: skip
-    assert set(document["models"]) == {"mtl", "sentiment", "mtl_one_device"}
+    document = ran(run_benchmark("training.py", "--quick", "--models", "mtl", "sentiment", "--speedups", "xla", "bf16",
+                                 "--output", str(output)), output)  # fmt: skip
+    assert {"mtl", "sentiment", "mtl_one_device"} <= set(document["models"])
+    for speedup in ("xla", "bf16"):  # each measured, or its failure recorded
+        assert (f"{speedup}_over_float32_step_time" in document["summary"]) != (f"mtl_{speedup}_failed" in document["summary"])
     for figures in document["models"].values():
         for key in ("step_ms_median", "examples_per_s", "tokens_per_s", "encoder_gflops_achieved",
                     "fraction_of_matmul_peak"):  # fmt: skip
