@@ -35,7 +35,7 @@ def run_with_raw_text(tmp_path_factory):
         "".join(f"The {RAW_WORD} number {i} glimmered quietly.\n" for i in range(RECORDS)), encoding="utf-8")
     workdir = root / "workdir"
     result = run_cli("run", "--profile", "quick", "--data", str(data), "--workdir", str(workdir),
-                     "--train-steps", "20", "--set", "training.masked_word_share=0.5",
+                     "--train-steps", "20", "--tasks", "sentiment", "unlabeled", "--set", "training.masked_word_share=0.5",
                      "--set", "gates.sentiment.lower_bound=0", timeout=900)  # fmt: skip
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return workdir, result.stdout + result.stderr
