@@ -120,9 +120,13 @@ def file_format(path: str) -> str:
                      "one text per line), optionally .gz compressed")  # fmt: skip
 
 
-def text_only_field(task: Task) -> Field | None:
-    """The task's one field when it is a text (a plain-text line is then a record), else None."""
-    return task.fields[0] if len(task.fields) == 1 and task.fields[0].kind is FieldKind.TEXT else None
+def plain_text_record(line: str, task: Task) -> str:
+    """The JSON Lines record of one plain-text line of ``task``'s data, for a task whose only field is a text;
+    raises ``RecordError`` for any other task."""
+    if len(task.fields) != 1 or task.fields[0].kind is not FieldKind.TEXT:
+        raise RecordError(f"task {task.name!r} reads JSON Lines records ({', '.join(f.name for f in task.fields)}); "
+                          "plain text files are for tasks whose only field is a text, such as unlabeled")  # fmt: skip
+    return json.dumps({task.fields[0].name: line.rstrip("\r\n")}, ensure_ascii=False)
 
 
 def bytes_to_example(raw_line: bytes, task: Task, fmt: str = JSON_LINES) -> "tf.train.Example":
@@ -133,9 +137,5 @@ def bytes_to_example(raw_line: bytes, task: Task, fmt: str = JSON_LINES) -> "tf.
     except UnicodeDecodeError as e:
         raise RecordError(f"invalid UTF-8 at byte {e.start}") from None
     if fmt == PLAIN_TEXT:
-        field = text_only_field(task)
-        if field is None:
-            raise RecordError(f"task {task.name!r} reads JSON Lines records ({', '.join(f.name for f in task.fields)}); "
-                              "plain text files are for tasks whose only field is a text, such as unlabeled")  # fmt: skip
-        line = json.dumps({field.name: line.rstrip("\r\n")}, ensure_ascii=False)
+        line = plain_text_record(line, task)
     return record_to_example(line, task)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 
 from mtnlp.components.jsonl_example_gen.layout import SPANS_DIR, next_span
-from mtnlp.model.records import JSON_LINES, PLAIN_TEXT, RecordError, bytes_to_example, text_only_field
+from mtnlp.model.records import JSON_LINES, PLAIN_TEXT, RecordError, bytes_to_example, plain_text_record
 from mtnlp.model.tasks import Task, get_task, registered_tasks
 
 MAX_ERRORS_SHOWN = 10
@@ -47,19 +46,20 @@ def resolve_task(name: str) -> Task:
 def _check(path: str, task: Task) -> tuple[list[str], list[str]]:
     """(every record line, an error per malformed one). Lines stay raw so that a forced add keeps them; a
     plain-text file (``.txt``, raw text for a task whose only field is a text) becomes JSON Lines records."""
-    fmt = PLAIN_TEXT if path.endswith(PLAIN_TEXT) else JSON_LINES
-    field = text_only_field(task)
+    plain = path.endswith(PLAIN_TEXT)  # any other name is read as JSON Lines, as before
     lines, errors = [], []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
             try:
-                bytes_to_example(raw, task, fmt)
+                bytes_to_example(raw, task, PLAIN_TEXT if plain else JSON_LINES)
+                if plain:
+                    line = plain_text_record(line, task)
             except RecordError as e:
                 errors.append(f"{path}:{number}: {e}")
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            lines.append(json.dumps({field.name: line}, ensure_ascii=False) if fmt == PLAIN_TEXT and field else line)
+            lines.append(line)
     return lines, errors
 
 
