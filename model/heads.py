@@ -26,7 +26,7 @@ the methods that need them, so reading the registry stays light (ingest checks, 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class HeadSettings:
         dropout: dropout before a classifier head's output layer.
         decoder: the sequence heads' decoder settings (``vocabulary_sizes``, ``max_length``, ``layers``,
             ``num_heads``, ``intermediate_dim``, ``dropout``, ``tie_embeddings``).
+        ranking_loss_heads: the heads trained with the pairwise ranking loss (``Head.ranks``), whose none
+            class's logit is the constant 0.
     """
 
     layer_outputs: Sequence[Any]
@@ -62,6 +64,7 @@ class HeadSettings:
     head_layers: Mapping[str, int] | None
     dropout: float
     decoder: Mapping[str, Any]
+    ranking_loss_heads: Collection[str] = ()
 
     def layer_for(self, head_name: str) -> Any:
         from mtnlp.model.network import encoder_layer_index
@@ -79,12 +82,16 @@ class Head:
         labels: the label set (empty for generated text).
         metrics: the metric names computed for it (``model/scoring.py``); the first is its primary
             metric, used for blessing and reported first.
+        none_label: the label that means "none of the others" (relation's ``Other``), if the label set
+            has one: such a head may be trained with the pairwise ranking loss (``ranks``), which does
+            not score that class.
     """
 
     name: str
     label_field: str
     labels: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    none_label: str | None = None
 
     kind: ClassVar[str] = ""
     # The field kinds (``tasks.FieldKind`` values) its label field may have.
@@ -123,6 +130,8 @@ class Head:
                              f"it needs one of: {', '.join(self.label_field_kinds)}")  # fmt: skip
         if not self.metrics:
             raise ValueError(f"head {self.name!r} declares no metrics")
+        if self.none_label is not None and self.none_label not in self.labels:
+            raise ValueError(f"head {self.name!r}: its none_label {self.none_label!r} is not one of its labels")
 
     # -- Transform ---------------------------------------------------------------------------------
     def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: Mapping[str, Any]) -> dict:
@@ -147,21 +156,49 @@ class Head:
         """The size of a generated vocabulary (None: the head predicts from ``labels``)."""
         return None
 
+    def ranks(self, ranking_loss_heads: Collection[str] | None) -> bool:
+        """Whether the head is trained with CR-CNN's pairwise ranking loss (``training.ranking_loss_heads``
+        names it): its none class's logit is then the constant 0 and its loss ``PairwiseRankingLoss``.
+
+        Raises ValueError when it is named but declares no ``none_label`` (the loss needs a class to
+        leave unscored; the settings refuse this earlier, this guards direct callers)."""
+        if self.name not in (ranking_loss_heads or ()):
+            return False
+        if self.none_label is None:
+            raise ValueError(f"head {self.name!r} has no none_label: the pairwise ranking loss needs a none class")
+        return True
+
     def build(self, settings: HeadSettings) -> "keras.KerasTensor":
-        """The head's logits: [B, C] for one label per example, [B, T, C] per word."""
+        """The head's logits: [B, C] for one label per example, [B, T, C] per word; with the ranking loss
+        (``ranks``) the none class's logit is 0 (``NoneClassDense``, the same weights as ``Dense``)."""
         import keras
 
         features = self.features(settings)
         features = keras.layers.Dropout(settings.dropout, name=f"{self.name}_dropout")(features)
+        if self.ranks(settings.ranking_loss_heads):
+            from mtnlp.model.layers import NoneClassDense
+
+            # in the model rather than in the loss, so that the served argmax and softmax follow CR-CNN's rule
+            return NoneClassDense(self.num_labels, self.labels.index(self.none_label), name=self.name)(features)
         return keras.layers.Dense(self.num_labels, name=self.name)(features)
 
     def features(self, settings: HeadSettings) -> "keras.KerasTensor":
         raise NotImplementedError
 
     def loss(self, training: Mapping[str, Any]) -> "keras.losses.Loss":
-        """Cross-entropy averaged over the examples (words) that carry this head's label."""
+        """Cross-entropy averaged over the examples (words) that carry this head's label, or, when
+        ``training["ranking_loss_heads"]`` names the head, CR-CNN's pairwise ranking loss (averaged the same way).
+
+        Args:
+            training: ``sequence_label_smoothing`` (float) and ``ranking_loss_heads`` (head names), as
+                ``network.compile_for_heads`` passes them.
+        """
         import keras
 
+        if self.ranks(training.get("ranking_loss_heads")):
+            from mtnlp.model.layers import PairwiseRankingLoss
+
+            return PairwiseRankingLoss(self.labels.index(self.none_label))
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
 
     # -- serving -----------------------------------------------------------------------------------

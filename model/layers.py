@@ -286,6 +286,94 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
+class NoneClassDense(keras.layers.Dense):
+    """A classifier's output layer whose logit for its "none" class (relation's ``Other``) is the constant 0.
+
+    CR-CNN's prediction rule (dos Santos, Xiang and Zhou 2015): the none class is not a class of its own
+    to score but what is left when no other class scores above 0. With its logit fixed at 0 in the graph,
+    the served argmax is that rule and the served probabilities stay a softmax over every label. Trained
+    with ``PairwiseRankingLoss``, which never scores the none class.
+
+    It is a ``Dense`` layer with ``Dense``'s weights (kernel [D, C], bias [C]; the none class's column is
+    computed, then replaced, and gets no gradient), so it warm-starts from, and into, a model trained
+    without the ranking loss.
+
+    Args:
+        units: the number of classes C.
+        none_index: the none class, in 0..C-1.
+        **kwargs: ``Dense``'s.
+
+    Call args: inputs [..., D]. Returns logits [..., C], 0 at [..., none_index].
+    """
+
+    def __init__(self, units: int, none_index: int, **kwargs):
+        super().__init__(units, **kwargs)
+        if not 0 <= none_index < units:
+            raise ValueError(f"none_index {none_index} is not one of the {units} classes")
+        self.none_index = none_index
+
+    def call(self, inputs, training=None):
+        logits = super().call(inputs, training=training)
+        is_none = ops.equal(ops.arange(self.units), self.none_index)  # [C], broadcast over the leading axes
+        return ops.where(is_none, ops.zeros_like(logits), logits)
+
+    def get_config(self):
+        return {**super().get_config(), "none_index": self.none_index}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class PairwiseRankingLoss(keras.losses.Loss):
+    """CR-CNN's pairwise ranking loss (dos Santos, Xiang and Zhou 2015, "Classifying Relations by Ranking
+    with Convolutional Neural Networks"): push the gold class's score above ``margin_positive`` and the
+    best wrong class's score below ``-margin_negative``, for a classifier with a "none" class.
+
+    For an example with logits s and gold class y+ other than the none class::
+
+        log(1 + exp(gamma * (margin_positive - s[y+]))) + log(1 + exp(gamma * (margin_negative + s[c-])))
+
+    where c- is the highest-scoring class other than y+ and other than the none class; for a none-class
+    example only the second term, c- the highest-scoring class other than the none class. The none class
+    is never scored (its logit is the constant 0: ``NoneClassDense``), so the model learns to predict it by
+    scoring every other class below 0. Only the best wrong class is penalized, as in the paper.
+
+    Args:
+        none_index: the none class (None: every class is a real one and every example has both terms).
+        gamma: the scaling factor that magnifies the error (the paper's 2).
+        margin_positive, margin_negative: the margins m+ and m- (the paper's 2.5 and 0.5).
+        reduction, name: ``keras.losses.Loss``'s; the default averages over the sample weights (0 for
+            examples of other tasks), as the heads' cross-entropy does.
+
+    y_true int [...], y_pred logits [..., C]. Returns the per-example values [...]; Keras applies the
+    sample weights and the reduction.
+    """
+
+    def __init__(self, none_index: int | None, gamma: float = 2.0, margin_positive: float = 2.5,
+                 margin_negative: float = 0.5, reduction="mean_with_sample_weight", name="pairwise_ranking"):  # fmt: skip
+        super().__init__(reduction=reduction, name=name)
+        self.none_index, self.gamma = none_index, gamma
+        self.margin_positive, self.margin_negative = margin_positive, margin_negative
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "int32")
+        classes = ops.arange(ops.shape(y_pred)[-1], dtype="int32")
+        is_gold = ops.equal(ops.expand_dims(y_true, -1), classes)  # [..., C]
+        is_none = ops.equal(classes, -1 if self.none_index is None else self.none_index)  # [C]
+        gold_score = ops.sum(ops.where(is_gold, y_pred, 0.0), axis=-1)
+        # a large finite score rather than -inf for the excluded classes: with no class left (two classes,
+        # one of them none) the term is softplus(-2e9) = 0 with a zero gradient, not a NaN
+        best_wrong = ops.max(ops.where(ops.logical_or(is_gold, is_none), -1e9, y_pred), axis=-1)
+        positive = ops.softplus(self.gamma * (self.margin_positive - gold_score))
+        if self.none_index is not None:  # a none-class example has no score to push up
+            positive = ops.where(ops.equal(y_true, self.none_index), 0.0, positive)
+        return positive + ops.softplus(self.gamma * (self.margin_negative + best_wrong))
+
+    def get_config(self):
+        return {**super().get_config(), "none_index": self.none_index, "gamma": self.gamma,
+                "margin_positive": self.margin_positive, "margin_negative": self.margin_negative}  # fmt: skip
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
 class TaskUncertainty(keras.layers.Layer):
     """Learned homoscedastic task uncertainty (Kendall, Gal and Cipolla, 2018): one log-variance
     ``s = log sigma^2`` per head, used by ``UncertaintyWeightedLoss``.

@@ -10,7 +10,8 @@ import keras_hub
 from mtnlp.model import text
 from mtnlp.model.heads import Head, HeadSettings
 from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS, SETTING as BACKBONE_SETTING
-from mtnlp.model.layers import FirstPieceGather, MaskedWordLoss, PrecomputedLoss, TaskUncertainty, UncertaintyWeightedLoss
+from mtnlp.model.layers import (FirstPieceGather, MaskedWordLoss, NoneClassDense, PrecomputedLoss, TaskUncertainty,
+                                UncertaintyWeightedLoss)
 from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SUBWORD_INPUTS
 
 ENCODER_OUTPUT = "encoder_output"
@@ -81,6 +82,7 @@ def build_model(
     tie_decoder_embeddings: bool = False,
     masked_words: bool = False,
     backbone_preset: str | None = None,
+    ranking_loss_heads: Sequence[str] | None = None,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -107,6 +109,10 @@ def build_model(
     ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
     ``max_length``, ``num_layers``, ``subword_buckets`` and ``subword_features`` are unused, and
     ``head_layers`` and ``masked_words`` are refused.
+
+    ``ranking_loss_heads`` names the heads to be trained with the pairwise ranking loss
+    (``compile_for_heads(ranking_loss_heads=...)``, the same names): each must have a ``none_label``,
+    whose logit is then the constant 0 (``NoneClassDense``, the same weights as the plain head's).
     """
     decoder = {"vocabulary_sizes": target_vocabulary_sizes or {}, "max_length": max_target_length,
                "layers": decoder_layers, "num_heads": num_heads, "intermediate_dim": intermediate_dim,
@@ -119,7 +125,7 @@ def build_model(
         inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, backbone=True)}
         x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout)
         return _with_heads(heads, inputs, keras.ops.greater(inputs[FIRST_PIECE], 0), [x], None, head_dropout, decoder,
-                           uncertainty_weighting, None)  # fmt: skip
+                           uncertainty_weighting, None, ranking_loss_heads)  # fmt: skip
     inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
@@ -143,11 +149,12 @@ def build_model(
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)
     return _with_heads(heads, inputs, padding_mask, layer_outputs, head_layers, head_dropout, decoder,
-                       uncertainty_weighting, vocabulary_size if masked_words else None)  # fmt: skip
+                       uncertainty_weighting, vocabulary_size if masked_words else None, ranking_loss_heads)  # fmt: skip
 
 
 def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs: list, head_layers, head_dropout: float,
-                decoder: dict, uncertainty_weighting: bool, masked_word_vocabulary: int | None) -> keras.Model:  # fmt: skip
+                decoder: dict, uncertainty_weighting: bool, masked_word_vocabulary: int | None,
+                ranking_loss_heads: Sequence[str] | None) -> keras.Model:  # fmt: skip
     """The model from its encoder (each layer's output [B, T, D], bottom first): uncertainty weighting,
     the named encoder output, the heads and, with ``masked_word_vocabulary``, the masked-word loss."""
     x = layer_outputs[-1]
@@ -158,7 +165,8 @@ def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs
     x = layer_outputs[-1] = keras.layers.Identity(name=ENCODER_OUTPUT)(x)
 
     settings = HeadSettings(layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs,
-                            head_layers=head_layers, dropout=head_dropout, decoder=decoder)  # fmt: skip
+                            head_layers=head_layers, dropout=head_dropout, decoder=decoder,
+                            ranking_loss_heads=tuple(ranking_loss_heads or ()))  # fmt: skip
     outputs = {}
     if masked_word_vocabulary is not None:
         outputs[MASKED_WORDS] = MaskedWordLoss(masked_word_vocabulary, name=MASKED_WORDS)(layer_outputs[-1],
@@ -202,11 +210,15 @@ def compile_for_heads(
     sequence_label_smoothing: float = 0.0,
     loss_weighting: str = "fixed",
     loss_weights: Mapping[str, float] | None = None,
+    ranking_loss_heads: Sequence[str] | None = None,
 ) -> None:
     """Per-head sparse cross-entropy, each averaged over the examples (or words) that carry its label.
 
     Sequence heads may use label smoothing (``sequence_label_smoothing``): the decoder then does not
-    grow over-confident on the few thousand sentence pairs it sees.
+    grow over-confident on the few thousand sentence pairs it sees. The heads named in
+    ``ranking_loss_heads`` (each with a none class) get CR-CNN's pairwise ranking loss instead
+    (``PairwiseRankingLoss``); the model must have been built with the same names (``build_model``), so
+    that their none class's logit is the constant 0 the loss assumes.
 
     The sample weights (``<head>_weight`` from Transform) are 0 for examples of other tasks and for
     padding, so a head learns only from its own labels; ``mean_with_sample_weight`` divides by the
@@ -217,7 +229,13 @@ def compile_for_heads(
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
-    losses = {h.name: h.loss({"sequence_label_smoothing": sequence_label_smoothing}) for h in heads}
+    for h in heads:  # a ranked head's none logit must be 0 in the model too, or training and serving disagree
+        if h.ranks(ranking_loss_heads) and not isinstance(model.get_layer(h.name), NoneClassDense):
+            raise ValueError(f"compile_for_heads(ranking_loss_heads=...) names {h.name!r}, but the model was built "
+                             "without it: pass the same ranking_loss_heads to build_model")  # fmt: skip
+    training = {"sequence_label_smoothing": sequence_label_smoothing,
+                "ranking_loss_heads": tuple(ranking_loss_heads or ())}  # fmt: skip
+    losses = {h.name: h.loss(training) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}

@@ -153,7 +153,10 @@ RELATION = Task(
         Field("relation", FieldKind.LABEL, labels=SEMEVAL_RELATIONS),
     ),
     heads=(
-        EntityPairHead("relation", "relation", SEMEVAL_RELATIONS, metrics=("semeval_macro_f1", "accuracy")),
+        # "Other" is SemEval's "none of the nine relations" (left out of its macro-F1): the class the
+        # pairwise ranking loss (training.ranking_loss_heads) does not score
+        EntityPairHead("relation", "relation", SEMEVAL_RELATIONS, metrics=("semeval_macro_f1", "accuracy"),
+                       none_label="Other"),
     ),
 )  # fmt: skip
 

@@ -100,12 +100,14 @@ def build_training_model(
 ) -> keras.Model:
     """The model compiled with the project's loss and optimizer (AdamW; warmup then cosine decay over
     ``steps``). Call it inside the distribution strategy's scope."""
+    ranking_loss_heads = training.get("ranking_loss_heads")  # both the model (its none logits) and the loss
     model = build_model(
         heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
         target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
         uncertainty_weighting=training["loss_weighting"] == "uncertainty",
         subword_buckets=transform_config["subword_buckets"], masked_words=masked_word_objective(training, transform_config),
-        backbone_preset=transform_config.get("backbone_preset"), **model_config,
+        backbone_preset=transform_config.get("backbone_preset"), ranking_loss_heads=ranking_loss_heads,
+        **model_config,
     )  # fmt: skip
     warmup_steps = int(steps * training["warmup_fraction"])
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -116,6 +118,7 @@ def build_training_model(
         model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
         sequence_label_smoothing=training["sequence_label_smoothing"],
         loss_weighting=training["loss_weighting"], loss_weights=training.get("loss_weights"),
+        ranking_loss_heads=ranking_loss_heads,
     )  # fmt: skip
     return model
 
@@ -197,8 +200,9 @@ def train_model(
         callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix),
                    *([KeepBestWeights([h.name for h in heads], log_prefix)] if training["keep_best"] else [])],
     )
+    # a callback may stop training early (the studies' early stopping and time budget)
     history = [
         {"step": (epoch + 1) * steps_per_epoch, **{k: float(v[epoch]) for k, v in fitted.history.items()}}
-        for epoch in range(epochs)
+        for epoch in range(len(fitted.history.get("loss", [])))
     ]
-    return TrainedModel(model, history, steps_per_epoch * epochs, time.time() - start, report)
+    return TrainedModel(model, history, int(model.optimizer.iterations.numpy()), time.time() - start, report)

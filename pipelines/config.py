@@ -83,6 +83,12 @@ class TrainingConfig:
     # Label smoothing of sequence heads' (translation) cross-entropy; 0 turns it off. Off: on the quick
     # profile 0.1 gave BLEU 0.012 against 0.014 without (one run each, within noise; no gain).
     sequence_label_smoothing: float = 0.0
+    # Heads trained with CR-CNN's pairwise ranking loss (dos Santos et al. 2015, model/layers.py) instead of
+    # cross-entropy; only heads with a none class (relation's "Other"). A training choice that also fixes the
+    # model's none-class logit at 0 (served: "Other" exactly when no relation scores above 0), so this one
+    # setting reaches both build_model and compile_for_heads (model/training.py). None: cross-entropy for all;
+    # the default until the loss is measured against it on this data.
+    ranking_loss_heads: tuple[str, ...] | None = None
     # The masked-word objective (model/dataset.py): the share of training examples drawn for it from
     # every task's text (0: off) and the share of their words masked. Off: at 0.2 it cost NER 0.032,
     # relation 0.029 and BLEU 0.046 on the full profile (2026-12-03) and NER 0.023 on both ablation seeds.
@@ -138,6 +144,7 @@ class PipelineConfig:
         except KeyError as e:  # it names the known tasks
             raise ValueError(f"tasks: {e.args[0]}") from None
         for what, names in (("gates", self.gates), ("training.loss_weights", self.training.loss_weights or {}),
+                            ("training.ranking_loss_heads", self.training.ranking_loss_heads or ()),
                             ("model.head_layers", self.model.head_layers or {})):  # fmt: skip
             for name in names:
                 try:
@@ -145,6 +152,12 @@ class PipelineConfig:
                 except KeyError:
                     raise ValueError(f"{what} names head {name!r}, which no task has; heads: "
                                      f"{', '.join(h.name for h in all_heads())}") from None
+        # the ranking loss leaves the head's none class unscored: a head without one cannot have it
+        without_none = [n for n in self.training.ranking_loss_heads or () if get_head(n).none_label is None]
+        if without_none:
+            raise ValueError(f"training.ranking_loss_heads names head {without_none[0]!r}, which has no none class "
+                             f"(none_label) for the pairwise ranking loss; heads with one: "
+                             f"{', '.join(h.name for h in all_heads() if h.none_label) or 'none'}")  # fmt: skip
         if self.transform.backbone_preset and self.model.head_layers:
             raise ValueError(f"model.head_layers ({self.model.head_layers}) cannot be combined with "
                              f"transform.backbone_preset ({self.transform.backbone_preset!r}): every head reads the "

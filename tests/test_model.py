@@ -12,11 +12,12 @@ import pytest
 import tensorflow as tf
 
 from mtnlp.model import text
-from mtnlp.model.layers import EntityBoundaryPooling, MaskedMeanPooling, SequenceDecoder, SmoothedSparseCrossentropy
+from mtnlp.model.layers import (EntityBoundaryPooling, MaskedMeanPooling, NoneClassDense, PairwiseRankingLoss, SequenceDecoder,
+                                SmoothedSparseCrossentropy)
 from mtnlp.model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
                            compile_for_heads, inference_model)
 from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
-from mtnlp.model.tasks import TRANSLATION, all_heads
+from mtnlp.model.tasks import RELATION, TRANSLATION, all_heads
 
 HEADS = all_heads()
 TARGET_VOCABULARY = 30
@@ -24,6 +25,7 @@ SIZES = dict(vocabulary_size=50, max_length=16, embedding_dim=16, num_layers=1, 
              intermediate_dim=32, dropout=0.0, target_vocabulary_sizes={"translation": TARGET_VOCABULARY},
              max_target_length=5, subword_buckets=100)  # fmt: skip
 TRANSLATION_HEAD = TRANSLATION.heads[0]
+RELATION_HEAD = RELATION.heads[0]
 
 
 def batch(batch_size=4, length=6, seed=0):
@@ -361,3 +363,91 @@ def test_uncertainty_layer_is_part_of_a_model_without_a_decoder():
     heads = [h for h in HEADS if h.kind != "sequence"]
     model = build_model(heads, uncertainty_weighting=True, **SIZES)
     assert model.get_layer(TASK_UNCERTAINTY).head_names == tuple(h.name for h in heads)
+
+
+# ----- CR-CNN's pairwise ranking loss (training.ranking_loss_heads) ---------------------------------------------------
+def test_pairwise_ranking_loss_by_hand():
+    def softplus(x):
+        return float(np.log1p(np.exp(x)))
+
+    # four classes, class 0 is the none class; gamma 2, m+ 2.5, m- 0.5
+    logits = np.array([[3.0, 1.0, 0.5, -1.0],   # gold 2: s+ = 0.5; c- = class 1 (1.0), not the none class's 3.0
+                       [0.0, -0.2, -1.5, 0.3],  # gold none: no first term; c- = class 3 (0.3)
+                       [0.0, 5.0, -5.0, -5.0]],  # gold 3, weight 0: a large loss that must not count
+                      "float32")  # fmt: skip
+    labels, weights = np.array([2, 0, 3]), np.array([1.0, 1.0, 0.0], "float32")
+    first = softplus(2 * (2.5 - 0.5)) + softplus(2 * (0.5 + 1.0))
+    second = softplus(2 * (0.5 + 0.3))
+    loss = PairwiseRankingLoss(none_index=0)
+    per_example = loss.call(labels, logits).numpy()
+    np.testing.assert_allclose(per_example[:2], [first, second], rtol=1e-6)
+    assert per_example[2] > 20
+    assert float(loss(labels, logits, sample_weight=weights)) == pytest.approx((first + second) / 2, rel=1e-6)
+    # without a none class every example has both terms (class 0 is then a real class)
+    assert float(PairwiseRankingLoss(none_index=None).call(labels, logits)[1]) == pytest.approx(
+        softplus(2 * (2.5 - 0.0)) + softplus(2 * (0.5 + 0.3)), rel=1e-6)
+    restored = PairwiseRankingLoss.from_config(PairwiseRankingLoss(0, gamma=1.0, margin_positive=2.0, margin_negative=0.25).get_config())
+    assert (restored.none_index, restored.gamma, restored.margin_positive, restored.margin_negative) == (0, 1.0, 2.0, 0.25)
+
+
+def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_weights(tmp_path):
+    none = RELATION_HEAD.labels.index(RELATION_HEAD.none_label)
+    keras.utils.set_random_seed(2)
+    plain = build_model(HEADS, **SIZES)
+    ranked = build_model(HEADS, ranking_loss_heads=("relation",), **SIZES)
+    inputs, _, _ = batch()
+    assert RELATION_HEAD.none_label == "Other" and none == 0
+    assert np.all(ranked(inputs)["relation"].numpy()[:, none] == 0)
+    assert np.all(plain(inputs)["relation"].numpy()[:, none] != 0)
+    # the same weights as the plain head (warm starts and checkpoints load either way): the other logits are the plain ones
+    ranked.set_weights(plain.get_weights())
+    np.testing.assert_allclose(np.delete(ranked(inputs)["relation"].numpy(), none, axis=1),
+                               np.delete(plain(inputs)["relation"].numpy(), none, axis=1), rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_array_equal(ranked(inputs)["sentiment"], plain(inputs)["sentiment"])
+    # the saved model (what a warm start reads) keeps the rule
+    ranked.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert isinstance(loaded.get_layer("relation"), NoneClassDense)
+    np.testing.assert_allclose(loaded(inputs)["relation"], ranked(inputs)["relation"], rtol=1e-6)
+    # a head without a none class cannot have the loss, and the model and the loss must agree
+    with pytest.raises(ValueError, match="'sentiment' has no none_label"):
+        build_model(HEADS, ranking_loss_heads=("sentiment",), **SIZES)
+    with pytest.raises(ValueError, match="the model was built without it"):
+        compile_for_heads(plain, HEADS, keras.optimizers.SGD(0.1), ranking_loss_heads=("relation",))
+
+
+def test_a_model_with_the_ranking_loss_trains_a_few_steps():
+    keras.utils.set_random_seed(3)
+    model = build_model([RELATION_HEAD], ranking_loss_heads=("relation",), **SIZES)
+    compile_for_heads(model, [RELATION_HEAD], keras.optimizers.SGD(0.05), ranking_loss_heads=("relation",))
+    inputs, _, _ = batch()
+    inputs = {k: v for k, v in inputs.items() if k in model.input}
+    labels = {"relation": np.array([0, 3, 5, 0])}  # two "Other" examples
+    weights = {"relation": np.array([1.0, 1.0, 1.0, 0.0], "float32")}  # the last row is another task's
+    first = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)["loss"]  # one head: its loss
+    # the compiled loss is the ranking loss, averaged over the relation rows only
+    expected = PairwiseRankingLoss(0)(labels["relation"], model(inputs)["relation"], sample_weight=weights["relation"])
+    assert first == pytest.approx(float(expected), rel=1e-5)
+    for _ in range(6):
+        model.train_on_batch(inputs, labels, sample_weight=weights)
+    assert model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)["loss"] < first
+    assert np.all(model(inputs)["relation"].numpy()[:, 0] == 0)
+
+
+@pytest.mark.parametrize("assignments", [[], ["training.ranking_loss_heads=[relation]"]])
+def test_the_trainers_model_takes_the_ranking_loss_from_the_setting(assignments):
+    import dataclasses
+
+    from mtnlp.model.training import build_training_model
+    from mtnlp.pipelines.settings import effective_config
+
+    config = effective_config("quick", assignments=assignments)
+    sizes = {k: SIZES[k] for k in ("embedding_dim", "num_layers", "num_heads", "intermediate_dim", "dropout")}
+    transform = {**dataclasses.asdict(config.transform), "max_length": 16, "max_target_length": 5, "subword_buckets": 100}
+    model = build_training_model(HEADS, SIZES["vocabulary_size"], {"translation": TARGET_VOCABULARY},
+                                 {**dataclasses.asdict(config.model), **sizes}, dataclasses.asdict(config.training),
+                                 transform, steps=10)  # fmt: skip
+    ranked = bool(assignments)
+    assert isinstance(model.get_layer("relation"), NoneClassDense) == ranked
+    assert isinstance(model.loss["relation"], PairwiseRankingLoss) == ranked
+    assert not isinstance(model.loss["sentiment"], PairwiseRankingLoss)

@@ -56,6 +56,19 @@ def test_mappings_merge_key_by_key():
     assert effective_config("quick", assignments=["training.loss_weights=null"]).training.loss_weights is None
 
 
+@pytest.mark.parametrize("text", ["relation", "[relation]"])
+def test_ranking_loss_heads_name_heads_with_a_none_class(text):
+    assert get_config("quick").training.ranking_loss_heads is None  # off by default
+    assert effective_config("quick", assignments=[f"training.ranking_loss_heads={text}"]).training.ranking_loss_heads == (
+        "relation",)
+    with pytest.raises(SettingsError, match=r"training.ranking_loss_heads names head 'relatoin', which no task has; "
+                                            r"heads: pos, ner, sentiment, relation, translation"):
+        effective_config("quick", assignments=["training.ranking_loss_heads=[relatoin]"])
+    with pytest.raises(SettingsError, match=r"training.ranking_loss_heads names head 'sentiment', which has no none "
+                                            r"class \(none_label\) for the pairwise ranking loss; heads with one: relation"):
+        effective_config("quick", assignments=["training.ranking_loss_heads=[relation, sentiment]"])
+
+
 def test_later_settings_win_and_set_comes_after_files(tmp_path):
     settings = tmp_path / "s.yaml"
     settings.write_text("training:\n  learning_rate: 1.0e-4\n  train_steps: 77\nmodel:\n  num_layers: 3\n")

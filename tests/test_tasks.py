@@ -39,6 +39,9 @@ def test_a_field_that_nothing_reads_is_an_error_naming_it():
     (Task("t", TokensInput("tokens"), (Field("tokens", FieldKind.TOKENS),
                                        Field("tags", FieldKind.TOKEN_LABELS, labels=LABELS, aligned_with="tokens")),
           (TokenHead("h", "tags", LABELS, metrics=("accuracy",), decoding="crf"),)), "unknown decoding 'crf'"),
+    (Task("t", TextInput("text"), (Field("text", FieldKind.TEXT), Field("label", FieldKind.LABEL, labels=LABELS)),
+          (SentenceHead("h", "label", LABELS, metrics=("accuracy",), none_label="none"),)),
+     "none_label 'none' is not one of its labels"),
 ])  # fmt: skip
 def test_declarations_the_kinds_cannot_serve_fail_with_the_reason(task, message):
     with pytest.raises(ValueError, match=message):
