@@ -18,10 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     experiment = subparsers.add_parser("experiment", help="run a study on the project's model code")
     studies = experiment.add_subparsers(dest="study", required=True, metavar="STUDY")
     study = studies.add_parser(
-        "mtl-vs-stl", help="multi-task model vs one single-task model per head (report with table and plots)",
-        description="Trains STL models (one per head) and MTL variants with the same encoder and steps per task, "
-                    "several seeds each, scores them through their serving signatures, and writes report.md, "
-                    "results.json and plots. Resumes an interrupted study with the same settings.",
+        "mtl-vs-stl", help="multi-task model vs single-task models, each to convergence (report with tables and plots)",
+        description="Trains STL models (one per head, and one per task with several heads) and MTL variants with "
+                    "the full profile's model, each until its own validation primary metrics stop improving "
+                    "(best point kept, a cap per model), plus the MTL model within the STL models' training time; "
+                    "every configuration with every seed, each model in a process of its own. Scores them through "
+                    "their serving signatures, measures parameters, training time, peak memory and serving latency, "
+                    "and writes report.md, results.json and plots. Resumes an interrupted study with the same settings.",
     )  # fmt: skip
     study.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
     study.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
@@ -30,10 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
     study.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2 3; quick: 1 2)")
     study.add_argument("--steps-per-task", type=int,
-                       help="optimizer steps of each STL model; MTL: this x tasks (default 480; quick: 20)")
-    study.add_argument("--variants", nargs="+", metavar="SAMPLING[=T]:WEIGHTING",
-                       help="MTL variants, e.g. proportional:fixed temperature=2:fixed uniform:fixed "
-                            "temperature=2:uncertainty (the default set)")  # fmt: skip
+                       help="step cap of each STL model (default 3000; quick: 20)")
+    study.add_argument("--mtl-steps", type=int, help="step cap of each MTL model (default 5500, the full profile's)")
+    study.add_argument("--patience", type=int,
+                       help="validation points without improvement before a model stops (default 3; quick: 1)")
+    study.add_argument("--variants", nargs="+", metavar="VARIANT",
+                       help="MTL variants: the pipeline's default (temperature=2:fixed), named ones (masked-words, "
+                            "layered-heads) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
+                            "the first is the equal-compute reference (default: temperature=2:fixed)")  # fmt: skip
+    study.add_argument("--stl-masked-words", action="store_true",
+                       help="also STL models with the masked-word objective on their own task's text")
     study.add_argument("--max-records", type=int,
                        help="records per task and split read at ingest (default: all; quick: 120)")
     study.add_argument("--eval-records", type=int, help="validation records per task scored (default 2000; quick: 60)")
@@ -90,7 +99,8 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     name = "quick" if args.quick else "full"
     config = study_config(
         name, tasks=tuple(args.tasks) if args.tasks else None, seeds=tuple(args.seeds) if args.seeds else None,
-        steps_per_task=args.steps_per_task, variants=variants_from(args.variants),
+        steps_per_task=args.steps_per_task, mtl_steps=args.mtl_steps, patience=args.patience,
+        variants=variants_from(args.variants), stl_masked_words=args.stl_masked_words or None,
         max_records_per_split=args.max_records, eval_records=args.eval_records,
     )  # fmt: skip
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
@@ -101,10 +111,11 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     if not (folders := _study_folders(args, "mtl-vs-stl")):
         return 2
     out, workdir = folders
-    log.warning("MTL vs STL (%s): %d seeds, %d steps per task, report in %s", name, len(config.seeds),
-                config.steps_per_task, out)  # fmt: skip
+    log.warning("MTL vs STL (%s): %d seeds, caps %d steps per STL model and %s per MTL model, report in %s", name,
+                len(config.seeds), config.steps_per_task, config.mtl_steps or "that x tasks", out)  # fmt: skip
     start = time.time()
-    results = run_study(config, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]))
+    results = run_study(config, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]),
+                        verbose=args.verbose)  # fmt: skip
     print(format_table(results["summary"]))
     print(f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}")
     return 0

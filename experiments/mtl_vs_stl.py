@@ -1,88 +1,165 @@
-"""Does multi-task learning pay? The multi-task model (MTL) against one single-task model per head (STL).
+"""Does multi-task learning pay? The multi-task model (MTL) against single-task models (STL), each trained as
+well as this machine allows.
 
 Every model is trained with the project's own code (``model/training.py``: the Trainer's model, optimizer,
 schedule and input pipeline) on the same Transform output (ingest -> validation -> Transform, run once as a
 TFX pipeline), and scored with ``serving/evaluate.py`` through its serving signatures on the same
 validation records, with the pipeline's metrics.
 
-Fair comparison:
-- the same encoder size and training settings for every model;
-- the same number of optimizer steps per task: an STL model trains ``steps_per_task`` steps on its task's
-  examples; an MTL model trains ``steps_per_task`` x (number of tasks) steps on batches that mix the tasks
-  (with uniform sampling each task gets ``steps_per_task`` batches' worth of examples on average);
-- every configuration is trained with each seed; results are mean +- std over seeds.
+The protocol (the ``full`` study):
+- every model trains to convergence: at each validation point its heads are scored through its serving
+  signatures on their own primary metrics (``experiments/convergence.py``); training stops after
+  ``patience`` points without improvement, the best point's weights are kept, and a cap of steps per model
+  bounds the rest (the report states it);
+- STL: one model per head, plus one per task with several heads (pos + ner: tagging); MTL: the pipeline's
+  default and the chosen variants (task sampling, loss weighting, or settings such as the masked-word
+  objective); optionally STL models with the masked-word objective on their own text, which separates
+  *sharing across tasks* from *having an auxiliary loss*;
+- at equal compute: the default MTL model once more, stopped when it has used the wall-clock time that the
+  seed's single-head STL models took together (recorded as the default's run when that one already fits);
+- every configuration with every seed; a head's difference from STL is paired by seed;
+- what each model costs: parameters, training time, peak memory of its process, serving latency of one
+  one-example request per signature it answers with.
 
-The MTL side varies task sampling (proportional, temperature T, uniform) and loss weighting (fixed, or
-learned uncertainty weighting, Kendall et al. 2018). Runs are recorded in ``results.json`` as they finish,
-so an interrupted study resumes where it stopped when started again with the same settings.
+Each model trains and is scored in a process of its own (so its peak memory is its own); runs are recorded
+in ``results.json`` as they finish, so an interrupted study resumes where it stopped when started again with
+the same settings. The ablation (``experiments/ablation.py``) uses the same machinery with fixed steps.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import gc
 import json
 import logging
+import multiprocessing
 import os
 import time
 from typing import Any, Sequence
 
-from mtnlp.pipelines.config import ModelConfig, TrainingConfig
+from mtnlp.pipelines.config import ModelConfig, TrainingConfig, get_config
 
 log = logging.getLogger("mtnlp")
 
 SAMPLINGS = ("proportional", "temperature", "uniform")
 WEIGHTINGS = ("fixed", "uncertainty")
+STL = "STL"
+MASKED_WORDS = ("training.masked_word_share=0.2",)  # the ablation's "masked words" lever
 
 
 @dataclasses.dataclass(frozen=True)
 class MtlVariant:
-    """One multi-task configuration: how batches mix the tasks and how the heads' losses are summed."""
+    """One multi-task configuration: how batches mix the tasks, how the heads' losses are summed, and
+    settings over the study's model and training (as ``mtnlp run --set`` takes them).
+
+    Args:
+        sampling: "proportional", "temperature" or "uniform" (see ``model/dataset.py``).
+        weighting: "fixed" or "uncertainty" (learned loss weights).
+        temperature: T of temperature sampling.
+        settings: ``section.key=value`` assignments, e.g. the masked-word objective.
+        label: how the report names it (default: from sampling and weighting).
+    """
 
     sampling: str = "temperature"
     weighting: str = "fixed"
     temperature: float = 2.0
+    settings: tuple[str, ...] = ()
+    label: str = ""
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"unknown task sampling {self.sampling!r}: use one of {', '.join(SAMPLINGS)}")
+            raise ValueError(f"unknown task sampling {self.sampling!r}: use one of {', '.join(SAMPLINGS)}, "
+                             f"or a named variant: {', '.join(NAMED_VARIANTS)}")  # fmt: skip
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         sampling = f"T={self.temperature:g}" if self.sampling == "temperature" else self.sampling
         return f"MTL {sampling}, {self.weighting}"
 
     @classmethod
     def parse(cls, spec: str) -> "MtlVariant":
-        """``SAMPLING[=T]:WEIGHTING``, e.g. ``temperature=2:uncertainty``, ``uniform:fixed``, ``proportional``."""
+        """A named variant (``masked-words``, ``layered-heads``) or ``SAMPLING[=T]:WEIGHTING``, e.g.
+        ``temperature=2:uncertainty``, ``uniform:fixed``, ``proportional``."""
+        if spec in NAMED_VARIANTS:
+            return NAMED_VARIANTS[spec]
         sampling, _, weighting = spec.partition(":")
         sampling, _, temperature = sampling.partition("=")
         return cls(sampling, weighting or "fixed", float(temperature) if temperature else 2.0)
 
 
+NAMED_VARIANTS = {
+    "masked-words": MtlVariant(settings=MASKED_WORDS, label="MTL + masked words"),
+    "layered-heads": MtlVariant(settings=("model.head_layers={pos: 1}",), label="MTL + layered heads"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    tasks: tuple[str, ...] | None  # None: every registered task
+    """What a study trains and how.
+
+    Args:
+        tasks: tasks to include (None: every registered task).
+        steps_per_task: optimizer steps of an STL model (its cap when ``patience`` is set).
+        seeds: every configuration trains once per seed.
+        variants: the MTL configurations; the first is the reference for ``equal_compute``.
+        model, training: the settings of every model (a variant's settings go on top).
+        max_records_per_split: records per task and split read at ingest (None: all).
+        eval_records: validation records per task scored at the end of each run (None: all).
+        validation_points: with fixed steps, the validation points along training (the curves).
+        eval_steps: batches of Keras' own validation at each point.
+        mtl_steps: optimizer steps of an MTL model (None: ``steps_per_task`` x tasks).
+        patience: early stopping: validation points without improvement of the model's mean primary
+            metric before it stops (None: fixed steps, no early stopping).
+        validation_every: with ``patience``, steps between validation points.
+        selection_records: with ``patience``, validation records per task scored at each point.
+        stl_per_task: also one STL model per task with several heads (tagging: pos + ner).
+        stl_masked_words: also STL models with the masked-word objective on their own task's text.
+        equal_compute: also the first MTL variant within the wall-clock time of the seed's STL models.
+        beam_width, length_penalty: decoding of sequence heads in the final scores (the pipeline's
+            serving settings); validation points decode greedily.
+    """
+
+    tasks: tuple[str, ...] | None
     steps_per_task: int
     seeds: tuple[int, ...]
     variants: tuple[MtlVariant, ...]
     model: ModelConfig
     training: TrainingConfig
-    # records per task and split read at ingest (None: all the data)
     max_records_per_split: int | None
-    # validation records per task scored at the end of each run (None: all)
     eval_records: int | None
-    # validation points along training (the curves); each on eval_steps batches of the validation split
     validation_points: int = 8
     eval_steps: int = 10
+    mtl_steps: int | None = None
+    patience: int | None = None
+    validation_every: int | None = None
+    selection_records: int | None = 500
+    stl_per_task: bool = False
+    stl_masked_words: bool = False
+    equal_compute: bool = False
+    beam_width: int = 1
+    length_penalty: float = 0.0
 
     def __post_init__(self):
-        if self.steps_per_task % self.validation_points:
-            # Keras runs whole epochs: otherwise STL models would get fewer steps than they are owed
-            raise ValueError(f"steps_per_task ({self.steps_per_task}) must be a multiple of validation_points "
-                             f"({self.validation_points})")
+        if self.patience is None:
+            if self.steps_per_task % self.validation_points:
+                # Keras runs whole epochs: otherwise STL models would get fewer steps than they are owed
+                raise ValueError(f"steps_per_task ({self.steps_per_task}) must be a multiple of validation_points "
+                                 f"({self.validation_points})")  # fmt: skip
+            return
+        if not self.validation_every:
+            raise ValueError("early stopping (patience) needs validation_every: the steps between validation points")
+        for name in ("steps_per_task", "mtl_steps"):
+            value = getattr(self, name)
+            if value is not None and value % self.validation_every:
+                raise ValueError(f"{name} ({value}) must be a multiple of validation_every ({self.validation_every})")
+
+    def epochs(self, steps: int) -> int:
+        """Validation points of a model that may train ``steps`` steps."""
+        return steps // self.validation_every if self.patience is not None else self.validation_points
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples as lists, as results.json holds them
@@ -90,33 +167,42 @@ class StudyConfig:
 
 _VARIANTS = (MtlVariant("proportional"), MtlVariant("temperature"), MtlVariant("uniform"),
              MtlVariant("temperature", "uncertainty"))  # fmt: skip
-# The quick profile's encoder (d=128, 2 layers) and optimizer settings for every model.
+# The quick profile's encoder (d=128, 2 layers) and optimizer settings (the ablation's models).
 _MODEL = ModelConfig(embedding_dim=128, num_layers=2, num_heads=4, intermediate_dim=256)
 _TRAINING = TrainingConfig(batch_size=32, learning_rate=2e-3)
+_FULL = get_config("full")
 
 STUDIES = {
-    # Sized to finish within 2 hours on 2 CPU cores (measured: see the report).
-    "full": StudyConfig(tasks=None, steps_per_task=480, seeds=(1, 2, 3), variants=_VARIANTS, model=_MODEL,
-                        training=_TRAINING, max_records_per_split=None, eval_records=2000),  # fmt: skip
+    # The full profile's model, every model to convergence: STL caps 3,000 steps, MTL the full profile's
+    # 5,500; a validation point every 250 steps (16,000 examples), patience 3. About 110 minutes per seed
+    # on 2 CPU cores (see the report), so variants beyond the pipeline's default are opt-in (--variants).
+    "full": StudyConfig(tasks=None, steps_per_task=3000, mtl_steps=_FULL.training.train_steps, seeds=(1, 2, 3),
+                        variants=(MtlVariant(),), model=_FULL.model, training=_FULL.training,
+                        max_records_per_split=None, eval_records=2000, eval_steps=10, patience=3,
+                        validation_every=250, selection_records=500, stl_per_task=True, equal_compute=True,
+                        beam_width=_FULL.serving.beam_width, length_penalty=_FULL.serving.length_penalty),
     # A few minutes: every code path, numbers without meaning.
-    "quick": StudyConfig(tasks=None, steps_per_task=20, seeds=(1, 2),
-                         variants=(MtlVariant("temperature"), MtlVariant("temperature", "uncertainty")),
+    "quick": StudyConfig(tasks=None, steps_per_task=20, seeds=(1, 2), variants=(MtlVariant(),),
                          model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64, num_layers=1),
-                         training=_TRAINING, max_records_per_split=120, eval_records=60, validation_points=2,
-                         eval_steps=2),  # fmt: skip
-}
+                         training=_TRAINING, max_records_per_split=120, eval_records=60, eval_steps=2, patience=1,
+                         validation_every=10, selection_records=30, stl_per_task=True, equal_compute=True),
+}  # fmt: skip
+
+EQUAL_COMPUTE_SUFFIX = " at STL's compute"
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
-    config: str  # "STL" or an MTL variant's name
+    config: str  # "STL", "STL <task>", "STL + masked words" or an MTL variant's name
     heads: tuple[str, ...]
     tasks: tuple[str, ...]
     seed: int
-    steps: int
+    steps: int  # the cap when the study stops early
     variant: MtlVariant | None = None
     # settings over the study's model and training, as `mtnlp run --set` takes them (the ablation's levers)
     settings: tuple[str, ...] = ()
+    # equal compute: train within the summed training time of this configuration's runs of the same seed
+    budget_of: str | None = None
 
     @property
     def key(self) -> str:
@@ -124,17 +210,30 @@ class PlannedRun:
 
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
-    """Seed by seed (a partial study still compares every configuration): each STL model, then each MTL variant."""
-    from mtnlp.model.tasks import select_tasks, supervised_tasks
+    """Seed by seed (a partial study still compares every configuration): each MTL variant, then the STL
+    models (the cheap ones first: translation's decoder makes its model the slowest), then the
+    equal-compute MTL model (which needs the seed's STL times)."""
+    from mtnlp.model.tasks import get_head, select_tasks, supervised_tasks
 
     tasks = supervised_tasks(select_tasks(config.tasks))
     heads = [(task.name, head.name) for task in tasks for head in task.heads]
-    task_names = tuple(t.name for t in tasks)
+    all_heads, task_names = tuple(h for _, h in heads), tuple(t.name for t in tasks)
+    mtl_steps = config.mtl_steps or config.steps_per_task * len(task_names)
     runs = []
     for seed in config.seeds:
-        runs += [PlannedRun("STL", (head,), (task,), seed, config.steps_per_task) for task, head in heads]
-        runs += [PlannedRun(v.name, tuple(h for _, h in heads), task_names, seed,
-                            config.steps_per_task * len(task_names), v) for v in config.variants]  # fmt: skip
+        runs += [PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings) for v in config.variants]
+        runs += [PlannedRun(STL, (head,), (task,), seed, config.steps_per_task)
+                 for task, head in sorted(heads, key=lambda th: not get_head(th[1]).needs_logits)]
+        if config.stl_per_task:
+            runs += [PlannedRun(f"{STL} {t.name}", tuple(h.name for h in t.heads), (t.name,), seed, config.steps_per_task)
+                     for t in tasks if len(t.heads) > 1]  # fmt: skip
+        if config.stl_masked_words:
+            runs += [PlannedRun(f"{STL} + masked words", (head,), (task,), seed, config.steps_per_task,
+                                settings=MASKED_WORDS) for task, head in heads]  # fmt: skip
+        if config.equal_compute:
+            reference = config.variants[0]
+            runs.append(PlannedRun(reference.name + EQUAL_COMPUTE_SUFFIX, all_heads, task_names, seed, mtl_steps,
+                                   reference, reference.settings, budget_of=STL))  # fmt: skip
     return runs
 
 
@@ -147,8 +246,6 @@ class TransformedData:
 
 def _pipeline_config(config: StudyConfig):
     """Ingest and Transform settings of the study's data pipeline (and of the models that read its output)."""
-    from mtnlp.pipelines.config import get_config
-
     return get_config("quick", tasks=config.tasks, max_records_per_split=config.max_records_per_split)
 
 
@@ -175,7 +272,6 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
 def with_settings(model: ModelConfig, training: TrainingConfig, settings: Sequence[str]) -> tuple[ModelConfig, TrainingConfig]:
     """``model`` and ``training`` with ``settings`` (``section.key=value``, as ``mtnlp run --set``) applied,
     checked against the typed config."""
-    from mtnlp.pipelines.config import get_config
     from mtnlp.pipelines.settings import apply_mapping, parse_assignment
 
     config = dataclasses.replace(get_config("quick"), model=model, training=training)
@@ -184,13 +280,29 @@ def with_settings(model: ModelConfig, training: TrainingConfig, settings: Sequen
     return config.model, config.training
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Everything one model's process needs (picklable)."""
+
+    run: PlannedRun
+    config: StudyConfig
+    data_root: str
+    data: TransformedData
+    task_weights: dict[str, float]
+    budget_seconds: float | None
+    log_prefix: str
+    verbose: bool
+
+
 class Study:
-    """Runs the planned models (default: ``plan_runs(config)``) one after another and records each as it finishes."""
+    """Runs the planned models (default: ``plan_runs(config)``) one after another, each in a process of its
+    own, and records each as it finishes."""
 
     def __init__(self, config: StudyConfig, data_root: str, workdir: str, results_path: str,
-                 planned: Sequence[PlannedRun] | None = None):  # fmt: skip
+                 planned: Sequence[PlannedRun] | None = None, verbose: bool = False):  # fmt: skip
         self.config, self.data_root, self.workdir, self.results_path = config, data_root, workdir, results_path
         self.planned = list(planned) if planned is not None else plan_runs(config)
+        self.verbose = verbose
         self.results = self._load_results()
 
     def _load_results(self) -> dict[str, Any]:
@@ -213,88 +325,150 @@ class Study:
             json.dump(self.results, f, indent=2)
         os.replace(partial, self.results_path)
 
+    def _recorded(self, config: str, seed: int) -> list[dict[str, Any]]:
+        return [r for r in self.results["runs"] if r["config"] == config and r["seed"] == seed]
+
     def run(self) -> dict[str, Any]:
         import tensorflow_transform as tft
 
-        from mtnlp.model import dataset, devices
-        from mtnlp.model.tasks import select_tasks, supervised_tasks
-        from mtnlp.serving.evaluate import read_task_data
+        from mtnlp.model import dataset
 
         start = time.time()
         log.warning("Preparing the data (ingest, validation, Transform) on %s", self.data_root)
         data = prepare_data(self.config, self.data_root, self.workdir)
         self.results["data_seconds"] = round(time.time() - start, 1)
-        tft_output = tft.TFTransformOutput(data.transform_graph)
-        counts = dataset.count_examples_per_task(data.train_files, tft_output)
-        tasks = supervised_tasks(select_tasks(self.config.tasks))
-        eval_data = read_task_data(self.data_root, tasks, self.config.eval_records, splits=["validation"])
-        strategy = devices.make_strategy(self.config.training.cpu_replicas)
+        counts = dataset.count_examples_per_task(data.train_files, tft.TFTransformOutput(data.transform_graph))
+        self.results["planned"] = [run.key for run in self.planned]
 
-        planned = self.planned
         done = {r["key"] for r in self.results["runs"]}
-        todo = [run for run in planned if run.key not in done]
+        todo = [run for run in self.planned if run.key not in done]
         if done:
-            log.warning("Resuming: %d of %d runs already in %s", len(done), len(planned), self.results_path)
+            log.warning("Resuming: %d of %d runs already in %s", len(self.planned) - len(todo), len(self.planned),
+                        self.results_path)  # fmt: skip
         steps_left = sum(r.steps for r in todo)
         seconds_per_step = None
-        for number, run in enumerate(todo, start=len(planned) - len(todo) + 1):
-            eta = f", ETA {seconds_per_step * steps_left / 60:.0f} min" if seconds_per_step else ""
-            log.warning("[%d/%d] %s: %s, seed %d, %d steps%s", number, len(planned), run.config,
-                        "+".join(run.heads), run.seed, run.steps, eta)  # fmt: skip
+        context = multiprocessing.get_context("spawn")
+        for number, run in enumerate(todo, start=len(self.planned) - len(todo) + 1):
+            prefix = f"[{number}/{len(self.planned)}] "
+            eta = f", ETA at most {seconds_per_step * steps_left / 60:.0f} min" if seconds_per_step else ""
+            log.warning("%s%s: %s, seed %d, %s%d steps%s", prefix, run.config, "+".join(run.heads), run.seed,
+                        "at most " if self.config.patience is not None else "", run.steps, eta)  # fmt: skip
             run_start = time.time()
-            record = self._run_one(run, data, tft_output, counts, eval_data, strategy, f"[{number}/{len(planned)}] ")
+            if run.variant is None:
+                weights = {run.tasks[0]: 1.0}
+            else:
+                weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
+                                               run.variant.temperature)  # fmt: skip
+            record = self._equal_compute(run) if run.budget_of else None
+            if record is None:
+                budget = (sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
+                          if run.budget_of else None)  # fmt: skip
+                job = _Job(run, self.config, self.data_root, data, weights, budget, prefix, self.verbose)
+                # a fresh process per model: its peak memory is its own, and TensorFlow's state does not pile up
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as process:
+                    record = process.submit(train_and_score, job).result()
             self.results["runs"].append(record)
             self._save()
             steps_left -= run.steps
-            finished = [r for r in self.results["runs"] if "wall_seconds" in r]
+            finished = [r for r in self.results["runs"] if "wall_seconds" in r and not r.get("same_as")]
             seconds_per_step = sum(r["wall_seconds"] for r in finished) / max(1, sum(r["steps"] for r in finished))
-            log.warning("[%d/%d] done in %.0f s: %s", number, len(planned), time.time() - run_start,
+            log.warning("%sdone in %.0f s (%d steps): %s", prefix, time.time() - run_start, record["steps"],
                         "  ".join(f"{h}={m[next(iter(m))]:.4f}" for h, m in record["metrics"].items()))  # fmt: skip
         self.results["wall_seconds"] = round(time.time() - start, 1)
         self._save()
         return self.results
 
-    def _run_one(self, run: PlannedRun, data: TransformedData, tft_output, counts, eval_data, strategy, prefix: str):
-        import keras
+    def _equal_compute(self, run: PlannedRun) -> dict[str, Any] | None:
+        """The reference MTL run of the seed, recorded as this run, when it trained within the budget (training
+        it again under the budget would repeat it); None when it must train under the budget."""
+        budget = sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
+        reference = self._recorded(run.config.removesuffix(EQUAL_COMPUTE_SUFFIX), run.seed)
+        if reference and reference[0]["train_seconds"] <= budget:
+            log.warning("%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "
+                        "recorded as the same run", run.config, run.seed, reference[0]["train_seconds"], budget,
+                        run.budget_of)  # fmt: skip
+            return {**reference[0], "key": run.key, "config": run.config, "same_as": reference[0]["key"],
+                    "time_budget": round(budget, 1)}  # fmt: skip
+        return None
 
-        from mtnlp.model import dataset
-        from mtnlp.model.signatures import ServingModule
-        from mtnlp.model.tasks import select_tasks
-        from mtnlp.model.training import train_model
-        from mtnlp.serving.evaluate import evaluate_signatures
 
-        start = time.time()
-        tasks = tuple(dataclasses.replace(t, heads=tuple(h for h in t.heads if h.name in run.heads))
-                      for t in select_tasks(run.tasks))  # fmt: skip
-        heads = [h for t in tasks for h in t.heads]
-        if run.variant is None:
-            weights = {run.tasks[0]: 1.0}
-            training = dataclasses.replace(self.config.training, seed=run.seed)
-        else:
-            weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
-                                           run.variant.temperature)  # fmt: skip
-            training = dataclasses.replace(self.config.training, seed=run.seed, loss_weighting=run.variant.weighting)
-        model, training = with_settings(self.config.model, training, run.settings)
-        trained = train_model(
-            heads, tft_output, data.train_files, data.eval_files, weights, dataclasses.asdict(model),
-            dataclasses.asdict(training), dataclasses.asdict(_pipeline_config(self.config).transform), run.steps, self.config.eval_steps, strategy,
-            epochs=self.config.validation_points, log_prefix=prefix,
+def train_and_score(job: _Job) -> dict[str, Any]:
+    """Trains one planned model and scores it; runs in the model's own process."""
+    from mtnlp import logs
+
+    logs.quiet_environment(job.verbose)
+    from mtnlp.model import devices
+
+    devices.configure_cpu_replicas(job.config.training.cpu_replicas)  # before TensorFlow initializes
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from mtnlp.experiments.convergence import (EarlyStoppingOnPrimaryMetrics, TimeBudget, peak_memory_mb,
+                                                serving_latency_ms)
+    from mtnlp.model import contract
+    from mtnlp.model.signatures import ServingModule
+    from mtnlp.model.tasks import select_tasks
+    from mtnlp.model.training import train_model
+    from mtnlp.serving.evaluate import evaluate_signatures, read_task_data
+
+    logs.configure_logging(job.verbose)
+    start = time.time()
+    run, config = job.run, job.config
+    tasks = tuple(dataclasses.replace(t, heads=tuple(h for h in t.heads if h.name in run.heads))
+                  for t in select_tasks(run.tasks))  # fmt: skip
+    heads = [h for t in tasks for h in t.heads]
+    tft_output = tft.TFTransformOutput(job.data.transform_graph)
+    eval_data = read_task_data(job.data_root, tasks, config.eval_records, splits=["validation"])
+    training = dataclasses.replace(config.training, seed=run.seed)
+    if run.variant is not None:
+        training = dataclasses.replace(training, loss_weighting=run.variant.weighting)
+    model, training = with_settings(config.model, training, run.settings)
+    # the request signatures that answer the model's heads: scored, and timed for serving latency
+    answering = {contract.signature_for(t, h) for t in tasks for h in t.heads}
+    callbacks, stopping, budget = [], None, None
+    if config.patience is not None:
+        selection = {name: dataclasses.replace(d, records=d.records[: config.selection_records])
+                     for name, d in eval_data.items()}  # fmt: skip
+        per_step = {task: training.batch_size * weight for task, weight in job.task_weights.items()}
+        stopping = EarlyStoppingOnPrimaryMetrics(
+            lambda: ServingModule(stopping.model, tft_output, tasks).signatures(answering), selection, per_step,
+            config.patience, log_prefix=job.log_prefix,
         )  # fmt: skip
-        module = ServingModule(trained.model, tft_output, tasks)
-        scored, _ = evaluate_signatures(module.signatures(), {t.name: eval_data[t.name] for t in tasks if t.name in eval_data})
-        record = {
-            "key": run.key, "config": run.config, "heads": list(run.heads), "seed": run.seed, "steps": trained.steps,
-            "settings": list(run.settings),
-            "task_weights": weights, "train_seconds": round(trained.seconds, 1), "parameters": trained.parameters,
-            "metrics": {r.head: r.metrics for r in scored},
-            "eval_examples": {r.head: r.examples for r in scored},
-            "curves": trained.history,
-            "wall_seconds": round(time.time() - start, 1),
-        }  # fmt: skip
-        del module, trained
-        keras.backend.clear_session()
-        gc.collect()
-        return record
+        callbacks.append(stopping)
+    if job.budget_seconds is not None:
+        budget = TimeBudget(job.budget_seconds, job.log_prefix)
+        callbacks.append(budget)
+    trained = train_model(
+        heads, tft_output, job.data.train_files, job.data.eval_files, job.task_weights, dataclasses.asdict(model),
+        dataclasses.asdict(training), dataclasses.asdict(_pipeline_config(config).transform), run.steps,
+        config.eval_steps, devices.make_strategy(training.cpu_replicas), epochs=config.epochs(run.steps),
+        callbacks=callbacks, log_prefix=job.log_prefix,
+    )  # fmt: skip
+    signatures = ServingModule(trained.model, tft_output, tasks, config.beam_width, config.length_penalty).signatures(answering)
+    scored, _ = evaluate_signatures(signatures, eval_data)
+    requests = {}
+    for task in tasks:
+        for head in task.heads:
+            name = contract.signature_for(task, head)
+            if name not in requests and task.name in eval_data and eval_data[task.name].records:
+                one = contract.request(task, eval_data[task.name].records[:1])
+                requests[name] = {k: tf.constant(v) for k, v in one.items()}
+    record = {
+        "key": run.key, "config": run.config, "heads": list(run.heads), "seed": run.seed, "steps": trained.steps,
+        "max_steps": run.steps, "settings": list(run.settings), "task_weights": job.task_weights,
+        "train_seconds": round(trained.seconds, 1), "parameters": trained.parameters,
+        "metrics": {r.head: r.metrics for r in scored},
+        "eval_examples": {r.head: r.examples for r in scored},
+        "curves": trained.history,
+        "serving_ms": serving_latency_ms(signatures, list(requests.items())),
+        "peak_rss_mb": peak_memory_mb(),
+    }  # fmt: skip
+    if stopping is not None:
+        record.update(points=stopping.points, best_step=stopping.best_step, stopped_early=stopping.stopped_early)
+    if budget is not None:
+        record.update(time_budget=round(budget.seconds, 1), budget_spent=budget.spent)
+    record["wall_seconds"] = round(time.time() - start, 1)
+    return record
 
 
 def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **overrides: Any) -> StudyConfig:
@@ -303,12 +477,13 @@ def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **ove
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_study(config: StudyConfig, data_root: str, workdir: str, report_dir: str, command: str = "") -> dict[str, Any]:
+def run_study(config: StudyConfig, data_root: str, workdir: str, report_dir: str, command: str = "",
+              verbose: bool = False) -> dict[str, Any]:  # fmt: skip
     from mtnlp.experiments import report
 
     os.makedirs(report_dir, exist_ok=True)
     os.makedirs(workdir, exist_ok=True)
-    results = Study(config, data_root, workdir, os.path.join(report_dir, report.RESULTS_FILE)).run()
+    results = Study(config, data_root, workdir, os.path.join(report_dir, report.RESULTS_FILE), verbose=verbose).run()
     if command:
         results["command"] = command
     report.write_report(results, report_dir)

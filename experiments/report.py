@@ -1,6 +1,7 @@
-"""The MTL-vs-STL report: ``results.json`` (every run, and the aggregates), ``report.md`` (the table and
-what it says) and two plots (``metrics.png``: per-head bars with error bars; ``curves.png``: validation
-accuracy per head over training steps)."""
+"""The MTL-vs-STL report: ``results.json`` (every run, and the aggregates), ``report.md`` (the tables and
+what they say) and three plots (``metrics.png``: per-head scores with error bars; ``curves.png``: each head's
+validation metric against the examples *of its task* seen; ``cost.png``: quality against training time and
+serving latency)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 METRICS_PLOT = "metrics.png"
 CURVES_PLOT = "curves.png"
+COST_PLOT = "cost.png"
 STL = "STL"
+# A head's difference from STL counts as real only when every seed agrees on its sign and the mean is more
+# than this many standard errors of the per-seed differences from zero; with fewer seeds there is no verdict.
+MIN_SEEDS_FOR_VERDICT = 3
+STANDARD_ERRORS = 2.0
 
 
 def _primary_metrics() -> dict[str, str]:
@@ -23,13 +29,51 @@ def _primary_metrics() -> dict[str, str]:
     return {h.name: h.primary_metric for h in all_heads()}
 
 
+def _head_tasks() -> dict[str, str]:
+    from mtnlp.model.tasks import registered_tasks
+
+    return {h.name: t.name for t in registered_tasks() for h in t.heads}
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}  # fmt: skip
 
 
+def _is_stl(config: str) -> bool:
+    return config == STL or config.startswith(STL + " ")
+
+
+def verdict(differences: list[float]) -> str:
+    """"better", "worse" or "within noise" for per-seed paired differences (see ``STANDARD_ERRORS``)."""
+    if len(differences) < MIN_SEEDS_FOR_VERDICT:
+        return f"no verdict ({len(differences)} seed{'s' if len(differences) != 1 else ''})"
+    mean = statistics.fmean(differences)
+    error = statistics.stdev(differences) / math.sqrt(len(differences))
+    if all(d > 0 for d in differences) and mean > STANDARD_ERRORS * error:
+        return "better"
+    if all(d < 0 for d in differences) and mean < -STANDARD_ERRORS * error:
+        return "worse"
+    return "within noise"
+
+
+def _effects(runs: list[dict[str, Any]], config: str, heads: list[str], primary: dict[str, str]) -> dict[str, Any]:
+    """Per head: ``config``'s difference from STL, paired by seed."""
+    effects = {}
+    for head in heads:
+        metric = primary[head]
+        stl = {r["seed"]: r["metrics"][head][metric] for r in runs if r["config"] == STL and head in r["metrics"]}
+        differences = [r["metrics"][head][metric] - stl[r["seed"]] for r in runs
+                       if r["config"] == config and head in r["metrics"] and r["seed"] in stl]  # fmt: skip
+        if differences:
+            effects[head] = {**_mean_std(differences), "higher_on": sum(d > 0 for d in differences),
+                             "verdict": verdict(differences)}  # fmt: skip
+    return effects
+
+
 def aggregate(results: dict[str, Any]) -> dict[str, Any]:
-    """Per configuration and head: mean and std over seeds of each metric; the cost of each configuration."""
+    """Per configuration and head: mean and std over seeds of each metric, the paired difference from STL,
+    and what each configuration costs (STL: its separate models together)."""
     runs = results["runs"]
     primary = _primary_metrics()
     configs = list(dict.fromkeys(r["config"] for r in runs))
@@ -46,89 +90,112 @@ def aggregate(results: dict[str, Any]) -> dict[str, Any]:
         for r in runs:
             if r["config"] == config:
                 by_seed.setdefault(r["seed"], []).append(r)
-        # STL: what the separate models cost together; MTL: the one model
+        seeds = list(by_seed.values())
         costs[config] = {
-            "models": max(len(rs) for rs in by_seed.values()),
-            "train_seconds": _mean_std([sum(r["train_seconds"] for r in rs) for rs in by_seed.values()]),
-            "parameters": max(sum(r["parameters"] for r in rs) for rs in by_seed.values()),
-            "steps": max(sum(r["steps"] for r in rs) for rs in by_seed.values()),
+            "models": max(len(rs) for rs in seeds),
+            "train_seconds": _mean_std([sum(r["train_seconds"] for r in rs) for rs in seeds]),
+            "parameters": max(sum(r["parameters"] for r in rs) for rs in seeds),
+            "steps": _mean_std([sum(r["steps"] for r in rs) for rs in seeds]),
+            # the models train one after another: the largest process is the peak
+            "peak_rss_mb": max((r.get("peak_rss_mb", 0) for rs in seeds for r in rs), default=0),
+            # one one-example request per signature of every model, one model after another
+            "serving_ms": _mean_std([sum(sum(r.get("serving_ms", {}).values()) for r in rs) for rs in seeds]),
+            "reached_cap": sum(1 for rs in seeds for r in rs if r.get("points") and not r.get("stopped_early")),
+            # equal compute: seeds on which the reference MTL run already fit the budget (the same run)
+            "same_as_reference": sum(1 for rs in seeds for r in rs if r.get("same_as")),
+            "seeds": len(seeds),
         }
-    mtl = [c for c in configs if c != STL]
-    overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in scores[c]) for c in configs}
-    best = max(mtl, key=lambda c: overall[c]) if mtl else None
+    effects = {c: _effects(runs, c, heads, primary) for c in configs if c != STL}
+    complete = [c for c in configs if set(scores[c]) == set(heads)]
+    overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in heads) for c in complete}
+    mtl = [c for c in complete if not _is_stl(c)]
+    planned = results.get("planned") or [r["key"] for r in runs]
     return {"configs": configs, "heads": heads, "primary_metric": {h: primary[h] for h in heads},
-            "scores": scores, "costs": costs, "mean_primary_metric": overall, "best_mtl": best}  # fmt: skip
+            "scores": scores, "effects": effects, "costs": costs, "mean_primary_metric": overall,
+            "best_mtl": max(mtl, key=lambda c: overall[c]) if mtl else None,
+            "progress": {"done": sum(1 for r in runs if r["key"] in set(planned)), "planned": len(planned)}}  # fmt: skip
 
 
-def _cell(score: dict[str, float], baseline: dict[str, float] | None) -> str:
+def _cell(score: dict[str, float], effect: dict[str, Any] | None) -> str:
     text = f"{score['mean']:.4f} ± {score['std']:.4f}"
-    if baseline is not None:
-        text += f" ({score['mean'] - baseline['mean']:+.4f})"
+    if effect is not None:
+        text += f" ({effect['mean']:+.4f}; higher on {effect['higher_on']}/{effect['n']})"
     return text
 
 
-def _verdicts(summary: dict[str, Any], config: str) -> dict[str, list[str]]:
-    """Heads where ``config`` beats STL by more than the seeds' spread, trails it, or is within it."""
-    verdicts: dict[str, list[str]] = {"better": [], "worse": [], "within noise": []}
-    for head in summary["heads"]:
-        metric = summary["primary_metric"][head]
-        stl, mtl = summary["scores"][STL].get(head), summary["scores"][config].get(head)
-        if not stl or not mtl:
-            continue
-        stl, mtl = stl[metric], mtl[metric]
-        delta, noise = mtl["mean"] - stl["mean"], math.hypot(stl["std"], mtl["std"])
-        kind = "better" if delta > noise else "worse" if delta < -noise else "within noise"
-        verdicts[kind].append(f"{head} ({delta:+.4f})")
-    return verdicts
-
-
-def _what_it_says(summary: dict[str, Any]) -> str:
-    best = summary["best_mtl"]
-    if best is None or STL not in summary["scores"]:
-        return "Only one side of the comparison ran; nothing to compare."
-    v = _verdicts(summary, best)
-    stl_cost, mtl_cost = summary["costs"][STL], summary["costs"][best]
-    parts = [f"The best multi-task configuration by mean primary metric is **{best}** "
-             f"({summary['mean_primary_metric'][best]:.4f} against {summary['mean_primary_metric'][STL]:.4f} "
-             f"for the single-task models)."]  # fmt: skip
-    described = [f"{kind} on {', '.join(heads)}" for kind, heads in v.items() if heads]
-    parts.append(f"Against STL it is {'; '.join(described)} (difference of means; \"within noise\": "
-                 "smaller than the seeds' combined standard deviation).")  # fmt: skip
-    parts.append(
-        f"One MTL model has {mtl_cost['parameters']:,} parameters and trained in "
-        f"{mtl_cost['train_seconds']['mean']:.0f} s; the {stl_cost['models']} STL models together have "
-        f"{stl_cost['parameters']:,} parameters ({mtl_cost['parameters'] / stl_cost['parameters']:.2f}x) and "
-        f"trained in {stl_cost['train_seconds']['mean']:.0f} s "
-        f"({mtl_cost['train_seconds']['mean'] / stl_cost['train_seconds']['mean']:.2f}x)."
-    )
-    others = sorted(((summary["mean_primary_metric"][c], c) for c in summary["configs"] if c != STL), reverse=True)
-    parts.append("Mean primary metric of each MTL configuration: " + ", ".join(f"{c} {m:.4f}" for m, c in others) + ".")
-    return " ".join(parts)
-
-
 def format_table(summary: dict[str, Any]) -> str:
+    """Markdown: one row per head (its primary metric, with the paired difference from STL) and per cost."""
     configs = summary["configs"]
     lines = ["| head (metric) | " + " | ".join(configs) + " |", "|---|" + "---:|" * len(configs)]
     for head in summary["heads"]:
         metric = summary["primary_metric"][head]
-        baseline = summary["scores"].get(STL, {}).get(head, {}).get(metric)
         cells = []
         for config in configs:
             score = summary["scores"].get(config, {}).get(head, {}).get(metric)
-            cells.append(_cell(score, None if config == STL else baseline) if score else "–")
+            cells.append(_cell(score, summary["effects"].get(config, {}).get(head)) if score else "–")
         lines.append(f"| {head} ({metric}) | " + " | ".join(cells) + " |")
     costs = summary["costs"]
-    lines.append("| training time, s (STL: all models) | "
-                 + " | ".join(f"{costs[c]['train_seconds']['mean']:.0f} ± {costs[c]['train_seconds']['std']:.0f}"
-                              for c in configs) + " |")  # fmt: skip
-    lines.append("| parameters (STL: all models) | " + " | ".join(f"{costs[c]['parameters']:,}" for c in configs) + " |")
-    lines.append("| optimizer steps (STL: all models) | " + " | ".join(f"{costs[c]['steps']:,}" for c in configs) + " |")
+    rows = [
+        ("models", lambda c: f"{c['models']}"),
+        ("parameters (all models)", lambda c: f"{c['parameters']:,}"),
+        ("training time, s (all models)", lambda c: f"{c['train_seconds']['mean']:.0f} ± {c['train_seconds']['std']:.0f}"),
+        ("optimizer steps (all models)", lambda c: f"{c['steps']['mean']:,.0f}"),
+        ("peak memory, MB (largest process)", lambda c: f"{c['peak_rss_mb']:,}"),
+        ("serving latency, ms (one request per signature, all models)", lambda c: f"{c['serving_ms']['mean']:.1f}"),
+        ("runs that reached the step cap", lambda c: f"{c['reached_cap']}"),
+    ]  # fmt: skip
+    for title, cell in rows:
+        lines.append(f"| {title} | " + " | ".join(cell(costs[c]) for c in configs) + " |")
     return "\n".join(lines)
 
 
-def _curve(run: dict[str, Any], head: str) -> list[tuple[int, float]]:
+def _what_it_says(summary: dict[str, Any]) -> str:
+    best = summary["best_mtl"]
+    if best is None or STL not in summary["mean_primary_metric"]:
+        return "Only one side of the comparison has finished; nothing to compare yet."
+    effects = summary["effects"][best]
+    by_verdict: dict[str, list[str]] = {}
+    for head, effect in effects.items():
+        by_verdict.setdefault(effect["verdict"], []).append(f"{head} ({effect['mean']:+.4f})")
+    stl_cost, mtl_cost = summary["costs"][STL], summary["costs"][best]
+    parts = [
+        f"The best multi-task configuration by mean primary metric is **{best}** "
+        f"({summary['mean_primary_metric'][best]:.4f} against {summary['mean_primary_metric'][STL]:.4f} for the "
+        f"single-task models). Against STL, paired by seed, it is "
+        + "; ".join(f"{kind} on {', '.join(heads)}" for kind, heads in sorted(by_verdict.items())) + ".",
+        f"One MTL model has {mtl_cost['parameters']:,} parameters, trained in {mtl_cost['train_seconds']['mean']:.0f} s "
+        f"with a peak of {mtl_cost['peak_rss_mb']:,} MB and answers all its signatures in "
+        f"{mtl_cost['serving_ms']['mean']:.1f} ms; the {stl_cost['models']} STL models together have "
+        f"{stl_cost['parameters']:,} parameters ({mtl_cost['parameters'] / stl_cost['parameters']:.2f}x), trained in "
+        f"{stl_cost['train_seconds']['mean']:.0f} s ({mtl_cost['train_seconds']['mean'] / stl_cost['train_seconds']['mean']:.2f}x) "
+        f"with a peak of {stl_cost['peak_rss_mb']:,} MB and answer in {stl_cost['serving_ms']['mean']:.1f} ms "
+        f"({mtl_cost['serving_ms']['mean'] / max(stl_cost['serving_ms']['mean'], 1e-9):.2f}x).",
+    ]  # fmt: skip
+    for config in summary["configs"]:
+        cost = summary["costs"][config]
+        if cost["same_as_reference"]:
+            parts.append(f"{config}: on {cost['same_as_reference']} of {cost['seeds']} seeds the reference MTL model "
+                         "already trained within the single-head STL models' total time, so that run is its figure.")  # fmt: skip
+    capped = [c for c in summary["configs"] if summary["costs"][c]["reached_cap"]]
+    if capped:
+        parts.append("Runs that reached their step cap without converging (their figure is a lower bound): "
+                     + ", ".join(f"{c} ({summary['costs'][c]['reached_cap']})" for c in capped) + ".")  # fmt: skip
+    progress = summary["progress"]
+    if progress["done"] < progress["planned"]:
+        parts.append(f"**Partial study:** {progress['done']} of {progress['planned']} planned runs have finished; "
+                     "running the same command again resumes it.")  # fmt: skip
+    return " ".join(parts)
+
+
+def _curve(run: dict[str, Any], head: str, tasks: dict[str, str]) -> tuple[list[float], list[float]]:
+    """(examples of the head's task seen, primary metric) at each validation point; runs without points
+    (fixed steps): (steps, Keras validation accuracy)."""
+    if run.get("points"):
+        points = [p for p in run["points"] if head in p["primary"]]
+        return [p["examples"].get(tasks[head], 0) for p in points], [p["primary"][head] for p in points]
     key = f"val_{head}_accuracy" if f"val_{head}_accuracy" in run["curves"][0] else "val_accuracy"
-    return [(point["step"], point[key]) for point in run["curves"] if key in point]
+    points = [p for p in run["curves"] if key in p]
+    return [p["step"] for p in points], [p[key] for p in points]
 
 
 def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: str) -> None:
@@ -138,7 +205,8 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
     import matplotlib.pyplot as plt
 
     heads, configs = summary["heads"], summary["configs"]
-    colors = {c: plt.get_cmap("tab10")(i) for i, c in enumerate(configs)}
+    colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(configs)}
+    tasks = _head_tasks()
 
     figure, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.6), squeeze=False)
     for ax, head in zip(axes[0], heads):
@@ -154,46 +222,80 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
     figure.savefig(os.path.join(report_dir, METRICS_PLOT), dpi=110)
     plt.close(figure)
 
+    with_points = any(r.get("points") for r in results["runs"])
     figure, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.4), squeeze=False)
     for ax, head in zip(axes[0], heads):
         for config in configs:
-            curves = [_curve(r, head) for r in results["runs"] if r["config"] == config and head in r["metrics"]]
-            curves = [c for c in curves if c]
+            curves = [_curve(r, head, tasks) for r in results["runs"] if r["config"] == config and head in r["metrics"]]
+            curves = [c for c in curves if c[0]]
             if not curves:
                 continue
-            steps = [s for s, _ in curves[0]]
-            mean = [statistics.fmean(c[i][1] for c in curves if len(c) > i) for i in range(len(steps))]
-            ax.plot(steps, mean, marker=".", color=colors[config], label=config)
-        ax.set_title(f"{head}: validation accuracy", fontsize=9)
-        ax.set_xlabel("optimizer steps", fontsize=8)
+            length = max(len(x) for x, _ in curves)
+            xs = [statistics.fmean(x[i] for x, _ in curves if len(x) > i) for i in range(length)]
+            ys = [statistics.fmean(y[i] for _, y in curves if len(y) > i) for i in range(length)]
+            ax.plot(xs, ys, marker=".", color=colors[config], label=config)
+        ax.set_title(f"{head}: {summary['primary_metric'][head] if with_points else 'validation accuracy'}", fontsize=9)
+        ax.set_xlabel(f"{tasks[head]} examples seen" if with_points else "optimizer steps", fontsize=8)
     axes[0][0].legend(fontsize=6)
-    figure.suptitle("Validation accuracy over training (mean over seeds; MTL models take more steps in all)", fontsize=10)
+    figure.suptitle("Validation metric over training, against the examples of the head's own task seen "
+                    "(mean over the seeds that reached each point)" if with_points else
+                    "Validation accuracy over training (mean over seeds)", fontsize=10)  # fmt: skip
     figure.tight_layout()
     figure.savefig(os.path.join(report_dir, CURVES_PLOT), dpi=110)
     plt.close(figure)
 
+    overall = summary["mean_primary_metric"]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, (cost, label) in zip(axes, (("train_seconds", "training time, s (all models)"),
+                                        ("serving_ms", "serving latency, ms (all models)"))):  # fmt: skip
+        for config, quality in overall.items():
+            ax.scatter(summary["costs"][config][cost]["mean"], quality, color=colors[config], label=config, s=40)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("mean primary metric over the heads", fontsize=8)
+    axes[0].legend(fontsize=6)
+    figure.suptitle("Quality against cost (configurations that cover every head)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(os.path.join(report_dir, COST_PLOT), dpi=110)
+    plt.close(figure)
+
 
 def _setup(results: dict[str, Any]) -> str:
-    study, machine = results["study"], results["machine"]
-    m = study["model"]
-    t = study["training"]
-    tasks = len(study["tasks"])
-    return "\n".join([
+    from mtnlp.machine import one_line
+
+    study = results["study"]
+    m, t = study["model"], study["training"]
+    lines = [
         f"- Data: `{results['data']}` (train split for training, validation split for scoring; "
         f"{study['max_records_per_split'] or 'all'} records per task and split read, "
-        f"{study['eval_records'] or 'all'} validation records per task scored).",
+        f"{study['eval_records'] or 'all'} validation records per task scored at the end).",
         f"- Encoder for every model: {m['num_layers']} transformer layers, d={m['embedding_dim']}, "
-        f"{m['num_heads']} attention heads, feed-forward {m['intermediate_dim']}; batch {t['batch_size']}, "
-        f"AdamW, peak learning rate {t['learning_rate']}, cosine schedule with warmup, "
-        f"{t['cpu_replicas']}-replica MirroredStrategy.",
-        f"- Steps: each STL model {study['steps_per_task']}; each MTL model {study['steps_per_task']} x {tasks} tasks "
-        f"= {study['steps_per_task'] * tasks}. Seeds: {', '.join(map(str, study['seeds']))}.",
-        f"- Scored through the models' serving signatures with the pipeline's metrics (`serving/evaluate.py`). "
-        f"Training time: seconds in `model.fit` (graph tracing and validation points included); for STL the sum "
-        f"over the separate models.",
-        f"- Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB; the whole study took "
-        f"{results.get('wall_seconds', 0) / 60:.0f} min (data preparation {results.get('data_seconds', 0):.0f} s).",
-    ])  # fmt: skip
+        f"{m['num_heads']} attention heads, feed-forward {m['intermediate_dim']}, subword features "
+        f"{'on' if m['subword_features'] else 'off'}; batch {t['batch_size']}, AdamW, peak learning rate "
+        f"{t['learning_rate']}, cosine schedule with warmup over the cap, {t['cpu_replicas']}-replica MirroredStrategy.",
+    ]  # fmt: skip
+    if study.get("patience") is not None:
+        lines.append(
+            f"- Convergence: a validation point every {study['validation_every']} steps scores each model's heads on "
+            f"their primary metric ({study['selection_records']} validation records per task, through the model's "
+            f"serving signatures, greedy decoding); training stops after {study['patience']} points without "
+            f"improvement of the model's mean, and the best point's weights are kept. Caps: "
+            f"{study['steps_per_task']:,} steps per STL model, {study.get('mtl_steps') or 'steps x tasks'} per MTL model."
+        )  # fmt: skip
+    else:
+        lines.append(f"- Fixed steps: each STL model {study['steps_per_task']}, each MTL model that times the tasks.")
+    lines += [
+        f"- Final scores through the serving signatures with the pipeline's metrics (`serving/evaluate.py`), beam "
+        f"width {study.get('beam_width', 1)}. Seeds: {', '.join(map(str, study['seeds']))}; differences from STL "
+        f"are paired by seed: *better*/*worse* when every seed agrees and the mean is more than "
+        f"{STANDARD_ERRORS:g} standard errors from zero, else *within noise* (no verdict below "
+        f"{MIN_SEEDS_FOR_VERDICT} seeds).",
+        "- Training time: seconds in `model.fit` (validation points included); peak memory: the peak resident "
+        "memory of the process that trained and scored the model; serving latency: median of 20 one-example "
+        "requests to each signature that answers the model's heads, in process.",
+        f"- Machine: {one_line(results['machine'])}; this invocation took {results.get('wall_seconds', 0) / 60:.0f} "
+        f"min (data preparation {results.get('data_seconds', 0):.0f} s).",
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 def write_report(results: dict[str, Any], report_dir: str) -> dict[str, Any]:
@@ -206,10 +308,11 @@ def write_report(results: dict[str, Any], report_dir: str) -> dict[str, Any]:
         "# Does multi-task learning pay? MTL vs single-task models",
         f"Produced by `{results.get('command', 'mtnlp experiment mtl-vs-stl')}`.",
         _setup(results),
-        "Validation scores, mean ± std over seeds; in parentheses the difference to STL.\n\n" + format_table(summary),
+        "Validation scores, mean ± std over seeds; in parentheses the mean per-seed difference from STL and on "
+        "how many seeds the configuration was higher.\n\n" + format_table(summary),
         "**What the numbers say.** " + _what_it_says(summary),
-        f"![per-head scores]({METRICS_PLOT})\n\n![validation curves]({CURVES_PLOT})",
-        "Every run (metrics, curves, time, parameters) is in `results.json`.",
+        f"![per-head scores]({METRICS_PLOT})\n\n![validation curves]({CURVES_PLOT})\n\n![quality against cost]({COST_PLOT})",
+        "Every run (metrics, validation points, time, memory, latency, parameters) is in `results.json`.",
     ])  # fmt: skip
     with open(os.path.join(report_dir, REPORT_FILE), "w") as f:
         f.write(text + "\n")

@@ -26,7 +26,7 @@ a head returns is its kind's (``model/heads.py``):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import keras
 import tensorflow as tf
@@ -139,7 +139,11 @@ class ServingModule(tf.Module):
     def transform_features(self, examples):
         return self.tft_layer(tf.io.parse_example(examples, self._raw_spec))
 
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+    def signatures(self, only: Collection[str] | None = None) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """Every signature of the SavedModel; with ``only``, just the request signatures named there (in
+        process, e.g. to score a model while it trains, without tracing the rest)."""
+        if only is not None:
+            return {s.name: self._signature_function(s) for s in contract.signatures(self._tasks) if s.name in only}
         functions = {s.name: self._signature_function(s) for s in contract.signatures(self._tasks)}
         return {
             contract.DEFAULT_SIGNATURE: functions[DEFAULT_SIGNATURE],

@@ -16,85 +16,166 @@ def test_variants_parse_and_name_themselves():
     assert MtlVariant.parse("temperature=3:uncertainty") == MtlVariant("temperature", "uncertainty", 3.0)
     assert MtlVariant.parse("uniform") == MtlVariant("uniform", "fixed")
     assert MtlVariant("temperature").name == "MTL T=2, fixed"
-    with pytest.raises(ValueError, match="unknown task sampling 'random'"):
+    masked = MtlVariant.parse("masked-words")
+    assert masked.name == "MTL + masked words" and masked.settings == ("training.masked_word_share=0.2",)
+    with pytest.raises(ValueError, match="unknown task sampling 'random'.*masked-words"):
         MtlVariant.parse("random:fixed")
     with pytest.raises(ValueError, match="unknown loss weighting 'learned'"):
         MtlVariant.parse("uniform:learned")
 
 
-def test_every_model_gets_the_same_steps_per_task_and_every_seed():
-    config = study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2, 3), steps_per_task=96)
+def test_the_study_plans_stl_per_head_and_per_task_then_mtl_and_mtl_at_stls_compute():
+    config = study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2, 3), stl_masked_words=True)
     runs = plan_runs(config)
-    stl = [r for r in runs if r.config == "STL"]
-    mtl = [r for r in runs if r.config != "STL"]
-    assert sorted({r.heads for r in stl}) == [("ner",), ("pos",), ("sentiment",)]
-    assert all(r.steps == 96 for r in stl)
-    assert all(r.steps == 192 and r.heads == ("pos", "ner", "sentiment") for r in mtl)  # 96 x 2 tasks
-    assert len(stl) == 3 * 3 and len(mtl) == len(STUDIES["full"].variants) * 3
+    seed_one = [(r.config, r.heads, r.steps, r.budget_of) for r in runs if r.seed == 1]
+    assert seed_one == [
+        ("MTL T=2, fixed", ("pos", "ner", "sentiment"), 5500, None),  # the full profile's steps
+        ("STL", ("pos",), 3000, None), ("STL", ("ner",), 3000, None), ("STL", ("sentiment",), 3000, None),
+        ("STL tagging", ("pos", "ner"), 3000, None),
+        ("STL + masked words", ("pos",), 3000, None), ("STL + masked words", ("ner",), 3000, None),
+        ("STL + masked words", ("sentiment",), 3000, None),
+        ("MTL T=2, fixed at STL's compute", ("pos", "ner", "sentiment"), 5500, "STL"),
+    ]  # fmt: skip
+    assert [r.settings for r in runs if r.config == "STL + masked words"][0] == ("training.masked_word_share=0.2",)
+    assert [r.seed for r in runs] == [1] * 9 + [2] * 9 + [3] * 9  # seed by seed
+    everything = [r.heads for r in plan_runs(study_config("full")) if r.seed == 1 and r.config == "STL"]
+    assert everything[-1] == ("translation",)  # the slowest STL model last
     assert len({r.key for r in runs}) == len(runs)
-    assert [r.seed for r in runs][: len(runs) // 3] == [1] * (len(runs) // 3)  # seed by seed
+    assert config.model == STUDIES["full"].model and config.model.num_layers == 3  # the full profile's encoder
+    assert config.epochs(3000) == 12 and config.epochs(5500) == 22  # a validation point every 250 steps
 
 
-def _run(config, seed, metrics, seconds=10.0, parameters=1000):
+def _run(config, seed, metrics, seconds=10.0, parameters=1000, **extra):
     return {"key": f"{config}|{sorted(metrics)}|{seed}", "config": config, "seed": seed, "heads": list(metrics),
-            "steps": 100, "train_seconds": seconds, "parameters": parameters,
-            "metrics": {h: {report._primary_metrics()[h]: v} for h, v in metrics.items()},
+            "steps": 100, "train_seconds": seconds, "parameters": parameters, "peak_rss_mb": 500,
+            "serving_ms": {"analyze": 2.0}, "metrics": {h: {report._primary_metrics()[h]: v} for h, v in metrics.items()},
             "curves": [{"step": 50, **{f"val_{h}_accuracy": v / 2 for h, v in metrics.items()}},
-                       {"step": 100, **{f"val_{h}_accuracy": v for h, v in metrics.items()}}]}  # fmt: skip
+                       {"step": 100, **{f"val_{h}_accuracy": v for h, v in metrics.items()}}], **extra}  # fmt: skip
 
 
-def test_aggregate_gives_mean_and_std_over_seeds_and_what_the_models_cost():
+def test_aggregate_pairs_each_head_with_stl_by_seed_and_adds_up_what_the_stl_models_cost():
     runs = []
-    for seed, (s, p) in enumerate([(0.80, 0.90), (0.82, 0.92)]):
-        runs += [_run("STL", seed, {"sentiment": s}), _run("STL", seed, {"pos": p})]
-        runs.append(_run("MTL T=2, fixed", seed, {"sentiment": s + 0.05, "pos": p - 0.001}, seconds=15, parameters=1200))
+    for seed, (s, p) in enumerate([(0.80, 0.90), (0.82, 0.92), (0.81, 0.91)]):
+        runs += [_run("STL", seed, {"sentiment": s}), _run("STL", seed, {"pos": p}, seconds=20)]
+        # sentiment higher on every seed by 0.05; pos higher on one seed, lower on two
+        runs.append(_run("MTL T=2, fixed", seed, {"sentiment": s + 0.05, "pos": p + (0.002 if seed else -0.004)},
+                         seconds=15, parameters=1200, peak_rss_mb=700))  # fmt: skip
     summary = report.aggregate({"runs": runs})
     stl = summary["scores"]["STL"]["sentiment"]["accuracy"]
-    assert stl["mean"] == pytest.approx(0.81) and stl["std"] == pytest.approx(0.014142, abs=1e-5) and stl["n"] == 2
-    assert summary["costs"]["STL"] == {"models": 2, "train_seconds": {"mean": 20.0, "std": 0.0, "n": 2},
-                                       "parameters": 2000, "steps": 200}  # fmt: skip
+    assert stl["mean"] == pytest.approx(0.81) and stl["std"] == pytest.approx(0.01) and stl["n"] == 3
+    costs = summary["costs"]["STL"]
+    assert costs["models"] == 2 and costs["train_seconds"]["mean"] == 30.0 and costs["parameters"] == 2000
+    assert costs["serving_ms"]["mean"] == 4.0 and costs["peak_rss_mb"] == 500  # two models' requests; one at a time
     assert summary["best_mtl"] == "MTL T=2, fixed"
-    verdicts = report._verdicts(summary, "MTL T=2, fixed")
-    assert verdicts["better"] == ["sentiment (+0.0500)"] and verdicts["within noise"] == ["pos (-0.0010)"]
+    effects = summary["effects"]["MTL T=2, fixed"]
+    assert effects["sentiment"]["verdict"] == "better" and effects["sentiment"]["higher_on"] == 3
+    assert effects["pos"]["verdict"] == "within noise" and effects["pos"]["higher_on"] == 2
     table = report.format_table(summary)
-    assert "| sentiment (accuracy) | 0.8100 ± 0.0141 | 0.8600 ± 0.0141 (+0.0500) |" in table
-    assert "| parameters (STL: all models) | 2,000 | 1,200 |" in table
+    assert "| sentiment (accuracy) | 0.8100 ± 0.0100 | 0.8600 ± 0.0100 (+0.0500; higher on 3/3) |" in table
+    assert "| parameters (all models) | 2,000 | 1,200 |" in table
+    assert "| peak memory, MB (largest process) | 500 | 700 |" in table
+    text = report._what_it_says(summary)
+    assert "better on sentiment (+0.0500)" in text and "within noise on pos" in text and "Partial" not in text
+
+
+def test_a_difference_needs_three_seeds_that_agree_to_count():
+    assert report.verdict([0.01, 0.02]) == "no verdict (2 seeds)"
+    assert report.verdict([0.01, 0.02, 0.015]) == "better"
+    assert report.verdict([-0.01, -0.02, -0.015]) == "worse"
+    assert report.verdict([0.05, 0.04, -0.001]) == "within noise"  # one seed disagrees
+    assert report.verdict([0.001, 0.1, 0.0005]) == "within noise"  # same sign, but the spread swamps the mean
+
+
+def test_the_curves_count_the_examples_of_each_heads_own_task():
+    run = _run("MTL T=2, fixed", 1, {"pos": 0.9}, points=[
+        {"step": 250, "examples": {"tagging": 4000, "sentiment": 12000}, "primary": {"pos": 0.8}, "mean_primary": 0.8},
+        {"step": 500, "examples": {"tagging": 8000, "sentiment": 24000}, "primary": {"pos": 0.85}, "mean_primary": 0.85},
+    ])  # fmt: skip
+    assert report._curve(run, "pos", report._head_tasks()) == ([4000, 8000], [0.8, 0.85])
+
+
+def test_early_stopping_stops_after_patience_points_and_keeps_the_best_weights(monkeypatch):
+    import keras
+    import numpy as np
+
+    from mtnlp.experiments import convergence
+
+    scores = iter([0.5, 0.7, 0.69, 0.6, 0.9])
+    monkeypatch.setattr(convergence, "primary_scores", lambda signatures, data: {"sentiment": next(scores)})
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    weights_seen = []
+
+    class RecordWeights(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights_seen.append(self.model.get_weights()[0].copy())
+
+    stopping = convergence.EarlyStoppingOnPrimaryMetrics(lambda: {}, {}, {"sentiment": 8.0}, patience=2)
+    x, y = np.random.default_rng(0).normal(size=(16, 2)), np.ones((16, 1))
+    model.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[RecordWeights(), stopping])
+    assert [p["step"] for p in stopping.points] == [2, 4, 6, 8]  # stopped after 2 points without improvement
+    assert stopping.stopped_early and stopping.best_step == 4
+    assert stopping.points[1]["examples"] == {"sentiment": 32}
+    np.testing.assert_array_equal(model.get_weights()[0], weights_seen[1])  # the best point's weights
+
+
+def test_a_time_budget_stops_training_after_the_step_that_spends_it():
+    import keras
+    import numpy as np
+
+    from mtnlp.experiments.convergence import TimeBudget
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    budget = TimeBudget(0.0)
+    model.fit(np.zeros((64, 2)), np.zeros((64, 1)), batch_size=8, epochs=3, verbose=0, callbacks=[budget])
+    assert budget.spent and int(model.optimizer.iterations.numpy()) == 1
 
 
 @pytest.mark.slow
 def test_quick_study_writes_the_report_and_resumes(tmp_path):
     out, workdir = tmp_path / "report", tmp_path / "work"
-    # learned loss weighting: the MTL variant with the most machinery of its own
     args = ("experiment", "mtl-vs-stl", "--quick", "--tasks", "sentiment", "relation",
-            "--variants", "temperature=2:uncertainty", "--out", str(out), "--workdir", str(workdir))  # fmt: skip
+            "--out", str(out), "--workdir", str(workdir))  # fmt: skip
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
-    # 2 seeds x (STL sentiment, STL relation, the MTL variant)
-    assert len(results["runs"]) == 6
-    assert {r["config"] for r in results["runs"]} == {"STL", "MTL T=2, uncertainty"}
+    # 2 seeds x (STL sentiment, STL relation, MTL, MTL at STL's compute)
+    assert len(results["runs"]) == 8
+    assert {r["config"] for r in results["runs"]} == {"STL", "MTL T=2, fixed", "MTL T=2, fixed at STL's compute"}
     for run in results["runs"]:
         assert set(run["metrics"]) == set(run["heads"]), run["key"]
         assert all(0.0 <= v <= 1.0 for m in run["metrics"].values() for v in m.values())
-        assert len(run["curves"]) == 2 and run["train_seconds"] > 0 and run["parameters"] > 0
-    mtl = next(r for r in results["runs"] if r["config"] == "MTL T=2, uncertainty")
-    assert mtl["steps"] == 2 * next(r for r in results["runs"] if r["config"] == "STL")["steps"]
+        assert run["train_seconds"] > 0 and run["parameters"] > 0 and run["peak_rss_mb"] > 100
+        assert run["points"] and 0 < run["steps"] <= run["max_steps"] and run["best_step"] <= run["steps"]
+        assert all(set(p["primary"]) == set(run["heads"]) for p in run["points"])
+    mtl = next(r for r in results["runs"] if r["config"] == "MTL T=2, fixed")
+    assert mtl["max_steps"] == 40 and set(mtl["serving_ms"]) == {"analyze", "relation"}
+    assert {t for p in mtl["points"] for t in p["examples"]} == {"sentiment", "relation"}
+    equal = next(r for r in results["runs"] if r["config"] == "MTL T=2, fixed at STL's compute")
+    stl_seconds = sum(r["train_seconds"] for r in results["runs"] if r["config"] == "STL" and r["seed"] == 1)
+    assert equal["time_budget"] == pytest.approx(stl_seconds, abs=0.2)
+    assert equal.get("same_as") == mtl["key"] or equal["train_seconds"] >= stl_seconds
     text = (out / "report.md").read_text()
     assert "| sentiment (accuracy) |" in text and "| relation (semeval_macro_f1) |" in text
-    assert "**What the numbers say.**" in text and "mtl-vs-stl --quick" in text
-    for plot in ("metrics.png", "curves.png"):
+    assert "**What the numbers say.**" in text and "mtl-vs-stl --quick" in text and "serving latency" in text
+    for plot in ("metrics.png", "curves.png", "cost.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[1/6] STL: sentiment, seed 1" in first.stderr and "ETA" in first.stderr
+    assert "[1/8] MTL T=2, fixed: sentiment+relation, seed 1" in first.stderr and "ETA" in first.stderr
 
     again = run_cli(*args)  # every run is recorded: nothing is trained again
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "Resuming: 6 of 6 runs" in again.stderr and "Training" not in again.stderr
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 6
+    assert "Resuming: 8 of 8 runs" in again.stderr and "Training" not in again.stderr
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 8
 
 
-def test_steps_must_fill_whole_validation_intervals():
-    with pytest.raises(ValueError, match="multiple of validation_points"):
-        study_config("full", steps_per_task=500)
+def test_caps_must_fill_whole_validation_intervals():
+    with pytest.raises(ValueError, match=r"steps_per_task \(3100\) must be a multiple of validation_every \(250\)"):
+        study_config("full", steps_per_task=3100)
+    from mtnlp.experiments import ablation
+
+    with pytest.raises(ValueError, match="multiple of validation_points"):  # fixed steps (the ablation)
+        study_config("full", ablation.STUDIES, steps_per_task=301)
 
 
 # -- mtnlp experiment ablation ----------------------------------------------------------------------------------
