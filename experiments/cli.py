@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--max-records", type=int,
                        help="records per task and split read at ingest (default: all; quick: 120)")
     study.add_argument("--eval-records", type=int, help="validation records per task scored (default 2000; quick: 60)")
+    study.add_argument("--report-only", action="store_true",
+                       help="write report.md and the plots again from --out's results.json (e.g. of a study still "
+                            "running or stopped part-way) without training")  # fmt: skip
     study.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     study.set_defaults(func=mtl_vs_stl_command)
 
@@ -92,6 +95,8 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp.extras import require_extra
 
     require_extra("study")
+    if args.report_only:
+        return _rewrite_report(args)
     logs.quiet_environment(args.verbose)
     from mtnlp.experiments.mtl_vs_stl import study_config, variants_from
     from mtnlp.model import devices
@@ -118,6 +123,27 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
                         verbose=args.verbose)  # fmt: skip
     print(format_table(results["summary"]))
     print(f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}")
+    return 0
+
+
+def _rewrite_report(args: argparse.Namespace) -> int:
+    import json
+
+    from mtnlp.experiments.report import REPORT_FILE, RESULTS_FILE, format_table, write_report
+
+    out = os.path.abspath(args.out or os.path.join("reports", "mtl-vs-stl" + ("-quick" if args.quick else "")))
+    path = os.path.join(out, RESULTS_FILE)
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        log.error("error: %s does not exist: run the study first (without --report-only)", path)
+        return 2
+    except json.JSONDecodeError as e:
+        log.error("error: %s is not valid JSON (line %d): %s", path, e.lineno, e.msg)
+        return 2
+    print(format_table(write_report(results, out)))
+    print(f"\nreport: {os.path.join(out, REPORT_FILE)} ({len(results['runs'])} runs)")
     return 0
 
 

@@ -168,6 +168,16 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     assert "Resuming: 8 of 8 runs" in again.stderr and "Training" not in again.stderr
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 8
 
+    (out / "report.md").unlink()
+    rewritten = run_cli("experiment", "mtl-vs-stl", "--report-only", "--out", str(out))
+    assert rewritten.returncode == 0, rewritten.stderr[-5000:]
+    assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(8 runs)" in rewritten.stdout
+
+
+def test_report_only_names_a_missing_results_file(tmp_path):
+    result = run_cli("experiment", "mtl-vs-stl", "--report-only", "--out", str(tmp_path))
+    assert result.returncode == 2 and f"{tmp_path}/results.json does not exist" in result.stderr
+
 
 def test_caps_must_fill_whole_validation_intervals():
     with pytest.raises(ValueError, match=r"steps_per_task \(3100\) must be a multiple of validation_every \(250\)"):
