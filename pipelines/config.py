@@ -86,8 +86,8 @@ class TrainingConfig:
     # Heads trained with CR-CNN's pairwise ranking loss (dos Santos et al. 2015, model/layers.py) instead of
     # cross-entropy; only heads with a none class (relation's "Other"). A training choice that also fixes the
     # model's none-class logit at 0 (served: "Other" exactly when no relation scores above 0), so this one
-    # setting reaches both build_model and compile_for_heads (model/training.py). None: cross-entropy for all;
-    # the default until the loss is measured against it on this data.
+    # setting reaches both build_model and compile_for_heads (model/training.py). None: cross-entropy for all.
+    # Off: relation alone, full encoder, 800 steps: macro-F1 0.711 against 0.708 (one run each, within noise).
     ranking_loss_heads: tuple[str, ...] | None = None
     # The masked-word objective (model/dataset.py): the share of training examples drawn for it from
     # every task's text (0: off) and the share of their words masked. Off: at 0.2 it cost NER 0.032,
