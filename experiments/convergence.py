@@ -33,10 +33,12 @@ def _primary_metric(head_name: str) -> str:
 
 
 class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
-    """Early stopping on the model's own validation score: the mean over its heads of their primary metrics
-    (entity F1, BLEU, macro-F1... as the Evaluator computes them), scored through the model's serving
-    signatures at every validation point (epoch end). Training stops after ``patience`` points without an
-    improvement of more than ``min_delta``; the best point's weights are restored at the end.
+    """Early stopping on the model's own validation scores: each head's primary metric (entity F1, BLEU,
+    macro-F1... as the Evaluator computes them), scored through the model's serving signatures at every
+    validation point (epoch end). Training stops once no head has beaten its own best by more than
+    ``min_delta`` for ``patience`` points: a multi-task model stops when its last head has converged, not when
+    the mean stalls because one head's noisy score peaked early while another still climbs. The weights of the
+    point with the best mean over the heads (the one model that would be served) are restored at the end.
 
     Args:
         make_signatures: builds the serving signatures of the model being trained (called once, at the first
@@ -60,7 +62,8 @@ class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
         self.points: list[dict[str, Any]] = []
         self.best_score, self.best_step, self.stopped_early = float("-inf"), 0, False
         self._best_weights: list | None = None
-        self._since_best = 0
+        self._best_per_head: dict[str, float] = {}
+        self._since_improvement = 0
 
     def on_epoch_end(self, epoch, logs=None):
         if self._signatures is None:
@@ -70,15 +73,17 @@ class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
         mean = statistics.fmean(scores.values())
         self.points.append({"step": step, "examples": {t: round(step * n) for t, n in self._examples_per_step.items()},
                             "primary": scores, "mean_primary": mean})  # fmt: skip
-        if mean > self.best_score + self.min_delta:
-            self.best_score, self.best_step, self._since_best = mean, step, 0
+        if mean > self.best_score:
+            self.best_score, self.best_step = mean, step
             self._best_weights = self.model.get_weights()
-        else:
-            self._since_best += 1
+        improved = [h for h, v in scores.items() if v > self._best_per_head.get(h, float("-inf")) + self.min_delta]
+        for head in improved:
+            self._best_per_head[head] = scores[head]
+        self._since_improvement = 0 if improved else self._since_improvement + 1
         log.warning("%sstep %d: %s  mean %.4f (best %.4f at step %d)", self._prefix, step,
                     "  ".join(f"{h}={v:.4f}" for h, v in scores.items()), mean, self.best_score, self.best_step)  # fmt: skip
-        if self._since_best >= self.patience:
-            log.warning("%sno improvement for %d validation points: stopping at step %d", self._prefix,
+        if self._since_improvement >= self.patience:
+            log.warning("%sno head improved for %d validation points: stopping at step %d", self._prefix,
                         self.patience, step)  # fmt: skip
             self.stopped_early = True
             self.model.stop_training = True

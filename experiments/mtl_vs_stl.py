@@ -210,9 +210,9 @@ class PlannedRun:
 
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
-    """Seed by seed (a partial study still compares every configuration): each MTL variant, then the STL
-    models (the cheap ones first: translation's decoder makes its model the slowest), then the
-    equal-compute MTL model (which needs the seed's STL times)."""
+    """Seed by seed (a partial study still compares every configuration): each MTL variant, the single-head
+    STL models (the cheap ones first: translation's decoder makes its model the slowest), the equal-compute
+    MTL model (which needs their times), then the optional STL models (per task, with masked words)."""
     from mtnlp.model.tasks import get_head, select_tasks, supervised_tasks
 
     tasks = supervised_tasks(select_tasks(config.tasks))
@@ -224,16 +224,16 @@ def plan_runs(config: StudyConfig) -> list[PlannedRun]:
         runs += [PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings) for v in config.variants]
         runs += [PlannedRun(STL, (head,), (task,), seed, config.steps_per_task)
                  for task, head in sorted(heads, key=lambda th: not get_head(th[1]).needs_logits)]
+        if config.equal_compute:
+            reference = config.variants[0]
+            runs.append(PlannedRun(reference.name + EQUAL_COMPUTE_SUFFIX, all_heads, task_names, seed, mtl_steps,
+                                   reference, reference.settings, budget_of=STL))  # fmt: skip
         if config.stl_per_task:
             runs += [PlannedRun(f"{STL} {t.name}", tuple(h.name for h in t.heads), (t.name,), seed, config.steps_per_task)
                      for t in tasks if len(t.heads) > 1]  # fmt: skip
         if config.stl_masked_words:
             runs += [PlannedRun(f"{STL} + masked words", (head,), (task,), seed, config.steps_per_task,
                                 settings=MASKED_WORDS) for task, head in heads]  # fmt: skip
-        if config.equal_compute:
-            reference = config.variants[0]
-            runs.append(PlannedRun(reference.name + EQUAL_COMPUTE_SUFFIX, all_heads, task_names, seed, mtl_steps,
-                                   reference, reference.settings, budget_of=STL))  # fmt: skip
     return runs
 
 

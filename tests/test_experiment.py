@@ -31,10 +31,10 @@ def test_the_study_plans_stl_per_head_and_per_task_then_mtl_and_mtl_at_stls_comp
     assert seed_one == [
         ("MTL T=2, fixed", ("pos", "ner", "sentiment"), 5500, None),  # the full profile's steps
         ("STL", ("pos",), 3000, None), ("STL", ("ner",), 3000, None), ("STL", ("sentiment",), 3000, None),
+        ("MTL T=2, fixed at STL's compute", ("pos", "ner", "sentiment"), 5500, "STL"),
         ("STL tagging", ("pos", "ner"), 3000, None),
         ("STL + masked words", ("pos",), 3000, None), ("STL + masked words", ("ner",), 3000, None),
         ("STL + masked words", ("sentiment",), 3000, None),
-        ("MTL T=2, fixed at STL's compute", ("pos", "ner", "sentiment"), 5500, "STL"),
     ]  # fmt: skip
     assert [r.settings for r in runs if r.config == "STL + masked words"][0] == ("training.masked_word_share=0.2",)
     assert [r.seed for r in runs] == [1] * 9 + [2] * 9 + [3] * 9  # seed by seed
@@ -117,6 +117,26 @@ def test_early_stopping_stops_after_patience_points_and_keeps_the_best_weights(m
     assert stopping.stopped_early and stopping.best_step == 4
     assert stopping.points[1]["examples"] == {"sentiment": 32}
     np.testing.assert_array_equal(model.get_weights()[0], weights_seen[1])  # the best point's weights
+
+
+def test_a_multi_task_model_stops_only_when_no_head_improves_any_more(monkeypatch):
+    import keras
+    import numpy as np
+
+    from mtnlp.experiments import convergence
+
+    # ner peaks early on a noisy point, translation keeps climbing: the mean stalls, the model must go on
+    scores = iter([{"ner": 0.50, "translation": 0.01}, {"ner": 0.60, "translation": 0.02},
+                   {"ner": 0.45, "translation": 0.03}, {"ner": 0.46, "translation": 0.04},
+                   {"ner": 0.47, "translation": 0.05}, {"ner": 0.47, "translation": 0.05},
+                   {"ner": 0.47, "translation": 0.05}])  # fmt: skip
+    monkeypatch.setattr(convergence, "primary_scores", lambda signatures, data: next(scores))
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    stopping = convergence.EarlyStoppingOnPrimaryMetrics(lambda: {}, {}, {}, patience=2)
+    model.fit(np.zeros((16, 2)), np.ones((16, 1)), batch_size=8, epochs=7, verbose=0, callbacks=[stopping])
+    assert [p["step"] for p in stopping.points] == [2, 4, 6, 8, 10, 12, 14]  # translation improved up to step 10
+    assert stopping.stopped_early and stopping.best_step == 4  # the best mean (0.31) is what is kept
 
 
 def test_a_time_budget_stops_training_after_the_step_that_spends_it():
