@@ -106,12 +106,16 @@ def aggregate(results: dict[str, Any]) -> dict[str, Any]:
             "seeds": len(seeds),
         }
     effects = {c: _effects(runs, c, heads, primary) for c in configs if c != STL}
-    complete = [c for c in configs if set(scores[c]) == set(heads)]
-    overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in heads) for c in complete}
-    mtl = [c for c in complete if not _is_stl(c)]
+    # STL and the MTL configurations, compared on the heads they all have (all of them once STL is complete)
+    compared = [c for c in configs if c == STL or not _is_stl(c)]
+    compared_heads = [h for h in heads if all(h in scores[c] for c in compared)]
+    overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in compared_heads)
+               for c in compared if compared_heads}  # fmt: skip
+    mtl = [c for c in overall if not _is_stl(c)]
     planned = results.get("planned") or [r["key"] for r in runs]
     return {"configs": configs, "heads": heads, "primary_metric": {h: primary[h] for h in heads},
             "scores": scores, "effects": effects, "costs": costs, "mean_primary_metric": overall,
+            "compared_heads": compared_heads,
             "best_mtl": max(mtl, key=lambda c: overall[c]) if mtl else None,
             "progress": {"done": sum(1 for r in runs if r["key"] in set(planned)), "planned": len(planned)}}  # fmt: skip
 
@@ -161,7 +165,7 @@ def _what_it_says(summary: dict[str, Any]) -> str:
     parts = [
         f"The best multi-task configuration by mean primary metric is **{best}** "
         f"({summary['mean_primary_metric'][best]:.4f} against {summary['mean_primary_metric'][STL]:.4f} for the "
-        f"single-task models). Against STL, paired by seed, it is "
+        f"single-task models{_over(summary)}). Against STL, paired by seed, it is "
         + "; ".join(f"{kind} on {', '.join(heads)}" for kind, heads in sorted(by_verdict.items())) + ".",
         f"One MTL model has {mtl_cost['parameters']:,} parameters, trained in {mtl_cost['train_seconds']['mean']:.0f} s "
         f"with a peak of {mtl_cost['peak_rss_mb']:,} MB and answers all its signatures in "
@@ -185,6 +189,13 @@ def _what_it_says(summary: dict[str, Any]) -> str:
         parts.append(f"**Partial study:** {progress['done']} of {progress['planned']} planned runs have finished; "
                      "running the same command again resumes it.")  # fmt: skip
     return " ".join(parts)
+
+
+def _over(summary: dict[str, Any]) -> str:
+    """How the mean primary metric was taken, when not over every head."""
+    if summary["compared_heads"] == summary["heads"]:
+        return ""
+    return f", mean over the heads both have: {', '.join(summary['compared_heads'])}"
 
 
 def _curve(run: dict[str, Any], head: str, tasks: dict[str, str]) -> tuple[list[float], list[float]]:

@@ -78,6 +78,16 @@ def test_aggregate_pairs_each_head_with_stl_by_seed_and_adds_up_what_the_stl_mod
     assert "better on sentiment (+0.0500)" in text and "within noise on pos" in text and "Partial" not in text
 
 
+def test_a_partial_study_compares_on_the_heads_both_sides_have():
+    runs = [_run("MTL T=2, fixed", seed, {"sentiment": 0.82, "pos": 0.90}) for seed in (1, 2, 3)]
+    runs += [_run("STL", seed, {"sentiment": 0.80}) for seed in (1, 2, 3)]  # STL pos not trained yet
+    summary = report.aggregate({"runs": runs, "planned": [r["key"] for r in runs] + ["STL | pos | seed 1"]})
+    assert summary["compared_heads"] == ["sentiment"]
+    assert summary["mean_primary_metric"] == {"MTL T=2, fixed": pytest.approx(0.82), "STL": pytest.approx(0.80)}
+    text = report._what_it_says(summary)
+    assert "mean over the heads both have: sentiment" in text and "6 of 7 planned runs" in text
+
+
 def test_a_difference_needs_three_seeds_that_agree_to_count():
     assert report.verdict([0.01, 0.02]) == "no verdict (2 seeds)"
     assert report.verdict([0.01, 0.02, 0.015]) == "better"
