@@ -9,7 +9,7 @@ validation records, with the pipeline's metrics.
 The protocol (the ``full`` study):
 - every model trains to convergence: at each validation point its heads are scored through its serving
   signatures on their own primary metrics (``experiments/convergence.py``); training stops after
-  ``patience`` points without improvement, the best point's weights are kept, and a cap of steps per model
+  ``patience`` points in which no head improved, the best point's weights are kept, and a cap of steps per model
   bounds the rest (the report states it);
 - STL: one model per head, plus one per task with several heads (pos + ner: tagging); MTL: the pipeline's
   default and the chosen variants (task sampling, loss weighting, or settings such as the masked-word
@@ -112,8 +112,8 @@ class StudyConfig:
         validation_points: with fixed steps, the validation points along training (the curves).
         eval_steps: batches of Keras' own validation at each point.
         mtl_steps: optimizer steps of an MTL model (None: ``steps_per_task`` x tasks).
-        patience: early stopping: validation points without improvement of the model's mean primary
-            metric before it stops (None: fixed steps, no early stopping).
+        patience: early stopping: validation points in which no head beats its own best primary metric
+            before the model stops (None: fixed steps, no early stopping).
         validation_every: with ``patience``, steps between validation points.
         selection_records: with ``patience``, validation records per task scored at each point.
         stl_per_task: also one STL model per task with several heads (tagging: pos + ner).
@@ -165,8 +165,6 @@ class StudyConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples as lists, as results.json holds them
 
 
-_VARIANTS = (MtlVariant("proportional"), MtlVariant("temperature"), MtlVariant("uniform"),
-             MtlVariant("temperature", "uncertainty"))  # fmt: skip
 # The quick profile's encoder (d=128, 2 layers) and optimizer settings (the ablation's models).
 _MODEL = ModelConfig(embedding_dim=128, num_layers=2, num_heads=4, intermediate_dim=256)
 _TRAINING = TrainingConfig(batch_size=32, learning_rate=2e-3)
@@ -174,8 +172,8 @@ _FULL = get_config("full")
 
 STUDIES = {
     # The full profile's model, every model to convergence: STL caps 3,000 steps, MTL the full profile's
-    # 5,500; a validation point every 250 steps (16,000 examples), patience 3. About 110 minutes per seed
-    # on 2 CPU cores (see the report), so variants beyond the pipeline's default are opt-in (--variants).
+    # 5,500; a validation point every 250 steps (16,000 examples), patience 3. About 2 hours per seed
+    # on 2 CPU cores (measured: see the report), so variants beyond the pipeline's default are opt-in (--variants).
     "full": StudyConfig(tasks=None, steps_per_task=3000, mtl_steps=_FULL.training.train_steps, seeds=(1, 2, 3),
                         variants=(MtlVariant(),), model=_FULL.model, training=_FULL.training,
                         max_records_per_split=None, eval_records=2000, eval_steps=10, patience=3,
@@ -359,10 +357,9 @@ class Study:
             else:
                 weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
                                                run.variant.temperature)  # fmt: skip
-            record = self._equal_compute(run) if run.budget_of else None
+            budget = self._time_budget(run)
+            record = self._equal_compute(run, budget) if budget is not None else None
             if record is None:
-                budget = (sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
-                          if run.budget_of else None)  # fmt: skip
                 job = _Job(run, self.config, self.data_root, data, weights, budget, prefix, self.verbose)
                 # a fresh process per model: its peak memory is its own, and TensorFlow's state does not pile up
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as process:
@@ -378,10 +375,15 @@ class Study:
         self._save()
         return self.results
 
-    def _equal_compute(self, run: PlannedRun) -> dict[str, Any] | None:
+    def _time_budget(self, run: PlannedRun) -> float | None:
+        """Equal compute: the summed training seconds of ``run.budget_of``'s runs of the seed (None: no budget)."""
+        if run.budget_of is None:
+            return None
+        return sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
+
+    def _equal_compute(self, run: PlannedRun, budget: float) -> dict[str, Any] | None:
         """The reference MTL run of the seed, recorded as this run, when it trained within the budget (training
         it again under the budget would repeat it); None when it must train under the budget."""
-        budget = sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
         reference = self._recorded(run.config.removesuffix(EQUAL_COMPUTE_SUFFIX), run.seed)
         if reference and reference[0]["train_seconds"] <= budget:
             log.warning("%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "

@@ -11,12 +11,13 @@ import os
 import statistics
 from typing import Any
 
+from mtnlp.experiments.mtl_vs_stl import STL
+
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 METRICS_PLOT = "metrics.png"
 CURVES_PLOT = "curves.png"
 COST_PLOT = "cost.png"
-STL = "STL"
 # A head's difference from STL counts as real only when every seed agrees on its sign and the mean is more
 # than this many standard errors of the per-seed differences from zero; with fewer seeds there is no verdict.
 MIN_SEEDS_FOR_VERDICT = 3
