@@ -209,8 +209,9 @@ class PlannedRun:
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     """Seed by seed (a partial study still compares every configuration): each MTL variant, the single-head
-    STL models (the cheap ones first: translation's decoder makes its model the slowest), the equal-compute
-    MTL model (which needs their times), then the optional STL models (per task, with masked words)."""
+    STL models (the cheap ones first: translation's decoder makes its model the slowest) and the equal-compute
+    MTL model (which needs their times). The optional STL models (per task, with masked words) come after every
+    seed's main runs, so that an interrupted study has its verdicts first."""
     from mtnlp.model.tasks import get_head, select_tasks, supervised_tasks
 
     tasks = supervised_tasks(select_tasks(config.tasks))
@@ -226,6 +227,7 @@ def plan_runs(config: StudyConfig) -> list[PlannedRun]:
             reference = config.variants[0]
             runs.append(PlannedRun(reference.name + EQUAL_COMPUTE_SUFFIX, all_heads, task_names, seed, mtl_steps,
                                    reference, reference.settings, budget_of=STL))  # fmt: skip
+    for seed in config.seeds:
         if config.stl_per_task:
             runs += [PlannedRun(f"{STL} {t.name}", tuple(h.name for h in t.heads), (t.name,), seed, config.steps_per_task)
                      for t in tasks if len(t.heads) > 1]  # fmt: skip

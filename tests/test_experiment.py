@@ -24,7 +24,7 @@ def test_variants_parse_and_name_themselves():
         MtlVariant.parse("uniform:learned")
 
 
-def test_the_study_plans_stl_per_head_and_per_task_then_mtl_and_mtl_at_stls_compute():
+def test_the_study_plans_mtl_stl_per_head_and_mtl_at_stls_compute_seed_by_seed_then_the_optional_stl_models():
     config = study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2, 3), stl_masked_words=True)
     runs = plan_runs(config)
     seed_one = [(r.config, r.heads, r.steps, r.budget_of) for r in runs if r.seed == 1]
@@ -37,7 +37,9 @@ def test_the_study_plans_stl_per_head_and_per_task_then_mtl_and_mtl_at_stls_comp
         ("STL + masked words", ("sentiment",), 3000, None),
     ]  # fmt: skip
     assert [r.settings for r in runs if r.config == "STL + masked words"][0] == ("training.masked_word_share=0.2",)
-    assert [r.seed for r in runs] == [1] * 9 + [2] * 9 + [3] * 9  # seed by seed
+    # every seed's verdict runs first (seed by seed), then the optional STL models, seed by seed
+    assert [r.seed for r in runs] == [1] * 5 + [2] * 5 + [3] * 5 + [1] * 4 + [2] * 4 + [3] * 4
+    assert {r.config for r in runs[:15]} == {"MTL T=2, fixed", "STL", "MTL T=2, fixed at STL's compute"}
     everything = [r.heads for r in plan_runs(study_config("full")) if r.seed == 1 and r.config == "STL"]
     assert everything[-1] == ("translation",)  # the slowest STL model last
     assert len({r.key for r in runs}) == len(runs)
