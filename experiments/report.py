@@ -171,10 +171,11 @@ def _what_it_says(summary: dict[str, Any]) -> str:
         f"One MTL model has {mtl_cost['parameters']:,} parameters, trained in {mtl_cost['train_seconds']['mean']:.0f} s "
         f"with a peak of {mtl_cost['peak_rss_mb']:,} MB and answers all its signatures in "
         f"{mtl_cost['serving_ms']['mean']:.1f} ms; the {stl_cost['models']} STL models together have "
-        f"{stl_cost['parameters']:,} parameters ({mtl_cost['parameters'] / stl_cost['parameters']:.2f}x), trained in "
-        f"{stl_cost['train_seconds']['mean']:.0f} s ({mtl_cost['train_seconds']['mean'] / stl_cost['train_seconds']['mean']:.2f}x) "
-        f"with a peak of {stl_cost['peak_rss_mb']:,} MB and answer in {stl_cost['serving_ms']['mean']:.1f} ms "
-        f"({mtl_cost['serving_ms']['mean'] / max(stl_cost['serving_ms']['mean'], 1e-9):.2f}x).",
+        f"{stl_cost['parameters']:,} parameters, trained in {stl_cost['train_seconds']['mean']:.0f} s with a peak of "
+        f"{stl_cost['peak_rss_mb']:,} MB and answer in {stl_cost['serving_ms']['mean']:.1f} ms. MTL over STL: "
+        f"{mtl_cost['parameters'] / stl_cost['parameters']:.2f}x the parameters, "
+        f"{mtl_cost['train_seconds']['mean'] / stl_cost['train_seconds']['mean']:.2f}x the training time, "
+        f"{mtl_cost['serving_ms']['mean'] / max(stl_cost['serving_ms']['mean'], 1e-9):.2f}x the serving latency.",
     ]  # fmt: skip
     for config in summary["configs"]:
         cost = summary["costs"][config]
@@ -276,6 +277,7 @@ def _setup(results: dict[str, Any]) -> str:
 
     study = results["study"]
     m, t = study["model"], study["training"]
+    trained = [r for r in results["runs"] if "wall_seconds" in r and not r.get("same_as")]
     lines = [
         f"- Data: `{results['data']}` (train split for training, validation split for scoring; "
         f"{study['max_records_per_split'] or 'all'} records per task and split read, "
@@ -289,8 +291,9 @@ def _setup(results: dict[str, Any]) -> str:
         lines.append(
             f"- Convergence: a validation point every {study['validation_every']} steps scores each model's heads on "
             f"their primary metric ({study['selection_records']} validation records per task, through the model's "
-            f"serving signatures, greedy decoding); training stops after {study['patience']} points without "
-            f"improvement of the model's mean, and the best point's weights are kept. Caps: "
+            f"serving signatures, greedy decoding); training stops once none of the model's heads has beaten its own "
+            f"best for {study['patience']} points, and the weights of the best point by the mean over its heads are "
+            f"kept. Caps: "
             f"{study['steps_per_task']:,} steps per STL model, {study.get('mtl_steps') or 'steps x tasks'} per MTL model."
         )  # fmt: skip
     else:
@@ -304,8 +307,10 @@ def _setup(results: dict[str, Any]) -> str:
         "- Training time: seconds in `model.fit` (validation points included); peak memory: the peak resident "
         "memory of the process that trained and scored the model; serving latency: median of 20 one-example "
         "requests to each signature that answers the model's heads, in process.",
-        f"- Machine: {one_line(results['machine'])}; this invocation took {results.get('wall_seconds', 0) / 60:.0f} "
-        f"min (data preparation {results.get('data_seconds', 0):.0f} s).",
+        f"- Machine: {one_line(results['machine'])}; the {len(trained)} models trained so far took "
+        f"{sum(r['wall_seconds'] for r in trained) / 3600:.1f} h of wall time (each in a process of its own: "
+        f"training, validation points, final scores, latency); data preparation took "
+        f"{results.get('data_seconds', 0):.0f} s in the last invocation (Transform's output is reused on resume).",
     ]  # fmt: skip
     return "\n".join(lines)
 
