@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--max-records", type=int,
                        help="records per task and split read at ingest (default: all; quick: 120)")
     study.add_argument("--eval-records", type=int, help="validation records per task scored (default 2000; quick: 60)")
+    study.add_argument("--hours", type=float,
+                       help="time limit of this invocation: start no run that is not expected to finish within it "
+                            "(from the same model's earlier seeds, else its step cap at the study's mean time per "
+                            "step); a later run that fits goes first; the same command without it resumes the rest")  # fmt: skip
     study.add_argument("--report-only", action="store_true",
                        help="write report.md and the plots again from --out's results.json (e.g. of a study still "
                             "running or stopped part-way) without training")  # fmt: skip
@@ -120,7 +124,7 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
                 len(config.seeds), config.steps_per_task, config.mtl_steps or "that x tasks", out)  # fmt: skip
     start = time.time()
     results = run_study(config, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]),
-                        verbose=args.verbose)  # fmt: skip
+                        verbose=args.verbose, hours=args.hours)  # fmt: skip
     print(format_table(results["summary"]))
     print(f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}")
     return 0

@@ -299,10 +299,10 @@ class Study:
     own, and records each as it finishes."""
 
     def __init__(self, config: StudyConfig, data_root: str, workdir: str, results_path: str,
-                 planned: Sequence[PlannedRun] | None = None, verbose: bool = False):  # fmt: skip
+                 planned: Sequence[PlannedRun] | None = None, verbose: bool = False, hours: float | None = None):  # fmt: skip
         self.config, self.data_root, self.workdir, self.results_path = config, data_root, workdir, results_path
         self.planned = list(planned) if planned is not None else plan_runs(config)
-        self.verbose = verbose
+        self.verbose, self.hours = verbose, hours
         self.results = self._load_results()
 
     def _load_results(self) -> dict[str, Any]:
@@ -325,9 +325,6 @@ class Study:
             json.dump(self.results, f, indent=2)
         os.replace(partial, self.results_path)
 
-    def _recorded(self, config: str, seed: int) -> list[dict[str, Any]]:
-        return [r for r in self.results["runs"] if r["config"] == config and r["seed"] == seed]
-
     def run(self) -> dict[str, Any]:
         import tensorflow_transform as tft
 
@@ -346,10 +343,17 @@ class Study:
             log.warning("Resuming: %d of %d runs already in %s", len(self.planned) - len(todo), len(self.planned),
                         self.results_path)  # fmt: skip
         steps_left = sum(r.steps for r in todo)
-        seconds_per_step = None
+        seconds_per_step = _seconds_per_step(self.results["runs"])
+        deadline = start + self.hours * 3600 if self.hours else None
         context = multiprocessing.get_context("spawn")
-        for number, run in enumerate(todo, start=len(self.planned) - len(todo) + 1):
-            prefix = f"[{number}/{len(self.planned)}] "
+        while todo:
+            run = next_run(todo, self.planned, self.results["runs"], deadline - time.time() if deadline else None)
+            if run is None:
+                log.warning("Stopping: none of the %d runs left is expected to finish within --hours %g; the same "
+                            "command resumes the study", len(todo), self.hours)  # fmt: skip
+                break
+            todo.remove(run)
+            prefix = f"[{len(self.planned) - len(todo)}/{len(self.planned)}] "
             eta = f", ETA at most {seconds_per_step * steps_left / 60:.0f} min" if seconds_per_step else ""
             log.warning("%s%s: %s, seed %d, %s%d steps%s", prefix, run.config, "+".join(run.heads), run.seed,
                         "at most " if self.config.patience is not None else "", run.steps, eta)  # fmt: skip
@@ -359,7 +363,7 @@ class Study:
             else:
                 weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
                                                run.variant.temperature)  # fmt: skip
-            budget = self._time_budget(run)
+            budget = time_budget(run, self.results["runs"])
             record = self._equal_compute(run, budget) if budget is not None else None
             if record is None:
                 job = _Job(run, self.config, self.data_root, data, weights, budget, prefix, self.verbose)
@@ -369,31 +373,82 @@ class Study:
             self.results["runs"].append(record)
             self._save()
             steps_left -= run.steps
-            finished = [r for r in self.results["runs"] if "wall_seconds" in r and not r.get("same_as")]
-            seconds_per_step = sum(r["wall_seconds"] for r in finished) / max(1, sum(r["steps"] for r in finished))
+            seconds_per_step = _seconds_per_step(self.results["runs"])
             log.warning("%sdone in %.0f s (%d steps): %s", prefix, time.time() - run_start, record["steps"],
                         "  ".join(f"{h}={m[next(iter(m))]:.4f}" for h, m in record["metrics"].items()))  # fmt: skip
         self.results["wall_seconds"] = round(time.time() - start, 1)
         self._save()
         return self.results
 
-    def _time_budget(self, run: PlannedRun) -> float | None:
-        """Equal compute: the summed training seconds of ``run.budget_of``'s runs of the seed (None: no budget)."""
-        if run.budget_of is None:
-            return None
-        return sum(r["train_seconds"] for r in self._recorded(run.budget_of, run.seed))
-
     def _equal_compute(self, run: PlannedRun, budget: float) -> dict[str, Any] | None:
         """The reference MTL run of the seed, recorded as this run, when it trained within the budget (training
         it again under the budget would repeat it); None when it must train under the budget."""
-        reference = self._recorded(run.config.removesuffix(EQUAL_COMPUTE_SUFFIX), run.seed)
-        if reference and reference[0]["train_seconds"] <= budget:
-            log.warning("%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "
-                        "recorded as the same run", run.config, run.seed, reference[0]["train_seconds"], budget,
-                        run.budget_of)  # fmt: skip
-            return {**reference[0], "key": run.key, "config": run.config, "same_as": reference[0]["key"],
-                    "time_budget": round(budget, 1)}  # fmt: skip
+        reference = reference_within_budget(run, self.results["runs"])
+        if reference is None:
+            return None
+        log.warning("%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "
+                    "recorded as the same run", run.config, run.seed, reference["train_seconds"], budget,
+                    run.budget_of)  # fmt: skip
+        return {**reference, "key": run.key, "config": run.config, "same_as": reference["key"],
+                "time_budget": round(budget, 1)}  # fmt: skip
+
+
+def _recorded(runs: Sequence[dict[str, Any]], config: str, seed: int) -> list[dict[str, Any]]:
+    return [r for r in runs if r["config"] == config and r["seed"] == seed]
+
+
+def time_budget(run: PlannedRun, runs: Sequence[dict[str, Any]]) -> float | None:
+    """Equal compute: the summed training seconds of ``run.budget_of``'s runs of the seed (None: no budget)."""
+    if run.budget_of is None:
         return None
+    return sum(r["train_seconds"] for r in _recorded(runs, run.budget_of, run.seed))
+
+
+def reference_within_budget(run: PlannedRun, runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """An equal-compute run's reference MTL run of the seed, when it trained within the run's time budget."""
+    budget = time_budget(run, runs)
+    reference = _recorded(runs, run.config.removesuffix(EQUAL_COMPUTE_SUFFIX), run.seed)
+    if budget is not None and reference and reference[0]["train_seconds"] <= budget:
+        return reference[0]
+    return None
+
+
+def trained_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that trained a model (an equal-compute run recorded as its reference's trained nothing)."""
+    return [r for r in runs if "wall_seconds" in r and not r.get("same_as")]
+
+
+def _seconds_per_step(runs: Sequence[dict[str, Any]]) -> float | None:
+    trained = trained_runs(runs)
+    return sum(r["wall_seconds"] for r in trained) / sum(r["steps"] for r in trained) if trained else None
+
+
+def expected_seconds(run: PlannedRun, runs: Sequence[dict[str, Any]]) -> float | None:
+    """Wall seconds ``run`` is expected to take: the longest earlier seed of the same model (10 % margin), else
+    its step cap at the study's mean seconds per step; None before anything has trained. An equal-compute run
+    that its reference already answers takes none."""
+    if reference_within_budget(run, runs) is not None:
+        return 0.0
+    same_model = [r["wall_seconds"] for r in trained_runs(runs) if r["config"] == run.config and tuple(r["heads"]) == run.heads]
+    if same_model:
+        return 1.1 * max(same_model)
+    seconds_per_step = _seconds_per_step(runs)
+    return seconds_per_step * run.steps if seconds_per_step else None
+
+
+def next_run(todo: Sequence[PlannedRun], planned: Sequence[PlannedRun], runs: Sequence[dict[str, Any]],
+             seconds_left: float | None) -> PlannedRun | None:  # fmt: skip
+    """The first run of ``todo`` that can go now: an equal-compute run once its seed's budget runs are all
+    recorded, and, with a time limit, one expected to finish in ``seconds_left`` (a later, shorter run goes
+    before a long one that would not finish); None when none can."""
+    done = {r["key"] for r in runs}
+    for run in todo:
+        if run.budget_of and any(p.key not in done for p in planned if p.config == run.budget_of and p.seed == run.seed):
+            continue
+        expected = expected_seconds(run, runs)
+        if seconds_left is None or expected is None or expected <= seconds_left:
+            return run
+    return None
 
 
 def train_and_score(job: _Job) -> dict[str, Any]:
@@ -482,12 +537,15 @@ def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **ove
 
 
 def run_study(config: StudyConfig, data_root: str, workdir: str, report_dir: str, command: str = "",
-              verbose: bool = False) -> dict[str, Any]:  # fmt: skip
+              verbose: bool = False, hours: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Runs (or resumes) the study and writes its report. ``hours`` limits this invocation: no run starts that is
+    not expected to finish within it (``expected_seconds``), so a study can be fitted into a machine's free time."""
     from mtnlp.experiments import report
 
     os.makedirs(report_dir, exist_ok=True)
     os.makedirs(workdir, exist_ok=True)
-    results = Study(config, data_root, workdir, os.path.join(report_dir, report.RESULTS_FILE), verbose=verbose).run()
+    results_path = os.path.join(report_dir, report.RESULTS_FILE)
+    results = Study(config, data_root, workdir, results_path, verbose=verbose, hours=hours).run()
     if command:
         results["command"] = command
     report.write_report(results, report_dir)

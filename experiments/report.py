@@ -11,7 +11,7 @@ import os
 import statistics
 from typing import Any
 
-from mtnlp.experiments.mtl_vs_stl import STL
+from mtnlp.experiments.mtl_vs_stl import STL, trained_runs
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -277,7 +277,7 @@ def _setup(results: dict[str, Any]) -> str:
 
     study = results["study"]
     m, t = study["model"], study["training"]
-    trained = [r for r in results["runs"] if "wall_seconds" in r and not r.get("same_as")]
+    trained = trained_runs(results["runs"])
     lines = [
         f"- Data: `{results['data']}` (train split for training, validation split for scoring; "
         f"{study['max_records_per_split'] or 'all'} records per task and split read, "

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mtnlp.experiments import report
-from mtnlp.experiments.mtl_vs_stl import STUDIES, MtlVariant, plan_runs, study_config
+from mtnlp.experiments.mtl_vs_stl import STUDIES, MtlVariant, expected_seconds, next_run, plan_runs, study_config
 from tests.conftest import run_cli
 
 
@@ -53,6 +53,38 @@ def _run(config, seed, metrics, seconds=10.0, parameters=1000, **extra):
             "serving_ms": {"analyze": 2.0}, "metrics": {h: {report._primary_metrics()[h]: v} for h, v in metrics.items()},
             "curves": [{"step": 50, **{f"val_{h}_accuracy": v / 2 for h, v in metrics.items()}},
                        {"step": 100, **{f"val_{h}_accuracy": v for h, v in metrics.items()}}], **extra}  # fmt: skip
+
+
+def test_a_time_limit_starts_only_runs_expected_to_finish_and_a_shorter_later_one_goes_first():
+    planned = plan_runs(study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2)))
+    mtl, stl_pos, stl_ner, stl_sentiment, equal, *rest = planned
+    seed_one = [{"key": run.key, "config": run.config, "heads": list(run.heads), "seed": 1, "steps": run.steps,
+                 "wall_seconds": seconds, "train_seconds": seconds - 10}
+                for run, seconds in [(mtl, 3000), (stl_pos, 1000), (stl_ner, 500), (stl_sentiment, 500)]]  # fmt: skip
+    todo = [run for run in planned if run.seed == 2 or run.config == "STL tagging"]
+    assert [r.seed for r in todo[:4]] == [2, 2, 2, 2] and todo[-2].config == "STL tagging"
+
+    assert expected_seconds(todo[0], seed_one) == pytest.approx(3300)  # the same model's earlier seed, +10 %
+    assert next_run(todo, planned, seed_one, seconds_left=None) == todo[0]  # no limit: the plan's order
+    assert next_run(todo, planned, seed_one, seconds_left=3400) == todo[0]
+    # 1,200 s left: seed 2's MTL (3,300 s) and STL pos (1,100 s) ... STL pos fits
+    assert next_run(todo, planned, seed_one, seconds_left=1200).config == "STL"
+    assert next_run(todo, planned, seed_one, seconds_left=1200).heads == ("pos",)
+    # 600 s: STL ner (550 s); seed 2's equal-compute run waits for seed 2's STL runs
+    assert next_run(todo, planned, seed_one, seconds_left=600).heads == ("ner",)
+    # STL tagging has no earlier seed: its 3,000-step cap at the study's mean time per step (5,000 s / 14,500 steps)
+    tagging = next(r for r in todo if r.config == "STL tagging")
+    assert expected_seconds(tagging, seed_one) == pytest.approx(3000 * 5000 / 14_500)
+    assert next_run(todo, planned, seed_one, seconds_left=100) is None
+    assert expected_seconds(mtl, []) is None  # nothing trained yet: no estimate
+
+    # seed 1's equal-compute run goes once the seed's STL runs are recorded; the MTL model took longer than their
+    # 1,970 s of training, so it trains again (its cap at the mean time per step) ...
+    assert next_run([equal], planned, seed_one[:3], seconds_left=None) is None  # STL sentiment not recorded yet
+    assert next_run([equal], planned, seed_one, seconds_left=None) == equal
+    assert expected_seconds(equal, seed_one) == pytest.approx(5500 * 5000 / 14_500)
+    within = [dict(seed_one[0], train_seconds=1500)] + seed_one[1:]
+    assert expected_seconds(equal, within) == 0  # the reference trained within the STL time: recorded, not trained
 
 
 def test_aggregate_pairs_each_head_with_stl_by_seed_and_adds_up_what_the_stl_models_cost():
@@ -204,6 +236,14 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     rewritten = run_cli("experiment", "mtl-vs-stl", "--report-only", "--out", str(out))
     assert rewritten.returncode == 0, rewritten.stderr[-5000:]
     assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(8 runs)" in rewritten.stdout
+
+    # seed 2's STL runs lost: under a time limit they fit in none, and the equal-compute run waits for them
+    results["runs"] = [r for r in results["runs"] if r["seed"] == 1 or r["config"] == "MTL T=2, fixed"]
+    (out / "results.json").write_text(json.dumps(results))
+    limited = run_cli(*args, "--hours", "0.001")
+    assert limited.returncode == 0, limited.stderr[-5000:]
+    assert "Stopping: none of the 3 runs left is expected to finish within --hours 0.001" in limited.stderr
+    assert "Training" not in limited.stderr and len(json.loads((out / "results.json").read_text())["runs"]) == 5
 
 
 def test_report_only_names_a_missing_results_file(tmp_path):
