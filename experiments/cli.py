@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--hours", type=float,
                        help="time limit of this invocation: start no run that is not expected to finish within it "
                             "(from the same model's earlier seeds, else its step cap at the study's mean time per "
-                            "step); a later run that fits goes first; the same command without it resumes the rest")  # fmt: skip
+                            "step); a later run that fits goes first; the same command without it resumes the rest (default: none, run everything left)")  # fmt: skip
     study.add_argument("--report-only", action="store_true",
                        help="write report.md and the plots again from --out's results.json (e.g. of a study still "
                             "running or stopped part-way) without training")  # fmt: skip
