@@ -68,8 +68,21 @@ def _effects(runs: list[dict[str, Any]], config: str, heads: list[str], primary:
                        if r["config"] == config and head in r["metrics"] and r["seed"] in stl]  # fmt: skip
         if differences:
             effects[head] = {**_mean_std(differences), "higher_on": sum(d > 0 for d in differences),
-                             "verdict": verdict(differences)}  # fmt: skip
+                             "verdict": verdict(differences), "differences": differences}  # fmt: skip
     return effects
+
+
+def _copies(runs: list[dict[str, Any]], configs: list[str]) -> dict[str, str]:
+    """Configurations every run of which is a recorded copy of another configuration's run (an equal-compute
+    run whose reference already trained within the budget), mapped to that configuration: they add no column
+    or plot series of their own."""
+    config_of = {r["key"]: r["config"] for r in runs}
+    copies = {}
+    for config in configs:
+        references = {config_of.get(r.get("same_as")) for r in runs if r["config"] == config}
+        if len(references) == 1 and None not in references:
+            copies[config] = references.pop()
+    return copies
 
 
 def aggregate(results: dict[str, Any]) -> dict[str, Any]:
@@ -107,16 +120,17 @@ def aggregate(results: dict[str, Any]) -> dict[str, Any]:
             "seeds": len(seeds),
         }
     effects = {c: _effects(runs, c, heads, primary) for c in configs if c != STL}
+    copies = _copies(runs, configs)
     # STL and the MTL configurations, compared on the heads they all have (all of them once STL is complete)
     compared = [c for c in configs if c == STL or not _is_stl(c)]
     compared_heads = [h for h in heads if all(h in scores[c] for c in compared)]
     overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in compared_heads)
                for c in compared if compared_heads}  # fmt: skip
-    mtl = [c for c in overall if not _is_stl(c)]
+    mtl = [c for c in overall if not _is_stl(c) and c not in copies]
     planned = results.get("planned") or [r["key"] for r in runs]
     return {"configs": configs, "heads": heads, "primary_metric": {h: primary[h] for h in heads},
             "scores": scores, "effects": effects, "costs": costs, "mean_primary_metric": overall,
-            "compared_heads": compared_heads,
+            "compared_heads": compared_heads, "copies": copies,
             "best_mtl": max(mtl, key=lambda c: overall[c]) if mtl else None,
             "progress": {"done": sum(1 for r in runs if r["key"] in set(planned)), "planned": len(planned)}}  # fmt: skip
 
@@ -128,9 +142,35 @@ def _cell(score: dict[str, float], effect: dict[str, Any] | None) -> str:
     return text
 
 
+def shown_configs(summary: dict[str, Any]) -> list[str]:
+    """The configurations with runs of their own (not recorded copies of another's)."""
+    return [c for c in summary["configs"] if c not in summary["copies"]]
+
+
+def _label(summary: dict[str, Any], config: str) -> str:
+    """A plot label: the configuration, and those recorded as copies of it."""
+    also = [c for c, reference in summary["copies"].items() if reference == config]
+    return config + "".join(f"\n(= {c})" for c in also)
+
+
+def format_differences(summary: dict[str, Any]) -> str:
+    """Markdown: per head, each configuration's per-seed paired difference from STL and its verdict."""
+    configs = [c for c in shown_configs(summary) if c in summary["effects"]]
+    lines = ["| head (metric) | " + " | ".join(f"{c} − STL, per seed" for c in configs) + " |",
+             "|---|" + "---:|" * len(configs)]  # fmt: skip
+    for head in summary["heads"]:
+        cells = []
+        for config in configs:
+            effect = summary["effects"][config].get(head)
+            cells.append("–" if effect is None else
+                         " / ".join(f"{d:+.4f}" for d in effect["differences"]) + f" → **{effect['verdict']}**")  # fmt: skip
+        lines.append(f"| {head} ({summary['primary_metric'][head]}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown: one row per head (its primary metric, with the paired difference from STL) and per cost."""
-    configs = summary["configs"]
+    configs = shown_configs(summary)
     lines = ["| head (metric) | " + " | ".join(configs) + " |", "|---|" + "---:|" * len(configs)]
     for head in summary["heads"]:
         metric = summary["primary_metric"][head]
@@ -179,10 +219,13 @@ def _what_it_says(summary: dict[str, Any]) -> str:
     ]  # fmt: skip
     for config in summary["configs"]:
         cost = summary["costs"][config]
-        if cost["same_as_reference"]:
+        if config in summary["copies"]:
+            parts.append(f"{config}: on every seed the reference MTL model already trained within the single-head "
+                         f"STL models' total time, so its figures are those of {summary['copies'][config]}.")  # fmt: skip
+        elif cost["same_as_reference"]:
             parts.append(f"{config}: on {cost['same_as_reference']} of {cost['seeds']} seeds the reference MTL model "
                          "already trained within the single-head STL models' total time, so that run is its figure.")  # fmt: skip
-    capped = [c for c in summary["configs"] if summary["costs"][c]["reached_cap"]]
+    capped = [c for c in shown_configs(summary) if summary["costs"][c]["reached_cap"]]
     if capped:
         parts.append("Runs that reached their step cap without converging (their figure is a lower bound): "
                      + ", ".join(f"{c} ({summary['costs'][c]['reached_cap']})" for c in capped) + ".")  # fmt: skip
@@ -217,20 +260,25 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heads, configs = summary["heads"], summary["configs"]
+    heads, configs = summary["heads"], shown_configs(summary)
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(configs)}
     tasks = _head_tasks()
 
-    figure, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.6), squeeze=False)
+    # points, not bars from zero: the differences that matter are a fraction of a point
+    figure, axes = plt.subplots(1, len(heads), figsize=(3.2 * len(heads), 3.8), squeeze=False)
     for ax, head in zip(axes[0], heads):
         metric = summary["primary_metric"][head]
         shown = [c for c in configs if head in summary["scores"].get(c, {})]
-        means = [summary["scores"][c][head][metric]["mean"] for c in shown]
-        stds = [summary["scores"][c][head][metric]["std"] for c in shown]
-        ax.bar(range(len(shown)), means, yerr=stds, capsize=4, color=[colors[c] for c in shown])
-        ax.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=7)
+        for x, config in enumerate(shown):
+            seeds = [r["metrics"][head][metric] for r in results["runs"]
+                     if r["config"] == config and head in r["metrics"]]  # fmt: skip
+            ax.scatter([x] * len(seeds), seeds, color=colors[config], alpha=0.45, s=14)
+            score = summary["scores"][config][head][metric]
+            ax.errorbar(x, score["mean"], yerr=score["std"], fmt="_", markersize=16, capsize=5, color=colors[config])
+        ax.set_xticks(range(len(shown)), [_label(summary, c) for c in shown], rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(shown) - 0.4)
         ax.set_title(f"{head}: {metric}", fontsize=9)
-    figure.suptitle("Validation score per head (mean ± std over seeds)", fontsize=10)
+    figure.suptitle("Validation score per head (each seed a dot; mean ± std)", fontsize=10)
     figure.tight_layout()
     figure.savefig(os.path.join(report_dir, METRICS_PLOT), dpi=110)
     plt.close(figure)
@@ -246,7 +294,7 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
             length = max(len(x) for x, _ in curves)
             xs = [statistics.fmean(x[i] for x, _ in curves if len(x) > i) for i in range(length)]
             ys = [statistics.fmean(y[i] for _, y in curves if len(y) > i) for i in range(length)]
-            ax.plot(xs, ys, marker=".", color=colors[config], label=config)
+            ax.plot(xs, ys, marker=".", color=colors[config], label=_label(summary, config))
         ax.set_title(f"{head}: {summary['primary_metric'][head] if with_points else 'validation accuracy'}", fontsize=9)
         ax.set_xlabel(f"{tasks[head]} examples seen" if with_points else "optimizer steps", fontsize=8)
     axes[0][0].legend(fontsize=6)
@@ -261,8 +309,9 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, (cost, label) in zip(axes, (("train_seconds", "training time, s (all models)"),
                                         ("serving_ms", "serving latency, ms (all models)"))):  # fmt: skip
-        for config, quality in overall.items():
-            ax.scatter(summary["costs"][config][cost]["mean"], quality, color=colors[config], label=config, s=40)
+        for config in (c for c in configs if c in overall):
+            ax.scatter(summary["costs"][config][cost]["mean"], overall[config], color=colors[config],
+                       label=_label(summary, config), s=40)  # fmt: skip
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("mean primary metric over the heads", fontsize=8)
     axes[0].legend(fontsize=6)
@@ -278,6 +327,8 @@ def _setup(results: dict[str, Any]) -> str:
     study = results["study"]
     m, t = study["model"], study["training"]
     trained = trained_runs(results["runs"])
+    planned = set(results.get("planned") or [])
+    so_far = " so far" if planned - {r["key"] for r in results["runs"]} else ""
     lines = [
         f"- Data: `{results['data']}` (train split for training, validation split for scoring; "
         f"{study['max_records_per_split'] or 'all'} records per task and split read, "
@@ -307,7 +358,7 @@ def _setup(results: dict[str, Any]) -> str:
         "- Training time: seconds in `model.fit` (validation points included); peak memory: the peak resident "
         "memory of the process that trained and scored the model; serving latency: median of 20 one-example "
         "requests to each signature that answers the model's heads, in process.",
-        f"- Machine: {one_line(results['machine'])}; the {len(trained)} models trained so far took "
+        f"- Machine: {one_line(results['machine'])}; the {len(trained)} models trained{so_far} took "
         f"{sum(r['wall_seconds'] for r in trained) / 3600:.1f} h of wall time (each in a process of its own: "
         f"training, validation points, final scores, latency); data preparation took "
         f"{results.get('data_seconds', 0):.0f} s in the last invocation (Transform's output is reused on resume).",
@@ -327,6 +378,7 @@ def write_report(results: dict[str, Any], report_dir: str) -> dict[str, Any]:
         _setup(results),
         "Validation scores, mean ± std over seeds; in parentheses the mean per-seed difference from STL and on "
         "how many seeds the configuration was higher.\n\n" + format_table(summary),
+        "Each head's difference from STL, seed by seed, and its verdict.\n\n" + format_differences(summary),
         "**What the numbers say.** " + _what_it_says(summary),
         f"![per-head scores]({METRICS_PLOT})\n\n![validation curves]({CURVES_PLOT})\n\n![quality against cost]({COST_PLOT})",
         "Every run (metrics, validation points, time, memory, latency, parameters) is in `results.json`.",

@@ -112,6 +112,28 @@ def test_aggregate_pairs_each_head_with_stl_by_seed_and_adds_up_what_the_stl_mod
     assert "better on sentiment (+0.0500)" in text and "within noise on pos" in text and "Partial" not in text
 
 
+def test_an_equal_compute_run_recorded_as_its_reference_on_every_seed_is_no_column_of_its_own(tmp_path):
+    runs = []
+    for seed, (stl, mtl) in enumerate([(0.80, 0.83), (0.82, 0.84), (0.81, 0.82)], start=1):
+        runs += [_run("STL", seed, {"sentiment": stl}), _run("MTL T=2, fixed", seed, {"sentiment": mtl})]
+        runs.append({**runs[-1], "key": f"equal|{seed}", "config": "MTL T=2, fixed at STL's compute",
+                     "same_as": runs[-1]["key"]})  # fmt: skip
+    summary = report.aggregate({"runs": runs})
+    assert summary["copies"] == {"MTL T=2, fixed at STL's compute": "MTL T=2, fixed"}
+    assert report.shown_configs(summary) == ["STL", "MTL T=2, fixed"] and summary["best_mtl"] == "MTL T=2, fixed"
+    assert "at STL's compute" not in report.format_table(summary)
+    differences = report.format_differences(summary)
+    assert "| sentiment (accuracy) | +0.0300 / +0.0200 / +0.0100 → **better** |" in differences
+    assert "at STL's compute: on every seed the reference MTL model" in report._what_it_says(summary)
+
+    report.write_plots({"runs": runs}, summary, str(tmp_path))  # the copy's series drawn once, labelled with both
+    assert all((tmp_path / plot).read_bytes()[:4] == b"\x89PNG" for plot in ("metrics.png", "curves.png", "cost.png"))
+
+    # a copy on only some seeds trained on the others: it keeps its column
+    runs[-1] = {**runs[-1], "same_as": None, "train_seconds": 8.0}
+    assert report.aggregate({"runs": runs})["copies"] == {}
+
+
 def test_a_partial_study_compares_on_the_heads_both_sides_have():
     runs = [_run("MTL T=2, fixed", seed, {"sentiment": 0.82, "pos": 0.90}) for seed in (1, 2, 3)]
     runs += [_run("STL", seed, {"sentiment": 0.80}) for seed in (1, 2, 3)]  # STL pos not trained yet
