@@ -327,8 +327,8 @@ def _setup(results: dict[str, Any]) -> str:
     study = results["study"]
     m, t = study["model"], study["training"]
     trained = trained_runs(results["runs"])
-    planned = set(results.get("planned") or [])
-    so_far = " so far" if planned - {r["key"] for r in results["runs"]} else ""
+    progress = results["summary"]["progress"]
+    so_far = " so far" if progress["done"] < progress["planned"] else ""
     lines = [
         f"- Data: `{results['data']}` (train split for training, validation split for scoring; "
         f"{study['max_records_per_split'] or 'all'} records per task and split read, "
