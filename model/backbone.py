@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import unicodedata
+from typing import Sequence
 
 import tensorflow as tf
 
@@ -111,12 +112,20 @@ def _accent_free() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(keys), tuple(values)
 
 
+def _index_table(keys: Sequence[str]) -> tf.lookup.StaticHashTable:
+    """Each key's position in ``keys`` (-1 for any other string), as a table made outside the function being
+    traced: Transform then saves it as a resource that the SavedModel initialises once, at load, instead of
+    filling it on every call (every request of a served model)."""
+    with tf.init_scope():
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1
+        )
+
+
 def _strip_accents(words: tf.Tensor) -> tf.Tensor:
     """Words (string [N]) without accents: each character through the ``_accent_free`` table."""
     keys, values = _accent_free()
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1
-    )
+    table = _index_table(keys)
     chars = tf.strings.unicode_split(words, "UTF-8")  # [N, (c)]
     index = table.lookup(chars.flat_values)
     replaced = tf.where(index >= 0, tf.gather(tf.constant(values), tf.maximum(index, 0)), chars.flat_values)
@@ -136,11 +145,7 @@ def word_pieces(words: tf.RaggedTensor, tokenizer: PresetTokenizer) -> tf.Ragged
     x = tf.strings.regex_replace(x, _WHITESPACE, " ")
     x = tf.strings.regex_replace(x, f"({_PUNCTUATION}|{_CJK})" if tokenizer.split_on_cjk else f"({_PUNCTUATION})", r" \1 ")
     parts = tf.strings.split(x)  # [N, (k)]
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(tokenizer.vocabulary),
-                                            tf.range(len(tokenizer.vocabulary), dtype=tf.int64)),
-        default_value=-1,
-    )  # fmt: skip
+    table = _index_table(tokenizer.vocabulary)
     # split_unknown_characters=False: an unspellable part is one unknown piece, as the preset's tokenizer has it
     wordpiece = tf_text.WordpieceTokenizer(table, suffix_indicator=tokenizer.suffix_indicator, token_out_type=tf.int64,
                                            unknown_token=tokenizer.unknown_token)  # fmt: skip

@@ -180,4 +180,5 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(preset, tmp_
     assert audit.returncode == 0, audit.stderr[-3000:]
     ops = json.loads(audit.stdout.strip().splitlines()[-1])
     assert ops["unregistered"] == [] and ops["python_ops"] == []  # core TF + the one TF Text op
+    assert ops["per_call_initialisation"] == []  # the vocabulary and accent tables are filled once, at load
     assert ops["text_ops"] == ["WordpieceTokenizeWithOffsets"]
