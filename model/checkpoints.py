@@ -115,7 +115,10 @@ class _Files:
 
     def tensors(self) -> dict[str, Any]:
         """The weights as numpy arrays by name."""
-        import safetensors.numpy  # here: only Hugging Face checkpoints need it (the `checkpoints` extra)
+        from mtnlp.extras import require_extra
+
+        require_extra("checkpoints")  # only Hugging Face checkpoints need safetensors
+        import safetensors.numpy
 
         if self._zip is None:
             return safetensors.numpy.load_file(str(self.path / self.folder / HF_WEIGHTS))
