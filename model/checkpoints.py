@@ -88,30 +88,31 @@ def checkpoint_dir() -> pathlib.Path:
 
 
 class _Files:
-    """The files of a Hugging Face directory, on disk or inside a zip (read without extracting it)."""
+    """The files of a Hugging Face directory, on disk or in a folder of a zip (read without extracting it)."""
 
     def __init__(self, path: pathlib.Path, folder: str = "") -> None:
         self.path, self.folder = path, folder
-        self._zip = zipfile.ZipFile(path) if path.is_file() else None
+        self.zip = zipfile.ZipFile(path) if path.is_file() else None
 
-    def __str__(self) -> str:
-        return f"{self.path}{'!' if self._zip else '/'}{self.folder}" if self.folder or self._zip else str(self.path)
+    def where(self, name: str = "") -> str:
+        """The path of the file ``name`` (of the directory itself without one), for messages."""
+        return f"{self.path}!/{self.folder}{name}" if self.zip else str(self.path / self.folder / name)
 
     def has(self, name: str) -> bool:
-        if self._zip is None:
+        if self.zip is None:
             return (self.path / self.folder / name).is_file()
-        return self.folder + name in self._zip.namelist()
+        return self.folder + name in self.zip.namelist()
 
     def read(self, name: str) -> bytes:
-        if self._zip is None:
+        if self.zip is None:
             return (self.path / self.folder / name).read_bytes()
-        return self._zip.read(self.folder + name)
+        return self.zip.read(self.folder + name)
 
     def json(self, name: str) -> dict[str, Any]:
         try:
             return json.loads(self.read(name))
         except ValueError as e:
-            raise ValueError(f"{SETTING}: {self}{name} is not valid JSON: {e}") from None
+            raise ValueError(f"{SETTING}: {self.where(name)} is not valid JSON: {e}") from None
 
     def tensors(self) -> dict[str, Any]:
         """The weights as numpy arrays by name."""
@@ -120,8 +121,8 @@ class _Files:
         require_extra("checkpoints")  # only Hugging Face checkpoints need safetensors
         import safetensors.numpy
 
-        if self._zip is None:
-            return safetensors.numpy.load_file(str(self.path / self.folder / HF_WEIGHTS))
+        if self.zip is None:
+            return safetensors.numpy.load_file(self.where(HF_WEIGHTS))
         return safetensors.numpy.load(self.read(HF_WEIGHTS))
 
     def with_folder(self, folder: str) -> "_Files":
@@ -164,8 +165,8 @@ def _locate_path(setting: str, path: pathlib.Path) -> Checkpoint:
     if path.is_file() and not zipfile.is_zipfile(path):
         raise ValueError(f"{SETTING}={setting!r}: {path} is a file but not a zip; expected a directory with {LAYOUTS}")
     files = _Files(path)
-    if files._zip is not None:  # the model may sit in a folder of the zip: take the shallowest config.json
-        configs = sorted((n for n in files._zip.namelist() if n.rsplit("/", 1)[-1] in (HF_CONFIG, SENTENCE_TRANSFORMERS_MODULES)),
+    if files.zip is not None:  # the model may sit in a folder of the zip: take the shallowest config.json
+        configs = sorted((n for n in files.zip.namelist() if n.rsplit("/", 1)[-1] in (HF_CONFIG, SENTENCE_TRANSFORMERS_MODULES)),
                          key=lambda n: n.count("/"))  # fmt: skip
         files = files.with_folder(configs[0].rpartition("/")[0]) if configs else files
     if files.has(SENTENCE_TRANSFORMERS_MODULES):
@@ -173,23 +174,23 @@ def _locate_path(setting: str, path: pathlib.Path) -> Checkpoint:
         if transformer:
             files = files.with_folder(transformer[0].get("path", ""))
     if not files.has(HF_CONFIG):
-        raise ValueError(f"{SETTING}={setting!r}: {files} is no checkpoint: it has no {HF_CONFIG}; expected {LAYOUTS}")
+        raise ValueError(f"{SETTING}={setting!r}: {files.where()} is no checkpoint: it has no {HF_CONFIG}; expected {LAYOUTS}")
     config = files.json(HF_CONFIG)
-    if "registered_name" in config and files._zip is None:
+    if "registered_name" in config and files.zip is None:
         missing = [name for name in KERAS_HUB_FILES if not files.has(name)]
         if missing:
-            raise ValueError(f"{SETTING}={setting!r}: the keras-hub preset {files} lacks {', '.join(missing)}")
-        return Checkpoint(setting, keras_hub_preset=str(files.path / files.folder))
+            raise ValueError(f"{SETTING}={setting!r}: the keras-hub preset {files.where()} lacks {', '.join(missing)}")
+        return Checkpoint(setting, keras_hub_preset=files.where())
     missing = [HF_WEIGHTS] if not files.has(HF_WEIGHTS) else []
     if not files.has(HF_TOKENIZER) and not (files.has(HF_VOCABULARY) and files.has(HF_TOKENIZER_CONFIG)):
         missing.append(f"{HF_TOKENIZER} (or {HF_VOCABULARY} with {HF_TOKENIZER_CONFIG})")
     if "model_type" not in config:
         missing.insert(0, f"a model_type in {HF_CONFIG} (or a registered_name, as keras-hub presets have)")
     if missing:
-        raise ValueError(f"{SETTING}={setting!r}: {files} is no checkpoint of a known layout: it lacks "
+        raise ValueError(f"{SETTING}={setting!r}: {files.where()} is no checkpoint of a known layout: it lacks "
                          f"{'; '.join(missing)}")  # fmt: skip
     if config["model_type"] != "bert":
-        raise ValueError(f"{SETTING}={setting!r}: {files}{HF_CONFIG} has model_type {config['model_type']!r}; "
+        raise ValueError(f"{SETTING}={setting!r}: {files.where(HF_CONFIG)} has model_type {config['model_type']!r}; "
                          "only Hugging Face BERT checkpoints (model_type 'bert') load from a directory")  # fmt: skip
     return Checkpoint(setting, files=files)
 
@@ -261,27 +262,26 @@ def _bert_backbone(checkpoint: Checkpoint):
 
     files = checkpoint.files
     config = files.json(HF_CONFIG)
-    where = f"{files}{HF_CONFIG}"
-    activation = config.get("hidden_act", "gelu")
-    unsupported = {key: config.get(key, default) for key, default, expected in (
-        ("hidden_act", "gelu", ("gelu",) + TANH_GELUS), ("position_embedding_type", "absolute", ("absolute",)),
-        ("layer_norm_eps", 1e-12, (1e-12,))) if config.get(key, default) not in expected}  # fmt: skip
-    if unsupported:
-        raise ValueError(f"{SETTING}={checkpoint.setting!r}: {where} has {unsupported}; keras-hub's BertBackbone has "
+    where = files.where(HF_CONFIG)
+    architecture = {key: config.get(key, default) for key, default in
+                    (("hidden_act", "gelu"), ("position_embedding_type", "absolute"), ("layer_norm_eps", 1e-12))}  # fmt: skip
+    if architecture["hidden_act"] not in ("gelu",) + TANH_GELUS or architecture["position_embedding_type"] != "absolute" \
+            or architecture["layer_norm_eps"] != 1e-12:  # fmt: skip
+        raise ValueError(f"{SETTING}={checkpoint.setting!r}: {where} has {architecture}; keras-hub's BertBackbone has "
                          f"hidden_act gelu (or {', '.join(TANH_GELUS)}), absolute positions, layer_norm_eps 1e-12")  # fmt: skip
     # keras-hub's BertBackbone has the tanh GELU; "gelu" is the exact one. Its config conversion leaves out
     # the position and segment tables' sizes.
-    cls = convert_bert.backbone_cls if activation in TANH_GELUS else ExactGeluBertBackbone
+    cls = convert_bert.backbone_cls if architecture["hidden_act"] in TANH_GELUS else ExactGeluBertBackbone
     backbone = cls(**convert_bert.convert_backbone_config(config), max_sequence_length=config["max_position_embeddings"],
                    num_segments=config.get("type_vocab_size", 2))  # fmt: skip
-    loader = _TensorLoader(files.tensors(), str(files))
+    loader = _TensorLoader(files.tensors(), files.where(HF_WEIGHTS))
     convert_bert.convert_weights(backbone, loader, config)
     unassigned = [w.path for w in backbone.weights if w.path not in loader.assigned and "pooled_dense" not in w.path]
     if unassigned:
-        raise ValueError(f"{SETTING}={checkpoint.setting!r}: no tensor of {files} was loaded into {unassigned}")
+        raise ValueError(f"{SETTING}={checkpoint.setting!r}: no tensor of {files.where(HF_WEIGHTS)} was loaded into {unassigned}")
     if loader.absent:
         log.info("%s: %s has no pooler (%s); the pooled output, which no head reads, stays random",
-                 SETTING, files, ", ".join(loader.absent))  # fmt: skip
+                 SETTING, files.where(HF_WEIGHTS), ", ".join(loader.absent))  # fmt: skip
     return backbone
 
 
@@ -293,8 +293,8 @@ def huggingface_tokenizer(checkpoint: Checkpoint) -> PresetTokenizer:
     files = checkpoint.files
     max_pieces = int(files.json(HF_CONFIG)["max_position_embeddings"])
     if files.has(HF_TOKENIZER):
-        return _fast_tokenizer(files.json(HF_TOKENIZER), f"{checkpoint.setting!r}: {files}{HF_TOKENIZER}", max_pieces)
-    where = f"{checkpoint.setting!r}: {files}{HF_TOKENIZER_CONFIG}"
+        return _fast_tokenizer(files.json(HF_TOKENIZER), f"{checkpoint.setting!r}: {files.where(HF_TOKENIZER)}", max_pieces)
+    where = f"{checkpoint.setting!r}: {files.where(HF_TOKENIZER_CONFIG)}"
     config = files.json(HF_TOKENIZER_CONFIG)
     if "do_lower_case" not in config:
         raise ValueError(f"{SETTING}={where} has no do_lower_case: the checkpoint does not say whether its "

@@ -254,6 +254,9 @@ def test_what_is_not_a_checkpoint_gets_one_error_naming_the_path_and_what_is_mis
     (other / "config.json").write_text(json.dumps({**CONFIG, "model_type": "roberta"}))
     with pytest.raises(ValueError, match="model_type 'roberta'; only Hugging Face BERT"):
         checkpoints.locate(str(other))
+    (other / "config.json").write_text(json.dumps({**CONFIG, "position_embedding_type": "relative_key"}))
+    with pytest.raises(ValueError, match=r"config.json has .*'position_embedding_type': 'relative_key'.*; keras-hub's BertBackbone"):
+        checkpoints.load_backbone(str(other))
     with pytest.raises(ValueError, match="no such file or directory"):
         checkpoints.locate(str(tmp_path / "nowhere"))
 
