@@ -125,7 +125,7 @@ class _Files:
             return safetensors.numpy.load_file(self.where(HF_WEIGHTS))
         return safetensors.numpy.load(self.read(HF_WEIGHTS))
 
-    def with_folder(self, folder: str) -> "_Files":
+    def with_folder(self, folder: str) -> _Files:
         folder = folder.strip("/")
         return _Files(self.path, self.folder + folder + "/" if folder else self.folder)
 
