@@ -32,7 +32,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-SETTING = "transform.backbone_preset"
+from mtnlp.model import checkpoints
+from mtnlp.model.checkpoints import SETTING
+
 # Transform outputs of the backbone: piece ids [B, P] (the preset's ids + 1; 0 is padding, so that
 # batches are cut to their longest piece sequence as words are) and each word's first piece [B, L].
 PIECE_IDS = "piece_ids"
@@ -75,12 +77,17 @@ class PresetTokenizer:
 
 @functools.lru_cache(maxsize=4)
 def preset_tokenizer(preset: str) -> PresetTokenizer:
-    """The tokenizer of a keras-hub preset (a name such as "bert_tiny_en_uncased", downloaded once,
-    or a local preset directory). Raises ValueError naming the setting when it is not WordPiece."""
+    """The tokenizer of a checkpoint (what ``model/checkpoints.py`` locates: a keras-hub preset name or
+    directory, a Hugging Face BERT directory or zip, a fetched checkpoint's name). Raises ValueError
+    naming the setting when it is not WordPiece."""
     import keras_hub
     from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
 
-    tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+    checkpoint = checkpoints.locate(preset)
+    if checkpoint.files is not None:
+        return checkpoints.huggingface_tokenizer(checkpoint)
+    preset = checkpoint.keras_hub_preset
+    tokenizer = checkpoints.load_tokenizer(preset)
     if not isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
         raise ValueError(f"{SETTING}={preset!r}: its tokenizer is a {type(tokenizer).__name__}; only WordPiece "
                          "tokenizers (BERT, DistilBERT, ELECTRA presets) are supported")  # fmt: skip
