@@ -50,7 +50,7 @@ def test_raw_text_feeds_only_the_masked_word_objective(run_with_raw_text):
     from mtnlp.model.preprocessing import WORDS_VOCABULARY
     from mtnlp.model.tasks import get_task
     from mtnlp.model.training import vocabulary_size
-    from mtnlp.pipelines.config import TransformConfig
+    from mtnlp.sections import TransformConfig
 
     workdir, log = run_with_raw_text
     assert f"unlabeled: {RECORDS} examples of raw text, drawn by the masked-word objective only" in log
