@@ -66,8 +66,8 @@ def test_task_lists_default_to_every_registered_task_and_unknown_names_list_the_
         select_tasks(["tagging", "chunking"])
     with pytest.raises(ValueError, match="tasks: unknown task"):
         get_config("quick", tasks=("taging",))
-    with pytest.raises(ValueError, match="gates names head 'nerr'"):
-        get_config("quick", gates={"nerr": get_config("quick").gates["ner"]})
+    with pytest.raises(ValueError, match="heads names head 'nerr'"):
+        get_config("quick", heads={"nerr": get_config("quick").heads["ner"]})
 
 
 def test_the_serving_contract_of_the_five_heads():
