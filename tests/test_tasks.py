@@ -101,7 +101,7 @@ def test_no_module_branches_on_head_kinds_outside_the_kind_classes():
 
 
 def test_reading_the_registry_imports_no_tensorflow():
-    code = "import sys, model.tasks, model.contract, serving.analysis; " \
+    code = "import sys, mtnlp.model.tasks, mtnlp.model.contract, mtnlp.serving.analysis; " \
            "print(sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
