@@ -2,7 +2,7 @@
 
 TFMA runs the candidate's ``serving_tf_example`` signature on the raw evaluation examples and reads
 labels and per-head weights from the ``transform_features`` signature, so it scores exactly what
-the Trainer optimised. Each head gets its metrics from ``model/metrics.py``; its primary metric
+the Trainer optimised. Each head gets its metrics from ``model/tfma_metrics.py``; its primary metric
 carries the gate: an absolute lower bound, and once a blessed model exists, at most ``tolerance``
 below that baseline.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from mtnlp.model.metrics import tfma_metric_config, tfma_overall_metric_config
+from mtnlp.model.tfma_metrics import tfma_metric_config, tfma_overall_metric_config
 from mtnlp.model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
 from mtnlp.model.tasks import all_heads, select_tasks
 from mtnlp.pipelines.config import PipelineConfig

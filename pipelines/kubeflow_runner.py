@@ -147,7 +147,7 @@ class KubeflowSettings:
 
 
 def image_schema_file() -> str:
-    """The curated schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
+    """The committed (generated) schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
     from mtnlp.pipelines.schema import SCHEMA_PATH  # imported here: it pulls in TensorFlow
 
     return posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))

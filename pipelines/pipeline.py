@@ -1,6 +1,6 @@
 """The multi-task pipeline: ``create_pipeline`` only wires components; runners choose where it runs.
 
-JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomaliesGate
+JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (the schema generated from the tasks) -> ExampleValidator -> AnomaliesGate
 -> Transform -> Trainer (warm-started) -> Evaluator (against the baseline) -> Pusher (blessed only).
 Warm start and baseline come from resolvers that keep a rerun with nothing new fully cached
 (components/baseline_resolver.py).
