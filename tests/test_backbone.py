@@ -143,7 +143,7 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(preset, tmp_
                      "--train-steps", "30", "--tasks", "tagging", "sentiment",
                      "--set", f"transform.backbone_preset={preset}",
                      # the tiny random backbone learns nothing in 30 steps: every gate lets it through
-                     "--set", "gates.pos.lower_bound=0", "--set", "gates.sentiment.lower_bound=0",
+                     "--set", "heads.pos.gate.lower_bound=0", "--set", "heads.sentiment.gate.lower_bound=0",
                      timeout=600)  # fmt: skip
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "pretrained backbone" in result.stdout + result.stderr  # the masked-word objective is off, and said so
