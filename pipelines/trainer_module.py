@@ -5,7 +5,6 @@ the model code takes the config's typed sections (``mtnlp/sections.py``) and imp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -59,7 +58,7 @@ def run_fn(fn_args: FnArgs) -> None:
     model, report = trained.model, trained.warm_start_report
 
     export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir,
-                         **dataclasses.asdict(config.serving))
+                         beam_width=config.serving.beam_width, length_penalty=config.serving.length_penalty)
     vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
     save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
     write_warmup_requests(fn_args.serving_model_dir, tasks)
