@@ -6,7 +6,7 @@ its label set and its metrics. Its *kind* (the class) owns the rest, so no other
 ==========================  ==================================================================
 what                        method
 ==========================  ==================================================================
-Transform features          ``transform_features`` (``<head>_label`` / ``<head>_weight``, ...)
+Transform features          ``analyze`` (full-pass statistics), ``transform_features`` (``<head>_label``, ...)
 batch trimming              ``trim`` (which features are cut to the batch's longest sentence)
 model inputs                ``model_inputs`` (a sequence head's teacher-forced targets)
 Keras layers and loss       ``build``, ``loss``, ``training_metric``
@@ -170,8 +170,18 @@ class Head:
                              "declares no none_label")  # fmt: skip
 
     # -- Transform ---------------------------------------------------------------------------------
-    def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: "TransformConfig") -> dict:
-        """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label)."""
+    def analyze(self, labels: "tf.RaggedTensor", config: "TransformConfig") -> dict[str, "tf.Tensor"]:
+        """The head's Transform analyzers (full-pass statistics, e.g. a vocabulary) over its raw label field.
+
+        ``preprocessing_fn`` runs every head's before any head's ``transform_features``: an analyzer traced
+        after another head's lookup table would wait for that table's vocabulary (a second analysis phase,
+        which TFX 1.16's Transform cannot run on Beam 2.74: its deep copy of the input fails)."""
+        return {}
+
+    def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: "TransformConfig",
+                           analyzed: Mapping[str, "tf.Tensor"]) -> dict:  # fmt: skip
+        """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label), and
+        its ``analyze`` results."""
         import tensorflow as tf
 
         from mtnlp.model.preprocessing import first_value, label_ids
@@ -340,7 +350,7 @@ class TokenHead(Head):
         if self.decoding not in DECODINGS:
             raise ValueError(f"head {self.name!r}: unknown decoding {self.decoding!r}; use one of {DECODINGS}")
 
-    def transform_features(self, labels, max_length, config):
+    def transform_features(self, labels, max_length, config, analyzed):
         import tensorflow as tf
 
         from mtnlp.model.preprocessing import label_ids
@@ -541,7 +551,16 @@ class SequenceHead(Head):
     def decoder_name(self) -> str:
         return f"{self.name}_decoder"
 
-    def transform_features(self, labels, max_length, config):
+    def analyze(self, labels, config):
+        """``vocabulary``: the path of the head's WordPiece target vocabulary, learned from its targets."""
+        from mtnlp.model import subwords, text
+        from mtnlp.model.preprocessing import first_value
+
+        words = text.split_words(first_value(labels, ""))
+        return {"vocabulary": subwords.learn_vocabulary(words.flat_values, config.target_vocabulary_size,
+                                                        self.vocabulary_name)}  # fmt: skip
+
+    def transform_features(self, labels, max_length, config, analyzed):
         """``<head>_label`` int64 [B, Lt] (target piece ids then EOS, 0 padding; Lt = max_target_length),
         ``<head>_weight`` float [B, Lt], ``<head>_reference`` string [B], ``<head>_example_weight`` float [B]."""
         import tensorflow as tf
@@ -552,7 +571,7 @@ class SequenceHead(Head):
         target, has_target = first_value(labels, ""), labels.row_lengths() > 0
         length = config.max_target_length
         words = text.split_words(target)  # "" (no target) has no words
-        vocabulary = subwords.learn_vocabulary(words.flat_values, config.target_vocabulary_size, self.vocabulary_name)
+        vocabulary = analyzed["vocabulary"]
         piece_ids = subwords.tokenize(words, vocabulary)
         eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
         # Long targets are cut, but always end in EOS, so the decoder learns to stop.

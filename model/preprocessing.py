@@ -168,9 +168,14 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         **backbone_outputs,
     }
     aligned = {f.name for t in registered_tasks() for f in t.fields if f.aligned_with}  # one label per word
+    labels = {}
     for head in all_heads():
-        labels = _feature(inputs, head.label_field, tf.string)
+        labels[head.name] = _feature(inputs, head.label_field, tf.string)
         if kept_words is not None and head.label_field in aligned:  # the dropped words' labels go too
-            labels = tf.ragged.boolean_mask(labels, tf.ragged.range(labels.row_lengths()) < kept_words[:, None])
-        outputs.update(head.transform_features(labels, max_length, config))
+            labels[head.name] = tf.ragged.boolean_mask(labels[head.name],
+                                                       tf.ragged.range(labels[head.name].row_lengths()) < kept_words[:, None])
+    # every head's analyzers before any head's lookups, so that Transform analyzes in one phase (Head.analyze)
+    analyzed = {head.name: head.analyze(labels[head.name], config) for head in all_heads()}
+    for head in all_heads():
+        outputs.update(head.transform_features(labels[head.name], max_length, config, analyzed[head.name]))
     return outputs
