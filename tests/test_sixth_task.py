@@ -20,13 +20,17 @@ import pytest
 from mtnlp.model.tasks import TASK_MODULES_VARIABLE
 from tests.conftest import DATA, run_cli
 from tests.fixtures.chunks import chunk_tags
-from tests.fixtures.reversal_task import reversed_words
 from tests.serving.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 ENV = {TASK_MODULES_VARIABLE: "tests.fixtures.chunking_task,tests.fixtures.reversal_task"}
 RECORDS = 150  # per task and split
+
+
+def reversed_words(text: str) -> str:
+    """The reversal task's target (``tests/fixtures/reversal_task.py``): the sentence's words in reverse order."""
+    return " ".join(reversed(text.split()))
 
 
 def _records(task: str, split: str) -> list[dict]:
