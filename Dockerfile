@@ -57,9 +57,9 @@ RUN if [ "$GPU" = "1" ]; then \
     fi
 
 # The project itself, editable so that the source tree in /opt/mtnlp is the imported package: import paths
-# such as mtnlp.model.preprocessing.preprocessing_fn and mtnlp.model.trainer.run_fn resolve from any working directory.
+# such as mtnlp.model.preprocessing.preprocessing_fn and mtnlp.pipelines.trainer_module.run_fn resolve from any working directory.
 COPY . ./
 RUN python -m pip install -c requirements.lock --no-deps -e . && \
-    python -c "import mtnlp.model.preprocessing, mtnlp.model.trainer, mtnlp.components.jsonl_example_gen, mtnlp.components.versioned_pusher, mtnlp.pipelines.pipeline; \
+    python -c "import mtnlp.model.preprocessing, mtnlp.pipelines.trainer_module, mtnlp.components.jsonl_example_gen, mtnlp.components.versioned_pusher, mtnlp.pipelines.pipeline; \
 from mtnlp.pipelines.schema import SCHEMA_PATH; assert SCHEMA_PATH.startswith('/opt/mtnlp/'), SCHEMA_PATH; \
 import tfx, apache_beam, tensorflow as tf; print('tfx', tfx.__version__, 'beam', apache_beam.__version__, 'tf', tf.__version__)"

@@ -29,7 +29,7 @@ side there, as a child process of this script (``--spacy-side``). The two sides 
    it tags the validation records and times ``nlp.pipe`` (batch 64, every component) over the validation
    sentences.
 3. Here again: spaCy's answers are scored by ``serving/evaluate.py``'s ``evaluate_signatures`` — the code of
-   ``mtnlp evaluate`` with the pipeline's scorers (``model/metrics.py``: token accuracy, conlleval entity F1/P/R,
+   ``mtnlp evaluate`` with the pipeline's scorers (``model/scoring.py``: token accuracy, conlleval entity F1/P/R,
    accuracy) — by presenting them as our signatures' outputs, so both systems go through the very same scoring.
    Our model (``--model-dir``: a pushed SavedModel, or a model base path: its newest version) is scored the same
    way through its real signatures, and its ``analyze_tokens`` is timed in process on the same sentences in

@@ -61,7 +61,7 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
     from mtnlp.model import text
     from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
     from mtnlp.model.preprocessing import SUBWORD_INPUTS
-    from mtnlp.pipelines.config import TransformConfig
+    from mtnlp.sections import TransformConfig
 
     rng = np.random.default_rng(seed)
     batch_size = len(row_tasks)
@@ -118,8 +118,7 @@ def build_training_model(heads: Sequence[Head], config, strategy):
     with strategy.scope():
         return training.build_training_model(
             heads, VOCABULARY_SIZE, {h.name: TARGET_VOCABULARY_SIZE for h in heads},
-            dataclasses.asdict(config.model), dataclasses.asdict(config.training), dataclasses.asdict(config.transform),
-            config.training.train_steps,
+            config.model, config.training, config.transform, config.heads, config.training.train_steps,
         )  # fmt: skip
 
 

@@ -48,7 +48,7 @@ LEVERS = (
           "words are represented by their vocabulary id alone: no hashed prefix, suffix and shape embeddings"),
     Lever("masked words", ("training.masked_word_share=0.2",),
           "the self-supervised masked-word objective takes 20 % of the training examples"),
-    Lever("layered heads", ("model.head_layers={pos: 1}",), "POS reads the first encoder layer instead of the last"),
+    Lever("layered heads", ("heads.pos.encoder_layer=1",), "POS reads the first encoder layer instead of the last"),
     Lever("uncertainty weighting", ("training.loss_weighting=uncertainty",),
           "learned per-head loss weights (Kendall et al. 2018) instead of fixed ones"),
     Lever("keep best", ("training.keep_best=true",),
@@ -88,7 +88,7 @@ def check_levers(config: StudyConfig, levers: Sequence[Lever]) -> None:
     from mtnlp.experiments.mtl_vs_stl import with_settings
 
     for lever in levers:
-        with_settings(config.model, config.training, lever.settings)
+        with_settings(config.model, config.training, config.heads, lever.settings)
 
 
 def summarize(results: dict[str, Any], planned: Sequence[PlannedRun]) -> dict[str, Any]:

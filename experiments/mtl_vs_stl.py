@@ -35,9 +35,10 @@ import logging
 import multiprocessing
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from mtnlp.pipelines.config import ModelConfig, TrainingConfig, get_config
+from mtnlp.pipelines.config import get_config
+from mtnlp.sections import HeadConfig, ModelConfig, TrainingConfig
 
 log = logging.getLogger("mtnlp")
 
@@ -93,7 +94,7 @@ class MtlVariant:
 
 NAMED_VARIANTS = {
     "masked-words": MtlVariant(settings=MASKED_WORDS, label="MTL + masked words"),
-    "layered-heads": MtlVariant(settings=("model.head_layers={pos: 1}",), label="MTL + layered heads"),
+    "layered-heads": MtlVariant(settings=("heads.pos.encoder_layer=1",), label="MTL + layered heads"),
 }
 
 
@@ -107,6 +108,7 @@ class StudyConfig:
         seeds: every configuration trains once per seed.
         variants: the MTL configurations; the first is the reference for ``equal_compute``.
         model, training: the settings of every model (a variant's settings go on top).
+        heads: head sections that differ from the heads' declared defaults (``heads.<name>``).
         max_records_per_split: records per task and split read at ingest (None: all).
         eval_records: validation records per task scored at the end of each run (None: all).
         validation_points: with fixed steps, the validation points along training (the curves).
@@ -142,6 +144,7 @@ class StudyConfig:
     equal_compute: bool = False
     beam_width: int = 1
     length_penalty: float = 0.0
+    heads: dict[str, HeadConfig] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.patience is None:
@@ -178,7 +181,8 @@ STUDIES = {
                         variants=(MtlVariant(),), model=_FULL.model, training=_FULL.training,
                         max_records_per_split=None, eval_records=2000, eval_steps=10, patience=3,
                         validation_every=250, selection_records=500, stl_per_task=True, equal_compute=True,
-                        beam_width=_FULL.serving.beam_width, length_penalty=_FULL.serving.length_penalty),
+                        beam_width=_FULL.serving.beam_width, length_penalty=_FULL.serving.length_penalty,
+                        heads=_FULL.heads),
     # A few minutes: every code path, numbers without meaning.
     "quick": StudyConfig(tasks=None, steps_per_task=20, seeds=(1, 2), variants=(MtlVariant(),),
                          model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64, num_layers=1),
@@ -269,15 +273,16 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     return TransformedData(outputs["transform_graph"], [f"{examples}/Split-train/*"], [f"{examples}/Split-eval/*"])
 
 
-def with_settings(model: ModelConfig, training: TrainingConfig, settings: Sequence[str]) -> tuple[ModelConfig, TrainingConfig]:
-    """``model`` and ``training`` with ``settings`` (``section.key=value``, as ``mtnlp run --set``) applied,
-    checked against the typed config."""
+def with_settings(model: ModelConfig, training: TrainingConfig, heads: Mapping[str, HeadConfig], settings: Sequence[str]
+                  ) -> tuple[ModelConfig, TrainingConfig, dict[str, HeadConfig]]:  # fmt: skip
+    """``model``, ``training`` and the head sections ``heads`` (each head's declared defaults where absent) with
+    ``settings`` (``section.key=value``, as ``mtnlp run --set``) applied, checked against the typed config."""
     from mtnlp.pipelines.settings import apply_mapping, parse_assignment
 
-    config = dataclasses.replace(get_config("quick"), model=model, training=training)
+    config = dataclasses.replace(get_config("quick"), model=model, training=training, heads=dict(heads))
     for assignment in settings:
         config = apply_mapping(config, parse_assignment(assignment), source=assignment)
-    return config.model, config.training
+    return config.model, config.training, config.heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,7 +486,7 @@ def train_and_score(job: _Job) -> dict[str, Any]:
     training = dataclasses.replace(config.training, seed=run.seed)
     if run.variant is not None:
         training = dataclasses.replace(training, loss_weighting=run.variant.weighting)
-    model, training = with_settings(config.model, training, run.settings)
+    model, training, head_configs = with_settings(config.model, training, config.heads, run.settings)
     # the request signatures that answer the model's heads: scored, and timed for serving latency
     answering = {contract.signature_for(t, h) for t in tasks for h in t.heads}
     callbacks, stopping, budget = [], None, None
@@ -498,8 +503,8 @@ def train_and_score(job: _Job) -> dict[str, Any]:
         budget = TimeBudget(job.budget_seconds, job.log_prefix)
         callbacks.append(budget)
     trained = train_model(
-        heads, tft_output, job.data.train_files, job.data.eval_files, job.task_weights, dataclasses.asdict(model),
-        dataclasses.asdict(training), dataclasses.asdict(_pipeline_config(config).transform), run.steps,
+        heads, tft_output, job.data.train_files, job.data.eval_files, job.task_weights, model, training,
+        _pipeline_config(config).transform, head_configs, run.steps,
         config.eval_steps, devices.make_strategy(training.cpu_replicas), epochs=config.epochs(run.steps),
         callbacks=callbacks, log_prefix=job.log_prefix,
     )  # fmt: skip

@@ -9,7 +9,8 @@ the export (``model/signatures.py``), its warmup requests (``model/warmup.py``),
   ``tokens`` string [B, T] and ``length`` int32 [B].
 - A head kind with needs of its own gets its own signature (``Head.own_signature``): entity-pair
   heads one named after their task, taking the task input's request (text and span offsets);
-  sequence heads their ``signature`` (``translate``), taking ``text``.
+  sequence heads their ``signature`` (default: the head's name; translation's is ``translate``), taking
+  their task input's request and answering ``<head>`` string [B].
 
 A task's records are scored through ``signature_for(task, head)``: the head's own signature, else
 its task input's plain signature (tagging's gold tokens go to ``analyze_tokens``).
@@ -55,8 +56,10 @@ def signatures(tasks: Sequence[Task]) -> list[Signature]:
             name = head.own_signature(task)
             if name is None:
                 continue
-            if name in own and own[name].input != task.encoder_input:
-                raise ValueError(f"signature {name!r} is claimed by heads with different inputs")
+            if name in own and own[name].input != task.encoder_input or name in {s.name for s in found}:
+                raise ValueError(f"signature {name!r} of head {head.name!r} is taken by another signature "
+                                 f"({', '.join(h.name for h in own[name].heads) if name in own else 'a plain one'}) "
+                                 "with a different input: give the head a signature of its own")  # fmt: skip
             heads = own[name].heads if name in own else ()
             own[name] = Signature(name, task.encoder_input, heads + (head,))
     return found + list(own.values())

@@ -6,10 +6,11 @@ its label set and its metrics. Its *kind* (the class) owns the rest, so no other
 ==========================  ==================================================================
 what                        method
 ==========================  ==================================================================
-Transform features          ``transform_features`` (``<head>_label`` / ``<head>_weight``, ...)
+Transform features          ``analyze`` (full-pass statistics), ``transform_features`` (``<head>_label``, ...)
 batch trimming              ``trim`` (which features are cut to the batch's longest sentence)
 model inputs                ``model_inputs`` (a sequence head's teacher-forced targets)
-Keras layers and loss       ``build`` and ``loss``
+Keras layers and loss       ``build``, ``loss``, ``training_metric``
+settings                    ``default_config``, ``check_config`` (the section ``heads.<name>``)
 serving outputs             ``own_signature``, ``served_outputs``, ``scored_output``, ``evaluator_output``
 scoring                     ``eval_label_key`` / ``eval_weight_key`` (TFMA), ``scorer_inputs`` (records)
 a client's answer           ``read_answer`` and ``describe`` (``mtnlp predict``)
@@ -19,57 +20,79 @@ The kinds: ``SentenceHead`` (one label per text), ``TokenHead`` (one label per w
 decoded as well-formed IOB2 spans), ``EntityPairHead`` (one label per text and two marked entities)
 and ``SequenceHead`` (generated text: a decoder over the encoder, beam search when served).
 
-A new kind is one subclass here (and one entry in a task). TensorFlow and Keras are imported inside
-the methods that need them, so reading the registry stays light (ingest checks, ``mtnlp predict``).
+A head's settings (gate, loss, loss weight, encoder layer, dropout: ``HeadConfig``, the config's section
+``heads.<name>``) are declared with the head (``default_config``) and checked by its kind (``check_config``).
+
+A new kind is one subclass here; a task declares heads of it (``model/tasks.py``), and a kind whose
+output needs a new request shape may need an input kind too (``model/inputs.py``). TensorFlow and Keras
+are imported inside the methods that need them, so reading the registry stays light (ingest checks,
+``mtnlp predict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from mtnlp.model.scoring import as_text, iob2_chunks
+from mtnlp.model.scoring import SCORERS, as_text, iob2_chunks
+from mtnlp.sections import HeadConfig
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
     from mtnlp.model.tasks import Task
+    from mtnlp.sections import TransformConfig
 
 # Structured decodings a token head may ask for (see model/decoding.py).
 DECODINGS = (None, "iob2")
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadSettings:
-    """What every head's ``build`` may read besides the encoder (see ``model/network.py``).
+class DecoderSizes:
+    """The sizes of a sequence head's decoder (``layers.SequenceDecoder``); they follow the encoder's.
+
+    Args:
+        vocabulary_sizes: each sequence head's target vocabulary size, special ids and OOV buckets included.
+        max_length: target pieces per example (``transform.max_target_length``).
+        layers, num_heads, intermediate_dim, dropout, tie_embeddings: as ``model.decoder_layers``,
+            ``model.num_heads``, ``model.intermediate_dim``, ``model.dropout``, ``model.tie_decoder_embeddings``.
+    """
+
+    vocabulary_sizes: Mapping[str, int]
+    max_length: int
+    layers: int
+    num_heads: int
+    intermediate_dim: int
+    dropout: float
+    tie_embeddings: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What every head's ``build`` reads besides its own ``HeadConfig``: the built encoder (``model/network.py``).
 
     Args:
         layer_outputs: each encoder layer's output, float [B, T, D], bottom first.
         padding_mask: bool [B, T], True on real words.
         inputs: the model's inputs by name (int64 [B, T], targets [B, L]).
-        head_layers: which encoder layer each head reads (see ``network.encoder_layer_index``).
-        dropout: dropout before a classifier head's output layer.
-        decoder: the sequence heads' decoder settings (``vocabulary_sizes``, ``max_length``, ``layers``,
-            ``num_heads``, ``intermediate_dim``, ``dropout``, ``tie_embeddings``).
-        ranking_loss_heads: the heads trained with the pairwise ranking loss (``Head.ranks``), whose none
-            class's logit is the constant 0.
+        dropout: the encoder's dropout, a head's unless its ``HeadConfig.dropout`` says otherwise.
+        decoder: the sequence heads' decoder sizes.
     """
 
     layer_outputs: Sequence[Any]
     padding_mask: Any
     inputs: Mapping[str, Any]
-    head_layers: Mapping[str, int] | None
     dropout: float
-    decoder: Mapping[str, Any]
-    ranking_loss_heads: Collection[str] = ()
+    decoder: DecoderSizes
 
-    def layer_for(self, head_name: str) -> Any:
+    def encoder_layer(self, head_name: str, config: HeadConfig) -> Any:
+        """The output of the encoder layer the head reads (``config.encoder_layer``)."""
         from mtnlp.model.network import encoder_layer_index
 
-        return self.layer_outputs[encoder_layer_index(head_name, self.head_layers, len(self.layer_outputs)) - 1]
+        return self.layer_outputs[encoder_layer_index(head_name, config.encoder_layer, len(self.layer_outputs)) - 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +106,9 @@ class Head:
         metrics: the metric names computed for it (``model/scoring.py``); the first is its primary
             metric, used for blessing and reported first.
         none_label: the label that means "none of the others" (relation's ``Other``), if the label set
-            has one: such a head may be trained with the pairwise ranking loss (``ranks``), which does
-            not score that class.
+            has one: such a head may be trained with the pairwise ranking loss (``HeadConfig.loss``), which
+            does not score that class.
+        default_config: the head's settings unless the config's section ``heads.<name>`` overrides them.
     """
 
     name: str
@@ -92,6 +116,7 @@ class Head:
     labels: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     none_label: str | None = None
+    default_config: HeadConfig = HeadConfig()
 
     kind: ClassVar[str] = ""
     # The field kinds (``tasks.FieldKind`` values) its label field may have.
@@ -130,12 +155,33 @@ class Head:
                              f"it needs one of: {', '.join(self.label_field_kinds)}")  # fmt: skip
         if not self.metrics:
             raise ValueError(f"head {self.name!r} declares no metrics")
+        unknown = [m for m in self.metrics if m not in SCORERS]
+        if unknown:
+            raise ValueError(f"head {self.name!r}: unknown metric(s) {unknown}; model/scoring.py computes: "
+                             f"{', '.join(SCORERS)}")  # fmt: skip
         if self.none_label is not None and self.none_label not in self.labels:
             raise ValueError(f"head {self.name!r}: its none_label {self.none_label!r} is not one of its labels")
+        self.check_config(self.default_config)
+
+    def check_config(self, config: HeadConfig) -> None:
+        """Raises ValueError when ``config`` (the head's section ``heads.<name>``) does not fit the head."""
+        if config.loss == "ranking" and self.none_label is None:
+            raise ValueError(f"loss 'ranking' (the pairwise ranking loss) needs a none class, and head {self.name!r} "
+                             "declares no none_label")  # fmt: skip
 
     # -- Transform ---------------------------------------------------------------------------------
-    def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: Mapping[str, Any]) -> dict:
-        """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label)."""
+    def analyze(self, labels: "tf.RaggedTensor", config: "TransformConfig") -> dict[str, "tf.Tensor"]:
+        """The head's Transform analyzers (full-pass statistics, e.g. a vocabulary) over its raw label field.
+
+        ``preprocessing_fn`` runs every head's before any head's ``transform_features``: an analyzer traced
+        after another head's lookup table would wait for that table's vocabulary (a second analysis phase,
+        which TFX 1.16's Transform cannot run on Beam 2.74: its deep copy of the input fails)."""
+        return {}
+
+    def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: "TransformConfig",
+                           analyzed: Mapping[str, "tf.Tensor"]) -> dict:  # fmt: skip
+        """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label), and
+        its ``analyze`` results."""
         import tensorflow as tf
 
         from mtnlp.model.preprocessing import first_value, label_ids
@@ -156,50 +202,45 @@ class Head:
         """The size of a generated vocabulary (None: the head predicts from ``labels``)."""
         return None
 
-    def ranks(self, ranking_loss_heads: Collection[str] | None) -> bool:
-        """Whether the head is trained with CR-CNN's pairwise ranking loss (``training.ranking_loss_heads``
-        names it): its none class's logit is then the constant 0 and its loss ``PairwiseRankingLoss``.
-
-        Raises ValueError when it is named but declares no ``none_label`` (the loss needs a class to
-        leave unscored; the settings refuse this earlier, this guards direct callers)."""
-        if self.name not in (ranking_loss_heads or ()):
-            return False
-        if self.none_label is None:
-            raise ValueError(f"head {self.name!r} has no none_label: the pairwise ranking loss needs a none class")
-        return True
-
-    def build(self, settings: HeadSettings) -> "keras.KerasTensor":
+    def build(self, context: BuildContext, config: HeadConfig) -> "keras.KerasTensor":
         """The head's logits: [B, C] for one label per example, [B, T, C] per word; with the ranking loss
-        (``ranks``) the none class's logit is 0 (``NoneClassDense``, the same weights as ``Dense``)."""
+        the none class's logit is 0 (``NoneClassDense``, the same weights as ``Dense``)."""
         import keras
 
-        features = self.features(settings)
-        features = keras.layers.Dropout(settings.dropout, name=f"{self.name}_dropout")(features)
-        if self.ranks(settings.ranking_loss_heads):
+        features = self.features(context, config)
+        dropout = context.dropout if config.dropout is None else config.dropout
+        features = keras.layers.Dropout(dropout, name=f"{self.name}_dropout")(features)
+        if config.loss == "ranking":
             from mtnlp.model.layers import NoneClassDense
 
             # in the model rather than in the loss, so that the served argmax and softmax follow CR-CNN's rule
             return NoneClassDense(self.num_labels, self.labels.index(self.none_label), name=self.name)(features)
         return keras.layers.Dense(self.num_labels, name=self.name)(features)
 
-    def features(self, settings: HeadSettings) -> "keras.KerasTensor":
+    def features(self, context: BuildContext, config: HeadConfig) -> "keras.KerasTensor":
         raise NotImplementedError
 
-    def loss(self, training: Mapping[str, Any]) -> "keras.losses.Loss":
-        """Cross-entropy averaged over the examples (words) that carry this head's label, or, when
-        ``training["ranking_loss_heads"]`` names the head, CR-CNN's pairwise ranking loss (averaged the same way).
-
-        Args:
-            training: ``sequence_label_smoothing`` (float) and ``ranking_loss_heads`` (head names), as
-                ``network.compile_for_heads`` passes them.
-        """
+    def loss(self, config: HeadConfig) -> "keras.losses.Loss":
+        """Cross-entropy (with ``config.label_smoothing``) averaged over the examples (words) that carry this
+        head's label, or CR-CNN's pairwise ranking loss (``config.loss == "ranking"``), averaged the same way."""
         import keras
 
-        if self.ranks(training.get("ranking_loss_heads")):
+        if config.loss == "ranking":
             from mtnlp.model.layers import PairwiseRankingLoss
 
             return PairwiseRankingLoss(self.labels.index(self.none_label))
+        if config.label_smoothing > 0:
+            from mtnlp.model.layers import SmoothedSparseCrossentropy
+
+            return SmoothedSparseCrossentropy(config.label_smoothing)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+
+    def training_metric(self) -> "keras.metrics.Metric":
+        """What Keras reports for the head while training (``<head>_accuracy``, weighted by the head's sample
+        weights; ``model.training.KeepBestWeights`` reads its validation value)."""
+        import keras
+
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     # -- serving -----------------------------------------------------------------------------------
     def own_signature(self, task: "Task") -> str | None:
@@ -282,10 +323,11 @@ class SentenceHead(Head):
     kind: ClassVar[str] = "sentence"
     label_field_kinds: ClassVar[tuple[str, ...]] = ("label",)
 
-    def features(self, settings: HeadSettings):
+    def features(self, context: BuildContext, config: HeadConfig):
         from mtnlp.model.layers import MaskedMeanPooling
 
-        return MaskedMeanPooling(name=f"{self.name}_mean_pooling")(settings.layer_for(self.name), settings.padding_mask)
+        return MaskedMeanPooling(name=f"{self.name}_mean_pooling")(context.encoder_layer(self.name, config),
+                                                                   context.padding_mask)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +350,7 @@ class TokenHead(Head):
         if self.decoding not in DECODINGS:
             raise ValueError(f"head {self.name!r}: unknown decoding {self.decoding!r}; use one of {DECODINGS}")
 
-    def transform_features(self, labels, max_length, config):
+    def transform_features(self, labels, max_length, config, analyzed):
         import tensorflow as tf
 
         from mtnlp.model.preprocessing import label_ids
@@ -320,8 +362,8 @@ class TokenHead(Head):
     def trim(self, features, length):
         return {key: features[key][:, :length] for key in (self.label_key, self.weight_key)}
 
-    def features(self, settings: HeadSettings):
-        return settings.layer_for(self.name)
+    def features(self, context: BuildContext, config: HeadConfig):
+        return context.encoder_layer(self.name, config)
 
     def best_labels(self, logits, mask):
         import tensorflow as tf
@@ -440,14 +482,14 @@ class EntityPairHead(Head):
             raise ValueError(f"head {self.name!r} (entity pair) needs an input that marks two spans; "
                              f"task {task.name!r} reads {type(task.encoder_input).__name__}")  # fmt: skip
 
-    def features(self, settings: HeadSettings):
+    def features(self, context: BuildContext, config: HeadConfig):
         import keras
 
         from mtnlp.model.layers import EntityBoundaryPooling, MaskedMeanPooling
 
-        hidden = settings.layer_for(self.name)
-        entities = EntityBoundaryPooling(name=f"{self.name}_entity_pooling")(hidden, settings.inputs["entity_ids"])
-        sentence = MaskedMeanPooling(name=f"{self.name}_mean_pooling")(hidden, settings.padding_mask)
+        hidden = context.encoder_layer(self.name, config)
+        entities = EntityBoundaryPooling(name=f"{self.name}_entity_pooling")(hidden, context.inputs["entity_ids"])
+        sentence = MaskedMeanPooling(name=f"{self.name}_mean_pooling")(hidden, context.padding_mask)
         return keras.layers.Concatenate(name=f"{self.name}_features")([entities, sentence])
 
     def own_signature(self, task: "Task") -> str | None:
@@ -468,18 +510,29 @@ class SequenceHead(Head):
     so ``labels`` is empty. Trained per target piece (teacher forcing), scored per example on text
     (BLEU): the Evaluator reads a reference string and a per-example weight.
 
+    Its served output is named after the head (``<head>`` string [B]), so two sequence heads never collide.
+
     Args:
-        signature: the serving signature that generates its text (``text`` string [B] ->
-            ``translation`` string [B]).
+        signature: the serving signature that generates its text (its task input's request, e.g. ``text``
+            string [B] -> ``<head>`` string [B]); None: the head's name.
     """
 
-    signature: str = "translate"
+    signature: str | None = None
 
     kind: ClassVar[str] = "sequence"
     label_field_kinds: ClassVar[tuple[str, ...]] = ("text",)
     needs_logits: ClassVar[bool] = False
     on_request: ClassVar[bool] = True
-    OUTPUT: ClassVar[str] = "translation"
+
+    def check_config(self, config):
+        super().check_config(config)
+        # the decoder cross-attends to the encoder's last layer, with the decoder's own dropout (model.dropout)
+        if config.encoder_layer != -1:
+            raise ValueError(f"head {self.name!r} (sequence) reads the encoder's last layer; encoder_layer "
+                             f"{config.encoder_layer} cannot be set for it")  # fmt: skip
+        if config.dropout is not None:
+            raise ValueError(f"head {self.name!r} (sequence) has no classifier dropout (its decoder uses "
+                             "model.dropout); leave dropout unset")  # fmt: skip
 
     @property
     def eval_label_key(self) -> str:
@@ -498,7 +551,16 @@ class SequenceHead(Head):
     def decoder_name(self) -> str:
         return f"{self.name}_decoder"
 
-    def transform_features(self, labels, max_length, config):
+    def analyze(self, labels, config):
+        """``vocabulary``: the path of the head's WordPiece target vocabulary, learned from its targets."""
+        from mtnlp.model import subwords, text
+        from mtnlp.model.preprocessing import first_value
+
+        words = text.split_words(first_value(labels, ""))
+        return {"vocabulary": subwords.learn_vocabulary(words.flat_values, config.target_vocabulary_size,
+                                                        self.vocabulary_name)}  # fmt: skip
+
+    def transform_features(self, labels, max_length, config, analyzed):
         """``<head>_label`` int64 [B, Lt] (target piece ids then EOS, 0 padding; Lt = max_target_length),
         ``<head>_weight`` float [B, Lt], ``<head>_reference`` string [B], ``<head>_example_weight`` float [B]."""
         import tensorflow as tf
@@ -507,9 +569,9 @@ class SequenceHead(Head):
         from mtnlp.model.preprocessing import FIRST_TARGET_WORD, TARGET_EOS, TARGET_PAD, first_value
 
         target, has_target = first_value(labels, ""), labels.row_lengths() > 0
-        length = config["max_target_length"]
+        length = config.max_target_length
         words = text.split_words(target)  # "" (no target) has no words
-        vocabulary = subwords.learn_vocabulary(words.flat_values, config["target_vocabulary_size"], self.vocabulary_name)
+        vocabulary = analyzed["vocabulary"]
         piece_ids = subwords.tokenize(words, vocabulary)
         eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
         # Long targets are cut, but always end in EOS, so the decoder learns to stop.
@@ -538,33 +600,24 @@ class SequenceHead(Head):
         # target ids: 0 padding, BOS, EOS, then the vocabulary, then the OOV buckets
         return tf_transform_output.vocabulary_size_by_name(self.vocabulary_name) + num_oov_buckets + FIRST_TARGET_WORD
 
-    def build(self, settings: HeadSettings):
+    def build(self, context: BuildContext, config: HeadConfig):
         """Logits [B, L, V] of each target position (teacher forced), V the target vocabulary size."""
         import keras
 
         from mtnlp.model.layers import SequenceDecoder
         from mtnlp.model.preprocessing import TARGET_BOS, TARGET_EOS
 
-        d = settings.decoder
+        d = context.decoder
         decoder = SequenceDecoder(
-            d["vocabulary_sizes"][self.name], d["max_length"], d["layers"], d["num_heads"], d["intermediate_dim"],
-            d["dropout"], bos_id=TARGET_BOS, eos_id=TARGET_EOS, tie_embeddings=d["tie_embeddings"],
-            name=self.decoder_name,
+            d.vocabulary_sizes[self.name], d.max_length, d.layers, d.num_heads, d.intermediate_dim, d.dropout,
+            bos_id=TARGET_BOS, eos_id=TARGET_EOS, tie_embeddings=d.tie_embeddings, name=self.decoder_name,
         )  # fmt: skip
-        encoder_output = settings.layer_outputs[-1]
+        encoder_output = context.layer_outputs[-1]
         # an Identity names the output after the head, as the other heads' Dense layers are
-        return keras.layers.Identity(name=self.name)(decoder(encoder_output, settings.padding_mask, settings.inputs[self.label_key]))
-
-    def loss(self, training):
-        smoothing = training["sequence_label_smoothing"]
-        if smoothing > 0:
-            from mtnlp.model.layers import SmoothedSparseCrossentropy
-
-            return SmoothedSparseCrossentropy(smoothing)
-        return super().loss(training)
+        return keras.layers.Identity(name=self.name)(decoder(encoder_output, context.padding_mask, context.inputs[self.label_key]))
 
     def own_signature(self, task: "Task") -> str | None:
-        return self.signature
+        return self.signature or self.name
 
     def prepare_serving(self, module, tf_transform_output):
         # id -> target piece ("" for padding, BOS, EOS, the unknown piece and OOV buckets), a constant
@@ -598,15 +651,15 @@ class SequenceHead(Head):
         return tf.tensor_scatter_nd_update(tf.fill([batch_size], ""), rows[:, None], translations)
 
     def served_outputs(self, module, logits, transformed):
-        """``translation`` string [B]: beam search in a ``tf.while_loop``, detokenized."""
+        """``<head>`` string [B]: beam search in a ``tf.while_loop``, detokenized."""
         import tensorflow as tf
 
         rows = tf.range(tf.cast(tf.shape(transformed["token_ids"])[0], tf.int64))
-        return {self.OUTPUT: self._decode_rows(module, transformed, rows)}
+        return {self.scored_output: self._decode_rows(module, transformed, rows)}
 
     @property
     def scored_output(self) -> str:
-        return self.OUTPUT
+        return self.name
 
     def evaluator_output(self, module, logits, transformed, rows):
         return self._decode_rows(module, transformed, rows)  # "" for examples of other tasks, not decoded
@@ -624,7 +677,7 @@ class SequenceHead(Head):
         return ids, on.astype("float32")
 
     def read_answer(self, outputs, row, words, text):
-        return as_text(np.asarray(outputs[self.OUTPUT]).reshape(-1)[row])
+        return as_text(np.asarray(outputs[self.scored_output]).reshape(-1)[row])
 
     def describe(self, answer, text):
         return [titled(self.title, answer)]

@@ -8,10 +8,11 @@ import keras
 import keras_hub
 
 from mtnlp.model import checkpoints, text
-from mtnlp.model.heads import Head, HeadSettings
+from mtnlp.model.heads import BuildContext, DecoderSizes, Head
 from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS, SETTING as BACKBONE_SETTING
 from mtnlp.model.layers import (FirstPieceGather, MaskedWordLoss, NoneClassDense, PrecomputedLoss, TaskUncertainty,
                                 UncertaintyWeightedLoss)
+from mtnlp.sections import HeadConfig
 from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SUBWORD_INPUTS
 
 ENCODER_OUTPUT = "encoder_output"
@@ -52,14 +53,23 @@ def inference_model(model: keras.Model) -> keras.Model:
                        {k: v for k, v in model.output.items() if k != MASKED_WORDS}, name=model.name)  # fmt: skip
 
 
-def encoder_layer_index(head_name: str, head_layers: Mapping[str, int] | None, num_layers: int) -> int:
-    """Which encoder layer (1..num_layers) a head reads: ``head_layers[head]`` counted from the bottom
-    (1 = first layer) or, when negative, from the top (-1 = last); the last layer by default."""
-    layer = (head_layers or {}).get(head_name, -1)
+def encoder_layer_index(head_name: str, layer: int, num_layers: int) -> int:
+    """Which encoder layer (1..num_layers) a head reads: ``layer`` (``heads.<name>.encoder_layer``) counted
+    from the bottom (1 = first layer) or, when negative, from the top (-1 = last)."""
     index = layer if layer > 0 else num_layers + 1 + layer
     if not 1 <= index <= num_layers:
-        raise ValueError(f"head_layers[{head_name!r}] = {layer}: the encoder has layers 1..{num_layers} (or -1..-{num_layers})")
+        raise ValueError(f"heads.{head_name}.encoder_layer = {layer}: the encoder has layers 1..{num_layers} "
+                         f"(or -1..-{num_layers})")  # fmt: skip
     return index
+
+
+def head_configs_for(heads: Sequence[Head], head_configs: Mapping[str, HeadConfig] | None) -> dict[str, HeadConfig]:
+    """Each head's settings: its entry of ``head_configs`` (the config's ``heads`` section), else its declared
+    ``default_config``; checked by the head's kind."""
+    configs = {h.name: (head_configs or {}).get(h.name, h.default_config) for h in heads}
+    for head in heads:
+        head.check_config(configs[head.name])
+    return configs
 
 
 def build_model(
@@ -77,12 +87,10 @@ def build_model(
     uncertainty_weighting: bool = False,
     subword_buckets: int = 5_000,
     subword_features: bool = True,
-    head_layers: Mapping[str, int] | None = None,
-    head_dropout: float | None = None,
     tie_decoder_embeddings: bool = False,
     masked_words: bool = False,
     backbone_preset: str | None = None,
-    ranking_loss_heads: Sequence[str] | None = None,
+    head_configs: Mapping[str, HeadConfig] | None = None,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -90,8 +98,10 @@ def build_model(
     Each word's input vector is the sum of its word, position, word-shape and entity-marker
     embeddings and, with ``subword_features``, of the embeddings of its hashed prefix, suffix and
     shape pattern (``subword_buckets`` rows each, see ``model/preprocessing.py``), so rare and unseen
-    words are represented by their spelling. Heads read the encoder layer named in ``head_layers``
-    (see ``encoder_layer_index``; default the last), with dropout ``head_dropout`` (default ``dropout``).
+    words are represented by their spelling. Each head is built with its ``HeadConfig`` from ``head_configs``
+    (default: its ``default_config``): the encoder layer it reads (``encoder_layer_index``), its dropout
+    (default ``dropout``) and its loss (with "ranking" its none class's logit is the constant 0,
+    ``NoneClassDense``, the same weights as the plain head's); compile it with the same ``head_configs``.
 
     Outputs: a dict of logits per head, [B, num_labels] for sentence and entity-pair heads,
     [B, T, num_labels] for token heads and [B, L, V] for sequence heads (V: the head's entry in
@@ -108,24 +118,21 @@ def build_model(
     the preset's pretrained backbone (``backbone_encoder``); the encoder's inputs are then
     ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
     ``max_length``, ``num_layers``, ``subword_buckets`` and ``subword_features`` are unused, and
-    ``head_layers`` and ``masked_words`` are refused.
-
-    ``ranking_loss_heads`` names the heads to be trained with the pairwise ranking loss
-    (``compile_for_heads(ranking_loss_heads=...)``, the same names): each must have a ``none_label``,
-    whose logit is then the constant 0 (``NoneClassDense``, the same weights as the plain head's).
+    ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused.
     """
-    decoder = {"vocabulary_sizes": target_vocabulary_sizes or {}, "max_length": max_target_length,
-               "layers": decoder_layers, "num_heads": num_heads, "intermediate_dim": intermediate_dim,
-               "dropout": dropout, "tie_embeddings": tie_decoder_embeddings}  # fmt: skip
-    head_dropout = dropout if head_dropout is None else head_dropout
+    decoder = DecoderSizes(vocabulary_sizes=target_vocabulary_sizes or {}, max_length=max_target_length,
+                           layers=decoder_layers, num_heads=num_heads, intermediate_dim=intermediate_dim,
+                           dropout=dropout, tie_embeddings=tie_decoder_embeddings)  # fmt: skip
+    configs = head_configs_for(heads, head_configs)
     if backbone_preset:
-        if masked_words or head_layers:
-            raise ValueError(f"{BACKBONE_SETTING}: the masked-word objective and head_layers need the from-scratch "
-                             "encoder; with a backbone every head reads its last layer")  # fmt: skip
+        layered = [f"heads.{name}.encoder_layer" for name, c in configs.items() if c.encoder_layer != -1]
+        if masked_words or layered:
+            raise ValueError(f"{BACKBONE_SETTING}: the masked-word objective and {', '.join(layered) or 'encoder_layer'} "
+                             "need the from-scratch encoder; with a backbone every head reads its last layer")  # fmt: skip
         inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, backbone=True)}
         x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout)
-        return _with_heads(heads, inputs, keras.ops.greater(inputs[FIRST_PIECE], 0), [x], None, head_dropout, decoder,
-                           uncertainty_weighting, None, ranking_loss_heads)  # fmt: skip
+        return _with_heads(heads, configs, inputs, keras.ops.greater(inputs[FIRST_PIECE], 0), [x], dropout, decoder,
+                           uncertainty_weighting, None)  # fmt: skip
     inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
@@ -148,13 +155,13 @@ def build_model(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)
-    return _with_heads(heads, inputs, padding_mask, layer_outputs, head_layers, head_dropout, decoder,
-                       uncertainty_weighting, vocabulary_size if masked_words else None, ranking_loss_heads)  # fmt: skip
+    return _with_heads(heads, configs, inputs, padding_mask, layer_outputs, dropout, decoder, uncertainty_weighting,
+                       vocabulary_size if masked_words else None)  # fmt: skip
 
 
-def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs: list, head_layers, head_dropout: float,
-                decoder: dict, uncertainty_weighting: bool, masked_word_vocabulary: int | None,
-                ranking_loss_heads: Sequence[str] | None) -> keras.Model:  # fmt: skip
+def _with_heads(heads: Sequence[Head], configs: Mapping[str, HeadConfig], inputs: dict, padding_mask, layer_outputs: list,
+                dropout: float, decoder: DecoderSizes, uncertainty_weighting: bool,
+                masked_word_vocabulary: int | None) -> keras.Model:  # fmt: skip
     """The model from its encoder (each layer's output [B, T, D], bottom first): uncertainty weighting,
     the named encoder output, the heads and, with ``masked_word_vocabulary``, the masked-word loss."""
     x = layer_outputs[-1]
@@ -164,15 +171,14 @@ def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs
     # a name for the serving graph's decoding loop; the heads that read the last layer read it here
     x = layer_outputs[-1] = keras.layers.Identity(name=ENCODER_OUTPUT)(x)
 
-    settings = HeadSettings(layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs,
-                            head_layers=head_layers, dropout=head_dropout, decoder=decoder,
-                            ranking_loss_heads=tuple(ranking_loss_heads or ()))  # fmt: skip
+    context = BuildContext(layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs, dropout=dropout,
+                           decoder=decoder)  # fmt: skip
     outputs = {}
     if masked_word_vocabulary is not None:
         outputs[MASKED_WORDS] = MaskedWordLoss(masked_word_vocabulary, name=MASKED_WORDS)(layer_outputs[-1],
                                                                                           inputs[MASKED_WORD_LABELS])
     for head in heads:
-        outputs[head.name] = head.build(settings)
+        outputs[head.name] = head.build(context, configs[head.name])
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
 
 
@@ -207,44 +213,39 @@ def compile_for_heads(
     model: keras.Model,
     heads: Sequence[Head],
     optimizer: keras.optimizers.Optimizer,
-    sequence_label_smoothing: float = 0.0,
     loss_weighting: str = "fixed",
-    loss_weights: Mapping[str, float] | None = None,
-    ranking_loss_heads: Sequence[str] | None = None,
+    head_configs: Mapping[str, HeadConfig] | None = None,
 ) -> None:
-    """Per-head sparse cross-entropy, each averaged over the examples (or words) that carry its label.
+    """Each head's loss (``Head.loss``: cross-entropy or, with ``loss="ranking"``, CR-CNN's pairwise ranking
+    loss), averaged over the examples (or words) that carry its label, and its training metric.
 
-    Sequence heads may use label smoothing (``sequence_label_smoothing``): the decoder then does not
-    grow over-confident on the few thousand sentence pairs it sees. The heads named in
-    ``ranking_loss_heads`` (each with a none class) get CR-CNN's pairwise ranking loss instead
-    (``PairwiseRankingLoss``); the model must have been built with the same names (``build_model``), so
-    that their none class's logit is the constant 0 the loss assumes.
+    ``head_configs`` (default: each head's ``default_config``) must be those the model was built with
+    (``build_model``): a head with the ranking loss has the constant-0 none-class logit the loss assumes.
 
     The sample weights (``<head>_weight`` from Transform) are 0 for examples of other tasks and for
     padding, so a head learns only from its own labels; ``mean_with_sample_weight`` divides by the
     weights' sum rather than the batch size, so a head's loss scale does not depend on the task mix.
 
-    The heads' losses are summed with ``loss_weighting``: "fixed" (``loss_weights`` per head, 1 for
-    heads not named) or "uncertainty" (learned; the model needs ``build_model(uncertainty_weighting=True)``).
+    The heads' losses are summed with ``loss_weighting``: "fixed" (each head's ``loss_weight``) or
+    "uncertainty" (learned; the model needs ``build_model(uncertainty_weighting=True)``).
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
+    configs = head_configs_for(heads, head_configs)
     for h in heads:  # a ranked head's none logit must be 0 in the model too, or training and serving disagree
-        if h.ranks(ranking_loss_heads) and not isinstance(model.get_layer(h.name), NoneClassDense):
-            raise ValueError(f"compile_for_heads(ranking_loss_heads=...) names {h.name!r}, but the model was built "
-                             "without it: pass the same ranking_loss_heads to build_model")  # fmt: skip
-    training = {"sequence_label_smoothing": sequence_label_smoothing,
-                "ranking_loss_heads": tuple(ranking_loss_heads or ())}  # fmt: skip
-    losses = {h.name: h.loss(training) for h in heads}
+        if (configs[h.name].loss == "ranking") != isinstance(model.get_layer(h.name), NoneClassDense):
+            raise ValueError(f"heads.{h.name}.loss is {configs[h.name].loss!r} here but the model was built with the "
+                             "other loss: pass the same head_configs to build_model and compile_for_heads")  # fmt: skip
+    losses = {h.name: h.loss(configs[h.name]) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}
-    weights = {h.name: float((loss_weights or {}).get(h.name, 1.0)) for h in heads}
+    weights = {h.name: configs[h.name].loss_weight for h in heads}
     if MASKED_WORDS in model.output:  # already a per-example loss; weight 1 on the masked-word examples
         losses[MASKED_WORDS], weights[MASKED_WORDS] = PrecomputedLoss(), 1.0
     model.compile(
         optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
-        weighted_metrics={h.name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] for h in heads},
+        weighted_metrics={h.name: [h.training_metric()] for h in heads},
     )

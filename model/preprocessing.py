@@ -37,7 +37,6 @@ are taken as they are. Each example has exactly one of them.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import tensorflow as tf
@@ -46,8 +45,7 @@ import tensorflow_transform as tft
 from mtnlp.model import backbone, text
 from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS
 from mtnlp.model.tasks import all_heads, registered_tasks
-from mtnlp.pipelines.config import TransformConfig
-from mtnlp.pipelines.settings import typed_section
+from mtnlp.sections import TransformConfig, section_from_json
 
 WORDS_VOCABULARY = "words"
 SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")
@@ -124,7 +122,7 @@ def _encoder_fields() -> tuple[list[str], list[str], tuple[str, ...]]:
 
 def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
     """Transform's entry point; ``custom_config`` is ``TransformConfig`` as a dict (checked)."""
-    config = typed_section(TransformConfig, custom_config or {}, "transform")
+    config = section_from_json(TransformConfig, custom_config or {}, "transform")
     max_length = config.max_length
     text_fields, tokens_fields, span_fields = _encoder_fields()
 
@@ -170,9 +168,14 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         **backbone_outputs,
     }
     aligned = {f.name for t in registered_tasks() for f in t.fields if f.aligned_with}  # one label per word
+    labels = {}
     for head in all_heads():
-        labels = _feature(inputs, head.label_field, tf.string)
+        labels[head.name] = _feature(inputs, head.label_field, tf.string)
         if kept_words is not None and head.label_field in aligned:  # the dropped words' labels go too
-            labels = tf.ragged.boolean_mask(labels, tf.ragged.range(labels.row_lengths()) < kept_words[:, None])
-        outputs.update(head.transform_features(labels, max_length, dataclasses.asdict(config)))
+            labels[head.name] = tf.ragged.boolean_mask(labels[head.name],
+                                                       tf.ragged.range(labels[head.name].row_lengths()) < kept_words[:, None])
+    # every head's analyzers before any head's lookups, so that Transform analyzes in one phase (Head.analyze)
+    analyzed = {head.name: head.analyze(labels[head.name], config) for head in all_heads()}
+    for head in all_heads():
+        outputs.update(head.transform_features(labels[head.name], max_length, config, analyzed[head.name]))
     return outputs

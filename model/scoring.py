@@ -1,5 +1,5 @@
 """Per-head metrics as pure scorers, defined once and used by the Evaluator (through the TFMA adapter
-in ``model/metrics.py``), by ``mtnlp evaluate``, by the benchmarks and by tests.
+in ``model/tfma_metrics.py``), by ``mtnlp evaluate``, by the benchmarks and by tests.
 
 Each metric is a small *scorer* that accumulates one example at a time and merges with others, so
 it runs as a Beam combiner in TFMA and as a plain loop anywhere else:

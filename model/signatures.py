@@ -13,8 +13,9 @@ a head returns is its kind's (``model/heads.py``):
 - ``relation`` (one per task with entity-pair heads, named after it): ``text`` string [B],
   ``e1_start``, ``e1_end``, ``e2_start``, ``e2_end`` int64 [B] (character offsets, end exclusive) ->
   ``relation_label``, ``relation_probability``, ``relation_probabilities`` for each entity-pair head.
-- ``translate`` (one per sequence head, named by ``SequenceHead.signature``): ``text`` string [B] ->
-  ``translation`` string [B]: beam search (``beam_width``, ``length_penalty``; width 1 is greedy)
+- ``translate`` (one per sequence head, named by ``SequenceHead.signature``, by default the head's
+  name): its task input's request (``text`` string [B]) -> ``<head>`` string [B] (translation's:
+  ``translation``): beam search (``beam_width``, ``length_penalty``; width 1 is greedy)
   in a ``tf.while_loop`` up to ``max_target_length`` pieces, detokenized. Rows are decoded
   independently (padding is masked), so a sentence gets the same output alone and in a batch.
 - ``serving_tf_example``: ``examples`` serialized tf.Example [B] -> per-head probabilities at full
@@ -38,7 +39,6 @@ from mtnlp.model.preprocessing import trim_to_longest
 from mtnlp.model.tasks import Task, registered_tasks
 
 # kept here too: the names callers of this module know
-DEFAULT_SIGNATURE = contract.ANALYZE_SIGNATURE
 EXAMPLES_SIGNATURE = contract.EXAMPLES_SIGNATURE
 TRANSFORM_SIGNATURE = contract.TRANSFORM_SIGNATURE
 
@@ -63,8 +63,8 @@ class ServingModule(tf.Module):
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._tasks = tuple(tasks)
         # the encoder alone (shared layers), for heads that run their own decoding loop
-        self.backbone = has_backbone(model)
-        self.encoder_inputs = encoder_input_names(self.backbone)
+        self.has_backbone = has_backbone(model)
+        self.encoder_inputs = encoder_input_names(self.has_backbone)
         self.encoder = keras.Model({k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output)
         self.head_constants: dict = {}
         for task in self._tasks:
@@ -95,7 +95,7 @@ class ServingModule(tf.Module):
 
     def _logits(self, transformed: dict) -> dict:
         inputs = {k: transformed[k] for k in self.encoder_inputs}
-        for name in model_input_names(self._heads, backbone=self.backbone):
+        for name in model_input_names(self._heads, backbone=self.has_backbone):
             if name not in inputs:  # serving never teacher-forces: no target, no decoder compute
                 inputs[name] = tf.zeros([tf.shape(transformed["token_ids"])[0], 1], tf.int64)
         return self.model(inputs, training=False)
@@ -146,7 +146,7 @@ class ServingModule(tf.Module):
             return {s.name: self._signature_function(s) for s in contract.signatures(self._tasks) if s.name in only}
         functions = {s.name: self._signature_function(s) for s in contract.signatures(self._tasks)}
         return {
-            contract.DEFAULT_SIGNATURE: functions[DEFAULT_SIGNATURE],
+            contract.DEFAULT_SIGNATURE: functions[contract.ANALYZE_SIGNATURE],  # the same function
             **functions,
             EXAMPLES_SIGNATURE: self.serving_tf_example.get_concrete_function(),
             TRANSFORM_SIGNATURE: self.transform_features.get_concrete_function(),

@@ -9,14 +9,17 @@ carries two heads (``pos`` and ``ner``) on the same sentences; the others carry 
 Everything downstream is derived from the registry: ingest validation, the schema's label domains,
 the Transform features, the Keras heads and losses, the TFMA metrics and blessing thresholds, the
 serving signatures and their outputs (``model/contract.py``), ``mtnlp evaluate`` and ``mtnlp predict``,
-and every default list of tasks (pipeline, study, tests). The kinds own what a head or input *does*.
+and the default list of tasks of the pipeline and the study (the tests name the tasks they run). The kinds
+own what a head or input *does*; a head's settings (``heads.<name>`` in the config) default to what it
+declares here (``Head.default_config``).
 
 A task may have no heads: ``unlabeled`` is raw text (``data/unlabeled/``, JSON Lines ``{"text": ...}`` or plain
 text, one sentence per line) that feeds only the self-supervised masked-word objective and the word vocabulary.
 
 Adding a task of an existing kind is one ``register_task(Task(...))``: here, or in a module of your
-own named in ``MTNLP_TASK_MODULES`` (see the README's "Adding a task"). A gate in
-``pipelines/config.py`` is optional (heads without one are evaluated but do not gate blessing).
+own named in ``MTNLP_TASK_MODULES`` (see the README's "Adding a task"). A gate (``heads.<name>.gate``,
+in the head's ``default_config``, a profile or ``--set``) is optional: heads without one are evaluated
+but do not gate blessing.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ RELATION = Task(
     ),
     heads=(
         # "Other" is SemEval's "none of the nine relations" (left out of its macro-F1): the class the
-        # pairwise ranking loss (training.ranking_loss_heads) does not score
+        # pairwise ranking loss (heads.relation.loss=ranking) does not score
         EntityPairHead("relation", "relation", SEMEVAL_RELATIONS, metrics=("semeval_macro_f1", "accuracy"),
                        none_label="Other"),
     ),

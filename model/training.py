@@ -1,4 +1,4 @@
-"""The training loop shared by the TFX Trainer (``model/trainer.py``) and the MTL-vs-STL study
+"""The training loop shared by the TFX Trainer (``pipelines/trainer_module.py``) and the MTL-vs-STL study
 (``experiments/mtl_vs_stl.py``): the same model, optimizer, schedule and input pipeline for both.
 
 ``train_model`` builds the model for the given heads inside a distribution strategy, optionally warm
@@ -21,6 +21,7 @@ from mtnlp.model.network import build_model, compile_for_heads
 from mtnlp.model.heads import Head
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
 from mtnlp.model.warm_start import warm_start
+from mtnlp.sections import HeadConfig, ModelConfig, TrainingConfig, TransformConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,43 +84,38 @@ def target_vocabulary_sizes(
     return {name: size for name, size in sizes.items() if size is not None}
 
 
-def masked_word_objective(training: Mapping[str, Any], transform_config: Mapping[str, Any]) -> bool:
+def masked_word_objective(training: TrainingConfig, transform: TransformConfig) -> bool:
     """Whether the model learns the masked-word objective: ``masked_word_share`` > 0 and no pretrained
     backbone (the objective predicts the from-scratch encoder's word ids; a backbone is pretrained)."""
-    return training["masked_word_share"] > 0 and not transform_config.get("backbone_preset")
+    return training.masked_word_share > 0 and not transform.backbone_preset
 
 
 def build_training_model(
     heads: Sequence[Head],
     vocabulary_size: int,
     target_vocabulary_sizes: Mapping[str, int],
-    model_config: Mapping[str, Any],
-    training: Mapping[str, Any],
-    transform_config: Mapping[str, Any],
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    transform: TransformConfig,
+    head_configs: Mapping[str, HeadConfig],
     steps: int,
 ) -> keras.Model:
     """The model compiled with the project's loss and optimizer (AdamW; warmup then cosine decay over
     ``steps``). Call it inside the distribution strategy's scope."""
-    ranking_loss_heads = training.get("ranking_loss_heads")  # both the model (its none logits) and the loss
     model = build_model(
-        heads, vocabulary_size=vocabulary_size, max_length=transform_config["max_length"],
-        target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform_config["max_target_length"],
-        uncertainty_weighting=training["loss_weighting"] == "uncertainty",
-        subword_buckets=transform_config["subword_buckets"], masked_words=masked_word_objective(training, transform_config),
-        backbone_preset=transform_config.get("backbone_preset"), ranking_loss_heads=ranking_loss_heads,
-        **model_config,
+        heads, vocabulary_size=vocabulary_size, max_length=transform.max_length,
+        target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform.max_target_length,
+        uncertainty_weighting=training.loss_weighting == "uncertainty", subword_buckets=transform.subword_buckets,
+        masked_words=masked_word_objective(training, transform), backbone_preset=transform.backbone_preset,
+        head_configs=head_configs, **dataclasses.asdict(model_config),
     )  # fmt: skip
-    warmup_steps = int(steps * training["warmup_fraction"])
+    warmup_steps = int(steps * training.warmup_fraction)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=training["learning_rate"], warmup_steps=warmup_steps,
+        initial_learning_rate=0.0, warmup_target=training.learning_rate, warmup_steps=warmup_steps,
         decay_steps=max(1, steps - warmup_steps),
     )  # fmt: skip
-    compile_for_heads(
-        model, heads, keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0),
-        sequence_label_smoothing=training["sequence_label_smoothing"],
-        loss_weighting=training["loss_weighting"], loss_weights=training.get("loss_weights"),
-        ranking_loss_heads=ranking_loss_heads,
-    )  # fmt: skip
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0)
+    compile_for_heads(model, heads, optimizer, loss_weighting=training.loss_weighting, head_configs=head_configs)
     return model
 
 
@@ -143,9 +139,10 @@ def train_model(
     train_files: Sequence[str],
     eval_files: Sequence[str],
     task_weights: Mapping[str, float],
-    model_config: Mapping[str, Any],
-    training: Mapping[str, Any],
-    transform_config: Mapping[str, Any],
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    transform: TransformConfig,
+    head_configs: Mapping[str, HeadConfig],
     steps: int,
     eval_steps: int,
     strategy: tf.distribute.Strategy,
@@ -156,31 +153,30 @@ def train_model(
 ) -> TrainedModel:
     """Fits a model with ``heads`` for ``steps`` optimizer steps, batches mixed by ``task_weights``.
 
-    ``training`` is ``TrainingConfig`` as a dict (batch size, learning rate, seed, loss weighting...);
-    ``epochs`` is the number of validation points (default: one per 100 steps, at most 10).
+    ``head_configs``: the heads' settings (the config's ``heads`` section); ``epochs`` is the number of
+    validation points (default: one per 100 steps, at most 10).
     """
-    keras.utils.set_random_seed(training["seed"])
-    words = vocabulary_size(tf_transform_output, transform_config["num_oov_buckets"])
+    keras.utils.set_random_seed(training.seed)
+    words = vocabulary_size(tf_transform_output, transform.num_oov_buckets)
     masked_words = None
-    if transform_config.get("backbone_preset"):
+    if transform.backbone_preset:
         log.warning("%sEncoder: the pretrained backbone %s (transform.backbone_preset); off with it: the masked-word "
                     "objective (training.masked_word_share=%s), model.subword_features, model.num_layers",
-                    log_prefix, transform_config["backbone_preset"], training["masked_word_share"])  # fmt: skip
-    if masked_word_objective(training, transform_config):
-        masked_words = dataset.MaskedWords(training["masked_word_share"], training["masked_word_rate"], words)
+                    log_prefix, transform.backbone_preset, training.masked_word_share)  # fmt: skip
+    if masked_word_objective(training, transform):
+        masked_words = dataset.MaskedWords(training.masked_word_share, training.masked_word_rate, words)
     train_data = dataset.training_dataset(
-        train_files, tf_transform_output, heads, training["batch_size"], dict(task_weights), training["seed"],
-        masked_words,
+        train_files, tf_transform_output, heads, training.batch_size, dict(task_weights), training.seed, masked_words,
     )  # fmt: skip
-    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training["batch_size"],
+    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training.batch_size,
                                            masked_words is not None)  # fmt: skip
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
         model = build_training_model(
             heads, words,
-            target_vocabulary_sizes(tf_transform_output, heads, transform_config["num_oov_buckets"]),
-            model_config, training, transform_config, steps,
+            target_vocabulary_sizes(tf_transform_output, heads, transform.num_oov_buckets),
+            model_config, training, transform, head_configs, steps,
         )  # fmt: skip
         report = None
         if base_model:
@@ -188,7 +184,7 @@ def train_model(
             log.warning("%s%s", log_prefix, report)
     log.warning("%sTraining %s parameters for %d steps on %d replica(s), global batch %d", log_prefix,
                 f"{model.count_params():,}", steps_per_epoch * epochs, strategy.num_replicas_in_sync,
-                training["batch_size"])  # fmt: skip
+                training.batch_size)  # fmt: skip
     start = time.time()
     fitted = model.fit(
         train_data,
@@ -198,7 +194,7 @@ def train_model(
         validation_steps=eval_steps,
         verbose=0,
         callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix),
-                   *([KeepBestWeights([h.name for h in heads], log_prefix)] if training["keep_best"] else [])],
+                   *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else [])],
     )
     # a callback may stop training early (the studies' early stopping and time budget)
     history = [

@@ -1,0 +1,3 @@
+from mtnlp import require_import_name
+
+require_import_name(__name__, "mtnlp.pipelines")  # one import path: see mtnlp/__init__.py

@@ -2,7 +2,7 @@
 
 TFMA runs the candidate's ``serving_tf_example`` signature on the raw evaluation examples and reads
 labels and per-head weights from the ``transform_features`` signature, so it scores exactly what
-the Trainer optimised. Each head gets its metrics from ``model/metrics.py``; its primary metric
+the Trainer optimised. Each head gets its metrics from ``model/tfma_metrics.py``; its primary metric
 carries the gate: an absolute lower bound, and once a blessed model exists, at most ``tolerance``
 below that baseline.
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from mtnlp.model.metrics import tfma_metric_config, tfma_overall_metric_config
+from mtnlp.model.tfma_metrics import tfma_metric_config, tfma_overall_metric_config
 from mtnlp.model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
 from mtnlp.model.tasks import all_heads, select_tasks
-from mtnlp.pipelines.config import HeadGate, PipelineConfig
+from mtnlp.pipelines.config import PipelineConfig
+from mtnlp.sections import HeadGate
 
 
 def _threshold(gate: HeadGate) -> tfma.MetricThreshold:
@@ -32,7 +33,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     for head in heads:
         metric_configs = []
         for metric in head.metrics:
-            gate = config.gates.get(head.name) if metric == head.primary_metric else None
+            gate = config.heads[head.name].gate if metric == head.primary_metric else None
             metric_configs.append(tfma.MetricConfig(**tfma_metric_config(metric), threshold=_threshold(gate) if gate else None))
         metrics_specs.append(tfma.MetricsSpec(output_names=[head.name], metrics=metric_configs))
     overall = tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(

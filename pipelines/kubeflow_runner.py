@@ -5,7 +5,7 @@ storage, the Beam runner of the Beam-powered components and the resources of eac
 The pipeline itself is the same ``create_pipeline()`` that ``mtnlp run`` executes locally.
 
 Compiling needs no network and uploads nothing: Transform and Trainer name their functions by import
-path (``mtnlp.model.preprocessing.preprocessing_fn``, ``mtnlp.model.trainer.run_fn``), which resolve inside the
+path (``mtnlp.model.preprocessing.preprocessing_fn``, ``mtnlp.pipelines.trainer_module.run_fn``), which resolve inside the
 image built from the repository's ``Dockerfile``.
 
 Output format follows the file name, as in ``KubeflowV2DagRunner`` itself:
@@ -147,7 +147,7 @@ class KubeflowSettings:
 
 
 def image_schema_file() -> str:
-    """The curated schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
+    """The committed (generated) schema's path inside the image: ImportSchemaGen's executor reads it in its pod."""
     from mtnlp.pipelines.schema import SCHEMA_PATH  # imported here: it pulls in TensorFlow
 
     return posixpath.join(IMAGE_PROJECT_DIR, *os.path.relpath(SCHEMA_PATH, REPO_ROOT).split(os.sep))

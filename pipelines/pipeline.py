@@ -1,6 +1,6 @@
 """The multi-task pipeline: ``create_pipeline`` only wires components; runners choose where it runs.
 
-JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomaliesGate
+JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (the schema generated from the tasks) -> ExampleValidator -> AnomaliesGate
 -> Transform -> Trainer (warm-started) -> Evaluator (against the baseline) -> Pusher (blessed only).
 Warm start and baseline come from resolvers that keep a rerun with nothing new fully cached
 (components/baseline_resolver.py).
@@ -26,7 +26,7 @@ from mtnlp.pipelines.config import PipelineConfig
 from mtnlp.pipelines.schema import SCHEMA_PATH
 
 PREPROCESSING_FN = "mtnlp.model.preprocessing.preprocessing_fn"
-RUN_FN = "mtnlp.model.trainer.run_fn"
+RUN_FN = "mtnlp.pipelines.trainer_module.run_fn"
 
 # The resolver that finds the baseline model (the Trainer's warm start and the Evaluator's baseline):
 # "other_data": warm start from the latest blessed model not trained on this run's examples, and compare

@@ -11,9 +11,12 @@ fields added to the config need nothing here): an unknown key is an error naming
 valid keys; a value of the wrong type is an error naming the key, the expected type and the value.
 Text values (every ``--set`` value, and strings in a file) are parsed by the field's type: ``int``,
 ``float``, ``bool`` (true/false, yes/no, on/off, 1/0), ``str``, tuples and lists (``a,b,c`` or
-``[a, b, c]``), mappings (``{pos: 2, ner: 1}``), ``none``/``null`` for optional fields. Mappings merge into
-the profile's values: ``--set gates.ner.lower_bound=0.3`` changes one bound of one gate and keeps the
-others, ``--set training.loss_weights.pos=2`` adds one weight.
+``[a, b, c]``), mappings (``{lower_bound: 0.3, tolerance: 0.05}``), ``none``/``null`` for optional fields.
+Mappings merge into the profile's values: ``--set heads.ner.gate.lower_bound=0.3`` changes one bound of one
+head's gate and keeps the rest of that head's section and every other head's.
+
+A key that has moved (``gates.ner``, ``training.loss_weights``, ... now under ``heads.<name>``) is an error
+that names its new place (``MOVED_TO_HEADS``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ from mtnlp.pipelines.config import PipelineConfig, get_config
 
 # Top-level fields that a settings file or --set may not change, and what to use instead.
 FIXED_FIELDS = {"profile": "choose the profile with --profile"}
+# Settings that were keyed by head name in other sections and now live in each head's own section:
+# the old key -> the field of heads.<name> that replaced it.
+MOVED_TO_HEADS = {
+    "gates": "gate",
+    "model.head_layers": "encoder_layer",
+    "model.head_dropout": "dropout",
+    "training.loss_weights": "loss_weight",
+    "training.ranking_loss_heads": "loss",
+    "training.sequence_label_smoothing": "label_smoothing",
+}
 NONE_WORDS = ("none", "null", "~")
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
@@ -49,8 +62,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser | Any) -> None:
                              "later files win (default: none)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="assignments",
                         help="change one setting after the --config files, e.g. --set training.learning_rate=5e-4 "
-                             "--set model.num_layers=4 --set gates.ner.lower_bound=0.3; repeatable "
-                             "(default: none)")  # fmt: skip
+                             "--set model.num_layers=4 --set heads.ner.gate.lower_bound=0.3 --set "
+                             "heads.ner.loss_weight=2; repeatable (default: none)")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace, shortcuts: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -139,14 +152,6 @@ def config_from_json(values: Mapping[str, Any]) -> PipelineConfig:
                          "custom_config")  # fmt: skip
 
 
-def typed_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """One config section (e.g. ``TransformConfig``) from its JSON form, over the section's defaults."""
-    try:
-        return _merge_dataclass(cls(), cls, values, section)
-    except SettingsError as e:
-        raise SettingsError(f"custom_config: {e}") from None
-
-
 def as_dict(config: Any) -> dict[str, Any]:
     """The config as plain JSON values (tuples become lists), as the summary and ML Metadata hold it."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -209,6 +214,9 @@ def _merge_dataclass(current: Any, cls: type, value: Any, key: str) -> Any:
     changes = {}
     for name, item in value.items():
         if name not in valid:
+            moved = MOVED_TO_HEADS.get(f"{key}.{name}" if key else str(name))
+            if moved:
+                raise _moved_to_heads(f"{key}.{name}" if key else str(name), moved, item)
             raise _unknown_key(key, str(name), valid, cls)
         child_key = f"{key}.{name}" if key else str(name)
         changes[name] = _merge(getattr(current, name, None), hints[name], item, child_key)
@@ -341,6 +349,21 @@ def _unknown_key(section: str, name: str, valid: Sequence[str], cls: type | None
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return SettingsError(f"unknown setting {where!r}{hint}; valid keys of {of}: {', '.join(valid)}")
+
+
+def _moved_to_heads(old: str, field: str, value: Any) -> SettingsError:
+    """The error for a moved key, with the value rewritten to the new keys where the value says which heads."""
+    parsed = _parse_text(value) if isinstance(value, str) else value
+    if field == "loss":  # the heads named had the ranking loss
+        names = parsed if isinstance(parsed, (list, tuple)) else [parsed] if parsed not in (None, "") else []
+        examples = [f"heads.{name}.loss=ranking" for name in names]
+    elif isinstance(parsed, Mapping):  # keyed by head name
+        examples = [f"heads.{name}.{key}={item}" for name, values in parsed.items()
+                    for key, item in _flatten({field: values}).items()]  # fmt: skip
+    else:  # one value for every head
+        examples = [f"heads.<head>.{field}={parsed} for each head"]
+    return SettingsError(f"{old!r} has moved to each head's own section, heads.<head>.{field}"
+                         + (f": use {', '.join(examples)}" if examples else ""))  # fmt: skip
 
 
 def _wrong_type(key: str, hint: Any, value: Any) -> SettingsError:

@@ -132,15 +132,16 @@ def _lines(text: str, name: str) -> list[Sentence]:
 
 
 def mark_sentences(sentences: Sequence[Sentence], heads: Sequence[Head],
-                   relation_required: bool = False) -> list[Marked]:
-    """Markers parsed and checked for each sentence: a sentence with markers needs exactly two for a relation
-    (and every sentence does when `relation_required`). PredictInputError names the sentence."""
+                   spans_required: bool = False) -> list[Marked]:
+    """Markers parsed and checked for each sentence: when a chosen head is asked through an input that marks
+    spans (an entity pair), a sentence with markers needs exactly two (and every sentence does when
+    `spans_required`). PredictInputError names the sentence."""
     marked = []
     for sentence in sentences:
         try:
             m = parse_markers(sentence.text)
             if needs_marked_entities(heads):
-                relation_spans(m, required=relation_required)
+                relation_spans(m, required=spans_required)
         except ValueError as e:
             raise PredictInputError(f"{sentence.origin} ({sentence.text!r}): {e}") from None
         marked.append(m)
@@ -208,7 +209,7 @@ def analyze_batch(marked: Sequence[Marked], call: SignatureCall, heads: Sequence
 
 
 def predict_sentences(sentences: Sequence[Sentence | str], *, server: str | None = None, model_name: str = "mtnlp",
-                      rest: bool = False, heads: Sequence[Head] | None = None, relation_required: bool = False,
+                      rest: bool = False, heads: Sequence[Head] | None = None, spans_required: bool = False,
                       timeout: float = 30.0, tls: bool = False, batch_size: int = 32) -> Iterator[dict[str, Any]]:
     """Query the model for the sentences, `batch_size` per request; yields what `mtnlp predict --json` prints for
     each, in order. Every sentence is checked (PredictInputError) before the first request."""
@@ -219,7 +220,7 @@ def predict_sentences(sentences: Sequence[Sentence | str], *, server: str | None
     for sentence in sentences:
         if not sentence.text.strip():
             raise PredictInputError(f"{sentence.origin} is empty: give a sentence")
-    marked = mark_sentences(sentences, heads, relation_required)
+    marked = mark_sentences(sentences, heads, spans_required)
     if rest:
         client: Any = RestClient(server, model_name=model_name, timeout=timeout)
         call = _rest_call(client)
@@ -249,7 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         sentences = read_sentences(args.sentences, args.files)
         results = predict_sentences(sentences, server=target, model_name=args.model_name, rest=args.rest,
-                                    heads=heads, relation_required=bool(args.task) and needs_marked_entities(
+                                    heads=heads, spans_required=bool(args.task) and needs_marked_entities(
                                         select_heads(args.task)),
                                     timeout=args.timeout, tls=args.tls, batch_size=args.batch_size)  # fmt: skip
         for number, result in enumerate(results):

@@ -99,6 +99,7 @@ def test_backbone_model_reads_first_pieces_and_saves_and_loads(preset, tmp_path)
     from mtnlp.model.tasks import all_heads, select_tasks
     from mtnlp.model.warm_start import keras_dir_for, save_for_warm_start, warm_start
     from mtnlp.pipelines.config import get_config
+    from mtnlp.sections import HeadConfig
 
     heads = all_heads(select_tasks(["tagging", "sentiment"]))
     sizes = dict(vocabulary_size=50, max_length=16, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
@@ -133,11 +134,12 @@ def test_backbone_model_reads_first_pieces_and_saves_and_loads(preset, tmp_path)
     assert report.layers_skipped == [] and report.layers_restored == sum(1 for layer in model.layers if layer.weights)
     np.testing.assert_allclose(fresh(inputs, training=False)["pos"], outputs["pos"], atol=1e-5)
 
-    with pytest.raises(ValueError, match="transform.backbone_preset"):
-        build_model(heads, backbone_preset=str(preset), head_layers={"pos": 1}, **sizes)
-    with pytest.raises(ValueError, match="model.head_layers .* transform.backbone_preset"):
+    layered = {"pos": HeadConfig(encoder_layer=1)}
+    with pytest.raises(ValueError, match=r"transform.backbone_preset: the masked-word objective and heads.pos.encoder_layer"):
+        build_model(heads, backbone_preset=str(preset), head_configs=layered, **sizes)
+    with pytest.raises(ValueError, match=r"heads.pos.encoder_layer \(1\) cannot be combined with transform.backbone_preset"):
         get_config("quick", transform=dataclasses.replace(get_config("quick").transform, backbone_preset=str(preset)),
-                   model=dataclasses.replace(get_config("quick").model, head_layers={"pos": 1}))
+                   heads=layered)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,7 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
                      "--train-steps", "30", "--tasks", "tagging", "sentiment",
                      "--set", f"transform.backbone_preset={preset}",
                      # the tiny random backbone learns nothing in 30 steps: every gate lets it through
-                     "--set", "gates.pos.lower_bound=0", "--set", "gates.sentiment.lower_bound=0",
+                     "--set", "heads.pos.gate.lower_bound=0", "--set", "heads.sentiment.gate.lower_bound=0",
                      timeout=600)  # fmt: skip
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "pretrained backbone" in result.stdout + result.stderr  # the masked-word objective is off, and said so

@@ -508,7 +508,7 @@ def test_dockerignore_keeps_what_the_install_needs():
 
     with open(os.path.join(REPO, ".dockerignore"), encoding="utf-8") as f:
         patterns = [p.strip().lstrip("/") for p in f if p.strip() and not p.startswith("#")]
-    needed = ["pyproject.toml", "requirements.lock", "README.md", "model/trainer.py", "model/preprocessing.py",
+    needed = ["pyproject.toml", "requirements.lock", "README.md", "pipelines/trainer_module.py", "model/preprocessing.py",
               "components/jsonl_example_gen/executor.py", "pipelines/pipeline.py", "pipelines/schema/schema.pbtxt",
               "mtnlp/cli.py", "serving/__init__.py"]  # fmt: skip
     for path in needed:

@@ -1,4 +1,4 @@
-"""The TFMA adapter of model/metrics.py: how it feeds TFMA's elements to the scorers of model/scoring.py,
+"""The TFMA adapter of model/tfma_metrics.py: how it feeds TFMA's elements to the scorers of model/scoring.py,
 and the names saved TFMA configs rely on. The scorers themselves are tested in tests/test_scoring.py."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
-import mtnlp.model.metrics
-from mtnlp.model.metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
+import mtnlp.model.tfma_metrics
+from mtnlp.model.tfma_metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
 from mtnlp.model.scoring import make_scorer
 from mtnlp.model.tasks import NER_TAGS, TAGGING, all_heads
 
@@ -40,14 +40,14 @@ def test_a_tfma_element_without_labels_for_a_head_is_not_scored():
 
 def test_saved_tfma_configs_keep_naming_model_metrics():
     assert tfma_metric_config("entity_f1") == {
-        "class_name": "HeadMetric", "module": "mtnlp.model.metrics",
+        "class_name": "HeadMetric", "module": "mtnlp.model.tfma_metrics",
         "config": json.dumps({"name": "entity_f1", "metric": "entity_f1"}),
     }  # fmt: skip
     heads = all_heads()
     overall = tfma_overall_metric_config(heads)
-    assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "mtnlp.model.metrics")
+    assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "mtnlp.model.tfma_metrics")
     assert json.loads(overall["config"]) == {"name": "mean_primary_metric", "heads": {h.name: h.primary_metric for h in heads}}
-    assert mtnlp.model.metrics.HeadMetric.__module__ == mtnlp.model.metrics.MeanPrimaryMetric.__module__ == "mtnlp.model.metrics"
+    assert mtnlp.model.tfma_metrics.HeadMetric.__module__ == mtnlp.model.tfma_metrics.MeanPrimaryMetric.__module__ == "mtnlp.model.tfma_metrics"
 
 
 def test_the_combiner_merges_scorers_like_one_pass():
@@ -65,7 +65,7 @@ def test_the_combiner_merges_scorers_like_one_pass():
             return None
 
     key = metric_types.MetricKey(name="entity_f1", output_name="ner")
-    combiner = mtnlp.model.metrics._ScorersCombiner(key, [("ner", "entity_f1")])
+    combiner = mtnlp.model.tfma_metrics._ScorersCombiner(key, [("ner", "entity_f1")])
     elements = [Element([1, 2, 0], [1, 2, 0]), Element([1, 0, 1], [1, 0, 0]), Element([0, 1, 2], [0, 3, 4])]
     halves = [combiner.create_accumulator(), combiner.create_accumulator()]
     for i, element in enumerate(elements):

@@ -18,6 +18,7 @@ from mtnlp.model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORD
                            compile_for_heads, inference_model)
 from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
 from mtnlp.model.tasks import RELATION, TRANSLATION, all_heads
+from mtnlp.sections import HeadConfig
 
 HEADS = all_heads()
 TARGET_VOCABULARY = 30
@@ -255,6 +256,22 @@ def test_strategy_fails_loudly_instead_of_hanging_when_devices_are_missing():
     assert "DeviceSetupError" in result.stderr and "logical CPU devices" in result.stderr
 
 
+def test_a_head_reads_the_encoder_layer_and_dropout_of_its_section():
+    keras.utils.set_random_seed(4)
+    sizes = {**SIZES, "num_layers": 2}
+    model = build_model(HEADS, head_configs={"pos": HeadConfig(encoder_layer=1, dropout=0.3)}, **sizes)
+    assert model.get_layer("pos_dropout").rate == 0.3 and model.get_layer("ner_dropout").rate == SIZES["dropout"]
+    inputs, _, _ = batch()
+    before = model(inputs)
+    top = model.get_layer("shared_encoder_1")
+    top.set_weights([w * 0.5 for w in top.get_weights()])  # changes what the last layer says, not the first
+    after = model(inputs)
+    np.testing.assert_allclose(after["pos"], before["pos"], rtol=1e-6)
+    assert not np.allclose(after["ner"], before["ner"])
+    with pytest.raises(ValueError, match=r"heads.pos.encoder_layer = 3: the encoder has layers 1..2"):
+        build_model(HEADS, head_configs={"pos": HeadConfig(encoder_layer=3)}, **sizes)
+
+
 def _head_kernels(model):
     return {h.name: model.get_layer(h.name).kernel.numpy().copy() for h in HEADS if h.kind != "sequence"}
 
@@ -262,7 +279,8 @@ def _head_kernels(model):
 def test_fixed_loss_weights_scale_each_head_and_zero_turns_one_off():
     keras.utils.set_random_seed(1)
     model = build_model(HEADS, **SIZES)
-    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1), loss_weights={"sentiment": 0.0, "pos": 2.0})
+    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1),
+                      head_configs={"sentiment": HeadConfig(loss_weight=0.0), "pos": HeadConfig(loss_weight=2.0)})
     inputs, labels, weights = batch()
     per_head = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
     expected_total = sum(per_head[f"{h.name}_loss"] * {"sentiment": 0.0, "pos": 2.0}.get(h.name, 1.0) for h in HEADS)
@@ -365,7 +383,8 @@ def test_uncertainty_layer_is_part_of_a_model_without_a_decoder():
     assert model.get_layer(TASK_UNCERTAINTY).head_names == tuple(h.name for h in heads)
 
 
-# ----- CR-CNN's pairwise ranking loss (training.ranking_loss_heads) ---------------------------------------------------
+# ----- CR-CNN's pairwise ranking loss (heads.<name>.loss=ranking) ---------------------------------------------------
+RANKED = {"relation": HeadConfig(loss="ranking")}
 def test_pairwise_ranking_loss_by_hand():
     def softplus(x):
         return float(np.log1p(np.exp(x)))
@@ -394,7 +413,7 @@ def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_w
     none = RELATION_HEAD.labels.index(RELATION_HEAD.none_label)
     keras.utils.set_random_seed(2)
     plain = build_model(HEADS, **SIZES)
-    ranked = build_model(HEADS, ranking_loss_heads=("relation",), **SIZES)
+    ranked = build_model(HEADS, head_configs=RANKED, **SIZES)
     inputs, _, _ = batch()
     assert RELATION_HEAD.none_label == "Other" and none == 0
     assert np.all(ranked(inputs)["relation"].numpy()[:, none] == 0)
@@ -410,16 +429,18 @@ def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_w
     assert isinstance(loaded.get_layer("relation"), NoneClassDense)
     np.testing.assert_allclose(loaded(inputs)["relation"], ranked(inputs)["relation"], rtol=1e-6)
     # a head without a none class cannot have the loss, and the model and the loss must agree
-    with pytest.raises(ValueError, match="'sentiment' has no none_label"):
-        build_model(HEADS, ranking_loss_heads=("sentiment",), **SIZES)
-    with pytest.raises(ValueError, match="the model was built without it"):
-        compile_for_heads(plain, HEADS, keras.optimizers.SGD(0.1), ranking_loss_heads=("relation",))
+    with pytest.raises(ValueError, match="head 'sentiment' declares no none_label"):
+        build_model(HEADS, head_configs={"sentiment": HeadConfig(loss="ranking")}, **SIZES)
+    with pytest.raises(ValueError, match="heads.relation.loss is 'ranking' here but the model was built with the other"):
+        compile_for_heads(plain, HEADS, keras.optimizers.SGD(0.1), head_configs=RANKED)
+    with pytest.raises(ValueError, match="heads.relation.loss is 'cross_entropy' here but the model was built with"):
+        compile_for_heads(ranked, HEADS, keras.optimizers.SGD(0.1))
 
 
 def test_a_model_with_the_ranking_loss_trains_a_few_steps():
     keras.utils.set_random_seed(3)
-    model = build_model([RELATION_HEAD], ranking_loss_heads=("relation",), **SIZES)
-    compile_for_heads(model, [RELATION_HEAD], keras.optimizers.SGD(0.05), ranking_loss_heads=("relation",))
+    model = build_model([RELATION_HEAD], head_configs=RANKED, **SIZES)
+    compile_for_heads(model, [RELATION_HEAD], keras.optimizers.SGD(0.05), head_configs=RANKED)
     inputs, _, _ = batch()
     inputs = {k: v for k, v in inputs.items() if k in model.input}
     labels = {"relation": np.array([0, 3, 5, 0])}  # two "Other" examples
@@ -434,20 +455,24 @@ def test_a_model_with_the_ranking_loss_trains_a_few_steps():
     assert np.all(model(inputs)["relation"].numpy()[:, 0] == 0)
 
 
-@pytest.mark.parametrize("assignments", [[], ["training.ranking_loss_heads=[relation]"]])
-def test_the_trainers_model_takes_the_ranking_loss_from_the_setting(assignments):
+@pytest.mark.parametrize("assignments", [[], ["heads.relation.loss=ranking", "heads.pos.loss_weight=2",
+                                              "heads.sentiment.label_smoothing=0.1"]])
+def test_the_trainers_model_takes_each_heads_settings_from_its_section(assignments):
     import dataclasses
 
     from mtnlp.model.training import build_training_model
     from mtnlp.pipelines.settings import effective_config
 
     config = effective_config("quick", assignments=assignments)
-    sizes = {k: SIZES[k] for k in ("embedding_dim", "num_layers", "num_heads", "intermediate_dim", "dropout")}
-    transform = {**dataclasses.asdict(config.transform), "max_length": 16, "max_target_length": 5, "subword_buckets": 100}
-    model = build_training_model(HEADS, SIZES["vocabulary_size"], {"translation": TARGET_VOCABULARY},
-                                 {**dataclasses.asdict(config.model), **sizes}, dataclasses.asdict(config.training),
-                                 transform, steps=10)  # fmt: skip
-    ranked = bool(assignments)
-    assert isinstance(model.get_layer("relation"), NoneClassDense) == ranked
-    assert isinstance(model.loss["relation"], PairwiseRankingLoss) == ranked
+    model_config = dataclasses.replace(config.model, **{k: SIZES[k] for k in ("embedding_dim", "num_layers", "num_heads",
+                                                                              "intermediate_dim", "dropout")})  # fmt: skip
+    transform = dataclasses.replace(config.transform, max_length=16, max_target_length=5, subword_buckets=100)
+    model = build_training_model(HEADS, SIZES["vocabulary_size"], {"translation": TARGET_VOCABULARY}, model_config,
+                                 config.training, transform, config.heads, steps=10)  # fmt: skip
+    changed = bool(assignments)
+    assert isinstance(model.get_layer("relation"), NoneClassDense) == changed
+    assert isinstance(model.loss["relation"], PairwiseRankingLoss) == changed
+    assert isinstance(model.loss["sentiment"], SmoothedSparseCrossentropy) == changed
+    loss_weights = model.get_compile_config()["loss_weights"]
+    assert loss_weights["pos"] == (2.0 if changed else 1.0) and loss_weights["ner"] == 1.0
     assert not isinstance(model.loss["sentiment"], PairwiseRankingLoss)

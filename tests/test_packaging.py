@@ -8,6 +8,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "mtnlp")
@@ -27,6 +29,21 @@ def test_a_users_own_model_and_serving_modules_do_not_shadow_the_project(tmp_pat
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
     assert _mtnlp("run", "--help", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("folder", ["model", "pipelines", "serving", "components", "experiments"])
+def test_a_project_folder_has_one_import_path(folder):
+    """From the repository root a folder is also importable by its bare name: that second copy of its modules
+    (a second task registry) is refused, naming the package to import."""
+    code = (f"import importlib, sys\ntry:\n    importlib.import_module({folder!r})\nexcept ImportError as e:\n    print(e)\n"
+            f"else:\n    sys.exit('imported twice')\nimport mtnlp.{folder}, mtnlp.model.tasks\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('model', 'pipelines', 'serving', 'components', "
+            "'experiments')))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout
+    refused, modules = run.stdout.strip().splitlines()[-2:]
+    assert f"import mtnlp.{folder} (and mtnlp.{folder}.<module>) instead" in refused
+    assert modules == "[]"  # nothing of the project stayed imported under a bare name
 
 
 def test_the_wheel_installs_everything_under_the_mtnlp_namespace(tmp_path):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 # With 200 validation records a head's accuracy moves by +-0.05 between two trainings on noise alone, so
 # the quick gates' tolerances would bless or block the retrained model by chance (CI failed once on
 # sentiment -0.055). This test is about the swap; blocking a regressing candidate has its own e2e test.
-_LENIENT_GATES = [f"--set=gates.{head}.tolerance=1" for head in ("sentiment", "pos", "ner", "relation")]
+_LENIENT_GATES = [f"--set=heads.{head}.gate.tolerance=1" for head in ("sentiment", "pos", "ner", "relation")]
 _LENIENT_GATES.append("--set=min_overall_improvement=-1")
 # Translation (vocabulary learning, beam search in the Evaluator) would double the time of each run and
 # adds nothing to what retraining does; the other e2e tests run it.

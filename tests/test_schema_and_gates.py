@@ -1,4 +1,4 @@
-"""The curated schema matches the tasks; schema anomalies stop the run naming the feature;
+"""The generated schema matches the tasks; schema anomalies stop the run naming the feature;
 pushed versions appear atomically and count up."""
 
 from __future__ import annotations

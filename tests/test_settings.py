@@ -12,7 +12,9 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from mtnlp.pipelines.config import HeadGate, get_config
+from mtnlp.model.tasks import get_head
+from mtnlp.pipelines.config import get_config
+from mtnlp.sections import HeadConfig, HeadGate
 from mtnlp.pipelines.settings import (SettingsError, apply_mapping, config_changes, effective_config, format_config,
                                 load_settings_file, parse_assignment)
 from tests.conftest import REPO
@@ -28,7 +30,7 @@ def test_set_changes_typed_values_and_keeps_the_rest():
     quick = get_config("quick")
     assert config.training.batch_size == quick.training.batch_size
     assert config.model.embedding_dim == quick.model.embedding_dim
-    assert config.gates == quick.gates
+    assert config.heads == quick.heads
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -45,28 +47,70 @@ def test_optional_fields_take_none_and_values():
     assert effective_config("full", assignments=["max_records_per_split=500"]).max_records_per_split == 500
 
 
-def test_mappings_merge_key_by_key():
-    config = effective_config("quick", assignments=["training.loss_weights.pos=2", "training.loss_weights.ner=0.5",
-                                                    "gates.ner.lower_bound=0.3"])  # fmt: skip
-    assert config.training.loss_weights == {"pos": 2.0, "ner": 0.5}
-    assert config.gates["ner"] == HeadGate(lower_bound=0.3, tolerance=get_config("quick").gates["ner"].tolerance)
-    assert config.gates["pos"] == get_config("quick").gates["pos"]
-    whole = effective_config("quick", assignments=["training.loss_weights={pos: 2, ner: 1}"])
-    assert whole.training.loss_weights == {"pos": 2.0, "ner": 1.0}
-    assert effective_config("quick", assignments=["training.loss_weights=null"]).training.loss_weights is None
+def test_head_sections_merge_key_by_key():
+    quick = get_config("quick")
+    config = effective_config("quick", assignments=["heads.pos.loss_weight=2", "heads.ner.loss_weight=0.5",
+                                                    "heads.ner.gate.lower_bound=0.3"])  # fmt: skip
+    assert (config.heads["pos"].loss_weight, config.heads["ner"].loss_weight) == (2.0, 0.5)
+    assert config.heads["ner"].gate == HeadGate(lower_bound=0.3, tolerance=quick.heads["ner"].gate.tolerance)
+    assert config.heads["pos"] == dataclasses.replace(quick.heads["pos"], loss_weight=2.0)
+    assert config.heads["sentiment"] == quick.heads["sentiment"]
+    whole = effective_config("quick", assignments=["heads.ner.gate={lower_bound: 0.1, tolerance: 0.2}"])
+    assert whole.heads["ner"].gate == HeadGate(0.1, 0.2)
+    assert effective_config("quick", assignments=["heads.ner.gate=null"]).heads["ner"].gate is None
 
 
-@pytest.mark.parametrize("text", ["relation", "[relation]"])
-def test_ranking_loss_heads_name_heads_with_a_none_class(text):
-    assert get_config("quick").training.ranking_loss_heads is None  # off by default
-    assert effective_config("quick", assignments=[f"training.ranking_loss_heads={text}"]).training.ranking_loss_heads == (
-        "relation",)
-    with pytest.raises(SettingsError, match=r"training.ranking_loss_heads names head 'relatoin', which no task has; "
-                                            r"heads: pos, ner, sentiment, relation, translation"):
-        effective_config("quick", assignments=["training.ranking_loss_heads=[relatoin]"])
-    with pytest.raises(SettingsError, match=r"training.ranking_loss_heads names head 'sentiment', which has no none "
-                                            r"class \(none_label\) for the pairwise ranking loss; heads with one: relation"):
-        effective_config("quick", assignments=["training.ranking_loss_heads=[relation, sentiment]"])
+def test_every_head_has_its_section_with_its_declared_defaults():
+    """A profile sets only what differs (the gates); the rest of each head's section is what the head declares."""
+    quick = get_config("quick")
+    assert list(quick.heads) == ["pos", "ner", "sentiment", "relation", "translation"]
+    for name, section in quick.heads.items():
+        assert section == dataclasses.replace(get_head(name).default_config, gate=section.gate)
+        assert section.gate is not None
+    assert get_config("full").heads["translation"].label_smoothing == 0.1
+    # a config built without head sections gets the declared defaults
+    assert get_config("quick", heads={}).heads["ner"] == get_head("ner").default_config == HeadConfig()
+
+
+def test_the_ranking_loss_needs_a_head_with_a_none_class():
+    assert get_config("quick").heads["relation"].loss == "cross_entropy"  # off by default
+    assert effective_config("quick", assignments=["heads.relation.loss=ranking"]).heads["relation"].loss == "ranking"
+    with pytest.raises(SettingsError, match=r"heads.sentiment: loss 'ranking' \(the pairwise ranking loss\) needs a none "
+                                            r"class, and head 'sentiment' declares no none_label"):
+        effective_config("quick", assignments=["heads.sentiment.loss=ranking"])
+    with pytest.raises(SettingsError, match=r"label_smoothing \(0.1\) smooths the cross-entropy; the ranking loss has none"):
+        effective_config("quick", assignments=["heads.relation.loss=ranking", "heads.relation.label_smoothing=0.1"])
+
+
+@pytest.mark.parametrize("assignment, new", [
+    ("gates.ner.lower_bound=0.3", "heads.ner.gate.lower_bound=0.3"),
+    ("gates.chunk={lower_bound: 0.5, tolerance: 0.05}", "heads.chunk.gate={lower_bound: 0.5, tolerance: 0.05}"),
+    ("training.loss_weights.pos=2", "heads.pos.loss_weight=2"),
+    ("training.loss_weights={pos: 2, ner: 1}", "heads.pos.loss_weight=2, heads.ner.loss_weight=1"),
+    ("training.ranking_loss_heads=relation", "heads.relation.loss=ranking"),
+    ("training.ranking_loss_heads=[relation]", "heads.relation.loss=ranking"),
+    ("model.head_layers={pos: 1}", "heads.pos.encoder_layer=1"),
+    ("model.head_dropout=0.3", "heads.<head>.dropout=0.3 for each head"),
+    ("training.sequence_label_smoothing=0.1", "heads.<head>.label_smoothing=0.1 for each head"),
+])  # fmt: skip
+def test_a_moved_key_names_its_new_place(assignment, new):
+    old = assignment.partition("=")[0].rsplit(".", 1)[0] if assignment.startswith(("gates.", "training.loss_weights.")) \
+        else assignment.partition("=")[0]
+    old = "gates" if old.startswith("gates") else old
+    with pytest.raises(SettingsError) as raised:
+        effective_config("quick", assignments=[assignment])
+    assert f"{old!r} has moved to each head's own section" in str(raised.value)
+    assert str(raised.value).endswith(f"use {new}")
+
+
+def test_a_moved_key_in_a_settings_file_names_its_new_place(tmp_path):
+    (tmp_path / "old.yaml").write_text("training:\n  loss_weights: {pos: 2}\n")
+    with pytest.raises(SettingsError, match=r"old.yaml: 'training.loss_weights' has moved .*use heads.pos.loss_weight=2"):
+        effective_config("quick", files=[str(tmp_path / "old.yaml")])
+    (tmp_path / "new.yaml").write_text("heads:\n  pos: {loss_weight: 2, encoder_layer: 1}\n")
+    config = effective_config("quick", files=[str(tmp_path / "new.yaml")])
+    assert (config.heads["pos"].loss_weight, config.heads["pos"].encoder_layer) == (2.0, 1)
+    assert config.heads["pos"].gate == get_config("quick").heads["pos"].gate  # merged into the profile's section
 
 
 def test_later_settings_win_and_set_comes_after_files(tmp_path):
@@ -79,12 +123,12 @@ def test_later_settings_win_and_set_comes_after_files(tmp_path):
 
 def test_yaml_and_json_files_give_the_same_config(tmp_path):
     settings = {"training": {"learning_rate": 0.0005, "task_sampling": "uniform"}, "model": {"num_layers": 4},
-                "gates": {"pos": {"lower_bound": 0.5}}, "tasks": ["tagging", "relation"]}
+                "heads": {"pos": {"gate": {"lower_bound": 0.5}}}, "tasks": ["tagging", "relation"]}
     (tmp_path / "s.json").write_text(json.dumps(settings))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
     from_json = effective_config("quick", files=[str(tmp_path / "s.json")])
     assert from_json == effective_config("quick", files=[str(tmp_path / "s.yaml")])
-    assert from_json.tasks == ("tagging", "relation") and from_json.gates["pos"].lower_bound == 0.5
+    assert from_json.tasks == ("tagging", "relation") and from_json.heads["pos"].gate.lower_bound == 0.5
 
 
 def test_yaml_exponent_without_a_dot_is_still_a_float(tmp_path):
@@ -103,9 +147,9 @@ def test_the_printed_effective_config_reads_back(tmp_path):
 
 def test_config_changes_lists_what_differs_from_the_profile():
     base = get_config("quick")
-    config = effective_config("quick", assignments=["training.learning_rate=5e-4", "gates.ner.lower_bound=0.3"])
+    config = effective_config("quick", assignments=["training.learning_rate=5e-4", "heads.ner.gate.lower_bound=0.3"])
     assert config_changes(base, config) == {
-        "gates.ner.lower_bound": {"profile": 0.0, "effective": 0.3},
+        "heads.ner.gate.lower_bound": {"profile": 0.0, "effective": 0.3},
         "training.learning_rate": {"profile": 0.002, "effective": 0.0005},
     }
     assert config_changes(base, base) == {}
@@ -120,9 +164,13 @@ def test_config_changes_lists_what_differs_from_the_profile():
     ("model.num_layers=2.5", r"model.num_layers: expected int, got '2.5'"),
     ("training.warm_start=maybe", r"training.warm_start: expected bool, got 'maybe'"),
     ("max_records_per_split=lots", r"max_records_per_split: expected int or None, got 'lots'"),
-    ("training.loss_weights.pos=heavy", r"training.loss_weights.pos: expected float, got 'heavy'"),
-    ("gates.nerr.lower_bound=0.3", r"a new HeadGate needs tolerance.*gates has no 'nerr' yet; did you mean ner\?"),
-    ("gates.ner.lower=0.3", r"unknown setting 'gates.ner.lower' \(did you mean lower_bound\?\)"),
+    ("heads.pos.loss_weight=heavy", r"heads.pos.loss_weight: expected float, got 'heavy'"),
+    ("heads.nerr.loss_weight=2", r"heads names head 'nerr', which no task has \(did you mean ner\?\); heads: pos, ner"),
+    ("heads.ner.gate.lower=0.3", r"unknown setting 'heads.ner.gate.lower' \(did you mean lower_bound\?\)"),
+    ("heads.ner.loss=rank", r"heads.ner.loss: expected one of 'cross_entropy', 'ranking', got 'rank'"),
+    ("heads.ner.encoder_layer=0", r"heads.ner: encoder_layer: 0 is no layer"),
+    ("heads.translation.encoder_layer=1", r"heads.translation: head 'translation' \(sequence\) reads the encoder's last"),
+    ("heads.pos.learning_rate_multiplier=0.1", r"learning_rate_multiplier: 0.1 is not applied yet"),
     ("model=4", r"model: expected ModelConfig \(a mapping with keys embedding_dim, num_layers"),
     ("profile=full", r"'profile' cannot be set \(choose the profile with --profile\)"),
     ("training.learning_rate", r"--set expects SECTION.KEY=VALUE"),

@@ -13,6 +13,7 @@ from mtnlp.model.inputs import TextInput, TextWithSpansInput, TokensInput
 from mtnlp.model.tasks import (RELATION, SENTIMENT, TAGGING, TRANSLATION, UNLABELED, Field, FieldKind, Task, all_heads,
                                register_task, registered_tasks, select_tasks, supervised_tasks)
 from mtnlp.pipelines.config import get_config
+from mtnlp.sections import HeadConfig
 from tests.conftest import REPO
 
 LABELS = ("no", "yes")
@@ -36,6 +37,15 @@ def test_a_field_that_nothing_reads_is_an_error_naming_it():
           (EntityPairHead("h", "label", LABELS, metrics=("accuracy",)),)), "needs an input that marks two spans"),
     (Task("t", TextInput("text"), (Field("text", FieldKind.TEXT), Field("label", FieldKind.LABEL, labels=LABELS)),
           (SentenceHead("h", "label", LABELS),)), "declares no metrics"),
+    (Task("t", TextInput("text"), (Field("text", FieldKind.TEXT), Field("label", FieldKind.LABEL, labels=LABELS)),
+          (SentenceHead("h", "label", LABELS, metrics=("accuracy", "f1_macro")),)),
+     r"head 'h': unknown metric\(s\) \['f1_macro'\]; model/scoring.py computes: bleu, accuracy"),
+    (Task("t", TextInput("text"), (Field("text", FieldKind.TEXT), Field("label", FieldKind.LABEL, labels=LABELS)),
+          (SentenceHead("h", "label", LABELS, metrics=("accuracy",), default_config=HeadConfig(loss="ranking")),)),
+     "loss 'ranking' .* head 'h' declares no none_label"),
+    (Task("t", TextInput("text"), (Field("text", FieldKind.TEXT), Field("target", FieldKind.TEXT)),
+          (SequenceHead("h", "target", metrics=("bleu",), default_config=HeadConfig(encoder_layer=1)),)),
+     r"head 'h' \(sequence\) reads the encoder's last layer"),
     (Task("t", TokensInput("tokens"), (Field("tokens", FieldKind.TOKENS),
                                        Field("tags", FieldKind.TOKEN_LABELS, labels=LABELS, aligned_with="tokens")),
           (TokenHead("h", "tags", LABELS, metrics=("accuracy",), decoding="crf"),)), "unknown decoding 'crf'"),
@@ -66,8 +76,8 @@ def test_task_lists_default_to_every_registered_task_and_unknown_names_list_the_
         select_tasks(["tagging", "chunking"])
     with pytest.raises(ValueError, match="tasks: unknown task"):
         get_config("quick", tasks=("taging",))
-    with pytest.raises(ValueError, match="gates names head 'nerr'"):
-        get_config("quick", gates={"nerr": get_config("quick").gates["ner"]})
+    with pytest.raises(ValueError, match="heads names head 'nerr'"):
+        get_config("quick", heads={"nerr": get_config("quick").heads["ner"]})
 
 
 def test_the_serving_contract_of_the_five_heads():
@@ -81,6 +91,20 @@ def test_the_serving_contract_of_the_five_heads():
         "pos": "analyze_tokens", "ner": "analyze_tokens", "sentiment": "analyze", "relation": "relation",
         "translation": "translate"}
     assert [name for name, _ in contract.warmup_requests(registered_tasks())] == ["serving_default", "relation", "translate"]
+
+
+def test_a_second_sequence_head_gets_a_signature_and_an_output_named_after_it():
+    reversal = Task("reversal", TextInput("text"), (Field("text", FieldKind.TEXT), Field("reversed", FieldKind.TEXT)),
+                    (SequenceHead("reversal", "reversed", metrics=("bleu",)),))  # fmt: skip
+    reversal.check()
+    signatures = {s.name: s for s in contract.signatures((*registered_tasks(), reversal))}
+    assert [h.name for h in signatures["reversal"].heads] == ["reversal"]
+    assert [h.name for h in signatures["translate"].heads] == ["translation"]
+    assert (reversal.heads[0].scored_output, TRANSLATION.heads[0].scored_output) == ("reversal", "translation")
+    # a signature name taken by another input is refused
+    clash = Task("clash", TextWithSpansInput("text"), RELATION.fields, (SequenceHead("analyze", "text", metrics=("bleu",)),))
+    with pytest.raises(ValueError, match="signature 'analyze' of head 'analyze' is taken by another signature"):
+        contract.signatures((*registered_tasks(), clash))
 
 
 def test_requests_are_built_from_records_by_the_input_kind():
@@ -101,7 +125,7 @@ def test_no_module_branches_on_head_kinds_outside_the_kind_classes():
 
 
 def test_reading_the_registry_imports_no_tensorflow():
-    code = "import sys, model.tasks, model.contract, serving.analysis; " \
+    code = "import sys, mtnlp.model.tasks, mtnlp.model.contract, mtnlp.serving.analysis; " \
            "print(sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -36,7 +36,7 @@ def run_with_raw_text(tmp_path_factory):
     workdir = root / "workdir"
     result = run_cli("run", "--profile", "quick", "--data", str(data), "--workdir", str(workdir),
                      "--train-steps", "20", "--tasks", "sentiment", "unlabeled", "--set", "training.masked_word_share=0.5",
-                     "--set", "gates.sentiment.lower_bound=0", timeout=900)  # fmt: skip
+                     "--set", "heads.sentiment.gate.lower_bound=0", timeout=900)  # fmt: skip
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return workdir, result.stdout + result.stderr
 
@@ -50,7 +50,7 @@ def test_raw_text_feeds_only_the_masked_word_objective(run_with_raw_text):
     from mtnlp.model.preprocessing import WORDS_VOCABULARY
     from mtnlp.model.tasks import get_task
     from mtnlp.model.training import vocabulary_size
-    from mtnlp.pipelines.config import TransformConfig
+    from mtnlp.sections import TransformConfig
 
     workdir, log = run_with_raw_text
     assert f"unlabeled: {RECORDS} examples of raw text, drawn by the masked-word objective only" in log

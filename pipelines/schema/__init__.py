@@ -1,4 +1,5 @@
-"""The curated raw-data schema (``schema.pbtxt``) that SchemaGen imports, and the code that derives it.
+"""The raw-data schema (``schema.pbtxt``, generated from the task registry and committed) that SchemaGen
+imports, and the code that derives it.
 
 The schema states what valid data looks like: label domains (an unknown label is an anomaly), value
 counts (a span has exactly two offsets, a text exactly one string) and the task names. Which fields

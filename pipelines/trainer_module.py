@@ -1,9 +1,10 @@
-"""The TFX Trainer entry point ``run_fn``: train the multi-task model under MirroredStrategy, export
-the serving SavedModel with its signatures and warmup requests."""
+"""The TFX Trainer's module, ``run_fn``: the pipeline's typed config from the component's ``custom_config``,
+then the model code's training loop (``model/training.py``) under MirroredStrategy, and the serving SavedModel
+with its signatures and warmup requests. It lives with the pipeline because it reads the pipeline's config;
+the model code takes the config's typed sections (``mtnlp/sections.py``) and imports nothing from here."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -27,17 +28,17 @@ log = logging.getLogger(__name__)
 
 def run_fn(fn_args: FnArgs) -> None:
     config = config_from_json(fn_args.custom_config)  # the typed PipelineConfig, checked
-    model_cfg, training, transform_cfg = (dataclasses.asdict(c) for c in (config.model, config.training, config.transform))
+    training = config.training
     tasks = select_tasks(config.tasks)
     heads = all_heads(tasks)
     strategy = devices.make_strategy(config.training.cpu_replicas)
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     counts = dataset.count_examples_per_task(fn_args.train_files, tf_transform_output)
-    weights = dataset.task_weights(counts, training["task_sampling"], training["sampling_temperature"])
-    log.warning("Task mixing (%s): %s", training["task_sampling"], dataset.describe_weights(weights, counts))
+    weights = dataset.task_weights(counts, training.task_sampling, training.sampling_temperature)
+    log.warning("Task mixing (%s): %s", training.task_sampling, dataset.describe_weights(weights, counts))
     for name, n in dataset.raw_text_counts(counts).items():
-        if masked_word_objective(training, transform_cfg):
+        if masked_word_objective(training, config.transform):
             log.warning("%s: %d examples of raw text, drawn by the masked-word objective only", name, n)
         else:
             log.warning("%s: %d examples of raw text are not learned from (they only add to the word vocabulary): the "
@@ -50,14 +51,14 @@ def run_fn(fn_args: FnArgs) -> None:
     else:
         log.warning("Training from scratch (no blessed model to start from yet)")
     trained = train_model(
-        heads, tf_transform_output, fn_args.train_files, fn_args.eval_files, weights, model_cfg, training,
-        transform_cfg, total_steps, fn_args.eval_steps, strategy, base_model=base_model,
+        heads, tf_transform_output, fn_args.train_files, fn_args.eval_files, weights, config.model, training,
+        config.transform, config.heads, total_steps, fn_args.eval_steps, strategy, base_model=base_model,
         callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
     )  # fmt: skip
     model, report = trained.model, trained.warm_start_report
 
     export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir,
-                         **dataclasses.asdict(config.serving))
+                         beam_width=config.serving.beam_width, length_penalty=config.serving.length_penalty)
     vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
     save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
     write_warmup_requests(fn_args.serving_model_dir, tasks)

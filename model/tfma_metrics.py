@@ -5,8 +5,9 @@
 ``model/scoring.py``) for the head named as the metric spec's output; ``MeanPrimaryMetric`` is the mean
 of several heads' primary metrics, the overall criterion a retrained model must improve. Both run
 the scorers as a Beam combiner (``_ScorersCombiner``: one accumulator of scorers, merged across
-workers). The class names, this module's path and the registered names are what saved TFMA configs
-name (``tfma_metric_config``, ``tfma_overall_metric_config``): keep them.
+workers). The class names, this module's path and the registered names are what the Evaluator's TFMA
+config names (``tfma_metric_config``, ``tfma_overall_metric_config``), and what an evaluation artifact
+records: renaming them leaves older artifacts' configs pointing at the old names.
 
 Scoring outside of TFMA needs only ``model.scoring``, which imports neither Beam, TFMA nor TensorFlow.
 """
