@@ -44,6 +44,8 @@ def run_fn(fn_args: FnArgs) -> None:
                         "masked-word objective is off; --set training.masked_word_share=0.2 turns it on", name, n)
 
     base_model = fn_args.base_model if config.training.warm_start else None
+    if base_model and not tf.io.gfile.exists(base_model):  # the baseline is empty: nothing is served yet
+        base_model = None
     total_steps = fn_args.train_steps
     if base_model:  # continuing from a trained model needs fewer steps
         total_steps = max(1, round(total_steps * config.training.warm_start_step_fraction))

@@ -39,8 +39,8 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
     group.add_argument("--pipeline-root", default=os.environ.get("MTNLP_PIPELINE_ROOT"),
                        help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)")  # fmt: skip
     group.add_argument("--platform", choices=("kfp", "vertex"), default="kfp",
-                       help="kfp: open-source Kubeflow Pipelines, no baseline model (it runs no resolvers); "
-                            "vertex: Vertex AI Pipelines, baseline = latest blessed model (default kfp)")  # fmt: skip
+                       help="kfp: open-source Kubeflow Pipelines; vertex: Vertex AI Pipelines. They differ in how "
+                            "--trainer-workers runs the Trainer (default kfp)")  # fmt: skip
     group.add_argument("--profile", choices=("quick", "full"), default="quick",
                        help="hyper-parameters (default quick); --config and --set change them")  # fmt: skip
     add_settings_arguments(group)
@@ -176,12 +176,6 @@ def submit_pipeline(
             f"{pipeline_file} names no pipeline root; compile it with mtnlp kubeflow compile --pipeline-root gs://..."
         )
     kubeflow_runner.check_pipeline_root(pipeline_root)
-    resolvers = kubeflow_runner.resolver_tasks(spec)
-    if resolvers:
-        # Said before the server answers, since its own error does not name the cause in these terms.
-        log.warning("warning: the pipeline has resolver tasks (%s). Vertex AI Pipelines runs them; open-source "
-                    "KFP v2 rejects them when it creates the run ('resolver executors not implemented'): "
-                    "for Kubeflow Pipelines compile with --platform kfp (docs/kubeflow.md).", ", ".join(resolvers))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         package = _as_kfp_package(pipeline_file, tmp)
         try:

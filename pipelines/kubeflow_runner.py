@@ -19,8 +19,9 @@ Both carry the pipeline root as ``pipelineSpec.defaultPipelineRoot``, so a run s
 without a root still writes where the TFX executors can (they write with ``tf.io.gfile``, which
 cannot reach KFP's default ``minio://`` root).
 
-The target platform (open-source KFP or Vertex AI) decides one thing in the pipeline, the baseline model
-resolver: see ``PLATFORM_BASELINES``.
+The pipeline is the same on every platform, baseline included (components/served_baseline.py: no resolver
+task). The target platform (open-source KFP or Vertex AI) decides how a multi-worker Trainer is launched:
+see ``trainer_workers``.
 """
 
 from __future__ import annotations
@@ -53,12 +54,7 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing",)
 
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
-# Which KFP v2 backend runs the spec decides the baseline resolver (pipelines/pipeline.py, BASELINES): the
-# local runner's resolver queries ML Metadata in-process, which KubeflowV2DagRunner cannot compile; it
-# compiles TFX's LatestBlessedModelStrategy into resolver tasks, which Vertex AI Pipelines runs and the
-# open-source KFP v2 backend rejects ("resolver executors not implemented"). On open-source KFP the
-# pipeline therefore has no baseline: no warm start, and blessing by the absolute gates only.
-PLATFORM_BASELINES: Mapping[str, str] = {"kfp": "none", "vertex": "latest_blessed"}
+PLATFORMS = ("kfp", "vertex")  # open-source Kubeflow Pipelines, Vertex AI Pipelines
 
 # Kubernetes' extended resource name for NVIDIA GPUs (device plugin); KFP's driver turns the
 # accelerator type and count into that pod limit. Vertex AI takes a machine accelerator name instead
@@ -126,8 +122,8 @@ class KubeflowSettings:
         object.__setattr__(self, "pipeline_root", check_pipeline_root(self.pipeline_root))
         if not self.image:
             raise KubeflowConfigError("the pipeline image is empty; pass --image REGISTRY/mtnlp-pipeline:TAG")
-        if self.platform not in PLATFORM_BASELINES:
-            choices = ", ".join(PLATFORM_BASELINES)
+        if self.platform not in PLATFORMS:
+            choices = ", ".join(PLATFORMS)
             raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {choices}")
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
@@ -185,11 +181,10 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
         beam_pipeline_args=list(settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
         schema_file=image_schema_file(),
-        baseline=PLATFORM_BASELINES[settings.platform],
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec
-    # into deploymentSpec.executors.<exec>.container.resources. Resolvers run no container.
+    # into deploymentSpec.executors.<exec>.container.resources.
     in_pod = runs_in_pod(settings.beam_pipeline_args)
     for component in pipeline.components:
         if not isinstance(component, base_component.BaseComponent):
@@ -272,17 +267,6 @@ def load_pipeline_spec(path: str) -> tuple[dict[str, Any], str | None]:
     else:
         raise KubeflowConfigError(f"{path} is neither a KFP PipelineSpec nor a PipelineJob")
     return spec, root
-
-
-def resolver_tasks(spec: Mapping[str, Any]) -> list[str]:
-    """Tasks run by a ``resolver`` executor: Vertex AI runs them; open-source KFP v2 rejects them."""
-    executors = spec.get("deploymentSpec", {}).get("executors", {})
-    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
-    components = spec.get("components", {})
-    return sorted(
-        name for name, task in tasks.items()
-        if "resolver" in executors.get(components.get(task["componentRef"]["name"], {}).get("executorLabel"), {})
-    )  # fmt: skip
 
 
 def beam_args_from_file(path: str) -> list[str]:

@@ -135,46 +135,33 @@ def test_json_is_a_pipeline_job(files):
     assert spec.default_pipeline_root == ROOT
 
 
-def _check_components(spec: dict, local_pipeline, resolvers_expected: bool) -> None:
-    from tfx.dsl.components.common import resolver
-
-    tasks = set(spec["root"]["dag"]["tasks"])
-    components = {n.id for n in local_pipeline.components if not isinstance(n, resolver.Resolver)}
-    assert components <= tasks, f"not tasks of the compiled pipeline: {sorted(components - tasks)}"
-    # The local pipeline's own resolvers (warm start, baseline) are custom strategies that
-    # KubeflowV2DagRunner cannot compile: Vertex gets TFX's latest-blessed-model resolver, split into
-    # two resolver tasks; open-source KFP, which runs no resolvers, gets none.
-    expected = ({"baseline_model_resolver-model-resolver", "baseline_model_resolver-model-blessing-resolver"}
-                if resolvers_expected else set())  # fmt: skip
-    assert tasks - components == expected
-
-
 def test_every_component_of_the_local_pipeline_is_a_task(spec, vertex_spec, local_pipeline):
-    assert len(local_pipeline.components) >= 10
-    _check_components(spec, local_pipeline, resolvers_expected=False)
-    _check_components(vertex_spec, local_pipeline, resolvers_expected=True)
+    components = {n.id for n in local_pipeline.components}
+    assert len(components) >= 10
+    for compiled in (spec, vertex_spec):  # the same pipeline on both platforms: no resolver task on either
+        assert set(compiled["root"]["dag"]["tasks"]) == components
+        assert set(_containers(compiled)) == components
 
 
-def test_the_baseline_follows_the_platform(spec, vertex_spec):
-    # Open-source KFP v2 does not implement resolver executors (docs/kubeflow.md): no baseline there.
-    assert kubeflow_runner.resolver_tasks(spec) == []
-    tasks = spec["root"]["dag"]["tasks"]
-    assert "baseline_model" not in tasks["Evaluator"]["inputs"]["artifacts"]
-    assert "base_model" not in tasks["Trainer"]["inputs"].get("artifacts", {})
-    # Vertex AI runs them: TFX's LatestBlessedModelStrategy feeds the warm start and the Evaluator.
-    assert kubeflow_runner.resolver_tasks(vertex_spec) == [
-        "baseline_model_resolver-model-blessing-resolver", "baseline_model_resolver-model-resolver"
-    ]
-    tasks = vertex_spec["root"]["dag"]["tasks"]
-    for task, key in (("Evaluator", "baseline_model"), ("Trainer", "base_model")):
-        source = tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"]
-        assert source["producerTask"] == "baseline_model_resolver-model-resolver", task
+def test_the_served_model_is_the_baseline_on_both_platforms(spec, vertex_spec):
+    # An ordinary task looks up the served model (components/served_baseline.py): open-source KFP, which runs no
+    # resolver tasks, gets the warm start and the regression gate as Vertex AI and the local runner do.
+    for compiled in (spec, vertex_spec):
+        assert not any("resolver" in e for e in compiled["deploymentSpec"]["executors"].values())
+        tasks = compiled["root"]["dag"]["tasks"]
+        for task, key in (("Evaluator", "baseline_model"), ("Trainer", "base_model")):
+            source = tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"]
+            assert source == {"producerTask": "ServedBaseline", "outputArtifactKey": "model"}, task
+        lookup = tasks["ServedBaseline"]["inputs"]
+        assert lookup["parameters"]["serving_model_dir"]["runtimeValue"]["constant"] == f"{ROOT}/serving_model/mtnlp"
+        # new data rerun the lookup: this run's Examples are its input
+        assert lookup["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == "JsonlExampleGen"
 
 
 def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
     kubeflow_v2_run_executor = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     containers = _containers(spec)
-    assert len(containers) == 9
+    assert len(containers) == 10
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert container["command"] == ["python", "-m", kubeflow_v2_run_executor]
@@ -258,10 +245,7 @@ def test_caching_follows_the_setting(spec, vertex_spec):
         tasks = spec["root"]["dag"]["tasks"]
         return {name: tasks[name].get("cachingOptions", {}).get("enableCache", False) for name in _containers(spec)}
 
-    assert all(cached(spec).values())
-    # The resolvers look up the latest blessed model afresh in every run.
-    tasks = vertex_spec["root"]["dag"]["tasks"]
-    assert not any(tasks[t].get("cachingOptions") for t in kubeflow_runner.resolver_tasks(vertex_spec))
+    assert all(cached(spec).values()) and all(cached(vertex_spec).values())
 
     uncached = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(enable_cache=False))
     assert not any(cached(uncached["pipelineSpec"]).values())
@@ -403,15 +387,6 @@ def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
     )  # fmt: skip
     captured = capfd.readouterr()
     assert "run-123" in captured.out
-    assert "resolver" not in captured.err
-
-
-def test_submit_warns_about_resolvers_on_a_kfp_host(vertex_spec, fake_kfp, capfd, tmp_path):
-    path = tmp_path / "vertex.yaml"
-    path.write_text(yaml.safe_dump(vertex_spec))
-    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {path}")
-    assert args.func(args) == 0  # the server decides; the user is told why it may refuse
-    assert "resolver executors not implemented" in capfd.readouterr().err
 
 
 def test_submit_compiles_first_and_can_disable_caching(job, fake_kfp, monkeypatch):
