@@ -59,6 +59,14 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
                        help="GPUs for the Trainer's pod; MirroredStrategy uses all (default 0)")  # fmt: skip
     group.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
                        help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)")  # fmt: skip
+    group.add_argument("--trainer-workers", type=int, default=1,
+                       help="train as N workers with MultiWorkerMirroredStrategy (sets training.strategy="
+                            "multi_worker): on kfp a TFJob of the Kubeflow training operator, on vertex a Vertex "
+                            "AI custom job; each worker gets the Trainer's resources and --gpus (default 1)")  # fmt: skip
+    group.add_argument("--vertex-project", help="Vertex AI: the project of the Trainer's custom job (default none)")
+    group.add_argument("--vertex-region", help="Vertex AI: the region of the Trainer's custom job (default none)")
+    group.add_argument("--vertex-machine-type", default="n1-standard-8",
+                       help="Vertex AI: the machine type of each Trainer worker (default n1-standard-8)")  # fmt: skip
     group.add_argument("--no-cache", action="store_true",
                        help="re-execute every component (compiled with caching off; on submit, also for this run; "
                             "default off)")  # fmt: skip
@@ -113,6 +121,10 @@ def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
         gpu_type=args.gpu_type,
         enable_cache=not args.no_cache,
         platform=args.platform,
+        trainer_workers=args.trainer_workers,
+        vertex_project=args.vertex_project,
+        vertex_region=args.vertex_region,
+        vertex_machine_type=args.vertex_machine_type,
         **optional,
     )
 
@@ -138,6 +150,10 @@ def _compile(args: argparse.Namespace, output: str) -> str:
              settings.resolved_serving_model_dir(config.model_name))  # fmt: skip
     log.info("  Beam args %s%s", " ".join(settings.beam_pipeline_args),
              f"; Trainer GPUs: {settings.gpus} x {settings.gpu_type}" if settings.gpus else "")  # fmt: skip
+    if settings.trainer_workers > 1:
+        log.info("  Trainer: %d workers (MultiWorkerMirroredStrategy) as %s", settings.trainer_workers,
+                 "a Vertex AI custom job" if settings.platform == "vertex" else
+                 "a TFJob: the Trainer's service account must be allowed to create TFJobs (docs/kubeflow.md)")  # fmt: skip
     return path
 
 

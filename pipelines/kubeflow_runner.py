@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # imported lazily at run time: they pull in TFX and TensorFlo
     from kfp.pipeline_spec.pipeline_spec_pb2 import PipelineDeploymentConfig
     from tfx.v1.dsl import Pipeline
 
+    from mtnlp.pipelines.pipeline import TrainerLauncher
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Where the Dockerfile puts the project inside the image (kept in sync by tests/test_kubeflow.py).
@@ -117,6 +119,12 @@ class KubeflowSettings:
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     enable_cache: bool = True
     platform: str = "kfp"  # "kfp" (open-source Kubeflow Pipelines) or "vertex" (Vertex AI Pipelines)
+    # More than 1: the Trainer trains as that many workers (see trainer_launcher), each with the Trainer's
+    # resources and GPUs; on Vertex AI in the project and region given, on machines of vertex_machine_type.
+    trainer_workers: int = 1
+    vertex_project: str | None = None
+    vertex_region: str | None = None
+    vertex_machine_type: str = "n1-standard-8"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline_root", check_pipeline_root(self.pipeline_root))
@@ -125,6 +133,11 @@ class KubeflowSettings:
         if self.platform not in PLATFORMS:
             choices = ", ".join(PLATFORMS)
             raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {choices}")
+        if self.trainer_workers < 1:
+            raise KubeflowConfigError(f"--trainer-workers must be 1 or more, not {self.trainer_workers}")
+        if self.trainer_workers > 1 and self.platform == "vertex" and not (self.vertex_project and self.vertex_region):
+            raise KubeflowConfigError("--trainer-workers on Vertex AI runs a custom job: pass --vertex-project and "
+                                      "--vertex-region (where the job runs)")  # fmt: skip
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
         if self.gpus and not self.gpu_type:
@@ -164,12 +177,48 @@ def resource_spec(
     return spec
 
 
+def trainer_launcher(settings: KubeflowSettings) -> TrainerLauncher | None:
+    """How a multi-worker Trainer starts its workers (None: the Trainer trains in its own pod).
+
+    - ``kfp``: a TFJob of the Kubeflow training operator (components/tfjob_trainer.py), launched from the
+      Trainer's pod, each worker with the Trainer's resources and GPUs.
+    - ``vertex``: a Vertex AI custom job with TFX's Vertex trainer: worker pool 0 is the chief (one replica),
+      pool 1 the other workers; Vertex gives each its TF_CONFIG.
+    """
+    from mtnlp.pipelines.pipeline import TrainerLauncher
+
+    if settings.trainer_workers == 1:
+        return None
+    resources = settings.resources.get("Trainer", SMALL_COMPONENT)
+    if settings.platform == "kfp":
+        from mtnlp.components.tfjob_trainer import TFJOB_KEY, TFJobTrainer, tfjob_settings
+
+        return TrainerLauncher(TFJobTrainer, {TFJOB_KEY: tfjob_settings(
+            settings.trainer_workers, settings.image, resources.cpu, resources.memory_gb, settings.gpus,
+            settings.gpu_type)})  # fmt: skip
+    from tfx.extensions.google_cloud_ai_platform import constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import component, executor
+
+    machine_spec: dict[str, Any] = {"machine_type": settings.vertex_machine_type}
+    if settings.gpus:
+        machine_spec |= {"accelerator_type": settings.gpu_type, "accelerator_count": settings.gpus}
+    pool = {"machine_spec": machine_spec, "container_spec": {"image_uri": settings.image}}
+    return TrainerLauncher(component.Trainer, {
+        constants.ENABLE_VERTEX_KEY: True,
+        constants.VERTEX_REGION_KEY: settings.vertex_region,
+        executor.TRAINING_ARGS_KEY: {"project": settings.vertex_project, "job_spec": {"worker_pool_specs": [
+            {**pool, "replica_count": 1}, {**pool, "replica_count": settings.trainer_workers - 1}]}},
+    })  # fmt: skip
+
+
 def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeline:
     """``create_pipeline()`` with Kubeflow's locations, then each component's pod resources."""
     from tfx.dsl.components.base import base_component, executor_spec
 
     from mtnlp.pipelines.pipeline import create_pipeline
 
+    if settings.trainer_workers > 1 and config.training.strategy != "multi_worker":
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, strategy="multi_worker"))
     pipeline = create_pipeline(
         pipeline_name=PIPELINE_NAME,
         pipeline_root=settings.pipeline_root,
@@ -181,6 +230,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
         beam_pipeline_args=list(settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
         schema_file=image_schema_file(),
+        trainer_launcher=trainer_launcher(settings),
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec
@@ -191,6 +241,8 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
             continue
         resources = settings.resources.get(component.id, SMALL_COMPONENT)
         gpus = settings.gpus if component.id == "Trainer" else 0
+        if component.id == "Trainer" and settings.trainer_workers > 1:  # its workers train; its pod waits for them
+            resources, gpus = SMALL_COMPONENT, 0
         component.with_platform_config(resource_spec(resources, gpus, settings.gpu_type))
         if in_pod and isinstance(component.executor_spec, executor_spec.BeamExecutorSpec):
             # DirectRunner's default (0) starts one worker per CPU of the node (multiprocessing.cpu_count

@@ -13,7 +13,7 @@ built or uploaded at compile time, and Transform stays cached when only training
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
@@ -39,6 +39,16 @@ class BaselineAwareEvaluator(tfx.components.Evaluator):
     """TFX's Evaluator, comparing with the served model only when ServedBaseline found one."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(BaselineAwareExecutor)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerLauncher:
+    """How the Trainer runs: TFX's Trainer in its own process (the default), or a Trainer whose executor starts
+    the training elsewhere (a TFJob, a Vertex AI custom job), reading its settings from ``custom_config``
+    (run_fn ignores those keys: model/distribution.py, LAUNCHER_KEYS)."""
+
+    component_class: type = tfx.components.Trainer
+    custom_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +126,7 @@ def create_pipeline(
     enable_cache: bool = True,
     data_has_spans: bool = False,
     schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
+    trainer_launcher: TrainerLauncher | None = None,  # how the Trainer runs, when not in its own process
 ) -> tfx.dsl.Pipeline:
     data = data_components(data_root, config, data_has_spans, schema_file)
     example_gen, schema_gen, transform = data.example_gen, data.schema_gen, data.transform
@@ -124,7 +135,8 @@ def create_pipeline(
     # The served model (empty on a first run): the Trainer's warm start and the Evaluator's baseline.
     baseline = ServedBaseline(examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir,
                               custom_config=custom_config)  # fmt: skip
-    trainer = tfx.components.Trainer(
+    launcher = trainer_launcher or TrainerLauncher()
+    trainer = launcher.component_class(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -132,8 +144,8 @@ def create_pipeline(
         base_model=baseline.outputs["model"],
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-        custom_config=custom_config,
-    )
+        custom_config={**custom_config, **launcher.custom_config},
+    ).with_id("Trainer")
     evaluator = BaselineAwareEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

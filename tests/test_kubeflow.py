@@ -6,6 +6,7 @@ identically twice, and submit hands the kfp client the right arguments. Nothing 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -492,3 +493,139 @@ def test_dockerignore_keeps_what_the_install_needs():
         excluded = [p for p in patterns if any(fnmatch.fnmatch(prefix, p.replace("**/", "")) for prefix in prefixes)]
         assert not excluded, f"{path} is excluded from the image by {excluded}"
     assert {"data", ".venv", ".git", "workdir"} <= set(patterns)
+
+
+# --- a multi-worker Trainer (--trainer-workers) ---------------------------------------------------------
+
+
+def _trainer(spec: dict) -> tuple[dict, dict, dict]:
+    """The compiled Trainer: its container, its settings (custom_config) and its resources."""
+    task = spec["root"]["dag"]["tasks"]["Trainer"]
+    container = _containers(spec)["Trainer"]
+    custom_config = json.loads(task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    return container, custom_config, container["resources"]
+
+
+@pytest.fixture(scope="module")
+def tfjob_spec() -> dict:
+    settings = _settings(trainer_workers=3, beam_pipeline_args=())
+    return kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"]
+
+
+def test_kfp_trainer_workers_compile_to_a_tfjob_launcher(tfjob_spec):
+    from mtnlp.components.tfjob_trainer import TFJOB_KEY
+    from mtnlp.model.distribution import LAUNCHER_KEYS, training_settings
+
+    container, custom_config, resources = _trainer(tfjob_spec)
+    assert _contains_in_order(container["args"], ("--executor_class_path", "mtnlp.components.tfjob_trainer.Executor"))
+    assert custom_config[TFJOB_KEY] == {"workers": 3, "image": IMAGE, "cpu": 8, "memory_gb": 32, "gpus": GPUS,
+                                        "gpu_resource": "nvidia.com/gpu", "timeout_hours": 24}  # fmt: skip
+    assert custom_config["training"]["strategy"] == "multi_worker"
+    # the launching pod only waits: small, no GPUs (each worker gets the Trainer's resources and GPUs)
+    assert "accelerator" not in resources and resources["cpuLimit"] == kubeflow_runner.SMALL_COMPONENT.cpu
+    # what run_fn reads is the run's config alone
+    assert TFJOB_KEY in LAUNCHER_KEYS and TFJOB_KEY not in training_settings(custom_config)
+
+
+class _FakeKubernetes:
+    """Stands in for kubernetes' CustomObjectsApi: keeps the created TFJob, then reports the given states."""
+
+    def __init__(self, states):
+        self.created, self.states = [], list(states)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append((group, version, namespace, plural, body))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        state = self.states.pop(0)
+        return {"status": {"conditions": [{"type": "Created", "status": "True"}]
+                           + ([{"type": state, "status": "True"}] if state else [])}}  # fmt: skip
+
+
+def _launch(spec: dict, api: _FakeKubernetes, tmp_path) -> None:
+    from tfx.types import standard_artifacts
+
+    from mtnlp.components import tfjob_trainer
+
+    _, custom_config, _ = _trainer(spec)
+    model, run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, run.uri = f"{ROOT}/Trainer/model/7", f"{ROOT}/Trainer/model_run/7"
+    examples = standard_artifacts.Examples()
+    examples.uri = f"{ROOT}/Transform/transformed_examples/5"
+    executor = tfjob_trainer.Executor()
+    executor.api_factory, executor.namespace_factory, executor.poll_seconds = (lambda: api), (lambda: "team-nlp"), 0
+    executor.Do({"examples": [examples]}, {"model": [model], "model_run": [run]},
+                {"custom_config": json.dumps(custom_config), "run_fn": "mtnlp.model.trainer.run_fn"})  # fmt: skip
+
+
+def test_the_tfjob_runs_tfx_trainer_on_every_worker_and_its_failure_fails_the_task(tfjob_spec, tmp_path):
+    from mtnlp.components.tfjob_trainer import TFJobFailed
+
+    api = _FakeKubernetes([None, None, "Succeeded"])
+    _launch(tfjob_spec, api, tmp_path)
+    ((group, version, namespace, plural, tfjob),) = api.created
+    assert (group, version, namespace, plural) == ("kubeflow.org", "v1", "team-nlp", "tfjobs")
+    assert tfjob["kind"] == "TFJob" and tfjob["metadata"]["namespace"] == "team-nlp"
+    assert re.fullmatch(r"[a-z0-9-]{1,63}", tfjob["metadata"]["name"])
+    workers = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
+    assert workers["replicas"] == 3 and set(tfjob["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief
+    (container,) = workers["template"]["spec"]["containers"]
+    assert container["name"] == "tensorflow" and container["image"] == IMAGE
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": str(GPUS)}
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "tfx.scripts.run_executor"]
+    assert command[command.index("--executor_class_path") + 1] == "tfx.components.trainer.executor.GenericExecutor"
+    outputs = json.loads(command[command.index("--outputs") + 1])
+    assert outputs["model"][0]["artifact"]["uri"] == f"{ROOT}/Trainer/model/7"  # the chief writes the artifact
+    properties = json.loads(command[command.index("--exec-properties") + 1])
+    assert json.loads(properties["custom_config"])["training"]["strategy"] == "multi_worker"
+    assert api.states == []  # waited until it succeeded
+
+    with pytest.raises(TFJobFailed, match="kubectl -n team-nlp describe tfjob mtnlp-trainer-"):
+        _launch(tfjob_spec, _FakeKubernetes([None, "Failed"]), tmp_path)
+
+
+def test_vertex_trainer_workers_compile_to_worker_pools():
+    settings = _settings(platform="vertex", trainer_workers=4, gpu_type="NVIDIA_L4", vertex_project="proj",
+                         vertex_region="europe-west4", beam_pipeline_args=())  # fmt: skip
+    spec = kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"]
+    container, custom_config, resources = _trainer(spec)
+    vertex_executor = "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"
+    assert _contains_in_order(container["args"], ("--executor_class_path", vertex_executor))
+    assert custom_config["ai_platform_enable_vertex"] is True
+    assert custom_config["ai_platform_vertex_region"] == "europe-west4"
+    job = custom_config["ai_platform_training_args"]
+    assert job["project"] == "proj"
+    machine = {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_L4", "accelerator_count": GPUS}
+    pool = {"machine_spec": machine, "container_spec": {"image_uri": IMAGE}}
+    # pool 0: the chief; pool 1: the other workers (Vertex AI gives each its TF_CONFIG)
+    assert job["job_spec"]["worker_pool_specs"] == [{**pool, "replica_count": 1}, {**pool, "replica_count": 3}]
+    assert custom_config["training"]["strategy"] == "multi_worker"
+    assert "accelerator" not in resources
+
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="--vertex-project and --vertex-region"):
+        _settings(platform="vertex", trainer_workers=2)
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="--trainer-workers must be 1 or more"):
+        _settings(trainer_workers=0)
+
+
+def test_trainer_workers_flags(tmp_path):
+    args = _parse(f"kubeflow compile --pipeline-root {ROOT} --trainer-workers 2 --platform vertex "
+                  "--vertex-project p --vertex-region r --vertex-machine-type n2-standard-16")  # fmt: skip
+    settings = kubeflow_cli.settings_from_args(args)
+    assert (settings.trainer_workers, settings.vertex_project, settings.vertex_region,
+            settings.vertex_machine_type) == (2, "p", "r", "n2-standard-16")  # fmt: skip
+
+
+def test_the_documented_role_lets_the_trainer_create_its_tfjob():
+    from mtnlp.components.tfjob_trainer import GROUP, PLURAL
+
+    with open(os.path.join(REPO, "docs", "kubeflow.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```yaml\n(.*?)```", f.read(), flags=re.S)
+    (role, binding) = [d for block in blocks for d in yaml.safe_load_all(re.sub(r"(?m)^  ", "", block))
+                       if d and d.get("kind") in ("Role", "RoleBinding")]  # fmt: skip
+    (rule,) = role["rules"]
+    assert GROUP in rule["apiGroups"] and PLURAL in rule["resources"]
+    assert {"create", "get"} <= set(rule["verbs"])  # what the executor calls
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
