@@ -11,8 +11,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-import keras  # noqa: E402
-keras.config.disable_traceback_filtering()
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from mtnlp.model import trainer  # noqa: E402
