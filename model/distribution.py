@@ -110,6 +110,13 @@ def output_dirs(strategy: tf.distribute.Strategy, paths: Sequence[str]) -> Itera
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns when every worker has called it: TFX's Trainer executor checks, right after ``run_fn``, that the
+    model exists, which a worker that finishes before the chief has written it would fail."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def shard_by_example(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Each worker takes its own part of every global batch (together the batch one worker would train on),
     whatever the number of input files (file sharding would need at least one file per worker)."""

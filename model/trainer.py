@@ -69,5 +69,6 @@ def run_fn(fn_args: FnArgs) -> None:
             f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": trained.steps,
                                 "train_seconds": round(trained.seconds, 1), "warm_start": str(report) if report else None,
                                 "replicas": strategy.num_replicas_in_sync, **as_dict(config)}, indent=2))  # fmt: skip
+    distribution.barrier(strategy)  # the chief has written the model
     if distribution.is_chief(strategy):
         log.warning("Exported the serving model to %s", fn_args.serving_model_dir)

@@ -30,7 +30,7 @@ class SubmitError(RuntimeError):
 
 
 def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
-    from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
+    from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY, DEFAULT_VERTEX_MACHINE_TYPE
     from mtnlp.pipelines.settings import add_settings_arguments
 
     group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
@@ -65,8 +65,8 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
                             "AI custom job; each worker gets the Trainer's resources and --gpus (default 1)")  # fmt: skip
     group.add_argument("--vertex-project", help="Vertex AI: the project of the Trainer's custom job (default none)")
     group.add_argument("--vertex-region", help="Vertex AI: the region of the Trainer's custom job (default none)")
-    group.add_argument("--vertex-machine-type", default="n1-standard-8",
-                       help="Vertex AI: the machine type of each Trainer worker (default n1-standard-8)")  # fmt: skip
+    group.add_argument("--vertex-machine-type", default=DEFAULT_VERTEX_MACHINE_TYPE,
+                       help=f"Vertex AI: the machine type of each Trainer worker (default {DEFAULT_VERTEX_MACHINE_TYPE})")  # fmt: skip
     group.add_argument("--no-cache", action="store_true",
                        help="re-execute every component (compiled with caching off; on submit, also for this run; "
                             "default off)")  # fmt: skip

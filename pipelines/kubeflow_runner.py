@@ -21,7 +21,7 @@ cannot reach KFP's default ``minio://`` root).
 
 The pipeline is the same on every platform, baseline included (components/served_baseline.py: no resolver
 task). The target platform (open-source KFP or Vertex AI) decides how a multi-worker Trainer is launched:
-see ``trainer_workers``.
+see ``trainer_launcher``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing",)
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
 PLATFORMS = ("kfp", "vertex")  # open-source Kubeflow Pipelines, Vertex AI Pipelines
+DEFAULT_VERTEX_MACHINE_TYPE = "n1-standard-8"  # each Trainer worker's machine in a Vertex AI custom job
 
 # Kubernetes' extended resource name for NVIDIA GPUs (device plugin); KFP's driver turns the
 # accelerator type and count into that pod limit. Vertex AI takes a machine accelerator name instead
@@ -124,7 +125,7 @@ class KubeflowSettings:
     trainer_workers: int = 1
     vertex_project: str | None = None
     vertex_region: str | None = None
-    vertex_machine_type: str = "n1-standard-8"
+    vertex_machine_type: str = DEFAULT_VERTEX_MACHINE_TYPE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline_root", check_pipeline_root(self.pipeline_root))
