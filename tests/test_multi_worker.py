@@ -132,3 +132,14 @@ def test_unknown_strategy_is_refused():
 
     with pytest.raises((SettingsError, ValueError), match="training.strategy.*'parameter_server'.*mirrored, multi_worker"):
         apply_mapping(get_config("quick"), {"training": {"strategy": "parameter_server"}})
+
+
+def test_the_local_runner_refuses_multi_worker(tmp_path):
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.local_runner import Workdir, run_locally
+    from mtnlp.pipelines.settings import apply_mapping
+
+    config = apply_mapping(get_config("quick"), {"training": {"strategy": "multi_worker"}})
+    with pytest.raises(ValueError, match="--trainer-workers N on a cluster"):
+        run_locally(config, "data", Workdir(str(tmp_path / "workdir")))
+    assert not (tmp_path / "workdir").exists()
