@@ -77,6 +77,7 @@ def local_pipeline(tmp_path_factory):
     """The pipeline as the local runner builds it (its own paths, SQLite metadata, DirectRunner args)."""
     from tfx import v1 as tfx
 
+    from mtnlp.pipelines.local_runner import LOCAL_BEAM_ARGS
     from mtnlp.pipelines.pipeline import create_pipeline
 
     work = tmp_path_factory.mktemp("local")
@@ -89,7 +90,7 @@ def local_pipeline(tmp_path_factory):
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(work / "metadata.sqlite")
         ),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
     )
 
 
