@@ -68,13 +68,14 @@ def run_once(mode: str, out: Path, data: Path, max_records: str, tasks: str) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / "data")
     parser.add_argument("--max-records", default="all", help="records per task and split (default: all)")
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: all)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="workdirs (default: a new temporary folder)")
-    parser.add_argument("--output", type=Path, default=default_output("beam_modes"))
+    parser.add_argument("--output", type=Path, default=default_output("beam_modes"),
+                        help="the JSON results (default benchmarks/beam_modes_results.json)")  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="beam-modes-"))
     out.mkdir(parents=True, exist_ok=True)
