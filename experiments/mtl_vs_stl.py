@@ -257,6 +257,7 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     """Ingest, validation and Transform as a TFX pipeline (cached when the data and settings are unchanged)."""
     from tfx import v1 as tfx
 
+    from mtnlp.pipelines.local_runner import LOCAL_BEAM_ARGS
     from mtnlp.pipelines.pipeline import create_data_pipeline
     from mtnlp.pipelines.summary import latest_transform_outputs
 
@@ -265,7 +266,7 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     pipeline = create_data_pipeline(
         "mtnlp-experiment", os.path.join(workdir, "pipeline_root"), os.path.abspath(data_root), pipeline_config,
         tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
     )  # fmt: skip
     tfx.orchestration.LocalDagRunner().run(pipeline)
     outputs = latest_transform_outputs(metadata_path)

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from mtnlp.model import dataset
+from mtnlp.model import dataset, distribution
 from mtnlp.model.network import build_model, compile_for_heads
 from mtnlp.model.heads import Head
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
@@ -170,6 +170,7 @@ def train_model(
     )  # fmt: skip
     eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training.batch_size,
                                            masked_words is not None)  # fmt: skip
+    train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
@@ -185,6 +186,7 @@ def train_model(
     log.warning("%sTraining %s parameters for %d steps on %d replica(s), global batch %d", log_prefix,
                 f"{model.count_params():,}", steps_per_epoch * epochs, strategy.num_replicas_in_sync,
                 training.batch_size)  # fmt: skip
+    distribution.prepare_fit(model, strategy, train_data)
     start = time.time()
     fitted = model.fit(
         train_data,

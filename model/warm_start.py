@@ -41,8 +41,12 @@ def _read_vocabulary(path: str) -> list[str]:
 
 
 def save_for_warm_start(model: keras.Model, vocabulary_file: str, directory: str) -> None:
+    """The model's weights (not its optimizer's slots: these files travel with every pushed version, see
+    components/served_baseline.py) and the vocabulary they were trained with."""
+    from mtnlp.model.network import inference_model  # the uncompiled view; network imports much of model/
+
     tf.io.gfile.makedirs(directory)
-    model.save(os.path.join(directory, MODEL_FILE))
+    inference_model(model).save(os.path.join(directory, MODEL_FILE))
     tf.io.gfile.copy(vocabulary_file, os.path.join(directory, VOCABULARY_FILE), overwrite=True)
 
 

@@ -66,6 +66,10 @@ class TransformConfig:
     backbone_preset: str | None = None
 
 
+# training.strategy's values (model/distribution.py builds them)
+STRATEGIES = ("mirrored", "multi_worker")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = 32  # global batch, split across replicas
@@ -80,6 +84,9 @@ class TrainingConfig:
     # MirroredStrategy replicas on a CPU-only machine (logical CPU devices); all GPUs are used when present.
     # 1: on 2 CPU cores two replicas cost more than one device (README, "Training speed").
     cpu_replicas: int = 1
+    # "mirrored": MirroredStrategy over this machine's devices; "multi_worker": MultiWorkerMirroredStrategy over
+    # the workers that TF_CONFIG names (Kubeflow's TFJob, Vertex AI worker pools; see model/distribution.py).
+    strategy: str = "mirrored"
     seed: int = 42
     # How the heads' losses are summed: "fixed" (each head's heads.<name>.loss_weight) or "uncertainty"
     # (learned per-head weights, Kendall et al. 2018: see model/layers.py).
@@ -95,6 +102,10 @@ class TrainingConfig:
     # this fraction of train_steps.
     warm_start: bool = True
     warm_start_step_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ class SubmitError(RuntimeError):
 
 
 def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
-    from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY
+    from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY, DEFAULT_VERTEX_MACHINE_TYPE
     from mtnlp.pipelines.settings import add_settings_arguments
 
     group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
@@ -39,8 +39,8 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
     group.add_argument("--pipeline-root", default=os.environ.get("MTNLP_PIPELINE_ROOT"),
                        help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)")  # fmt: skip
     group.add_argument("--platform", choices=("kfp", "vertex"), default="kfp",
-                       help="kfp: open-source Kubeflow Pipelines, no baseline model (it runs no resolvers); "
-                            "vertex: Vertex AI Pipelines, baseline = latest blessed model (default kfp)")  # fmt: skip
+                       help="kfp: open-source Kubeflow Pipelines; vertex: Vertex AI Pipelines. They differ in how "
+                            "--trainer-workers runs the Trainer (default kfp)")  # fmt: skip
     group.add_argument("--profile", choices=("quick", "full"), default="quick",
                        help="hyper-parameters (default quick); --config and --set change them")  # fmt: skip
     add_settings_arguments(group)
@@ -59,6 +59,14 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
                        help="GPUs for the Trainer's pod; MirroredStrategy uses all (default 0)")  # fmt: skip
     group.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
                        help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)")  # fmt: skip
+    group.add_argument("--trainer-workers", type=int, default=1,
+                       help="train as N workers with MultiWorkerMirroredStrategy (sets training.strategy="
+                            "multi_worker): on kfp a TFJob of the Kubeflow training operator, on vertex a Vertex "
+                            "AI custom job; each worker gets the Trainer's resources and --gpus (default 1)")  # fmt: skip
+    group.add_argument("--vertex-project", help="Vertex AI: the project of the Trainer's custom job (default none)")
+    group.add_argument("--vertex-region", help="Vertex AI: the region of the Trainer's custom job (default none)")
+    group.add_argument("--vertex-machine-type", default=DEFAULT_VERTEX_MACHINE_TYPE,
+                       help=f"Vertex AI: the machine type of each Trainer worker (default {DEFAULT_VERTEX_MACHINE_TYPE})")  # fmt: skip
     group.add_argument("--no-cache", action="store_true",
                        help="re-execute every component (compiled with caching off; on submit, also for this run; "
                             "default off)")  # fmt: skip
@@ -113,6 +121,10 @@ def settings_from_args(args: argparse.Namespace) -> KubeflowSettings:
         gpu_type=args.gpu_type,
         enable_cache=not args.no_cache,
         platform=args.platform,
+        trainer_workers=args.trainer_workers,
+        vertex_project=args.vertex_project,
+        vertex_region=args.vertex_region,
+        vertex_machine_type=args.vertex_machine_type,
         **optional,
     )
 
@@ -138,6 +150,10 @@ def _compile(args: argparse.Namespace, output: str) -> str:
              settings.resolved_serving_model_dir(config.model_name))  # fmt: skip
     log.info("  Beam args %s%s", " ".join(settings.beam_pipeline_args),
              f"; Trainer GPUs: {settings.gpus} x {settings.gpu_type}" if settings.gpus else "")  # fmt: skip
+    if settings.trainer_workers > 1:
+        log.info("  Trainer: %d workers (MultiWorkerMirroredStrategy) as %s", settings.trainer_workers,
+                 "a Vertex AI custom job" if settings.platform == "vertex" else
+                 "a TFJob: the Trainer's service account must be allowed to create TFJobs (docs/kubeflow.md)")  # fmt: skip
     return path
 
 
@@ -176,12 +192,6 @@ def submit_pipeline(
             f"{pipeline_file} names no pipeline root; compile it with mtnlp kubeflow compile --pipeline-root gs://..."
         )
     kubeflow_runner.check_pipeline_root(pipeline_root)
-    resolvers = kubeflow_runner.resolver_tasks(spec)
-    if resolvers:
-        # Said before the server answers, since its own error does not name the cause in these terms.
-        log.warning("warning: the pipeline has resolver tasks (%s). Vertex AI Pipelines runs them; open-source "
-                    "KFP v2 rejects them when it creates the run ('resolver executors not implemented'): "
-                    "for Kubeflow Pipelines compile with --platform kfp (docs/kubeflow.md).", ", ".join(resolvers))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         package = _as_kfp_package(pipeline_file, tmp)
         try:

@@ -19,8 +19,9 @@ Both carry the pipeline root as ``pipelineSpec.defaultPipelineRoot``, so a run s
 without a root still writes where the TFX executors can (they write with ``tf.io.gfile``, which
 cannot reach KFP's default ``minio://`` root).
 
-The target platform (open-source KFP or Vertex AI) decides one thing in the pipeline, the baseline model
-resolver: see ``PLATFORM_BASELINES``.
+The pipeline is the same on every platform, baseline included (components/served_baseline.py: no resolver
+task). The target platform (open-source KFP or Vertex AI) decides how a multi-worker Trainer is launched:
+see ``trainer_launcher``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ if TYPE_CHECKING:  # imported lazily at run time: they pull in TFX and TensorFlo
     from kfp.pipeline_spec.pipeline_spec_pb2 import PipelineDeploymentConfig
     from tfx.v1.dsl import Pipeline
 
+    from mtnlp.pipelines.pipeline import TrainerLauncher
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Where the Dockerfile puts the project inside the image (kept in sync by tests/test_kubeflow.py).
@@ -53,12 +56,8 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing",)
 
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
-# Which KFP v2 backend runs the spec decides the baseline resolver (pipelines/pipeline.py, BASELINES): the
-# local runner's resolver queries ML Metadata in-process, which KubeflowV2DagRunner cannot compile; it
-# compiles TFX's LatestBlessedModelStrategy into resolver tasks, which Vertex AI Pipelines runs and the
-# open-source KFP v2 backend rejects ("resolver executors not implemented"). On open-source KFP the
-# pipeline therefore has no baseline: no warm start, and blessing by the absolute gates only.
-PLATFORM_BASELINES: Mapping[str, str] = {"kfp": "none", "vertex": "latest_blessed"}
+PLATFORMS = ("kfp", "vertex")  # open-source Kubeflow Pipelines, Vertex AI Pipelines
+DEFAULT_VERTEX_MACHINE_TYPE = "n1-standard-8"  # each Trainer worker's machine in a Vertex AI custom job
 
 # Kubernetes' extended resource name for NVIDIA GPUs (device plugin); KFP's driver turns the
 # accelerator type and count into that pod limit. Vertex AI takes a machine accelerator name instead
@@ -121,14 +120,25 @@ class KubeflowSettings:
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     enable_cache: bool = True
     platform: str = "kfp"  # "kfp" (open-source Kubeflow Pipelines) or "vertex" (Vertex AI Pipelines)
+    # More than 1: the Trainer trains as that many workers (see trainer_launcher), each with the Trainer's
+    # resources and GPUs; on Vertex AI in the project and region given, on machines of vertex_machine_type.
+    trainer_workers: int = 1
+    vertex_project: str | None = None
+    vertex_region: str | None = None
+    vertex_machine_type: str = DEFAULT_VERTEX_MACHINE_TYPE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline_root", check_pipeline_root(self.pipeline_root))
         if not self.image:
             raise KubeflowConfigError("the pipeline image is empty; pass --image REGISTRY/mtnlp-pipeline:TAG")
-        if self.platform not in PLATFORM_BASELINES:
-            choices = ", ".join(PLATFORM_BASELINES)
+        if self.platform not in PLATFORMS:
+            choices = ", ".join(PLATFORMS)
             raise KubeflowConfigError(f"unknown platform {self.platform!r}; use one of {choices}")
+        if self.trainer_workers < 1:
+            raise KubeflowConfigError(f"--trainer-workers must be 1 or more, not {self.trainer_workers}")
+        if self.trainer_workers > 1 and self.platform == "vertex" and not (self.vertex_project and self.vertex_region):
+            raise KubeflowConfigError("--trainer-workers on Vertex AI runs a custom job: pass --vertex-project and "
+                                      "--vertex-region (where the job runs)")  # fmt: skip
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
         if self.gpus and not self.gpu_type:
@@ -168,12 +178,48 @@ def resource_spec(
     return spec
 
 
+def trainer_launcher(settings: KubeflowSettings) -> TrainerLauncher | None:
+    """How a multi-worker Trainer starts its workers (None: the Trainer trains in its own pod).
+
+    - ``kfp``: a TFJob of the Kubeflow training operator (components/tfjob_trainer.py), launched from the
+      Trainer's pod, each worker with the Trainer's resources and GPUs.
+    - ``vertex``: a Vertex AI custom job with TFX's Vertex trainer: worker pool 0 is the chief (one replica),
+      pool 1 the other workers; Vertex gives each its TF_CONFIG.
+    """
+    from mtnlp.pipelines.pipeline import TrainerLauncher
+
+    if settings.trainer_workers == 1:
+        return None
+    resources = settings.resources.get("Trainer", SMALL_COMPONENT)
+    if settings.platform == "kfp":
+        from mtnlp.components.tfjob_trainer import TFJOB_KEY, TFJobTrainer, tfjob_settings
+
+        return TrainerLauncher(TFJobTrainer, {TFJOB_KEY: tfjob_settings(
+            settings.trainer_workers, settings.image, resources.cpu, resources.memory_gb, settings.gpus,
+            settings.gpu_type)})  # fmt: skip
+    from tfx.extensions.google_cloud_ai_platform import constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import component, executor
+
+    machine_spec: dict[str, Any] = {"machine_type": settings.vertex_machine_type}
+    if settings.gpus:
+        machine_spec |= {"accelerator_type": settings.gpu_type, "accelerator_count": settings.gpus}
+    pool = {"machine_spec": machine_spec, "container_spec": {"image_uri": settings.image}}
+    return TrainerLauncher(component.Trainer, {
+        constants.ENABLE_VERTEX_KEY: True,
+        constants.VERTEX_REGION_KEY: settings.vertex_region,
+        executor.TRAINING_ARGS_KEY: {"project": settings.vertex_project, "job_spec": {"worker_pool_specs": [
+            {**pool, "replica_count": 1}, {**pool, "replica_count": settings.trainer_workers - 1}]}},
+    })  # fmt: skip
+
+
 def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeline:
     """``create_pipeline()`` with Kubeflow's locations, then each component's pod resources."""
     from tfx.dsl.components.base import base_component, executor_spec
 
     from mtnlp.pipelines.pipeline import create_pipeline
 
+    if settings.trainer_workers > 1 and config.training.strategy != "multi_worker":
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, strategy="multi_worker"))
     pipeline = create_pipeline(
         pipeline_name=PIPELINE_NAME,
         pipeline_root=settings.pipeline_root,
@@ -185,17 +231,19 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
         beam_pipeline_args=list(settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
         schema_file=image_schema_file(),
-        baseline=PLATFORM_BASELINES[settings.platform],
+        trainer_launcher=trainer_launcher(settings),
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec
-    # into deploymentSpec.executors.<exec>.container.resources. Resolvers run no container.
+    # into deploymentSpec.executors.<exec>.container.resources.
     in_pod = runs_in_pod(settings.beam_pipeline_args)
     for component in pipeline.components:
         if not isinstance(component, base_component.BaseComponent):
             continue
         resources = settings.resources.get(component.id, SMALL_COMPONENT)
         gpus = settings.gpus if component.id == "Trainer" else 0
+        if component.id == "Trainer" and settings.trainer_workers > 1:  # its workers train; its pod waits for them
+            resources, gpus = SMALL_COMPONENT, 0
         component.with_platform_config(resource_spec(resources, gpus, settings.gpu_type))
         if in_pod and isinstance(component.executor_spec, executor_spec.BeamExecutorSpec):
             # DirectRunner's default (0) starts one worker per CPU of the node (multiprocessing.cpu_count
@@ -272,17 +320,6 @@ def load_pipeline_spec(path: str) -> tuple[dict[str, Any], str | None]:
     else:
         raise KubeflowConfigError(f"{path} is neither a KFP PipelineSpec nor a PipelineJob")
     return spec, root
-
-
-def resolver_tasks(spec: Mapping[str, Any]) -> list[str]:
-    """Tasks run by a ``resolver`` executor: Vertex AI runs them; open-source KFP v2 rejects them."""
-    executors = spec.get("deploymentSpec", {}).get("executors", {})
-    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
-    components = spec.get("components", {})
-    return sorted(
-        name for name, task in tasks.items()
-        if "resolver" in executors.get(components.get(task["componentRef"]["name"], {}).get("executorLabel"), {})
-    )  # fmt: skip
 
 
 def beam_args_from_file(path: str) -> list[str]:

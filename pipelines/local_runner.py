@@ -13,6 +13,10 @@ from mtnlp.pipelines.config import PipelineConfig
 
 PIPELINE_NAME = "mtnlp"
 
+# Beam's DirectRunner in this process, one worker. Multi-processing with 2 workers (the alternative on 2 cores)
+# measured slower here: benchmarks/beam_modes.py (results and load in benchmarks/beam_modes_results.json).
+LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
 
 @dataclasses.dataclass(frozen=True)
 class Workdir:
@@ -35,6 +39,10 @@ class Workdir:
 
 
 def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable_cache: bool = True) -> None:
+    if config.training.strategy != "mirrored":
+        raise ValueError(f"training.strategy={config.training.strategy} trains on workers that TF_CONFIG names, each "
+                         "in its own process; the local runner trains in its own process: use mirrored here, and "
+                         "mtnlp kubeflow compile --trainer-workers N on a cluster")  # fmt: skip
     # Logical CPU devices for MirroredStrategy must exist before any component initializes TensorFlow.
     from mtnlp.model import devices
 
@@ -54,7 +62,7 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
         serving_model_dir=os.path.abspath(workdir.serving_model_dir(config.model_name)),
         config=config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(workdir.metadata_path),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
         enable_cache=enable_cache,
         data_has_spans=has_spans(data_root),
         schema_file=schema_file_for(os.path.join(workdir.root, "schema")),

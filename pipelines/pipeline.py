@@ -2,8 +2,9 @@
 
 JsonlExampleGen -> StatisticsGen -> ImportSchemaGen (the schema generated from the tasks) -> ExampleValidator -> AnomaliesGate
 -> Transform -> Trainer (warm-started) -> Evaluator (against the baseline) -> Pusher (blessed only).
-Warm start and baseline come from resolvers that keep a rerun with nothing new fully cached
-(components/baseline_resolver.py).
+The baseline, the Trainer's warm start and the Evaluator's comparison, is the model being served, found by
+an ordinary component (components/served_baseline.py), so that every orchestrator runs the same pipeline:
+the local runner, open-source Kubeflow Pipelines (no resolver tasks) and Vertex AI.
 
 Transform and Trainer reference their functions by import path, not ``module_file``: nothing is
 built or uploaded at compile time, and Transform stays cached when only training code changes.
@@ -12,14 +13,14 @@ built or uploaded at compile time, and Transform stays cached when only training
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from mtnlp.components import versioned_pusher
-from mtnlp.components.baseline_resolver import baseline_model_resolver, warm_start_model_resolver
 from mtnlp.components.anomalies_gate import AnomaliesGate
+from mtnlp.components.served_baseline import BaselineAwareExecutor, ServedBaseline
 from mtnlp.components.jsonl_example_gen import JsonlExampleGen
 from mtnlp.pipelines import evaluation
 from mtnlp.pipelines.config import PipelineConfig
@@ -28,20 +29,26 @@ from mtnlp.pipelines.schema import SCHEMA_PATH
 PREPROCESSING_FN = "mtnlp.model.preprocessing.preprocessing_fn"
 RUN_FN = "mtnlp.pipelines.trainer_module.run_fn"
 
-# The resolver that finds the baseline model (the Trainer's warm start and the Evaluator's baseline):
-# "other_data": warm start from the latest blessed model not trained on this run's examples, and compare
-#   with the latest blessed model other than the candidate (components/baseline_resolver.py: keeps reruns
-#   cached); custom strategies query ML Metadata in the orchestrator's process, as LocalDagRunner runs them.
-# "latest_blessed": TFX's LatestBlessedModelStrategy, the only baseline resolver KubeflowV2DagRunner compiles
-#   (Vertex AI Pipelines runs it).
-# "none": no baseline and no warm start, where the orchestrator runs no resolvers (open-source KFP v2).
-BASELINES = ("other_data", "latest_blessed", "none")
-
-
 class VersionedPusher(tfx.components.Pusher):
     """TFX's Pusher with versions 1, 2, ... published atomically (see components/versioned_pusher.py)."""
 
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(versioned_pusher.Executor)
+
+
+class BaselineAwareEvaluator(tfx.components.Evaluator):
+    """TFX's Evaluator, comparing with the served model only when ServedBaseline found one."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(BaselineAwareExecutor)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerLauncher:
+    """How the Trainer runs: TFX's Trainer in its own process (the default), or a Trainer whose executor starts
+    the training elsewhere (a TFJob, a Vertex AI custom job), reading its settings from ``custom_config``
+    (run_fn ignores those keys: model/distribution.py, LAUNCHER_KEYS)."""
+
+    component_class: type = tfx.components.Trainer
+    custom_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,48 +126,32 @@ def create_pipeline(
     enable_cache: bool = True,
     data_has_spans: bool = False,
     schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
-    baseline: str = "other_data",  # which resolver finds the baseline model: see BASELINES
+    trainer_launcher: TrainerLauncher | None = None,  # how the Trainer runs, when not in its own process
 ) -> tfx.dsl.Pipeline:
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
     data = data_components(data_root, config, data_has_spans, schema_file)
     example_gen, schema_gen, transform = data.example_gen, data.schema_gen, data.transform
+    custom_config = config.to_json_dict()
 
-    # The latest blessed model (see BASELINES): the Trainer's warm start and the Evaluator's baseline.
-    if baseline == "other_data":
-        warm_start_model = warm_start_model_resolver(example_gen.id)
-        warm_start_model.add_upstream_node(example_gen)
-    elif baseline == "latest_blessed":
-        warm_start_model = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("baseline_model_resolver")
-    else:
-        warm_start_model = None
-
-    trainer = tfx.components.Trainer(
+    # The served model (empty on a first run): the Trainer's warm start and the Evaluator's baseline.
+    baseline = ServedBaseline(examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir,
+                              custom_config=custom_config)  # fmt: skip
+    launcher = trainer_launcher or TrainerLauncher()
+    trainer = launcher.component_class(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        base_model=warm_start_model.outputs["model"] if warm_start_model else None,  # empty on a first run
+        base_model=baseline.outputs["model"],
         train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-        custom_config=config.to_json_dict(),
-    )
-
-    if baseline == "other_data":
-        baseline_model = baseline_model_resolver(trainer.id)
-        baseline_model.add_upstream_node(trainer)
-    else:
-        baseline_model = warm_start_model  # TFX's latest blessed model for both, or none
-    evaluator = tfx.components.Evaluator(
+        custom_config={**custom_config, **launcher.custom_config},
+    ).with_id("Trainer")
+    evaluator = BaselineAwareEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline_model.outputs["model"] if baseline_model else None,
+        baseline_model=baseline.outputs["model"],
         eval_config=evaluation.eval_config(config),
-    )
+    ).with_id("Evaluator")
     pusher = VersionedPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
@@ -172,8 +163,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[*data.all(), trainer, *dict.fromkeys(r for r in (warm_start_model, baseline_model) if r),
-                    evaluator, pusher],  # fmt: skip
+        components=[*data.all(), baseline, trainer, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),

@@ -155,6 +155,11 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
             elif kind == "ModelRun":
                 summary["tensorboard_logdir"] = artifact.uri
                 summary.update(_training_facts(artifact.uri))
+            elif kind == "Model" and component == "ServedBaseline":
+                from mtnlp.components.served_baseline import SERVED_FROM, SERVED_VERSION
+
+                summary["baseline_version"] = _property(artifact, SERVED_VERSION) or None
+                summary["baseline_from"] = _property(artifact, SERVED_FROM)
             elif kind == "Examples" and component == "JsonlExampleGen":
                 from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
 
@@ -196,6 +201,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  settings changed from the {summary.get('profile', '?')} profile: {shown}")
     if summary.get("spans"):
         lines.append(f"  spans read: {', '.join(map(str, summary['spans']))} (0 = the data folder's own files)")
+    if summary.get("baseline_version"):
+        lines.append(f"  baseline: served version {summary['baseline_version']} ({summary['baseline_from']})")
+    elif "baseline_version" in summary:
+        lines.append("  baseline: none (nothing served yet, or the served model does not fit the tasks)")
     if "warm_start" in summary:
         lines.append(f"  trainer: {summary['warm_start'] or 'trained from scratch'} ({summary['train_steps']} steps)")
     for split, files in summary.get("ingest", {}).items():
@@ -218,7 +227,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for failure in summary.get("blessing_failures", []):
             lines.append(f"    failed: {failure}")
     states = {c["component"]: c["state"] for c in summary["components"]}
-    if states and all(state == "CACHED" for name, state in states.items() if not name.endswith("_resolver")):
+    if states and all(state == "CACHED" for state in states.values()):
         lines.append("  nothing new: every component was served from the cache")
     if summary.get("pushed"):
         cached = " (cached: pushed by an earlier run)" if states.get("VersionedPusher") == "CACHED" else ""

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from mtnlp.model import dataset, devices
+from mtnlp.model import dataset, distribution
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
 from mtnlp.model.signatures import export_serving_model
 from mtnlp.model.tasks import all_heads, select_tasks
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    config = config_from_json(fn_args.custom_config)  # the typed PipelineConfig, checked
+    config = config_from_json(distribution.training_settings(fn_args.custom_config))  # the typed PipelineConfig
+    # first: a multi-worker strategy must exist before any other TensorFlow op runs in this process
+    strategy = distribution.make_strategy(config.training.strategy, config.training.cpu_replicas)
     training = config.training
     tasks = select_tasks(config.tasks)
     heads = all_heads(tasks)
-    strategy = devices.make_strategy(config.training.cpu_replicas)
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     counts = dataset.count_examples_per_task(fn_args.train_files, tf_transform_output)
@@ -45,25 +46,31 @@ def run_fn(fn_args: FnArgs) -> None:
                         "masked-word objective is off; --set training.masked_word_share=0.2 turns it on", name, n)
 
     base_model = fn_args.base_model if config.training.warm_start else None
+    if base_model and not tf.io.gfile.exists(base_model):  # the baseline is empty: nothing is served yet
+        base_model = None
     total_steps = fn_args.train_steps
     if base_model:  # continuing from a trained model needs fewer steps
         total_steps = max(1, round(total_steps * config.training.warm_start_step_fraction))
     else:
         log.warning("Training from scratch (no blessed model to start from yet)")
-    trained = train_model(
-        heads, tf_transform_output, fn_args.train_files, fn_args.eval_files, weights, config.model, training,
-        config.transform, config.heads, total_steps, fn_args.eval_steps, strategy, base_model=base_model,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
-    )  # fmt: skip
-    model, report = trained.model, trained.warm_start_report
+    # every worker of a multi-worker run trains and saves; only the chief into the artifacts (model/distribution.py)
+    with distribution.output_dirs(strategy, [fn_args.serving_model_dir, fn_args.model_run_dir]) as (serving_dir, run_dir):
+        trained = train_model(
+            heads, tf_transform_output, fn_args.train_files, fn_args.eval_files, weights, config.model, training,
+            config.transform, config.heads, total_steps, fn_args.eval_steps, strategy, base_model=base_model,
+            callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch")],
+        )  # fmt: skip
+        model, report = trained.model, trained.warm_start_report
 
-    export_serving_model(model, tf_transform_output, tasks, fn_args.serving_model_dir,
-                         beam_width=config.serving.beam_width, length_penalty=config.serving.length_penalty)
-    vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
-    save_for_warm_start(model, vocabulary_file, keras_dir_for(fn_args.serving_model_dir))
-    write_warmup_requests(fn_args.serving_model_dir, tasks)
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
-        f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": trained.steps,
-                            "train_seconds": round(trained.seconds, 1), "warm_start": str(report) if report else None,
-                            **as_dict(config)}, indent=2))  # fmt: skip
-    log.warning("Exported the serving model to %s", fn_args.serving_model_dir)
+        export_serving_model(model, tf_transform_output, tasks, serving_dir,
+                             beam_width=config.serving.beam_width, length_penalty=config.serving.length_penalty)
+        vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
+        save_for_warm_start(model, vocabulary_file, keras_dir_for(serving_dir))
+        write_warmup_requests(serving_dir, tasks)
+        with tf.io.gfile.GFile(os.path.join(run_dir, "training_config.json"), "w") as f:
+            f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": trained.steps,
+                                "train_seconds": round(trained.seconds, 1), "warm_start": str(report) if report else None,
+                                "replicas": strategy.num_replicas_in_sync, **as_dict(config)}, indent=2))  # fmt: skip
+    distribution.barrier(strategy)  # the chief has written the model
+    if distribution.is_chief(strategy):
+        log.warning("Exported the serving model to %s", fn_args.serving_model_dir)

@@ -27,7 +27,8 @@ def ran(result: subprocess.CompletedProcess, output) -> dict:
     return document
 
 
-@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py", "oov_entities.py"])
+@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py", "oov_entities.py",
+                                    "beam_modes.py"])  # fmt: skip
 def test_every_benchmark_states_its_usage(script):
     result = run_benchmark(script, "--help", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -154,6 +155,17 @@ def test_pipeline_benchmark(tmp_path):
     assert document["runs"]["2x"]["records_ingested"] == 2 * document["runs"]["1x"]["records_ingested"]
     assert document["summary"]["rerun_all_cached"]
     assert all(g > 0 for g in document["summary"]["beam_stage_max_growth_per_doubling"].values())
+
+
+@pytest.mark.slow
+def test_beam_modes_benchmark(tmp_path):
+    output = tmp_path / "beam_modes.json"
+    result = run_benchmark("beam_modes.py", "--repeats", "1", "--max-records", "40", "--tasks", "sentiment",
+                           "--out", str(tmp_path / "runs"), "--output", str(output), timeout=1100)  # fmt: skip
+    document = ran(result, output)
+    assert set(document["median_seconds"]) == {"in_memory", "multi_processing x2"}
+    for mode in document["median_seconds"].values():
+        assert all(mode[stage] > 0 for stage in ("JsonlExampleGen", "StatisticsGen", "Transform"))
 
 
 # -- benchmarks/peer_spacy.py: only what needs no spaCy (installing it is the script's job, not CI's) --------------

@@ -31,7 +31,9 @@ def _sentiment(i, label="positive"):
     return json.dumps({"id": f"s{i}", "text": f"sentence number {i}", "label": label})
 
 
-def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0):
+def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0, span_selection=None):
+    """The executor as TFX's driver leaves it (``latest_span``), or with ``latest_span=None`` as on Kubeflow: no
+    driver, the flat input config the spec was compiled with, and the selection in ``span_selection``."""
     config = input_config(spans is not None)
     examples, rejected = standard_artifacts.Examples(), RejectedRecords()
     examples.uri, rejected.uri = str(out / "examples"), str(out / "rejected")
@@ -42,9 +44,11 @@ def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0):
         "span": latest_span,
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-        "ingest_config": json.dumps({"tasks": tasks, "max_records_per_split": None,
-                                     "max_rejected_fraction": max_fraction, "spans": spans}),
+        "ingest_config": json.dumps({"tasks": tasks, "max_records_per_split": None, "max_rejected_fraction": max_fraction,
+                                     "spans": spans, "span_selection": span_selection}),
     }  # fmt: skip
+    if latest_span is None:
+        del exec_properties["span"]
     Executor().Do({}, {"examples": [examples], "rejected": [rejected]}, exec_properties)
     return examples, rejected
 
@@ -166,3 +170,21 @@ def test_a_run_reads_the_selected_spans_and_records_which(data_with_spans, tmp_p
                        spans={"selection": selection, "window": window}, latest_span=2)  # fmt: skip
     assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
     assert _count(examples.uri, "train") == train_records
+
+
+@pytest.mark.parametrize("selection, window, spans_read, train_records", [
+    ("all", 1, "0,1,2", 4 + 3 + 2), ("latest", 1, "2", 2), ("window", 2, "1,2", 3 + 2),
+])  # fmt: skip
+def test_without_the_driver_the_executor_finds_the_spans_itself(data_with_spans, tmp_path, selection, window,
+                                                                spans_read, train_records):  # fmt: skip
+    # Kubeflow: no driver, and a spec compiled without knowing the layout (flat input config, no spans setting)
+    from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
+
+    examples, _ = _run(data_with_spans, tmp_path / "out", max_fraction=0.0, latest_span=None,
+                       span_selection={"selection": selection, "window": window})  # fmt: skip
+    assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
+    assert _count(examples.uri, "train") == train_records
+    # a flat folder stays the flat data
+    flat, _ = _run(data_with_spans / "spans" / "1", tmp_path / "flat", max_fraction=0.0, latest_span=None,
+                   span_selection={"selection": "latest", "window": 1})  # fmt: skip
+    assert flat.get_string_custom_property(SPANS_PROPERTY) == "0" and _count(flat.uri, "train") == 3

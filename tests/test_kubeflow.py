@@ -6,6 +6,7 @@ identically twice, and submit hands the kfp client the right arguments. Nothing 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -76,6 +77,7 @@ def local_pipeline(tmp_path_factory):
     """The pipeline as the local runner builds it (its own paths, SQLite metadata, DirectRunner args)."""
     from tfx import v1 as tfx
 
+    from mtnlp.pipelines.local_runner import LOCAL_BEAM_ARGS
     from mtnlp.pipelines.pipeline import create_pipeline
 
     work = tmp_path_factory.mktemp("local")
@@ -88,7 +90,7 @@ def local_pipeline(tmp_path_factory):
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(work / "metadata.sqlite")
         ),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
     )
 
 
@@ -135,46 +137,33 @@ def test_json_is_a_pipeline_job(files):
     assert spec.default_pipeline_root == ROOT
 
 
-def _check_components(spec: dict, local_pipeline, resolvers_expected: bool) -> None:
-    from tfx.dsl.components.common import resolver
-
-    tasks = set(spec["root"]["dag"]["tasks"])
-    components = {n.id for n in local_pipeline.components if not isinstance(n, resolver.Resolver)}
-    assert components <= tasks, f"not tasks of the compiled pipeline: {sorted(components - tasks)}"
-    # The local pipeline's own resolvers (warm start, baseline) are custom strategies that
-    # KubeflowV2DagRunner cannot compile: Vertex gets TFX's latest-blessed-model resolver, split into
-    # two resolver tasks; open-source KFP, which runs no resolvers, gets none.
-    expected = ({"baseline_model_resolver-model-resolver", "baseline_model_resolver-model-blessing-resolver"}
-                if resolvers_expected else set())  # fmt: skip
-    assert tasks - components == expected
-
-
 def test_every_component_of_the_local_pipeline_is_a_task(spec, vertex_spec, local_pipeline):
-    assert len(local_pipeline.components) >= 10
-    _check_components(spec, local_pipeline, resolvers_expected=False)
-    _check_components(vertex_spec, local_pipeline, resolvers_expected=True)
+    components = {n.id for n in local_pipeline.components}
+    assert len(components) >= 10
+    for compiled in (spec, vertex_spec):  # the same pipeline on both platforms: no resolver task on either
+        assert set(compiled["root"]["dag"]["tasks"]) == components
+        assert set(_containers(compiled)) == components
 
 
-def test_the_baseline_follows_the_platform(spec, vertex_spec):
-    # Open-source KFP v2 does not implement resolver executors (docs/kubeflow.md): no baseline there.
-    assert kubeflow_runner.resolver_tasks(spec) == []
-    tasks = spec["root"]["dag"]["tasks"]
-    assert "baseline_model" not in tasks["Evaluator"]["inputs"]["artifacts"]
-    assert "base_model" not in tasks["Trainer"]["inputs"].get("artifacts", {})
-    # Vertex AI runs them: TFX's LatestBlessedModelStrategy feeds the warm start and the Evaluator.
-    assert kubeflow_runner.resolver_tasks(vertex_spec) == [
-        "baseline_model_resolver-model-blessing-resolver", "baseline_model_resolver-model-resolver"
-    ]
-    tasks = vertex_spec["root"]["dag"]["tasks"]
-    for task, key in (("Evaluator", "baseline_model"), ("Trainer", "base_model")):
-        source = tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"]
-        assert source["producerTask"] == "baseline_model_resolver-model-resolver", task
+def test_the_served_model_is_the_baseline_on_both_platforms(spec, vertex_spec):
+    # An ordinary task looks up the served model (components/served_baseline.py): open-source KFP, which runs no
+    # resolver tasks, gets the warm start and the regression gate as Vertex AI and the local runner do.
+    for compiled in (spec, vertex_spec):
+        assert not any("resolver" in e for e in compiled["deploymentSpec"]["executors"].values())
+        tasks = compiled["root"]["dag"]["tasks"]
+        for task, key in (("Evaluator", "baseline_model"), ("Trainer", "base_model")):
+            source = tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"]
+            assert source == {"producerTask": "ServedBaseline", "outputArtifactKey": "model"}, task
+        lookup = tasks["ServedBaseline"]["inputs"]
+        assert lookup["parameters"]["serving_model_dir"]["runtimeValue"]["constant"] == f"{ROOT}/serving_model/mtnlp"
+        # new data rerun the lookup: this run's Examples are its input
+        assert lookup["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == "JsonlExampleGen"
 
 
 def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
     kubeflow_v2_run_executor = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     containers = _containers(spec)
-    assert len(containers) == 9
+    assert len(containers) == 10
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert container["command"] == ["python", "-m", kubeflow_v2_run_executor]
@@ -258,10 +247,7 @@ def test_caching_follows_the_setting(spec, vertex_spec):
         tasks = spec["root"]["dag"]["tasks"]
         return {name: tasks[name].get("cachingOptions", {}).get("enableCache", False) for name in _containers(spec)}
 
-    assert all(cached(spec).values())
-    # The resolvers look up the latest blessed model afresh in every run.
-    tasks = vertex_spec["root"]["dag"]["tasks"]
-    assert not any(tasks[t].get("cachingOptions") for t in kubeflow_runner.resolver_tasks(vertex_spec))
+    assert all(cached(spec).values()) and all(cached(vertex_spec).values())
 
     uncached = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(enable_cache=False))
     assert not any(cached(uncached["pipelineSpec"]).values())
@@ -403,15 +389,6 @@ def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
     )  # fmt: skip
     captured = capfd.readouterr()
     assert "run-123" in captured.out
-    assert "resolver" not in captured.err
-
-
-def test_submit_warns_about_resolvers_on_a_kfp_host(vertex_spec, fake_kfp, capfd, tmp_path):
-    path = tmp_path / "vertex.yaml"
-    path.write_text(yaml.safe_dump(vertex_spec))
-    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-file {path}")
-    assert args.func(args) == 0  # the server decides; the user is told why it may refuse
-    assert "resolver executors not implemented" in capfd.readouterr().err
 
 
 def test_submit_compiles_first_and_can_disable_caching(job, fake_kfp, monkeypatch):
@@ -517,3 +494,139 @@ def test_dockerignore_keeps_what_the_install_needs():
         excluded = [p for p in patterns if any(fnmatch.fnmatch(prefix, p.replace("**/", "")) for prefix in prefixes)]
         assert not excluded, f"{path} is excluded from the image by {excluded}"
     assert {"data", ".venv", ".git", "workdir"} <= set(patterns)
+
+
+# --- a multi-worker Trainer (--trainer-workers) ---------------------------------------------------------
+
+
+def _trainer(spec: dict) -> tuple[dict, dict, dict]:
+    """The compiled Trainer: its container, its settings (custom_config) and its resources."""
+    task = spec["root"]["dag"]["tasks"]["Trainer"]
+    container = _containers(spec)["Trainer"]
+    custom_config = json.loads(task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    return container, custom_config, container["resources"]
+
+
+@pytest.fixture(scope="module")
+def tfjob_spec() -> dict:
+    settings = _settings(trainer_workers=3, beam_pipeline_args=())
+    return kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"]
+
+
+def test_kfp_trainer_workers_compile_to_a_tfjob_launcher(tfjob_spec):
+    from mtnlp.components.tfjob_trainer import TFJOB_KEY
+    from mtnlp.model.distribution import LAUNCHER_KEYS, training_settings
+
+    container, custom_config, resources = _trainer(tfjob_spec)
+    assert _contains_in_order(container["args"], ("--executor_class_path", "mtnlp.components.tfjob_trainer.Executor"))
+    assert custom_config[TFJOB_KEY] == {"workers": 3, "image": IMAGE, "cpu": 8, "memory_gb": 32, "gpus": GPUS,
+                                        "gpu_resource": "nvidia.com/gpu", "timeout_hours": 24}  # fmt: skip
+    assert custom_config["training"]["strategy"] == "multi_worker"
+    # the launching pod only waits: small, no GPUs (each worker gets the Trainer's resources and GPUs)
+    assert "accelerator" not in resources and resources["cpuLimit"] == kubeflow_runner.SMALL_COMPONENT.cpu
+    # what run_fn reads is the run's config alone
+    assert TFJOB_KEY in LAUNCHER_KEYS and TFJOB_KEY not in training_settings(custom_config)
+
+
+class _FakeKubernetes:
+    """Stands in for kubernetes' CustomObjectsApi: keeps the created TFJob, then reports the given states."""
+
+    def __init__(self, states):
+        self.created, self.states = [], list(states)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append((group, version, namespace, plural, body))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        state = self.states.pop(0)
+        return {"status": {"conditions": [{"type": "Created", "status": "True"}]
+                           + ([{"type": state, "status": "True"}] if state else [])}}  # fmt: skip
+
+
+def _launch(spec: dict, api: _FakeKubernetes, tmp_path) -> None:
+    from tfx.types import standard_artifacts
+
+    from mtnlp.components import tfjob_trainer
+
+    _, custom_config, _ = _trainer(spec)
+    model, run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, run.uri = f"{ROOT}/Trainer/model/7", f"{ROOT}/Trainer/model_run/7"
+    examples = standard_artifacts.Examples()
+    examples.uri = f"{ROOT}/Transform/transformed_examples/5"
+    executor = tfjob_trainer.Executor()
+    executor.api_factory, executor.namespace_factory, executor.poll_seconds = (lambda: api), (lambda: "team-nlp"), 0
+    executor.Do({"examples": [examples]}, {"model": [model], "model_run": [run]},
+                {"custom_config": json.dumps(custom_config), "run_fn": "mtnlp.pipelines.trainer_module.run_fn"})  # fmt: skip
+
+
+def test_the_tfjob_runs_tfx_trainer_on_every_worker_and_its_failure_fails_the_task(tfjob_spec, tmp_path):
+    from mtnlp.components.tfjob_trainer import TFJobFailed
+
+    api = _FakeKubernetes([None, None, "Succeeded"])
+    _launch(tfjob_spec, api, tmp_path)
+    ((group, version, namespace, plural, tfjob),) = api.created
+    assert (group, version, namespace, plural) == ("kubeflow.org", "v1", "team-nlp", "tfjobs")
+    assert tfjob["kind"] == "TFJob" and tfjob["metadata"]["namespace"] == "team-nlp"
+    assert re.fullmatch(r"[a-z0-9-]{1,63}", tfjob["metadata"]["name"])
+    workers = tfjob["spec"]["tfReplicaSpecs"]["Worker"]
+    assert workers["replicas"] == 3 and set(tfjob["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief
+    (container,) = workers["template"]["spec"]["containers"]
+    assert container["name"] == "tensorflow" and container["image"] == IMAGE
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": str(GPUS)}
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "tfx.scripts.run_executor"]
+    assert command[command.index("--executor_class_path") + 1] == "tfx.components.trainer.executor.GenericExecutor"
+    outputs = json.loads(command[command.index("--outputs") + 1])
+    assert outputs["model"][0]["artifact"]["uri"] == f"{ROOT}/Trainer/model/7"  # the chief writes the artifact
+    properties = json.loads(command[command.index("--exec-properties") + 1])
+    assert json.loads(properties["custom_config"])["training"]["strategy"] == "multi_worker"
+    assert api.states == []  # waited until it succeeded
+
+    with pytest.raises(TFJobFailed, match="kubectl -n team-nlp describe tfjob mtnlp-trainer-"):
+        _launch(tfjob_spec, _FakeKubernetes([None, "Failed"]), tmp_path)
+
+
+def test_vertex_trainer_workers_compile_to_worker_pools():
+    settings = _settings(platform="vertex", trainer_workers=4, gpu_type="NVIDIA_L4", vertex_project="proj",
+                         vertex_region="europe-west4", beam_pipeline_args=())  # fmt: skip
+    spec = kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"]
+    container, custom_config, resources = _trainer(spec)
+    vertex_executor = "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"
+    assert _contains_in_order(container["args"], ("--executor_class_path", vertex_executor))
+    assert custom_config["ai_platform_enable_vertex"] is True
+    assert custom_config["ai_platform_vertex_region"] == "europe-west4"
+    job = custom_config["ai_platform_training_args"]
+    assert job["project"] == "proj"
+    machine = {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_L4", "accelerator_count": GPUS}
+    pool = {"machine_spec": machine, "container_spec": {"image_uri": IMAGE}}
+    # pool 0: the chief; pool 1: the other workers (Vertex AI gives each its TF_CONFIG)
+    assert job["job_spec"]["worker_pool_specs"] == [{**pool, "replica_count": 1}, {**pool, "replica_count": 3}]
+    assert custom_config["training"]["strategy"] == "multi_worker"
+    assert "accelerator" not in resources
+
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="--vertex-project and --vertex-region"):
+        _settings(platform="vertex", trainer_workers=2)
+    with pytest.raises(kubeflow_runner.KubeflowConfigError, match="--trainer-workers must be 1 or more"):
+        _settings(trainer_workers=0)
+
+
+def test_trainer_workers_flags(tmp_path):
+    args = _parse(f"kubeflow compile --pipeline-root {ROOT} --trainer-workers 2 --platform vertex "
+                  "--vertex-project p --vertex-region r --vertex-machine-type n2-standard-16")  # fmt: skip
+    settings = kubeflow_cli.settings_from_args(args)
+    assert (settings.trainer_workers, settings.vertex_project, settings.vertex_region,
+            settings.vertex_machine_type) == (2, "p", "r", "n2-standard-16")  # fmt: skip
+
+
+def test_the_documented_role_lets_the_trainer_create_its_tfjob():
+    from mtnlp.components.tfjob_trainer import GROUP, PLURAL
+
+    with open(os.path.join(REPO, "docs", "kubeflow.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```yaml\n(.*?)```", f.read(), flags=re.S)
+    (role, binding) = [d for block in blocks for d in yaml.safe_load_all(re.sub(r"(?m)^  ", "", block))
+                       if d and d.get("kind") in ("Role", "RoleBinding")]  # fmt: skip
+    (rule,) = role["rules"]
+    assert GROUP in rule["apiGroups"] and PLURAL in rule["resources"]
+    assert {"create", "get"} <= set(rule["verbs"])  # what the executor calls
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]

@@ -25,7 +25,8 @@ class JsonlExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
         # JSON: {"tasks": [...], "max_records_per_split": int|null, "max_rejected_fraction": float,
-        #        "spans": null | {"selection": "latest"|"all"|"window", "window": int}}
+        #        "spans": null | {"selection": "latest"|"all"|"window", "window": int},
+        #        "span_selection": {"selection": ..., "window": int}}: the selection, also where no driver runs
         "ingest_config": ExecutionParameter(type=str),
     }
     OUTPUTS = {
@@ -67,6 +68,8 @@ class JsonlExampleGen(base_beam_component.BaseBeamComponent):
             "max_records_per_split": max_records_per_split,
             "max_rejected_fraction": max_rejected_fraction,
             "spans": {"selection": span_selection, "window": span_window} if spans else None,
+            # where no driver runs (Kubeflow), the executor finds spans itself and reads these
+            "span_selection": {"selection": span_selection, "window": span_window},
         }
         spec = JsonlExampleGenSpec(
             input_base=input_base,

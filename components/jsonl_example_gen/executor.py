@@ -111,12 +111,17 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def _input_files(self, exec_properties: dict[str, Any], split: str, split_pattern: str) -> list[str]:
         input_base = exec_properties["input_base"]
         spans = self._settings.get("spans")
+        # TFX's file-based driver sets "span" (the newest one) where it runs: the local runner. Kubeflow runs no
+        # custom driver, and its spec cannot know the data's layout: the spans layout is recognised here.
+        driver_ran = "span" in exec_properties
+        if not spans and not driver_ran and layout.has_spans(input_base):
+            spans = self._settings.get("span_selection")
         if not spans:  # flat layout: the (already resolved) pattern is the whole input
             self._spans_read.add(int(exec_properties.get("span") or 0))
             return sorted(fileio.glob(os.path.join(input_base, split_pattern)))
         per_span = layout.span_files(input_base, split)
-        chosen = layout.select_spans(list(per_span), int(exec_properties["span"]), spans["selection"],
-                                     spans.get("window", 1))  # fmt: skip
+        latest = int(exec_properties["span"]) if driver_ran else max(per_span)
+        chosen = layout.select_spans(list(per_span), latest, spans["selection"], spans.get("window", 1))
         self._spans_read.update(chosen)
         return [path for span in chosen for path in per_span.get(span, [])]
 
