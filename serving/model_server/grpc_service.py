@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -61,12 +62,18 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
         return self._serve("GetModelMetadata", request, context, inference.metadata)
 
 
+# Reload RPCs in progress at once; more are refused (RESOURCE_EXHAUSTED) rather than queued, so admin calls can
+# never occupy the gRPC worker threads that inference needs (they are --grpc_max_threads, 8 on two cores).
+MAX_CONCURRENT_RELOADS = 2
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None,
                  reload_enabled: bool = True) -> None:
         self.manager = manager
         self.on_reload = on_reload
         self.reload_enabled = reload_enabled
+        self._reload_slots = threading.BoundedSemaphore(MAX_CONCURRENT_RELOADS)
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
@@ -81,8 +88,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             log.warning("Refused a ReloadConfig request from %s: --disable_reload_config_rpc", context.peer())
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "HandleReloadConfigRequest is disabled on this server (--disable_reload_config_rpc)")
+        if not self._reload_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{MAX_CONCURRENT_RELOADS} HandleReloadConfigRequest calls are already in progress; retry "
+                          f"later")
         try:
-            self.manager.apply_config(request.config)
+            # The client's deadline bounds the wait for the new config's loads (they go on after it).
+            remaining = context.time_remaining()
+            self.manager.apply_config(request.config, timeout=None if remaining is None or remaining > 1e9 else remaining)
             if self.on_reload is not None:
                 self.on_reload(request.config)
         except Exception as e:  # noqa: BLE001
@@ -92,6 +105,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             response.status.error_message = err.message
             # TF Serving fills the response and also fails the RPC with the same status.
             context.abort(err.grpc_code, err.message)
+        finally:
+            self._reload_slots.release()
         return response
 
 

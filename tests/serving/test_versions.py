@@ -194,3 +194,60 @@ def test_unix_socket(start_server, base, tmp_path):
     with ServingClient(f"unix:{sock}", model_name="hpt") as c:
         assert y0(c) == 2.0
     assert p.proc.poll() is None
+
+
+def test_queued_reloads_never_starve_inference(start_server, base, tmp_path):
+    """Reloads waiting for a model that keeps failing (retried 5 x 60 s by default) must not hold the gRPC workers:
+    each honours its deadline, none holds the config lock while loads run, and at most a few run at once."""
+    pending = tmp_path / "pending"
+    (pending / "1").mkdir(parents=True)  # no saved_model.pb yet: NOT_FOUND, which is retried
+    p = start_server("--model_name=hpt", f"--model_base_path={base}", "--grpc_max_threads=8")
+    config = text_format.Parse(config_text(("hpt", base, ""), ("pending", pending, "")),
+                               model_server_config_pb2.ModelServerConfig())
+    codes: list[str] = []
+
+    def reload() -> None:
+        with ServingClient(p.grpc, model_name="hpt", retries=0) as c:
+            try:
+                c.reload_config(config, timeout=2.0)
+                codes.append("OK")
+            except ServingClientError as e:
+                codes.append(e.code)
+
+    reloads = [threading.Thread(target=reload) for _ in range(10)]  # more than the 8 gRPC workers
+    for t in reloads:
+        t.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    with ServingClient(p.grpc, model_name="hpt", retries=0, timeout=1.0) as c:
+        wait_for(lambda: y0(c) == 2.0 and states(c)[1] == "AVAILABLE", timeout=5.0, interval=0.05,
+                 what="Predict and GetModelStatus to answer while the reloads wait")
+        recovered = time.monotonic() - start
+        for t in reloads:
+            t.join(10)
+        assert not any(t.is_alive() for t in reloads)
+        assert set(codes) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"} and len(codes) == 10, codes
+        assert states(c, "pending") == {1: "LOADING"}  # applied; the load goes on retrying after the deadlines
+    print(f"gRPC answered {recovered:.2f} s after 10 queued reloads")
+
+
+@pytest.mark.parametrize("problem", ["DATA_LOSS", "PERMISSION_DENIED"])
+def test_load_errors_that_cannot_succeed_are_not_retried(start_server, tmp_path, toy_dir, problem):
+    """An unparsable saved_model.pb or a version outside --allowed_model_roots cannot load on a retry: with the
+    default retries (5 x 60 s) start-up must fail at once, not after five minutes."""
+    root = tmp_path / "root"
+    base = root / "m"
+    base.mkdir(parents=True)
+    flags = []
+    if problem == "DATA_LOSS":  # a saved_model.pb cut short: protobuf cannot parse it
+        copy_version(toy_dir / "half_plus_two" / "1", base / "3")
+        pb = base / "3" / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[:2000])
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        copy_version(toy_dir / "half_plus_two" / "1", tmp_path / "elsewhere" / "1")
+        (base / "1").symlink_to(tmp_path / "elsewhere" / "1")
+        flags.append(f"--allowed_model_roots={root}")
+    p = start_server("--model_name=m", f"--model_base_path={base}", *flags, ready=False)
+    assert p.wait_exit(60) == 255
+    assert f"due to error: {problem}" in p.log()
