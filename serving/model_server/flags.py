@@ -95,6 +95,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_request_tensor_bytes", int, 2**31 - 1,
          "[mtnlp extension] Most bytes the input tensors of one request may take once decoded (strings: 24 bytes "
          "each plus their length); beyond: RESOURCE_EXHAUSTED. Default: TF Serving's largest gRPC message."),
+    Flag("max_request_batch_size", int, 2**31 - 1,
+         "[mtnlp extension] Most rows (first dimension) any input tensor of one request may have: sentences per "
+         "request; beyond: RESOURCE_EXHAUSTED. mtnlp serve derives it from the model."),
+    Flag("max_request_string_bytes", int, 2**31 - 1,
+         "[mtnlp extension] Longest string element an input may hold, in bytes: characters per sentence; beyond: "
+         "RESOURCE_EXHAUSTED. mtnlp serve derives it from the model."),
     Flag("rest_api_max_body_bytes", int, 256 * 1024 * 1024,
          "[mtnlp extension] Largest REST request body; beyond: HTTP 413 and the connection is closed."),
     Flag("rest_api_read_timeout_in_ms", int, 30000,
@@ -196,7 +202,8 @@ def check(values: dict[str, Any]) -> None:
             raise StartupError("Failed to BuildAndStart gRPC server" if name == "port" else
                                f"--rest_api_port={values[name]} is not a valid port")
     for name in ("rest_api_timeout_in_ms", "grpc_max_threads", "rest_api_num_threads", "max_request_tensor_elements",
-                 "max_request_tensor_bytes", "rest_api_max_body_bytes", "rest_api_read_timeout_in_ms",
+                 "max_request_tensor_bytes", "max_request_batch_size", "max_request_string_bytes", "rest_api_max_body_bytes",
+                 "rest_api_read_timeout_in_ms",
                  "rest_api_max_connections"):
         if values[name] <= 0:
             raise StartupError(f"--{name} must be positive")

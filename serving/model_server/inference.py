@@ -77,8 +77,7 @@ def predict_arrays(servable: Servable, signature_name: str, inputs: dict[str, np
     sig = servable.model.signature(signature_name or DEFAULT_SIGNATURE)
     budget = RequestBudget(servable.limits)
     for alias, arr in inputs.items():
-        nbytes = sum(len(v) for v in arr.reshape(-1)) + 24 * arr.size if arr.dtype == object else arr.nbytes
-        budget.charge(alias, int(arr.size), int(nbytes))
+        budget.charge_array(alias, arr)
     aliases = _output_filter(sig, output_filter or [])
     return servable.run(sig, inputs, aliases, deadline)
 

@@ -102,7 +102,8 @@ class ModelServer:
             num_load_threads=values["num_load_threads"] or 2,
             allow_version_labels_for_unavailable_models=values["allow_version_labels_for_unavailable_models"],
             session_config=_session_config(values),
-            limits=RequestLimits(values["max_request_tensor_elements"], values["max_request_tensor_bytes"]),
+            limits=RequestLimits(values["max_request_tensor_elements"], values["max_request_tensor_bytes"],
+                                values["max_request_batch_size"], values["max_request_string_bytes"]),
             enable_signature_method_name_check=values["enable_signature_method_name_check"],
             allowed_model_roots=configs.allowed_model_roots,
         ), self.metrics)

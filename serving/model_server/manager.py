@@ -124,6 +124,26 @@ def within_roots(path: str, roots: tuple[str, ...]) -> bool:
     return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
+def first_path_outside(version_dir: str, roots: tuple[str, ...]) -> str | None:
+    """The first path under `version_dir` (itself included) that resolves outside `roots`, None if none does.
+    Every file the loader may open is checked, so a version directory inside a root whose saved_model.pb or
+    variables are symlinks to a model elsewhere is refused like a version directory that is such a symlink."""
+    if not within_roots(version_dir, roots):
+        return version_dir
+    seen: set[str] = set()
+    for directory, subdirs, files in os.walk(version_dir, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a symlink loop inside the roots: walk each real directory once
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        for name in subdirs + files:
+            path = os.path.join(directory, name)
+            if not within_roots(path, roots):
+                return path
+    return None
+
+
 def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> list[int]:
     policy = config.model_version_policy
     which = policy.WhichOneof("policy_choice")
@@ -390,9 +410,12 @@ class Manager:
 
     def _build_servable(self, h: VersionHandle) -> Servable:
         roots = self.options.allowed_model_roots
-        if roots and not within_roots(h.path, roots):  # e.g. a version directory that is a symlink elsewhere
-            raise ServingError(7, f"Version directory {h.path} resolves to {os.path.realpath(h.path)}, outside the "
-                                  f"allowed model roots ({', '.join(roots)}); see --allowed_model_roots")
+        if roots:
+            outside = first_path_outside(h.path, roots)
+            if outside is not None:
+                raise ServingError(7, f"{outside} (in version directory {h.path}) resolves to "
+                                      f"{os.path.realpath(outside)}, outside the allowed model roots "
+                                      f"({', '.join(roots)}); see --allowed_model_roots")
         model = LoadedModel(h.path, self.options.saved_model_tags, self.options.session_config)
         batcher = None
         if self.options.batching is not None:

@@ -251,3 +251,20 @@ def test_load_errors_that_cannot_succeed_are_not_retried(start_server, tmp_path,
     p = start_server("--model_name=m", f"--model_base_path={base}", *flags, ready=False)
     assert p.wait_exit(60) == 255
     assert f"due to error: {problem}" in p.log()
+
+
+def test_allowed_model_roots_resolve_every_file_the_loader_opens(start_server, tmp_path, toy_dir):
+    """A version directory inside the root whose saved_model.pb and variables are symlinks to a model elsewhere must
+    be refused (PERMISSION_DENIED, not retried), as a version directory that is itself such a symlink is."""
+    root = tmp_path / "root"
+    version = root / "m" / "1"
+    version.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy_version(toy_dir / "half_plus_two" / "1", elsewhere / "1")
+    for name in ("saved_model.pb", "variables"):
+        (version / name).symlink_to(elsewhere / "1" / name)
+    p = start_server("--model_name=m", f"--model_base_path={root / 'm'}", f"--allowed_model_roots={root}",
+                     ready=False)
+    assert p.wait_exit(60) == 255
+    assert "due to error: PERMISSION_DENIED" in p.log() and "outside the allowed model roots" in p.log()
