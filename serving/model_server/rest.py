@@ -456,22 +456,31 @@ def _make_tornado_server(rest: RestServer):
                 return
             self._size += len(chunk)
             if self._size > limits.max_body_bytes:  # a chunked body has no Content-Length to check up front
-                await self._reject_body()
+                # Tornado is in the middle of reading this body: answer now, go on discarding what the client sends
+                # for a moment (closing with unread input resets the connection before the client reads the answer),
+                # then close.
+                self._rejected = True
+                stream = self.request.connection.stream
+                stream.write(_raw_response("413 Payload Too Large", self._body_limit_error()))
+                asyncio.get_running_loop().call_later(1.0, stream.close)
                 return
             self._chunks.append(chunk)
+
+        def _body_limit_error(self) -> str:
+            return f"Request body exceeds the limit of {limits.max_body_bytes} bytes (--rest_api_max_body_bytes)"
 
         async def _reject_body(self) -> None:
             self._rejected = True
             self.set_status(413)
             self.set_header("Content-Type", "application/json")
             self.set_header("Connection", "close")
-            await self.finish(json.dumps({"error": f"Request body exceeds the limit of {limits.max_body_bytes} "
-                                                   f"bytes (--rest_api_max_body_bytes)"}))
+            await self.finish(json.dumps({"error": self._body_limit_error()}))
             # The unread body must not be parsed as a next request: drop the connection.
             await _close_gracefully(self.request.connection.stream)
 
         async def _dispatch(self) -> None:
-            if self._rejected:
+            if self._rejected:  # answered already; the whole body is read, so closing now resets nothing
+                self.request.connection.stream.close()
                 return
             body, self._chunks = b"".join(self._chunks), []
             deadline = time.monotonic() + rest.api.timeout
@@ -503,16 +512,53 @@ def _make_tornado_server(rest: RestServer):
 
     class Server(httpserver.HTTPServer):
         def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+            _answer_oversized_head(stream)
             if len(self._connections) >= limits.max_connections:
-                body = json.dumps({"error": f"Too many open connections (limit {limits.max_connections}, "
-                                            f"--rest_api_max_connections)"}).encode()
-                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-                asyncio.ensure_future(_close_gracefully(stream, head + body))
+                answer = _raw_response("503 Service Unavailable", f"Too many open connections (limit "
+                                                                   f"{limits.max_connections}, --rest_api_max_connections)")
+                asyncio.ensure_future(_close_gracefully(stream, answer))
                 return
             super().handle_stream(stream, address)
 
     app = web.Application([(r".*", Handler)], log_function=lambda handler: None)
-    return Server(app, xheaders=False, max_body_size=limits.max_body_bytes + 65536,
+    # The body limit is enforced by the handler above (413 with a JSON error, for declared and chunked bodies
+    # alike); Tornado's own check would answer a bare 400 first, so it is set out of the way.
+    return Server(app, xheaders=False, max_body_size=2**62,
                   idle_connection_timeout=limits.read_timeout_s, body_timeout=limits.read_timeout_s,
-                  max_header_size=64 * 1024)
+                  max_header_size=MAX_HEAD_BYTES)
+
+
+# The request line and headers together (Tornado's max_header_size); TF Serving's libevent front end has a limit too.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def _raw_response(status: str, error: str) -> bytes:
+    """A complete HTTP answer carrying TF Serving's `{"error": ...}`, for connections Tornado's handlers do not own."""
+    body = json.dumps({"error": error}).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+def _answer_oversized_head(stream) -> None:
+    """Make a connection whose request line and headers exceed MAX_HEAD_BYTES get an answer (431) before it closes.
+    Tornado closes the stream at once when the header read cannot be satisfied, without a response; this wraps that
+    one close to write the status first (a few bytes on a fresh connection: the socket takes them at once) and to
+    discard the request bytes already received, so that the close does not reset the connection before the client
+    reads the answer."""
+    from tornado import iostream
+
+    close = stream.close
+
+    def close_with_status(exc_info=False):  # noqa: ANN001 - IOStream.close's signature
+        if isinstance(exc_info, iostream.UnsatisfiableReadError) and stream.socket is not None:
+            try:  # never block the event loop: what the socket takes and holds right now
+                stream.socket.send(_raw_response("431 Request Header Fields Too Large",
+                                                 f"Request line and headers exceed {MAX_HEAD_BYTES} bytes"))
+                stream.socket.shutdown(socket.SHUT_WR)
+                while stream.socket.recv(65536):
+                    pass
+            except OSError:  # BlockingIOError once drained; or the client is gone
+                pass
+        close(exc_info)
+
+    stream.close = close_with_status

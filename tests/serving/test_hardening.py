@@ -190,16 +190,35 @@ def test_chunked_body_is_decoded_not_parsed_as_a_second_request(limited_server):
 
 
 @LOCAL_ONLY
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("chunked", [False, True, "1 MiB chunks"])
 def test_body_over_the_limit_is_413(limited_server, chunked):
     big = json.dumps({"instances": [1.0] * BODY_LIMIT}).encode()
-    if chunked:
+    if chunked == "1 MiB chunks":  # each chunk alone is far over the limit: still the documented 413
+        chunk = b"x" * (1 << 20)
+        data = PREDICT + b"Transfer-Encoding: chunked\r\n\r\n" + (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 2
+    elif chunked:
         data = PREDICT + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n"
     else:
         data = PREDICT + f"Content-Length: {len(big)}\r\n\r\n".encode() + big
     out, closed_after = _exchange(limited_server.rest, data)
     assert out.startswith(b"HTTP/1.1 413"), out[:200]
     assert b"--rest_api_max_body_bytes" in out and closed_after < 5
+
+
+@LOCAL_ONLY
+@pytest.mark.parametrize("head", ["100 KB URL", "10,000 headers"])
+def test_oversized_request_head_gets_a_status(limited_server, head):
+    """Tornado closes such a connection without a word; TF Serving answers with a status, and so do we (431)."""
+    if head == "100 KB URL":
+        data = b"GET /v1/models/hpt?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: test\r\n\r\n"
+    else:
+        data = b"GET /v1/models/hpt HTTP/1.1\r\nHost: test\r\n" + b"".join(
+            f"X-H{i}: v\r\n".encode() for i in range(10_000)) + b"\r\n"
+    out, closed_after = _exchange(limited_server.rest, data)
+    assert out.startswith(b"HTTP/1.1 431"), out[:200]
+    assert closed_after < 5
+    out, _ = _exchange(limited_server.rest, b"GET /v1/models/hpt HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")  # the server goes on
 
 
 @LOCAL_ONLY
