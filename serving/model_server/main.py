@@ -108,6 +108,9 @@ class ModelServer:
             allowed_model_roots=configs.allowed_model_roots,
         ), self.metrics)
         self._config_text = self._read_config_text()
+        from .memory import MemoryReturner
+
+        self._memory = MemoryReturner()
         self._grpc = None
         self._http = None
         self._stop = threading.Event()
@@ -133,6 +136,7 @@ class ModelServer:
         self.manager.apply_config(self.model_config, initial=True)
         self.manager.start_polling()
         self._start_config_polling()
+        self._memory.start()
         addresses = flagmod.bind_addresses(v["bind_address"])
         self._grpc = build_server(self.manager, max_workers=v["grpc_max_threads"],
                                   options=channel_arguments(v["grpc_channel_arguments"]),
@@ -227,6 +231,7 @@ class ModelServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._memory.stop()
         if self._http is not None:
             self._http.stop()
         if self._grpc is not None:
