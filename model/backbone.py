@@ -28,10 +28,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import unicodedata
+from typing import Sequence
 
 import tensorflow as tf
 
-SETTING = "transform.backbone_preset"
+from mtnlp.model import checkpoints
+from mtnlp.model.checkpoints import SETTING
+
 # Transform outputs of the backbone: piece ids [B, P] (the preset's ids + 1; 0 is padding, so that
 # batches are cut to their longest piece sequence as words are) and each word's first piece [B, L].
 PIECE_IDS = "piece_ids"
@@ -74,12 +77,17 @@ class PresetTokenizer:
 
 @functools.lru_cache(maxsize=4)
 def preset_tokenizer(preset: str) -> PresetTokenizer:
-    """The tokenizer of a keras-hub preset (a name such as "bert_tiny_en_uncased", downloaded once,
-    or a local preset directory). Raises ValueError naming the setting when it is not WordPiece."""
+    """The tokenizer of a checkpoint (what ``model/checkpoints.py`` locates: a keras-hub preset name or
+    directory, a Hugging Face BERT directory or zip, a fetched checkpoint's name). Raises ValueError
+    naming the setting when it is not WordPiece."""
     import keras_hub
     from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
 
-    tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+    checkpoint = checkpoints.locate(preset)
+    if checkpoint.files is not None:
+        return checkpoints.huggingface_tokenizer(checkpoint)
+    preset = checkpoint.keras_hub_preset
+    tokenizer = checkpoints.load_tokenizer(preset)
     if not isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
         raise ValueError(f"{SETTING}={preset!r}: its tokenizer is a {type(tokenizer).__name__}; only WordPiece "
                          "tokenizers (BERT, DistilBERT, ELECTRA presets) are supported")  # fmt: skip
@@ -111,12 +119,20 @@ def _accent_free() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(keys), tuple(values)
 
 
+def _index_table(keys: Sequence[str]) -> tf.lookup.StaticHashTable:
+    """Each key's position in ``keys`` (-1 for any other string), as a table made outside the function being
+    traced: Transform then saves it as a resource that the SavedModel initialises once, at load, instead of
+    filling it on every call (every request of a served model)."""
+    with tf.init_scope():
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1
+        )
+
+
 def _strip_accents(words: tf.Tensor) -> tf.Tensor:
     """Words (string [N]) without accents: each character through the ``_accent_free`` table."""
     keys, values = _accent_free()
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1
-    )
+    table = _index_table(keys)
     chars = tf.strings.unicode_split(words, "UTF-8")  # [N, (c)]
     index = table.lookup(chars.flat_values)
     replaced = tf.where(index >= 0, tf.gather(tf.constant(values), tf.maximum(index, 0)), chars.flat_values)
@@ -136,11 +152,7 @@ def word_pieces(words: tf.RaggedTensor, tokenizer: PresetTokenizer) -> tf.Ragged
     x = tf.strings.regex_replace(x, _WHITESPACE, " ")
     x = tf.strings.regex_replace(x, f"({_PUNCTUATION}|{_CJK})" if tokenizer.split_on_cjk else f"({_PUNCTUATION})", r" \1 ")
     parts = tf.strings.split(x)  # [N, (k)]
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(tokenizer.vocabulary),
-                                            tf.range(len(tokenizer.vocabulary), dtype=tf.int64)),
-        default_value=-1,
-    )  # fmt: skip
+    table = _index_table(tokenizer.vocabulary)
     # split_unknown_characters=False: an unspellable part is one unknown piece, as the preset's tokenizer has it
     wordpiece = tf_text.WordpieceTokenizer(table, suffix_indicator=tokenizer.suffix_indicator, token_out_type=tf.int64,
                                            unknown_token=tokenizer.unknown_token)  # fmt: skip

@@ -444,3 +444,28 @@ class FirstPieceGather(keras.layers.Layer):
 
     def compute_output_shape(self, pieces_shape, first_piece_shape=None):
         return (pieces_shape[0], first_piece_shape[1] if first_piece_shape else None, pieces_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class ExactGeluBertBackbone(keras_hub.models.BertBackbone):
+    """keras-hub's ``BertBackbone`` with the exact (erf) GELU in its feed-forward layers, for checkpoints whose
+    config says ``hidden_act: gelu`` (the original BERTs, MiniLM). keras-hub's own has the tanh approximation,
+    which moves such a checkpoint's outputs by up to ~1e-3 (``model/checkpoints.py`` picks the class).
+
+    Args and config: those of ``BertBackbone``; inputs and outputs too (token_ids, segment_ids, padding_mask
+    [B, P] -> sequence_output [B, P, H], pooled_output [B, H]).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for index in range(self.num_layers):  # the layers are built: their Dense layers read the activation when called
+            encoder = self.get_layer(f"transformer_layer_{index}")
+            encoder.activation = encoder._feedforward_intermediate_dense.activation = keras.activations.gelu
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")  # keras-hub looks for tokenizers among registered classes
+class ExactGeluBertTokenizer(keras_hub.models.BertTokenizer):
+    """``BertTokenizer``, declared the tokenizer of ``ExactGeluBertBackbone`` so that keras-hub's
+    ``Tokenizer.from_preset`` finds one for a preset saved from it."""
+
+    backbone_cls = ExactGeluBertBackbone

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import keras
 import keras_hub
 
-from mtnlp.model import text
+from mtnlp.model import checkpoints, text
 from mtnlp.model.heads import Head, HeadSettings
 from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS, SETTING as BACKBONE_SETTING
 from mtnlp.model.layers import (FirstPieceGather, MaskedWordLoss, NoneClassDense, PrecomputedLoss, TaskUncertainty,
@@ -45,9 +45,9 @@ def mask_word_id(vocabulary_size: int) -> int:
 
 
 def inference_model(model: keras.Model) -> keras.Model:
-    """The model without its training-only parts (the masked-word objective): what is served."""
-    if MASKED_WORDS not in model.output:
-        return model
+    """What is served: a new functional model over the same layers, without the training-only parts
+    (the masked-word objective) and without the optimizer, whose slots would otherwise be saved
+    with the weights (two thirds of the stored values under Adam) and loaded by every server."""
     return keras.Model({k: v for k, v in model.input.items() if k != MASKED_WORD_LABELS},
                        {k: v for k, v in model.output.items() if k != MASKED_WORDS}, name=model.name)  # fmt: skip
 
@@ -178,7 +178,7 @@ def _with_heads(heads: Sequence[Head], inputs: dict, padding_mask, layer_outputs
 
 def backbone_encoder(inputs: Mapping[str, keras.KerasTensor], preset: str, embedding_dim: int, dropout: float
                      ) -> keras.KerasTensor:  # fmt: skip
-    """A keras-hub preset's pretrained backbone as the encoder: word states [B, T, embedding_dim].
+    """A pretrained backbone (``model/checkpoints.py`` locates ``preset``) as the encoder: word states [B, T, embedding_dim].
 
     The backbone reads ``inputs["piece_ids"]`` [B, P] (its ids + 1, 0 padding; see ``model/backbone.py``);
     ``FirstPieceGather`` takes its last layer's state at each word's first piece (``first_piece`` [B, T]),
@@ -186,7 +186,7 @@ def backbone_encoder(inputs: Mapping[str, keras.KerasTensor], preset: str, embed
     are sized for), and the entity-marker embedding of ``entity_ids`` [B, T] is added, as the from-scratch
     encoder adds it to its input.
     """
-    backbone = keras_hub.models.Backbone.from_preset(preset)
+    backbone = checkpoints.load_backbone(preset)
     piece_ids = inputs[PIECE_IDS]
     given = {"token_ids": keras.ops.maximum(piece_ids - 1, 0), "padding_mask": keras.ops.greater(piece_ids, 0),
              "segment_ids": keras.ops.zeros_like(piece_ids)}  # fmt: skip

@@ -18,6 +18,7 @@ of the training data can be written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -90,14 +91,25 @@ def tokenize(words: tf.RaggedTensor, vocabulary_file: tf.Tensor) -> tf.RaggedTen
     """Piece ids (line numbers of ``vocabulary_file``) of words: ragged string [B, (w)] -> int64 [B, (p)].
 
     A character outside the vocabulary becomes the ``[UNK]`` piece (0) on its own; the rest of its
-    word is still spelled."""
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(
-            vocabulary_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER
-        ),
-        default_value=-1,
-    )
+    word is still spelled. The lookup table is made by ``tft.apply_vocabulary``'s ``lookup_fn``
+    hook, which hands it the final asset path when Transform traces the graph it saves."""
+    return tft.apply_vocabulary(words, vocabulary_file, lookup_fn=_wordpiece_lookup, name="wordpiece")
+
+
+def _wordpiece_lookup(words: tf.RaggedTensor, vocabulary_file: tf.Tensor) -> tuple[tf.RaggedTensor, tf.Tensor]:
+    """``tft.apply_vocabulary``'s lookup function: words [B, (w)] -> (piece ids [B, (p)], table size)."""
+    with contextlib.ExitStack() as scope:
+        if not tf.is_symbolic_tensor(vocabulary_file):
+            # The saved graph's path is a concrete asset: the table is then made outside the traced function,
+            # so Transform tracks it as a resource that the SavedModel initialises once, at load. Made inside,
+            # it would be re-initialised from the file on every call (every request of a served model).
+            scope.enter_context(tf.init_scope())
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(vocabulary_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+                                          tf.lookup.TextFileIndex.LINE_NUMBER),
+            default_value=-1,
+        )  # fmt: skip
     tokenizer = tf_text.WordpieceTokenizer(
         table, suffix_indicator=JOINER, token_out_type=tf.int64, unknown_token=UNKNOWN, split_unknown_characters=True
     )
-    return tokenizer.tokenize(words).merge_dims(1, 2)
+    return tokenizer.tokenize(words).merge_dims(1, 2), table.size()

@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "mtnlp.serving.cli",  # serve, predict
     "mtnlp.pipelines.kubeflow_cli",  # kubeflow compile, kubeflow submit
     "mtnlp.experiments.cli",  # experiment mtl-vs-stl
+    "mtnlp.model.checkpoints",  # checkpoint fetch
 )
 
 

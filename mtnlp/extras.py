@@ -1,5 +1,6 @@
-"""Optional parts of the install: ``pip install 'mtnlp[kubeflow]'`` (Kubeflow Pipelines SDK) and
-``'mtnlp[study]'`` (the plots of the MTL-vs-STL study). The commands that need one say so."""
+"""Optional parts of the install: ``pip install 'mtnlp[kubeflow]'`` (Kubeflow Pipelines SDK),
+``'mtnlp[study]'`` (the plots of the MTL-vs-STL study) and ``'mtnlp[checkpoints]'`` (Hugging Face
+checkpoints as the pretrained backbone). The commands that need one say so."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib
 EXTRAS = {
     "kubeflow": ("kfp", "mtnlp kubeflow (compiling and submitting Kubeflow pipelines)"),
     "study": ("matplotlib", "mtnlp experiment (the study's plots)"),
+    "checkpoints": ("safetensors", "transform.backbone_preset with a Hugging Face checkpoint (its model.safetensors)"),
 }
 
 

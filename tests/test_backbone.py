@@ -1,6 +1,7 @@
 """A pretrained keras-hub backbone as the shared encoder (``transform.backbone_preset``).
 
-No downloads: a tiny randomly initialised BERT preset is written to a temporary directory, with a
+No downloads: a tiny randomly initialised BERT preset (and, for the pipeline, the same kind of BERT
+as a zipped Hugging Face checkpoint) is written to a temporary directory, with a
 WordPiece vocabulary of the bundled data's frequent words plus every letter, digit and punctuation
 mark (alone and as a ``##`` continuation), so that it can spell any English word.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DATA, REPO, run_cli
+from tests.helpers import tiny_checkpoints
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_PIECES = 64  # the backbone's max_sequence_length: long sentences lose their last words
@@ -35,13 +37,17 @@ def _frequent_words(limit: int) -> list[str]:
     return [w for w, _ in counts.most_common(limit)]
 
 
+def _vocabulary() -> list[str]:
+    characters = string.ascii_lowercase + string.digits
+    vocabulary = SPECIAL + list(characters + string.punctuation) + ["##" + c for c in characters]
+    return vocabulary + [w for w in _frequent_words(300) if w not in vocabulary]
+
+
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> pathlib.Path:
     import keras_hub
 
-    characters = string.ascii_lowercase + string.digits
-    vocabulary = SPECIAL + list(characters + string.punctuation) + ["##" + c for c in characters]
-    vocabulary += [w for w in _frequent_words(300) if w not in vocabulary]
+    vocabulary = _vocabulary()
     directory = tmp_path_factory.mktemp("preset") / "tiny_bert"
     keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(directory))
     keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
@@ -134,8 +140,21 @@ def test_backbone_model_reads_first_pieces_and_saves_and_loads(preset, tmp_path)
                    model=dataclasses.replace(get_config("quick").model, head_layers={"pos": 1}))
 
 
+@pytest.fixture(scope="module")
+def huggingface_zip(tmp_path_factory) -> pathlib.Path:
+    """The same kind of tiny BERT as a zipped sentence-transformers checkpoint (model/checkpoints.py)."""
+    vocabulary = _vocabulary()
+    config = tiny_checkpoints.bert_config(len(vocabulary), max_position_embeddings=MAX_PIECES)
+    root = tmp_path_factory.mktemp("huggingface")
+    model = tiny_checkpoints.write_sentence_transformers(root / "model", config,
+                                                         tiny_checkpoints.bert_tensors(config, np.random.default_rng(0)), vocabulary)  # fmt: skip
+    return tiny_checkpoints.zip_directory(model, root / "model.zip")
+
+
 @pytest.mark.slow
-def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(preset, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["preset", "huggingface_zip"])
+def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, request, tmp_path):
+    preset = request.getfixturevalue(checkpoint)
     workdir = tmp_path / "workdir"
     result = run_cli("run", "--profile", "quick", "--workdir", str(workdir), "--max-records", "60",
                      "--train-steps", "30", "--tasks", "tagging", "sentiment",
@@ -180,4 +199,5 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(preset, tmp_
     assert audit.returncode == 0, audit.stderr[-3000:]
     ops = json.loads(audit.stdout.strip().splitlines()[-1])
     assert ops["unregistered"] == [] and ops["python_ops"] == []  # core TF + the one TF Text op
+    assert ops["per_call_initialisation"] == []  # the vocabulary and accent tables are filled once, at load
     assert ops["text_ops"] == ["WordpieceTokenizeWithOffsets"]

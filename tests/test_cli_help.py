@@ -32,7 +32,7 @@ LEAVES = [(path, parser) for path, parser in COMMANDS
 def test_the_commands_are_all_there():
     names = {" ".join(path) for path, _ in LEAVES}
     assert {"run", "add-data", "serve", "predict", "evaluate", "kubeflow compile", "kubeflow submit",
-            "experiment mtl-vs-stl"} <= names
+            "experiment mtl-vs-stl", "checkpoint fetch"} <= names
 
 
 @pytest.mark.parametrize("path, parser", LEAVES, ids=[" ".join(p) for p, _ in LEAVES])

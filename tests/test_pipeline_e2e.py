@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -102,6 +103,26 @@ def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras
     assert translate["batch"] == translate["alone"]
 
 
+def test_pushed_model_answers_with_its_directory_moved_away(pipeline_run, tmp_path):
+    """Nothing is read from the model's files after loading: a version swap or a cleanup that moves or
+    deletes a served version's directory must not break the requests it still answers."""
+    copy = tmp_path / "1"
+    shutil.copytree(pipeline_run.pushed_model_dir, copy)
+    moved = _fresh_python("call_signatures.py", str(copy), "--move-away")
+    in_place = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+    assert not copy.exists()
+    for signature in ("analyze", "analyze_tokens", "relation", "translate"):
+        assert moved[signature] == in_place[signature], signature
+    # the translation vocabulary alone is KBs (here 4 KB a request before tables were made at load)
+    assert moved["bytes_read_per_request"] < 1024, moved["bytes_read_per_request"]
+
+
+def test_pushed_model_holds_weights_only_no_optimizer_state(pipeline_run):
+    stored = [name for name, _ in tf.train.list_variables(str(pipeline_run.pushed_model_dir / "variables" / "variables"))]
+    assert any("embedding" in name for name in stored), stored[:20]
+    assert not [name for name in stored if "optimizer" in name], "the optimizer's slots are not served"
+
+
 def _spellable(word: str, pieces: set[str]) -> bool:
     """Whether a word is a concatenation of a piece and "##" continuation pieces."""
     reachable = [True] + [False] * len(word)
@@ -114,6 +135,7 @@ def _spellable(word: str, pieces: set[str]) -> bool:
 def test_pushed_model_uses_only_core_tensorflow_and_tf_text_ops(pipeline_run):
     audit = _fresh_python("audit_ops.py", str(pipeline_run.pushed_model_dir))
     assert audit["unregistered"] == [] and audit["python_ops"] == []
+    assert audit["per_call_initialisation"] == []  # lookup tables are filled once, at load
     assert audit["text_ops"] == ["WordpieceTokenizeWithOffsets"]  # the target-side WordPiece tokenizer
     assert {"StringSplitV2", "StaticRegexReplace", "MatMul"} <= set(audit["ops"])  # the in-graph tokenizer is there
 
