@@ -286,6 +286,8 @@ def serve_flags(args: argparse.Namespace) -> list[str]:
              f"--allowed_model_roots={','.join(roots)}"]
     if not getattr(args, "allow_reload_config_rpc", False):
         flags.append("--disable_reload_config_rpc")
+    # TensorFlow's profiler server listens on every interface (on a port of its own); loopback means loopback.
+    flags.append("--enable_profiler=false")
     from .model_server.limits import latest_version_dir, request_limit_flags
 
     latest = latest_version_dir(str(base))

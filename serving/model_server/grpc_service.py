@@ -24,22 +24,17 @@ class _Base:
     def _serve(self, api: str, request: Any, context: grpc.ServicerContext,
                fn: Callable[[inference.Servable, Any, float | None], Any], spec: Any = None) -> Any:
         spec = request.model_spec if spec is None else spec
-        start = time.perf_counter()
-        status = "OK"
         # As TF Serving: the client's deadline becomes the Session::Run timeout, so abandoned work stops.
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
         try:
-            with self.manager.acquire(spec) as servable:
+            with self.manager.metrics.timed_request(spec.name, api, "GRPC"), self.manager.acquire(spec) as servable:
                 return fn(servable, request, deadline)
         except Exception as e:  # noqa: BLE001 - every failure becomes a status, the server keeps serving
             err = from_exception(e)
-            status = err.code_name
             if not isinstance(e, ServingError):
                 log.debug("%s failed", api, exc_info=True)
             context.abort(err.grpc_code, err.message)
-        finally:
-            self.manager.metrics.request(spec.name, api, "GRPC", status, (time.perf_counter() - start) * 1e6)
 
 
 class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -111,7 +106,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str, Any]],
-                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True) -> grpc.Server:
+                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True,
+                 enable_profiler: bool = False) -> grpc.Server:
     from concurrent.futures import ThreadPoolExecutor
 
     # TF Serving accepts messages up to INT32_MAX both ways; request-size policing is the model's business.
@@ -122,4 +118,8 @@ def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str,
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload, reload_enabled),
                                                               server)
+    if enable_profiler:  # TF Serving's --enable_profiler: TensorFlow's profiler service on the same port
+        from .profiler import profiler_handler
+
+        server.add_generic_rpc_handlers((profiler_handler(),))
     return server

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from tensorflow.core.example import example_pb2
+from tensorflow.python.saved_model import signature_constants
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
                                      regression_pb2)
 
@@ -18,7 +19,8 @@ from .errors import ServingError, failed_precondition, invalid_argument
 from .servable import LoadedModel, Signature
 from .tensors import RequestBudget, RequestLimits, fill_proto, to_numpy
 
-DEFAULT_SIGNATURE = "serving_default"
+# TF Serving's signature when a request names none (tensorflow/python/saved_model/signature_constants.py).
+DEFAULT_SIGNATURE = signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"

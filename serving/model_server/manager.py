@@ -27,7 +27,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from .batching import BatchOptions, BatchScheduler
 from .config import validate_config
-from .errors import CODE_NAMES, ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from .errors import (CODE_NAMES, ServingError, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
+                     not_found, permission_denied, unknown)
 from .inference import Servable
 from .metrics import Metrics
 from .servable import LoadedModel
@@ -181,7 +182,7 @@ class Manager:
         validate_config(config)
         self._check_roots(config)
         if not self._config_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            raise ServingError(4, "Timed out waiting for another config change to finish")
+            raise deadline_exceeded("Timed out waiting for another config change to finish")
         try:
             self._config_generation += 1
             generation = self._config_generation
@@ -218,7 +219,7 @@ class Manager:
                 failed = [h for n in check for h in self._models[n].versions.values()
                           if h.state == END and h.error is not None]
             if failed:
-                raise ServingError(2, unavailable_message(failed))
+                raise unknown(unavailable_message(failed))
             self._apply_labels(wanted)
 
     def _check_roots(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -227,7 +228,7 @@ class Manager:
             return
         for mc in config.model_config_list.config:
             if not within_roots(mc.base_path, roots):
-                raise ServingError(7, f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
+                raise permission_denied(f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
                                       f"({', '.join(roots)}); see --allowed_model_roots")
 
     def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
@@ -257,7 +258,7 @@ class Manager:
                     return
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise ServingError(4, f"Timed out waiting for {len(busy)} version(s) to load (the config is "
+                    raise deadline_exceeded(f"Timed out waiting for {len(busy)} version(s) to load (the config is "
                                           f"applied; they go on loading): "
                                           f"{', '.join(f'{h.model} version {h.version}' for h in busy)}")
                 self._changed.wait(remaining if remaining is not None else 1.0)
@@ -413,7 +414,7 @@ class Manager:
         if roots:
             outside = first_path_outside(h.path, roots)
             if outside is not None:
-                raise ServingError(7, f"{outside} (in version directory {h.path}) resolves to "
+                raise permission_denied(f"{outside} (in version directory {h.path}) resolves to "
                                       f"{os.path.realpath(outside)}, outside the allowed model roots "
                                       f"({', '.join(roots)}); see --allowed_model_roots")
         model = LoadedModel(h.path, self.options.saved_model_tags, self.options.session_config)

@@ -27,10 +27,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, regression_pb2)
 
 from . import inference
-from .errors import ServingError, from_exception, invalid_argument
+from .errors import from_exception, invalid_argument, not_found
 from .manager import Manager
 from .metrics import Metrics
-from .servable import _NUMPY_FOR, TensorInfo
+from .servable import TensorInfo
+from .tensors import numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def json_to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
         return arr.reshape(shape)
-    np_dtype = _NUMPY_FOR.get(info.dtype)
+    np_dtype = numpy_dtype(info.dtype)
     if np_dtype is None:
         raise invalid_argument(f"{where}: unsupported dtype for JSON input")
     if np.dtype(np_dtype).kind in "iu" and any(isinstance(v, float) and not float(v).is_integer() for v in flat):
@@ -263,7 +264,8 @@ class RestApi:
             if m is None or (method == "GET" and tail not in (None, "/metadata")) or \
                     (method == "POST" and tail not in (":predict", ":classify", ":regress")) or \
                     method not in ("GET", "POST"):
-                raise ServingError(3 if path.startswith("/v1/") else 5, f"Malformed request: {method} {path}")
+                problem = invalid_argument if path.startswith("/v1/") else not_found
+                raise problem(f"Malformed request: {method} {path}")
             spec = model_pb2.ModelSpec(name=m.group("name"))
             if m.group("version") is not None:
                 version = int(m.group("version"))
@@ -285,21 +287,14 @@ class RestApi:
             return self._json(err.http_status, {"error": err.message})
 
     def _timed(self, api: str, spec: model_pb2.ModelSpec, doc: dict, deadline: float | None) -> dict:
-        start = time.perf_counter()
-        status = "OK"
-        try:
+        api_name = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[api]
+        with self.metrics.timed_request(spec.name, api_name, "REST"):
             if "signature_name" in doc:
                 if not isinstance(doc["signature_name"], str):
                     raise invalid_argument(f"JSON Value: {_short_json(doc)} not formatted correctly. 'signature_name' "
                                            f"key must be a string value.")
                 spec.signature_name = doc["signature_name"]
             return self._run(api, spec, doc, deadline)
-        except Exception as e:  # noqa: BLE001
-            status = from_exception(e).code_name
-            raise
-        finally:
-            api_name = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[api]
-            self.metrics.request(spec.name, api_name, "REST", status, (time.perf_counter() - start) * 1e6)
 
     def _run(self, api: str, spec: model_pb2.ModelSpec, doc: dict, deadline: float | None) -> dict:
         with self.manager.acquire(spec) as servable:

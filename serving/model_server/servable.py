@@ -24,14 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ServingError, failed_precondition, from_exception, invalid_argument
-from .tensors import dtype_name, numpy_dtype_enum, shape_of
+from .errors import (ServingError, data_loss, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
+                     not_found, unimplemented)
+from .tensors import dtype_name, numpy_dtype, numpy_dtype_enum, shape_of
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
-_NUMPY_FOR = {  # dtype enum -> numpy dtype for casting validated inputs
-    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object, 9: np.int64,
-    10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
-}
 
 
 @dataclass(frozen=True)
@@ -66,17 +63,17 @@ def read_meta_graph(path: str, tags: list[str]):
             with open(pbtxt) as f:
                 text_format.Parse(f.read(), saved)
         else:
-            raise ServingError(5, f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
+            raise not_found(f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
     except ServingError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is a data loss on that version
-        raise ServingError(15, f"Can't parse {pb} as binary proto: {e}") from e
+        raise data_loss(f"Can't parse {pb} as binary proto: {e}") from e
     wanted = set(tags)
     for mg in saved.meta_graphs:
         if set(mg.meta_info_def.tags) == wanted:
             return mg
     available = [sorted(mg.meta_info_def.tags) for mg in saved.meta_graphs]
-    raise ServingError(5, f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
+    raise not_found(f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
                           f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
                           f"`saved_model_cli` (available: {available})")
 
@@ -111,11 +108,15 @@ class LoadedModel:
         self.signatures = {k: v for k, v in _signatures(self.meta_graph).items() if k != INIT_OP_SIGNATURE_KEY}
         self._session = None
         self._functions: dict[str, Any] = {}
+        self._captured: dict[str, list[Any]] = {}
         if self.meta_graph.object_graph_def.nodes:  # TF2 format
             try:
                 self._functions = dict(tf.saved_model.load(path, tags=tags).signatures)
             except Exception as e:  # noqa: BLE001 - any failure is this version's load error
                 raise from_exception(e) from e
+            # The variable handles a signature captures are fixed once loaded; resolving them on every call (the
+            # `captured_inputs` property) cost ~0.2 ms per request on the project model (85 captures).
+            self._captured = {key: fn.captured_inputs for key, fn in self._functions.items()}
         else:
             self._graph = tf.Graph()
             self._session = tf.compat.v1.Session(graph=self._graph, config=config)
@@ -163,7 +164,7 @@ class LoadedModel:
                 raise invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
                     f"(input '{alias}')")
-            want = _NUMPY_FOR.get(info.dtype)
+            want = numpy_dtype(info.dtype)
             checked[alias] = arr if want is None or want is object else arr.astype(want, copy=False)
         return checked
 
@@ -183,7 +184,7 @@ class LoadedModel:
         if deadline is not None:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
-                raise ServingError(4, "Deadline exceeded before the model ran")
+                raise deadline_exceeded("Deadline exceeded before the model ran")
             options = self._tf_session.TF_NewBufferFromString(
                 self._run_options(timeout_in_ms=remaining_ms).SerializeToString())
         try:
@@ -205,7 +206,8 @@ class LoadedModel:
         try:
             args = [tf.constant(inputs[name], dtype=tf.dtypes.as_dtype(sig.inputs[name].dtype))
                     for name in fn._arg_keywords]  # noqa: SLF001 - the function's own argument order
-            result = fn._call_flat(args, fn.captured_inputs)  # noqa: SLF001
+            captured = self._captured.get(sig.key)
+            result = fn._call_flat(args, fn.captured_inputs if captured is None else captured)  # noqa: SLF001
         except ServingError:
             raise
         except Exception as e:  # noqa: BLE001 - the model's own error, with TF's code
@@ -214,7 +216,7 @@ class LoadedModel:
 
     def _endpoint(self, sig: Signature, info: TensorInfo) -> Any:
         if not info.name:
-            raise ServingError(12, f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
+            raise unimplemented(f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
                                    f"tensors are served")
         return self._endpoints[info.name]
 
@@ -225,3 +227,4 @@ class LoadedModel:
             if self._session is not None:
                 self._session.close()
             self._functions = {}
+            self._captured = {}

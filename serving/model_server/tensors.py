@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from .errors import ServingError, invalid_argument
+from .errors import invalid_argument, resource_exhausted, unimplemented
 
 # dtype enum -> (numpy dtype, TensorProto field holding the values)
 _DTYPES: dict[int, tuple[Any, str]] = {
@@ -71,11 +71,11 @@ class RequestBudget:
         self.elements += elements
         self.bytes += nbytes
         if self.elements > self.limits.max_elements:
-            raise ServingError(8, f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
+            raise resource_exhausted(f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
                                   f"limit); this server accepts at most {self.limits.max_elements} per request "
                                   f"(--max_request_tensor_elements)")
         if self.bytes > self.limits.max_bytes:
-            raise ServingError(8, f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
+            raise resource_exhausted(f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
                                   f"brings it over the limit); this server accepts at most {self.limits.max_bytes} "
                                   f"per request (--max_request_tensor_bytes)")
 
@@ -83,12 +83,12 @@ class RequestBudget:
         """Rows of one input (its first dimension), before anything is decoded: the model's work grows with them
         however little the request carries (one repeated value fills any shape)."""
         if shape and shape[0] > self.limits.max_batch_size:
-            raise ServingError(8, f"Input '{alias}' has {shape[0]} rows; this server accepts at most "
+            raise resource_exhausted(f"Input '{alias}' has {shape[0]} rows; this server accepts at most "
                                   f"{self.limits.max_batch_size} per request (--max_request_batch_size)")
 
     def check_string(self, alias: str, longest: int) -> None:
         if longest > self.limits.max_string_bytes:
-            raise ServingError(8, f"Input '{alias}' holds a string of {longest} bytes; this server accepts at most "
+            raise resource_exhausted(f"Input '{alias}' holds a string of {longest} bytes; this server accepts at most "
                                   f"{self.limits.max_string_bytes} per string (--max_request_string_bytes)")
 
     def charge_array(self, alias: str, arr: np.ndarray) -> None:
@@ -100,6 +100,12 @@ class RequestBudget:
             self.charge(alias, int(arr.size), string_bytes(int(arr.size), sum(lengths)))
         else:
             self.charge(alias, int(arr.size), int(arr.nbytes))
+
+
+def numpy_dtype(dtype: int) -> Any | None:
+    """The numpy dtype of a TensorFlow dtype enum (`object` for strings); None when it cannot be served."""
+    entry = _DTYPES.get(dtype)
+    return None if entry is None else entry[0]
 
 
 def dtype_name(dtype: int) -> str:
@@ -267,7 +273,7 @@ def fill_proto(proto: tensor_pb2.TensorProto, value: Any, dtype: int | None = No
     if dtype is None:
         dtype = numpy_dtype_enum(arr)
     if dtype not in _DTYPES:
-        raise ServingError(12, f"Output dtype {dtype_name(dtype)} cannot be returned")
+        raise unimplemented(f"Output dtype {dtype_name(dtype)} cannot be returned")
     header = tensor_pb2.TensorProto(dtype=dtype)
     for s in arr.shape:
         header.tensor_shape.dim.add(size=int(s))

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import time
-import urllib.error
 import urllib.request
 
 import grpc
@@ -24,7 +23,7 @@ from mtnlp.serving.client import ServingClient, ServingClientError
 from mtnlp.serving.model_server.tensors import RequestBudget, RequestLimits, to_numpy, to_proto
 from tests.serving.toy_models import copy_version
 
-from .conftest import LOCAL_ONLY, wait_for
+from .conftest import LOCAL_ONLY, post_json, wait_for
 
 LIMIT_ELEMENTS = 100_000
 BODY_LIMIT = 4096
@@ -133,21 +132,12 @@ def test_server_refuses_amplified_requests_and_keeps_serving(limited_server):
     ok.output_filter.append("y")
     assert to_numpy(stub.Predict(ok, timeout=30).outputs["y"]).tolist() == [3.5] * 1000
     channel.close()
-    status, doc = _post(limited_server.rest, "/v1/models/hpt:predict",
+    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
                         json.dumps({"inputs": [1.0] * 300}).encode())
     assert status == 200 and len(doc["outputs"]["y"]) == 300
 
 
 # ----- 8. HTTP parsing on a real socket ------------------------------------------------------------------------
-def _post(rest: str, path: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://{rest}{path}", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
 def _exchange(rest: str, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
     """Send raw bytes, read until the server closes (or `wait` passes); -> (bytes read, seconds until closed)."""
     host, port = rest.rsplit(":", 1)
@@ -247,10 +237,11 @@ def test_connection_cap(limited_server):
 
 @LOCAL_ONLY
 def test_deep_json_and_non_string_signature_name(limited_server):
-    status, doc = _post(limited_server.rest, "/v1/models/hpt:predict",
+    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
                         b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}")
     assert status in (400, 413) and doc["error"]
-    status, doc = _post(limited_server.rest, "/v1/models/hpt:predict", b'{"signature_name": ["x"], "instances": [1]}')
+    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
+                            b'{"signature_name": ["x"], "instances": [1]}')
     assert status == 400 and "'signature_name' key must be a string value." in doc["error"]
 
 
@@ -314,6 +305,7 @@ def test_mtnlp_serve_turns_the_security_extensions_on(tmp_path):
     assert "--disable_reload_config_rpc" in flags
     assert f"--allowed_model_roots={tmp_path.resolve() / 'serving_model'}" in flags
     assert "--bind_address=127.0.0.1,::1" in flags
+    assert "--enable_profiler=false" in flags  # TensorFlow's profiler server would listen on every interface
     args.allow_reload_config_rpc, args.model_roots = True, ["/srv/a", "/srv/b"]
     flags = serve_flags(args)
     assert "--disable_reload_config_rpc" not in flags and "--allowed_model_roots=/srv/a,/srv/b" in flags

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorflow_serving.apis import get_model_status_pb2
 
 from mtnlp.serving.client import RestClient, ServingClient
 from tests.serving.toy_models import copy_version
 
-from .conftest import LOCAL_ONLY, ServerProcess, wait_for
+from .conftest import LOCAL_ONLY, ServerProcess, version_states, wait_for
 
 pytestmark = [pytest.mark.slow, LOCAL_ONLY]
-State = get_model_status_pb2.ModelVersionStatus.State
 SENTENCES = ["Apple sued Samsung in California.", "Where is the station?"]
 
 
@@ -38,10 +36,6 @@ def call_every_signature(c: ServingClient, rest: RestClient) -> None:
     assert c.predict({"tokens": out["tokens"]}, "analyze_tokens")["length"].tolist() == out["length"].tolist()
     assert c.predict({"text": SENTENCES}, "translate")["translation"].shape == (2,)
     assert len(rest.predict({"text": SENTENCES})["sentiment_label"]) == 2
-
-
-def states(c: ServingClient) -> dict[int, str]:
-    return {s.version: State.Name(s.state) for s in c.status().model_version_status}
 
 
 def start(base: Path, logs: Path) -> ServerProcess:
@@ -67,9 +61,9 @@ def test_every_signature_answers_after_the_served_directory_moves_or_vanishes(pi
             time.sleep(1.5)  # a poll later: the version has no directory, and it still serves
             for _ in range(3):
                 call_every_signature(c, rest)
-            assert states(c) == {1: "AVAILABLE"}
+            assert version_states(c) == {1: "AVAILABLE"}
             copy_version(pipeline_run.pushed_model_dir, base / "2")  # until a new version replaces it
-            wait_for(lambda: states(c) == {2: "AVAILABLE", 1: "END"}, timeout=300, what="version 2 to serve")
+            wait_for(lambda: version_states(c) == {2: "AVAILABLE", 1: "END"}, timeout=300, what="version 2 to serve")
             call_every_signature(c, rest)
     finally:
         p.stop()
@@ -105,20 +99,20 @@ def test_swap_under_load_loses_no_request(pipeline_run, server_logs, tmp_path):
         with ServingClient(p.grpc, model_name="mtnlp", timeout=30) as c:
             requests_go_on("on version 1")
             copy_version(pipeline_run.pushed_model_dir, base / "2")
-            wait_for(lambda: states(c) == {2: "AVAILABLE", 1: "END"}, timeout=300, what="the swap to version 2")
+            wait_for(lambda: version_states(c) == {2: "AVAILABLE", 1: "END"}, timeout=300, what="the swap to version 2")
             shutil.rmtree(base / "1")
             requests_go_on("on version 2")
             broken = tmp_path / "broken"
             copy_version(pipeline_run.pushed_model_dir, broken)
             (broken / "saved_model.pb").write_bytes((broken / "saved_model.pb").read_bytes()[:4000])
             copy_version(broken, base / "3")
-            wait_for(lambda: states(c).get(3) == "END", timeout=120, what="version 3 to fail")
-            assert states(c)[2] == "AVAILABLE"
+            wait_for(lambda: version_states(c).get(3) == "END", timeout=120, what="version 3 to fail")
+            assert version_states(c)[2] == "AVAILABLE"
             requests_go_on("after the broken version 3")
             shutil.rmtree(base / "2")  # the serving version's files vanish
             time.sleep(1.5)
             requests_go_on("with version 2's directory deleted")
-            assert states(c)[2] == "AVAILABLE"
+            assert version_states(c)[2] == "AVAILABLE"
     finally:
         stop.set()
         for t in clients:
