@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from google.protobuf import json_format
@@ -252,42 +253,52 @@ class RestApi:
         self.timeout = timeout_ms / 1000.0
         self.metrics = metrics
         self.prometheus_path = prometheus_path
+        # (HTTP method, the path's tail after /v1/models/{name}[/versions/{v}|/labels/{l}]) -> handler
+        self._routes: dict[tuple[str, str], Callable[[model_pb2.ModelSpec, bytes, float | None], dict]] = {
+            ("GET", ""): self._status, ("GET", "/metadata"): self._metadata,
+            **{("POST", f":{api}"): functools.partial(self._timed, api) for api in ("predict", "classify", "regress")}}
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, str, bytes]:
         """-> (HTTP status, content type, body). `deadline` (time.monotonic()) bounds the model run."""
         path = path.split("?", 1)[0]
         if self.prometheus_path and path == self.prometheus_path and method == "GET":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
-        m = _MODEL_PATH.match(path)
-        tail = (m.group("tail") or "").lower() or None if m else None
         try:
-            if m is None or (method == "GET" and tail not in (None, "/metadata")) or \
-                    (method == "POST" and tail not in (":predict", ":classify", ":regress")) or \
-                    method not in ("GET", "POST"):
-                problem = invalid_argument if path.startswith("/v1/") else not_found
-                raise problem(f"Malformed request: {method} {path}")
-            spec = model_pb2.ModelSpec(name=m.group("name"))
-            if m.group("version") is not None:
-                version = int(m.group("version"))
-                if version > _INT64_MAX:
-                    raise invalid_argument(f"Failed to convert version: {m.group('version')} to numeric.")
-                spec.version.value = version
-            elif m.group("label") is not None:
-                spec.version_label = m.group("label")
-            if method == "GET" and tail is None:
-                req = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-                return self._json(200, status_json(self.manager.model_status(req)))
-            if method == "GET":
-                req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
-                with self.manager.acquire(spec) as servable:
-                    return self._json(200, metadata_json(inference.metadata(servable, req)))
-            return self._json(200, self._timed(tail[1:], spec, parse_body(body), deadline))
+            route, spec = self._route(method, path)
+            return self._json(200, route(spec, body, deadline))
         except Exception as e:  # noqa: BLE001
             err = from_exception(e)
             return self._json(err.http_status, {"error": err.message})
 
-    def _timed(self, api: str, spec: model_pb2.ModelSpec, doc: dict, deadline: float | None) -> dict:
+    def _route(self, method: str, path: str) -> tuple[Callable[[model_pb2.ModelSpec, bytes, float | None], dict],
+                                                     model_pb2.ModelSpec]:
+        """The handler of (method, the path's tail after the model) from the route table, and the path's ModelSpec."""
+        m = _MODEL_PATH.match(path)
+        route = self._routes.get((method, (m.group("tail") or "").lower())) if m else None
+        if route is None:
+            problem = invalid_argument if path.startswith("/v1/") else not_found
+            raise problem(f"Malformed request: {method} {path}")
+        spec = model_pb2.ModelSpec(name=m.group("name"))
+        if m.group("version") is not None:
+            version = int(m.group("version"))
+            if version > _INT64_MAX:
+                raise invalid_argument(f"Failed to convert version: {m.group('version')} to numeric.")
+            spec.version.value = version
+        elif m.group("label") is not None:
+            spec.version_label = m.group("label")
+        return route, spec
+
+    def _status(self, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None) -> dict:  # noqa: ARG002
+        return status_json(self.manager.model_status(get_model_status_pb2.GetModelStatusRequest(model_spec=spec)))
+
+    def _metadata(self, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None) -> dict:  # noqa: ARG002
+        req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+        with self.manager.acquire(spec) as servable:
+            return metadata_json(inference.metadata(servable, req))
+
+    def _timed(self, api: str, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None) -> dict:
         api_name = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[api]
+        doc = parse_body(body)
         with self.metrics.timed_request(spec.name, api_name, "REST"):
             if "signature_name" in doc:
                 if not isinstance(doc["signature_name"], str):
