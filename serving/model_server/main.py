@@ -172,7 +172,8 @@ class ModelServer:
             self._start_rest(addresses)
 
     def _start_rest(self, addresses: list[str]) -> None:
-        from .rest import HttpLimits, RestApi, RestServer
+        from .http_transport import HttpLimits, RestServer
+        from .rest import RestApi
 
         o = self.options
         if o.rest_api_port == o.port:

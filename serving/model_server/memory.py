@@ -18,6 +18,7 @@ import threading
 log = logging.getLogger(__name__)
 
 TRIM_GROWTH_BYTES = 64 << 20
+SETTLED_BYTES = 1 << 20  # growth between two looks below this: the large request is done
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -51,15 +52,16 @@ class MemoryReturner:
         self._stop.set()
 
     def _loop(self) -> None:
-        floor = previous = resident_bytes()  # the resident size after the last trim, and at the last look
+        floor = previous = resident_bytes()  # the usual resident size, and the size at the last look
         while not self._stop.wait(self._interval):
             now = resident_bytes()
-            # Trim once the growth has stopped (the large request is done), not while it is still rising; what a
-            # trim cannot return (a newly loaded version, say) becomes the new floor, so it is not retried.
-            if now - floor >= TRIM_GROWTH_BYTES and now <= previous:
+            # Trim once the growth has stopped (a large request is done, or paused), not while it is still rising.
+            if now - floor >= TRIM_GROWTH_BYTES and now - previous < SETTLED_BYTES:
                 self._trim(0)
                 after = resident_bytes()
                 log.debug("Returned %d MB of freed memory to the OS", (now - after) >> 20)
-                floor = previous = after
+                if now - after < TRIM_GROWTH_BYTES // 4:  # little was free: the memory is in use (a new version,
+                    floor = after  # say), so this is the usual size now and is not trimmed again every second
+                previous = after
                 continue
             floor, previous = min(floor, now), now
