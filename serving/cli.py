@@ -287,6 +287,13 @@ def serve_flags(args: argparse.Namespace) -> list[str]:
              f"--allowed_model_roots={','.join(roots)}"]
     if not getattr(args, "allow_reload_config_rpc", False):
         flags.append("--disable_reload_config_rpc")
+    # TensorFlow's profiler server listens on every interface (on a port of its own); loopback means loopback.
+    flags.append("--enable_profiler=false")
+    from .model_server.limits import latest_version_dir, request_limit_flags
+
+    latest = latest_version_dir(str(base))
+    if latest is not None:  # one request costs at most a few normal batches of this model (serving/README.md)
+        flags += request_limit_flags(latest)
     if args.enable_batching:
         flags.append("--enable_batching")
     if args.batching_parameters_file:

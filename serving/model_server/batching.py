@@ -18,7 +18,7 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from .errors import ServingError, invalid_argument, unavailable
+from .errors import ServingError, internal, invalid_argument, unavailable
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class BatchScheduler:
                 piece = {}
                 for name, arr in out.items():
                     if arr.ndim == 0 or arr.shape[0] != padded:
-                        raise ServingError(13, f"Batched output tensor '{name}' has shape {list(arr.shape)}, "
+                        raise internal(f"Batched output tensor '{name}' has shape {list(arr.shape)}, "
                                                f"which does not start with the batch size {padded}")
                     piece[name] = arr[start:start + t.size]
                 t.result = piece

@@ -7,7 +7,7 @@ import logging
 from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from .errors import ServingError, invalid_argument
+from .errors import invalid_argument, not_found
 from .protos import BatchingParameters, MonitoringConfig, SSLConfig
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def parse_text_proto(path: str, proto: message.Message) -> message.Message:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError as e:
-        raise ServingError(5, f"{path}; No such file or directory") from e
+        raise not_found(f"{path}; No such file or directory") from e
     except (OSError, UnicodeDecodeError) as e:
         raise invalid_argument(f"Cannot read config file '{path}': {e}") from e
     try:

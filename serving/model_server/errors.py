@@ -45,16 +45,36 @@ class ServingError(Exception):
         return self.message
 
 
+def unknown(message: str) -> ServingError:
+    return ServingError(2, message)
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(3, message)
+
+
+def deadline_exceeded(message: str) -> ServingError:
+    return ServingError(4, message)
 
 
 def not_found(message: str) -> ServingError:
     return ServingError(5, message)
 
 
+def permission_denied(message: str) -> ServingError:
+    return ServingError(7, message)
+
+
+def resource_exhausted(message: str) -> ServingError:
+    return ServingError(8, message)
+
+
 def failed_precondition(message: str) -> ServingError:
     return ServingError(9, message)
+
+
+def unimplemented(message: str) -> ServingError:
+    return ServingError(12, message)
 
 
 def unavailable(message: str) -> ServingError:
@@ -63,6 +83,10 @@ def unavailable(message: str) -> ServingError:
 
 def internal(message: str) -> ServingError:
     return ServingError(13, message)
+
+
+def data_loss(message: str) -> ServingError:
+    return ServingError(15, message)
 
 
 def from_exception(exc: BaseException) -> ServingError:
@@ -76,5 +100,5 @@ def from_exception(exc: BaseException) -> ServingError:
     if isinstance(exc, (TypeError, ValueError)):
         return invalid_argument(message)
     if isinstance(exc, MemoryError):
-        return ServingError(8, "Out of memory while serving the request")
-    return ServingError(2, f"{type(exc).__name__}: {message}")
+        return resource_exhausted("Out of memory while serving the request")
+    return unknown(f"{type(exc).__name__}: {message}")

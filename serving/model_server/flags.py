@@ -10,6 +10,7 @@ and skipped.
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -73,7 +74,8 @@ FLAGS: tuple[Flag, ...] = (
          "Require Classify/Regress signatures to carry the classify/regress method name (TF2 SavedModels always "
          "say predict, so this is off by default, as in TF Serving)."),
     Flag("xla_cpu_compilation_enabled", bool, False, "XLA on CPU.", supported=False),
-    Flag("enable_profiler", bool, True, "Enable the profiler service.", supported=False),
+    Flag("enable_profiler", bool, True, "Enable TensorFlow's profiler service on the gRPC port (TensorBoard's "
+                                        "profile capture)."),
     Flag("remove_unused_fields_from_bundle_metagraph", bool, True, "Memory optimisation.", supported=False),
     Flag("prefer_tflite_model", bool, False, "Prefer a TFLite model.", supported=False),
     Flag("use_tflite_model", bool, False, "Use a TFLite model.", supported=False),
@@ -95,6 +97,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max_request_tensor_bytes", int, 2**31 - 1,
          "[mtnlp extension] Most bytes the input tensors of one request may take once decoded (strings: 24 bytes "
          "each plus their length); beyond: RESOURCE_EXHAUSTED. Default: TF Serving's largest gRPC message."),
+    Flag("max_request_batch_size", int, 2**31 - 1,
+         "[mtnlp extension] Most rows (first dimension) any input tensor of one request may have: sentences per "
+         "request; beyond: RESOURCE_EXHAUSTED. mtnlp serve derives it from the model."),
+    Flag("max_request_string_bytes", int, 2**31 - 1,
+         "[mtnlp extension] Longest string element an input may hold, in bytes: characters per sentence; beyond: "
+         "RESOURCE_EXHAUSTED. mtnlp serve derives it from the model."),
     Flag("rest_api_max_body_bytes", int, 256 * 1024 * 1024,
          "[mtnlp extension] Largest REST request body; beyond: HTTP 413 and the connection is closed."),
     Flag("rest_api_read_timeout_in_ms", int, 30000,
@@ -111,6 +119,12 @@ FLAGS: tuple[Flag, ...] = (
          "TF Serving; mtnlp serve turns it on."),
 )
 _BY_NAME = {f.name: f for f in FLAGS}
+
+# Every flag as a typed, read-only attribute (`options.port`, `options.enable_batching`), generated from FLAGS so a
+# new flag is declared once.
+ServerOptions = dataclasses.make_dataclass(
+    "ServerOptions", [(f.name, f.kind, dataclasses.field(default=f.default)) for f in FLAGS], frozen=True)
+ServerOptions.__doc__ = "The parsed command line of mtnlp-model-server: one typed attribute per flag in FLAGS."
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -131,9 +145,9 @@ def _convert(flag: Flag, raw: str) -> Any:
     raise FlagError(f"Couldn't interpret value {raw} for flag {flag.name}.")
 
 
-def parse(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """argv (without the program name) -> ({flag name: value}, unknown arguments), every flag present with its
-    default. Raises FlagError for a value that does not parse."""
+def parse(argv: Sequence[str]) -> tuple[Any, list[str]]:
+    """argv (without the program name) -> (ServerOptions, unknown arguments), every flag not given at its default.
+    Raises FlagError for a value that does not parse."""
     values = {f.name: f.default for f in FLAGS}
     unknown: list[str] = []
     args = list(argv)
@@ -168,40 +182,41 @@ def parse(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
                 raise FlagError(f"Couldn't interpret value  for flag {name}.")
             values[name] = _convert(flag, args[i])
             i += 1
-    return values, unknown
+    return ServerOptions(**values), unknown
 
 
 class StartupError(Exception):
     """A flag combination TF Serving's Server::BuildAndStart refuses (INVALID_ARGUMENT, message as TF Serving's)."""
 
 
-def check(values: dict[str, Any]) -> None:
+def check(options: Any) -> None:
     """Cross-flag rules, with the messages tensorflow_model_server's BuildAndStart gives (raised as StartupError)."""
-    if values["version"]:
+    if options.version:
         return
-    if values["port"] == 0:
+    if options.port == 0:
         raise StartupError("server_options.grpc_port is not set.")
-    if not values["model_base_path"] and not values["model_config_file"]:
+    if not options.model_base_path and not options.model_config_file:
         raise StartupError("Both server_options.model_base_path and server_options.model_config_file are empty!")
-    if values["batching_parameters_file"] and not values["enable_batching"]:
+    if options.batching_parameters_file and not options.enable_batching:
         raise StartupError("server_options.batching_parameters_file is set without setting "
                            "server_options.enable_batching to true.")
-    if values["tensorflow_intra_op_parallelism"] > 0 and values["tensorflow_inter_op_parallelism"] > 0 and \
-            values["tensorflow_session_parallelism"] > 0:
+    if options.tensorflow_intra_op_parallelism > 0 and options.tensorflow_inter_op_parallelism > 0 and \
+            options.tensorflow_session_parallelism > 0:
         raise StartupError("Either configure server_options.tensorflow_session_parallelism or "
                            "(server_options.tensorflow_intra_op_parallelism, "
                            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.")
     for name in ("port", "rest_api_port"):
-        if not 0 <= values[name] <= 65535:  # gRPC cannot listen there: TF Serving's BuildAndStart fails
+        if not 0 <= getattr(options, name) <= 65535:  # gRPC cannot listen there: TF Serving's BuildAndStart fails
             raise StartupError("Failed to BuildAndStart gRPC server" if name == "port" else
-                               f"--rest_api_port={values[name]} is not a valid port")
+                               f"--rest_api_port={getattr(options, name)} is not a valid port")
     for name in ("rest_api_timeout_in_ms", "grpc_max_threads", "rest_api_num_threads", "max_request_tensor_elements",
-                 "max_request_tensor_bytes", "rest_api_max_body_bytes", "rest_api_read_timeout_in_ms",
+                 "max_request_tensor_bytes", "max_request_batch_size", "max_request_string_bytes", "rest_api_max_body_bytes",
+                 "rest_api_read_timeout_in_ms",
                  "rest_api_max_connections"):
-        if values[name] <= 0:
+        if getattr(options, name) <= 0:
             raise StartupError(f"--{name} must be positive")
     try:
-        channel_arguments(values["grpc_channel_arguments"])
+        channel_arguments(options.grpc_channel_arguments)
     except FlagError as e:
         raise StartupError(str(e)) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,22 +24,17 @@ class _Base:
     def _serve(self, api: str, request: Any, context: grpc.ServicerContext,
                fn: Callable[[inference.Servable, Any, float | None], Any], spec: Any = None) -> Any:
         spec = request.model_spec if spec is None else spec
-        start = time.perf_counter()
-        status = "OK"
         # As TF Serving: the client's deadline becomes the Session::Run timeout, so abandoned work stops.
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
         try:
-            with self.manager.acquire(spec) as servable:
+            with self.manager.metrics.timed_request(spec.name, api, "GRPC"), self.manager.acquire(spec) as servable:
                 return fn(servable, request, deadline)
         except Exception as e:  # noqa: BLE001 - every failure becomes a status, the server keeps serving
             err = from_exception(e)
-            status = err.code_name
             if not isinstance(e, ServingError):
                 log.debug("%s failed", api, exc_info=True)
             context.abort(err.grpc_code, err.message)
-        finally:
-            self.manager.metrics.request(spec.name, api, "GRPC", status, (time.perf_counter() - start) * 1e6)
 
 
 class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -61,12 +57,18 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
         return self._serve("GetModelMetadata", request, context, inference.metadata)
 
 
+# Reload RPCs in progress at once; more are refused (RESOURCE_EXHAUSTED) rather than queued, so admin calls can
+# never occupy the gRPC worker threads that inference needs (they are --grpc_max_threads, 8 on two cores).
+MAX_CONCURRENT_RELOADS = 2
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None,
                  reload_enabled: bool = True) -> None:
         self.manager = manager
         self.on_reload = on_reload
         self.reload_enabled = reload_enabled
+        self._reload_slots = threading.BoundedSemaphore(MAX_CONCURRENT_RELOADS)
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
@@ -81,8 +83,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             log.warning("Refused a ReloadConfig request from %s: --disable_reload_config_rpc", context.peer())
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "HandleReloadConfigRequest is disabled on this server (--disable_reload_config_rpc)")
+        if not self._reload_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{MAX_CONCURRENT_RELOADS} HandleReloadConfigRequest calls are already in progress; retry "
+                          f"later")
         try:
-            self.manager.apply_config(request.config)
+            # The client's deadline bounds the wait for the new config's loads (they go on after it).
+            remaining = context.time_remaining()
+            self.manager.apply_config(request.config, timeout=None if remaining is None or remaining > 1e9 else remaining)
             if self.on_reload is not None:
                 self.on_reload(request.config)
         except Exception as e:  # noqa: BLE001
@@ -92,11 +100,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             response.status.error_message = err.message
             # TF Serving fills the response and also fails the RPC with the same status.
             context.abort(err.grpc_code, err.message)
+        finally:
+            self._reload_slots.release()
         return response
 
 
 def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str, Any]],
-                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True) -> grpc.Server:
+                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True,
+                 enable_profiler: bool = False) -> grpc.Server:
     from concurrent.futures import ThreadPoolExecutor
 
     # TF Serving accepts messages up to INT32_MAX both ways; request-size policing is the model's business.
@@ -107,4 +118,8 @@ def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str,
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload, reload_enabled),
                                                               server)
+    if enable_profiler:  # TF Serving's --enable_profiler: TensorFlow's profiler service on the same port
+        from .profiler import profiler_handler
+
+        server.add_generic_rpc_handlers((profiler_handler(),))
     return server

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from tensorflow.core.example import example_pb2
+from tensorflow.python.saved_model import signature_constants
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
                                      regression_pb2)
 
@@ -18,7 +19,8 @@ from .errors import ServingError, failed_precondition, invalid_argument
 from .servable import LoadedModel, Signature
 from .tensors import RequestBudget, RequestLimits, fill_proto, to_numpy
 
-DEFAULT_SIGNATURE = "serving_default"
+# TF Serving's signature when a request names none (tensorflow/python/saved_model/signature_constants.py).
+DEFAULT_SIGNATURE = signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -77,8 +79,7 @@ def predict_arrays(servable: Servable, signature_name: str, inputs: dict[str, np
     sig = servable.model.signature(signature_name or DEFAULT_SIGNATURE)
     budget = RequestBudget(servable.limits)
     for alias, arr in inputs.items():
-        nbytes = sum(len(v) for v in arr.reshape(-1)) + 24 * arr.size if arr.dtype == object else arr.nbytes
-        budget.charge(alias, int(arr.size), int(nbytes))
+        budget.charge_array(alias, arr)
     aliases = _output_filter(sig, output_filter or [])
     return servable.run(sig, inputs, aliases, deadline)
 

@@ -27,7 +27,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from .batching import BatchOptions, BatchScheduler
 from .config import validate_config
-from .errors import CODE_NAMES, ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from .errors import (CODE_NAMES, ServingError, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
+                     not_found, permission_denied, unknown)
 from .inference import Servable
 from .metrics import Metrics
 from .servable import LoadedModel
@@ -37,6 +38,13 @@ from .warmup import run_warmup
 log = logging.getLogger(__name__)
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+# Load failures that a retry cannot fix, so the version ends at once instead of after --max_num_load_retries ×
+# --load_retry_interval_micros (5 minutes by default): a path outside --allowed_model_roots or unreadable
+# (PERMISSION_DENIED), a saved_model.pb that does not parse (DATA_LOSS), a bad SavedModel or warmup record
+# (INVALID_ARGUMENT), an unsupported one (UNIMPLEMENTED). TF Serving 2.16 retries every failure; a version still
+# being copied fails with NOT_FOUND (no saved_model.pb yet) and keeps its retries.
+PERMANENT_LOAD_ERRORS = frozenset({3, 7, 12, 15})
 
 
 @dataclass
@@ -117,6 +125,26 @@ def within_roots(path: str, roots: tuple[str, ...]) -> bool:
     return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
+def first_path_outside(version_dir: str, roots: tuple[str, ...]) -> str | None:
+    """The first path under `version_dir` (itself included) that resolves outside `roots`, None if none does.
+    Every file the loader may open is checked, so a version directory inside a root whose saved_model.pb or
+    variables are symlinks to a model elsewhere is refused like a version directory that is such a symlink."""
+    if not within_roots(version_dir, roots):
+        return version_dir
+    seen: set[str] = set()
+    for directory, subdirs, files in os.walk(version_dir, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a symlink loop inside the roots: walk each real directory once
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        for name in subdirs + files:
+            path = os.path.join(directory, name)
+            if not within_roots(path, roots):
+                return path
+    return None
+
+
 def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> list[int]:
     policy = config.model_version_policy
     which = policy.WhichOneof("policy_choice")
@@ -138,15 +166,26 @@ class Manager:
         self._models: dict[str, ModelEntry] = {}
         self._loader = ThreadPoolExecutor(max(1, options.num_load_threads), thread_name_prefix="load")
         self._stop = threading.Event()
-        self._config_lock = threading.Lock()  # one config change at a time
+        self._config_lock = threading.Lock()  # one config change at a time (never held while loads run)
+        self._config_generation = 0  # bumped by every config change: the latest one sets the labels
 
     # ----- configuration -------------------------------------------------------------------------------------
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig, *, initial: bool = False,
                      timeout: float | None = None) -> None:
-        """Make `config` the served set; wait for its loads; then set labels. Raises ServingError."""
+        """Make `config` the served set; wait for its loads (at most `timeout` seconds); then set labels. Raises
+        ServingError (DEADLINE_EXCEEDED once `timeout` has passed: the new config stays applied and its loads go on).
+
+        The config lock is held only while the served set changes, never while loads (and their retries) run, so a
+        reload waiting for a model that keeps failing does not block the next reload, the file-system poller or any
+        request."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         validate_config(config)
         self._check_roots(config)
-        with self._config_lock:
+        if not self._config_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise deadline_exceeded("Timed out waiting for another config change to finish")
+        try:
+            self._config_generation += 1
+            generation = self._config_generation
             wanted = {mc.name: mc for mc in config.model_config_list.config}
             with self._lock:
                 for name, entry in list(self._models.items()):
@@ -165,18 +204,22 @@ class Manager:
                     else:
                         entry.config = mc
                     self._reconcile(self._models[name])
-            with self._lock:
                 added = [n for n in wanted if not any(h.state == AVAILABLE for h in self._models[n].versions.values())]
-            self._wait_settled(list(wanted), timeout)
+        finally:
+            self._config_lock.release()
+        self._wait_settled(list(wanted), None if deadline is None else deadline - time.monotonic())
+        with self._config_lock:
+            if generation != self._config_generation:
+                return  # a newer config was applied meanwhile: its own call reports its loads and sets its labels
             # At startup every failure is fatal; on a reload, only models that had nothing serving before and still
             # have nothing (TF Serving waits for the models a reload adds).
-            check = list(wanted) if initial else [n for n in added if not any(
-                h.state == AVAILABLE for h in self._models[n].versions.values())]
-            if check:
+            with self._lock:
+                check = list(wanted) if initial else [n for n in added if n in self._models and not any(
+                    h.state == AVAILABLE for h in self._models[n].versions.values())]
                 failed = [h for n in check for h in self._models[n].versions.values()
                           if h.state == END and h.error is not None]
-                if failed:
-                    raise ServingError(2, unavailable_message(failed))
+            if failed:
+                raise unknown(unavailable_message(failed))
             self._apply_labels(wanted)
 
     def _check_roots(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -185,7 +228,7 @@ class Manager:
             return
         for mc in config.model_config_list.config:
             if not within_roots(mc.base_path, roots):
-                raise ServingError(7, f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
+                raise permission_denied(f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
                                       f"({', '.join(roots)}); see --allowed_model_roots")
 
     def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
@@ -215,7 +258,9 @@ class Manager:
                     return
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise ServingError(4, f"Timed out waiting for {len(busy)} version(s) to load")
+                    raise deadline_exceeded(f"Timed out waiting for {len(busy)} version(s) to load (the config is "
+                                          f"applied; they go on loading): "
+                                          f"{', '.join(f'{h.model} version {h.version}' for h in busy)}")
                 self._changed.wait(remaining if remaining is not None else 1.0)
 
     # ----- file system polling -------------------------------------------------------------------------------
@@ -345,6 +390,10 @@ class Manager:
             h.failed_attempts += 1
             log.error("Loading servable: {name: %s version: %d} failed: %s", h.model, h.version, err)
             retries_left = h.failed_attempts <= self.options.max_num_load_retries
+            if retries_left and err.code in PERMANENT_LOAD_ERRORS:
+                log.error("Not retrying servable version {name: %s version: %d}: %s cannot succeed by waiting",
+                          h.model, h.version, err.code_name)
+                retries_left = False
             if retries_left and not h.cancelled and not self._stop.is_set():
                 h.retry_timer = threading.Timer(max(0, self.options.load_retry_interval_micros) / 1e6,
                                                 self._submit_retry, args=(h,))
@@ -362,9 +411,12 @@ class Manager:
 
     def _build_servable(self, h: VersionHandle) -> Servable:
         roots = self.options.allowed_model_roots
-        if roots and not within_roots(h.path, roots):  # e.g. a version directory that is a symlink elsewhere
-            raise ServingError(7, f"Version directory {h.path} resolves to {os.path.realpath(h.path)}, outside the "
-                                  f"allowed model roots ({', '.join(roots)}); see --allowed_model_roots")
+        if roots:
+            outside = first_path_outside(h.path, roots)
+            if outside is not None:
+                raise permission_denied(f"{outside} (in version directory {h.path}) resolves to "
+                                      f"{os.path.realpath(outside)}, outside the allowed model roots "
+                                      f"({', '.join(roots)}); see --allowed_model_roots")
         model = LoadedModel(h.path, self.options.saved_model_tags, self.options.session_config)
         batcher = None
         if self.options.batching is not None:

@@ -6,8 +6,13 @@ Prometheus exporter; we keep that spelling so dashboards work against either ser
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import defaultdict
+from typing import Iterator
+
+from .errors import from_exception
 
 _LATENCY_BUCKETS_US = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -59,6 +64,19 @@ class Metrics:
         self.inc(":tensorflow:serving:request_count", model_name=model, status=status)
         self.observe(":tensorflow:serving:request_latency", micros, model_name=model, API=api,
                      entrypoint=entrypoint)
+
+    @contextlib.contextmanager
+    def timed_request(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
+        """Counts and times one request (both front ends); its status is the code of the error it raises, if any."""
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            yield
+        except Exception as e:
+            status = from_exception(e).code_name
+            raise
+        finally:
+            self.request(model, api, entrypoint, status, (time.perf_counter() - start) * 1e6)
 
     def render(self) -> str:
         lines: list[str] = []

@@ -24,14 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ServingError, failed_precondition, from_exception, invalid_argument
-from .tensors import dtype_name, numpy_dtype_enum, shape_of
+from .errors import (ServingError, data_loss, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
+                     not_found, unimplemented)
+from .tensors import dtype_name, numpy_dtype, numpy_dtype_enum, shape_of
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
-_NUMPY_FOR = {  # dtype enum -> numpy dtype for casting validated inputs
-    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object, 9: np.int64,
-    10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
-}
 
 
 @dataclass(frozen=True)
@@ -66,17 +63,17 @@ def read_meta_graph(path: str, tags: list[str]):
             with open(pbtxt) as f:
                 text_format.Parse(f.read(), saved)
         else:
-            raise ServingError(5, f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
+            raise not_found(f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
     except ServingError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse failure is a data loss on that version
-        raise ServingError(15, f"Can't parse {pb} as binary proto: {e}") from e
+        raise data_loss(f"Can't parse {pb} as binary proto: {e}") from e
     wanted = set(tags)
     for mg in saved.meta_graphs:
         if set(mg.meta_info_def.tags) == wanted:
             return mg
     available = [sorted(mg.meta_info_def.tags) for mg in saved.meta_graphs]
-    raise ServingError(5, f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
+    raise not_found(f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
                           f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
                           f"`saved_model_cli` (available: {available})")
 
@@ -163,7 +160,7 @@ class LoadedModel:
                 raise invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
                     f"(input '{alias}')")
-            want = _NUMPY_FOR.get(info.dtype)
+            want = numpy_dtype(info.dtype)
             checked[alias] = arr if want is None or want is object else arr.astype(want, copy=False)
         return checked
 
@@ -183,7 +180,7 @@ class LoadedModel:
         if deadline is not None:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
-                raise ServingError(4, "Deadline exceeded before the model ran")
+                raise deadline_exceeded("Deadline exceeded before the model ran")
             options = self._tf_session.TF_NewBufferFromString(
                 self._run_options(timeout_in_ms=remaining_ms).SerializeToString())
         try:
@@ -214,7 +211,7 @@ class LoadedModel:
 
     def _endpoint(self, sig: Signature, info: TensorInfo) -> Any:
         if not info.name:
-            raise ServingError(12, f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
+            raise unimplemented(f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
                                    f"tensors are served")
         return self._endpoints[info.name]
 

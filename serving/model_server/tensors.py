@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from .errors import ServingError, invalid_argument
+from .errors import invalid_argument, resource_exhausted, unimplemented
 
 # dtype enum -> (numpy dtype, TensorProto field holding the values)
 _DTYPES: dict[int, tuple[Any, str]] = {
@@ -39,7 +39,7 @@ _FIELD_NUMBER = {"float_val": 5, "double_val": 6, "int_val": 7, "string_val": 8,
                  "half_val": 13, "uint32_val": 16, "uint64_val": 17}
 
 # What TF holds per string element besides its bytes (sizeof(tstring)).
-_STRING_ELEMENT_OVERHEAD = 24
+STRING_ELEMENT_OVERHEAD = 24
 # Varint encoding works on blocks of this many values to bound its temporaries (10 bytes of scratch per value).
 _VARINT_BLOCK = 1 << 20
 
@@ -51,10 +51,12 @@ DEFAULT_MAX_REQUEST_ELEMENTS = 2**31 - 1
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What the inputs of one request may amount to once decoded (`--max_request_tensor_*` flags)."""
+    """What the inputs of one request may amount to once decoded (`--max_request_*` flags)."""
 
     max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS
     max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_size: int = DEFAULT_MAX_REQUEST_ELEMENTS  # rows (axis 0) of any input: sentences per request
+    max_string_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # bytes of any one string element: characters per sentence
 
 
 class RequestBudget:
@@ -69,13 +71,41 @@ class RequestBudget:
         self.elements += elements
         self.bytes += nbytes
         if self.elements > self.limits.max_elements:
-            raise ServingError(8, f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
+            raise resource_exhausted(f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
                                   f"limit); this server accepts at most {self.limits.max_elements} per request "
                                   f"(--max_request_tensor_elements)")
         if self.bytes > self.limits.max_bytes:
-            raise ServingError(8, f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
+            raise resource_exhausted(f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
                                   f"brings it over the limit); this server accepts at most {self.limits.max_bytes} "
                                   f"per request (--max_request_tensor_bytes)")
+
+    def check_shape(self, alias: str, shape: list[int] | tuple[int, ...]) -> None:
+        """Rows of one input (its first dimension), before anything is decoded: the model's work grows with them
+        however little the request carries (one repeated value fills any shape)."""
+        if shape and shape[0] > self.limits.max_batch_size:
+            raise resource_exhausted(f"Input '{alias}' has {shape[0]} rows; this server accepts at most "
+                                  f"{self.limits.max_batch_size} per request (--max_request_batch_size)")
+
+    def check_string(self, alias: str, longest: int) -> None:
+        if longest > self.limits.max_string_bytes:
+            raise resource_exhausted(f"Input '{alias}' holds a string of {longest} bytes; this server accepts at most "
+                                  f"{self.limits.max_string_bytes} per string (--max_request_string_bytes)")
+
+    def charge_array(self, alias: str, arr: np.ndarray) -> None:
+        """An already decoded input (the REST path): the same limits as a TensorProto's."""
+        self.check_shape(alias, arr.shape)
+        if arr.dtype == object:
+            lengths = [len(v) for v in arr.reshape(-1)]
+            self.check_string(alias, max(lengths, default=0))
+            self.charge(alias, int(arr.size), string_bytes(int(arr.size), sum(lengths)))
+        else:
+            self.charge(alias, int(arr.size), int(arr.nbytes))
+
+
+def numpy_dtype(dtype: int) -> Any | None:
+    """The numpy dtype of a TensorFlow dtype enum (`object` for strings); None when it cannot be served."""
+    entry = _DTYPES.get(dtype)
+    return None if entry is None else entry[0]
 
 
 def dtype_name(dtype: int) -> str:
@@ -99,7 +129,7 @@ def element_count(shape: list[int]) -> int:
 
 def string_bytes(elements: int, total_length: int) -> int:
     """What a string tensor of `elements` strings with `total_length` bytes in all costs TF."""
-    return elements * _STRING_ELEMENT_OVERHEAD + total_length
+    return elements * STRING_ELEMENT_OVERHEAD + total_length
 
 
 def to_numpy(proto: tensor_pb2.TensorProto, alias: str = "", budget: RequestBudget | None = None) -> np.ndarray:
@@ -119,6 +149,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, alias: str = "", budget: RequestBudg
     itemsize = np.dtype(np_dtype).itemsize
     if budget is not None:
         budget.charge(alias, count, count * itemsize)
+        budget.check_shape(alias, shape)
     if proto.tensor_content:
         if len(proto.tensor_content) != count * itemsize:
             raise invalid_argument(
@@ -206,7 +237,10 @@ def _decode_strings(proto: tensor_pb2.TensorProto, alias: str, shape: list[int],
     if budget is not None:
         # Charge the elements first: the lengths below are only read once the count is known to be acceptable.
         budget.charge(alias, count, string_bytes(count, 0))
-        explicit = sum(len(v) for v in values)
+        budget.check_shape(alias, shape)
+        lengths = [len(v) for v in values]
+        budget.check_string(alias, max(lengths, default=0))
+        explicit = sum(lengths)
         repeated = (count - n) * (len(values[-1]) if n else 0)
         budget.charge(alias, 0, explicit + repeated)
     out = np.empty(count, dtype=object)
@@ -239,7 +273,7 @@ def fill_proto(proto: tensor_pb2.TensorProto, value: Any, dtype: int | None = No
     if dtype is None:
         dtype = numpy_dtype_enum(arr)
     if dtype not in _DTYPES:
-        raise ServingError(12, f"Output dtype {dtype_name(dtype)} cannot be returned")
+        raise unimplemented(f"Output dtype {dtype_name(dtype)} cannot be returned")
     header = tensor_pb2.TensorProto(dtype=dtype)
     for s in arr.shape:
         header.tensor_shape.dim.add(size=int(s))

@@ -8,7 +8,7 @@ import os
 from tensorflow_serving.apis import prediction_log_pb2
 
 from . import inference
-from .errors import ServingError
+from .errors import ServingError, data_loss, invalid_argument, unimplemented
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_warmup(servable: inference.Servable, version_path: str) -> int:
         for raw in _records(path):
             count += 1
             if count > MAX_WARMUP_RECORDS:
-                raise ServingError(3, f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+                raise invalid_argument(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
             entry = prediction_log_pb2.PredictionLog()
             entry.ParseFromString(raw)
             kind = entry.WhichOneof("log_type")
@@ -46,10 +46,10 @@ def run_warmup(servable: inference.Servable, version_path: str) -> int:
             elif kind == "multi_inference_log":
                 inference.multi_inference(servable, entry.multi_inference_log.request)
             else:
-                raise ServingError(12, f"Unsupported log_type for warmup: {kind}")
+                raise unimplemented(f"Unsupported log_type for warmup: {kind}")
     except ServingError as e:
         raise ServingError(e.code, f"Warmup of {version_path} failed at record {count}: {e.message}") from e
     except Exception as e:  # noqa: BLE001 - a corrupt TFRecord file
-        raise ServingError(15, f"Failed to read warmup data from {path}: {e}") from e
+        raise data_loss(f"Failed to read warmup data from {path}: {e}") from e
     log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", version_path, count)
     return count

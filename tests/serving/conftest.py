@@ -9,12 +9,15 @@ protocol tests against another server, e.g. real TF Serving, which must then ser
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -173,6 +176,35 @@ def rest_base(server: Endpoint, grpc_client) -> str:
     if not server.rest:
         pytest.skip("no REST endpoint (set MTNLP_SERVING_REST)")
     return f"http://{server.rest}"
+
+
+@pytest.fixture(scope="session")
+def stub(server: Endpoint, grpc_client):
+    """A raw PredictionService stub on the shared server (requests no client library would send)."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(server.grpc, options=[("grpc.max_send_message_length", -1)])
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+def post_json(url: str, body: bytes) -> tuple[int, dict]:
+    """POST raw bytes as JSON; -> (HTTP status, the JSON answer), error statuses included."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def version_states(client, model: str | None = None) -> dict[int, str]:
+    """{version: state name} from GetModelStatus."""
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    state = get_model_status_pb2.ModelVersionStatus.State
+    return {s.version: state.Name(s.state) for s in client.status(model_name=model).model_version_status}
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):

@@ -300,3 +300,32 @@ def test_serving_protos_stay_compatible_with_tensorflow_imported_later():
     r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_serve_bounds_one_request_to_a_few_normal_batches(mtnlp_serve):
+    """`mtnlp serve` derives its request limits from the model: a request of one sentence repeated 10,000 times (a
+    few bytes on the wire; at [100000] the project model spent 8 CPU-seconds and 1.5 GB on it) and one 50 MB sentence
+    are refused before the model runs; a normal batch still answers."""
+    from mtnlp.serving.client import RestClient, ServingClient, ServingClientError
+    from mtnlp.serving.model_server.limits import BATCHES_PER_REQUEST, NORMAL_BATCH
+    from tensorflow_serving.apis import predict_pb2
+
+    assert f"--max_request_batch_size={BATCHES_PER_REQUEST * NORMAL_BATCH}" in mtnlp_serve.log()
+    with ServingClient(mtnlp_serve.grpc, model_name="mtnlp", retries=0) as c:
+        assert c.predict({"text": ["Apple sued Samsung."] * BATCHES_PER_REQUEST * NORMAL_BATCH})["tokens"].shape[0] \
+            == BATCHES_PER_REQUEST * NORMAL_BATCH
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "mtnlp"
+        text = request.inputs["text"]
+        text.dtype = 7
+        text.tensor_shape.dim.add(size=10_000)
+        text.string_val.append(b"Apple sued Samsung in California and lost the case in a week.")
+        with pytest.raises(ServingClientError) as e:
+            c.predict_request(request)
+        assert e.value.code == "RESOURCE_EXHAUSTED" and "--max_request_batch_size" in e.value.message
+        with pytest.raises(ServingClientError) as e:
+            c.predict({"text": ["word " * 10_000_000]})
+        assert e.value.code == "RESOURCE_EXHAUSTED" and "--max_request_string_bytes" in e.value.message
+    with pytest.raises(ServingClientError) as e:
+        RestClient(mtnlp_serve.rest, model_name="mtnlp", retries=0).predict({"text": ["word " * 1000] * 2})
+    assert e.value.code == "RESOURCE_EXHAUSTED" or e.value.http_status == 429, e.value

@@ -51,7 +51,7 @@ def _image_matches_lock(image: str) -> None:
         assert tag.split(".")[:2] == pinned.split(".")[:2]
 
 
-def _check_flags(args: list[str]) -> dict:
+def _check_flags(args: list[str]) -> flagmod.ServerOptions:
     values, unknown = flagmod.parse(args)
     assert unknown == []  # every flag is one tensorflow_model_server (and ours) accepts
     flagmod.check(values)
@@ -69,10 +69,10 @@ def test_compose():
         mounts[dst] = src
     assert mounts["/models"].endswith("serving_model}") or mounts["/models"].endswith("serving_model")
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
-        target = values[flag]
+        target = getattr(values, flag)
         assert target in mounts, f"{flag}={target} is not mounted"
         assert (DEPLOY / mounts[target]).is_file()
-    assert values["enable_batching"] and values["port"] == 8500 and values["rest_api_port"] == 8501
+    assert values.enable_batching and values.port == 8500 and values.rest_api_port == 8501
 
 
 def test_kubernetes_manifests():
@@ -89,8 +89,8 @@ def test_kubernetes_manifests():
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes[mounts["/config"]]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
-        assert Path(values[flag]).parent == Path("/config")
-        assert Path(values[flag]).name in docs["ConfigMap"]["data"]
+        assert Path(getattr(values, flag)).parent == Path("/config")
+        assert Path(getattr(values, flag)).name in docs["ConfigMap"]["data"]
     assert "/models" in mounts
     svc = docs["Service"]
     assert {p["port"] for p in svc["spec"]["ports"]} == {8500, 8501}

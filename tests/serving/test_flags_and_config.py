@@ -22,7 +22,7 @@ def test_flag_forms_equivalent():
     b, _ = flagmod.parse(["--port", "9000", "--model_base_path", "/m", "--enable_batching=true",
                           "--rest_api_port=9001"])
     assert a == b
-    assert a["port"] == 9000 and a["rest_api_port"] == 9001 and a["enable_batching"] is True
+    assert a.port == 9000 and a.rest_api_port == 9001 and a.enable_batching is True
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -31,14 +31,14 @@ def test_flag_forms_equivalent():
     (["--enable_model_warmup", "false"], False),
 ])
 def test_boolean_forms(argv, expected):
-    assert flagmod.parse(argv)[0]["enable_model_warmup"] is expected
+    assert flagmod.parse(argv)[0].enable_model_warmup is expected
 
 
 def test_defaults_match_tensorflow_model_server():
     v, _ = flagmod.parse([])
-    assert v["enable_signature_method_name_check"] is False and v["rest_api_num_threads"] > 0
-    assert (v["port"], v["rest_api_port"], v["model_name"], v["file_system_poll_wait_seconds"],
-            v["rest_api_timeout_in_ms"], v["enable_batching"], v["saved_model_tags"]) == \
+    assert v.enable_signature_method_name_check is False and v.rest_api_num_threads > 0
+    assert (v.port, v.rest_api_port, v.model_name, v.file_system_poll_wait_seconds,
+            v.rest_api_timeout_in_ms, v.enable_batching, v.saved_model_tags) == \
         (8500, 0, "default", 1, 30000, False, "serve")
 
 
@@ -56,7 +56,7 @@ def test_bad_flag_values_rejected_with_tf_message(argv, fragment):
 def test_unknown_arguments_are_reported_not_fatal():
     # tensorflow::Flags leaves unknown arguments alone; tensorflow_model_server prints them and starts anyway.
     values, unknown = flagmod.parse(["--no_such_flag=1", "stray", "--port=9"])
-    assert unknown == ["--no_such_flag=1", "stray"] and values["port"] == 9
+    assert unknown == ["--no_such_flag=1", "stray"] and values.port == 9
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_pb2, predict_pb2, prediction_service_pb2_grpc,
-                                     regression_pb2)
+                                     inference_pb2, model_pb2, predict_pb2, regression_pb2)
 
 from mtnlp.serving.client import ServingClientError, to_tensor_proto
 from mtnlp.serving.model_server.tensors import to_numpy
@@ -21,13 +20,6 @@ def example(x: float) -> example_pb2.Example:
     ex = example_pb2.Example()
     ex.features.feature["x"].float_list.value.append(x)
     return ex
-
-
-@pytest.fixture(scope="session")
-def stub(server, grpc_client):
-    channel = grpc.insecure_channel(server.grpc)
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def predict_req(model="half_plus_two", x=(1.0, 2.0, 3.0), **spec) -> predict_pb2.PredictRequest:
@@ -265,3 +257,26 @@ def test_model_status_unknown(grpc_client):
     with pytest.raises(ServingClientError) as e:
         grpc_client.status(version=42)
     assert e.value.code == "NOT_FOUND"
+
+
+def test_profiler_service_with_valid_trace_request(server, grpc_client, tmp_path):
+    """As TF Serving's own test: TensorFlow's profiler client asks the model port for a trace, which lands in the
+    log directory TensorBoard's profile plugin reads."""
+    import threading
+
+    from tensorflow.python.profiler import profiler_client
+
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            grpc_client.predict({"x": [1.0, 2.0]})
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        profiler_client.trace(f"grpc://{server.grpc}", str(tmp_path), 2000)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert list(tmp_path.rglob("*.xplane.pb")), list(tmp_path.rglob("*"))

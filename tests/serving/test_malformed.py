@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from mtnlp.serving.client import to_tensor_proto
 from mtnlp.serving.model_server.tensors import to_numpy
 
-
-@pytest.fixture(scope="module")
-def stub(server, grpc_client):
-    channel = grpc.insecure_channel(server.grpc, options=[("grpc.max_send_message_length", -1)])
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
+from .conftest import post_json
 
 
 def request(inputs: dict, signature: str = "") -> predict_pb2.PredictRequest:
@@ -87,16 +78,6 @@ def test_empty_model_spec_is_not_found(stub):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _post(base: str, path: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(base + path, data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 REST_CASES = {
     "not_json": (":predict", b"{instances: [1,"),
     "not_an_object": (":predict", b"[1, 2]"),
@@ -119,8 +100,8 @@ REST_CASES = {
 @pytest.mark.parametrize("case", sorted(REST_CASES))
 def test_malformed_rest_is_400(rest_base, case):
     verb, body = REST_CASES[case]
-    status, doc = _post(rest_base, "/v1/models/half_plus_two" + verb, body)
+    status, doc = post_json(rest_base + "/v1/models/half_plus_two" + verb, body)
     assert status == 400, doc
     assert isinstance(doc.get("error"), str) and doc["error"]
-    status, doc = _post(rest_base, "/v1/models/half_plus_two:predict", b'{"instances": [2.0]}')
+    status, doc = post_json(rest_base + "/v1/models/half_plus_two:predict", b'{"instances": [2.0]}')
     assert status == 200 and doc["predictions"][0]["y"] == 4.0
