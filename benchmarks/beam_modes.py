@@ -58,8 +58,12 @@ print("SUMMARY " + json.dumps({c["component"]: c["seconds"] for c in summarize_l
 def run_once(mode: str, out: Path, data: Path, max_records: str, tasks: str) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=out))
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", _RUN, str(workdir), str(data), json.dumps(MODES[mode]), max_records,
-                             tasks], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN, str(workdir), str(data), json.dumps(MODES[mode]), max_records, tasks],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     lines = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
     if result.returncode != 0 or not lines:
@@ -74,8 +78,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="workdirs (default: a new temporary folder)")
-    parser.add_argument("--output", type=Path, default=default_output("beam_modes"),
-                        help="the JSON results (default benchmarks/beam_modes_results.json)")  # fmt: skip
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("beam_modes"),
+        help="the JSON results (default benchmarks/beam_modes_results.json)",
+    )
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="beam-modes-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -85,13 +93,18 @@ def main(argv=None) -> int:
         for mode in MODES:
             runs[mode].append(run_once(mode, out, args.data.resolve(), args.max_records, args.tasks))
             print(f"repeat {repeat + 1} {mode}: {runs[mode][-1]['components']}", flush=True)
-    medians = {mode: {stage: statistics.median(r["components"][stage] for r in mode_runs) for stage in BEAM_STAGES}
-               for mode, mode_runs in runs.items()}  # fmt: skip
+    medians = {
+        mode: {stage: statistics.median(r["components"][stage] for r in mode_runs) for stage in BEAM_STAGES}
+        for mode, mode_runs in runs.items()
+    }
     rows = [[stage, *(f"{medians[mode][stage]:.1f}" for mode in MODES)] for stage in BEAM_STAGES]
     print(machine.line())
     print(table(["component (median s)", *MODES], rows))
-    write_json(args.output, machine, {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                      "median_seconds": medians})  # fmt: skip
+    write_json(
+        args.output,
+        machine,
+        {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "median_seconds": medians},
+    )
     return 0
 
 

@@ -13,8 +13,9 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -41,9 +42,13 @@ class Machine:
         self.load_before = os.getloadavg()[0]
 
     def facts(self) -> dict[str, Any]:
-        facts = {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
-                 "platform": platform.platform(),
-                 "load_average_1min_before_after": [round(self.load_before, 2), round(os.getloadavg()[0], 2)]}
+        facts = {
+            "cpu_model": cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_1min_before_after": [round(self.load_before, 2), round(os.getloadavg()[0], 2)],
+        }
         if "tensorflow" in sys.modules:
             facts["tensorflow"] = sys.modules["tensorflow"].__version__
         return facts
@@ -52,8 +57,10 @@ class Machine:
         f = self.facts()
         before, after = f["load_average_1min_before_after"]
         tf_version = f", TF {f['tensorflow']}" if "tensorflow" in f else ""
-        return (f"Machine: {f['cpu_model']}, {f['logical_cores']} logical cores, Python {f['python']}{tf_version}; "
-                f"load average {before} before, {after} after (other work on the machine skews the figures)")
+        return (
+            f"Machine: {f['cpu_model']}, {f['logical_cores']} logical cores, Python {f['python']}{tf_version}; "
+            f"load average {before} before, {after} after (other work on the machine skews the figures)"
+        )
 
 
 def percentile(xs: Sequence[float], q: float) -> float:

@@ -34,23 +34,45 @@ quiet_tensorflow()
 
 def newest_keras_model(workdir: Path) -> Path:
     """The Keras model the workdir's newest Trainer run saved beside its SavedModel (for warm starts)."""
-    candidates = sorted((workdir / "pipeline_root" / "Trainer" / "model").glob("*/Format-Keras/model.keras"),
-                        key=lambda p: int(p.parts[-3]))  # fmt: skip
+    candidates = sorted(
+        (workdir / "pipeline_root" / "Trainer" / "model").glob("*/Format-Keras/model.keras"),
+        key=lambda p: int(p.parts[-3]),
+    )
     if not candidates:
-        raise MissingRunError(f"no trained model in {workdir}/pipeline_root/Trainer: run `mtnlp run --workdir {workdir}` first")
+        raise MissingRunError(
+            f"no trained model in {workdir}/pipeline_root/Trainer: run `mtnlp run --workdir {workdir}` first"
+        )
     return candidates[-1]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("workdir"), help="a workdir of a finished `mtnlp run` (default ./workdir)")
-    ap.add_argument("--data", type=Path, default=REPO / "data", help="data folder with translation/validation.jsonl.gz (default: the bundled data)")
-    ap.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam widths to compare (default 1 4; 1 is greedy)")
-    ap.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha of the beams (default 0.6)")
+    ap.add_argument(
+        "--workdir", type=Path, default=Path("workdir"), help="a workdir of a finished `mtnlp run` (default ./workdir)"
+    )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO / "data",
+        help="data folder with translation/validation.jsonl.gz (default: the bundled data)",
+    )
+    ap.add_argument(
+        "--beams", type=int, nargs="+", default=[1, 4], help="beam widths to compare (default 1 4; 1 is greedy)"
+    )
+    ap.add_argument(
+        "--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha of the beams (default 0.6)"
+    )
     ap.add_argument("--pairs", type=int, default=1000, help="validation pairs scored for BLEU (default 1000)")
     ap.add_argument("--requests", type=int, default=100, help="one-sentence calls timed per width (default 100)")
-    ap.add_argument("--examples", type=int, default=10, help="first validation pairs shown with their outputs (default 10)")
-    ap.add_argument("--output", type=Path, default=default_output("decoding"), help="JSON results file (default benchmarks/decoding_results.json)")
+    ap.add_argument(
+        "--examples", type=int, default=10, help="first validation pairs shown with their outputs (default 10)"
+    )
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("decoding"),
+        help="JSON results file (default benchmarks/decoding_results.json)",
+    )
     ns = ap.parse_args()
     try:
         transform_graph, keras_path = newest_transform_graph(ns.workdir), newest_keras_model(ns.workdir)
@@ -78,7 +100,9 @@ def main() -> int:
 
     results = {}
     for width in ns.beams:
-        signatures = ServingModule(trained, tft_output, tasks, beam_width=width, length_penalty=ns.length_penalty).signatures()
+        signatures = ServingModule(
+            trained, tft_output, tasks, beam_width=width, length_penalty=ns.length_penalty
+        ).signatures()
         translate = signatures[TRANSLATION.heads[0].signature]
         translate(text=tf.constant(sources[:2]))  # warm up
         scored, _ = evaluate_signatures(signatures, data)
@@ -93,23 +117,53 @@ def main() -> int:
         per_sentence_in_batch = (time.perf_counter() - start) * 1000 / len(batch)
         examples = translate(text=tf.constant(sources[: ns.examples]))["translation"].numpy()
         results[width] = {
-            "bleu": scored[0].metrics["bleu"], "pairs": scored[0].examples, "decode_seconds": round(scored[0].seconds, 1),
-            "ms_one_sentence_p50": statistics.median(one), "ms_one_sentence_p90": percentile(one, 90),
+            "bleu": scored[0].metrics["bleu"],
+            "pairs": scored[0].examples,
+            "decode_seconds": round(scored[0].seconds, 1),
+            "ms_one_sentence_p50": statistics.median(one),
+            "ms_one_sentence_p90": percentile(one, 90),
             "ms_per_sentence_in_batch_of_64": per_sentence_in_batch,
-            "examples": [{"source": s, "reference": r["target"], "output": o.decode()}
-                         for s, r, o in zip(sources, pairs, examples)],
-        }  # fmt: skip
+            "examples": [
+                {"source": s, "reference": r["target"], "output": o.decode()}
+                for s, r, o in zip(sources, pairs, examples)
+            ],
+        }
         del outputs
         print(f"beam {width}: BLEU {results[width]['bleu']:.4f}", flush=True)
 
-    print(table(["beam", "BLEU (sacreBLEU/100)", "pairs", "one sentence p50 ms", "p90 ms", "ms/sentence in batch of 64"],
-                [[w, f"{r['bleu']:.4f}", r["pairs"], f"{r['ms_one_sentence_p50']:.1f}", f"{r['ms_one_sentence_p90']:.1f}",
-                  f"{r['ms_per_sentence_in_batch_of_64']:.2f}"] for w, r in results.items()]))  # fmt: skip
+    print(
+        table(
+            ["beam", "BLEU (sacreBLEU/100)", "pairs", "one sentence p50 ms", "p90 ms", "ms/sentence in batch of 64"],
+            [
+                [
+                    w,
+                    f"{r['bleu']:.4f}",
+                    r["pairs"],
+                    f"{r['ms_one_sentence_p50']:.1f}",
+                    f"{r['ms_one_sentence_p90']:.1f}",
+                    f"{r['ms_per_sentence_in_batch_of_64']:.2f}",
+                ]
+                for w, r in results.items()
+            ],
+        )
+    )
     widest = max(results)
-    print(table(["source", "reference", f"beam {widest}"],
-                [[e["source"], e["reference"], e["output"]] for e in results[widest]["examples"]]))
-    write_json(ns.output, machine, {"model": str(keras_path), "transform_graph": str(transform_graph),
-                                    "length_penalty": ns.length_penalty, "beams": results})  # fmt: skip
+    print(
+        table(
+            ["source", "reference", f"beam {widest}"],
+            [[e["source"], e["reference"], e["output"]] for e in results[widest]["examples"]],
+        )
+    )
+    write_json(
+        ns.output,
+        machine,
+        {
+            "model": str(keras_path),
+            "transform_graph": str(transform_graph),
+            "length_penalty": ns.length_penalty,
+            "beams": results,
+        },
+    )
     print(f"wrote {ns.output}")
     return 0
 

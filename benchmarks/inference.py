@@ -52,8 +52,10 @@ def newest_transform_graph(workdir: Path) -> Path:
     try:
         return Path(latest_transform_outputs(str(metadata))["transform_graph"])
     except (LookupError, OSError, RuntimeError) as e:
-        raise MissingRunError(f"no Transform output recorded in {metadata} ({e}): run the pipeline first "
-                              f"(`mtnlp run --workdir {workdir}`), or pass --workdir of a finished run") from None
+        raise MissingRunError(
+            f"no Transform output recorded in {metadata} ({e}): run the pipeline first "
+            f"(`mtnlp run --workdir {workdir}`), or pass --workdir of a finished run"
+        ) from None
 
 
 def latest_pushed_model(workdir: Path, model_name: str = "mtnlp") -> Path:
@@ -79,11 +81,14 @@ def export_untrained(tasks, tf_transform_output, model_config, transform_config,
     heads = all_heads(tasks)
     oov = transform_config.num_oov_buckets
     model = build_model(
-        heads, vocabulary_size=vocabulary_size(tf_transform_output, oov), max_length=transform_config.max_length,
+        heads,
+        vocabulary_size=vocabulary_size(tf_transform_output, oov),
+        max_length=transform_config.max_length,
         target_vocabulary_sizes=target_vocabulary_sizes(tf_transform_output, heads, oov),
-        max_target_length=transform_config.max_target_length, subword_buckets=transform_config.subword_buckets,
+        max_target_length=transform_config.max_target_length,
+        subword_buckets=transform_config.subword_buckets,
         **dataclasses.asdict(model_config),
-    )  # fmt: skip
+    )
     export_serving_model(model, tf_transform_output, tasks, str(export_dir))
     return model.count_params()
 
@@ -108,8 +113,12 @@ def main() -> int:
     ap.add_argument("--use-pushed", action="store_true", help="MTL: the workdir's latest pushed (trained) model")
     ap.add_argument("--requests", type=int, default=300, help="timed sentences (each through MTL and the 3 STL)")
     ap.add_argument("--warmup", type=int, default=20, help="untimed calls of each model first")
-    ap.add_argument("--sentences", type=Path, default=REPO / "data" / "sentiment" / "validation.jsonl.gz",
-                    help="JSON Lines (.gz) with a `text` field; the first 500 are cycled through")
+    ap.add_argument(
+        "--sentences",
+        type=Path,
+        default=REPO / "data" / "sentiment" / "validation.jsonl.gz",
+        help="JSON Lines (.gz) with a `text` field; the first 500 are cycled through",
+    )
     ap.add_argument("--output", type=Path, default=default_output("inference"))
     ns = ap.parse_args()
 
@@ -152,7 +161,7 @@ def main() -> int:
         load_text_ops()  # the WordPiece op of the translation target side
         calls = {name: tf.saved_model.load(str(path)).signatures[SIGNATURE] for name, path in paths.items()}
         inputs = [tf.constant([s]) for s in sentences]
-        for name, fn in calls.items():
+        for fn in calls.values():
             for i in range(ns.warmup):
                 fn(text=inputs[i % len(inputs)])
         ms: dict[str, list[float]] = {name: [] for name in calls}
@@ -167,8 +176,10 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     ms["stl_sum"] = [sum(values) for values in zip(*(ms[name] for name in STL_HEADS))]
-    latency = {name: {"p50_ms": percentile(v, 50), "mean_ms": statistics.fmean(v), "p99_ms": percentile(v, 99)}
-               for name, v in ms.items()}  # fmt: skip
+    latency = {
+        name: {"p50_ms": percentile(v, 50), "mean_ms": statistics.fmean(v), "p99_ms": percentile(v, 99)}
+        for name, v in ms.items()
+    }
     summary = {
         "mtl_over_stl_sum_p50": latency["mtl"]["p50_ms"] / latency["stl_sum"]["p50_ms"],
         "mtl_over_stl_sum_mean": latency["mtl"]["mean_ms"] / latency["stl_sum"]["mean_ms"],
@@ -178,23 +189,44 @@ def main() -> int:
 
     m = config.model
     print(machine.line())
-    print(f"Signature `{SIGNATURE}`, one sentence per call, in process (tf.saved_model.load); {ns.requests} "
-          f"sentences after {ns.warmup} warmup calls per model; Transform graph {transform_graph}")
-    print(f"Encoder ({ns.profile} profile): d={m.embedding_dim} f={m.intermediate_dim} L={m.num_layers}; "
-          + ("MTL: the pushed, trained model; STL: untrained" if pushed else "untrained weights (latency only)"))
-    labels = {"mtl": "MTL (pushed)" if pushed else f"MTL ({', '.join(models['mtl']['heads'])})",
-              "stl_sum": "STL sentiment + pos + ner"}  # fmt: skip
-    rows = [[labels.get(name, f"STL {name}"), f"{r['p50_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
-            for name, r in latency.items()]  # fmt: skip
+    print(
+        f"Signature `{SIGNATURE}`, one sentence per call, in process (tf.saved_model.load); {ns.requests} "
+        f"sentences after {ns.warmup} warmup calls per model; Transform graph {transform_graph}"
+    )
+    print(
+        f"Encoder ({ns.profile} profile): d={m.embedding_dim} f={m.intermediate_dim} L={m.num_layers}; "
+        + ("MTL: the pushed, trained model; STL: untrained" if pushed else "untrained weights (latency only)")
+    )
+    labels = {
+        "mtl": "MTL (pushed)" if pushed else f"MTL ({', '.join(models['mtl']['heads'])})",
+        "stl_sum": "STL sentiment + pos + ner",
+    }
+    rows = [
+        [labels.get(name, f"STL {name}"), f"{r['p50_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+        for name, r in latency.items()
+    ]
     print(table(["model", "p50 ms", "mean ms", "p99 ms"], rows))
     verdict = "meets" if summary["meets_target"] else "misses"
-    print(f"MTL / sum of the three STL: {summary['mtl_over_stl_sum_p50']:.2f}x at p50, "
-          f"{summary['mtl_over_stl_sum_mean']:.2f}x mean (target <= {TARGET_RATIO}: {verdict} it at p50)")
-    write_json(ns.output, machine, {
-        "workdir": str(ns.workdir.resolve()), "transform_graph": str(transform_graph), "profile": ns.profile,
-        "model_config": dataclasses.asdict(config.model), "signature": SIGNATURE, "requests": ns.requests,
-        "warmup": ns.warmup, "models": models, "latency": latency, "summary": summary,
-    })  # fmt: skip
+    print(
+        f"MTL / sum of the three STL: {summary['mtl_over_stl_sum_p50']:.2f}x at p50, "
+        f"{summary['mtl_over_stl_sum_mean']:.2f}x mean (target <= {TARGET_RATIO}: {verdict} it at p50)"
+    )
+    write_json(
+        ns.output,
+        machine,
+        {
+            "workdir": str(ns.workdir.resolve()),
+            "transform_graph": str(transform_graph),
+            "profile": ns.profile,
+            "model_config": dataclasses.asdict(config.model),
+            "signature": SIGNATURE,
+            "requests": ns.requests,
+            "warmup": ns.warmup,
+            "models": models,
+            "latency": latency,
+            "summary": summary,
+        },
+    )
     return 0
 
 

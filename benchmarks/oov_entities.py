@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, Machine, default_output, quiet_tensorflow, table, write_json  # noqa: E402
@@ -35,8 +36,9 @@ def normalize_word(word: str) -> str:
     return "".join("0" if unicodedata.category(c).startswith("N") else c for c in word.lower())
 
 
-def entity_groups(records: Sequence[dict[str, Any]], predicted: Sequence[Sequence[str]],
-                  vocabulary: set[str]) -> dict[str, dict[str, int]]:  # fmt: skip
+def entity_groups(
+    records: Sequence[dict[str, Any]], predicted: Sequence[Sequence[str]], vocabulary: set[str]
+) -> dict[str, dict[str, int]]:
     """Gold entities found / total, for entities with an out-of-vocabulary word and for the others."""
     from mtnlp.model.scoring import iob2_chunks
 
@@ -71,25 +73,45 @@ def measure(workdir: Path, data: Path, batch_size: int = 64) -> dict[str, Any]:
     function = load_signatures(str(model))[contract.signature_for(task, head)]
     predicted: list[list[str]] = []
     for start in range(0, len(records), batch_size):
-        batch = records[start:start + batch_size]
+        batch = records[start : start + batch_size]
         answers = function(**_request(task, batch))[head.scored_output].numpy()
         predicted += [[as_text(t) for t in np.asarray(row)[: len(r["tokens"])]] for r, row in zip(batch, answers)]
     groups = entity_groups(records, predicted, vocabulary)
     for group in groups.values():
         group["error_rate"] = round(1 - group["found"] / group["total"], 4) if group["total"] else None
     tokens = [normalize_word(w) for r in records for w in r["tokens"]]
-    return {"model": str(model), "transform_graph": str(graph), "sentences": len(records),
-            "vocabulary": len(vocabulary), "token_oov_rate": round(sum(t not in vocabulary for t in tokens) / len(tokens), 4),
-            "entities": groups}  # fmt: skip
+    return {
+        "model": str(model),
+        "transform_graph": str(graph),
+        "sentences": len(records),
+        "vocabulary": len(vocabulary),
+        "token_oov_rate": round(sum(t not in vocabulary for t in tokens) / len(tokens), 4),
+        "entities": groups,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, action="append", required=True,
-                    help="a workdir of a finished `mtnlp run` (repeat to compare models)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        action="append",
+        required=True,
+        help="a workdir of a finished `mtnlp run` (repeat to compare models)",
+    )
     ap.add_argument("--label", action="append", help="a name per --workdir for the table (default: the path)")
-    ap.add_argument("--data", type=Path, default=REPO / "data", help="data folder with tagging/validation.jsonl.gz (default: the bundled data)")
-    ap.add_argument("--output", type=Path, default=default_output("oov_entities"), help="JSON results file (default benchmarks/oov_entities_results.json)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO / "data",
+        help="data folder with tagging/validation.jsonl.gz (default: the bundled data)",
+    )
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("oov_entities"),
+        help="JSON results file (default benchmarks/oov_entities_results.json)",
+    )
     ns = ap.parse_args(argv)
     labels = ns.label or [str(w) for w in ns.workdir]
     if len(labels) != len(ns.workdir):
@@ -100,12 +122,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = [[label, f"{r['token_oov_rate']:.1%}",
-             f"{r['entities']['oov']['total']} / {r['entities']['in_vocabulary']['total']}",
-             f"{r['entities']['oov']['error_rate']:.3f}", f"{r['entities']['in_vocabulary']['error_rate']:.3f}"]
-            for label, r in results.items()]  # fmt: skip
+    rows = [
+        [
+            label,
+            f"{r['token_oov_rate']:.1%}",
+            f"{r['entities']['oov']['total']} / {r['entities']['in_vocabulary']['total']}",
+            f"{r['entities']['oov']['error_rate']:.3f}",
+            f"{r['entities']['in_vocabulary']['error_rate']:.3f}",
+        ]
+        for label, r in results.items()
+    ]
     print(machine.line())
-    print(table(["model", "OOV tokens", "entities OOV / in vocabulary", "error rate OOV", "error rate in vocabulary"], rows))
+    print(
+        table(
+            ["model", "OOV tokens", "entities OOV / in vocabulary", "error rate OOV", "error rate in vocabulary"], rows
+        )
+    )
     write_json(ns.output, machine, {"results": results})
     return 0
 

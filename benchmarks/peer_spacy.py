@@ -49,8 +49,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, Machine, default_output, quiet_tensorflow, table, write_json  # noqa: E402
@@ -81,8 +82,12 @@ def spacy_examples(task_name: str, records: Iterable[Mapping[str, Any]]) -> Iter
 
     for record in records:
         if task_name == "tagging":
-            yield {"task": task_name, "words": list(record["tokens"]), "tags": list(record["pos"]),
-                   "ents": None if record.get("ner") is None else list(record["ner"])}  # fmt: skip
+            yield {
+                "task": task_name,
+                "words": list(record["tokens"]),
+                "tags": list(record["pos"]),
+                "ents": None if record.get("ner") is None else list(record["ner"]),
+            }
         elif task_name == "sentiment":
             cats = {label: float(label == record["label"]) for label in SENTIMENT_LABELS}
             yield {"task": task_name, "text": record["text"], "cats": cats}
@@ -121,8 +126,10 @@ def installed_spacy_version(python: Path) -> str | None:
     """spaCy's version in that interpreter if it is within SPACY_REQUIREMENT, else None."""
     if not python.exists():
         return None
-    probe = ("import spacy, sys; major, minor = map(int, spacy.__version__.split('.')[:2]); "
-             f"print(spacy.__version__); sys.exit(0 if (major, minor) == {SPACY_SERIES} else 1)")  # fmt: skip
+    probe = (
+        "import spacy, sys; major, minor = map(int, spacy.__version__.split('.')[:2]); "
+        f"print(spacy.__version__); sys.exit(0 if (major, minor) == {SPACY_SERIES} else 1)"
+    )
     result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else None
 
@@ -139,8 +146,10 @@ def ensure_spacy_venv(venv: Path, base_python: str) -> tuple[Path, str]:
         print(f"creating the spaCy environment {venv} with {base_python}", flush=True)
         created = subprocess.run([base_python, "-m", "venv", str(venv)], capture_output=True, text=True)
         if created.returncode != 0:
-            raise PeerBenchmarkError(f"cannot create a virtual environment in {venv} with {base_python} (--venv-python "
-                                     f"picks another interpreter): {created.stderr.strip()}")  # fmt: skip
+            raise PeerBenchmarkError(
+                f"cannot create a virtual environment in {venv} with {base_python} (--venv-python "
+                f"picks another interpreter): {created.stderr.strip()}"
+            )
     print(f"installing {SPACY_REQUIREMENT} into {venv} (pip, PyPI)", flush=True)
     installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", SPACY_REQUIREMENT])
     version = installed_spacy_version(python)
@@ -170,15 +179,15 @@ def peer_config(train_path: Path, dev_path: Path, max_steps: int, eval_frequency
     listening to the shared tok2vec (TextCatEnsemble, as the accuracy preset has it)."""
     from spacy.cli.init_config import init_config
 
-    config = init_config(lang="en", pipeline=["tagger", "ner", TEXTCAT], optimize="efficiency", gpu=False,
-                         silent=True)  # fmt: skip
+    config = init_config(lang="en", pipeline=["tagger", "ner", TEXTCAT], optimize="efficiency", gpu=False, silent=True)
     bag_of_words = dict(config["components"][TEXTCAT]["model"])
     width = "${components.tok2vec.model.encode.width}"
     config["components"][TEXTCAT]["model"] = {
-        "@architectures": "spacy.TextCatEnsemble.v2", "nO": None,
+        "@architectures": "spacy.TextCatEnsemble.v2",
+        "nO": None,
         "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1", "width": width, "upstream": "*"},
         "linear_model": bag_of_words,
-    }  # fmt: skip
+    }
     config["paths"]["train"], config["paths"]["dev"] = str(train_path), str(dev_path)
     # the caps decide when training ends; no early stopping on the validation slice
     config["training"].update(max_steps=max_steps, patience=0, eval_frequency=eval_frequency)
@@ -197,12 +206,19 @@ def train_with_caps(nlp, deadline: float) -> dict[str, Any]:
     train_corpus, dev_corpus = resolve_dot_names(config, [T["train_corpus"], T["dev_corpus"]])
     optimizer = T["optimizer"]
     steps = train_while_improving(
-        nlp, optimizer, create_train_batches(nlp, train_corpus, T["batcher"], T["max_epochs"]),
-        create_evaluation_callback(nlp, dev_corpus, T["score_weights"]), dropout=T["dropout"],
-        accumulate_gradient=T["accumulate_gradient"], patience=T["patience"], max_steps=T["max_steps"],
-        eval_frequency=T["eval_frequency"], exclude=T["frozen_components"],
-        annotating_components=T["annotating_components"], before_update=T["before_update"],
-    )  # fmt: skip
+        nlp,
+        optimizer,
+        create_train_batches(nlp, train_corpus, T["batcher"], T["max_epochs"]),
+        create_evaluation_callback(nlp, dev_corpus, T["score_weights"]),
+        dropout=T["dropout"],
+        accumulate_gradient=T["accumulate_gradient"],
+        patience=T["patience"],
+        max_steps=T["max_steps"],
+        eval_frequency=T["eval_frequency"],
+        exclude=T["frozen_components"],
+        annotating_components=T["annotating_components"],
+        before_update=T["before_update"],
+    )
     log_step, finalize_log = T["logger"](nlp, sys.stdout, sys.stderr)
     start, steps_done, epochs_done, stopped_by = time.perf_counter(), 0, 0, "max_steps"
     for _batch, info, is_checkpoint in steps:
@@ -214,8 +230,12 @@ def train_with_caps(nlp, deadline: float) -> dict[str, Any]:
     finalize_log()
     if optimizer.averages:
         nlp.use_params(optimizer.averages)
-    return {"loop_seconds": time.perf_counter() - start, "steps": steps_done, "epochs": epochs_done,
-            "stopped_by": stopped_by}
+    return {
+        "loop_seconds": time.perf_counter() - start,
+        "steps": steps_done,
+        "epochs": epochs_done,
+        "stopped_by": stopped_by,
+    }
 
 
 def predicted_ents(doc) -> list[str]:
@@ -232,8 +252,11 @@ def pipe_throughput(nlp, sentences: Sequence[Sequence[str]], batch_size: int, re
         start = time.perf_counter()
         list(nlp.pipe((Doc(nlp.vocab, words=w) for w in sentences), batch_size=batch_size))
         seconds.append(time.perf_counter() - start)
-    return {"sentences": len(sentences), "pass_seconds": seconds,
-            "sentences_per_s": len(sentences) / statistics.median(seconds)}  # fmt: skip
+    return {
+        "sentences": len(sentences),
+        "pass_seconds": seconds,
+        "sentences_per_s": len(sentences) / statistics.median(seconds),
+    }
 
 
 def spacy_side(job_path: Path) -> None:
@@ -267,15 +290,25 @@ def spacy_side(job_path: Path) -> None:
     sentiment = [e for e in validation if e["task"] == "sentiment"]
     answers: dict[str, Any] = {"tagging": [], "sentiment": []}
     for doc in nlp.pipe((Doc(nlp.vocab, words=e["words"]) for e in tagging), batch_size=job["batch_size"]):
-        answers["tagging"].append({"words": [t.text for t in doc], "pos_tags": [t.tag_ for t in doc],
-                                   "ner_tags": predicted_ents(doc)})  # fmt: skip
+        answers["tagging"].append(
+            {"words": [t.text for t in doc], "pos_tags": [t.tag_ for t in doc], "ner_tags": predicted_ents(doc)}
+        )
     for example, doc in zip(sentiment, nlp.pipe((e["text"] for e in sentiment), batch_size=job["batch_size"])):
         answers["sentiment"].append({"text": example["text"], "cats": dict(doc.cats)})
     throughput = pipe_throughput(nlp, [e["words"] for e in tagging], job["batch_size"], job["repeats"])
-    print(f"spaCy: trained {training['steps']} steps in {training['train_seconds']:.0f} s (stopped by "
-          f"{training['stopped_by']}); nlp.pipe {throughput['sentences_per_s']:.0f} sentences/s", flush=True)
-    about = {"version": spacy.__version__, "pipeline": nlp.pipe_names, "config": str(work / "config.cfg"),
-             "model": str(work / "model-last"), "training": training, "tagging_throughput": throughput}  # fmt: skip
+    print(
+        f"spaCy: trained {training['steps']} steps in {training['train_seconds']:.0f} s (stopped by "
+        f"{training['stopped_by']}); nlp.pipe {throughput['sentences_per_s']:.0f} sentences/s",
+        flush=True,
+    )
+    about = {
+        "version": spacy.__version__,
+        "pipeline": nlp.pipe_names,
+        "config": str(work / "config.cfg"),
+        "model": str(work / "model-last"),
+        "training": training,
+        "tagging_throughput": throughput,
+    }
     (work / "answers.json").write_text(json.dumps({"about": about, **answers}, ensure_ascii=False))
 
 
@@ -287,8 +320,13 @@ class RecordedSignature:
     request ``evaluate_signatures`` builds, it returns the recorded answer of each row, looked up by the row's
     words or text. This is what lets the peer go through exactly the scoring our model goes through."""
 
-    def __init__(self, input_name: str, key: Callable[[Any], Any], answers: Mapping[Any, Mapping[str, Any]],
-                 outputs: Sequence[str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        input_name: str,
+        key: Callable[[Any], Any],
+        answers: Mapping[Any, Mapping[str, Any]],
+        outputs: Sequence[str],
+    ) -> None:
         self.input_name, self.key, self.answers = input_name, key, answers
         self.structured_outputs = {name: None for name in outputs}
 
@@ -312,13 +350,16 @@ def spacy_signatures(answers: Mapping[str, Any]) -> dict[str, RecordedSignature]
 
     tagged = {words_key(a["words"]): a for a in answers["tagging"]}
     # the sentiment head is scored on probabilities in our label order
-    classified = {a["text"]: {"sentiment_probabilities": [float(a["cats"][label]) for label in SENTIMENT_LABELS]}
-                  for a in answers["sentiment"]}  # fmt: skip
+    classified = {
+        a["text"]: {"sentiment_probabilities": [float(a["cats"][label]) for label in SENTIMENT_LABELS]}
+        for a in answers["sentiment"]
+    }
     return {
-        "analyze_tokens": RecordedSignature("tokens", lambda row: words_key(text(w) for w in row), tagged,
-                                            ["pos_tags", "ner_tags"]),
+        "analyze_tokens": RecordedSignature(
+            "tokens", lambda row: words_key(text(w) for w in row), tagged, ["pos_tags", "ner_tags"]
+        ),
         "analyze": RecordedSignature("text", text, classified, ["sentiment_probabilities"]),
-    }  # fmt: skip
+    }
 
 
 def head_metrics(results) -> dict[str, dict[str, float]]:
@@ -331,7 +372,7 @@ def our_tagging_throughput(signatures, tagging_data, batch_size: int, repeats: i
     from mtnlp.serving.evaluate import _request
 
     function, records = signatures["analyze_tokens"], tagging_data.records
-    batches = [records[start:start + batch_size] for start in range(0, len(records), batch_size)]
+    batches = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
 
     def one_pass(some_batches) -> None:
         for batch in some_batches:
@@ -344,8 +385,11 @@ def our_tagging_throughput(signatures, tagging_data, batch_size: int, repeats: i
         start = time.perf_counter()
         one_pass(batches)
         seconds.append(time.perf_counter() - start)
-    return {"sentences": len(records), "pass_seconds": seconds,
-            "sentences_per_s": len(records) / statistics.median(seconds)}  # fmt: skip
+    return {
+        "sentences": len(records),
+        "pass_seconds": seconds,
+        "sentences_per_s": len(records) / statistics.median(seconds),
+    }
 
 
 def our_training_seconds(model_path: Path, given: float | None) -> tuple[float | None, str]:
@@ -375,21 +419,34 @@ def fmt(value: float | None, digits: int = 4) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, help="our pushed SavedModel, or a model base path (its newest version)")
-    ap.add_argument("--data", type=Path, default=REPO / "data",
-                    help="folder with tagging/ and sentiment/ (default data/)")
-    ap.add_argument("--max-minutes", type=float, default=30.0,
-                    help="spaCy training wall-time cap, initialization included (default 30)")
+    ap.add_argument(
+        "--data", type=Path, default=REPO / "data", help="folder with tagging/ and sentiment/ (default data/)"
+    )
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=30.0,
+        help="spaCy training wall-time cap, initialization included (default 30)",
+    )
     ap.add_argument("--max-steps", type=int, default=20000, help="spaCy training step cap (default 20000, spaCy's)")
     ap.add_argument("--max-records", type=int, help="at most this many records per task and split")
     ap.add_argument("--our-train-seconds", type=float, help="our training wall time (else from run_summary.json)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes over the sentences (median reported)")
-    ap.add_argument("--venv", type=Path, default=DEFAULT_VENV,
-                    help=f"spaCy's virtual environment (default {DEFAULT_VENV})")
+    ap.add_argument(
+        "--venv", type=Path, default=DEFAULT_VENV, help=f"spaCy's virtual environment (default {DEFAULT_VENV})"
+    )
     ap.add_argument("--venv-python", default=sys.executable, help="the interpreter that creates it (default: this one)")
-    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                    help=f"corpora, config, trained spaCy pipeline, answers (default {DEFAULT_WORK_DIR})")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: {QUICK_RECORDS} records per task and split, 20 steps, 1 timed pass")
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        help=f"corpora, config, trained spaCy pipeline, answers (default {DEFAULT_WORK_DIR})",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_RECORDS} records per task and split, 20 steps, 1 timed pass",
+    )
     ap.add_argument("--output", type=Path, default=default_output("peer_spacy"))
     ap.add_argument("--spacy-side", type=Path, help=argparse.SUPPRESS)  # the child process in spaCy's environment
     ns = ap.parse_args()
@@ -400,16 +457,24 @@ def main() -> int:
     if ns.model_dir is None:
         ap.error("--model-dir is required: our pushed model, e.g. workdir/serving_model/mtnlp (run `mtnlp run`)")
     if not ns.model_dir.exists():  # before the heavy imports; resolve_saved_model checks what is in it
-        print(f"error: model folder {ns.model_dir} does not exist: pass our pushed model, e.g. "
-              "workdir/serving_model/mtnlp (run `mtnlp run` first)", file=sys.stderr)
+        print(
+            f"error: model folder {ns.model_dir} does not exist: pass our pushed model, e.g. "
+            "workdir/serving_model/mtnlp (run `mtnlp run` first)",
+            file=sys.stderr,
+        )
         return 2
     if ns.quick:
         ns.max_records, ns.max_steps, ns.repeats = ns.max_records or QUICK_RECORDS, min(ns.max_steps, 20), 1
     machine = Machine()
     quiet_tensorflow()
     from mtnlp.model.tasks import get_task
-    from mtnlp.serving.evaluate import (EvaluationError, evaluate_signatures, load_signatures, read_task_data,
-                                  resolve_saved_model)
+    from mtnlp.serving.evaluate import (
+        EvaluationError,
+        evaluate_signatures,
+        load_signatures,
+        read_task_data,
+        resolve_saved_model,
+    )
 
     try:
         model_path = Path(resolve_saved_model(str(ns.model_dir)))
@@ -429,16 +494,26 @@ def main() -> int:
     (ns.work_dir / "answers.json").unlink(missing_ok=True)  # never score an earlier run's answers
     counts = {}
     for split, data in (("train", train), ("validation", validation)):
-        write_jsonl(ns.work_dir / f"{split}.jsonl",
-                    (e for name in PEER_TASKS for e in spacy_examples(name, data[name].records)))
+        write_jsonl(
+            ns.work_dir / f"{split}.jsonl", (e for name in PEER_TASKS for e in spacy_examples(name, data[name].records))
+        )
         counts[split] = {name: len(data[name].records) for name in PEER_TASKS}
-    job = {"max_minutes": ns.max_minutes, "max_steps": ns.max_steps, "batch_size": BATCH_SIZE, "repeats": ns.repeats,
-           "dev_records": 50 if ns.quick else 300, "eval_frequency": 10 if ns.quick else 200}  # fmt: skip
+    job = {
+        "max_minutes": ns.max_minutes,
+        "max_steps": ns.max_steps,
+        "batch_size": BATCH_SIZE,
+        "repeats": ns.repeats,
+        "dev_records": 50 if ns.quick else 300,
+        "eval_frequency": 10 if ns.quick else 200,
+    }
     (ns.work_dir / "job.json").write_text(json.dumps(job))
-    print(f"spaCy side: training on {describe(counts['train'])}, at most {ns.max_minutes:g} min / {ns.max_steps} "
-          "steps", flush=True)  # fmt: skip
-    child = subprocess.run([str(python), str(Path(__file__).resolve()), "--spacy-side", str(ns.work_dir / "job.json")],
-                           cwd=REPO)  # fmt: skip
+    print(
+        f"spaCy side: training on {describe(counts['train'])}, at most {ns.max_minutes:g} min / {ns.max_steps} steps",
+        flush=True,
+    )
+    child = subprocess.run(
+        [str(python), str(Path(__file__).resolve()), "--spacy-side", str(ns.work_dir / "job.json")], cwd=REPO
+    )
     if child.returncode != 0:
         print(f"error: the spaCy side failed (exit {child.returncode}); its output is above", file=sys.stderr)
         return 1
@@ -471,29 +546,49 @@ def main() -> int:
         ("NER entity recall", metric(ours, "ner", "entity_recall"), metric(peer, "ner", "entity_recall")),
         ("sentiment accuracy", metric(ours, "sentiment", "accuracy"), metric(peer, "sentiment", "accuracy")),
         ("training wall time, s", fmt(our_seconds, 0), fmt(training["train_seconds"], 0)),
-        (f"tagging sentences/s (batch {BATCH_SIZE})", fmt(our_throughput["sentences_per_s"], 0),
-         fmt(spacy_about["tagging_throughput"]["sentences_per_s"], 0)),
-    ]  # fmt: skip
+        (
+            f"tagging sentences/s (batch {BATCH_SIZE})",
+            fmt(our_throughput["sentences_per_s"], 0),
+            fmt(spacy_about["tagging_throughput"]["sentences_per_s"], 0),
+        ),
+    ]
     print()
     print(table(["validation", f"mtnlp ({model_path.name})", f"spaCy {spacy_version}"], rows))
     print(f"mtnlp training time: {our_seconds_source}")
-    print(f"spaCy training: initialization {training['init_seconds']:.0f} s, then {training['steps']} steps in "
-          f"{training['loop_seconds']:.0f} s ({training['epochs']} full epochs), stopped by "
-          f"{training['stopped_by']} (caps {ns.max_minutes:g} min, {ns.max_steps} steps); "
-          f"tagging throughput: {our_throughput['sentences']} sentences, every head/component, "
-          f"median of {ns.repeats}")  # fmt: skip
+    print(
+        f"spaCy training: initialization {training['init_seconds']:.0f} s, then {training['steps']} steps in "
+        f"{training['loop_seconds']:.0f} s ({training['epochs']} full epochs), stopped by "
+        f"{training['stopped_by']} (caps {ns.max_minutes:g} min, {ns.max_steps} steps); "
+        f"tagging throughput: {our_throughput['sentences']} sentences, every head/component, "
+        f"median of {ns.repeats}"
+    )
     print(machine.line())
-    write_json(ns.output, machine, {
-        "settings": {"quick": ns.quick, "max_minutes": ns.max_minutes, "max_steps": ns.max_steps,
-                     "max_records": ns.max_records, "batch_size": BATCH_SIZE, "repeats": ns.repeats,
-                     "data": str(ns.data)},
-        "records": counts,
-        "systems": {
-            "mtnlp": {"model": str(model_path), "metrics": ours, "train_seconds": our_seconds,
-                      "train_seconds_source": our_seconds_source, "tagging_throughput": our_throughput},
-            "spacy": {**spacy_about, "metrics": peer, "train_seconds": training["train_seconds"]},
+    write_json(
+        ns.output,
+        machine,
+        {
+            "settings": {
+                "quick": ns.quick,
+                "max_minutes": ns.max_minutes,
+                "max_steps": ns.max_steps,
+                "max_records": ns.max_records,
+                "batch_size": BATCH_SIZE,
+                "repeats": ns.repeats,
+                "data": str(ns.data),
+            },
+            "records": counts,
+            "systems": {
+                "mtnlp": {
+                    "model": str(model_path),
+                    "metrics": ours,
+                    "train_seconds": our_seconds,
+                    "train_seconds_source": our_seconds_source,
+                    "tagging_throughput": our_throughput,
+                },
+                "spacy": {**spacy_about, "metrics": peer, "train_seconds": training["train_seconds"]},
+            },
         },
-    })  # fmt: skip
+    )
     return 0
 
 

@@ -36,11 +36,24 @@ BEAM_STAGES = ("JsonlExampleGen", "StatisticsGen", "Transform", "Evaluator")
 TARGET_GROWTH = 2.1
 
 
-def run_pipeline(workdir: Path, records: int, train_steps: int, data: Path | None, log: Path,
-                 tasks: list[str] | None = None) -> dict:
+def run_pipeline(
+    workdir: Path, records: int, train_steps: int, data: Path | None, log: Path, tasks: list[str] | None = None
+) -> dict:
     """One ``mtnlp run`` in a subprocess; its run_summary.json plus the subprocess's own wall time."""
-    command = [sys.executable, "-m", "mtnlp.cli", "run", "--profile", "quick", "--max-records", str(records),
-               "--train-steps", str(train_steps), "--workdir", str(workdir)] + (["--data", str(data)] if data else [])
+    command = [
+        sys.executable,
+        "-m",
+        "mtnlp.cli",
+        "run",
+        "--profile",
+        "quick",
+        "--max-records",
+        str(records),
+        "--train-steps",
+        str(train_steps),
+        "--workdir",
+        str(workdir),
+    ] + (["--data", str(data)] if data else [])
     command += ["--tasks", *tasks] if tasks else []
     start = time.perf_counter()
     with open(log, "a") as out:
@@ -49,15 +62,19 @@ def run_pipeline(workdir: Path, records: int, train_steps: int, data: Path | Non
     summary_path = workdir / "run_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if result.returncode != 0 or summary.get("status") != "succeeded":
-        raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}): "
-                           f"{summary.get('error', 'no run summary')}; log: {log}")  # fmt: skip
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed (exit {result.returncode}): "
+            f"{summary.get('error', 'no run summary')}; log: {log}"
+        )
     ingested = sum(f["records"] - f["rejected"] for files in summary.get("ingest", {}).values() for f in files.values())
     return {
-        "max_records": records, "records_ingested": ingested, "process_seconds": round(seconds, 1),
+        "max_records": records,
+        "records_ingested": ingested,
+        "process_seconds": round(seconds, 1),
         "wall_seconds": summary["wall_seconds"],
         "components": {c["component"]: c["seconds"] for c in summary["components"]},
         "states": {c["component"]: c["state"] for c in summary["components"]},
-    }  # fmt: skip
+    }
 
 
 def growth_per_doubling(t_a: float, t_b: float, records_a: int, records_b: int) -> float | None:
@@ -91,12 +108,19 @@ def main() -> int:
         for k in sizes:
             records = ns.base_records * k
             print(f"running the pipeline on {records} records per task and split ({k}x) ...", flush=True)
-            runs[f"{k}x"] = run_pipeline(workdirs[k], records, ns.train_steps, ns.data, out / f"records-{records}.log",
-                                         ns.tasks)
+            runs[f"{k}x"] = run_pipeline(
+                workdirs[k], records, ns.train_steps, ns.data, out / f"records-{records}.log", ns.tasks
+            )
         k = sizes[0]
         print(f"rerunning {k}x with nothing new ...", flush=True)
-        runs["rerun"] = run_pipeline(workdirs[k], ns.base_records * k, ns.train_steps, ns.data,
-                                     out / f"records-{ns.base_records * k}.log", ns.tasks)  # fmt: skip
+        runs["rerun"] = run_pipeline(
+            workdirs[k],
+            ns.base_records * k,
+            ns.train_steps,
+            ns.data,
+            out / f"records-{ns.base_records * k}.log",
+            ns.tasks,
+        )
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -108,42 +132,75 @@ def main() -> int:
     def seconds(run: str, name: str) -> float:
         return runs[run]["wall_seconds"] if name == "wall" else runs[run]["components"].get(name, 0.0)
 
-    growth = {name: [growth_per_doubling(seconds(a, name), seconds(b, name), runs[a]["records_ingested"],
-                                         runs[b]["records_ingested"]) for a, b in pairs]
-              for name in components + ["wall"]}  # fmt: skip
+    growth = {
+        name: [
+            growth_per_doubling(
+                seconds(a, name), seconds(b, name), runs[a]["records_ingested"], runs[b]["records_ingested"]
+            )
+            for a, b in pairs
+        ]
+        for name in components + ["wall"]
+    }
     beam = {name: max((g for g in growth.get(name, []) if g is not None), default=None) for name in BEAM_STAGES}
     summary = {
         "beam_stage_max_growth_per_doubling": beam,
         "target": f"<= {TARGET_GROWTH} per doubling of records",
         "meets_target": all(g is not None and g <= TARGET_GROWTH for g in beam.values()),
-        "rerun_all_cached": all(s == "CACHED" for name, s in runs["rerun"]["states"].items()
-                                if not name.endswith("_resolver")),
-    }  # fmt: skip
+        "rerun_all_cached": all(
+            s == "CACHED" for name, s in runs["rerun"]["states"].items() if not name.endswith("_resolver")
+        ),
+    }
 
     def fmt(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
     header = ["component"] + [f"{k}x s" for k in sizes] + ["rerun s"] + [f"x/dbl {b}:{a}" for a, b in pairs]
-    rows = [[name] + [fmt(runs[s]["components"].get(name), ".1f") for s in sized + ["rerun"]]
-            + [fmt(g, ".2f") for g in growth[name]] for name in components]  # fmt: skip
-    rows.append(["wall (run)"] + [fmt(runs[s]["wall_seconds"], ".1f") for s in sized + ["rerun"]]
-                + [fmt(g, ".2f") for g in growth["wall"]])  # fmt: skip
-    rows.append(["records ingested"] + [str(runs[s]["records_ingested"]) for s in sized + ["rerun"]]
-                + [fmt(runs[b]["records_ingested"] / runs[a]["records_ingested"], ".2f") + "x" for a, b in pairs])
+    rows = [
+        [name]
+        + [fmt(runs[s]["components"].get(name), ".1f") for s in sized + ["rerun"]]
+        + [fmt(g, ".2f") for g in growth[name]]
+        for name in components
+    ]
+    rows.append(
+        ["wall (run)"]
+        + [fmt(runs[s]["wall_seconds"], ".1f") for s in sized + ["rerun"]]
+        + [fmt(g, ".2f") for g in growth["wall"]]
+    )
+    rows.append(
+        ["records ingested"]
+        + [str(runs[s]["records_ingested"]) for s in sized + ["rerun"]]
+        + [fmt(runs[b]["records_ingested"] / runs[a]["records_ingested"], ".2f") + "x" for a, b in pairs]
+    )
     print(machine.line())
-    print(f"mtnlp run --profile quick --train-steps {ns.train_steps}, --max-records {ns.base_records} x {sizes}; "
-          f"workdirs and logs in {out}; x/dbl: time growth per doubling of the records ingested")
+    print(
+        f"mtnlp run --profile quick --train-steps {ns.train_steps}, --max-records {ns.base_records} x {sizes}; "
+        f"workdirs and logs in {out}; x/dbl: time growth per doubling of the records ingested"
+    )
     print(table(header, rows))
     for name, g in beam.items():
         verdict = "-" if g is None else ("meets" if g <= TARGET_GROWTH else "MISSES")
         print(f"  {name:<16} max growth per doubling {fmt(g, '.2f')} (target <= {TARGET_GROWTH}: {verdict})")
-    print(f"  rerun: {'every component cached' if summary['rerun_all_cached'] else 'NOT all cached'}, "
-          f"{runs['rerun']['wall_seconds']:.1f} s wall")
-    write_json(ns.output, machine, {
-        "settings": {"base_records": ns.base_records, "sizes": sizes, "train_steps": ns.train_steps,
-                     "data": str(ns.data or REPO / "data"), "tasks": ns.tasks or "all", "out": str(out)},
-        "runs": runs, "growth_per_doubling": growth, "summary": summary,
-    })  # fmt: skip
+    print(
+        f"  rerun: {'every component cached' if summary['rerun_all_cached'] else 'NOT all cached'}, "
+        f"{runs['rerun']['wall_seconds']:.1f} s wall"
+    )
+    write_json(
+        ns.output,
+        machine,
+        {
+            "settings": {
+                "base_records": ns.base_records,
+                "sizes": sizes,
+                "train_steps": ns.train_steps,
+                "data": str(ns.data or REPO / "data"),
+                "tasks": ns.tasks or "all",
+                "out": str(out),
+            },
+            "runs": runs,
+            "growth_per_doubling": growth,
+            "summary": summary,
+        },
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def build_mlp(base: Path) -> Path:
         def __init__(self) -> None:
             super().__init__()
             g = tf.random.Generator.from_seed(0)
-            self.w = [tf.Variable(g.normal([a, b]) * 0.05) for a, b in ((64, 1024), (1024, 1024), (1024, 1024), (1024, 2))]
+            self.w = [
+                tf.Variable(g.normal([a, b]) * 0.05) for a, b in ((64, 1024), (1024, 1024), (1024, 1024), (1024, 2))
+            ]
 
         @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
         def predict(self, x):
@@ -92,9 +94,14 @@ def drive(call, concurrency: int, seconds: float) -> dict:
         t.join(30)
     elapsed = time.perf_counter() - t0
     all_lat = [x for xs in lat for x in xs]
-    return {"requests": len(all_lat), "errors": errors[0], "throughput_rps": len(all_lat) / elapsed,
-            "p50_ms": percentile(all_lat, 50), "p99_ms": percentile(all_lat, 99),
-            "mean_ms": statistics.fmean(all_lat) if all_lat else float("nan")}
+    return {
+        "requests": len(all_lat),
+        "errors": errors[0],
+        "throughput_rps": len(all_lat) / elapsed,
+        "p50_ms": percentile(all_lat, 50),
+        "p99_ms": percentile(all_lat, 99),
+        "mean_ms": statistics.fmean(all_lat) if all_lat else float("nan"),
+    }
 
 
 def drive_grpc_async(target: str, request_bytes: bytes, concurrency: int, seconds: float) -> dict:
@@ -107,9 +114,11 @@ def drive_grpc_async(target: str, request_bytes: bytes, concurrency: int, second
 
     async def run() -> dict:
         async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as ch:
-            predict = ch.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                     request_serializer=lambda b: b,
-                                     response_deserializer=predict_pb2.PredictResponse.FromString)
+            predict = ch.unary_unary(
+                "/tensorflow.serving.PredictionService/Predict",
+                request_serializer=lambda b: b,
+                response_deserializer=predict_pb2.PredictResponse.FromString,
+            )
             for _ in range(3):
                 await predict(request_bytes, timeout=60)
             lat: list[float] = []
@@ -130,25 +139,42 @@ def drive_grpc_async(target: str, request_bytes: bytes, concurrency: int, second
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed = time.perf_counter() - t0
-            return {"requests": len(lat), "errors": errors, "throughput_rps": len(lat) / elapsed,
-                    "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
-                    "mean_ms": statistics.fmean(lat) if lat else float("nan")}
+            return {
+                "requests": len(lat),
+                "errors": errors,
+                "throughput_rps": len(lat) / elapsed,
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+                "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+            }
 
     return asyncio.run(run())
 
 
-def start_server(base: Path, name: str, batching_file: Path | None,
-                 grpc_threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(base: Path, name: str, batching_file: Path | None, grpc_threads: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    args = [sys.executable, "-m", "mtnlp.serving.model_server.main", f"--port={port}", f"--model_name={name}",
-            f"--model_base_path={base}", "--bind_address=127.0.0.1", "--enable_model_warmup=false",
-            # Enough handler threads for every client to be in flight at once (the default is 4 per core), so
-            # that batches can actually fill up; the same setting for both modes.
-            f"--grpc_max_threads={grpc_threads}"]
+    args = [
+        sys.executable,
+        "-m",
+        "mtnlp.serving.model_server.main",
+        f"--port={port}",
+        f"--model_name={name}",
+        f"--model_base_path={base}",
+        "--bind_address=127.0.0.1",
+        "--enable_model_warmup=false",
+        # Enough handler threads for every client to be in flight at once (the default is 4 per core), so
+        # that batches can actually fill up; the same setting for both modes.
+        f"--grpc_max_threads={grpc_threads}",
+    ]
     if batching_file is not None:
         args += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
-    proc = subprocess.Popen(args, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        args,
+        cwd=str(REPO),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -164,13 +190,19 @@ def start_server(base: Path, name: str, batching_file: Path | None,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-base-path", type=Path,
-                    help="a served model's base path (default: workdir/serving_model/mtnlp if it holds a version, "
-                         "else a built-in dense model)")
+    ap.add_argument(
+        "--model-base-path",
+        type=Path,
+        help="a served model's base path (default: workdir/serving_model/mtnlp if it holds a version, "
+        "else a built-in dense model)",
+    )
     ap.add_argument("--builtin", action="store_true", help="use the built-in dense model")
     ap.add_argument("--model-name", default="mtnlp")
-    ap.add_argument("--text", default="Apple sued Samsung in California.",
-                    help="input sentence when the model takes `text` (the project model)")
+    ap.add_argument(
+        "--text",
+        default="Apple sued Samsung in California.",
+        help="input sentence when the model takes `text` (the project model)",
+    )
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     ap.add_argument("--max-batch-size", type=int, default=32)
@@ -186,13 +218,18 @@ def main() -> int:
         import tensorflow_text  # noqa: F401 - the project model uses TF Text ops
     except ImportError:
         pass
-    from mtnlp.serving.client import ServingClient, to_tensor_proto
     from tensorflow_serving.apis import model_pb2, predict_pb2
+
+    from mtnlp.serving.client import ServingClient, to_tensor_proto
 
     tmp = Path(tempfile.mkdtemp(prefix="mtnlp-bench-"))
     pushed = REPO / "workdir" / "serving_model" / "mtnlp"
-    if ns.model_base_path is None and not ns.builtin and pushed.is_dir() and \
-            any(p.name.isdigit() for p in pushed.iterdir()):
+    if (
+        ns.model_base_path is None
+        and not ns.builtin
+        and pushed.is_dir()
+        and any(p.name.isdigit() for p in pushed.iterdir())
+    ):
         ns.model_base_path = pushed
     base = ns.model_base_path.resolve() if ns.model_base_path and not ns.builtin else build_mlp(tmp / "mtnlp")
     from mtnlp.serving.model_server.manager import version_directories
@@ -216,27 +253,27 @@ def main() -> int:
 
     levels = [int(c) for c in ns.concurrency.split(",")]
     machine = Machine()
-    results: dict[str, dict[int, dict]] = {"in_process": {}, "in_process_eager": {}, "grpc": {},
-                                           "grpc_batching": {}}
+    results: dict[str, dict[int, dict]] = {"in_process": {}, "in_process_eager": {}, "grpc": {}, "grpc_batching": {}}
     for c in levels:
         results["in_process"][c] = drive(lambda: model.run(signature, {input_name: example}), c, ns.seconds)
         results["in_process_eager"][c] = drive(lambda: fn(**feed), c, ns.seconds)
 
     batching = tmp / "batching_parameters.txt"
     sizes = [s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s < ns.max_batch_size] + [ns.max_batch_size]
-    batching.write_text(f"max_batch_size {{ value: {ns.max_batch_size} }}\n"
-                        f"batch_timeout_micros {{ value: {ns.batch_timeout_micros} }}\n"
-                        f"max_enqueued_batches {{ value: 1000 }}\n"
-                        f"num_batch_threads {{ value: {ns.num_batch_threads} }}\n"
-                        + "".join(f"allowed_batch_sizes: {s}\n" for s in sizes))
+    batching.write_text(
+        f"max_batch_size {{ value: {ns.max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {ns.batch_timeout_micros} }}\n"
+        f"max_enqueued_batches {{ value: 1000 }}\n"
+        f"num_batch_threads {{ value: {ns.num_batch_threads} }}\n"
+        + "".join(f"allowed_batch_sizes: {s}\n" for s in sizes)
+    )
     for mode, bfile in (("grpc", None), ("grpc_batching", batching)):
         proc, port = start_server(base, ns.model_name, bfile, max(levels) * 2)
         try:
             with ServingClient(f"127.0.0.1:{port}", model_name=ns.model_name, retries=0, timeout=60) as client:
                 client.predict_request(request)  # the server is up and the model answers
             for c in levels:
-                results[mode][c] = drive_grpc_async(f"127.0.0.1:{port}", request.SerializeToString(), c,
-                                                    ns.seconds)
+                results[mode][c] = drive_grpc_async(f"127.0.0.1:{port}", request.SerializeToString(), c, ns.seconds)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -244,20 +281,41 @@ def main() -> int:
     overhead = results["grpc"][levels[0]]["p50_ms"] - results["in_process"][levels[0]]["p50_ms"]
     top = levels[-1]
     speedup = results["grpc_batching"][top]["throughput_rps"] / results["grpc"][top]["throughput_rps"]
-    summary = {"p50_overhead_ms_at_c1": overhead, "batching_speedup_at_max_concurrency": speedup,
-               "targets": {"p50_overhead_ms_at_c1": "<= 0.3", "batching_speedup": ">= 3"}}
+    summary = {
+        "p50_overhead_ms_at_c1": overhead,
+        "batching_speedup_at_max_concurrency": speedup,
+        "targets": {"p50_overhead_ms_at_c1": "<= 0.3", "batching_speedup": ">= 3"},
+    }
 
     print(machine.line())
-    print(f"Model: {base} (input '{input_name}', one example per request); {ns.seconds:.0f}s per cell; batching: "
-          f"max_batch_size={ns.max_batch_size} batch_timeout_micros={ns.batch_timeout_micros} "
-          f"num_batch_threads={ns.num_batch_threads}")
-    print(table(["mode", "clients", "p50 ms", "p99 ms", "req/s", "errors"],
-                [[mode, c, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput_rps']:.0f}", r["errors"]]
-                 for mode, rows in results.items() for c, r in rows.items()]))
+    print(
+        f"Model: {base} (input '{input_name}', one example per request); {ns.seconds:.0f}s per cell; batching: "
+        f"max_batch_size={ns.max_batch_size} batch_timeout_micros={ns.batch_timeout_micros} "
+        f"num_batch_threads={ns.num_batch_threads}"
+    )
+    print(
+        table(
+            ["mode", "clients", "p50 ms", "p99 ms", "req/s", "errors"],
+            [
+                [mode, c, f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['throughput_rps']:.0f}", r["errors"]]
+                for mode, rows in results.items()
+                for c, r in rows.items()
+            ],
+        )
+    )
     print(f"p50 overhead of gRPC over in-process at {levels[0]} client(s): {overhead:.3f} ms (target <= 0.3)")
     print(f"batching throughput gain at {top} clients: {speedup:.2f}x (target >= 3)")
-    write_json(ns.output, machine, {"model": str(base), "input": input_name, "seconds_per_cell": ns.seconds,
-                                    "results": results, "summary": summary})
+    write_json(
+        ns.output,
+        machine,
+        {
+            "model": str(base),
+            "input": input_name,
+            "seconds_per_cell": ns.seconds,
+            "results": results,
+            "summary": summary,
+        },
+    )
     return 0
 
 

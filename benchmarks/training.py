@@ -31,8 +31,8 @@ import dataclasses
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Machine, default_output, quiet_tensorflow, table, write_json  # noqa: E402
@@ -52,8 +52,15 @@ def task_of(head: Head) -> Task:
     return next(t for t in registered_tasks() if head in t.heads)
 
 
-def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: int, target_length: int,
-                    spread: float = 0.4, seed: int = 0, masked_words: bool = False):
+def synthetic_batch(
+    heads: Sequence[Head],
+    row_tasks: Sequence[Task],
+    length: int,
+    target_length: int,
+    spread: float = 0.4,
+    seed: int = 0,
+    masked_words: bool = False,
+):
     """(inputs, labels, sample_weights) as ``model.dataset`` feeds them to ``fit``: row i is an example of
     ``row_tasks[i]``; sentence and target lengths are uniform in (1 ± spread) x the given length, and the batch
     is padded to its longest sentence and longest target. Returns also the number of real words.
@@ -77,8 +84,10 @@ def synthetic_batch(heads: Sequence[Head], row_tasks: Sequence[Task], length: in
         "shape_ids": np.where(real, rng.integers(1, text.NUM_SHAPES, size=real.shape), 0),
         "entity_ids": np.zeros(real.shape, np.int64),
         # hashed subword ids of the default TransformConfig's bucket count
-        **{name: np.where(real, rng.integers(1, TransformConfig().subword_buckets + 1, size=real.shape), 0)
-           for name in SUBWORD_INPUTS},
+        **{
+            name: np.where(real, rng.integers(1, TransformConfig().subword_buckets + 1, size=real.shape), 0)
+            for name in SUBWORD_INPUTS
+        },
     }
     for i, task in enumerate(row_tasks):
         if task.encoder_input.span_fields:  # a word of e1, later a word of e2
@@ -117,9 +126,15 @@ def build_training_model(heads: Sequence[Head], config, strategy):
     keras.utils.set_random_seed(config.training.seed)
     with strategy.scope():
         return training.build_training_model(
-            heads, VOCABULARY_SIZE, {h.name: TARGET_VOCABULARY_SIZE for h in heads},
-            config.model, config.training, config.transform, config.heads, config.training.train_steps,
-        )  # fmt: skip
+            heads,
+            VOCABULARY_SIZE,
+            {h.name: TARGET_VOCABULARY_SIZE for h in heads},
+            config.model,
+            config.training,
+            config.transform,
+            config.heads,
+            config.training.train_steps,
+        )
 
 
 def step_seconds(model, batch, steps: int, warmup: int) -> list[float]:
@@ -139,8 +154,13 @@ def step_seconds(model, batch, steps: int, warmup: int) -> list[float]:
             self.ends.append(time.perf_counter())
 
     ends = StepEnds()
-    model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=max(1, warmup) + steps, epochs=1,
-              verbose=0, callbacks=[ends])  # fmt: skip
+    model.fit(
+        tf.data.Dataset.from_tensors(batch).repeat(),
+        steps_per_epoch=max(1, warmup) + steps,
+        epochs=1,
+        verbose=0,
+        callbacks=[ends],
+    )
     return list(np.diff(ends.ends[max(1, warmup) - 1 :]))
 
 
@@ -166,8 +186,12 @@ def matmul_peak(size: int, repeats: int) -> dict:
         matmul().numpy()
         times.append(time.perf_counter() - start)
     flops = 2.0 * size**3
-    return {"size": size, "repeats": repeats, "gflops_best": flops / min(times) / 1e9,
-            "gflops_median": flops / statistics.median(times) / 1e9}
+    return {
+        "size": size,
+        "repeats": repeats,
+        "gflops_best": flops / min(times) / 1e9,
+        "gflops_median": flops / statistics.median(times) / 1e9,
+    }
 
 
 def main() -> int:
@@ -179,11 +203,20 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--length", type=int, default=25, help="mean sentence length in words")
     ap.add_argument("--target-length", type=int, default=10, help="mean translation target length in words")
-    ap.add_argument("--replicas", type=int, default=2,
-                    help="MirroredStrategy CPU replicas, compared with one device (the profiles train on 1 on CPU)")
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="MirroredStrategy CPU replicas, compared with one device (the profiles train on 1 on CPU)",
+    )
     ap.add_argument("--models", nargs="+", help="only these: mtl and/or head names (default: mtl and every head)")
-    ap.add_argument("--speedups", nargs="*", choices=SPEEDUPS, default=[],
-                    help="also time the MTL step with XLA (xla) and/or mixed bfloat16 (bf16)")
+    ap.add_argument(
+        "--speedups",
+        nargs="*",
+        choices=SPEEDUPS,
+        default=[],
+        help="also time the MTL step with XLA (xla) and/or mixed bfloat16 (bf16)",
+    )
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--output", type=Path, default=default_output("training"))
     ns = ap.parse_args()
@@ -223,8 +256,9 @@ def main() -> int:
     for name, strategy in runs:
         speedup = name.removeprefix("mtl_") if name.removeprefix("mtl_") in SPEEDUPS else None
         model_heads, row_tasks = models["mtl" if speedup else name.removesuffix("_one_device")]
-        batch, words = synthetic_batch(model_heads, row_tasks, ns.length, ns.target_length,
-                                       masked_words=config.training.masked_word_share > 0)
+        batch, words = synthetic_batch(
+            model_heads, row_tasks, ns.length, ns.target_length, masked_words=config.training.masked_word_share > 0
+        )
         padded = batch[0]["token_ids"].shape[1]
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if speedup == "bf16" else "float32")
         model = build_training_model(model_heads, config, strategy)
@@ -239,13 +273,19 @@ def main() -> int:
             keras.mixed_precision.set_global_policy("float32")
         median, flops = statistics.median(times), encoder_flops(ns.batch_size, padded, config.model)
         results[name] = {
-            "heads": [h.name for h in model_heads], "replicas": strategy.num_replicas_in_sync,
-            "parameters": model.count_params(), "padded_length": padded, "words_per_batch": words,
-            "step_ms_median": median * 1e3, "step_ms_mean": statistics.fmean(times) * 1e3,
-            "examples_per_s": ns.batch_size / median, "tokens_per_s": words / median,
-            "encoder_gflop_per_step": flops / 1e9, "encoder_gflops_achieved": flops / median / 1e9,
+            "heads": [h.name for h in model_heads],
+            "replicas": strategy.num_replicas_in_sync,
+            "parameters": model.count_params(),
+            "padded_length": padded,
+            "words_per_batch": words,
+            "step_ms_median": median * 1e3,
+            "step_ms_mean": statistics.fmean(times) * 1e3,
+            "examples_per_s": ns.batch_size / median,
+            "tokens_per_s": words / median,
+            "encoder_gflop_per_step": flops / 1e9,
+            "encoder_gflops_achieved": flops / median / 1e9,
             "fraction_of_matmul_peak": flops / median / 1e9 / peak["gflops_best"],
-        }  # fmt: skip
+        }
         print(f"  {name}: {median * 1e3:.1f} ms per step", flush=True)
         del model
 
@@ -255,40 +295,78 @@ def main() -> int:
     reference = results.get("mtl_one_device") or results.get("mtl")  # float32 on one device
     for speedup in ns.speedups:
         if f"mtl_{speedup}" in results and reference:
-            summary[f"{speedup}_over_float32_step_time"] = results[f"mtl_{speedup}"]["step_ms_median"] / reference["step_ms_median"]
+            summary[f"{speedup}_over_float32_step_time"] = (
+                results[f"mtl_{speedup}"]["step_ms_median"] / reference["step_ms_median"]
+            )
     if "mtl_one_device" in results:
-        summary["mirrored_over_one_device_step_time"] = (results["mtl"]["step_ms_median"]
-                                                         / results["mtl_one_device"]["step_ms_median"])  # fmt: skip
+        summary["mirrored_over_one_device_step_time"] = (
+            results["mtl"]["step_ms_median"] / results["mtl_one_device"]["step_ms_median"]
+        )
 
     m = config.model
     print(machine.line())
-    print(f"Profile {ns.profile}: encoder d={m.embedding_dim} f={m.intermediate_dim} L={m.num_layers} "
-          f"heads={m.num_heads}; batch {ns.batch_size}, ~{ns.length}-word sentences, ~{ns.target_length}-word "
-          f"targets; {ns.steps} timed steps after {max(1, ns.warmup)} warmup; synthetic data, untrained weights")
-    rows = [[name, r["replicas"], f"{r['parameters']:,}", f"{r['step_ms_median']:.1f}", f"{r['step_ms_mean']:.1f}",
-             f"{r['examples_per_s']:.0f}", f"{r['tokens_per_s']:,.0f}", f"{r['encoder_gflops_achieved']:.2f}",
-             f"{r['fraction_of_matmul_peak']:.1%}"] for name, r in results.items()]  # fmt: skip
-    print(table(["model", "replicas", "params", "step ms", "mean ms", "ex/s", "tokens/s", "enc GFLOP/s", "of peak"],
-                rows))
+    print(
+        f"Profile {ns.profile}: encoder d={m.embedding_dim} f={m.intermediate_dim} L={m.num_layers} "
+        f"heads={m.num_heads}; batch {ns.batch_size}, ~{ns.length}-word sentences, ~{ns.target_length}-word "
+        f"targets; {ns.steps} timed steps after {max(1, ns.warmup)} warmup; synthetic data, untrained weights"
+    )
+    rows = [
+        [
+            name,
+            r["replicas"],
+            f"{r['parameters']:,}",
+            f"{r['step_ms_median']:.1f}",
+            f"{r['step_ms_mean']:.1f}",
+            f"{r['examples_per_s']:.0f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['encoder_gflops_achieved']:.2f}",
+            f"{r['fraction_of_matmul_peak']:.1%}",
+        ]
+        for name, r in results.items()
+    ]
+    print(
+        table(["model", "replicas", "params", "step ms", "mean ms", "ex/s", "tokens/s", "enc GFLOP/s", "of peak"], rows)
+    )
     first = next(iter(results.values()))  # the baseline runs first and does not fail
-    print(f"encoder: {first['encoder_gflop_per_step']:.2f} GFLOP per step (fwd+bwd, T={first['padded_length']}); "
-          f"matmul peak {peak['gflops_best']:.1f} GFLOP/s ({peak['size']}x{peak['size']} float32, best of "
-          f"{peak['repeats']}; median {peak['gflops_median']:.1f})")
+    print(
+        f"encoder: {first['encoder_gflop_per_step']:.2f} GFLOP per step (fwd+bwd, T={first['padded_length']}); "
+        f"matmul peak {peak['gflops_best']:.1f} GFLOP/s ({peak['size']}x{peak['size']} float32, best of "
+        f"{peak['repeats']}; median {peak['gflops_median']:.1f})"
+    )
     if "mirrored_over_one_device_step_time" in summary:
-        print(f"MirroredStrategy ({replicas} CPU replicas) step time / one device: "
-              f"{summary['mirrored_over_one_device_step_time']:.2f}x (MTL)")
+        print(
+            f"MirroredStrategy ({replicas} CPU replicas) step time / one device: "
+            f"{summary['mirrored_over_one_device_step_time']:.2f}x (MTL)"
+        )
     for speedup in ns.speedups:
         if f"{speedup}_over_float32_step_time" in summary:
-            print(f"{speedup} step time / float32 one device: {summary[f'{speedup}_over_float32_step_time']:.2f}x (MTL)")
+            print(
+                f"{speedup} step time / float32 one device: {summary[f'{speedup}_over_float32_step_time']:.2f}x (MTL)"
+            )
         else:
             print(f"{speedup}: failed: {summary.get(f'mtl_{speedup}_failed', 'not run')[:300]}")
-    write_json(ns.output, machine, {
-        "profile": ns.profile, "model_config": dataclasses.asdict(config.model),
-        "settings": {"batch_size": ns.batch_size, "length": ns.length, "target_length": ns.target_length,
-                     "steps": ns.steps, "warmup": max(1, ns.warmup), "replicas": replicas, "speedups": ns.speedups,
-                     "vocabulary_size": VOCABULARY_SIZE, "target_vocabulary_size": TARGET_VOCABULARY_SIZE},
-        "matmul_peak": peak, "models": results, "summary": summary,
-    })  # fmt: skip
+    write_json(
+        ns.output,
+        machine,
+        {
+            "profile": ns.profile,
+            "model_config": dataclasses.asdict(config.model),
+            "settings": {
+                "batch_size": ns.batch_size,
+                "length": ns.length,
+                "target_length": ns.target_length,
+                "steps": ns.steps,
+                "warmup": max(1, ns.warmup),
+                "replicas": replicas,
+                "speedups": ns.speedups,
+                "vocabulary_size": VOCABULARY_SIZE,
+                "target_vocabulary_size": TARGET_VOCABULARY_SIZE,
+            },
+            "matmul_peak": peak,
+            "models": results,
+            "summary": summary,
+        },
+    )
     return 0
 
 

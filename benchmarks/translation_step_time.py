@@ -60,11 +60,15 @@ def main() -> None:
     mixed = _time(all_heads(every), mixed_rows(every, 32), args.steps, strategy)
     none = _time(all_heads(every), mixed_rows(others, 32), args.steps, strategy)
     print(machine.line())
-    for label, (fastest, median) in (("without the translation head", base),
-                                     ("with it, 8 of 32 examples translation", mixed),
-                                     ("with it, no translation example in the batch", none)):  # fmt: skip
-        print(f"{label:<46} fastest {fastest * 1000:6.1f} ms ({fastest / base[0] - 1:+4.0%}), "
-              f"median {median * 1000:6.1f} ms ({median / base[1] - 1:+4.0%})")
+    for label, (fastest, median) in (
+        ("without the translation head", base),
+        ("with it, 8 of 32 examples translation", mixed),
+        ("with it, no translation example in the batch", none),
+    ):
+        print(
+            f"{label:<46} fastest {fastest * 1000:6.1f} ms ({fastest / base[0] - 1:+4.0%}), "
+            f"median {median * 1000:6.1f} ms ({median / base[1] - 1:+4.0%})"
+        )
 
 
 if __name__ == "__main__":

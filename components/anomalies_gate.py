@@ -4,12 +4,11 @@ TFX's ExampleValidator records anomalies but lets the pipeline go on; training o
 the schema (a new label value, a missing feature) is exactly what the schema is there to prevent.
 """
 
-
 import os
 
+from tensorflow_data_validation.utils import anomalies_util
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
-from tensorflow_data_validation.utils import anomalies_util
 
 
 class DataAnomaliesError(RuntimeError):
@@ -19,9 +18,7 @@ class DataAnomaliesError(RuntimeError):
 def describe_anomalies(anomalies_uri: str, split_names: "list[str]") -> "list[str]":
     problems = []
     for split in split_names:
-        anomalies = anomalies_util.load_anomalies_binary(
-            os.path.join(anomalies_uri, f"Split-{split}", "SchemaDiff.pb")
-        )
+        anomalies = anomalies_util.load_anomalies_binary(os.path.join(anomalies_uri, f"Split-{split}", "SchemaDiff.pb"))
         for feature, info in sorted(anomalies.anomaly_info.items()):
             reasons = "; ".join(r.description or r.short_description for r in info.reason) or info.description
             problems.append(f"  split {split!r}, feature {feature!r}: {reasons}")

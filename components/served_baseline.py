@@ -72,8 +72,10 @@ def required_outputs(tasks: list[str] | None) -> dict[str, set[str]]:
     from mtnlp.model.tasks import all_heads, select_tasks
 
     heads = all_heads(select_tasks(tasks))
-    return {EXAMPLES_SIGNATURE: {h.name for h in heads},
-            TRANSFORM_SIGNATURE: {k for h in heads for k in (h.eval_label_key, h.eval_weight_key)}}  # fmt: skip
+    return {
+        EXAMPLES_SIGNATURE: {h.name for h in heads},
+        TRANSFORM_SIGNATURE: {k for h in heads for k in (h.eval_label_key, h.eval_weight_key)},
+    }
 
 
 def mismatch(saved_model_dir: str, tasks: list[str] | None) -> str | None:
@@ -90,30 +92,45 @@ def mismatch(saved_model_dir: str, tasks: list[str] | None) -> str | None:
 
 
 class Executor(base_executor.BaseExecutor):
-    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
-           exec_properties: dict[str, Any]) -> None:  # fmt: skip
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
         model = artifact_utils.get_single_instance(output_dict["model"])
         model.set_int_custom_property(SERVED_VERSION, 0)
         base_directory = exec_properties["serving_model_dir"]
         tasks = json.loads(exec_properties["custom_config"]).get("tasks")
         versions = served_versions(base_directory)
         if not versions:
-            log.warning("No baseline: no model is served under %s yet (a first run); training from scratch, "
-                            "blessing by the absolute gates only", base_directory)  # fmt: skip
+            log.warning(
+                "No baseline: no model is served under %s yet (a first run); training from scratch, "
+                "blessing by the absolute gates only",
+                base_directory,
+            )
             return
         version_dir = os.path.join(base_directory, str(versions[-1]))
         problem = mismatch(version_dir, tasks)
         if problem:
-            log.warning("No baseline: the served model %s does not fit the current tasks (%s); training from "
-                            "scratch, blessing by the absolute gates only", version_dir, problem)  # fmt: skip
+            log.warning(
+                "No baseline: the served model %s does not fit the current tasks (%s); training from "
+                "scratch, blessing by the absolute gates only",
+                version_dir,
+                problem,
+            )
             return
         io_utils.copy_dir(version_dir, path_utils.serving_model_dir(model.uri))
         warm_start_files = os.path.join(version_dir, WARM_START_ASSETS)
         if fileio.exists(warm_start_files):
             io_utils.copy_dir(warm_start_files, os.path.join(model.uri, KERAS_DIR))
         else:
-            log.warning("The served model %s has no warm-start files (%s): it is the Evaluator's baseline, but "
-                            "the Trainer starts from scratch", version_dir, WARM_START_ASSETS)  # fmt: skip
+            log.warning(
+                "The served model %s has no warm-start files (%s): it is the Evaluator's baseline, but "
+                "the Trainer starts from scratch",
+                version_dir,
+                WARM_START_ASSETS,
+            )
         model.set_int_custom_property(SERVED_VERSION, versions[-1])
         model.set_string_custom_property(SERVED_FROM, version_dir)
         log.info("Baseline: served version %d (%s)", versions[-1], version_dir)
@@ -140,18 +157,26 @@ class ServedBaseline(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, serving_model_dir: str, custom_config: dict[str, Any]):
-        super().__init__(spec=ServedBaselineSpec(
-            examples=examples, serving_model_dir=serving_model_dir,
-            custom_config=json.dumps(custom_config, sort_keys=True),
-            model=channel.Channel(type=standard_artifacts.Model)))  # fmt: skip
+        super().__init__(
+            spec=ServedBaselineSpec(
+                examples=examples,
+                serving_model_dir=serving_model_dir,
+                custom_config=json.dumps(custom_config, sort_keys=True),
+                model=channel.Channel(type=standard_artifacts.Model),
+            )
+        )
 
 
 class BaselineAwareExecutor(tfx_evaluator_executor.Executor):
     """TFX's Evaluator executor, given no baseline when ServedBaseline found none (an empty Model): TFMA then
     applies the absolute thresholds only, as on a first run."""
 
-    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
-           exec_properties: dict[str, Any]) -> None:  # fmt: skip
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
         key = standard_component_specs.BASELINE_MODEL_KEY
         input_dict = {**input_dict, key: [m for m in input_dict.get(key, []) if has_model(m)]}
         super().Do(input_dict, output_dict, exec_properties)

@@ -53,8 +53,12 @@ def publish_version(model_path: str, base_directory: str, warm_start_dir: str | 
 
 
 class Executor(tfx_pusher_executor.Executor):
-    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
-           exec_properties: dict[str, Any]) -> None:  # fmt: skip
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):

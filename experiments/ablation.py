@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from mtnlp.experiments.mtl_vs_stl import MtlVariant, PlannedRun, StudyConfig, _MODEL, _TRAINING
+from mtnlp.experiments.mtl_vs_stl import _MODEL, _TRAINING, MtlVariant, PlannedRun, StudyConfig
 
 BASELINE = "baseline"
 RESULTS_FILE = "results.json"
@@ -44,29 +44,58 @@ class Lever:
 
 
 LEVERS = (
-    Lever("no subword features", ("model.subword_features=false",),
-          "words are represented by their vocabulary id alone: no hashed prefix, suffix and shape embeddings"),
-    Lever("masked words", ("training.masked_word_share=0.2",),
-          "the self-supervised masked-word objective takes 20 % of the training examples"),
+    Lever(
+        "no subword features",
+        ("model.subword_features=false",),
+        "words are represented by their vocabulary id alone: no hashed prefix, suffix and shape embeddings",
+    ),
+    Lever(
+        "masked words",
+        ("training.masked_word_share=0.2",),
+        "the self-supervised masked-word objective takes 20 % of the training examples",
+    ),
     Lever("layered heads", ("heads.pos.encoder_layer=1",), "POS reads the first encoder layer instead of the last"),
-    Lever("uncertainty weighting", ("training.loss_weighting=uncertainty",),
-          "learned per-head loss weights (Kendall et al. 2018) instead of fixed ones"),
-    Lever("keep best", ("training.keep_best=true",),
-          "the weights of the validation point with the best mean validation accuracy are kept"),
-)  # fmt: skip
+    Lever(
+        "uncertainty weighting",
+        ("training.loss_weighting=uncertainty",),
+        "learned per-head loss weights (Kendall et al. 2018) instead of fixed ones",
+    ),
+    Lever(
+        "keep best",
+        ("training.keep_best=true",),
+        "the weights of the validation point with the best mean validation accuracy are kept",
+    ),
+)
 LEVERS_BY_NAME = {lever.name: lever for lever in LEVERS}
 
 STUDIES = {
     # 1,200 steps per model for four tasks (the quick profile's budget) with its encoder: about 3-4 minutes a
     # model on 2 cores, so the default 6 configurations x 3 seeds take about an hour.
-    "full": StudyConfig(tasks=None, steps_per_task=300, seeds=(1, 2, 3), variants=(MtlVariant(),), model=_MODEL,
-                        training=_TRAINING, max_records_per_split=3000, eval_records=1000, validation_points=4),
+    "full": StudyConfig(
+        tasks=None,
+        steps_per_task=300,
+        seeds=(1, 2, 3),
+        variants=(MtlVariant(),),
+        model=_MODEL,
+        training=_TRAINING,
+        max_records_per_split=3000,
+        eval_records=1000,
+        validation_points=4,
+    ),
     # A few minutes: every code path, numbers without meaning.
-    "quick": StudyConfig(tasks=None, steps_per_task=10, seeds=(1,), variants=(MtlVariant(),),
-                         model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64),
-                         training=_TRAINING, max_records_per_split=120, eval_records=60, validation_points=2,
-                         eval_steps=2),
-}  # fmt: skip
+    "quick": StudyConfig(
+        tasks=None,
+        steps_per_task=10,
+        seeds=(1,),
+        variants=(MtlVariant(),),
+        model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64),
+        training=_TRAINING,
+        max_records_per_split=120,
+        eval_records=60,
+        validation_points=2,
+        eval_steps=2,
+    ),
+}
 
 
 def plan_ablation(config: StudyConfig, levers: Sequence[Lever]) -> list[PlannedRun]:
@@ -78,9 +107,11 @@ def plan_ablation(config: StudyConfig, levers: Sequence[Lever]) -> list[PlannedR
     task_names = tuple(t.name for t in tasks)
     steps = config.steps_per_task * len(task_names)
     (variant,) = config.variants
-    return [PlannedRun(name, heads, task_names, seed, steps, variant, settings)
-            for seed in config.seeds
-            for name, settings in [(BASELINE, ())] + [(lever.name, lever.settings) for lever in levers]]  # fmt: skip
+    return [
+        PlannedRun(name, heads, task_names, seed, steps, variant, settings)
+        for seed in config.seeds
+        for name, settings in [(BASELINE, ())] + [(lever.name, lever.settings) for lever in levers]
+    ]
 
 
 def check_levers(config: StudyConfig, levers: Sequence[Lever]) -> None:
@@ -102,21 +133,34 @@ def summarize(results: dict[str, Any], planned: Sequence[PlannedRun]) -> dict[st
     configs = list(dict.fromkeys(run.config for run in planned))
     heads = list(dict.fromkeys(h for r in runs for h in r["metrics"]))
     by_config_seed = {(r["config"], r["seed"]): r for r in runs}
-    summary: dict[str, Any] = {"configs": configs, "heads": heads, "primary_metric": {h: primary[h] for h in heads},
-                               "scores": {}, "effects": {}, "train_seconds": {}}  # fmt: skip
+    summary: dict[str, Any] = {
+        "configs": configs,
+        "heads": heads,
+        "primary_metric": {h: primary[h] for h in heads},
+        "scores": {},
+        "effects": {},
+        "train_seconds": {},
+    }
     for config in configs:
         done = [r for r in runs if r["config"] == config]
         if not done:
             continue
         summary["train_seconds"][config] = _mean_std([r["train_seconds"] for r in done])
-        summary["scores"][config] = {h: _mean_std([r["metrics"][h][primary[h]] for r in done if h in r["metrics"]])
-                                     for h in heads}  # fmt: skip
+        summary["scores"][config] = {
+            h: _mean_std([r["metrics"][h][primary[h]] for r in done if h in r["metrics"]]) for h in heads
+        }
         if config == BASELINE:
             continue
         effects = {}
         for head in heads:
-            pairs = [(r["metrics"][head][primary[head]], by_config_seed[(BASELINE, r["seed"])]["metrics"][head][primary[head]])
-                     for r in done if (BASELINE, r["seed"]) in by_config_seed and head in r["metrics"]]  # fmt: skip
+            pairs = [
+                (
+                    r["metrics"][head][primary[head]],
+                    by_config_seed[(BASELINE, r["seed"])]["metrics"][head][primary[head]],
+                )
+                for r in done
+                if (BASELINE, r["seed"]) in by_config_seed and head in r["metrics"]
+            ]
             if pairs:
                 differences = [a - b for a, b in pairs]
                 effects[head] = {**_mean_std(differences), "higher_on": sum(d > 0 for d in differences)}
@@ -150,8 +194,10 @@ def write_report(results: dict[str, Any], summary: dict[str, Any], levers: Seque
 
     study = results["study"]
     text = [
-        "# Ablation: what each lever costs and buys", "",
-        f"Command: `{results.get('command', 'mtnlp experiment ablation')}`", "",
+        "# Ablation: what each lever costs and buys",
+        "",
+        f"Command: `{results.get('command', 'mtnlp experiment ablation')}`",
+        "",
         f"- The pipeline's multi-task model with every head; {study['steps_per_task']} steps per task "
         f"({len(summary['configs'])} configurations x {len(study['seeds'])} seeds); encoder "
         f"{study['model']['num_layers']} layers of {study['model']['embedding_dim']}; records per task and split: "
@@ -160,18 +206,24 @@ def write_report(results: dict[str, Any], summary: dict[str, Any], levers: Seque
         "- Cells: the head's primary metric, mean ± std over seeds; for a lever, (its mean per-seed difference from "
         "the baseline; on how many seeds it was higher). A difference smaller than the std is noise.",
         f"- Machine: {one_line(results['machine'])}; the whole ablation took {results.get('wall_seconds', 0) / 60:.0f} "
-        "min (load from other work inflates it).", "",
-        format_table(summary), "", "Levers:", "",
-        *[f"- **{lever.name}** (`{' '.join(lever.settings)}`): {lever.why}" for lever in levers], "",
-    ]  # fmt: skip
+        "min (load from other work inflates it).",
+        "",
+        format_table(summary),
+        "",
+        "Levers:",
+        "",
+        *[f"- **{lever.name}** (`{' '.join(lever.settings)}`): {lever.why}" for lever in levers],
+        "",
+    ]
     with open(os.path.join(report_dir, REPORT_FILE), "w") as f:
         f.write("\n".join(text))
     with open(os.path.join(report_dir, RESULTS_FILE), "w") as f:
         json.dump({**results, "summary": summary}, f, indent=2)
 
 
-def run_ablation(config: StudyConfig, levers: Sequence[Lever], data_root: str, workdir: str, report_dir: str,
-                 command: str = "") -> dict[str, Any]:  # fmt: skip
+def run_ablation(
+    config: StudyConfig, levers: Sequence[Lever], data_root: str, workdir: str, report_dir: str, command: str = ""
+) -> dict[str, Any]:
     """Trains and scores every planned model (resuming an interrupted ablation), then writes the report."""
     from mtnlp.experiments.mtl_vs_stl import Study
 

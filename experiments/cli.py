@@ -18,66 +18,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     experiment = subparsers.add_parser("experiment", help="run a study on the project's model code")
     studies = experiment.add_subparsers(dest="study", required=True, metavar="STUDY")
     study = studies.add_parser(
-        "mtl-vs-stl", help="multi-task model vs single-task models, each to convergence (report with tables and plots)",
+        "mtl-vs-stl",
+        help="multi-task model vs single-task models, each to convergence (report with tables and plots)",
         description="Trains STL models (one per head, and one per task with several heads) and MTL variants with "
-                    "the full profile's model, each until its own validation primary metrics stop improving "
-                    "(best point kept, a cap per model), plus the MTL model within the STL models' training time; "
-                    "every configuration with every seed, each model in a process of its own. Scores them through "
-                    "their serving signatures, measures parameters, training time, peak memory and serving latency, "
-                    "and writes report.md, results.json and plots. Resumes an interrupted study with the same settings.",
-    )  # fmt: skip
+        "the full profile's model, each until its own validation primary metrics stop improving "
+        "(best point kept, a cap per model), plus the MTL model within the STL models' training time; "
+        "every configuration with every seed, each model in a process of its own. Scores them through "
+        "their serving signatures, measures parameters, training time, peak memory and serving latency, "
+        "and writes report.md, results.json and plots. Resumes an interrupted study with the same settings.",
+    )
     study.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
     study.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     study.add_argument("--out", help="report folder (default reports/mtl-vs-stl, or reports/mtl-vs-stl-quick)")
     study.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
     study.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
     study.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2 3; quick: 1 2)")
-    study.add_argument("--steps-per-task", type=int,
-                       help="step cap of each STL model (default 3000; quick: 20)")
+    study.add_argument("--steps-per-task", type=int, help="step cap of each STL model (default 3000; quick: 20)")
     study.add_argument("--mtl-steps", type=int, help="step cap of each MTL model (default 5500, the full profile's)")
-    study.add_argument("--patience", type=int,
-                       help="validation points without improvement before a model stops (default 3; quick: 1)")
-    study.add_argument("--variants", nargs="+", metavar="VARIANT",
-                       help="MTL variants: the pipeline's default (temperature=2:fixed), named ones (masked-words, "
-                            "layered-heads) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
-                            "the first is the equal-compute reference (default: temperature=2:fixed)")  # fmt: skip
-    study.add_argument("--stl-masked-words", action="store_true",
-                       help="also STL models with the masked-word objective on their own task's text")
-    study.add_argument("--max-records", type=int,
-                       help="records per task and split read at ingest (default: all; quick: 120)")
+    study.add_argument(
+        "--patience", type=int, help="validation points without improvement before a model stops (default 3; quick: 1)"
+    )
+    study.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="VARIANT",
+        help="MTL variants: the pipeline's default (temperature=2:fixed), named ones (masked-words, "
+        "layered-heads) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
+        "the first is the equal-compute reference (default: temperature=2:fixed)",
+    )
+    study.add_argument(
+        "--stl-masked-words",
+        action="store_true",
+        help="also STL models with the masked-word objective on their own task's text",
+    )
+    study.add_argument(
+        "--max-records", type=int, help="records per task and split read at ingest (default: all; quick: 120)"
+    )
     study.add_argument("--eval-records", type=int, help="validation records per task scored (default 2000; quick: 60)")
-    study.add_argument("--hours", type=float,
-                       help="time limit of this invocation: start no run that is not expected to finish within it "
-                            "(from the same model's earlier seeds, else its step cap at the study's mean time per "
-                            "step); a later run that fits goes first; the same command without it resumes the rest (default: none, run everything left)")  # fmt: skip
-    study.add_argument("--report-only", action="store_true",
-                       help="write report.md and the plots again from --out's results.json (e.g. of a study still "
-                            "running or stopped part-way) without training")  # fmt: skip
+    study.add_argument(
+        "--hours",
+        type=float,
+        help="time limit of this invocation: start no run that is not expected to finish within it "
+        "(from the same model's earlier seeds, else its step cap at the study's mean time per "
+        "step); a later run that fits goes first; the same command without it resumes the rest (default: none, run everything left)",
+    )
+    study.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write report.md and the plots again from --out's results.json (e.g. of a study still "
+        "running or stopped part-way) without training",
+    )
     study.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     study.set_defaults(func=mtl_vs_stl_command)
 
     from mtnlp.experiments.ablation import LEVERS
 
     ablation = studies.add_parser(
-        "ablation", help="the multi-task model with one quality lever changed at a time, several seeds each",
+        "ablation",
+        help="the multi-task model with one quality lever changed at a time, several seeds each",
         description="Trains the multi-task model with the defaults (the baseline) and with each lever changed "
-                    "(one `--set`-style setting each), with every seed, on one shared Transform output; scores them "
-                    "through their serving signatures and writes report.md and results.json: per head the mean and "
-                    "std over seeds and each lever's paired difference from the baseline. Resumes an interrupted "
-                    "ablation with the same settings.",
-    )  # fmt: skip
-    ablation.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
-    ablation.add_argument("--levers", nargs="+", metavar="NAME", choices=[lever.name for lever in LEVERS],
-                          help="levers to compare with the baseline (default: all: " +
-                               ", ".join(repr(lever.name) for lever in LEVERS) + ")")  # fmt: skip
+        "(one `--set`-style setting each), with every seed, on one shared Transform output; scores them "
+        "through their serving signatures and writes report.md and results.json: per head the mean and "
+        "std over seeds and each lever's paired difference from the baseline. Resumes an interrupted "
+        "ablation with the same settings.",
+    )
+    ablation.add_argument(
+        "--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery"
+    )
+    ablation.add_argument(
+        "--levers",
+        nargs="+",
+        metavar="NAME",
+        choices=[lever.name for lever in LEVERS],
+        help="levers to compare with the baseline (default: all: "
+        + ", ".join(repr(lever.name) for lever in LEVERS)
+        + ")",
+    )
     ablation.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     ablation.add_argument("--out", help="report folder (default reports/ablation, or reports/ablation-quick)")
-    ablation.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
+    ablation.add_argument(
+        "--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)"
+    )
     ablation.add_argument("--tasks", nargs="+", help="tasks to include (default: all)")
     ablation.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2 3; quick: 1)")
     ablation.add_argument("--steps-per-task", type=int, help="steps per task of every model (default 300; quick: 10)")
     ablation.add_argument("--max-records", type=int, help="records per task and split (default 3000; quick: 120)")
-    ablation.add_argument("--eval-records", type=int, help="validation records per task scored (default 1000; quick: 60)")
+    ablation.add_argument(
+        "--eval-records", type=int, help="validation records per task scored (default 1000; quick: 60)"
+    )
     ablation.add_argument("--verbose", action="store_true", help="show TensorFlow, Beam and TFX logs")
     ablation.set_defaults(func=ablation_command)
 
@@ -107,11 +135,17 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
 
     name = "quick" if args.quick else "full"
     config = study_config(
-        name, tasks=tuple(args.tasks) if args.tasks else None, seeds=tuple(args.seeds) if args.seeds else None,
-        steps_per_task=args.steps_per_task, mtl_steps=args.mtl_steps, patience=args.patience,
-        variants=variants_from(args.variants), stl_masked_words=args.stl_masked_words or None,
-        max_records_per_split=args.max_records, eval_records=args.eval_records,
-    )  # fmt: skip
+        name,
+        tasks=tuple(args.tasks) if args.tasks else None,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        steps_per_task=args.steps_per_task,
+        mtl_steps=args.mtl_steps,
+        patience=args.patience,
+        variants=variants_from(args.variants),
+        stl_masked_words=args.stl_masked_words or None,
+        max_records_per_split=args.max_records,
+        eval_records=args.eval_records,
+    )
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
     from mtnlp.experiments.mtl_vs_stl import run_study
     from mtnlp.experiments.report import REPORT_FILE, format_table
@@ -120,13 +154,28 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     if not (folders := _study_folders(args, "mtl-vs-stl")):
         return 2
     out, workdir = folders
-    log.warning("MTL vs STL (%s): %d seeds, caps %d steps per STL model and %s per MTL model, report in %s", name,
-                len(config.seeds), config.steps_per_task, config.mtl_steps or "that x tasks", out)  # fmt: skip
+    log.warning(
+        "MTL vs STL (%s): %d seeds, caps %d steps per STL model and %s per MTL model, report in %s",
+        name,
+        len(config.seeds),
+        config.steps_per_task,
+        config.mtl_steps or "that x tasks",
+        out,
+    )
     start = time.time()
-    results = run_study(config, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]),
-                        verbose=args.verbose, hours=args.hours)  # fmt: skip
+    results = run_study(
+        config,
+        args.data,
+        workdir,
+        out,
+        command="mtnlp " + shlex.join(sys.argv[1:]),
+        verbose=args.verbose,
+        hours=args.hours,
+    )
     print(format_table(results["summary"]))
-    print(f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}")
+    print(
+        f"\n{len(results['runs'])} models in {(time.time() - start) / 60:.1f} min; report: {os.path.join(out, REPORT_FILE)}"
+    )
     return 0
 
 
@@ -161,20 +210,33 @@ def ablation_command(args: argparse.Namespace) -> int:
 
     name = "quick" if args.quick else "full"
     config = study_config(
-        name, STUDIES, tasks=tuple(args.tasks) if args.tasks else None, seeds=tuple(args.seeds) if args.seeds else None,
-        steps_per_task=args.steps_per_task, max_records_per_split=args.max_records, eval_records=args.eval_records,
-    )  # fmt: skip
+        name,
+        STUDIES,
+        tasks=tuple(args.tasks) if args.tasks else None,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        steps_per_task=args.steps_per_task,
+        max_records_per_split=args.max_records,
+        eval_records=args.eval_records,
+    )
     levers = [LEVERS_BY_NAME[n] for n in args.levers] if args.levers else list(LEVERS)
     devices.configure_cpu_replicas(config.training.cpu_replicas)  # before TensorFlow initializes
     logs.configure_logging(args.verbose)
     if not (folders := _study_folders(args, "ablation")):
         return 2
     out, workdir = folders
-    log.warning("Ablation (%s): baseline + %d levers x %d seeds, %d steps per task, report in %s", name, len(levers),
-                len(config.seeds), config.steps_per_task, out)  # fmt: skip
+    log.warning(
+        "Ablation (%s): baseline + %d levers x %d seeds, %d steps per task, report in %s",
+        name,
+        len(levers),
+        len(config.seeds),
+        config.steps_per_task,
+        out,
+    )
     start = time.time()
     results = run_ablation(config, levers, args.data, workdir, out, command="mtnlp " + shlex.join(sys.argv[1:]))
     print(format_table(results["summary"]))
-    print(f"\n{len(results['summary']['configs']) * len(config.seeds)} models in {(time.time() - start) / 60:.1f} min; "
-          f"report: {os.path.join(out, 'report.md')}")
+    print(
+        f"\n{len(results['summary']['configs']) * len(config.seeds)} models in {(time.time() - start) / 60:.1f} min; "
+        f"report: {os.path.join(out, 'report.md')}"
+    )
     return 0

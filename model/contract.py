@@ -19,7 +19,8 @@ its task input's plain signature (tagging's gold tokens go to ``analyze_tokens``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +58,11 @@ def signatures(tasks: Sequence[Task]) -> list[Signature]:
             if name is None:
                 continue
             if name in own and own[name].input != task.encoder_input or name in {s.name for s in found}:
-                raise ValueError(f"signature {name!r} of head {head.name!r} is taken by another signature "
-                                 f"({', '.join(h.name for h in own[name].heads) if name in own else 'a plain one'}) "
-                                 "with a different input: give the head a signature of its own")  # fmt: skip
+                raise ValueError(
+                    f"signature {name!r} of head {head.name!r} is taken by another signature "
+                    f"({', '.join(h.name for h in own[name].heads) if name in own else 'a plain one'}) "
+                    "with a different input: give the head a signature of its own"
+                )
             heads = own[name].heads if name in own else ()
             own[name] = Signature(name, task.encoder_input, heads + (head,))
     return found + list(own.values())

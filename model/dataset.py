@@ -13,14 +13,14 @@ only with the masked words' ids, so the shared encoder also learns from the text
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from mtnlp.model.heads import Head
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
 from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, trim_to_longest
-from mtnlp.model.heads import Head
 from mtnlp.model.tasks import get_task, registered_tasks
 
 SEQUENCE_FEATURES = WORD_FEATURES + (MASKED_WORD_LABELS,)
@@ -50,8 +50,11 @@ class MaskedWords:
         masked = (draws < self.rate) & (token_ids > 0)
         how = draws / self.rate  # uniform in [0, 1) again on the masked words
         random_words = tf.random.uniform(tf.shape(token_ids), 1, self.vocabulary_size, dtype=tf.int64, seed=seed + 1)
-        replaced = tf.where(how < 0.8, tf.constant(mask_word_id(self.vocabulary_size), tf.int64),
-                            tf.where(how < 0.9, random_words, token_ids))  # fmt: skip
+        replaced = tf.where(
+            how < 0.8,
+            tf.constant(mask_word_id(self.vocabulary_size), tf.int64),
+            tf.where(how < 0.9, random_words, token_ids),
+        )
         # no head learns from this example (and a translation example's decoder does not run)
         out = {k: (tf.zeros_like(v) if k.endswith(("_weight", "_label")) else v) for k, v in features.items()}
         out["token_ids"] = tf.where(masked, replaced, token_ids)
@@ -101,7 +104,9 @@ def _parsed(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOu
 def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> dict[str, int]:
     tasks = registered_tasks()
     task_ids = _parsed(file_patterns, tf_transform_output).map(lambda f: f["task_id"])
-    counts = task_ids.reduce(tf.zeros([len(tasks)], tf.int64), lambda acc, t: acc + tf.one_hot(t, len(tasks), dtype=tf.int64))
+    counts = task_ids.reduce(
+        tf.zeros([len(tasks)], tf.int64), lambda acc, t: acc + tf.one_hot(t, len(tasks), dtype=tf.int64)
+    )
     return {task.name: int(n) for task, n in zip(tasks, counts.numpy())}
 
 
@@ -120,7 +125,10 @@ def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder
-        labels[MASKED_WORDS], weights[MASKED_WORDS] = tf.zeros_like(features[MASKED_WORDS_WEIGHT]), features[MASKED_WORDS_WEIGHT]
+        labels[MASKED_WORDS], weights[MASKED_WORDS] = (
+            tf.zeros_like(features[MASKED_WORDS_WEIGHT]),
+            features[MASKED_WORDS_WEIGHT],
+        )
     return inputs, labels, weights
 
 
@@ -164,7 +172,10 @@ def training_dataset(
 
 
 def evaluation_dataset(
-    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, heads: Sequence[Head], batch_size: int,
+    file_patterns: Sequence[str],
+    tf_transform_output: tft.TFTransformOutput,
+    heads: Sequence[Head],
+    batch_size: int,
     masked_words: bool = False,
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
@@ -188,4 +199,3 @@ def raw_text_counts(counts: dict[str, int]) -> dict[str, int]:
 
 def describe_weights(weights: dict[str, float], counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {weights[name]:.0%} of batches ({counts[name]} examples)" for name in weights)
-

@@ -23,7 +23,7 @@ dividing by the GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al., 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -135,9 +135,7 @@ def constrained_viterbi(
     last_label = tf.argmax(best_scores[-1], axis=-1, output_type=tf.int32)  # [B]
 
     # label[t] = backpointers[t + 1][label[t + 1]]; the (virtual) step after the last points to itself
-    next_backpointers = tf.concat(
-        [backpointers[1:], tf.broadcast_to(identity, [1, batch_size, num_labels])], axis=0
-    )  # fmt: skip
+    next_backpointers = tf.concat([backpointers[1:], tf.broadcast_to(identity, [1, batch_size, num_labels])], axis=0)
 
     def backward(next_label, step_backpointers):
         return tf.gather(step_backpointers, next_label[:, None], batch_dims=1)[:, 0]
@@ -234,11 +232,12 @@ def beam_search(
         vocabulary = tf.shape(log_probs, out_type=tf.int32)[-1]
         is_never_generated = tf.reduce_any(
             tf.equal(tf.range(vocabulary)[:, None], tf.constant(never_generated, tf.int32)[None, :]), axis=1
-        )  # fmt: skip
+        )
         log_probs = tf.where(is_never_generated[None, :], negative_infinity, log_probs)
         # every extension of every beam, [B, K * V] (empty beam slots are -inf and rank last)
-        candidates = tf.reshape(alive_log_probs[:, :, None] + tf.reshape(log_probs, [batch_size, beam_width, -1]),
-                                [batch_size, -1])  # fmt: skip
+        candidates = tf.reshape(
+            alive_log_probs[:, :, None] + tf.reshape(log_probs, [batch_size, beam_width, -1]), [batch_size, -1]
+        )
         top_log_probs, top_indices = tf.math.top_k(candidates, k=beam_width)  # [B, K], best first
         source_beams = top_indices // vocabulary
         tokens = tf.cast(top_indices % vocabulary, tf.int64)
@@ -254,7 +253,7 @@ def beam_search(
         improves = step_best_score > finished_scores
         finished_ids = tf.where(
             improves[:, None], tf.gather(top_ids, step_best[:, None], batch_dims=1)[:, 0], finished_ids
-        )  # fmt: skip
+        )
         finished_scores = tf.where(improves, step_best_score, finished_scores)
 
         # finished slots are emptied: they continue nothing at the next step
@@ -266,28 +265,34 @@ def beam_search(
         # the length, so its largest value is at one of the two ends (alpha may be negative)
         largest_penalty = tf.maximum(
             length_penalty_factor(t + 1, length_penalty), length_penalty_factor(max_length, length_penalty)
-        )  # fmt: skip
+        )
         # log-probabilities are <= 0, so dividing by the largest penalty gives the best reachable score
         best_reachable = tf.reduce_max(alive_log_probs, axis=1) / largest_penalty  # -inf: nothing alive
         settled = tf.logical_or(
             tf.reduce_all(tf.equal(alive_log_probs, negative_infinity), axis=1), finished_scores >= best_reachable
-        )  # fmt: skip
+        )
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(settled)))
 
     empty_ids = tf.fill([batch_size, beam_width, max_length], tf.constant(pad_id, tf.int64))
     # only beam 0 is live at the start, so the first step does not pick the same token K times
     initial_log_probs = tf.tile(
         tf.concat([[0.0], tf.fill([beam_width - 1], -np.inf)], axis=0)[None, :], [batch_size, 1]
-    )  # fmt: skip
-    loop_variables = (tf.constant(0), empty_ids, tf.cast(initial_log_probs, tf.float32),
-                      empty_ids[:, 0], tf.fill([batch_size], negative_infinity))  # fmt: skip
+    )
+    loop_variables = (
+        tf.constant(0),
+        empty_ids,
+        tf.cast(initial_log_probs, tf.float32),
+        empty_ids[:, 0],
+        tf.fill([batch_size], negative_infinity),
+    )
     # the batch dimension is left open: inside the loop body a static batch size is not known
     # (batch_size is captured as a placeholder), so the body's results have an unknown first dimension
-    invariants = tuple(tf.TensorShape([None]).concatenate(v.shape[1:]) if v.shape.rank else v.shape
-                       for v in loop_variables)  # fmt: skip
+    invariants = tuple(
+        tf.TensorShape([None]).concatenate(v.shape[1:]) if v.shape.rank else v.shape for v in loop_variables
+    )
     _, alive_ids, alive_log_probs, finished_ids, finished_scores = tf.while_loop(
         not_done, step, loop_variables, shape_invariants=invariants, maximum_iterations=max_length
-    )  # fmt: skip
+    )
 
     best_alive = tf.argmax(alive_log_probs, axis=1, output_type=tf.int32)
     best_unfinished = tf.gather(alive_ids, best_alive[:, None], batch_dims=1)[:, 0]

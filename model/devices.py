@@ -54,6 +54,9 @@ def make_strategy(cpu_replicas: int) -> tf.distribute.MirroredStrategy:
                 "(mtnlp.model.devices.configure_cpu_replicas) or lower training.cpu_replicas."
             )
         strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:cpu_replicas]])
-    log.info("MirroredStrategy over %d replica(s): %s", strategy.num_replicas_in_sync,
-             ", ".join(strategy.extended.worker_devices))  # fmt: skip
+    log.info(
+        "MirroredStrategy over %d replica(s): %s",
+        strategy.num_replicas_in_sync,
+        ", ".join(strategy.extended.worker_devices),
+    )
     return strategy

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
@@ -75,13 +75,20 @@ def make_strategy(strategy: str, cpu_replicas: int) -> tf.distribute.Strategy:
     if cluster is None:
         log.warning("training.strategy=multi_worker without TF_CONFIG: training as a single worker")
     if cpu_replicas > 1:
-        log.warning("training.cpu_replicas=%d is ignored by multi_worker: each worker trains on its GPUs, "
-                    "else on one CPU device", cpu_replicas)  # fmt: skip
+        log.warning(
+            "training.cpu_replicas=%d is ignored by multi_worker: each worker trains on its GPUs, "
+            "else on one CPU device",
+            cpu_replicas,
+        )
     multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
     resolver = multi_worker.cluster_resolver
-    log.warning("MultiWorkerMirroredStrategy: %s %s of %d worker(s), %d replica(s) in sync", resolver.task_type,
-                resolver.task_id, len((cluster or {}).get("cluster", {}).get("worker", [None])),
-                multi_worker.num_replicas_in_sync)  # fmt: skip
+    log.warning(
+        "MultiWorkerMirroredStrategy: %s %s of %d worker(s), %d replica(s) in sync",
+        resolver.task_type,
+        resolver.task_id,
+        len((cluster or {}).get("cluster", {}).get("worker", [None])),
+        multi_worker.num_replicas_in_sync,
+    )
     return multi_worker
 
 
@@ -142,8 +149,9 @@ def prepare_fit(model, strategy: tf.distribute.Strategy, train_data: tf.data.Dat
     with strategy.scope():
         model._symbolic_build(data_batch=next(iter(train_data)))  # builds only what is not built yet
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    reduce_per_replica = getattr(keras_tf_trainer.reduce_per_replica, "keras_reduce_per_replica",
-                                 keras_tf_trainer.reduce_per_replica)  # fmt: skip
+    reduce_per_replica = getattr(
+        keras_tf_trainer.reduce_per_replica, "keras_reduce_per_replica", keras_tf_trainer.reduce_per_replica
+    )
 
     def reduce_logs(values, strategy, reduction):
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):

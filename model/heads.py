@@ -32,7 +32,8 @@ are imported inside the methods that need them, so reading the registry stays li
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -147,18 +148,21 @@ class Head:
     def eval_weight_key(self) -> str:
         return self.weight_key
 
-    def check(self, task: "Task") -> None:
+    def check(self, task: Task) -> None:
         """Raises ValueError when the declaration does not fit the kind."""
         field = task.field(self.label_field)
         if field.kind.value not in self.label_field_kinds:
-            raise ValueError(f"head {self.name!r} ({self.kind}) reads labels from a {field.kind.value} field; "
-                             f"it needs one of: {', '.join(self.label_field_kinds)}")  # fmt: skip
+            raise ValueError(
+                f"head {self.name!r} ({self.kind}) reads labels from a {field.kind.value} field; "
+                f"it needs one of: {', '.join(self.label_field_kinds)}"
+            )
         if not self.metrics:
             raise ValueError(f"head {self.name!r} declares no metrics")
         unknown = [m for m in self.metrics if m not in SCORERS]
         if unknown:
-            raise ValueError(f"head {self.name!r}: unknown metric(s) {unknown}; model/scoring.py computes: "
-                             f"{', '.join(SCORERS)}")  # fmt: skip
+            raise ValueError(
+                f"head {self.name!r}: unknown metric(s) {unknown}; model/scoring.py computes: {', '.join(SCORERS)}"
+            )
         if self.none_label is not None and self.none_label not in self.labels:
             raise ValueError(f"head {self.name!r}: its none_label {self.none_label!r} is not one of its labels")
         self.check_config(self.default_config)
@@ -166,11 +170,13 @@ class Head:
     def check_config(self, config: HeadConfig) -> None:
         """Raises ValueError when ``config`` (the head's section ``heads.<name>``) does not fit the head."""
         if config.loss == "ranking" and self.none_label is None:
-            raise ValueError(f"loss 'ranking' (the pairwise ranking loss) needs a none class, and head {self.name!r} "
-                             "declares no none_label")  # fmt: skip
+            raise ValueError(
+                f"loss 'ranking' (the pairwise ranking loss) needs a none class, and head {self.name!r} "
+                "declares no none_label"
+            )
 
     # -- Transform ---------------------------------------------------------------------------------
-    def analyze(self, labels: "tf.RaggedTensor", config: "TransformConfig") -> dict[str, "tf.Tensor"]:
+    def analyze(self, labels: tf.RaggedTensor, config: TransformConfig) -> dict[str, tf.Tensor]:
         """The head's Transform analyzers (full-pass statistics, e.g. a vocabulary) over its raw label field.
 
         ``preprocessing_fn`` runs every head's before any head's ``transform_features``: an analyzer traced
@@ -178,18 +184,21 @@ class Head:
         which TFX 1.16's Transform cannot run on Beam 2.74: its deep copy of the input fails)."""
         return {}
 
-    def transform_features(self, labels: "tf.RaggedTensor", max_length: int, config: "TransformConfig",
-                           analyzed: Mapping[str, "tf.Tensor"]) -> dict:  # fmt: skip
+    def transform_features(
+        self, labels: tf.RaggedTensor, max_length: int, config: TransformConfig, analyzed: Mapping[str, tf.Tensor]
+    ) -> dict:
         """The head's Transform outputs from its raw label field, string [B, (n)] (no values: no label), and
         its ``analyze`` results."""
         import tensorflow as tf
 
         from mtnlp.model.preprocessing import first_value, label_ids
 
-        return {self.label_key: label_ids(first_value(labels, ""), self.labels),
-                self.weight_key: tf.cast(labels.row_lengths() > 0, tf.float32)}  # fmt: skip
+        return {
+            self.label_key: label_ids(first_value(labels, ""), self.labels),
+            self.weight_key: tf.cast(labels.row_lengths() > 0, tf.float32),
+        }
 
-    def trim(self, features: Mapping[str, "tf.Tensor"], length: "tf.Tensor") -> dict:
+    def trim(self, features: Mapping[str, tf.Tensor], length: tf.Tensor) -> dict:
         """The head's features of a batch cut to the batch's longest sentence ``length`` (int32 [])."""
         return {}
 
@@ -202,7 +211,7 @@ class Head:
         """The size of a generated vocabulary (None: the head predicts from ``labels``)."""
         return None
 
-    def build(self, context: BuildContext, config: HeadConfig) -> "keras.KerasTensor":
+    def build(self, context: BuildContext, config: HeadConfig) -> keras.KerasTensor:
         """The head's logits: [B, C] for one label per example, [B, T, C] per word; with the ranking loss
         the none class's logit is 0 (``NoneClassDense``, the same weights as ``Dense``)."""
         import keras
@@ -217,10 +226,10 @@ class Head:
             return NoneClassDense(self.num_labels, self.labels.index(self.none_label), name=self.name)(features)
         return keras.layers.Dense(self.num_labels, name=self.name)(features)
 
-    def features(self, context: BuildContext, config: HeadConfig) -> "keras.KerasTensor":
+    def features(self, context: BuildContext, config: HeadConfig) -> keras.KerasTensor:
         raise NotImplementedError
 
-    def loss(self, config: HeadConfig) -> "keras.losses.Loss":
+    def loss(self, config: HeadConfig) -> keras.losses.Loss:
         """Cross-entropy (with ``config.label_smoothing``) averaged over the examples (words) that carry this
         head's label, or CR-CNN's pairwise ranking loss (``config.loss == "ranking"``), averaged the same way."""
         import keras
@@ -235,7 +244,7 @@ class Head:
             return SmoothedSparseCrossentropy(config.label_smoothing)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
 
-    def training_metric(self) -> "keras.metrics.Metric":
+    def training_metric(self) -> keras.metrics.Metric:
         """What Keras reports for the head while training (``<head>_accuracy``, weighted by the head's sample
         weights; ``model.training.KeepBestWeights`` reads its validation value)."""
         import keras
@@ -243,7 +252,7 @@ class Head:
         return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     # -- serving -----------------------------------------------------------------------------------
-    def own_signature(self, task: "Task") -> str | None:
+    def own_signature(self, task: Task) -> str | None:
         """The signature that answers only this kind of head, if any; None: the plain signatures
         (``analyze`` and ``analyze_tokens``) answer it on any text."""
         return None
@@ -255,29 +264,32 @@ class Head:
     def prepare_serving(self, module: Any, tf_transform_output: Any) -> None:
         """Graph constants the head's serving outputs need, kept on the serving module."""
 
-    def best_labels(self, logits: "tf.Tensor", mask: "tf.Tensor") -> "tf.Tensor":
+    def best_labels(self, logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         import tensorflow as tf
 
         return tf.argmax(logits, axis=-1)
 
-    def served_outputs(self, module: Any, logits: "tf.Tensor", transformed: Mapping[str, "tf.Tensor"]) -> dict:
+    def served_outputs(self, module: Any, logits: tf.Tensor, transformed: Mapping[str, tf.Tensor]) -> dict:
         """What a client gets: ``<head>_label`` string [B], ``<head>_probability`` float [B] and
         ``<head>_probabilities`` float [B, C]."""
         import tensorflow as tf
 
         probabilities = tf.nn.softmax(logits, axis=-1)
         best = self.best_labels(logits, transformed["token_ids"] > 0)
-        return {f"{self.name}_label": tf.gather(tf.constant(self.labels), best),
-                f"{self.name}_probability": tf.reduce_max(probabilities, axis=-1),
-                f"{self.name}_probabilities": probabilities}  # fmt: skip
+        return {
+            f"{self.name}_label": tf.gather(tf.constant(self.labels), best),
+            f"{self.name}_probability": tf.reduce_max(probabilities, axis=-1),
+            f"{self.name}_probabilities": probabilities,
+        }
 
     @property
     def scored_output(self) -> str:
         """The served output that ``mtnlp evaluate`` scores."""
         return f"{self.name}_probabilities"
 
-    def evaluator_output(self, module: Any, logits: "tf.Tensor", transformed: Mapping[str, "tf.Tensor"],
-                         rows: "tf.Tensor") -> "tf.Tensor":  # fmt: skip
+    def evaluator_output(
+        self, module: Any, logits: tf.Tensor, transformed: Mapping[str, tf.Tensor], rows: tf.Tensor
+    ) -> tf.Tensor:
         """The head's output in ``serving_tf_example`` (what TFMA scores) from its logits on the batch cut
         to its longest sentence; ``transformed``: the batch at full length (the labels' shape); ``rows``:
         int64 [N], the batch's examples of the head's task."""
@@ -294,12 +306,20 @@ class Head:
     def read_answer(self, outputs: Mapping[str, Any], row: int, words: Sequence[str], text: str) -> Any:
         """One row of served outputs as a JSON-able answer."""
         probabilities = np.asarray(outputs[f"{self.name}_probabilities"], dtype=float)[row].tolist()
-        return {"label": as_text(np.asarray(outputs[f"{self.name}_label"]).reshape(-1)[row]),
-                "probability": float(np.asarray(outputs[f"{self.name}_probability"]).reshape(-1)[row]),
-                "probabilities": dict(zip(self.labels, probabilities))}  # fmt: skip
+        return {
+            "label": as_text(np.asarray(outputs[f"{self.name}_label"]).reshape(-1)[row]),
+            "probability": float(np.asarray(outputs[f"{self.name}_probability"]).reshape(-1)[row]),
+            "probabilities": dict(zip(self.labels, probabilities)),
+        }
 
-    def synthetic_labels(self, rng: np.random.Generator, rows: np.ndarray, words: np.ndarray, target_lengths: np.ndarray,
-                         target_vocabulary_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def synthetic_labels(
+        self,
+        rng: np.random.Generator,
+        rows: np.ndarray,
+        words: np.ndarray,
+        target_lengths: np.ndarray,
+        target_vocabulary_size: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Random labels and weights as ``model/dataset.py`` feeds them, for synthetic batches (benchmarks).
 
         rows: bool [B], the batch's examples of this head; words: bool [B, T], real words;
@@ -326,8 +346,9 @@ class SentenceHead(Head):
     def features(self, context: BuildContext, config: HeadConfig):
         from mtnlp.model.layers import MaskedMeanPooling
 
-        return MaskedMeanPooling(name=f"{self.name}_mean_pooling")(context.encoder_layer(self.name, config),
-                                                                   context.padding_mask)  # fmt: skip
+        return MaskedMeanPooling(name=f"{self.name}_mean_pooling")(
+            context.encoder_layer(self.name, config), context.padding_mask
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +366,7 @@ class TokenHead(Head):
     kind: ClassVar[str] = "token"
     label_field_kinds: ClassVar[tuple[str, ...]] = ("token_labels",)
 
-    def check(self, task: "Task") -> None:
+    def check(self, task: Task) -> None:
         super().check(task)
         if self.decoding not in DECODINGS:
             raise ValueError(f"head {self.name!r}: unknown decoding {self.decoding!r}; use one of {DECODINGS}")
@@ -356,8 +377,10 @@ class TokenHead(Head):
         from mtnlp.model.preprocessing import label_ids
 
         ids = tf.ragged.map_flat_values(label_ids, labels, self.labels)
-        return {self.label_key: ids.to_tensor(default_value=0, shape=[None, max_length]),
-                self.weight_key: tf.ones_like(ids, tf.float32).to_tensor(default_value=0.0, shape=[None, max_length])}
+        return {
+            self.label_key: ids.to_tensor(default_value=0, shape=[None, max_length]),
+            self.weight_key: tf.ones_like(ids, tf.float32).to_tensor(default_value=0.0, shape=[None, max_length]),
+        }
 
     def trim(self, features, length):
         return {key: features[key][:, :length] for key in (self.label_key, self.weight_key)}
@@ -422,7 +445,9 @@ class TokenHead(Head):
             else:
                 start = end = None
                 surface = " ".join(words[a:b])
-            entities.append({"text": surface, "type": kind, "start": start, "end": end, "token_start": a, "token_end": b})
+            entities.append(
+                {"text": surface, "type": kind, "start": start, "end": end, "token_start": a, "token_end": b}
+            )
         return {"tags": tags, "entities": entities}
 
     def synthetic_labels(self, rng, rows, words, target_lengths, target_vocabulary_size):
@@ -438,7 +463,7 @@ class TokenHead(Head):
             return [titled(self.title, " ".join(f"{a['token']}/{a['tag']}" for a in answer))]
         pieces, position = [], 0
         for e in sorted((e for e in answer["entities"] if e["start"] is not None), key=lambda e: e["start"]):
-            pieces += [text[position:e["start"]], f"[{text[e['start']:e['end']]}]{e['type']}"]
+            pieces += [text[position : e["start"]], f"[{text[e['start'] : e['end']]}]{e['type']}"]
             position = e["end"]
         lines = [titled(self.title, "".join(pieces) + text[position:])]
         for e in answer["entities"]:
@@ -476,11 +501,13 @@ class EntityPairHead(Head):
     kind: ClassVar[str] = "entity_pair"
     label_field_kinds: ClassVar[tuple[str, ...]] = ("label",)
 
-    def check(self, task: "Task") -> None:
+    def check(self, task: Task) -> None:
         super().check(task)
         if not task.encoder_input.span_fields:
-            raise ValueError(f"head {self.name!r} (entity pair) needs an input that marks two spans; "
-                             f"task {task.name!r} reads {type(task.encoder_input).__name__}")  # fmt: skip
+            raise ValueError(
+                f"head {self.name!r} (entity pair) needs an input that marks two spans; "
+                f"task {task.name!r} reads {type(task.encoder_input).__name__}"
+            )
 
     def features(self, context: BuildContext, config: HeadConfig):
         import keras
@@ -492,7 +519,7 @@ class EntityPairHead(Head):
         sentence = MaskedMeanPooling(name=f"{self.name}_mean_pooling")(hidden, context.padding_mask)
         return keras.layers.Concatenate(name=f"{self.name}_features")([entities, sentence])
 
-    def own_signature(self, task: "Task") -> str | None:
+    def own_signature(self, task: Task) -> str | None:
         return task.name
 
     def describe(self, answer, text):
@@ -528,11 +555,15 @@ class SequenceHead(Head):
         super().check_config(config)
         # the decoder cross-attends to the encoder's last layer, with the decoder's own dropout (model.dropout)
         if config.encoder_layer != -1:
-            raise ValueError(f"head {self.name!r} (sequence) reads the encoder's last layer; encoder_layer "
-                             f"{config.encoder_layer} cannot be set for it")  # fmt: skip
+            raise ValueError(
+                f"head {self.name!r} (sequence) reads the encoder's last layer; encoder_layer "
+                f"{config.encoder_layer} cannot be set for it"
+            )
         if config.dropout is not None:
-            raise ValueError(f"head {self.name!r} (sequence) has no classifier dropout (its decoder uses "
-                             "model.dropout); leave dropout unset")  # fmt: skip
+            raise ValueError(
+                f"head {self.name!r} (sequence) has no classifier dropout (its decoder uses "
+                "model.dropout); leave dropout unset"
+            )
 
     @property
     def eval_label_key(self) -> str:
@@ -557,8 +588,11 @@ class SequenceHead(Head):
         from mtnlp.model.preprocessing import first_value
 
         words = text.split_words(first_value(labels, ""))
-        return {"vocabulary": subwords.learn_vocabulary(words.flat_values, config.target_vocabulary_size,
-                                                        self.vocabulary_name)}  # fmt: skip
+        return {
+            "vocabulary": subwords.learn_vocabulary(
+                words.flat_values, config.target_vocabulary_size, self.vocabulary_name
+            )
+        }
 
     def transform_features(self, labels, max_length, config, analyzed):
         """``<head>_label`` int64 [B, Lt] (target piece ids then EOS, 0 padding; Lt = max_target_length),
@@ -573,7 +607,9 @@ class SequenceHead(Head):
         words = text.split_words(target)  # "" (no target) has no words
         vocabulary = analyzed["vocabulary"]
         piece_ids = subwords.tokenize(words, vocabulary)
-        eos = tf.ragged.boolean_mask(tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None])
+        eos = tf.ragged.boolean_mask(
+            tf.fill([tf.shape(target)[0], 1], tf.constant(TARGET_EOS, tf.int64)), has_target[:, None]
+        )
         # Long targets are cut, but always end in EOS, so the decoder learns to stop.
         ids = tf.concat([(piece_ids + FIRST_TARGET_WORD)[:, : length - 1], eos], axis=1)
         return {
@@ -588,7 +624,9 @@ class SequenceHead(Head):
         # examples carries no target-length tensors
         import tensorflow as tf
 
-        target_length = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[self.label_key] > 0, tf.int32), axis=1)), 1)
+        target_length = tf.maximum(
+            tf.reduce_max(tf.reduce_sum(tf.cast(features[self.label_key] > 0, tf.int32), axis=1)), 1
+        )
         return {key: features[key][:, :target_length] for key in (self.label_key, self.weight_key)}
 
     def model_inputs(self) -> tuple[str, ...]:
@@ -609,14 +647,24 @@ class SequenceHead(Head):
 
         d = context.decoder
         decoder = SequenceDecoder(
-            d.vocabulary_sizes[self.name], d.max_length, d.layers, d.num_heads, d.intermediate_dim, d.dropout,
-            bos_id=TARGET_BOS, eos_id=TARGET_EOS, tie_embeddings=d.tie_embeddings, name=self.decoder_name,
-        )  # fmt: skip
+            d.vocabulary_sizes[self.name],
+            d.max_length,
+            d.layers,
+            d.num_heads,
+            d.intermediate_dim,
+            d.dropout,
+            bos_id=TARGET_BOS,
+            eos_id=TARGET_EOS,
+            tie_embeddings=d.tie_embeddings,
+            name=self.decoder_name,
+        )
         encoder_output = context.layer_outputs[-1]
         # an Identity names the output after the head, as the other heads' Dense layers are
-        return keras.layers.Identity(name=self.name)(decoder(encoder_output, context.padding_mask, context.inputs[self.label_key]))
+        return keras.layers.Identity(name=self.name)(
+            decoder(encoder_output, context.padding_mask, context.inputs[self.label_key])
+        )
 
-    def own_signature(self, task: "Task") -> str | None:
+    def own_signature(self, task: Task) -> str | None:
         return self.signature or self.name
 
     def prepare_serving(self, module, tf_transform_output):
@@ -631,7 +679,7 @@ class SequenceHead(Head):
         table = [""] * FIRST_TARGET_WORD + ["" if p == UNKNOWN else p for p in pieces]
         module.head_constants[self.name] = (table + [""] * (size - len(table)), never_emit)
 
-    def _decode_rows(self, module: Any, transformed: Mapping[str, "tf.Tensor"], rows: "tf.Tensor") -> "tf.Tensor":
+    def _decode_rows(self, module: Any, transformed: Mapping[str, tf.Tensor], rows: tf.Tensor) -> tf.Tensor:
         """Beam-search translations of the given rows (int64 [N]) of a transformed batch: string [B], "" elsewhere."""
         import tensorflow as tf
 
@@ -644,8 +692,9 @@ class SequenceHead(Head):
         batch = trim_to_longest({k: tf.gather(transformed[k], rows) for k in names})
         decoder = module.model.get_layer(self.decoder_name)
         hidden = module.encoder({k: batch[k] for k in module.encoder_inputs}, training=False)
-        ids = decoder.beam_decode(hidden, batch["token_ids"] > 0, decoder.max_length, module.beam_width,
-                                  module.length_penalty, never_emit)  # fmt: skip
+        ids = decoder.beam_decode(
+            hidden, batch["token_ids"] > 0, decoder.max_length, module.beam_width, module.length_penalty, never_emit
+        )
         translations = text_ops.join_words(tf.gather(tf.constant(words), ids))
         batch_size = tf.shape(transformed["token_ids"])[0]
         return tf.tensor_scatter_nd_update(tf.fill([batch_size], ""), rows[:, None], translations)

@@ -19,7 +19,8 @@ A new input kind (say, a sentence pair) is one subclass here: its fields, its wo
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +31,7 @@ TEXT_REQUEST = "text"
 TOKENS_REQUEST = "tokens"
 
 
-def _rows(values: "tf.Tensor") -> "tf.SparseTensor":
+def _rows(values: tf.Tensor) -> tf.SparseTensor:
     """[B] or [B, N] dense values as a [B, N] SparseTensor holding every value (zeros included)."""
     import tensorflow as tf
 
@@ -65,10 +66,10 @@ class EncoderInput:
     def span_fields(self) -> tuple[str, ...]:
         return ()
 
-    def request_specs(self) -> dict[str, "tf.TensorSpec"]:
+    def request_specs(self) -> dict[str, tf.TensorSpec]:
         raise NotImplementedError
 
-    def raw_features(self, **request: "tf.Tensor") -> dict[str, "tf.SparseTensor"]:
+    def raw_features(self, **request: tf.Tensor) -> dict[str, tf.SparseTensor]:
         """The raw (tf.Example) features of a signature's inputs."""
         raise NotImplementedError
 
@@ -145,7 +146,9 @@ class TokensInput(EncoderInput):
 
     def request(self, records):
         longest = max(len(r[self.field]) for r in records)
-        return {TOKENS_REQUEST: np.array([r[self.field] + [""] * (longest - len(r[self.field])) for r in records], object)}
+        return {
+            TOKENS_REQUEST: np.array([r[self.field] + [""] * (longest - len(r[self.field])) for r in records], object)
+        }
 
     def warmup_request(self):
         return {TOKENS_REQUEST: np.array([["Apple", "sued", "Samsung", "."], ["Hi", "!", "", ""]], object)}
@@ -203,9 +206,13 @@ class TextWithSpansInput(EncoderInput):
         return {self.field: text, **{field: list(span) for field, span in zip(self.spans, spans)}}
 
     def warmup_request(self):
-        return {TEXT_REQUEST: np.array(["The company fabricates plastic chairs."], object),
-                "e1_start": np.array([4], np.int64), "e1_end": np.array([11], np.int64),
-                "e2_start": np.array([31], np.int64), "e2_end": np.array([37], np.int64)}  # fmt: skip
+        return {
+            TEXT_REQUEST: np.array(["The company fabricates plastic chairs."], object),
+            "e1_start": np.array([4], np.int64),
+            "e1_end": np.array([11], np.int64),
+            "e2_start": np.array([31], np.int64),
+            "e2_end": np.array([37], np.int64),
+        }
 
 
 # The plain signatures answer every sentence and token head, whatever task it belongs to.

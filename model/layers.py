@@ -84,9 +84,19 @@ class SequenceDecoder(keras.layers.Layer):
     a batch of other tasks' examples costs the decoder nothing and gives it no gradient).
     """
 
-    def __init__(self, vocabulary_size: int, max_length: int, num_layers: int, num_heads: int,
-                 intermediate_dim: int, dropout: float = 0.0, bos_id: int = 1, eos_id: int = 2,
-                 tie_embeddings: bool = False, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        vocabulary_size: int,
+        max_length: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_dim: int,
+        dropout: float = 0.0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        tie_embeddings: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.tie_embeddings = tie_embeddings
         self.vocabulary_size, self.max_length, self.num_layers = vocabulary_size, max_length, num_layers
@@ -138,9 +148,11 @@ class SequenceDecoder(keras.layers.Layer):
         # gradient at 0 (and it costs one row).
         rows = tf.cond(tf.size(rows) > 0, lambda: rows, lambda: tf.zeros([1], rows.dtype))
         logits = self.decode(
-            ops.take(encoder_hidden, rows, axis=0), ops.take(encoder_mask, rows, axis=0),
-            self.shift_right(ops.take(target_ids, rows, axis=0)), training=training,
-        )  # fmt: skip
+            ops.take(encoder_hidden, rows, axis=0),
+            ops.take(encoder_mask, rows, axis=0),
+            self.shift_right(ops.take(target_ids, rows, axis=0)),
+            training=training,
+        )
         shape = (ops.shape(target_ids)[0], ops.shape(target_ids)[1], self.vocabulary_size)
         return ops.scatter(ops.expand_dims(rows, -1), logits, shape)
 
@@ -158,7 +170,9 @@ class SequenceDecoder(keras.layers.Layer):
 
         def step(t, ids, finished):
             logits = self.next_logits(encoder_hidden, encoder_mask, ids, t)
-            special = tf.one_hot(list(range(self.eos_id)) + list(never_emit), self.vocabulary_size, on_value=-1e9, off_value=0.0)
+            special = tf.one_hot(
+                list(range(self.eos_id)) + list(never_emit), self.vocabulary_size, on_value=-1e9, off_value=0.0
+            )
             step_logits = logits + tf.cast(tf.reduce_sum(special, axis=0), logits.dtype)
             best = tf.argmax(step_logits, axis=-1, output_type=tf.int64)
             best = tf.where(finished, tf.zeros_like(best), best)  # nothing after EOS
@@ -167,12 +181,21 @@ class SequenceDecoder(keras.layers.Layer):
 
         _, ids, _ = tf.while_loop(
             lambda t, ids, finished: tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished))),
-            step, (tf.constant(0), ids, finished), maximum_iterations=max_length,
-        )  # fmt: skip
+            step,
+            (tf.constant(0), ids, finished),
+            maximum_iterations=max_length,
+        )
         return ids
 
-    def beam_decode(self, encoder_hidden, encoder_mask, max_length: int, beam_width: int, length_penalty: float,
-                    never_emit: tuple[int, ...] = ()):  # fmt: skip
+    def beam_decode(
+        self,
+        encoder_hidden,
+        encoder_mask,
+        max_length: int,
+        beam_width: int,
+        length_penalty: float,
+        never_emit: tuple[int, ...] = (),
+    ):
         """Beam search (``model.decoding.beam_search``, core TF ops only): like ``greedy_decode``, but
         keeps the ``beam_width`` most likely hypotheses per row and returns the best finished one
         under the GNMT length penalty ``length_penalty``. Width 1 is greedy decoding.
@@ -181,25 +204,43 @@ class SequenceDecoder(keras.layers.Layer):
         """
         hidden = decoding.tile_for_beams(encoder_hidden, beam_width)
         mask = decoding.tile_for_beams(encoder_mask, beam_width)
-        suppressed = tf.reduce_sum(tf.one_hot(list(never_emit), self.vocabulary_size, on_value=-1e9), axis=0) if never_emit else 0.0
+        suppressed = (
+            tf.reduce_sum(tf.one_hot(list(never_emit), self.vocabulary_size, on_value=-1e9), axis=0)
+            if never_emit
+            else 0.0
+        )
 
         def next_logits(ids, t):
             logits = self.next_logits(hidden, mask, ids, t)
             return logits + tf.cast(suppressed, logits.dtype)
 
         return decoding.beam_search(
-            next_logits, tf.shape(encoder_hidden)[0], max_length, beam_width, length_penalty,
-            bos_id=self.bos_id, eos_id=self.eos_id, vocabulary_size=self.vocabulary_size,
-        )  # fmt: skip
+            next_logits,
+            tf.shape(encoder_hidden)[0],
+            max_length,
+            beam_width,
+            length_penalty,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            vocabulary_size=self.vocabulary_size,
+        )
 
     def compute_output_shape(self, encoder_hidden_shape, encoder_mask_shape=None, target_ids_shape=None):
         return (target_ids_shape[0], target_ids_shape[1], self.vocabulary_size)
 
     def get_config(self):
-        return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "max_length": self.max_length,
-                "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
-                "bos_id": self.bos_id, "eos_id": self.eos_id, "tie_embeddings": self.tie_embeddings}  # fmt: skip
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "max_length": self.max_length,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "tie_embeddings": self.tie_embeddings,
+        }
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
@@ -347,8 +388,15 @@ class PairwiseRankingLoss(keras.losses.Loss):
     sample weights and the reduction.
     """
 
-    def __init__(self, none_index: int | None, gamma: float = 2.0, margin_positive: float = 2.5,
-                 margin_negative: float = 0.5, reduction="mean_with_sample_weight", name="pairwise_ranking"):  # fmt: skip
+    def __init__(
+        self,
+        none_index: int | None,
+        gamma: float = 2.0,
+        margin_positive: float = 2.5,
+        margin_negative: float = 0.5,
+        reduction="mean_with_sample_weight",
+        name="pairwise_ranking",
+    ):
         super().__init__(reduction=reduction, name=name)
         self.none_index, self.gamma = none_index, gamma
         self.margin_positive, self.margin_negative = margin_positive, margin_negative
@@ -369,8 +417,13 @@ class PairwiseRankingLoss(keras.losses.Loss):
         return positive + ops.softplus(self.gamma * (self.margin_negative + best_wrong))
 
     def get_config(self):
-        return {**super().get_config(), "none_index": self.none_index, "gamma": self.gamma,
-                "margin_positive": self.margin_positive, "margin_negative": self.margin_negative}  # fmt: skip
+        return {
+            **super().get_config(),
+            "none_index": self.none_index,
+            "gamma": self.gamma,
+            "margin_positive": self.margin_positive,
+            "margin_negative": self.margin_negative,
+        }
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")

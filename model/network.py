@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import keras_hub
 
 from mtnlp.model import checkpoints, text
+from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS
+from mtnlp.model.backbone import SETTING as BACKBONE_SETTING
 from mtnlp.model.heads import BuildContext, DecoderSizes, Head
-from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS, SETTING as BACKBONE_SETTING
-from mtnlp.model.layers import (FirstPieceGather, MaskedWordLoss, NoneClassDense, PrecomputedLoss, TaskUncertainty,
-                                UncertaintyWeightedLoss)
-from mtnlp.sections import HeadConfig
+from mtnlp.model.layers import (
+    FirstPieceGather,
+    MaskedWordLoss,
+    NoneClassDense,
+    PrecomputedLoss,
+    TaskUncertainty,
+    UncertaintyWeightedLoss,
+)
 from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.sections import HeadConfig
 
 ENCODER_OUTPUT = "encoder_output"
 TASK_UNCERTAINTY = "task_uncertainty"
@@ -36,8 +43,11 @@ def has_backbone(model: keras.Model) -> bool:
 def model_input_names(heads: Sequence[Head], masked_words: bool = False, backbone: bool = False) -> tuple[str, ...]:
     """The model's inputs: the encoder's, the heads' own (a sequence head's teacher-forced targets),
     and with the masked-word objective its word labels."""
-    return (encoder_input_names(backbone) + tuple(k for h in heads for k in h.model_inputs())
-            + ((MASKED_WORD_LABELS,) if masked_words else ()))  # fmt: skip
+    return (
+        encoder_input_names(backbone)
+        + tuple(k for h in heads for k in h.model_inputs())
+        + ((MASKED_WORD_LABELS,) if masked_words else ())
+    )
 
 
 def mask_word_id(vocabulary_size: int) -> int:
@@ -49,8 +59,11 @@ def inference_model(model: keras.Model) -> keras.Model:
     """What is served: a new functional model over the same layers, without the training-only parts
     (the masked-word objective) and without the optimizer, whose slots would otherwise be saved
     with the weights (two thirds of the stored values under Adam) and loaded by every server."""
-    return keras.Model({k: v for k, v in model.input.items() if k != MASKED_WORD_LABELS},
-                       {k: v for k, v in model.output.items() if k != MASKED_WORDS}, name=model.name)  # fmt: skip
+    return keras.Model(
+        {k: v for k, v in model.input.items() if k != MASKED_WORD_LABELS},
+        {k: v for k, v in model.output.items() if k != MASKED_WORDS},
+        name=model.name,
+    )
 
 
 def encoder_layer_index(head_name: str, layer: int, num_layers: int) -> int:
@@ -58,8 +71,9 @@ def encoder_layer_index(head_name: str, layer: int, num_layers: int) -> int:
     from the bottom (1 = first layer) or, when negative, from the top (-1 = last)."""
     index = layer if layer > 0 else num_layers + 1 + layer
     if not 1 <= index <= num_layers:
-        raise ValueError(f"heads.{head_name}.encoder_layer = {layer}: the encoder has layers 1..{num_layers} "
-                         f"(or -1..-{num_layers})")  # fmt: skip
+        raise ValueError(
+            f"heads.{head_name}.encoder_layer = {layer}: the encoder has layers 1..{num_layers} (or -1..-{num_layers})"
+        )
     return index
 
 
@@ -120,20 +134,42 @@ def build_model(
     ``max_length``, ``num_layers``, ``subword_buckets`` and ``subword_features`` are unused, and
     ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused.
     """
-    decoder = DecoderSizes(vocabulary_sizes=target_vocabulary_sizes or {}, max_length=max_target_length,
-                           layers=decoder_layers, num_heads=num_heads, intermediate_dim=intermediate_dim,
-                           dropout=dropout, tie_embeddings=tie_decoder_embeddings)  # fmt: skip
+    decoder = DecoderSizes(
+        vocabulary_sizes=target_vocabulary_sizes or {},
+        max_length=max_target_length,
+        layers=decoder_layers,
+        num_heads=num_heads,
+        intermediate_dim=intermediate_dim,
+        dropout=dropout,
+        tie_embeddings=tie_decoder_embeddings,
+    )
     configs = head_configs_for(heads, head_configs)
     if backbone_preset:
         layered = [f"heads.{name}.encoder_layer" for name, c in configs.items() if c.encoder_layer != -1]
         if masked_words or layered:
-            raise ValueError(f"{BACKBONE_SETTING}: the masked-word objective and {', '.join(layered) or 'encoder_layer'} "
-                             "need the from-scratch encoder; with a backbone every head reads its last layer")  # fmt: skip
-        inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, backbone=True)}
+            raise ValueError(
+                f"{BACKBONE_SETTING}: the masked-word objective and {', '.join(layered) or 'encoder_layer'} "
+                "need the from-scratch encoder; with a backbone every head reads its last layer"
+            )
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int64", name=name)
+            for name in model_input_names(heads, backbone=True)
+        }
         x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout)
-        return _with_heads(heads, configs, inputs, keras.ops.greater(inputs[FIRST_PIECE], 0), [x], dropout, decoder,
-                           uncertainty_weighting, None)  # fmt: skip
-    inputs = {name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)}
+        return _with_heads(
+            heads,
+            configs,
+            inputs,
+            keras.ops.greater(inputs[FIRST_PIECE], 0),
+            [x],
+            dropout,
+            decoder,
+            uncertainty_weighting,
+            None,
+        )
+    inputs = {
+        name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)
+    }
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
     x = keras_hub.layers.TokenAndPositionEmbedding(
@@ -145,7 +181,9 @@ def build_model(
     )
     for name in SUBWORD_INPUTS:
         # Unused inputs are still wired (as zeros) so that every model takes the same features.
-        embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(inputs[name])
+        embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(
+            inputs[name]
+        )
         x = x + (embedded if subword_features else keras.ops.zeros_like(embedded))
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="embedding_norm")(x)
     x = keras.layers.Dropout(dropout)(x)
@@ -155,13 +193,30 @@ def build_model(
             intermediate_dim, num_heads, dropout=dropout, name=f"shared_encoder_{i}"
         )(x, padding_mask=padding_mask)
         layer_outputs.append(x)
-    return _with_heads(heads, configs, inputs, padding_mask, layer_outputs, dropout, decoder, uncertainty_weighting,
-                       vocabulary_size if masked_words else None)  # fmt: skip
+    return _with_heads(
+        heads,
+        configs,
+        inputs,
+        padding_mask,
+        layer_outputs,
+        dropout,
+        decoder,
+        uncertainty_weighting,
+        vocabulary_size if masked_words else None,
+    )
 
 
-def _with_heads(heads: Sequence[Head], configs: Mapping[str, HeadConfig], inputs: dict, padding_mask, layer_outputs: list,
-                dropout: float, decoder: DecoderSizes, uncertainty_weighting: bool,
-                masked_word_vocabulary: int | None) -> keras.Model:  # fmt: skip
+def _with_heads(
+    heads: Sequence[Head],
+    configs: Mapping[str, HeadConfig],
+    inputs: dict,
+    padding_mask,
+    layer_outputs: list,
+    dropout: float,
+    decoder: DecoderSizes,
+    uncertainty_weighting: bool,
+    masked_word_vocabulary: int | None,
+) -> keras.Model:
     """The model from its encoder (each layer's output [B, T, D], bottom first): uncertainty weighting,
     the named encoder output, the heads and, with ``masked_word_vocabulary``, the masked-word loss."""
     x = layer_outputs[-1]
@@ -171,19 +226,22 @@ def _with_heads(heads: Sequence[Head], configs: Mapping[str, HeadConfig], inputs
     # a name for the serving graph's decoding loop; the heads that read the last layer read it here
     x = layer_outputs[-1] = keras.layers.Identity(name=ENCODER_OUTPUT)(x)
 
-    context = BuildContext(layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs, dropout=dropout,
-                           decoder=decoder)  # fmt: skip
+    context = BuildContext(
+        layer_outputs=layer_outputs, padding_mask=padding_mask, inputs=inputs, dropout=dropout, decoder=decoder
+    )
     outputs = {}
     if masked_word_vocabulary is not None:
-        outputs[MASKED_WORDS] = MaskedWordLoss(masked_word_vocabulary, name=MASKED_WORDS)(layer_outputs[-1],
-                                                                                          inputs[MASKED_WORD_LABELS])
+        outputs[MASKED_WORDS] = MaskedWordLoss(masked_word_vocabulary, name=MASKED_WORDS)(
+            layer_outputs[-1], inputs[MASKED_WORD_LABELS]
+        )
     for head in heads:
         outputs[head.name] = head.build(context, configs[head.name])
     return keras.Model(inputs=inputs, outputs=outputs, name="multitask_encoder")
 
 
-def backbone_encoder(inputs: Mapping[str, keras.KerasTensor], preset: str, embedding_dim: int, dropout: float
-                     ) -> keras.KerasTensor:  # fmt: skip
+def backbone_encoder(
+    inputs: Mapping[str, keras.KerasTensor], preset: str, embedding_dim: int, dropout: float
+) -> keras.KerasTensor:
     """A pretrained backbone (``model/checkpoints.py`` locates ``preset``) as the encoder: word states [B, T, embedding_dim].
 
     The backbone reads ``inputs["piece_ids"]`` [B, P] (its ids + 1, 0 padding; see ``model/backbone.py``);
@@ -194,17 +252,24 @@ def backbone_encoder(inputs: Mapping[str, keras.KerasTensor], preset: str, embed
     """
     backbone = checkpoints.load_backbone(preset)
     piece_ids = inputs[PIECE_IDS]
-    given = {"token_ids": keras.ops.maximum(piece_ids - 1, 0), "padding_mask": keras.ops.greater(piece_ids, 0),
-             "segment_ids": keras.ops.zeros_like(piece_ids)}  # fmt: skip
+    given = {
+        "token_ids": keras.ops.maximum(piece_ids - 1, 0),
+        "padding_mask": keras.ops.greater(piece_ids, 0),
+        "segment_ids": keras.ops.zeros_like(piece_ids),
+    }
     names = list(backbone.input) if isinstance(backbone.input, dict) else []
     if not names or set(names) - set(given):
-        raise ValueError(f"{BACKBONE_SETTING}={preset!r}: a {type(backbone).__name__} reads {names or backbone.input}; "
-                         f"only backbones of {sorted(given)} are supported")  # fmt: skip
+        raise ValueError(
+            f"{BACKBONE_SETTING}={preset!r}: a {type(backbone).__name__} reads {names or backbone.input}; "
+            f"only backbones of {sorted(given)} are supported"
+        )
     output = backbone({name: keras.ops.cast(given[name], backbone.input[name].dtype) for name in names})
     pieces = output["sequence_output"] if isinstance(output, dict) else output
     x = FirstPieceGather(name="first_piece_gather")(pieces, inputs[FIRST_PIECE])
     x = keras.layers.Dense(embedding_dim, name="backbone_projection")(x)
-    x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(inputs["entity_ids"])
+    x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
+        inputs["entity_ids"]
+    )
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="backbone_norm")(x)
     return keras.layers.Dropout(dropout)(x)
 
@@ -234,8 +299,10 @@ def compile_for_heads(
     configs = head_configs_for(heads, head_configs)
     for h in heads:  # a ranked head's none logit must be 0 in the model too, or training and serving disagree
         if (configs[h.name].loss == "ranking") != isinstance(model.get_layer(h.name), NoneClassDense):
-            raise ValueError(f"heads.{h.name}.loss is {configs[h.name].loss!r} here but the model was built with the "
-                             "other loss: pass the same head_configs to build_model and compile_for_heads")  # fmt: skip
+            raise ValueError(
+                f"heads.{h.name}.loss is {configs[h.name].loss!r} here but the model was built with the "
+                "other loss: pass the same head_configs to build_model and compile_for_heads"
+            )
     losses = {h.name: h.loss(configs[h.name]) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)

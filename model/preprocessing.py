@@ -80,7 +80,9 @@ def label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
 
 
-def trim_to_longest(features: dict[str, tf.Tensor], word_features: tuple[str, ...] = WORD_FEATURES) -> dict[str, tf.Tensor]:
+def trim_to_longest(
+    features: dict[str, tf.Tensor], word_features: tuple[str, ...] = WORD_FEATURES
+) -> dict[str, tf.Tensor]:
     """A batch cut to its longest sentence: ``word_features`` [B, L] to the most words (``token_ids`` > 0;
     at least 1) and, with a backbone, ``piece_ids`` [B, P] to the most pieces. Other features are kept."""
     longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1)), 1)
@@ -115,9 +117,14 @@ def _encoder_fields() -> tuple[list[str], list[str], tuple[str, ...]]:
     inputs = [t.encoder_input for t in registered_tasks()]
     span_pairs = {i.span_fields for i in inputs if i.span_fields}
     if len(span_pairs) > 1:
-        raise ValueError(f"the encoder marks one pair of spans (entity markers 1 and 2); tasks declare {sorted(span_pairs)}")
-    return (sorted({i.text_field for i in inputs if i.text_field}), sorted({i.tokens_field for i in inputs if i.tokens_field}),
-            next(iter(span_pairs), ()))  # fmt: skip
+        raise ValueError(
+            f"the encoder marks one pair of spans (entity markers 1 and 2); tasks declare {sorted(span_pairs)}"
+        )
+    return (
+        sorted({i.text_field for i in inputs if i.text_field}),
+        sorted({i.tokens_field for i in inputs if i.tokens_field}),
+        next(iter(span_pairs), ()),
+    )
 
 
 def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
@@ -132,8 +139,11 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
     no_span = tf.zeros([tf.shape(inputs["task"])[0], 2], tf.int64)
     spans = [_span(inputs, name) for name in span_fields] or [no_span, no_span]
     text_words, markers = text.split_words_marking_spans(text_values, *spans)
-    gold_tokens = tf.concat([_feature(inputs, name, tf.string) for name in tokens_fields] or
-                            [tf.RaggedTensor.from_tensor(tf.zeros([tf.shape(inputs["task"])[0], 0], tf.string))], axis=1)
+    gold_tokens = tf.concat(
+        [_feature(inputs, name, tf.string) for name in tokens_fields]
+        or [tf.RaggedTensor.from_tensor(tf.zeros([tf.shape(inputs["task"])[0], 0], tf.string))],
+        axis=1,
+    )
     words = tf.concat([gold_tokens, text_words], axis=1)
     markers = tf.concat([tf.zeros_like(gold_tokens, tf.int64), markers], axis=1)
     backbone_outputs, kept_words = {}, None
@@ -143,8 +153,10 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         keep, piece_ids, first_piece = backbone.piece_features(words, tokenizer, max_length)
         words, markers = tf.ragged.boolean_mask(words, keep), tf.ragged.boolean_mask(markers, keep)
         kept_words = words.row_lengths()
-        backbone_outputs = {PIECE_IDS: piece_ids.to_tensor(default_value=0, shape=[None, tokenizer.max_pieces]),
-                            FIRST_PIECE: first_piece.to_tensor(default_value=0, shape=[None, max_length])}  # fmt: skip
+        backbone_outputs = {
+            PIECE_IDS: piece_ids.to_tensor(default_value=0, shape=[None, tokenizer.max_pieces]),
+            FIRST_PIECE: first_piece.to_tensor(default_value=0, shape=[None, max_length]),
+        }
 
     vocab_ids = tft.compute_and_apply_vocabulary(
         text.normalize_words(words),
@@ -162,9 +174,13 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
         "token_ids": dense(vocab_ids + 1, 0),
         "shape_ids": dense(tf.ragged.map_flat_values(text.word_shapes, words), 0),
         "entity_ids": dense(markers, 0),
-        **{name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config.subword_buckets), 0)
-           for name, feature in _subword_features(config.affix_length).items()},
-        "task_id": label_ids(first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in registered_tasks())),
+        **{
+            name: dense(tf.ragged.map_flat_values(_hashed, feature(words), config.subword_buckets), 0)
+            for name, feature in _subword_features(config.affix_length).items()
+        },
+        "task_id": label_ids(
+            first_value(_feature(inputs, "task", tf.string), ""), tuple(t.name for t in registered_tasks())
+        ),
         **backbone_outputs,
     }
     aligned = {f.name for t in registered_tasks() for f in t.fields if f.aligned_with}  # one label per word
@@ -172,8 +188,9 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any] | Non
     for head in all_heads():
         labels[head.name] = _feature(inputs, head.label_field, tf.string)
         if kept_words is not None and head.label_field in aligned:  # the dropped words' labels go too
-            labels[head.name] = tf.ragged.boolean_mask(labels[head.name],
-                                                       tf.ragged.range(labels[head.name].row_lengths()) < kept_words[:, None])
+            labels[head.name] = tf.ragged.boolean_mask(
+                labels[head.name], tf.ragged.range(labels[head.name].row_lengths()) < kept_words[:, None]
+            )
     # every head's analyzers before any head's lookups, so that Transform analyzes in one phase (Head.analyze)
     analyzed = {head.name: head.analyze(labels[head.name], config) for head in all_heads()}
     for head in all_heads():

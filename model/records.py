@@ -63,7 +63,7 @@ def _check_field(record: dict[str, Any], field: Field) -> Any:
     return value
 
 
-def _feature(field: Field, value: Any) -> "tf.train.Feature":
+def _feature(field: Field, value: Any) -> tf.train.Feature:
     import tensorflow as tf  # here: validating records needs no TensorFlow
 
     if field.kind is FieldKind.CHAR_SPAN:
@@ -91,7 +91,7 @@ def parse_record(line: str, task: Task) -> dict[str, Any]:
     return checked
 
 
-def record_to_example(line: str, task: Task) -> "tf.train.Example":
+def record_to_example(line: str, task: Task) -> tf.train.Example:
     """Parses one line of ``task``'s data; raises ``RecordError`` if it is malformed."""
     import tensorflow as tf
 
@@ -116,20 +116,24 @@ def file_format(path: str) -> str:
     for suffix in (JSON_LINES, PLAIN_TEXT):
         if name.endswith(suffix):
             return suffix
-    raise ValueError(f"{path}: unknown data file type; name it .jsonl (JSON Lines records) or .txt (plain text, "
-                     "one text per line), optionally .gz compressed")  # fmt: skip
+    raise ValueError(
+        f"{path}: unknown data file type; name it .jsonl (JSON Lines records) or .txt (plain text, "
+        "one text per line), optionally .gz compressed"
+    )
 
 
 def plain_text_record(line: str, task: Task) -> str:
     """The JSON Lines record of one plain-text line of ``task``'s data, for a task whose only field is a text;
     raises ``RecordError`` for any other task."""
     if len(task.fields) != 1 or task.fields[0].kind is not FieldKind.TEXT:
-        raise RecordError(f"task {task.name!r} reads JSON Lines records ({', '.join(f.name for f in task.fields)}); "
-                          "plain text files are for tasks whose only field is a text, such as unlabeled")  # fmt: skip
+        raise RecordError(
+            f"task {task.name!r} reads JSON Lines records ({', '.join(f.name for f in task.fields)}); "
+            "plain text files are for tasks whose only field is a text, such as unlabeled"
+        )
     return json.dumps({task.fields[0].name: line.rstrip("\r\n")}, ensure_ascii=False)
 
 
-def bytes_to_example(raw_line: bytes, task: Task, fmt: str = JSON_LINES) -> "tf.train.Example":
+def bytes_to_example(raw_line: bytes, task: Task, fmt: str = JSON_LINES) -> tf.train.Example:
     """``record_to_example`` on a line as read from a file of format ``fmt``; invalid UTF-8 is a malformed
     record too."""
     try:

@@ -27,11 +27,10 @@ computed), never Beam, TFMA or TensorFlow: scoring needs none of them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mtnlp.model.heads import Head
@@ -123,7 +122,7 @@ BLEU_MAX_ORDER = 4
 _BLEU_STATISTICS = 2 + 2 * BLEU_MAX_ORDER  # sacreBLEU's layout: [hyp len, ref len, correct_1..4, total_1..4]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sacrebleu():
     """sacreBLEU's BLEU with its defaults (what ``sacrebleu.corpus_bleu`` uses), imported on first use."""
     from sacrebleu.metrics import BLEU
@@ -142,8 +141,14 @@ def bleu_from_statistics(stats: np.ndarray) -> float:
     from sacrebleu.metrics import BLEU
 
     stats = [int(s) for s in np.asarray(stats).reshape(-1)]
-    bleu = BLEU.compute_bleu(stats[2 : 2 + BLEU_MAX_ORDER], stats[2 + BLEU_MAX_ORDER :], stats[0], stats[1],
-                             smooth_method="exp", max_ngram_order=BLEU_MAX_ORDER)  # fmt: skip
+    bleu = BLEU.compute_bleu(
+        stats[2 : 2 + BLEU_MAX_ORDER],
+        stats[2 + BLEU_MAX_ORDER :],
+        stats[0],
+        stats[1],
+        smooth_method="exp",
+        max_ngram_order=BLEU_MAX_ORDER,
+    )
     return bleu.score / 100
 
 
@@ -167,7 +172,7 @@ class Scorer:
     def add(self, labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> None:
         raise NotImplementedError
 
-    def merge(self, other: "Scorer") -> None:
+    def merge(self, other: Scorer) -> None:
         raise NotImplementedError
 
     def result(self) -> float:

@@ -23,8 +23,10 @@ def load_text_ops() -> None:
     # PathFinder looks at the installed files only, so this works where the package's import is blocked
     spec = importlib.machinery.PathFinder.find_spec("tensorflow_text")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("tensorflow-text is not installed: the model's WordPiece op needs its kernels "
-                          "(pip install tensorflow-text, the version matching TensorFlow)")  # fmt: skip
+        raise ImportError(
+            "tensorflow-text is not installed: the model's WordPiece op needs its kernels "
+            "(pip install tensorflow-text, the version matching TensorFlow)"
+        )
     ops_dir = os.path.join(spec.submodule_search_locations[0], "python", "ops")
     for library in TEXT_OP_LIBRARIES:
         tf.load_op_library(os.path.join(ops_dir, library))

@@ -27,7 +27,7 @@ a head returns is its kind's (``model/heads.py``):
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import keras
 import tensorflow as tf
@@ -54,8 +54,14 @@ class ServingModule(tf.Module):
         length_penalty: GNMT length penalty alpha of beam search (0: none).
     """
 
-    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task],
-                 beam_width: int = 1, length_penalty: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        model: keras.Model,
+        tf_transform_output: tft.TFTransformOutput,
+        tasks: Sequence[Task],
+        beam_width: int = 1,
+        length_penalty: float = 0.0,
+    ):
         super().__init__()
         self.model = model = inference_model(model)
         self.beam_width, self.length_penalty = beam_width, length_penalty
@@ -65,7 +71,9 @@ class ServingModule(tf.Module):
         # the encoder alone (shared layers), for heads that run their own decoding loop
         self.has_backbone = has_backbone(model)
         self.encoder_inputs = encoder_input_names(self.has_backbone)
-        self.encoder = keras.Model({k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output)
+        self.encoder = keras.Model(
+            {k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output
+        )
         self.head_constants: dict = {}
         for task in self._tasks:
             for head in task.heads:
@@ -102,7 +110,9 @@ class ServingModule(tf.Module):
 
     def _answer(self, signature: contract.Signature, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         batch_size = tf.shape(next(iter(request.values())))[0]
-        transformed = self._trim(self.tft_layer(self._raw_features(batch_size, signature.input.raw_features(**request))))
+        transformed = self._trim(
+            self.tft_layer(self._raw_features(batch_size, signature.input.raw_features(**request)))
+        )
         logits = self._logits(transformed) if any(h.needs_logits for h in signature.heads) else {}
         outputs = {}
         if signature.plain:
@@ -154,8 +164,12 @@ class ServingModule(tf.Module):
 
 
 def export_serving_model(
-    model: keras.Model, tf_transform_output: tft.TFTransformOutput, tasks: Sequence[Task], export_dir: str,
-    beam_width: int = 1, length_penalty: float = 0.0,
+    model: keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    tasks: Sequence[Task],
+    export_dir: str,
+    beam_width: int = 1,
+    length_penalty: float = 0.0,
 ) -> None:
     module = ServingModule(model, tf_transform_output, tasks, beam_width, length_penalty)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())

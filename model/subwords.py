@@ -51,9 +51,13 @@ class _LearnWordpieceVocabulary(tft_beam.experimental.PTransformAnalyzer):
         # that lands the vocabulary near the requested size. include_joiner_token: every character
         # also as a continuation piece ("##ñ"), so that every word is spellable.
         pieces = wordpiece_tokenizer_learner_lib.learn(
-            counts, self._vocabulary_size, reserved_tokens=[UNKNOWN], lower_thresh=1, joiner=JOINER,
+            counts,
+            self._vocabulary_size,
+            reserved_tokens=[UNKNOWN],
+            lower_thresh=1,
+            joiner=JOINER,
             include_joiner_token=True,
-        )  # fmt: skip
+        )
         return self._write(pieces)
 
     def _write(self, pieces: list[str]) -> np.ndarray:
@@ -80,10 +84,13 @@ def learn_vocabulary(words: tf.Tensor, vocabulary_size: int, file_name: str) -> 
     every word of the dataset once per occurrence). Returns the vocabulary file's path (a Transform
     asset named ``file_name``): string []. ``[UNK]`` is line 0."""
     (path,) = tft.experimental.ptransform_analyzer(
-        inputs=[words], ptransform=_LearnWordpieceVocabulary(vocabulary_size, file_name),
-        output_dtypes=[tf.string], output_shapes=[[]], output_asset_default_values=[file_name.encode()],
+        inputs=[words],
+        ptransform=_LearnWordpieceVocabulary(vocabulary_size, file_name),
+        output_dtypes=[tf.string],
+        output_shapes=[[]],
+        output_asset_default_values=[file_name.encode()],
         name=f"learn_{file_name}",
-    )  # fmt: skip
+    )
     return path
 
 
@@ -105,10 +112,15 @@ def _wordpiece_lookup(words: tf.RaggedTensor, vocabulary_file: tf.Tensor) -> tup
             # it would be re-initialised from the file on every call (every request of a served model).
             scope.enter_context(tf.init_scope())
         table = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(vocabulary_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
-                                          tf.lookup.TextFileIndex.LINE_NUMBER),
+            tf.lookup.TextFileInitializer(
+                vocabulary_file,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
             default_value=-1,
-        )  # fmt: skip
+        )
     tokenizer = tf_text.WordpieceTokenizer(
         table, suffix_indicator=JOINER, token_out_type=tf.int64, unknown_token=UNKNOWN, split_unknown_characters=True
     )

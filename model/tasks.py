@@ -28,7 +28,7 @@ import dataclasses
 import enum
 import importlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from mtnlp.model.heads import EntityPairHead, Head, SentenceHead, SequenceHead, TokenHead
 from mtnlp.model.inputs import EncoderInput, TextInput, TextWithSpansInput, TokensInput
@@ -89,11 +89,15 @@ class Task:
         declared = {f.name for f in self.fields}
         for name in self.encoder_input.fields:
             if name not in declared:
-                raise ValueError(f"task {self.name!r}: its input {self.encoder_input} reads field {name!r}, "
-                                 f"which the task does not declare")  # fmt: skip
+                raise ValueError(
+                    f"task {self.name!r}: its input {self.encoder_input} reads field {name!r}, "
+                    f"which the task does not declare"
+                )
         for head in self.heads:
             if head.label_field not in declared:
-                raise ValueError(f"task {self.name!r}: head {head.name!r} reads labels from undeclared field {head.label_field!r}")
+                raise ValueError(
+                    f"task {self.name!r}: head {head.name!r} reads labels from undeclared field {head.label_field!r}"
+                )
             head.check(self)
         read = set(self.encoder_input.fields) | {h.label_field for h in self.heads}
         unread = [f.name for f in self.fields if f.name not in read]
@@ -107,18 +111,39 @@ class Task:
 
 
 UPOS_TAGS = (
-    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
-    "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
-)  # fmt: skip
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
 NER_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 SENTIMENT_LABELS = ("negative", "positive")
 SEMEVAL_RELATIONS = ("Other",) + tuple(
     f"{relation}({a},{b})"
     for relation in (
-        "Cause-Effect", "Component-Whole", "Content-Container", "Entity-Destination",
-        "Entity-Origin", "Instrument-Agency", "Member-Collection", "Message-Topic",
+        "Cause-Effect",
+        "Component-Whole",
+        "Content-Container",
+        "Entity-Destination",
+        "Entity-Origin",
+        "Instrument-Agency",
+        "Member-Collection",
+        "Message-Topic",
         "Product-Producer",
-    )  # fmt: skip
+    )
     for a, b in (("e1", "e2"), ("e2", "e1"))
 )
 
@@ -134,7 +159,7 @@ TAGGING = Task(
         TokenHead("pos", "pos", UPOS_TAGS, metrics=("token_accuracy",)),
         TokenHead("ner", "ner", NER_TAGS, metrics=("entity_f1", "entity_precision", "entity_recall"), decoding="iob2"),
     ),
-)  # fmt: skip
+)
 
 SENTIMENT = Task(
     name="sentiment",
@@ -158,10 +183,11 @@ RELATION = Task(
     heads=(
         # "Other" is SemEval's "none of the nine relations" (left out of its macro-F1): the class the
         # pairwise ranking loss (heads.relation.loss=ranking) does not score
-        EntityPairHead("relation", "relation", SEMEVAL_RELATIONS, metrics=("semeval_macro_f1", "accuracy"),
-                       none_label="Other"),
+        EntityPairHead(
+            "relation", "relation", SEMEVAL_RELATIONS, metrics=("semeval_macro_f1", "accuracy"), none_label="Other"
+        ),
     ),
-)  # fmt: skip
+)
 
 TRANSLATION = Task(
     name="translation",

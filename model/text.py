@@ -53,8 +53,10 @@ def affix(words: tf.Tensor, length: int, from_end: bool) -> tf.Tensor:
     Affixes carry a rare word's class: "-ation", "-ly", "-ed", "un-", capitalized "-son" names.
     """
     norm = normalize_words(words)
-    start = tf.maximum(tf.strings.length(norm, unit="UTF8_CHAR") - length, 0) if from_end else tf.zeros_like(
-        tf.strings.length(norm)
+    start = (
+        tf.maximum(tf.strings.length(norm, unit="UTF8_CHAR") - length, 0)
+        if from_end
+        else tf.zeros_like(tf.strings.length(norm))
     )
     return tf.strings.substr(norm, start, tf.fill(tf.shape(start), length), unit="UTF8_CHAR")
 
@@ -86,9 +88,7 @@ def word_shapes(words: tf.Tensor) -> tf.Tensor:
     return shape
 
 
-def split_words_marking_spans(
-    text: tf.Tensor, e1: tf.Tensor, e2: tf.Tensor
-) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+def split_words_marking_spans(text: tf.Tensor, e1: tf.Tensor, e2: tf.Tensor) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
     """Splits text into words and marks the words of two character spans.
 
     text: string [B]; e1, e2: int64 [B, 2] character offsets [start, end) (all zeros: no span).
@@ -106,9 +106,11 @@ def split_words_marking_spans(
     ends = tf.stack([first_start, first_end, second_start, second_end, n_chars], axis=1)
     ends = tf.maximum(ends, starts)  # overlapping spans: empty pieces rather than negative lengths
     pieces = tf.strings.substr(
-        tf.tile(text[:, None], [1, 5]), tf.cast(starts, tf.int32), tf.cast(ends - starts, tf.int32),
+        tf.tile(text[:, None], [1, 5]),
+        tf.cast(starts, tf.int32),
+        tf.cast(ends - starts, tf.int32),
         unit="UTF8_CHAR",
-    )  # fmt: skip
+    )
     piece_markers = tf.where(
         e1_first[:, None], tf.constant([[0, 1, 0, 2, 0]], tf.int64), tf.constant([[0, 2, 0, 1, 0]], tf.int64)
     )

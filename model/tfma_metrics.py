@@ -15,7 +15,8 @@ Scoring outside of TFMA needs only ``model.scoring``, which imports neither Beam
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -23,7 +24,6 @@ from tensorflow_model_analysis.metrics import metric_types
 
 from mtnlp.model.scoring import Scorer, make_scorer
 from mtnlp.model.tasks import Head, get_head
-
 
 # -- TFMA ---------------------------------------------------------------------------------------
 
@@ -69,8 +69,9 @@ class _ScorersCombiner(beam.CombineFn):
 def _keys(name: str, model_names, output_names, example_weighted: bool):
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
-            yield metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                         example_weighted=example_weighted)  # fmt: skip
+            yield metric_types.MetricKey(
+                name=name, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+            )
 
 
 class HeadMetric(metric_types.Metric):
@@ -80,12 +81,24 @@ class HeadMetric(metric_types.Metric):
         super().__init__(self._computations, name=name, metric=metric or name)
 
     @staticmethod
-    def _computations(name: str, metric: str, eval_config=None, model_names=None, output_names=None,
-                      sub_keys=None, aggregation_type=None, class_weights=None, example_weighted=False,
-                      query_key=None) -> metric_types.MetricComputations:  # fmt: skip
-        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
-                                               combiner=_ScorersCombiner(key, [(key.output_name, metric)]))
-                for key in _keys(name, model_names, output_names, example_weighted)]  # fmt: skip
+    def _computations(
+        name: str,
+        metric: str,
+        eval_config=None,
+        model_names=None,
+        output_names=None,
+        sub_keys=None,
+        aggregation_type=None,
+        class_weights=None,
+        example_weighted=False,
+        query_key=None,
+    ) -> metric_types.MetricComputations:
+        return [
+            metric_types.MetricComputation(
+                keys=[key], preprocessors=None, combiner=_ScorersCombiner(key, [(key.output_name, metric)])
+            )
+            for key in _keys(name, model_names, output_names, example_weighted)
+        ]
 
 
 class MeanPrimaryMetric(metric_types.Metric):
@@ -98,12 +111,24 @@ class MeanPrimaryMetric(metric_types.Metric):
         super().__init__(self._computations, name=name, heads=heads or {})
 
     @staticmethod
-    def _computations(name: str, heads: dict[str, str], eval_config=None, model_names=None, output_names=None,
-                      sub_keys=None, aggregation_type=None, class_weights=None, example_weighted=False,
-                      query_key=None) -> metric_types.MetricComputations:  # fmt: skip
-        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
-                                               combiner=_ScorersCombiner(key, sorted(heads.items()), "mean"))
-                for key in _keys(name, model_names, None, example_weighted)]  # fmt: skip
+    def _computations(
+        name: str,
+        heads: dict[str, str],
+        eval_config=None,
+        model_names=None,
+        output_names=None,
+        sub_keys=None,
+        aggregation_type=None,
+        class_weights=None,
+        example_weighted=False,
+        query_key=None,
+    ) -> metric_types.MetricComputations:
+        return [
+            metric_types.MetricComputation(
+                keys=[key], preprocessors=None, combiner=_ScorersCombiner(key, sorted(heads.items()), "mean")
+            )
+            for key in _keys(name, model_names, None, example_weighted)
+        ]
 
 
 metric_types.register_metric(HeadMetric)

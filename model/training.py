@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from mtnlp.model import dataset, distribution
-from mtnlp.model.network import build_model, compile_for_heads
 from mtnlp.model.heads import Head
+from mtnlp.model.network import build_model, compile_for_heads
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
 from mtnlp.model.warm_start import warm_start
 from mtnlp.sections import HeadConfig, ModelConfig, TrainingConfig, TransformConfig
@@ -38,8 +39,15 @@ class ProgressLog(keras.callbacks.Callback):
         shown = {k: v for k, v in (logs or {}).items() if k == "loss" or k == "val_loss" or k.endswith("accuracy")}
         elapsed = time.time() - self._start
         eta = elapsed / steps * (self._total_steps - steps)
-        log.warning("%strain step %d/%d  %s  (%.0fs, ETA %.0fs)", self._prefix, steps, self._total_steps,
-                    "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())), elapsed, eta)  # fmt: skip
+        log.warning(
+            "%strain step %d/%d  %s  (%.0fs, ETA %.0fs)",
+            self._prefix,
+            steps,
+            self._total_steps,
+            "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())),
+            elapsed,
+            eta,
+        )
 
 
 class KeepBestWeights(keras.callbacks.Callback):
@@ -66,8 +74,12 @@ class KeepBestWeights(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._best_weights is not None and self.best_epoch != self.params["epochs"] - 1:
-            log.warning("%skeeping the weights of epoch %d (mean validation accuracy %.4f), not the last epoch's",
-                        self._prefix, self.best_epoch + 1, self.best_score)  # fmt: skip
+            log.warning(
+                "%skeeping the weights of epoch %d (mean validation accuracy %.4f), not the last epoch's",
+                self._prefix,
+                self.best_epoch + 1,
+                self.best_score,
+            )
             self.model.set_weights(self._best_weights)
 
 
@@ -103,17 +115,25 @@ def build_training_model(
     """The model compiled with the project's loss and optimizer (AdamW; warmup then cosine decay over
     ``steps``). Call it inside the distribution strategy's scope."""
     model = build_model(
-        heads, vocabulary_size=vocabulary_size, max_length=transform.max_length,
-        target_vocabulary_sizes=dict(target_vocabulary_sizes), max_target_length=transform.max_target_length,
-        uncertainty_weighting=training.loss_weighting == "uncertainty", subword_buckets=transform.subword_buckets,
-        masked_words=masked_word_objective(training, transform), backbone_preset=transform.backbone_preset,
-        head_configs=head_configs, **dataclasses.asdict(model_config),
-    )  # fmt: skip
+        heads,
+        vocabulary_size=vocabulary_size,
+        max_length=transform.max_length,
+        target_vocabulary_sizes=dict(target_vocabulary_sizes),
+        max_target_length=transform.max_target_length,
+        uncertainty_weighting=training.loss_weighting == "uncertainty",
+        subword_buckets=transform.subword_buckets,
+        masked_words=masked_word_objective(training, transform),
+        backbone_preset=transform.backbone_preset,
+        head_configs=head_configs,
+        **dataclasses.asdict(model_config),
+    )
     warmup_steps = int(steps * training.warmup_fraction)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=training.learning_rate, warmup_steps=warmup_steps,
+        initial_learning_rate=0.0,
+        warmup_target=training.learning_rate,
+        warmup_steps=warmup_steps,
         decay_steps=max(1, steps - warmup_steps),
-    )  # fmt: skip
+    )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0)
     compile_for_heads(model, heads, optimizer, loss_weighting=training.loss_weighting, head_configs=head_configs)
     return model
@@ -160,32 +180,53 @@ def train_model(
     words = vocabulary_size(tf_transform_output, transform.num_oov_buckets)
     masked_words = None
     if transform.backbone_preset:
-        log.warning("%sEncoder: the pretrained backbone %s (transform.backbone_preset); off with it: the masked-word "
-                    "objective (training.masked_word_share=%s), model.subword_features, model.num_layers",
-                    log_prefix, transform.backbone_preset, training.masked_word_share)  # fmt: skip
+        log.warning(
+            "%sEncoder: the pretrained backbone %s (transform.backbone_preset); off with it: the masked-word "
+            "objective (training.masked_word_share=%s), model.subword_features, model.num_layers",
+            log_prefix,
+            transform.backbone_preset,
+            training.masked_word_share,
+        )
     if masked_word_objective(training, transform):
         masked_words = dataset.MaskedWords(training.masked_word_share, training.masked_word_rate, words)
     train_data = dataset.training_dataset(
-        train_files, tf_transform_output, heads, training.batch_size, dict(task_weights), training.seed, masked_words,
-    )  # fmt: skip
-    eval_data = dataset.evaluation_dataset(eval_files, tf_transform_output, heads, training.batch_size,
-                                           masked_words is not None)  # fmt: skip
+        train_files,
+        tf_transform_output,
+        heads,
+        training.batch_size,
+        dict(task_weights),
+        training.seed,
+        masked_words,
+    )
+    eval_data = dataset.evaluation_dataset(
+        eval_files, tf_transform_output, heads, training.batch_size, masked_words is not None
+    )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
         model = build_training_model(
-            heads, words,
+            heads,
+            words,
             target_vocabulary_sizes(tf_transform_output, heads, transform.num_oov_buckets),
-            model_config, training, transform, head_configs, steps,
-        )  # fmt: skip
+            model_config,
+            training,
+            transform,
+            head_configs,
+            steps,
+        )
         report = None
         if base_model:
             report = warm_start(model, base_model, tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY))
             log.warning("%s%s", log_prefix, report)
-    log.warning("%sTraining %s parameters for %d steps on %d replica(s), global batch %d", log_prefix,
-                f"{model.count_params():,}", steps_per_epoch * epochs, strategy.num_replicas_in_sync,
-                training.batch_size)  # fmt: skip
+    log.warning(
+        "%sTraining %s parameters for %d steps on %d replica(s), global batch %d",
+        log_prefix,
+        f"{model.count_params():,}",
+        steps_per_epoch * epochs,
+        strategy.num_replicas_in_sync,
+        training.batch_size,
+    )
     distribution.prepare_fit(model, strategy, train_data)
     start = time.time()
     fitted = model.fit(
@@ -195,8 +236,11 @@ def train_model(
         validation_data=eval_data,
         validation_steps=eval_steps,
         verbose=0,
-        callbacks=[*callbacks, ProgressLog(steps_per_epoch * epochs, log_prefix),
-                   *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else [])],
+        callbacks=[
+            *callbacks,
+            ProgressLog(steps_per_epoch * epochs, log_prefix),
+            *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else []),
+        ],
     )
     # a callback may stop training early (the studies' early stopping and time budget)
     history = [

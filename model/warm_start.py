@@ -60,11 +60,15 @@ class WarmStartReport:
 
     def __str__(self) -> str:
         skipped = f"; not restored (shape changed): {', '.join(self.layers_skipped)}" if self.layers_skipped else ""
-        return (f"warm-started from {self.base}: {self.layers_restored} layers restored, embeddings of "
-                f"{self.words_carried_over} known words carried over, {self.new_words} new words{skipped}")  # fmt: skip
+        return (
+            f"warm-started from {self.base}: {self.layers_restored} layers restored, embeddings of "
+            f"{self.words_carried_over} known words carried over, {self.new_words} new words{skipped}"
+        )
 
 
-def _map_word_rows(new: np.ndarray, old: np.ndarray, new_vocabulary: list[str], old_vocabulary: list[str]) -> tuple[np.ndarray, int]:
+def _map_word_rows(
+    new: np.ndarray, old: np.ndarray, new_vocabulary: list[str], old_vocabulary: list[str]
+) -> tuple[np.ndarray, int]:
     """Rows: 0 padding, 1..V words in vocabulary order, then OOV buckets (see model/preprocessing.py)."""
     matrix = new.copy()
     matrix[0] = old[0]
@@ -75,9 +79,9 @@ def _map_word_rows(new: np.ndarray, old: np.ndarray, new_vocabulary: list[str], 
         if j is not None:
             matrix[i + 1] = old[j + 1]
             carried += 1
-    new_oov, old_oov = matrix[len(new_vocabulary) + 1:], old[len(old_vocabulary) + 1:]
+    new_oov, old_oov = matrix[len(new_vocabulary) + 1 :], old[len(old_vocabulary) + 1 :]
     n = min(len(new_oov), len(old_oov))
-    matrix[len(new_vocabulary) + 1:len(new_vocabulary) + 1 + n] = old_oov[:n]
+    matrix[len(new_vocabulary) + 1 : len(new_vocabulary) + 1 + n] = old_oov[:n]
     return matrix, carried
 
 

@@ -11,5 +11,7 @@ def require_import_name(imported_as: str, package: str) -> None:
     folder's ``__init__.py`` calls this, so the second name fails at once, naming the right one.
     """
     if imported_as != package:
-        raise ImportError(f"{imported_as!r} is the project's folder {imported_as.replace('.', '/')}/, which is the "
-                          f"package {package!r}: import {package} (and {package}.<module>) instead")  # fmt: skip
+        raise ImportError(
+            f"{imported_as!r} is the project's folder {imported_as.replace('.', '/')}/, which is the "
+            f"package {package!r}: import {package} (and {package}.<module>) instead"
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # module -> it defines `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 SUBCOMMAND_MODULES = (

@@ -22,5 +22,7 @@ def missing_data_message(path: str) -> str | None:
     """None when ``path`` is a folder, else an error that says how to point a command at the data."""
     if os.path.isdir(path):
         return None
-    return (f"no data folder at {os.path.abspath(path)}: pass --data DIR (a folder with one sub-folder per task) "
-            f"or set {DATA_ENV}; a clone of the repository has the bundled data in its data/ folder")
+    return (
+        f"no data folder at {os.path.abspath(path)}: pass --data DIR (a folder with one sub-folder per task) "
+        f"or set {DATA_ENV}; a clone of the repository has the bundled data in its data/ folder"
+    )

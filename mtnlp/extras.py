@@ -24,5 +24,6 @@ def require_extra(extra: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(f"{needed_by} needs {module!r}, which this install lacks: "
-                                f"pip install 'mtnlp[{extra}]'") from None  # fmt: skip
+        raise MissingExtraError(
+            f"{needed_by} needs {module!r}, which this install lacks: pip install 'mtnlp[{extra}]'"
+        ) from None

@@ -56,5 +56,12 @@ def configure_logging(verbose: bool = False) -> None:
     absl = logging.getLogger("absl")
     absl.setLevel(logging.INFO)
     absl.addFilter(_ComponentProgress())
-    for noisy in ("apache_beam", "tensorflow", "tfx", "ml_metadata", "tensorflow_transform", "tensorflow_model_analysis"):
+    for noisy in (
+        "apache_beam",
+        "tensorflow",
+        "tfx",
+        "ml_metadata",
+        "tensorflow_transform",
+        "tensorflow_model_analysis",
+    ):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -24,8 +24,13 @@ def describe() -> dict[str, object]:
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu_model(), "memory_gib": memory_gib,
-            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def one_line(machine: dict[str, object] | None = None) -> str:

@@ -10,7 +10,8 @@ gradient clipping (``model/training.py``), the pairwise ranking loss's margins a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 # A head's loss (``HeadConfig.loss``): cross-entropy, or CR-CNN's pairwise ranking loss (dos Santos et al. 2015,
 # ``model/layers.py``), which leaves the head's none class unscored.
@@ -105,7 +106,9 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +153,18 @@ class HeadConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing: {self.label_smoothing} is outside [0, 1)")
         if self.label_smoothing and self.loss != "cross_entropy":
-            raise ValueError(f"label_smoothing ({self.label_smoothing}) smooths the cross-entropy; the {self.loss} "
-                             "loss has none: set label_smoothing=0 or loss=cross_entropy")  # fmt: skip
+            raise ValueError(
+                f"label_smoothing ({self.label_smoothing}) smooths the cross-entropy; the {self.loss} "
+                "loss has none: set label_smoothing=0 or loss=cross_entropy"
+            )
         if self.encoder_layer == 0:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: {self.dropout} is outside [0, 1)")
         if self.learning_rate_multiplier != 1.0:
-            raise ValueError(f"learning_rate_multiplier: {self.learning_rate_multiplier} is not applied yet; "
-                             "only 1.0 is accepted")  # fmt: skip
+            raise ValueError(
+                f"learning_rate_multiplier: {self.learning_rate_multiplier} is not applied yet; only 1.0 is accepted"
+            )
 
 
 def section_from_json(cls: type, values: Mapping[str, Any], section: str) -> Any:
@@ -167,6 +173,8 @@ def section_from_json(cls: type, values: Mapping[str, Any], section: str) -> Any
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [key for key in values if key not in valid]
     if unknown:
-        raise ValueError(f"custom_config: unknown setting(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-                         f"valid keys of {section}: {', '.join(valid)}")  # fmt: skip
+        raise ValueError(
+            f"custom_config: unknown setting(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+            f"valid keys of {section}: {', '.join(valid)}"
+        )
     return cls(**values)

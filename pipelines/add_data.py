@@ -68,8 +68,14 @@ def _is_validation(line: str, fraction: float) -> bool:
     return digest % 1000 < fraction * 1000
 
 
-def add_span(data_root: str, task_name: str, train_file: str, validation_file: str | None = None,
-             validation_fraction: float = 0.1, force: bool = False) -> AddedSpan:  # fmt: skip
+def add_span(
+    data_root: str,
+    task_name: str,
+    train_file: str,
+    validation_file: str | None = None,
+    validation_fraction: float = 0.1,
+    force: bool = False,
+) -> AddedSpan:
     task = resolve_task(task_name)
     train, errors = _check(train_file, task)
     validation = []
@@ -84,11 +90,15 @@ def add_span(data_root: str, task_name: str, train_file: str, validation_file: s
     if errors and not force:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise BadDataError(f"{len(errors)} malformed record(s) for task {task.name!r}; nothing was added:\n  "
-                           f"{shown}{more}\n(use --force to add the file anyway and let ingest reject them)")  # fmt: skip
+        raise BadDataError(
+            f"{len(errors)} malformed record(s) for task {task.name!r}; nothing was added:\n  "
+            f"{shown}{more}\n(use --force to add the file anyway and let ingest reject them)"
+        )
     if not train or not validation:
-        raise BadDataError(f"need at least one training and one validation record for task {task.name!r} "
-                           f"(got {len(train)} and {len(validation)}); pass --validation FILE for small files")  # fmt: skip
+        raise BadDataError(
+            f"need at least one training and one validation record for task {task.name!r} "
+            f"(got {len(train)} and {len(validation)}); pass --validation FILE for small files"
+        )
 
     span = next_span(data_root)
     spans_dir = os.path.join(data_root, SPANS_DIR)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mtnlp.model.tasks import all_heads, get_head, select_tasks
 from mtnlp.sections import HeadConfig, HeadGate, ModelConfig, ServingConfig, TrainingConfig, TransformConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
@@ -61,11 +63,15 @@ class PipelineConfig:
                 get_head(name).check_config(config)
             except ValueError as e:
                 raise ValueError(f"heads.{name}: {e}") from None
-        layered = [f"heads.{name}.encoder_layer ({c.encoder_layer})" for name, c in heads.items() if c.encoder_layer != -1]
+        layered = [
+            f"heads.{name}.encoder_layer ({c.encoder_layer})" for name, c in heads.items() if c.encoder_layer != -1
+        ]
         if self.transform.backbone_preset and layered:
-            raise ValueError(f"{', '.join(layered)} cannot be combined with transform.backbone_preset "
-                             f"({self.transform.backbone_preset!r}): every head reads the backbone's last layer; "
-                             "leave encoder_layer at -1")  # fmt: skip
+            raise ValueError(
+                f"{', '.join(layered)} cannot be combined with transform.backbone_preset "
+                f"({self.transform.backbone_preset!r}): every head reads the backbone's last layer; "
+                "leave encoder_layer at -1"
+            )
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -95,19 +101,40 @@ PROFILES: dict[str, PipelineConfig] = {
         training=TrainingConfig(batch_size=32, train_steps=1200, eval_steps=10, learning_rate=2e-3),
         # gates (lower bound, tolerance): the lower bounds are sanity floors (a broken model fails them), the
         # tolerance guards against regressions; translation's BLEU is a fraction (sacreBLEU / 100), noisy on small samples
-        heads=_heads({"sentiment": (0.55, 0.05), "pos": (0.30, 0.05), "ner": (0.0, 0.10), "relation": (0.0, 0.10),
-                      "translation": (0.0, 0.05)}),
+        heads=_heads(
+            {
+                "sentiment": (0.55, 0.05),
+                "pos": (0.30, 0.05),
+                "ner": (0.0, 0.10),
+                "relation": (0.0, 0.10),
+                "translation": (0.0, 0.05),
+            }
+        ),
     ),
     # All the data; within 60 minutes end to end on 2 CPU cores (see README).
     "full": PipelineConfig(
         profile="full",
-        model=ModelConfig(embedding_dim=128, num_layers=3, num_heads=4, intermediate_dim=512, decoder_layers=2,
-                          tie_decoder_embeddings=True),
+        model=ModelConfig(
+            embedding_dim=128,
+            num_layers=3,
+            num_heads=4,
+            intermediate_dim=512,
+            decoder_layers=2,
+            tie_decoder_embeddings=True,
+        ),
         # 5,500 steps: the README's "Measured on the reference machine" has the time and what 4,000 gave
         training=TrainingConfig(batch_size=64, train_steps=5500, eval_steps=30, learning_rate=1e-3),
         # gate floors well below the full profile's measured scores (README), so that only a broken model fails them
-        heads=_heads({"sentiment": (0.80, 0.02), "pos": (0.88, 0.01), "ner": (0.40, 0.03), "relation": (0.55, 0.03),
-                      "translation": (0.15, 0.02)}, translation={"label_smoothing": 0.1}),
+        heads=_heads(
+            {
+                "sentiment": (0.80, 0.02),
+                "pos": (0.88, 0.01),
+                "ner": (0.40, 0.03),
+                "relation": (0.55, 0.03),
+                "translation": (0.15, 0.02),
+            },
+            translation={"label_smoothing": 0.1},
+        ),
         min_overall_improvement=0.002,
     ),
 }

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from mtnlp.model.tfma_metrics import tfma_metric_config, tfma_overall_metric_config
 from mtnlp.model.signatures import EXAMPLES_SIGNATURE, TRANSFORM_SIGNATURE
 from mtnlp.model.tasks import all_heads, select_tasks
+from mtnlp.model.tfma_metrics import tfma_metric_config, tfma_overall_metric_config
 from mtnlp.pipelines.config import PipelineConfig
 from mtnlp.sections import HeadGate
 
@@ -34,11 +34,18 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metric_configs = []
         for metric in head.metrics:
             gate = config.heads[head.name].gate if metric == head.primary_metric else None
-            metric_configs.append(tfma.MetricConfig(**tfma_metric_config(metric), threshold=_threshold(gate) if gate else None))
+            metric_configs.append(
+                tfma.MetricConfig(**tfma_metric_config(metric), threshold=_threshold(gate) if gate else None)
+            )
         metrics_specs.append(tfma.MetricsSpec(output_names=[head.name], metrics=metric_configs))
-    overall = tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
-        direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": config.min_overall_improvement}))  # fmt: skip
-    metrics_specs.append(tfma.MetricsSpec(metrics=[tfma.MetricConfig(**tfma_overall_metric_config(heads), threshold=overall)]))
+    overall = tfma.MetricThreshold(
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": config.min_overall_improvement}
+        )
+    )
+    metrics_specs.append(
+        tfma.MetricsSpec(metrics=[tfma.MetricConfig(**tfma_overall_metric_config(heads), threshold=overall)])
+    )
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(

@@ -34,64 +34,108 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
     from mtnlp.pipelines.settings import add_settings_arguments
 
     group = parser.add_argument_group("compile" if not for_submit else "compile (without --pipeline-file)")
-    group.add_argument("--image", help=f"pipeline image, e.g. REGISTRY/{DEFAULT_IMAGE_REPOSITORY}:TAG "
-                                       f"(default {DEFAULT_IMAGE_REPOSITORY}:<package version>)")  # fmt: skip
-    group.add_argument("--pipeline-root", default=os.environ.get("MTNLP_PIPELINE_ROOT"),
-                       help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)")  # fmt: skip
-    group.add_argument("--platform", choices=("kfp", "vertex"), default="kfp",
-                       help="kfp: open-source Kubeflow Pipelines; vertex: Vertex AI Pipelines. They differ in how "
-                            "--trainer-workers runs the Trainer (default kfp)")  # fmt: skip
-    group.add_argument("--profile", choices=("quick", "full"), default="quick",
-                       help="hyper-parameters (default quick); --config and --set change them")  # fmt: skip
+    group.add_argument(
+        "--image",
+        help=f"pipeline image, e.g. REGISTRY/{DEFAULT_IMAGE_REPOSITORY}:TAG "
+        f"(default {DEFAULT_IMAGE_REPOSITORY}:<package version>)",
+    )
+    group.add_argument(
+        "--pipeline-root",
+        default=os.environ.get("MTNLP_PIPELINE_ROOT"),
+        help="gs://... or s3://... where every artifact goes (default $MTNLP_PIPELINE_ROOT)",
+    )
+    group.add_argument(
+        "--platform",
+        choices=("kfp", "vertex"),
+        default="kfp",
+        help="kfp: open-source Kubeflow Pipelines; vertex: Vertex AI Pipelines. They differ in how "
+        "--trainer-workers runs the Trainer (default kfp)",
+    )
+    group.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        default="quick",
+        help="hyper-parameters (default quick); --config and --set change them",
+    )
     add_settings_arguments(group)
     group.add_argument("--verbose", action="store_true", help="print the effective settings (default off)")
     group.add_argument("--data", help="data folder as the pods see it (default <pipeline-root>/data)")
-    group.add_argument("--serving-model-dir",
-                       help="where blessed models are pushed (default <pipeline-root>/serving_model/<model>)")  # fmt: skip
-    group.add_argument("--beam-arg", action="append", default=[], metavar="ARG", dest="beam_args",
-                       help="a Beam pipeline argument for ExampleGen, StatisticsGen, Transform and Evaluator; "
-                            "repeat it, and attach the value with '=': --beam-arg=--runner=DataflowRunner "
-                            "(default none: DirectRunner in the pod)")  # fmt: skip
-    group.add_argument("--beam-args-file",
-                       help="Beam arguments, one per line (# comments); --beam-arg adds to them "
-                            "(default none)")  # fmt: skip
-    group.add_argument("--gpus", type=int, default=0,
-                       help="GPUs for the Trainer's pod; MirroredStrategy uses all (default 0)")  # fmt: skip
-    group.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
-                       help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)")  # fmt: skip
-    group.add_argument("--trainer-workers", type=int, default=1,
-                       help="train as N workers with MultiWorkerMirroredStrategy (sets training.strategy="
-                            "multi_worker): on kfp a TFJob of the Kubeflow training operator, on vertex a Vertex "
-                            "AI custom job; each worker gets the Trainer's resources and --gpus (default 1)")  # fmt: skip
+    group.add_argument(
+        "--serving-model-dir", help="where blessed models are pushed (default <pipeline-root>/serving_model/<model>)"
+    )
+    group.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        dest="beam_args",
+        help="a Beam pipeline argument for ExampleGen, StatisticsGen, Transform and Evaluator; "
+        "repeat it, and attach the value with '=': --beam-arg=--runner=DataflowRunner "
+        "(default none: DirectRunner in the pod)",
+    )
+    group.add_argument(
+        "--beam-args-file", help="Beam arguments, one per line (# comments); --beam-arg adds to them (default none)"
+    )
+    group.add_argument(
+        "--gpus", type=int, default=0, help="GPUs for the Trainer's pod; MirroredStrategy uses all (default 0)"
+    )
+    group.add_argument(
+        "--gpu-type",
+        default=DEFAULT_GPU_TYPE,
+        help=f"accelerator type for --gpus (default {DEFAULT_GPU_TYPE}; on Vertex AI e.g. NVIDIA_L4)",
+    )
+    group.add_argument(
+        "--trainer-workers",
+        type=int,
+        default=1,
+        help="train as N workers with MultiWorkerMirroredStrategy (sets training.strategy="
+        "multi_worker): on kfp a TFJob of the Kubeflow training operator, on vertex a Vertex "
+        "AI custom job; each worker gets the Trainer's resources and --gpus (default 1)",
+    )
     group.add_argument("--vertex-project", help="Vertex AI: the project of the Trainer's custom job (default none)")
     group.add_argument("--vertex-region", help="Vertex AI: the region of the Trainer's custom job (default none)")
-    group.add_argument("--vertex-machine-type", default=DEFAULT_VERTEX_MACHINE_TYPE,
-                       help=f"Vertex AI: the machine type of each Trainer worker (default {DEFAULT_VERTEX_MACHINE_TYPE})")  # fmt: skip
-    group.add_argument("--no-cache", action="store_true",
-                       help="re-execute every component (compiled with caching off; on submit, also for this run; "
-                            "default off)")  # fmt: skip
+    group.add_argument(
+        "--vertex-machine-type",
+        default=DEFAULT_VERTEX_MACHINE_TYPE,
+        help=f"Vertex AI: the machine type of each Trainer worker (default {DEFAULT_VERTEX_MACHINE_TYPE})",
+    )
+    group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-execute every component (compiled with caching off; on submit, also for this run; default off)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     kubeflow = subparsers.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, or submit a run")
     commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True, metavar="COMMAND")
 
-    compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline spec (no network needed)",
-                                   description="Compile the pipeline (the same create_pipeline() as `mtnlp run`) "
-                                               "into a KFP v2 pipeline spec with TFX's KubeflowV2DagRunner. The "
-                                               "settings (profile, --config, --set) are baked into the spec.")
+    compile_ = commands.add_parser(
+        "compile",
+        help="write the KFP v2 pipeline spec (no network needed)",
+        description="Compile the pipeline (the same create_pipeline() as `mtnlp run`) "
+        "into a KFP v2 pipeline spec with TFX's KubeflowV2DagRunner. The "
+        "settings (profile, --config, --set) are baked into the spec.",
+    )
     _add_compile_flags(compile_, for_submit=False)
-    compile_.add_argument("--output", default=DEFAULT_OUTPUT,
-                          help=".yaml: PipelineSpec for kfp/KFP UI (default pipeline.yaml); .json: Vertex PipelineJob")  # fmt: skip
+    compile_.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help=".yaml: PipelineSpec for kfp/KFP UI (default pipeline.yaml); .json: Vertex PipelineJob",
+    )
     compile_.set_defaults(func=compile_command)
 
-    submit = commands.add_parser("submit", help="start a run on a KFP endpoint with the kfp client",
-                                 description="Start a run of a compiled pipeline (--pipeline-file) on a Kubeflow "
-                                             "Pipelines endpoint with the kfp client, compiling it first (with the "
-                                             "compile options) when no file is given.")  # fmt: skip
+    submit = commands.add_parser(
+        "submit",
+        help="start a run on a KFP endpoint with the kfp client",
+        description="Start a run of a compiled pipeline (--pipeline-file) on a Kubeflow "
+        "Pipelines endpoint with the kfp client, compiling it first (with the "
+        "compile options) when no file is given.",
+    )
     submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forward)")
-    submit.add_argument("--pipeline-file",
-                        help="an already compiled pipeline (.yaml or .json) (default: compile one now)")
+    submit.add_argument(
+        "--pipeline-file", help="an already compiled pipeline (.yaml or .json) (default: compile one now)"
+    )
     submit.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment (default {DEFAULT_EXPERIMENT})")
     submit.add_argument("--run-name", help="run name shown in the UI (default: the pipeline file name and time)")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs; default kubeflow)")
@@ -143,17 +187,31 @@ def _compile(args: argparse.Namespace, output: str) -> str:
 
     logs.configure_logging(False)
     path = kubeflow_runner.compile_pipeline(config, settings, output)
-    log.info("Compiled the %s pipeline for %s: %s", config.profile,
-             "Vertex AI Pipelines" if settings.platform == "vertex" else "Kubeflow Pipelines", path)  # fmt: skip
+    log.info(
+        "Compiled the %s pipeline for %s: %s",
+        config.profile,
+        "Vertex AI Pipelines" if settings.platform == "vertex" else "Kubeflow Pipelines",
+        path,
+    )
     log.info("  image %s, pipeline root %s", settings.image, settings.pipeline_root)
-    log.info("  data %s, serving models %s", settings.resolved_data_root(),
-             settings.resolved_serving_model_dir(config.model_name))  # fmt: skip
-    log.info("  Beam args %s%s", " ".join(settings.beam_pipeline_args),
-             f"; Trainer GPUs: {settings.gpus} x {settings.gpu_type}" if settings.gpus else "")  # fmt: skip
+    log.info(
+        "  data %s, serving models %s",
+        settings.resolved_data_root(),
+        settings.resolved_serving_model_dir(config.model_name),
+    )
+    log.info(
+        "  Beam args %s%s",
+        " ".join(settings.beam_pipeline_args),
+        f"; Trainer GPUs: {settings.gpus} x {settings.gpu_type}" if settings.gpus else "",
+    )
     if settings.trainer_workers > 1:
-        log.info("  Trainer: %d workers (MultiWorkerMirroredStrategy) as %s", settings.trainer_workers,
-                 "a Vertex AI custom job" if settings.platform == "vertex" else
-                 "a TFJob: the Trainer's service account must be allowed to create TFJobs (docs/kubeflow.md)")  # fmt: skip
+        log.info(
+            "  Trainer: %d workers (MultiWorkerMirroredStrategy) as %s",
+            settings.trainer_workers,
+            "a Vertex AI custom job"
+            if settings.platform == "vertex"
+            else "a TFJob: the Trainer's service account must be allowed to create TFJobs (docs/kubeflow.md)",
+        )
     return path
 
 
@@ -228,16 +286,26 @@ def _as_kfp_package(pipeline_file: str, tmp: str) -> str:
 
 def _explain_submit_failure(host: str, error: Exception) -> str:
     text = f"{type(error).__name__}: {error}"
-    unreachable = ("Max retries exceeded", "Connection refused", "Failed to establish", "Name or service not known",
-                   "timed out", "NewConnectionError")  # fmt: skip
+    unreachable = (
+        "Max retries exceeded",
+        "Connection refused",
+        "Failed to establish",
+        "Name or service not known",
+        "timed out",
+        "NewConnectionError",
+    )
     if isinstance(error, (ConnectionError, OSError)) or any(marker in text for marker in unreachable):
-        return (f"cannot reach Kubeflow Pipelines at {host} ({text.splitlines()[0][:300]}). Check the URL and that "
-                "the API is reachable, e.g. kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 "
-                "and --host http://localhost:8080")  # fmt: skip
+        return (
+            f"cannot reach Kubeflow Pipelines at {host} ({text.splitlines()[0][:300]}). Check the URL and that "
+            "the API is reachable, e.g. kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 "
+            "and --host http://localhost:8080"
+        )
     status = getattr(error, "status", None)
     if status in (401, 403):
-        return (f"Kubeflow Pipelines at {host} refused the request ({status}): "
-                "log in, or pass --namespace with your profile's namespace")
+        return (
+            f"Kubeflow Pipelines at {host} refused the request ({status}): "
+            "log in, or pass --namespace with your profile's namespace"
+        )
     return f"submitting to Kubeflow Pipelines at {host} failed: {text[:2000]}"
 
 

@@ -30,7 +30,8 @@ import dataclasses
 import json
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -137,8 +138,10 @@ class KubeflowSettings:
         if self.trainer_workers < 1:
             raise KubeflowConfigError(f"--trainer-workers must be 1 or more, not {self.trainer_workers}")
         if self.trainer_workers > 1 and self.platform == "vertex" and not (self.vertex_project and self.vertex_region):
-            raise KubeflowConfigError("--trainer-workers on Vertex AI runs a custom job: pass --vertex-project and "
-                                      "--vertex-region (where the job runs)")  # fmt: skip
+            raise KubeflowConfigError(
+                "--trainer-workers on Vertex AI runs a custom job: pass --vertex-project and "
+                "--vertex-region (where the job runs)"
+            )
         if self.gpus < 0:
             raise KubeflowConfigError(f"--gpus must be 0 or more, not {self.gpus}")
         if self.gpus and not self.gpu_type:
@@ -194,9 +197,19 @@ def trainer_launcher(settings: KubeflowSettings) -> TrainerLauncher | None:
     if settings.platform == "kfp":
         from mtnlp.components.tfjob_trainer import TFJOB_KEY, TFJobTrainer, tfjob_settings
 
-        return TrainerLauncher(TFJobTrainer, {TFJOB_KEY: tfjob_settings(
-            settings.trainer_workers, settings.image, resources.cpu, resources.memory_gb, settings.gpus,
-            settings.gpu_type)})  # fmt: skip
+        return TrainerLauncher(
+            TFJobTrainer,
+            {
+                TFJOB_KEY: tfjob_settings(
+                    settings.trainer_workers,
+                    settings.image,
+                    resources.cpu,
+                    resources.memory_gb,
+                    settings.gpus,
+                    settings.gpu_type,
+                )
+            },
+        )
     from tfx.extensions.google_cloud_ai_platform import constants
     from tfx.extensions.google_cloud_ai_platform.trainer import component, executor
 
@@ -204,12 +217,22 @@ def trainer_launcher(settings: KubeflowSettings) -> TrainerLauncher | None:
     if settings.gpus:
         machine_spec |= {"accelerator_type": settings.gpu_type, "accelerator_count": settings.gpus}
     pool = {"machine_spec": machine_spec, "container_spec": {"image_uri": settings.image}}
-    return TrainerLauncher(component.Trainer, {
-        constants.ENABLE_VERTEX_KEY: True,
-        constants.VERTEX_REGION_KEY: settings.vertex_region,
-        executor.TRAINING_ARGS_KEY: {"project": settings.vertex_project, "job_spec": {"worker_pool_specs": [
-            {**pool, "replica_count": 1}, {**pool, "replica_count": settings.trainer_workers - 1}]}},
-    })  # fmt: skip
+    return TrainerLauncher(
+        component.Trainer,
+        {
+            constants.ENABLE_VERTEX_KEY: True,
+            constants.VERTEX_REGION_KEY: settings.vertex_region,
+            executor.TRAINING_ARGS_KEY: {
+                "project": settings.vertex_project,
+                "job_spec": {
+                    "worker_pool_specs": [
+                        {**pool, "replica_count": 1},
+                        {**pool, "replica_count": settings.trainer_workers - 1},
+                    ]
+                },
+            },
+        },
+    )
 
 
 def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeline:

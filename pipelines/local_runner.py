@@ -40,9 +40,11 @@ class Workdir:
 
 def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable_cache: bool = True) -> None:
     if config.training.strategy != "mirrored":
-        raise ValueError(f"training.strategy={config.training.strategy} trains on workers that TF_CONFIG names, each "
-                         "in its own process; the local runner trains in its own process: use mirrored here, and "
-                         "mtnlp kubeflow compile --trainer-workers N on a cluster")  # fmt: skip
+        raise ValueError(
+            f"training.strategy={config.training.strategy} trains on workers that TF_CONFIG names, each "
+            "in its own process; the local runner trains in its own process: use mirrored here, and "
+            "mtnlp kubeflow compile --trainer-workers N on a cluster"
+        )
     # Logical CPU devices for MirroredStrategy must exist before any component initializes TensorFlow.
     from mtnlp.model import devices
 

@@ -13,21 +13,23 @@ built or uploaded at compile time, and Transform stays cached when only training
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from mtnlp.components import versioned_pusher
 from mtnlp.components.anomalies_gate import AnomaliesGate
-from mtnlp.components.served_baseline import BaselineAwareExecutor, ServedBaseline
 from mtnlp.components.jsonl_example_gen import JsonlExampleGen
+from mtnlp.components.served_baseline import BaselineAwareExecutor, ServedBaseline
 from mtnlp.pipelines import evaluation
 from mtnlp.pipelines.config import PipelineConfig
 from mtnlp.pipelines.schema import SCHEMA_PATH
 
 PREPROCESSING_FN = "mtnlp.model.preprocessing.preprocessing_fn"
 RUN_FN = "mtnlp.pipelines.trainer_module.run_fn"
+
 
 class VersionedPusher(tfx.components.Pusher):
     """TFX's Pusher with versions 1, 2, ... published atomically (see components/versioned_pusher.py)."""
@@ -63,8 +65,14 @@ class DataComponents:
     transform: tfx.components.Transform
 
     def all(self) -> list:
-        return [self.example_gen, self.statistics_gen, self.schema_gen, self.example_validator,
-                self.anomalies_gate, self.transform]  # fmt: skip
+        return [
+            self.example_gen,
+            self.statistics_gen,
+            self.schema_gen,
+            self.example_validator,
+            self.anomalies_gate,
+            self.transform,
+        ]
 
 
 def data_components(
@@ -133,8 +141,9 @@ def create_pipeline(
     custom_config = config.to_json_dict()
 
     # The served model (empty on a first run): the Trainer's warm start and the Evaluator's baseline.
-    baseline = ServedBaseline(examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir,
-                              custom_config=custom_config)  # fmt: skip
+    baseline = ServedBaseline(
+        examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir, custom_config=custom_config
+    )
     launcher = trainer_launcher or TrainerLauncher()
     trainer = launcher.component_class(
         run_fn=RUN_FN,

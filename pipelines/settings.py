@@ -28,7 +28,8 @@ import json
 import os
 import types
 import typing
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mtnlp.pipelines.config import PipelineConfig, get_config
 
@@ -56,21 +57,34 @@ class SettingsError(ValueError):
 # ----- public API -------------------------------------------------------------------------------------------------
 def add_settings_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """The ``--config`` and ``--set`` options (shared by ``mtnlp run`` and ``mtnlp kubeflow compile``)."""
-    parser.add_argument("--config", action="append", default=[], metavar="FILE", dest="config_files",
-                        help="settings file (YAML or JSON, the nested keys of pipelines/config.py, e.g. "
-                             "'training: {learning_rate: 5.0e-4}') applied over the profile; repeatable, "
-                             "later files win (default: none)")  # fmt: skip
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="assignments",
-                        help="change one setting after the --config files, e.g. --set training.learning_rate=5e-4 "
-                             "--set model.num_layers=4 --set heads.ner.gate.lower_bound=0.3 --set "
-                             "heads.ner.loss_weight=2; repeatable (default: none)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="config_files",
+        help="settings file (YAML or JSON, the nested keys of pipelines/config.py, e.g. "
+        "'training: {learning_rate: 5.0e-4}') applied over the profile; repeatable, "
+        "later files win (default: none)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="assignments",
+        help="change one setting after the --config files, e.g. --set training.learning_rate=5e-4 "
+        "--set model.num_layers=4 --set heads.ner.gate.lower_bound=0.3 --set "
+        "heads.ner.loss_weight=2; repeatable (default: none)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, shortcuts: Mapping[str, Any] | None = None) -> PipelineConfig:
     """The profile named by ``args.profile``, then ``args.config_files``, then ``shortcuts`` (nested
     settings from dedicated flags such as ``--train-steps``), then ``args.assignments``."""
-    return effective_config(args.profile, files=args.config_files, assignments=args.assignments,
-                            shortcuts=shortcuts or {})  # fmt: skip
+    return effective_config(
+        args.profile, files=args.config_files, assignments=args.assignments, shortcuts=shortcuts or {}
+    )
 
 
 def effective_config(
@@ -117,18 +131,22 @@ def load_settings_file(path: str, profile: str | None = None) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise SettingsError(f"settings file {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
-                            f"{e}") from None  # fmt: skip
+        raise SettingsError(
+            f"settings file {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {e}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError(f"settings file {path} must hold a mapping of sections (model:, training:, ...), "
-                            f"not {type(data).__name__}")  # fmt: skip
+        raise SettingsError(
+            f"settings file {path} must hold a mapping of sections (model:, training:, ...), not {type(data).__name__}"
+        )
     if "profile" in data:
         named = data.pop("profile")
         if profile is not None and named != profile:
-            raise SettingsError(f"settings file {path} is for profile {named!r}, this run uses {profile!r}: "
-                                f"pass --profile {named} or remove the profile key")  # fmt: skip
+            raise SettingsError(
+                f"settings file {path} is for profile {named!r}, this run uses {profile!r}: "
+                f"pass --profile {named} or remove the profile key"
+            )
     return data
 
 
@@ -148,8 +166,9 @@ def config_from_json(values: Mapping[str, Any]) -> PipelineConfig:
     an unknown or misspelt key is an error, not silently ignored."""
     if "profile" not in values:
         raise SettingsError("custom_config: no 'profile' key (expected PipelineConfig as JSON)")
-    return apply_mapping(get_config(values["profile"]), {k: v for k, v in values.items() if k != "profile"},
-                         "custom_config")  # fmt: skip
+    return apply_mapping(
+        get_config(values["profile"]), {k: v for k, v in values.items() if k != "profile"}, "custom_config"
+    )
 
 
 def as_dict(config: Any) -> dict[str, Any]:
@@ -167,8 +186,11 @@ def format_config(config: Any) -> str:
 def config_changes(base: Any, effective: Any) -> dict[str, dict[str, Any]]:
     """``{"training.learning_rate": {"profile": 0.002, "effective": 0.0005}, ...}``: what differs."""
     before, after = _flatten(as_dict(base)), _flatten(as_dict(effective))
-    return {key: {"profile": before.get(key), "effective": after.get(key)}
-            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)}  # fmt: skip
+    return {
+        key: {"profile": before.get(key), "effective": after.get(key)}
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    }
 
 
 # ----- merging and type checks ------------------------------------------------------------------------------------
@@ -225,11 +247,18 @@ def _merge_dataclass(current: Any, cls: type, value: Any, key: str) -> Any:
             return dataclasses.replace(current, **changes)
         return cls(**changes)
     except TypeError as e:  # a new entry of a mapping of dataclasses that lacks required fields
-        missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in changes
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.init
+            and f.name not in changes
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
-            raise SettingsError(f"{key or 'settings'}: a new {cls.__name__} needs {', '.join(missing)} as well "
-                                f"(it has no defaults)") from None  # fmt: skip
+            raise SettingsError(
+                f"{key or 'settings'}: a new {cls.__name__} needs {', '.join(missing)} as well (it has no defaults)"
+            ) from None
         raise SettingsError(f"{key or 'settings'}: {e}") from None
     except ValueError as e:  # the dataclass's own validation (__post_init__)
         raise SettingsError(f"{key}: {e}" if key else str(e)) from None
@@ -248,8 +277,10 @@ def _merge_dict(current: Any, hint: Any, value: Any, key: str) -> dict:
                 raise
             # A new key of a mapping that fails to build is most likely a typo: say which keys there are.
             close = difflib.get_close_matches(str(name), [str(k) for k in merged], n=1)
-            raise SettingsError(f"{e} ({key} has no {name!r} yet{f'; did you mean {close[0]}?' if close else ''} "
-                                f"its keys: {', '.join(map(str, merged))})") from None
+            raise SettingsError(
+                f"{e} ({key} has no {name!r} yet{f'; did you mean {close[0]}?' if close else ''} "
+                f"its keys: {', '.join(map(str, merged))})"
+            ) from None
     return merged
 
 
@@ -333,8 +364,9 @@ def _convert_sequence(value: Any, hint: Any, key: str) -> Any:
         raise _wrong_type(key, hint, value)
     if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         if len(value) != len(args):
-            raise SettingsError(f"{key}: expected {len(args)} values ({_type_name(hint)}), got {len(value)}: "
-                                f"{list(value)!r}")  # fmt: skip
+            raise SettingsError(
+                f"{key}: expected {len(args)} values ({_type_name(hint)}), got {len(value)}: {list(value)!r}"
+            )
         items = [_convert(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args))]
     else:
         item_hint = args[0] if args else Any
@@ -358,12 +390,17 @@ def _moved_to_heads(old: str, field: str, value: Any) -> SettingsError:
         names = parsed if isinstance(parsed, (list, tuple)) else [parsed] if parsed not in (None, "") else []
         examples = [f"heads.{name}.loss=ranking" for name in names]
     elif isinstance(parsed, Mapping):  # keyed by head name
-        examples = [f"heads.{name}.{key}={item}" for name, values in parsed.items()
-                    for key, item in _flatten({field: values}).items()]  # fmt: skip
+        examples = [
+            f"heads.{name}.{key}={item}"
+            for name, values in parsed.items()
+            for key, item in _flatten({field: values}).items()
+        ]
     else:  # one value for every head
         examples = [f"heads.<head>.{field}={parsed} for each head"]
-    return SettingsError(f"{old!r} has moved to each head's own section, heads.<head>.{field}"
-                         + (f": use {', '.join(examples)}" if examples else ""))  # fmt: skip
+    return SettingsError(
+        f"{old!r} has moved to each head's own section, heads.<head>.{field}"
+        + (f": use {', '.join(examples)}" if examples else "")
+    )
 
 
 def _wrong_type(key: str, hint: Any, value: Any) -> SettingsError:
@@ -383,8 +420,11 @@ def _type_name(hint: Any) -> str:
     if origin is list:
         return f"a list of {_type_name(args[0]) if args else 'values'} (a,b or [a, b])"
     if origin is dict:
-        return (f"a mapping of {_type_name(args[0])} to {_type_name(args[1])} ({{key: value, ...}})" if args
-                else "a mapping")  # fmt: skip
+        return (
+            f"a mapping of {_type_name(args[0])} to {_type_name(args[1])} ({{key: value, ...}})"
+            if args
+            else "a mapping"
+        )
     if _is_dataclass_hint(hint):
         keys = ", ".join(f.name for f in dataclasses.fields(hint) if f.init)
         return f"{hint.__name__} (a mapping with keys {keys})"

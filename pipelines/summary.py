@@ -22,8 +22,11 @@ CONFIG_PROPERTY = "mtnlp_config"
 def _store(metadata_path: str, writable: bool = False) -> mlmd.MetadataStore:
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
-                                     else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)  # fmt: skip
+    config.sqlite.connection_mode = (
+        metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+        if writable
+        else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    )
     return mlmd.MetadataStore(config)
 
 
@@ -190,8 +193,11 @@ def latest_transform_outputs(metadata_path: str) -> dict[str, str]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = ["", f"Pipeline run {summary.get('run_id', '?')} ({summary.get('status', '?')}, "
-                 f"{summary.get('wall_seconds', 0):.0f} s wall)"]  # fmt: skip
+    lines = [
+        "",
+        f"Pipeline run {summary.get('run_id', '?')} ({summary.get('status', '?')}, "
+        f"{summary.get('wall_seconds', 0):.0f} s wall)",
+    ]
     lines.append(f"  {'component':<32} {'state':<10} {'seconds':>8}")
     for c in summary["components"]:
         lines.append(f"  {c['component']:<32} {c['state']:<10} {c['seconds']:>8.1f}")

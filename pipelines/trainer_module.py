@@ -42,8 +42,12 @@ def run_fn(fn_args: FnArgs) -> None:
         if masked_word_objective(training, config.transform):
             log.warning("%s: %d examples of raw text, drawn by the masked-word objective only", name, n)
         else:
-            log.warning("%s: %d examples of raw text are not learned from (they only add to the word vocabulary): the "
-                        "masked-word objective is off; --set training.masked_word_share=0.2 turns it on", name, n)
+            log.warning(
+                "%s: %d examples of raw text are not learned from (they only add to the word vocabulary): the "
+                "masked-word objective is off; --set training.masked_word_share=0.2 turns it on",
+                name,
+                n,
+            )
 
     base_model = fn_args.base_model if config.training.warm_start else None
     if base_model and not tf.io.gfile.exists(base_model):  # the baseline is empty: nothing is served yet
@@ -54,23 +58,54 @@ def run_fn(fn_args: FnArgs) -> None:
     else:
         log.warning("Training from scratch (no blessed model to start from yet)")
     # every worker of a multi-worker run trains and saves; only the chief into the artifacts (model/distribution.py)
-    with distribution.output_dirs(strategy, [fn_args.serving_model_dir, fn_args.model_run_dir]) as (serving_dir, run_dir):
+    with distribution.output_dirs(strategy, [fn_args.serving_model_dir, fn_args.model_run_dir]) as (
+        serving_dir,
+        run_dir,
+    ):
         trained = train_model(
-            heads, tf_transform_output, fn_args.train_files, fn_args.eval_files, weights, config.model, training,
-            config.transform, config.heads, total_steps, fn_args.eval_steps, strategy, base_model=base_model,
+            heads,
+            tf_transform_output,
+            fn_args.train_files,
+            fn_args.eval_files,
+            weights,
+            config.model,
+            training,
+            config.transform,
+            config.heads,
+            total_steps,
+            fn_args.eval_steps,
+            strategy,
+            base_model=base_model,
             callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch")],
-        )  # fmt: skip
+        )
         model, report = trained.model, trained.warm_start_report
 
-        export_serving_model(model, tf_transform_output, tasks, serving_dir,
-                             beam_width=config.serving.beam_width, length_penalty=config.serving.length_penalty)
+        export_serving_model(
+            model,
+            tf_transform_output,
+            tasks,
+            serving_dir,
+            beam_width=config.serving.beam_width,
+            length_penalty=config.serving.length_penalty,
+        )
         vocabulary_file = tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY)
         save_for_warm_start(model, vocabulary_file, keras_dir_for(serving_dir))
         write_warmup_requests(serving_dir, tasks)
         with tf.io.gfile.GFile(os.path.join(run_dir, "training_config.json"), "w") as f:
-            f.write(json.dumps({"task_counts": counts, "task_weights": weights, "train_steps": trained.steps,
-                                "train_seconds": round(trained.seconds, 1), "warm_start": str(report) if report else None,
-                                "replicas": strategy.num_replicas_in_sync, **as_dict(config)}, indent=2))  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "task_counts": counts,
+                        "task_weights": weights,
+                        "train_steps": trained.steps,
+                        "train_seconds": round(trained.seconds, 1),
+                        "warm_start": str(report) if report else None,
+                        "replicas": strategy.num_replicas_in_sync,
+                        **as_dict(config),
+                    },
+                    indent=2,
+                )
+            )
     distribution.barrier(strategy)  # the chief has written the model
     if distribution.is_chief(strategy):
         log.warning("Exported the serving model to %s", fn_args.serving_model_dir)

@@ -10,8 +10,9 @@ text without markers).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mtnlp.model.heads import Head, titled
 from mtnlp.model.tasks import all_heads, registered_tasks
@@ -34,7 +35,7 @@ def parse_markers(raw: str) -> Marked:
         if not m.group(1).strip() or "[[" in m.group(1):
             what = "an empty [[]] entity marker" if not m.group(1).strip() else "nested [[ ]] entity markers"
             raise ValueError(f"{what} at character {m.start()}: mark an entity as [[entity]], e.g. {MARKER_EXAMPLE}")
-        out.append(raw[pos:m.start()])
+        out.append(raw[pos : m.start()])
         start = sum(len(p) for p in out)
         out.append(m.group(1))
         spans.append((start, start + len(m.group(1))))
@@ -42,8 +43,10 @@ def parse_markers(raw: str) -> Marked:
     out.append(raw[pos:])
     text = "".join(out)
     if "[[" in text or "]]" in text:
-        raise ValueError(f"unbalanced [[ ]] entity markers (a [[ without its ]] or the reverse): mark an entity as "
-                         f"[[entity]], e.g. {MARKER_EXAMPLE}")  # fmt: skip
+        raise ValueError(
+            f"unbalanced [[ ]] entity markers (a [[ without its ]] or the reverse): mark an entity as "
+            f"[[entity]], e.g. {MARKER_EXAMPLE}"
+        )
     return Marked(text, spans)
 
 
@@ -54,8 +57,10 @@ def relation_spans(marked: Marked, required: bool = False) -> tuple[tuple[int, i
         return None
     if len(marked.spans) != 2:
         found = ", ".join(f"[[{marked.text[s:e]}]]" for s, e in marked.spans) or "none"
-        raise ValueError(f"a relation needs exactly two entities marked with [[...]], e.g. {MARKER_EXAMPLE}; found "
-                         f"{len(marked.spans)}: {found}")  # fmt: skip
+        raise ValueError(
+            f"a relation needs exactly two entities marked with [[...]], e.g. {MARKER_EXAMPLE}; found "
+            f"{len(marked.spans)}: {found}"
+        )
     return marked.spans[0], marked.spans[1]
 
 
@@ -84,8 +89,12 @@ def select_heads(names: Sequence[str] | None) -> tuple[Head, ...]:
 
 def needs_marked_entities(heads: Sequence[Head]) -> bool:
     """Whether a chosen head is asked through an input that marks spans (a relation)."""
-    return any(task.encoder_input.span_fields and head.own_signature(task)
-               for task in registered_tasks() for head in task.heads if head in heads)  # fmt: skip
+    return any(
+        task.encoder_input.span_fields and head.own_signature(task)
+        for task in registered_tasks()
+        for head in task.heads
+        if head in heads
+    )
 
 
 def format_human(result: dict[str, Any], heads: Sequence[Head]) -> str:

@@ -22,7 +22,8 @@ import time
 import types
 import urllib.error
 import urllib.request
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,9 @@ class ServingClientError(Exception):
     """A failed call: `code` is the canonical status name (e.g. "NOT_FOUND"), `message` the server's text.
     `nothing_listening` is True when no server accepted a connection at the target (UNAVAILABLE)."""
 
-    def __init__(self, code: str, message: str, http_status: int | None = None,
-                 nothing_listening: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, http_status: int | None = None, nothing_listening: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -47,12 +49,16 @@ class ServingClientError(Exception):
 
 # What the gRPC client uses: TF Serving's API protos and stubs, and the TensorFlow protos it builds requests from.
 SERVING_PROTO_MODULES = (
-    "tensorflow.core.framework.tensor_pb2", "tensorflow.core.framework.tensor_shape_pb2",
-    "tensorflow.core.framework.types_pb2", "tensorflow.core.example.example_pb2",
-    "tensorflow_serving.apis.model_pb2", "tensorflow_serving.apis.predict_pb2",
-    "tensorflow_serving.apis.prediction_service_pb2_grpc", "tensorflow_serving.apis.model_service_pb2_grpc",
+    "tensorflow.core.framework.tensor_pb2",
+    "tensorflow.core.framework.tensor_shape_pb2",
+    "tensorflow.core.framework.types_pb2",
+    "tensorflow.core.example.example_pb2",
+    "tensorflow_serving.apis.model_pb2",
+    "tensorflow_serving.apis.predict_pb2",
+    "tensorflow_serving.apis.prediction_service_pb2_grpc",
+    "tensorflow_serving.apis.model_service_pb2_grpc",
     "tensorflow_serving.config.model_server_config_pb2",
-)  # fmt: skip
+)
 
 
 def import_serving_protos() -> None:
@@ -96,7 +102,6 @@ def nothing_listening(target: str) -> bool:
         return True
 
 
-
 def _model_spec(name: str, signature_name: str = "", version: int | None = None, version_label: str | None = None):
     import_serving_protos()
     from tensorflow_serving.apis import model_pb2
@@ -112,10 +117,20 @@ def _model_spec(name: str, signature_name: str = "", version: int | None = None,
 class ServingClient:
     """gRPC client over the official PredictionService / ModelService stubs."""
 
-    def __init__(self, target: str | None = None, *, model_name: str = "mtnlp", timeout: float = 10.0,
-                 retries: int = 3, backoff: float = 0.2, tls: bool = False, root_certificates: bytes | None = None,
-                 client_key: bytes | None = None, client_cert: bytes | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        model_name: str = "mtnlp",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_key: bytes | None = None,
+        client_cert: bytes | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         import grpc
 
         import_serving_protos()
@@ -140,7 +155,7 @@ class ServingClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -156,26 +171,41 @@ class ServingClient:
             except grpc.RpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(self.backoff * (2 ** attempt))
+                    time.sleep(self.backoff * (2**attempt))
                     attempt += 1
                     continue
                 if code == grpc.StatusCode.UNAVAILABLE and nothing_listening(self.target):
-                    raise ServingClientError(code.name, f"nothing is listening on {self.target}",
-                                             nothing_listening=True) from None  # fmt: skip
+                    raise ServingClientError(
+                        code.name, f"nothing is listening on {self.target}", nothing_listening=True
+                    ) from None
                 raise ServingClientError(code.name, e.details() or "") from None
 
-    def spec(self, signature_name: str = "", version: int | None = None, version_label: str | None = None,
-             model_name: str | None = None):
+    def spec(
+        self,
+        signature_name: str = "",
+        version: int | None = None,
+        version_label: str | None = None,
+        model_name: str | None = None,
+    ):
         return _model_spec(model_name or self.model_name, signature_name, version, version_label)
 
     # -- PredictionService ------------------------------------------------------------------------------------
-    def predict(self, inputs: Mapping[str, Any], signature_name: str = "serving_default", *,
-                output_filter: Iterable[str] = (), version: int | None = None, version_label: str | None = None,
-                model_name: str | None = None, timeout: float | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self,
+        inputs: Mapping[str, Any],
+        signature_name: str = "serving_default",
+        *,
+        output_filter: Iterable[str] = (),
+        version: int | None = None,
+        version_label: str | None = None,
+        model_name: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
         from tensorflow_serving.apis import predict_pb2
 
-        req = predict_pb2.PredictRequest(model_spec=self.spec(signature_name, version, version_label, model_name),
-                                         output_filter=list(output_filter))
+        req = predict_pb2.PredictRequest(
+            model_spec=self.spec(signature_name, version, version_label, model_name), output_filter=list(output_filter)
+        )
         for k, v in inputs.items():
             req.inputs[k].CopyFrom(to_tensor_proto(v))
         resp = self.call(self._predict.Predict, req, timeout)
@@ -201,13 +231,15 @@ class ServingClient:
     def multi_inference(self, request: Any, timeout: float | None = None) -> Any:
         return self.call(self._predict.MultiInference, request, timeout)
 
-    def metadata(self, *, version: int | None = None, model_name: str | None = None,
-                 timeout: float | None = None) -> Any:
+    def metadata(
+        self, *, version: int | None = None, model_name: str | None = None, timeout: float | None = None
+    ) -> Any:
         """GetModelMetadataResponse plus `.signature_defs` (the unpacked SignatureDefMap's map)."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self.spec("", version, None, model_name),
-                                                             metadata_field=["signature_def"])
+        req = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self.spec("", version, None, model_name), metadata_field=["signature_def"]
+        )
         resp = self.call(self._predict.GetModelMetadata, req, timeout)
         sdm = get_model_metadata_pb2.SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sdm)
@@ -217,8 +249,7 @@ class ServingClient:
         return self.spec(signature_name, kw.get("version"), kw.get("version_label"), kw.get("model_name"))
 
     # -- ModelService -----------------------------------------------------------------------------------------
-    def status(self, *, version: int | None = None, model_name: str | None = None,
-               timeout: float | None = None) -> Any:
+    def status(self, *, version: int | None = None, model_name: str | None = None, timeout: float | None = None) -> Any:
         from tensorflow_serving.apis import get_model_status_pb2
 
         req = get_model_status_pb2.GetModelStatusRequest(model_spec=self.spec("", version, None, model_name))
@@ -227,8 +258,11 @@ class ServingClient:
     def reload_config(self, config: Any, timeout: float | None = None) -> Any:
         from tensorflow_serving.apis import model_management_pb2
 
-        return self.call(self._model.HandleReloadConfigRequest,
-                         model_management_pb2.ReloadConfigRequest(config=config), timeout or max(self.timeout, 60))
+        return self.call(
+            self._model.HandleReloadConfigRequest,
+            model_management_pb2.ReloadConfigRequest(config=config),
+            timeout or max(self.timeout, 60),
+        )
 
     def wait_until_available(self, timeout: float = 60.0, model_name: str | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -240,16 +274,26 @@ class ServingClient:
             except ServingClientError:
                 pass
             if time.monotonic() > deadline:
-                raise ServingClientError("DEADLINE_EXCEEDED", f"{model_name or self.model_name} not available "
-                                                              f"at {self.target} after {timeout:.0f}s")
+                raise ServingClientError(
+                    "DEADLINE_EXCEEDED",
+                    f"{model_name or self.model_name} not available at {self.target} after {timeout:.0f}s",
+                )
             time.sleep(0.2)
 
 
 class RestClient:
     """The same calls over TF Serving's REST API (`/v1/models/...`)."""
 
-    def __init__(self, target: str | None = None, *, model_name: str = "mtnlp", timeout: float = 10.0,
-                 retries: int = 3, backoff: float = 0.2, scheme: str = "http") -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        model_name: str = "mtnlp",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        scheme: str = "http",
+    ) -> None:
         self.target = target or os.environ.get(ENV_REST) or DEFAULT_REST
         self.model_name = model_name
         self.timeout = timeout
@@ -269,8 +313,7 @@ class RestClient:
         data = None if body is None else json.dumps(body).encode("utf-8")
         attempt = 0
         while True:
-            req = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as r:
                     return json.loads(r.read().decode("utf-8"))
@@ -281,23 +324,31 @@ class RestClient:
                 except ValueError:
                     message = payload
                 if e.code == 503 and attempt < self.retries:
-                    time.sleep(self.backoff * (2 ** attempt))
+                    time.sleep(self.backoff * (2**attempt))
                     attempt += 1
                     continue
                 raise ServingClientError(_HTTP_TO_CODE.get(e.code, "UNKNOWN"), message, e.code) from None
             except (urllib.error.URLError, ConnectionError) as e:
                 if attempt < self.retries:
-                    time.sleep(self.backoff * (2 ** attempt))
+                    time.sleep(self.backoff * (2**attempt))
                     attempt += 1
                     continue
                 if nothing_listening(self.target):
-                    raise ServingClientError("UNAVAILABLE", f"nothing is listening on {self.target}",
-                                             nothing_listening=True) from None  # fmt: skip
+                    raise ServingClientError(
+                        "UNAVAILABLE", f"nothing is listening on {self.target}", nothing_listening=True
+                    ) from None
                 raise ServingClientError("UNAVAILABLE", f"{url}: {e}") from None
 
-    def predict(self, inputs: Mapping[str, Any] | Any = None, signature_name: str = "", *,
-                instances: list | None = None, version: int | None = None, version_label: str | None = None,
-                model_name: str | None = None) -> Any:
+    def predict(
+        self,
+        inputs: Mapping[str, Any] | Any = None,
+        signature_name: str = "",
+        *,
+        instances: list | None = None,
+        version: int | None = None,
+        version_label: str | None = None,
+        model_name: str | None = None,
+    ) -> Any:
         """Columnar when `inputs` is given (returns "outputs"), row format with `instances` ("predictions")."""
         body: dict[str, Any] = {}
         if signature_name:
@@ -323,17 +374,28 @@ class RestClient:
         url = self._url(kw.get("model_name"), kw.get("version"), kw.get("version_label"), verb)
         return self.request("POST", url, body)["results"]
 
-    def status(self, *, version: int | None = None, version_label: str | None = None,
-               model_name: str | None = None) -> Any:
+    def status(
+        self, *, version: int | None = None, version_label: str | None = None, model_name: str | None = None
+    ) -> Any:
         return self.request("GET", self._url(model_name, version, version_label))
 
     def metadata(self, *, version: int | None = None, model_name: str | None = None) -> Any:
         return self.request("GET", self._url(model_name, version, None, "/metadata"))
 
 
-_HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
-                 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_HTTP_TO_CODE = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 def to_tensor_proto(value: Any) -> Any:
@@ -361,6 +423,7 @@ def from_tensor_proto(proto: Any) -> np.ndarray:
 
 def to_json_value(inputs: Any) -> Any:
     """numpy / bytes -> JSON-able values for REST; non-UTF-8 bytes become {"b64": ...}."""
+
     def conv(v: Any) -> Any:
         if isinstance(v, np.ndarray):
             return conv(v.tolist())

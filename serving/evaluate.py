@@ -23,8 +23,8 @@ import gzip
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
-
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from mtnlp.model import contract
 from mtnlp.model.records import RecordError, parse_record
@@ -64,7 +64,10 @@ def _data_files(folder: str, splits: Sequence[str] | None) -> list[str]:
 
 
 def read_task_data(
-    data_dir: str, tasks: Sequence[Task] | None = None, max_records: int | None = None, splits: Sequence[str] | None = None
+    data_dir: str,
+    tasks: Sequence[Task] | None = None,
+    max_records: int | None = None,
+    splits: Sequence[str] | None = None,
 ) -> dict[str, TaskData]:
     """Every task folder of ``data_dir`` with its checked records: from the files of the given splits
     (``validation`` for ``validation.jsonl[.gz]``; all files for None), at most ``max_records`` per task."""
@@ -102,7 +105,7 @@ def read_task_data(
 
 def _batches(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(records), size):
-        yield records[start:start + size]
+        yield records[start : start + size]
 
 
 def _request(task: Task, batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,8 +165,11 @@ def resolve_saved_model(model_dir: str) -> str:
         return model_dir
     if not os.path.isdir(model_dir):
         raise EvaluationError(f"model folder {model_dir} does not exist")
-    versions = [name for name in os.listdir(model_dir) if name.isdigit()
-                and os.path.exists(os.path.join(model_dir, name, "saved_model.pb"))]  # fmt: skip
+    versions = [
+        name
+        for name in os.listdir(model_dir)
+        if name.isdigit() and os.path.exists(os.path.join(model_dir, name, "saved_model.pb"))
+    ]
     if not versions:
         raise EvaluationError(
             f"{model_dir} holds no SavedModel: expected saved_model.pb, or numbered version folders "
@@ -185,13 +191,22 @@ def load_signatures(model_dir: str) -> Signatures:
         raise EvaluationError(f"cannot load the SavedModel in {path}: {type(e).__name__}: {e}") from e
 
 
-def to_json(results: Sequence[HeadResult], skipped: Mapping[str, str], data: Mapping[str, TaskData], **about: Any) -> dict:
+def to_json(
+    results: Sequence[HeadResult], skipped: Mapping[str, str], data: Mapping[str, TaskData], **about: Any
+) -> dict:
     return {
         **about,
         "heads": {r.head: dataclasses.asdict(r) for r in results},
         "skipped_heads": dict(skipped),
-        "data": {name: {"files": d.files, "records": len(d.records), "rejected": len(d.rejected),
-                        "first_rejected": d.rejected[:10]} for name, d in data.items()},  # fmt: skip
+        "data": {
+            name: {
+                "files": d.files,
+                "records": len(d.records),
+                "rejected": len(d.rejected),
+                "first_rejected": d.rejected[:10],
+            }
+            for name, d in data.items()
+        },
     }
 
 

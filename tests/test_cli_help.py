@@ -11,7 +11,6 @@ import pytest
 from mtnlp import cli
 from tests.conftest import REPO
 
-
 Command = tuple[tuple[str, ...], argparse.ArgumentParser]
 
 
@@ -25,14 +24,26 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> li
 
 
 COMMANDS = _commands(cli.build_parser())
-LEAVES = [(path, parser) for path, parser in COMMANDS
-          if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)]  # fmt: skip
+LEAVES = [
+    (path, parser)
+    for path, parser in COMMANDS
+    if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+]
 
 
 def test_the_commands_are_all_there():
     names = {" ".join(path) for path, _ in LEAVES}
-    assert {"run", "add-data", "serve", "predict", "evaluate", "kubeflow compile", "kubeflow submit",
-            "experiment mtl-vs-stl", "checkpoint fetch"} <= names
+    assert {
+        "run",
+        "add-data",
+        "serve",
+        "predict",
+        "evaluate",
+        "kubeflow compile",
+        "kubeflow submit",
+        "experiment mtl-vs-stl",
+        "checkpoint fetch",
+    } <= names
 
 
 @pytest.mark.parametrize("path, parser", LEAVES, ids=[" ".join(p) for p, _ in LEAVES])
@@ -52,8 +63,9 @@ def test_every_option_has_help_with_its_default(path, parser):
 
 
 def test_help_prints_the_defaults():
-    result = subprocess.run([sys.executable, "-m", "mtnlp.cli", "predict", "--help"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mtnlp.cli", "predict", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "seconds per call (default: 30.0)" in text and "sentences per request (default: 32)" in text

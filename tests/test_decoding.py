@@ -50,13 +50,16 @@ def assert_core_ops_only(export_dir) -> None:
 def test_iob2_transitions():
     allowed, allowed_start = iob2_transitions(LABELS)
     # rows: previous label, columns: next label (O, B-A, I-A, B-B, I-B)
-    np.testing.assert_array_equal(allowed.astype(int), [
-        [1, 1, 0, 1, 0],  # O
-        [1, 1, 1, 1, 0],  # B-A
-        [1, 1, 1, 1, 0],  # I-A
-        [1, 1, 0, 1, 1],  # B-B
-        [1, 1, 0, 1, 1],  # I-B
-    ])  # fmt: skip
+    np.testing.assert_array_equal(
+        allowed.astype(int),
+        [
+            [1, 1, 0, 1, 0],  # O
+            [1, 1, 1, 1, 0],  # B-A
+            [1, 1, 1, 1, 0],  # I-A
+            [1, 1, 0, 1, 1],  # B-B
+            [1, 1, 0, 1, 1],  # I-B
+        ],
+    )
     np.testing.assert_array_equal(allowed_start, [True, True, False, True, False])
     assert allowed.dtype == bool and allowed_start.dtype == bool
 
@@ -102,7 +105,7 @@ def viterbi_fn():
     return tf.function(
         lambda scores, mask: constrained_viterbi(scores, mask, ALLOWED, ALLOWED_START),
         input_signature=[tf.TensorSpec([None, None, len(LABELS)], tf.float64), tf.TensorSpec([None, None], tf.bool)],
-    )  # fmt: skip
+    )
 
 
 def random_viterbi_batch(rng, batch_size, max_time):
@@ -190,7 +193,7 @@ def test_viterbi_without_constraints_is_the_argmax_and_mask_none_means_all_real(
     np.testing.assert_array_equal(
         constrained_viterbi(scores, None, ALLOWED, ALLOWED_START).numpy(),
         constrained_viterbi(scores, np.ones([5, 7], bool), ALLOWED, ALLOWED_START).numpy(),
-    )  # fmt: skip
+    )
 
 
 def test_viterbi_picks_a_forbidden_path_only_when_nothing_is_allowed():
@@ -203,10 +206,12 @@ def test_viterbi_picks_a_forbidden_path_only_when_nothing_is_allowed():
 
 def test_viterbi_in_a_saved_model(tmp_path):
     class Tagger(tf.Module):
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, None, len(LABELS)], tf.float32, name="scores"),
-            tf.TensorSpec([None, None], tf.bool, name="mask"),
-        ])  # fmt: skip
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, len(LABELS)], tf.float32, name="scores"),
+                tf.TensorSpec([None, None], tf.bool, name="mask"),
+            ]
+        )
         def decode(self, scores, mask):
             return {"labels": constrained_viterbi(scores, mask, ALLOWED, ALLOWED_START)}
 
@@ -283,8 +288,16 @@ def padded(sequence, max_length) -> list[int]:
 
 
 def run_beam_search(tables, max_length, beam_width, alpha=0.0):
-    return beam_search(markov_logits_fn(tables, beam_width), len(tables), max_length, beam_width, alpha,
-                       BOS, EOS, vocabulary_size=tables.shape[-1]).numpy()  # fmt: skip
+    return beam_search(
+        markov_logits_fn(tables, beam_width),
+        len(tables),
+        max_length,
+        beam_width,
+        alpha,
+        BOS,
+        EOS,
+        vocabulary_size=tables.shape[-1],
+    ).numpy()
 
 
 def test_tile_for_beams_is_batch_major():
@@ -299,8 +312,9 @@ def test_length_penalty_factor():
 
 
 def test_beam_width_one_is_greedy():
-    for seed, (max_length, eos_bias, alpha) in enumerate([(6, 0.0, 0.0), (6, 0.0, 0.6), (9, -3.0, 1.0),
-                                                          (4, 2.0, 0.6), (1, 0.0, 0.6), (5, -9.0, 0.0)]):  # fmt: skip
+    for seed, (max_length, eos_bias, alpha) in enumerate(
+        [(6, 0.0, 0.0), (6, 0.0, 0.6), (9, -3.0, 1.0), (4, 2.0, 0.6), (1, 0.0, 0.6), (5, -9.0, 0.0)]
+    ):
         tables = random_tables(np.random.default_rng(seed), batch_size=8, vocabulary_size=9, eos_bias=eos_bias)
         decoded = run_beam_search(tables, max_length, beam_width=1, alpha=alpha)
         np.testing.assert_array_equal(decoded, greedy_reference(tables, max_length), err_msg=str(seed))
@@ -328,8 +342,10 @@ def test_small_beam_reaches_the_exhaustive_optimum_on_most_examples():
     max_length = 4
     tables = random_tables(np.random.default_rng(2), batch_size=16, vocabulary_size=6, scale=1.5)
     decoded = run_beam_search(tables, max_length, beam_width=4, alpha=0.6)
-    optimal = sum(decoded[row].tolist() == padded(brute_force_best(t, max_length, 0.6)[0][0], max_length)
-                  for row, t in enumerate(tables))  # fmt: skip
+    optimal = sum(
+        decoded[row].tolist() == padded(brute_force_best(t, max_length, 0.6)[0][0], max_length)
+        for row, t in enumerate(tables)
+    )
     assert optimal >= 12, optimal
 
 
@@ -396,7 +412,7 @@ def test_unfinished_hypotheses_when_nothing_ends():
     # the best unfinished one: close to the highest log-probability among all 4^5 sequences of words
     for row, log_probs in enumerate(log_softmax(tables)):
 
-        def total(sequence):
+        def total(sequence, log_probs=log_probs):
             return sum(log_probs[previous, token] for previous, token in zip((BOS, *sequence), sequence))
 
         best = max(itertools.product(range(EOS + 1, 7), repeat=5), key=total)
@@ -438,8 +454,18 @@ def test_beam_search_in_tf_function_and_saved_model(tmp_path):
         @tf.function(input_signature=[tf.TensorSpec([None, vocabulary_size, vocabulary_size], tf.float32)])
         def decode(self, tables):
             logits_fn = markov_logits_fn(tables, beam_width)
-            return {"ids": beam_search(logits_fn, tf.shape(tables)[0], max_length, beam_width, 0.6, BOS, EOS,
-                                       vocabulary_size=vocabulary_size)}  # fmt: skip
+            return {
+                "ids": beam_search(
+                    logits_fn,
+                    tf.shape(tables)[0],
+                    max_length,
+                    beam_width,
+                    0.6,
+                    BOS,
+                    EOS,
+                    vocabulary_size=vocabulary_size,
+                )
+            }
 
     module = Translator()
     tables = random_tables(np.random.default_rng(9), batch_size=5, vocabulary_size=vocabulary_size)
@@ -474,8 +500,9 @@ def test_beam_search_wraps_the_sequence_decoder():
         def logits_fn(ids, t):
             return decoder.decode(tiled_hidden, tiled_mask, decoder.shift_right(ids), training=False)[:, t, :]
 
-        return beam_search(logits_fn, 3, max_length, beam_width, 0.6, decoder.bos_id, decoder.eos_id,
-                           vocabulary_size=vocabulary_size).numpy()  # fmt: skip
+        return beam_search(
+            logits_fn, 3, max_length, beam_width, 0.6, decoder.bos_id, decoder.eos_id, vocabulary_size=vocabulary_size
+        ).numpy()
 
     np.testing.assert_array_equal(decode(1), decoder.greedy_decode(hidden, mask, max_length).numpy())
     wide = decode(3)

@@ -16,8 +16,18 @@ from tests.conftest import DATA, FIXTURE_RECORDS, run_cli
 def test_evaluate_matches_the_pipeline_evaluator(pipeline_run, tmp_path):
     out = tmp_path / "results.json"
     # the same records the fixture's Evaluator saw: the first FIXTURE_RECORDS of each validation file
-    result = run_cli("evaluate", str(pipeline_run.serving_model_base), "--data", str(DATA), "--split", "validation",
-                     "--max-records", str(FIXTURE_RECORDS), "--json", str(out))  # fmt: skip
+    result = run_cli(
+        "evaluate",
+        str(pipeline_run.serving_model_base),
+        "--data",
+        str(DATA),
+        "--split",
+        "validation",
+        "--max-records",
+        str(FIXTURE_RECORDS),
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scored = json.loads(out.read_text())
     assert scored["model"] == str(pipeline_run.pushed_model_dir)

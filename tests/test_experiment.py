@@ -30,12 +30,15 @@ def test_the_study_plans_mtl_stl_per_head_and_mtl_at_stls_compute_seed_by_seed_t
     seed_one = [(r.config, r.heads, r.steps, r.budget_of) for r in runs if r.seed == 1]
     assert seed_one == [
         ("MTL T=2, fixed", ("pos", "ner", "sentiment"), 5500, None),  # the full profile's steps
-        ("STL", ("pos",), 3000, None), ("STL", ("ner",), 3000, None), ("STL", ("sentiment",), 3000, None),
+        ("STL", ("pos",), 3000, None),
+        ("STL", ("ner",), 3000, None),
+        ("STL", ("sentiment",), 3000, None),
         ("MTL T=2, fixed at STL's compute", ("pos", "ner", "sentiment"), 5500, "STL"),
         ("STL tagging", ("pos", "ner"), 3000, None),
-        ("STL + masked words", ("pos",), 3000, None), ("STL + masked words", ("ner",), 3000, None),
+        ("STL + masked words", ("pos",), 3000, None),
+        ("STL + masked words", ("ner",), 3000, None),
         ("STL + masked words", ("sentiment",), 3000, None),
-    ]  # fmt: skip
+    ]
     assert [r.settings for r in runs if r.config == "STL + masked words"][0] == ("training.masked_word_share=0.2",)
     # every seed's verdict runs first (seed by seed), then the optional STL models, seed by seed
     assert [r.seed for r in runs] == [1] * 5 + [2] * 5 + [3] * 5 + [1] * 4 + [2] * 4 + [3] * 4
@@ -48,19 +51,40 @@ def test_the_study_plans_mtl_stl_per_head_and_mtl_at_stls_compute_seed_by_seed_t
 
 
 def _run(config, seed, metrics, seconds=10.0, parameters=1000, **extra):
-    return {"key": f"{config}|{sorted(metrics)}|{seed}", "config": config, "seed": seed, "heads": list(metrics),
-            "steps": 100, "train_seconds": seconds, "parameters": parameters, "peak_rss_mb": 500,
-            "serving_ms": {"analyze": 2.0}, "metrics": {h: {report._primary_metrics()[h]: v} for h, v in metrics.items()},
-            "curves": [{"step": 50, **{f"val_{h}_accuracy": v / 2 for h, v in metrics.items()}},
-                       {"step": 100, **{f"val_{h}_accuracy": v for h, v in metrics.items()}}], **extra}  # fmt: skip
+    return {
+        "key": f"{config}|{sorted(metrics)}|{seed}",
+        "config": config,
+        "seed": seed,
+        "heads": list(metrics),
+        "steps": 100,
+        "train_seconds": seconds,
+        "parameters": parameters,
+        "peak_rss_mb": 500,
+        "serving_ms": {"analyze": 2.0},
+        "metrics": {h: {report._primary_metrics()[h]: v} for h, v in metrics.items()},
+        "curves": [
+            {"step": 50, **{f"val_{h}_accuracy": v / 2 for h, v in metrics.items()}},
+            {"step": 100, **{f"val_{h}_accuracy": v for h, v in metrics.items()}},
+        ],
+        **extra,
+    }
 
 
 def test_a_time_limit_starts_only_runs_expected_to_finish_and_a_shorter_later_one_goes_first():
     planned = plan_runs(study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2)))
     mtl, stl_pos, stl_ner, stl_sentiment, equal, *rest = planned
-    seed_one = [{"key": run.key, "config": run.config, "heads": list(run.heads), "seed": 1, "steps": run.steps,
-                 "wall_seconds": seconds, "train_seconds": seconds - 10}
-                for run, seconds in [(mtl, 3000), (stl_pos, 1000), (stl_ner, 500), (stl_sentiment, 500)]]  # fmt: skip
+    seed_one = [
+        {
+            "key": run.key,
+            "config": run.config,
+            "heads": list(run.heads),
+            "seed": 1,
+            "steps": run.steps,
+            "wall_seconds": seconds,
+            "train_seconds": seconds - 10,
+        }
+        for run, seconds in [(mtl, 3000), (stl_pos, 1000), (stl_ner, 500), (stl_sentiment, 500)]
+    ]
     todo = [run for run in planned if run.seed == 2 or run.config == "STL tagging"]
     assert [r.seed for r in todo[:4]] == [2, 2, 2, 2] and todo[-2].config == "STL tagging"
 
@@ -92,8 +116,16 @@ def test_aggregate_pairs_each_head_with_stl_by_seed_and_adds_up_what_the_stl_mod
     for seed, (s, p) in enumerate([(0.80, 0.90), (0.82, 0.92), (0.81, 0.91)]):
         runs += [_run("STL", seed, {"sentiment": s}), _run("STL", seed, {"pos": p}, seconds=20)]
         # sentiment higher on every seed by 0.05; pos higher on one seed, lower on two
-        runs.append(_run("MTL T=2, fixed", seed, {"sentiment": s + 0.05, "pos": p + (0.002 if seed else -0.004)},
-                         seconds=15, parameters=1200, peak_rss_mb=700))  # fmt: skip
+        runs.append(
+            _run(
+                "MTL T=2, fixed",
+                seed,
+                {"sentiment": s + 0.05, "pos": p + (0.002 if seed else -0.004)},
+                seconds=15,
+                parameters=1200,
+                peak_rss_mb=700,
+            )
+        )
     summary = report.aggregate({"runs": runs})
     stl = summary["scores"]["STL"]["sentiment"]["accuracy"]
     assert stl["mean"] == pytest.approx(0.81) and stl["std"] == pytest.approx(0.01) and stl["n"] == 3
@@ -116,8 +148,14 @@ def test_an_equal_compute_run_recorded_as_its_reference_on_every_seed_is_no_colu
     runs = []
     for seed, (stl, mtl) in enumerate([(0.80, 0.83), (0.82, 0.84), (0.81, 0.82)], start=1):
         runs += [_run("STL", seed, {"sentiment": stl}), _run("MTL T=2, fixed", seed, {"sentiment": mtl})]
-        runs.append({**runs[-1], "key": f"equal|{seed}", "config": "MTL T=2, fixed at STL's compute",
-                     "same_as": runs[-1]["key"]})  # fmt: skip
+        runs.append(
+            {
+                **runs[-1],
+                "key": f"equal|{seed}",
+                "config": "MTL T=2, fixed at STL's compute",
+                "same_as": runs[-1]["key"],
+            }
+        )
     summary = report.aggregate({"runs": runs})
     assert summary["copies"] == {"MTL T=2, fixed at STL's compute": "MTL T=2, fixed"}
     assert report.shown_configs(summary) == ["STL", "MTL T=2, fixed"] and summary["best_mtl"] == "MTL T=2, fixed"
@@ -153,10 +191,25 @@ def test_a_difference_needs_three_seeds_that_agree_to_count():
 
 
 def test_the_curves_count_the_examples_of_each_heads_own_task():
-    run = _run("MTL T=2, fixed", 1, {"pos": 0.9}, points=[
-        {"step": 250, "examples": {"tagging": 4000, "sentiment": 12000}, "primary": {"pos": 0.8}, "mean_primary": 0.8},
-        {"step": 500, "examples": {"tagging": 8000, "sentiment": 24000}, "primary": {"pos": 0.85}, "mean_primary": 0.85},
-    ])  # fmt: skip
+    run = _run(
+        "MTL T=2, fixed",
+        1,
+        {"pos": 0.9},
+        points=[
+            {
+                "step": 250,
+                "examples": {"tagging": 4000, "sentiment": 12000},
+                "primary": {"pos": 0.8},
+                "mean_primary": 0.8,
+            },
+            {
+                "step": 500,
+                "examples": {"tagging": 8000, "sentiment": 24000},
+                "primary": {"pos": 0.85},
+                "mean_primary": 0.85,
+            },
+        ],
+    )
     assert report._curve(run, "pos", report._head_tasks()) == ([4000, 8000], [0.8, 0.85])
 
 
@@ -192,10 +245,17 @@ def test_a_multi_task_model_stops_only_when_no_head_improves_any_more(monkeypatc
     from mtnlp.experiments import convergence
 
     # ner peaks early on a noisy point, translation keeps climbing: the mean stalls, the model must go on
-    scores = iter([{"ner": 0.50, "translation": 0.01}, {"ner": 0.60, "translation": 0.02},
-                   {"ner": 0.45, "translation": 0.03}, {"ner": 0.46, "translation": 0.04},
-                   {"ner": 0.47, "translation": 0.05}, {"ner": 0.47, "translation": 0.05},
-                   {"ner": 0.47, "translation": 0.05}])  # fmt: skip
+    scores = iter(
+        [
+            {"ner": 0.50, "translation": 0.01},
+            {"ner": 0.60, "translation": 0.02},
+            {"ner": 0.45, "translation": 0.03},
+            {"ner": 0.46, "translation": 0.04},
+            {"ner": 0.47, "translation": 0.05},
+            {"ner": 0.47, "translation": 0.05},
+            {"ner": 0.47, "translation": 0.05},
+        ]
+    )
     monkeypatch.setattr(convergence, "primary_scores", lambda signatures, data: next(scores))
     model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -221,8 +281,18 @@ def test_a_time_budget_stops_training_after_the_step_that_spends_it():
 @pytest.mark.slow
 def test_quick_study_writes_the_report_and_resumes(tmp_path):
     out, workdir = tmp_path / "report", tmp_path / "work"
-    args = ("experiment", "mtl-vs-stl", "--quick", "--tasks", "sentiment", "relation",
-            "--out", str(out), "--workdir", str(workdir))  # fmt: skip
+    args = (
+        "experiment",
+        "mtl-vs-stl",
+        "--quick",
+        "--tasks",
+        "sentiment",
+        "relation",
+        "--out",
+        str(out),
+        "--workdir",
+        str(workdir),
+    )
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
@@ -328,12 +398,25 @@ def test_the_ablation_reports_each_levers_paired_difference_from_the_baseline():
 @pytest.mark.slow
 def test_quick_ablation_writes_its_report(tmp_path):
     out = tmp_path / "report"
-    result = run_cli("experiment", "ablation", "--quick", "--tasks", "sentiment", "--levers", "masked words",
-                     "--out", str(out), "--workdir", str(tmp_path / "work"))  # fmt: skip
+    result = run_cli(
+        "experiment",
+        "ablation",
+        "--quick",
+        "--tasks",
+        "sentiment",
+        "--levers",
+        "masked words",
+        "--out",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
     assert [(r["config"], r["settings"]) for r in results["runs"]] == [
-        ("baseline", []), ("masked words", ["training.masked_word_share=0.2"])]
+        ("baseline", []),
+        ("masked words", ["training.masked_word_share=0.2"]),
+    ]
     assert set(results["summary"]["effects"]["masked words"]) == {"sentiment"}
     text = (out / "report.md").read_text()
     assert "| masked words | " in text and "`training.masked_word_share=0.2`" in text

@@ -44,9 +44,16 @@ def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0, s
         "span": latest_span,
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-        "ingest_config": json.dumps({"tasks": tasks, "max_records_per_split": None, "max_rejected_fraction": max_fraction,
-                                     "spans": spans, "span_selection": span_selection}),
-    }  # fmt: skip
+        "ingest_config": json.dumps(
+            {
+                "tasks": tasks,
+                "max_records_per_split": None,
+                "max_rejected_fraction": max_fraction,
+                "spans": spans,
+                "span_selection": span_selection,
+            }
+        ),
+    }
     if latest_span is None:
         del exec_properties["span"]
     Executor().Do({}, {"examples": [examples], "rejected": [rejected]}, exec_properties)
@@ -113,13 +120,18 @@ def test_raw_text_is_read_from_plain_text_and_json_lines_and_a_stray_file_stops_
     base = tmp_path / "data"
     _write(base / "sentiment" / "train.jsonl", [_sentiment(i) for i in range(3)])
     _write(base / "sentiment" / "validation.jsonl", [_sentiment(0)])
-    _write(base / "unlabeled" / "train.txt.gz", ["Raw text, one sentence per line.", "", "Blank lines are skipped."],
-           compress=True)  # fmt: skip
+    _write(
+        base / "unlabeled" / "train.txt.gz",
+        ["Raw text, one sentence per line.", "", "Blank lines are skipped."],
+        compress=True,
+    )
     _write(base / "unlabeled" / "validation.jsonl", [json.dumps({"text": "JSON Lines work too."}), '{"txt": "typo"}'])
     examples, rejected = _run(base, tmp_path / "out", max_fraction=0.5)
     assert _count(examples.uri, "train") == 3 + 2 and _count(examples.uri, "eval") == 1 + 1
-    texts = {tf.train.Example.FromString(r.numpy()).features.feature["text"].bytes_list.value[0].decode()
-             for r in tf.data.TFRecordDataset(glob.glob(os.path.join(examples.uri, "Split-train", "*.gz")), "GZIP")}
+    texts = {
+        tf.train.Example.FromString(r.numpy()).features.feature["text"].bytes_list.value[0].decode()
+        for r in tf.data.TFRecordDataset(glob.glob(os.path.join(examples.uri, "Split-train", "*.gz")), "GZIP")
+    }
     assert {"Raw text, one sentence per line.", "Blank lines are skipped."} <= texts
     (record,) = [json.loads(line) for line in open(os.path.join(rejected.uri, "Split-eval", "rejected.jsonl"))]
     assert record["line"] == 2 and record["task"] == "unlabeled" and record["field"] == "text"
@@ -152,39 +164,68 @@ def data_with_spans(tmp_path):
     _write(base / "sentiment" / "train.jsonl", [_sentiment(i) for i in range(4)])  # span 0: the flat data
     _write(base / "sentiment" / "validation.jsonl", [_sentiment(0)])
     for span, size in ((1, 3), (2, 2)):
-        _write(base / "spans" / str(span) / "sentiment" / "train.jsonl", [_sentiment(100 * span + i) for i in range(size)])
+        _write(
+            base / "spans" / str(span) / "sentiment" / "train.jsonl", [_sentiment(100 * span + i) for i in range(size)]
+        )
         _write(base / "spans" / str(span) / "sentiment" / "validation.jsonl", [_sentiment(100 * span)])
     return base
 
 
-@pytest.mark.parametrize("selection, window, spans_read, train_records", [
-    ("all", 1, "0,1,2", 4 + 3 + 2), ("latest", 1, "2", 2), ("window", 2, "1,2", 3 + 2),
-])  # fmt: skip
-def test_a_run_reads_the_selected_spans_and_records_which(data_with_spans, tmp_path, selection, window,
-                                                          spans_read, train_records):  # fmt: skip
+@pytest.mark.parametrize(
+    "selection, window, spans_read, train_records",
+    [
+        ("all", 1, "0,1,2", 4 + 3 + 2),
+        ("latest", 1, "2", 2),
+        ("window", 2, "1,2", 3 + 2),
+    ],
+)
+def test_a_run_reads_the_selected_spans_and_records_which(
+    data_with_spans, tmp_path, selection, window, spans_read, train_records
+):
     from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
     from mtnlp.components.jsonl_example_gen.layout import has_spans
 
     assert has_spans(str(data_with_spans))
-    examples, _ = _run(data_with_spans, tmp_path / "out", max_fraction=0.0,
-                       spans={"selection": selection, "window": window}, latest_span=2)  # fmt: skip
+    examples, _ = _run(
+        data_with_spans,
+        tmp_path / "out",
+        max_fraction=0.0,
+        spans={"selection": selection, "window": window},
+        latest_span=2,
+    )
     assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
     assert _count(examples.uri, "train") == train_records
 
 
-@pytest.mark.parametrize("selection, window, spans_read, train_records", [
-    ("all", 1, "0,1,2", 4 + 3 + 2), ("latest", 1, "2", 2), ("window", 2, "1,2", 3 + 2),
-])  # fmt: skip
-def test_without_the_driver_the_executor_finds_the_spans_itself(data_with_spans, tmp_path, selection, window,
-                                                                spans_read, train_records):  # fmt: skip
+@pytest.mark.parametrize(
+    "selection, window, spans_read, train_records",
+    [
+        ("all", 1, "0,1,2", 4 + 3 + 2),
+        ("latest", 1, "2", 2),
+        ("window", 2, "1,2", 3 + 2),
+    ],
+)
+def test_without_the_driver_the_executor_finds_the_spans_itself(
+    data_with_spans, tmp_path, selection, window, spans_read, train_records
+):
     # Kubeflow: no driver, and a spec compiled without knowing the layout (flat input config, no spans setting)
     from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
 
-    examples, _ = _run(data_with_spans, tmp_path / "out", max_fraction=0.0, latest_span=None,
-                       span_selection={"selection": selection, "window": window})  # fmt: skip
+    examples, _ = _run(
+        data_with_spans,
+        tmp_path / "out",
+        max_fraction=0.0,
+        latest_span=None,
+        span_selection={"selection": selection, "window": window},
+    )
     assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
     assert _count(examples.uri, "train") == train_records
     # a flat folder stays the flat data
-    flat, _ = _run(data_with_spans / "spans" / "1", tmp_path / "flat", max_fraction=0.0, latest_span=None,
-                   span_selection={"selection": "latest", "window": 1})  # fmt: skip
+    flat, _ = _run(
+        data_with_spans / "spans" / "1",
+        tmp_path / "flat",
+        max_fraction=0.0,
+        latest_span=None,
+        span_selection={"selection": "latest", "window": 1},
+    )
     assert flat.get_string_custom_property(SPANS_PROPERTY) == "0" and _count(flat.uri, "train") == 3

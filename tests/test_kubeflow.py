@@ -287,8 +287,12 @@ def test_compile_flags_become_settings(tmp_path):
     assert settings.image == IMAGE
     assert settings.resolved_data_root() == "gs://other/data"
     assert settings.resolved_serving_model_dir("mtnlp") == "gs://serving/mtnlp"
-    assert settings.beam_pipeline_args == ("--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
-                                           "--num_workers=4")  # fmt: skip
+    assert settings.beam_pipeline_args == (
+        "--runner=DataflowRunner",
+        "--project=proj",
+        "--region=europe-west4",
+        "--num_workers=4",
+    )
     assert (settings.gpus, settings.gpu_type, settings.enable_cache) == (4, "NVIDIA_L4", False)
     assert settings.platform == "vertex"
 
@@ -305,12 +309,15 @@ def test_compile_defaults(monkeypatch):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [("", "no pipeline root"), ("--pipeline-root ./workdir", "not a gs:// or s3:// URI"),
-     (f"--pipeline-root {ROOT} --beam-args-file missing.txt", "Beam arguments file missing.txt does not exist"),
-     (f"--pipeline-root {ROOT} --beam-arg=runner=DataflowRunner", "does not start with '--'"),
-     (f"--pipeline-root {ROOT} --gpus -1", "--gpus must be 0 or more"),
-     (f"--pipeline-root {ROOT} --output pipeline.txt", "must end in .yaml")],
-)  # fmt: skip
+    [
+        ("", "no pipeline root"),
+        ("--pipeline-root ./workdir", "not a gs:// or s3:// URI"),
+        (f"--pipeline-root {ROOT} --beam-args-file missing.txt", "Beam arguments file missing.txt does not exist"),
+        (f"--pipeline-root {ROOT} --beam-arg=runner=DataflowRunner", "does not start with '--'"),
+        (f"--pipeline-root {ROOT} --gpus -1", "--gpus must be 0 or more"),
+        (f"--pipeline-root {ROOT} --output pipeline.txt", "must end in .yaml"),
+    ],
+)
 def test_compile_refuses_bad_settings_with_a_clear_error(flags, message, monkeypatch, capfd, tmp_path):
     monkeypatch.delenv("MTNLP_PIPELINE_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -341,26 +348,51 @@ def _bind_to_real(method_name: str, *args, **kwargs) -> None:
 class FakeClient:
     """Stands in for kfp.Client; records the calls and checks the package the way kfp reads it."""
 
-    instances: list["FakeClient"] = []
+    instances: list[FakeClient] = []
 
     def __init__(self, *args, **kwargs):
         _bind_to_real("__init__", *args, **kwargs)
         self.host, self.namespace, self.runs = kwargs.get("host"), kwargs.get("namespace", "kubeflow"), []
         FakeClient.instances.append(self)
 
-    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
-                                         namespace=None, pipeline_root=None, enable_caching=None,
-                                         service_account=None, experiment_id=None):  # fmt: skip
+    def create_run_from_pipeline_package(
+        self,
+        pipeline_file,
+        arguments=None,
+        run_name=None,
+        experiment_name=None,
+        namespace=None,
+        pipeline_root=None,
+        enable_caching=None,
+        service_account=None,
+        experiment_id=None,
+    ):
         from kfp.client import client as kfp_client
 
-        _bind_to_real("create_run_from_pipeline_package", pipeline_file, arguments=arguments, run_name=run_name,
-                      experiment_name=experiment_name, namespace=namespace, pipeline_root=pipeline_root,
-                      enable_caching=enable_caching)  # fmt: skip
+        _bind_to_real(
+            "create_run_from_pipeline_package",
+            pipeline_file,
+            arguments=arguments,
+            run_name=run_name,
+            experiment_name=experiment_name,
+            namespace=namespace,
+            pipeline_root=pipeline_root,
+            enable_caching=enable_caching,
+        )
 
         doc = kfp_client._extract_pipeline_yaml(pipeline_file)  # the real reader, while the file exists
-        self.runs.append(dict(pipeline_file=pipeline_file, name=doc.pipeline_spec.pipeline_info.name,
-                              arguments=arguments, run_name=run_name, experiment_name=experiment_name,
-                              namespace=namespace, pipeline_root=pipeline_root, enable_caching=enable_caching))  # fmt: skip
+        self.runs.append(
+            dict(
+                pipeline_file=pipeline_file,
+                name=doc.pipeline_spec.pipeline_info.name,
+                arguments=arguments,
+                run_name=run_name,
+                experiment_name=experiment_name,
+                namespace=namespace,
+                pipeline_root=pipeline_root,
+                enable_caching=enable_caching,
+            )
+        )
         return type("RunPipelineResult", (), {"run_id": "run-123"})()
 
 
@@ -375,8 +407,10 @@ def fake_kfp(monkeypatch):
 
 @pytest.mark.parametrize("ext", ["yaml", "json"])
 def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
-    args = _parse(f"kubeflow submit --host https://kfp.example.org --pipeline-file {files[ext]} "
-                  "--experiment nightly --run-name retrain-7 --namespace team-nlp")  # fmt: skip
+    args = _parse(
+        f"kubeflow submit --host https://kfp.example.org --pipeline-file {files[ext]} "
+        "--experiment nightly --run-name retrain-7 --namespace team-nlp"
+    )
     assert args.func(args) == 0
     (client,) = fake_kfp.instances
     assert (client.host, client.namespace) == ("https://kfp.example.org", "team-nlp")
@@ -384,9 +418,15 @@ def test_submit_a_compiled_file(ext, files, fake_kfp, capfd):
     assert run["name"] == "mtnlp"
     assert run["pipeline_file"].endswith(".yaml")  # a .json PipelineJob is unwrapped for kfp.Client
     assert run | {"pipeline_file": None, "name": None} == dict(
-        pipeline_file=None, name=None, arguments={}, run_name="retrain-7", experiment_name="nightly",
-        namespace="team-nlp", pipeline_root=ROOT, enable_caching=None,
-    )  # fmt: skip
+        pipeline_file=None,
+        name=None,
+        arguments={},
+        run_name="retrain-7",
+        experiment_name="nightly",
+        namespace="team-nlp",
+        pipeline_root=ROOT,
+        enable_caching=None,
+    )
     captured = capfd.readouterr()
     assert "run-123" in captured.out
 
@@ -399,8 +439,10 @@ def test_submit_compiles_first_and_can_disable_caching(job, fake_kfp, monkeypatc
         return job
 
     monkeypatch.setattr(kubeflow_runner, "compile_pipeline_job", compile_job)
-    args = _parse(f"kubeflow submit --host http://localhost:8080 --pipeline-root {ROOT} --image {IMAGE} "
-                  "--profile full --beam-arg=--runner=DataflowRunner --gpus 1 --no-cache")  # fmt: skip
+    args = _parse(
+        f"kubeflow submit --host http://localhost:8080 --pipeline-root {ROOT} --image {IMAGE} "
+        "--profile full --beam-arg=--runner=DataflowRunner --gpus 1 --no-cache"
+    )
     assert args.func(args) == 0
     assert seen["profile"] == "full"
     assert (seen["settings"].image, seen["settings"].gpus, seen["settings"].enable_cache) == (IMAGE, 1, False)
@@ -485,9 +527,18 @@ def test_dockerignore_keeps_what_the_install_needs():
 
     with open(os.path.join(REPO, ".dockerignore"), encoding="utf-8") as f:
         patterns = [p.strip().lstrip("/") for p in f if p.strip() and not p.startswith("#")]
-    needed = ["pyproject.toml", "requirements.lock", "README.md", "pipelines/trainer_module.py", "model/preprocessing.py",
-              "components/jsonl_example_gen/executor.py", "pipelines/pipeline.py", "pipelines/schema/schema.pbtxt",
-              "mtnlp/cli.py", "serving/__init__.py"]  # fmt: skip
+    needed = [
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "pipelines/trainer_module.py",
+        "model/preprocessing.py",
+        "components/jsonl_example_gen/executor.py",
+        "pipelines/pipeline.py",
+        "pipelines/schema/schema.pbtxt",
+        "mtnlp/cli.py",
+        "serving/__init__.py",
+    ]
     for path in needed:
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -519,8 +570,15 @@ def test_kfp_trainer_workers_compile_to_a_tfjob_launcher(tfjob_spec):
 
     container, custom_config, resources = _trainer(tfjob_spec)
     assert _contains_in_order(container["args"], ("--executor_class_path", "mtnlp.components.tfjob_trainer.Executor"))
-    assert custom_config[TFJOB_KEY] == {"workers": 3, "image": IMAGE, "cpu": 8, "memory_gb": 32, "gpus": GPUS,
-                                        "gpu_resource": "nvidia.com/gpu", "timeout_hours": 24}  # fmt: skip
+    assert custom_config[TFJOB_KEY] == {
+        "workers": 3,
+        "image": IMAGE,
+        "cpu": 8,
+        "memory_gb": 32,
+        "gpus": GPUS,
+        "gpu_resource": "nvidia.com/gpu",
+        "timeout_hours": 24,
+    }
     assert custom_config["training"]["strategy"] == "multi_worker"
     # the launching pod only waits: small, no GPUs (each worker gets the Trainer's resources and GPUs)
     assert "accelerator" not in resources and resources["cpuLimit"] == kubeflow_runner.SMALL_COMPONENT.cpu
@@ -539,8 +597,12 @@ class _FakeKubernetes:
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         state = self.states.pop(0)
-        return {"status": {"conditions": [{"type": "Created", "status": "True"}]
-                           + ([{"type": state, "status": "True"}] if state else [])}}  # fmt: skip
+        return {
+            "status": {
+                "conditions": [{"type": "Created", "status": "True"}]
+                + ([{"type": state, "status": "True"}] if state else [])
+            }
+        }
 
 
 def _launch(spec: dict, api: _FakeKubernetes, tmp_path) -> None:
@@ -555,8 +617,11 @@ def _launch(spec: dict, api: _FakeKubernetes, tmp_path) -> None:
     examples.uri = f"{ROOT}/Transform/transformed_examples/5"
     executor = tfjob_trainer.Executor()
     executor.api_factory, executor.namespace_factory, executor.poll_seconds = (lambda: api), (lambda: "team-nlp"), 0
-    executor.Do({"examples": [examples]}, {"model": [model], "model_run": [run]},
-                {"custom_config": json.dumps(custom_config), "run_fn": "mtnlp.pipelines.trainer_module.run_fn"})  # fmt: skip
+    executor.Do(
+        {"examples": [examples]},
+        {"model": [model], "model_run": [run]},
+        {"custom_config": json.dumps(custom_config), "run_fn": "mtnlp.pipelines.trainer_module.run_fn"},
+    )
 
 
 def test_the_tfjob_runs_tfx_trainer_on_every_worker_and_its_failure_fails_the_task(tfjob_spec, tmp_path):
@@ -587,8 +652,14 @@ def test_the_tfjob_runs_tfx_trainer_on_every_worker_and_its_failure_fails_the_ta
 
 
 def test_vertex_trainer_workers_compile_to_worker_pools():
-    settings = _settings(platform="vertex", trainer_workers=4, gpu_type="NVIDIA_L4", vertex_project="proj",
-                         vertex_region="europe-west4", beam_pipeline_args=())  # fmt: skip
+    settings = _settings(
+        platform="vertex",
+        trainer_workers=4,
+        gpu_type="NVIDIA_L4",
+        vertex_project="proj",
+        vertex_region="europe-west4",
+        beam_pipeline_args=(),
+    )
     spec = kubeflow_runner.compile_pipeline_job(get_config("quick"), settings)["pipelineSpec"]
     container, custom_config, resources = _trainer(spec)
     vertex_executor = "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"
@@ -611,11 +682,17 @@ def test_vertex_trainer_workers_compile_to_worker_pools():
 
 
 def test_trainer_workers_flags(tmp_path):
-    args = _parse(f"kubeflow compile --pipeline-root {ROOT} --trainer-workers 2 --platform vertex "
-                  "--vertex-project p --vertex-region r --vertex-machine-type n2-standard-16")  # fmt: skip
+    args = _parse(
+        f"kubeflow compile --pipeline-root {ROOT} --trainer-workers 2 --platform vertex "
+        "--vertex-project p --vertex-region r --vertex-machine-type n2-standard-16"
+    )
     settings = kubeflow_cli.settings_from_args(args)
-    assert (settings.trainer_workers, settings.vertex_project, settings.vertex_region,
-            settings.vertex_machine_type) == (2, "p", "r", "n2-standard-16")  # fmt: skip
+    assert (
+        settings.trainer_workers,
+        settings.vertex_project,
+        settings.vertex_region,
+        settings.vertex_machine_type,
+    ) == (2, "p", "r", "n2-standard-16")
 
 
 def test_the_documented_role_lets_the_trainer_create_its_tfjob():
@@ -623,8 +700,12 @@ def test_the_documented_role_lets_the_trainer_create_its_tfjob():
 
     with open(os.path.join(REPO, "docs", "kubeflow.md"), encoding="utf-8") as f:
         blocks = re.findall(r"```yaml\n(.*?)```", f.read(), flags=re.S)
-    (role, binding) = [d for block in blocks for d in yaml.safe_load_all(re.sub(r"(?m)^  ", "", block))
-                       if d and d.get("kind") in ("Role", "RoleBinding")]  # fmt: skip
+    (role, binding) = [
+        d
+        for block in blocks
+        for d in yaml.safe_load_all(re.sub(r"(?m)^  ", "", block))
+        if d and d.get("kind") in ("Role", "RoleBinding")
+    ]
     (rule,) = role["rules"]
     assert GROUP in rule["apiGroups"] and PLURAL in rule["resources"]
     assert {"create", "get"} <= set(rule["verbs"])  # what the executor calls

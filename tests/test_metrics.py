@@ -10,9 +10,9 @@ import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
 import mtnlp.model.tfma_metrics
-from mtnlp.model.tfma_metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
 from mtnlp.model.scoring import make_scorer
 from mtnlp.model.tasks import NER_TAGS, TAGGING, all_heads
+from mtnlp.model.tfma_metrics import _add_example, tfma_metric_config, tfma_overall_metric_config
 
 NER = TAGGING.heads[1]
 
@@ -40,14 +40,22 @@ def test_a_tfma_element_without_labels_for_a_head_is_not_scored():
 
 def test_saved_tfma_configs_keep_naming_model_metrics():
     assert tfma_metric_config("entity_f1") == {
-        "class_name": "HeadMetric", "module": "mtnlp.model.tfma_metrics",
+        "class_name": "HeadMetric",
+        "module": "mtnlp.model.tfma_metrics",
         "config": json.dumps({"name": "entity_f1", "metric": "entity_f1"}),
-    }  # fmt: skip
+    }
     heads = all_heads()
     overall = tfma_overall_metric_config(heads)
     assert (overall["class_name"], overall["module"]) == ("MeanPrimaryMetric", "mtnlp.model.tfma_metrics")
-    assert json.loads(overall["config"]) == {"name": "mean_primary_metric", "heads": {h.name: h.primary_metric for h in heads}}
-    assert mtnlp.model.tfma_metrics.HeadMetric.__module__ == mtnlp.model.tfma_metrics.MeanPrimaryMetric.__module__ == "mtnlp.model.tfma_metrics"
+    assert json.loads(overall["config"]) == {
+        "name": "mean_primary_metric",
+        "heads": {h.name: h.primary_metric for h in heads},
+    }
+    assert (
+        mtnlp.model.tfma_metrics.HeadMetric.__module__
+        == mtnlp.model.tfma_metrics.MeanPrimaryMetric.__module__
+        == "mtnlp.model.tfma_metrics"
+    )
 
 
 def test_the_combiner_merges_scorers_like_one_pass():

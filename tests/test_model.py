@@ -12,19 +12,41 @@ import pytest
 import tensorflow as tf
 
 from mtnlp.model import text
-from mtnlp.model.layers import (EntityBoundaryPooling, MaskedMeanPooling, NoneClassDense, PairwiseRankingLoss, SequenceDecoder,
-                                SmoothedSparseCrossentropy)
-from mtnlp.model.network import (ENCODER_OUTPUT, MASKED_WORD_LABELS, MASKED_WORDS, TASK_UNCERTAINTY, build_model,
-                           compile_for_heads, inference_model)
+from mtnlp.model.layers import (
+    EntityBoundaryPooling,
+    MaskedMeanPooling,
+    NoneClassDense,
+    PairwiseRankingLoss,
+    SequenceDecoder,
+    SmoothedSparseCrossentropy,
+)
+from mtnlp.model.network import (
+    ENCODER_OUTPUT,
+    MASKED_WORD_LABELS,
+    MASKED_WORDS,
+    TASK_UNCERTAINTY,
+    build_model,
+    compile_for_heads,
+    inference_model,
+)
 from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
 from mtnlp.model.tasks import RELATION, TRANSLATION, all_heads
 from mtnlp.sections import HeadConfig
 
 HEADS = all_heads()
 TARGET_VOCABULARY = 30
-SIZES = dict(vocabulary_size=50, max_length=16, embedding_dim=16, num_layers=1, num_heads=2,
-             intermediate_dim=32, dropout=0.0, target_vocabulary_sizes={"translation": TARGET_VOCABULARY},
-             max_target_length=5, subword_buckets=100)  # fmt: skip
+SIZES = dict(
+    vocabulary_size=50,
+    max_length=16,
+    embedding_dim=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_dim=32,
+    dropout=0.0,
+    target_vocabulary_sizes={"translation": TARGET_VOCABULARY},
+    max_target_length=5,
+    subword_buckets=100,
+)
 TRANSLATION_HEAD = TRANSLATION.heads[0]
 RELATION_HEAD = RELATION.heads[0]
 
@@ -32,9 +54,12 @@ RELATION_HEAD = RELATION.heads[0]
 def batch(batch_size=4, length=6, seed=0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(1, 50, size=(batch_size, length))
-    token_ids[:, length - 2:] = 0  # the last two positions are padding
-    inputs = {"token_ids": token_ids, "shape_ids": np.where(token_ids > 0, 5, 0),
-              "entity_ids": np.tile([1, 0, 2, 0, 0, 0][:length], (batch_size, 1))}  # fmt: skip
+    token_ids[:, length - 2 :] = 0  # the last two positions are padding
+    inputs = {
+        "token_ids": token_ids,
+        "shape_ids": np.where(token_ids > 0, 5, 0),
+        "entity_ids": np.tile([1, 0, 2, 0, 0, 0][:length], (batch_size, 1)),
+    }
     for name in SUBWORD_INPUTS:  # hashed subword ids (1..buckets), 0 on padding
         inputs[name] = np.where(token_ids > 0, rng.integers(1, 100, size=token_ids.shape), 0)
     labels, weights = {}, {}
@@ -87,7 +112,11 @@ def test_the_decoder_gets_no_loss_or_gradient_without_translation_examples_in_th
     compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1))
     inputs, labels, weights = batch()
     target = np.zeros_like(inputs["translation_label"])  # no example of the batch has a target
-    inputs["translation_label"], labels["translation"], weights["translation"] = target, target, target.astype("float32")
+    inputs["translation_label"], labels["translation"], weights["translation"] = (
+        target,
+        target,
+        target.astype("float32"),
+    )
     before = _decoder_weights(model)
     losses = model.train_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
     assert losses["translation_loss"] == pytest.approx(0.0)
@@ -114,8 +143,7 @@ def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
     keras.utils.set_random_seed(3)
     model = build_model(HEADS, **SIZES)
     decoder = model.get_layer(TRANSLATION_HEAD.decoder_name)
-    encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS},
-                          model.get_layer(ENCODER_OUTPUT).output)  # fmt: skip
+    encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS}, model.get_layer(ENCODER_OUTPUT).output)
     inputs, _, _ = batch(batch_size=4, length=6)
     inputs["token_ids"][1, 2:] = 0  # rows of different lengths
     inputs["shape_ids"] = np.where(inputs["token_ids"] > 0, 5, 0)
@@ -130,9 +158,13 @@ def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
         beams_alone = decoder.beam_decode(encoder(alone_inputs), alone_inputs["token_ids"] > 0, 5, 3, 0.6).numpy()
         np.testing.assert_array_equal(beams_alone[0], beams_together[row])
     # width 1 is greedy decoding, and an id in never_emit is never chosen
-    np.testing.assert_array_equal(decoder.beam_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5, 1, 0.0), together)
+    np.testing.assert_array_equal(
+        decoder.beam_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5, 1, 0.0), together
+    )
     banned = int(together[0, 0]) if together[0, 0] > TARGET_EOS else 7
-    constrained = decoder.greedy_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5, never_emit=(banned,)).numpy()
+    constrained = decoder.greedy_decode(
+        encoder(encoder_inputs), inputs["token_ids"] > 0, 5, never_emit=(banned,)
+    ).numpy()
     assert banned not in constrained
     after_eos = np.cumsum(together == TARGET_EOS, axis=1) - (together == TARGET_EOS) > 0
     assert np.all(together[after_eos] == 0)  # nothing is generated after EOS
@@ -144,10 +176,14 @@ def test_smoothed_crossentropy_is_keras_sparse_crossentropy_without_smoothing_an
     logits = np.random.default_rng(0).normal(size=(1, 3, 5)).astype("float32")
     keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
     expected = float(keras_loss(labels, logits, sample_weight=weights))
-    assert float(SmoothedSparseCrossentropy(0.0)(labels, logits, sample_weight=weights)) == pytest.approx(expected, rel=1e-6)
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, logits, sample_weight=weights)) == pytest.approx(
+        expected, rel=1e-6
+    )
     log_p = np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))[0]
     by_hand = np.mean([-(0.9 * log_p[i, labels[0, i]] + 0.1 * log_p[i].mean()) for i in (0, 1)])
-    assert float(SmoothedSparseCrossentropy(0.1)(labels, logits, sample_weight=weights)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(SmoothedSparseCrossentropy(0.1)(labels, logits, sample_weight=weights)) == pytest.approx(
+        by_hand, rel=1e-5
+    )
     assert SmoothedSparseCrossentropy.from_config(SmoothedSparseCrossentropy(0.2).get_config()).label_smoothing == 0.2
 
 
@@ -181,21 +217,54 @@ def test_pooling_layers():
     np.testing.assert_allclose(MaskedMeanPooling()(hidden, mask), [[1, 2], [6, 7]])
     entity_ids = tf.constant([[0, 1, 2], [2, 2, 0]])  # second row: e1 absent, e2 starts at 0
     # per entity: its first word's state, then its last word's
-    np.testing.assert_allclose(EntityBoundaryPooling()(hidden, entity_ids), [[2, 3, 2, 3, 4, 5, 4, 5], [0, 0, 0, 0, 6, 7, 8, 9]])
+    np.testing.assert_allclose(
+        EntityBoundaryPooling()(hidden, entity_ids), [[2, 3, 2, 3, 4, 5, 4, 5], [0, 0, 0, 0, 6, 7, 8, 9]]
+    )
     assert EntityBoundaryPooling.from_config(EntityBoundaryPooling(markers=(2,)).get_config()).markers == (2,)
 
 
 def test_word_splitting_follows_universal_dependencies_style():
     words = text.split_words(tf.constant(["I don't like U.S. café prices: 3.5 $ at 10:30, it's sad!"]))
     assert [w.decode() for w in words.to_list()[0]] == [
-        "I", "do", "n't", "like", "U.S.", "café", "prices", ":", "3.5", "$", "at", "10:30", ",", "it", "'s", "sad", "!"]  # fmt: skip
+        "I",
+        "do",
+        "n't",
+        "like",
+        "U.S.",
+        "café",
+        "prices",
+        ":",
+        "3.5",
+        "$",
+        "at",
+        "10:30",
+        ",",
+        "it",
+        "'s",
+        "sad",
+        "!",
+    ]
 
 
 def test_subword_features_of_words_seen_and_unseen():
     words = tf.constant(["Tomás", "McDonald's", "1,000", "ran", "a", "XXXXXXL"])
-    assert [w.decode() for w in text.affix(words, 3, from_end=False).numpy()] == ["tom", "mcd", "0,0", "ran", "a", "xxx"]
+    assert [w.decode() for w in text.affix(words, 3, from_end=False).numpy()] == [
+        "tom",
+        "mcd",
+        "0,0",
+        "ran",
+        "a",
+        "xxx",
+    ]
     assert [w.decode() for w in text.affix(words, 3, from_end=True).numpy()] == ["más", "d's", "000", "ran", "a", "xxl"]
-    assert [w.decode() for w in text.shape_patterns(words).numpy()] == ["Xxxxx", "XxXxxxx'x", "d,ddd", "xxx", "x", "XXXX"]
+    assert [w.decode() for w in text.shape_patterns(words).numpy()] == [
+        "Xxxxx",
+        "XxXxxxx'x",
+        "d,ddd",
+        "xxx",
+        "x",
+        "XXXX",
+    ]
     # hashing needs no vocabulary: a never-seen word gets ids, the same ones every time, 0 stays padding
     from mtnlp.model.preprocessing import _hashed
 
@@ -204,14 +273,18 @@ def test_subword_features_of_words_seen_and_unseen():
 
 
 def test_join_words_rejoins_wordpiece_pieces_and_punctuation():
-    pieces = tf.constant([["¿", "Dónde", "est", "##á", "la", "esta", "##ción", "?", ""], ["##s", "Hola", "!", "", "", "", "", "", ""]])
+    pieces = tf.constant(
+        [["¿", "Dónde", "est", "##á", "la", "esta", "##ción", "?", ""], ["##s", "Hola", "!", "", "", "", "", "", ""]]
+    )
     assert [t.decode() for t in text.join_words(pieces).numpy()] == ["¿Dónde está la estación?", "s Hola!"]
 
 
 def test_spans_are_marked_on_their_words_whatever_their_order():
     sentence = "The company fabricates plastic chairs."
     words, markers = text.split_words_marking_spans(
-        tf.constant([sentence, sentence]), tf.constant([[4, 11], [31, 37]], tf.int64), tf.constant([[31, 37], [4, 11]], tf.int64)
+        tf.constant([sentence, sentence]),
+        tf.constant([[4, 11], [31, 37]], tf.int64),
+        tf.constant([[31, 37], [4, 11]], tf.int64),
     )
     assert [w.decode() for w in words.to_list()[0]] == ["The", "company", "fabricates", "plastic", "chairs", "."]
     assert markers.to_list() == [[0, 1, 0, 0, 2, 0], [0, 2, 0, 0, 1, 0]]
@@ -241,7 +314,7 @@ def test_two_replica_cpu_strategy_really_trains_on_two_devices():
     assert result.returncode == 0, result.stderr[-3000:]
     devices_line = next(line for line in result.stdout.splitlines() if line.startswith("devices"))
     assert "CPU:0" in devices_line and "CPU:1" in devices_line
-    first, last = map(float, next(l for l in result.stdout.splitlines() if l.startswith("loss")).split()[1:])
+    first, last = map(float, next(line for line in result.stdout.splitlines() if line.startswith("loss")).split()[1:])
     assert last < first
 
 
@@ -279,8 +352,12 @@ def _head_kernels(model):
 def test_fixed_loss_weights_scale_each_head_and_zero_turns_one_off():
     keras.utils.set_random_seed(1)
     model = build_model(HEADS, **SIZES)
-    compile_for_heads(model, HEADS, keras.optimizers.SGD(0.1),
-                      head_configs={"sentiment": HeadConfig(loss_weight=0.0), "pos": HeadConfig(loss_weight=2.0)})
+    compile_for_heads(
+        model,
+        HEADS,
+        keras.optimizers.SGD(0.1),
+        head_configs={"sentiment": HeadConfig(loss_weight=0.0), "pos": HeadConfig(loss_weight=2.0)},
+    )
     inputs, labels, weights = batch()
     per_head = model.test_on_batch(inputs, labels, sample_weight=weights, return_dict=True)
     expected_total = sum(per_head[f"{h.name}_loss"] * {"sentiment": 0.0, "pos": 2.0}.get(h.name, 1.0) for h in HEADS)
@@ -327,7 +404,7 @@ def test_uncertainty_weighting_trains_under_two_cpu_replicas():
         print("s", *model.get_layer(TASK_UNCERTAINTY).log_variance.numpy())
     """)
     assert result.returncode == 0, result.stderr[-3000:]
-    s = [float(v) for v in next(l for l in result.stdout.splitlines() if l.startswith("s ")).split()[1:]]
+    s = [float(v) for v in next(line for line in result.stdout.splitlines() if line.startswith("s ")).split()[1:]]
     assert len(s) == len(HEADS) and all(v != 0.0 for v in s)
 
 
@@ -363,11 +440,17 @@ def test_masked_word_objective_trains_the_encoder_and_is_not_served():
 def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
     from mtnlp.model.dataset import MaskedWords
 
-    features = {"token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64), "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
-                "entity_ids": tf.zeros([6], tf.int64), "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),
-                "pos_weight": tf.constant([1, 1, 1, 1, 1, 0], tf.float32),
-                **{name: tf.constant([3, 3, 3, 3, 3, 0], tf.int64) for name in SUBWORD_INPUTS}}  # fmt: skip
-    masked = {k: v.numpy() for k, v in MaskedWords(share=0.2, rate=0.99, vocabulary_size=50).mask(features, seed=1).items()}
+    features = {
+        "token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64),
+        "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
+        "entity_ids": tf.zeros([6], tf.int64),
+        "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),
+        "pos_weight": tf.constant([1, 1, 1, 1, 1, 0], tf.float32),
+        **{name: tf.constant([3, 3, 3, 3, 3, 0], tf.int64) for name in SUBWORD_INPUTS},
+    }
+    masked = {
+        k: v.numpy() for k, v in MaskedWords(share=0.2, rate=0.99, vocabulary_size=50).mask(features, seed=1).items()
+    }
     chosen = masked[MASKED_WORD_LABELS] > 0
     assert chosen[:5].sum() >= 4 and not chosen[5]  # padding is never masked
     np.testing.assert_array_equal(masked[MASKED_WORD_LABELS][chosen], features["token_ids"].numpy()[chosen])
@@ -385,15 +468,21 @@ def test_uncertainty_layer_is_part_of_a_model_without_a_decoder():
 
 # ----- CR-CNN's pairwise ranking loss (heads.<name>.loss=ranking) ---------------------------------------------------
 RANKED = {"relation": HeadConfig(loss="ranking")}
+
+
 def test_pairwise_ranking_loss_by_hand():
     def softplus(x):
         return float(np.log1p(np.exp(x)))
 
     # four classes, class 0 is the none class; gamma 2, m+ 2.5, m- 0.5
-    logits = np.array([[3.0, 1.0, 0.5, -1.0],   # gold 2: s+ = 0.5; c- = class 1 (1.0), not the none class's 3.0
-                       [0.0, -0.2, -1.5, 0.3],  # gold none: no first term; c- = class 3 (0.3)
-                       [0.0, 5.0, -5.0, -5.0]],  # gold 3, weight 0: a large loss that must not count
-                      "float32")  # fmt: skip
+    logits = np.array(
+        [
+            [3.0, 1.0, 0.5, -1.0],  # gold 2: s+ = 0.5; c- = class 1 (1.0), not the none class's 3.0
+            [0.0, -0.2, -1.5, 0.3],  # gold none: no first term; c- = class 3 (0.3)
+            [0.0, 5.0, -5.0, -5.0],
+        ],  # gold 3, weight 0: a large loss that must not count
+        "float32",
+    )
     labels, weights = np.array([2, 0, 3]), np.array([1.0, 1.0, 0.0], "float32")
     first = softplus(2 * (2.5 - 0.5)) + softplus(2 * (0.5 + 1.0))
     second = softplus(2 * (0.5 + 0.3))
@@ -404,9 +493,17 @@ def test_pairwise_ranking_loss_by_hand():
     assert float(loss(labels, logits, sample_weight=weights)) == pytest.approx((first + second) / 2, rel=1e-6)
     # without a none class every example has both terms (class 0 is then a real class)
     assert float(PairwiseRankingLoss(none_index=None).call(labels, logits)[1]) == pytest.approx(
-        softplus(2 * (2.5 - 0.0)) + softplus(2 * (0.5 + 0.3)), rel=1e-6)
-    restored = PairwiseRankingLoss.from_config(PairwiseRankingLoss(0, gamma=1.0, margin_positive=2.0, margin_negative=0.25).get_config())
-    assert (restored.none_index, restored.gamma, restored.margin_positive, restored.margin_negative) == (0, 1.0, 2.0, 0.25)
+        softplus(2 * (2.5 - 0.0)) + softplus(2 * (0.5 + 0.3)), rel=1e-6
+    )
+    restored = PairwiseRankingLoss.from_config(
+        PairwiseRankingLoss(0, gamma=1.0, margin_positive=2.0, margin_negative=0.25).get_config()
+    )
+    assert (restored.none_index, restored.gamma, restored.margin_positive, restored.margin_negative) == (
+        0,
+        1.0,
+        2.0,
+        0.25,
+    )
 
 
 def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_weights(tmp_path):
@@ -420,8 +517,12 @@ def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_w
     assert np.all(plain(inputs)["relation"].numpy()[:, none] != 0)
     # the same weights as the plain head (warm starts and checkpoints load either way): the other logits are the plain ones
     ranked.set_weights(plain.get_weights())
-    np.testing.assert_allclose(np.delete(ranked(inputs)["relation"].numpy(), none, axis=1),
-                               np.delete(plain(inputs)["relation"].numpy(), none, axis=1), rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        np.delete(ranked(inputs)["relation"].numpy(), none, axis=1),
+        np.delete(plain(inputs)["relation"].numpy(), none, axis=1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_array_equal(ranked(inputs)["sentiment"], plain(inputs)["sentiment"])
     # the saved model (what a warm start reads) keeps the rule
     ranked.save(tmp_path / "model.keras")
@@ -431,7 +532,9 @@ def test_with_the_ranking_loss_the_none_class_logit_is_zero_on_the_plain_heads_w
     # a head without a none class cannot have the loss, and the model and the loss must agree
     with pytest.raises(ValueError, match="head 'sentiment' declares no none_label"):
         build_model(HEADS, head_configs={"sentiment": HeadConfig(loss="ranking")}, **SIZES)
-    with pytest.raises(ValueError, match="heads.relation.loss is 'ranking' here but the model was built with the other"):
+    with pytest.raises(
+        ValueError, match="heads.relation.loss is 'ranking' here but the model was built with the other"
+    ):
         compile_for_heads(plain, HEADS, keras.optimizers.SGD(0.1), head_configs=RANKED)
     with pytest.raises(ValueError, match="heads.relation.loss is 'cross_entropy' here but the model was built with"):
         compile_for_heads(ranked, HEADS, keras.optimizers.SGD(0.1))
@@ -455,8 +558,10 @@ def test_a_model_with_the_ranking_loss_trains_a_few_steps():
     assert np.all(model(inputs)["relation"].numpy()[:, 0] == 0)
 
 
-@pytest.mark.parametrize("assignments", [[], ["heads.relation.loss=ranking", "heads.pos.loss_weight=2",
-                                              "heads.sentiment.label_smoothing=0.1"]])
+@pytest.mark.parametrize(
+    "assignments",
+    [[], ["heads.relation.loss=ranking", "heads.pos.loss_weight=2", "heads.sentiment.label_smoothing=0.1"]],
+)
 def test_the_trainers_model_takes_each_heads_settings_from_its_section(assignments):
     import dataclasses
 
@@ -464,11 +569,21 @@ def test_the_trainers_model_takes_each_heads_settings_from_its_section(assignmen
     from mtnlp.pipelines.settings import effective_config
 
     config = effective_config("quick", assignments=assignments)
-    model_config = dataclasses.replace(config.model, **{k: SIZES[k] for k in ("embedding_dim", "num_layers", "num_heads",
-                                                                              "intermediate_dim", "dropout")})  # fmt: skip
+    model_config = dataclasses.replace(
+        config.model,
+        **{k: SIZES[k] for k in ("embedding_dim", "num_layers", "num_heads", "intermediate_dim", "dropout")},
+    )
     transform = dataclasses.replace(config.transform, max_length=16, max_target_length=5, subword_buckets=100)
-    model = build_training_model(HEADS, SIZES["vocabulary_size"], {"translation": TARGET_VOCABULARY}, model_config,
-                                 config.training, transform, config.heads, steps=10)  # fmt: skip
+    model = build_training_model(
+        HEADS,
+        SIZES["vocabulary_size"],
+        {"translation": TARGET_VOCABULARY},
+        model_config,
+        config.training,
+        transform,
+        config.heads,
+        steps=10,
+    )
     changed = bool(assignments)
     assert isinstance(model.get_layer("relation"), NoneClassDense) == changed
     assert isinstance(model.loss["relation"], PairwiseRankingLoss) == changed

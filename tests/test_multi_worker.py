@@ -39,14 +39,30 @@ def _workers(transform: dict[str, str], out, strategy: str, count: int) -> list[
     workers = [f"127.0.0.1:{port}" for port in _free_ports(count)]
     processes = []
     for index in range(count):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                                      "task": {"type": "worker", "index": index}})}  # fmt: skip
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}),
+        }
         if count == 1:
             env.pop("TF_CONFIG")
-        processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(HELPERS, "multi_worker_train.py"), transform["transform_graph"],
-             transform["transformed_examples"], str(out / f"worker{index}"), str(STEPS), strategy, *FIXTURE_TASKS],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(HELPERS, "multi_worker_train.py"),
+                    transform["transform_graph"],
+                    transform["transformed_examples"],
+                    str(out / f"worker{index}"),
+                    str(STEPS),
+                    strategy,
+                    *FIXTURE_TASKS,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     reports = []
     try:
         for process in processes:
@@ -71,8 +87,11 @@ def test_two_workers_on_loopback_train_one_model(pipeline_run, tmp_path):
     # only the chief wrote the model and the TensorBoard logs; the other worker's temporary copies are gone
     model_dir = tmp_path / "worker0" / "model" / "Format-Serving"
     assert (model_dir / "saved_model.pb").is_file() and (tmp_path / "worker0" / "model" / "Format-Keras").is_dir()
-    assert any(f.startswith("events.out.tfevents") for _, _, files in os.walk(tmp_path / "worker0" / "model_run")
-               for f in files)  # fmt: skip
+    assert any(
+        f.startswith("events.out.tfevents")
+        for _, _, files in os.walk(tmp_path / "worker0" / "model_run")
+        for f in files
+    )
     assert not (tmp_path / "worker1").exists()
     training = json.loads((tmp_path / "worker0" / "model_run" / "training_config.json").read_text())
     assert training["replicas"] == 2 and training["training"]["strategy"] == "multi_worker"
@@ -81,8 +100,12 @@ def test_two_workers_on_loopback_train_one_model(pipeline_run, tmp_path):
     assert mismatch(str(model_dir), list(FIXTURE_TASKS)) is None
     answers = {}
     for name, path in (("multi", model_dir), ("single", pipeline_run.pushed_model_dir)):
-        result = subprocess.run([sys.executable, os.path.join(HELPERS, "call_signatures.py"), str(path)],
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, os.path.join(HELPERS, "call_signatures.py"), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-4000:]
         answers[name] = json.loads(result.stdout.strip().splitlines()[-1])
     multi, single = answers["multi"], answers["single"]
@@ -115,12 +138,15 @@ class _Resolver:
         return tf.train.ClusterSpec(self._cluster)
 
 
-@pytest.mark.parametrize("task_type, task_id, cluster, chief", [
-    ("worker", 0, {"worker": ["a:1", "b:1"]}, True),  # TFJob with workers only: worker 0
-    ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
-    ("chief", 0, {"chief": ["a:1"], "worker": ["b:1"]}, True),  # Vertex AI: the first worker pool is the chief
-    ("worker", 0, {"chief": ["a:1"], "worker": ["b:1"]}, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "task_type, task_id, cluster, chief",
+    [
+        ("worker", 0, {"worker": ["a:1", "b:1"]}, True),  # TFJob with workers only: worker 0
+        ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
+        ("chief", 0, {"chief": ["a:1"], "worker": ["b:1"]}, True),  # Vertex AI: the first worker pool is the chief
+        ("worker", 0, {"chief": ["a:1"], "worker": ["b:1"]}, False),
+    ],
+)
 def test_who_writes_the_outputs(task_type, task_id, cluster, chief):
     strategy = type("Strategy", (), {"cluster_resolver": _Resolver(task_type, task_id, cluster)})()
     assert is_chief(strategy) is chief
@@ -130,7 +156,9 @@ def test_unknown_strategy_is_refused():
     from mtnlp.pipelines.config import get_config
     from mtnlp.pipelines.settings import SettingsError, apply_mapping
 
-    with pytest.raises((SettingsError, ValueError), match="training.strategy.*'parameter_server'.*mirrored, multi_worker"):
+    with pytest.raises(
+        (SettingsError, ValueError), match="training.strategy.*'parameter_server'.*mirrored, multi_worker"
+    ):
         apply_mapping(get_config("quick"), {"training": {"strategy": "parameter_server"}})
 
 

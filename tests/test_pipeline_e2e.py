@@ -23,13 +23,24 @@ from tests.conftest import FIXTURE_RECORDS, FIXTURE_TASKS, run_cli
 pytestmark = pytest.mark.slow
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 HEADS = all_heads(select_tasks(FIXTURE_TASKS))
-COMPONENTS = {"JsonlExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-              "Transform", "ServedBaseline", "Trainer", "Evaluator", "VersionedPusher"}  # fmt: skip
+COMPONENTS = {
+    "JsonlExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "AnomaliesGate",
+    "Transform",
+    "ServedBaseline",
+    "Trainer",
+    "Evaluator",
+    "VersionedPusher",
+}
 
 
 def _fresh_python(script: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, os.path.join(HELPERS, script), *args],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(HELPERS, script), *args], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -52,7 +63,11 @@ def test_summary_reports_each_heads_metrics_and_the_ingest_counts(pipeline_run):
             assert 0.0 <= metrics[head.name][metric] <= 1.0, (head.name, metric)
     ingest = pipeline_run.summary["ingest"]
     assert sum(f["records"] for f in ingest["train"].values()) == len(FIXTURE_TASKS) * FIXTURE_RECORDS
-    assert "entity_f1=" in pipeline_run.stdout and "bleu=" in pipeline_run.stdout and "pushed: version 1" in pipeline_run.stdout
+    assert (
+        "entity_f1=" in pipeline_run.stdout
+        and "bleu=" in pipeline_run.stdout
+        and "pushed: version 1" in pipeline_run.stdout
+    )
 
 
 def test_tensorboard_logs_are_in_the_model_run_output(pipeline_run):
@@ -64,8 +79,15 @@ def test_tensorboard_logs_are_in_the_model_run_output(pipeline_run):
 def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline_run):
     result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
     assert result["blocked_modules_loaded"] == []
-    assert {"serving_default", "analyze", "analyze_tokens", "relation", "serving_tf_example",
-            "transform_features", "translate"} <= set(result["signatures"])  # fmt: skip
+    assert {
+        "serving_default",
+        "analyze",
+        "analyze_tokens",
+        "relation",
+        "serving_tf_example",
+        "transform_features",
+        "translate",
+    } <= set(result["signatures"])
 
     analyze = result["analyze"]
     assert analyze["tokens"][0][:6] == ["Apple", "sued", "Samsung", "in", "California", "."]
@@ -120,7 +142,9 @@ def test_pushed_model_answers_with_its_directory_moved_away(pipeline_run, tmp_pa
 
 
 def test_pushed_model_holds_weights_only_no_optimizer_state(pipeline_run):
-    stored = [name for name, _ in tf.train.list_variables(str(pipeline_run.pushed_model_dir / "variables" / "variables"))]
+    stored = [
+        name for name, _ in tf.train.list_variables(str(pipeline_run.pushed_model_dir / "variables" / "variables"))
+    ]
     assert any("embedding" in name for name in stored), stored[:20]
     assert not [name for name in stored if "optimizer" in name], "the optimizer's slots are not served"
     # nor pushed beside it: the warm-start files in assets.extra hold the Keras model's weights only
@@ -135,8 +159,10 @@ def _spellable(word: str, pieces: set[str]) -> bool:
     """Whether a word is a concatenation of a piece and "##" continuation pieces."""
     reachable = [True] + [False] * len(word)
     for end in range(1, len(word) + 1):
-        reachable[end] = any(reachable[start] and (word[start:end] if start == 0 else "##" + word[start:end]) in pieces
-                             for start in range(end))  # fmt: skip
+        reachable[end] = any(
+            reachable[start] and (word[start:end] if start == 0 else "##" + word[start:end]) in pieces
+            for start in range(end)
+        )
     return reachable[-1]
 
 
@@ -165,9 +191,21 @@ def test_pushed_model_carries_warmup_requests_that_its_signatures_accept(pipelin
 def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipeline_run):
     """Rerun in the same workdir with a barely trained model (from scratch: a retrain would otherwise start from
     the served model): the served model is now the baseline."""
-    result = run_cli("run", "--profile", "quick", "--workdir", str(pipeline_run.workdir),
-                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", "2", "--tasks", *FIXTURE_TASKS,
-                     "--set", "training.warm_start=false")  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--workdir",
+        str(pipeline_run.workdir),
+        "--max-records",
+        str(FIXTURE_RECORDS),
+        "--train-steps",
+        "2",
+        "--tasks",
+        *FIXTURE_TASKS,
+        "--set",
+        "training.warm_start=false",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((pipeline_run.workdir / "run_summary.json").read_text())
     states = {c["component"]: c["state"] for c in summary["components"]}

@@ -9,10 +9,19 @@ import pytest
 from mtnlp.model.records import RecordError, record_to_example
 from mtnlp.model.tasks import RELATION, SENTIMENT, TAGGING
 
-GOOD_TAGGING = {"id": "s1", "tokens": ["Apple", "sued", "Samsung", "."], "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
-                "ner": ["B-ORG", "O", "B-ORG", "O"]}  # fmt: skip
-GOOD_RELATION = {"id": "r1", "text": "The company fabricates plastic chairs.", "e1": [4, 11], "e2": [30, 36],
-                 "relation": "Product-Producer(e2,e1)"}  # fmt: skip
+GOOD_TAGGING = {
+    "id": "s1",
+    "tokens": ["Apple", "sued", "Samsung", "."],
+    "pos": ["PROPN", "VERB", "PROPN", "PUNCT"],
+    "ner": ["B-ORG", "O", "B-ORG", "O"],
+}
+GOOD_RELATION = {
+    "id": "r1",
+    "text": "The company fabricates plastic chairs.",
+    "e1": [4, 11],
+    "e2": [30, 36],
+    "relation": "Product-Producer(e2,e1)",
+}
 
 
 def features(example):
@@ -48,16 +57,33 @@ def test_spans_become_int64_offsets():
         (json.dumps({"id": "x", "text": "   ", "label": "positive"}), SENTIMENT, "text", "non-empty string"),
         (json.dumps({"id": "x", "text": "fine", "label": "neutral"}), SENTIMENT, "label", "unknown label 'neutral'"),
         (json.dumps({**GOOD_TAGGING, "pos": ["PROPN", "VERB"]}), TAGGING, "pos", "has 2 labels but 'tokens' has 4"),
-        (json.dumps({**GOOD_TAGGING, "ner": ["B-ORG", "O", "B-MISC", "O"]}), TAGGING, "ner", "unknown label(s) ['B-MISC']"),
+        (
+            json.dumps({**GOOD_TAGGING, "ner": ["B-ORG", "O", "B-MISC", "O"]}),
+            TAGGING,
+            "ner",
+            "unknown label(s) ['B-MISC']",
+        ),
         (json.dumps({**GOOD_TAGGING, "tokens": []}), TAGGING, "tokens", "non-empty list"),
         (json.dumps({**GOOD_RELATION, "e2": [30, 99]}), RELATION, "e2", "outside the text"),
         (json.dumps({**GOOD_RELATION, "e1": [11, 4]}), RELATION, "e1", "outside the text"),
         (json.dumps({**GOOD_RELATION, "e1": "4-11"}), RELATION, "e1", "expected [start, end]"),
         (json.dumps({**GOOD_RELATION, "relation": "Likes(e1,e2)"}), RELATION, "relation", "unknown label"),
     ],
-    ids=["bad-json", "not-object", "missing-field", "null-field", "empty-text", "unknown-label",
-         "length-mismatch", "unknown-token-label", "empty-tokens", "span-outside-text", "span-reversed",
-         "span-not-offsets", "unknown-relation"],  # fmt: skip
+    ids=[
+        "bad-json",
+        "not-object",
+        "missing-field",
+        "null-field",
+        "empty-text",
+        "unknown-label",
+        "length-mismatch",
+        "unknown-token-label",
+        "empty-tokens",
+        "span-outside-text",
+        "span-reversed",
+        "span-not-offsets",
+        "unknown-relation",
+    ],
 )
 def test_malformed_record_is_rejected_naming_field_and_problem(line, task, field, message):
     with pytest.raises(RecordError) as error:

@@ -31,9 +31,22 @@ _TASKS = ("tagging", "sentiment", "relation")
 
 
 def _run(workdir, data):
-    result = run_cli("run", "--profile", "quick", "--workdir", str(workdir), "--data", str(data),
-                     "--max-records", str(FIXTURE_RECORDS), "--train-steps", str(FIXTURE_STEPS),
-                     "--tasks", *_TASKS, *_LENIENT_GATES)  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--workdir",
+        str(workdir),
+        "--data",
+        str(data),
+        "--max-records",
+        str(FIXTURE_RECORDS),
+        "--train-steps",
+        str(FIXTURE_STEPS),
+        "--tasks",
+        *_TASKS,
+        *_LENIENT_GATES,
+    )
     summary = json.loads((workdir / "run_summary.json").read_text())
     return result, summary
 
@@ -79,8 +92,14 @@ def test_retrain_on_a_new_span_swaps_the_served_model_without_failed_requests(da
     assert summary["pushed_version"] == 1 and summary["spans"] == [0]
     assert summary["warm_start"] is None and summary["baseline_version"] is None  # nothing served yet
 
-    server = ServerProcess([f"--model_base_path={workdir / 'serving_model' / 'mtnlp'}", "--model_name=mtnlp",
-                            "--file_system_poll_wait_seconds=1"], workdir.parent).wait_ready()  # fmt: skip
+    server = ServerProcess(
+        [
+            f"--model_base_path={workdir / 'serving_model' / 'mtnlp'}",
+            "--model_name=mtnlp",
+            "--file_system_poll_wait_seconds=1",
+        ],
+        workdir.parent,
+    ).wait_ready()
     traffic = _Traffic(server.grpc, seconds=600)
     try:
         traffic.start()
@@ -88,7 +107,7 @@ def test_retrain_on_a_new_span_swaps_the_served_model_without_failed_requests(da
 
         # new NER data: sentences of the bundled train file that the capped first run did not read
         with gzip.open(DATA / "tagging" / "train.jsonl.gz", "rt") as f:
-            lines = f.readlines()[FIXTURE_RECORDS:FIXTURE_RECORDS + 400]
+            lines = f.readlines()[FIXTURE_RECORDS : FIXTURE_RECORDS + 400]
         new = data_dir.parent / "new_ner.jsonl"
         new.write_text("".join(lines))
         added = run_cli("add-data", "--task", "ner", "--data", str(data_dir), str(new), timeout=120)
@@ -121,8 +140,9 @@ def test_retrain_on_a_new_span_swaps_the_served_model_without_failed_requests(da
 
     # a bad span: unknown labels everywhere. The run stops at ingest, before training.
     bad = data_dir.parent / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"id": f"b{i}", "text": f"text {i}", "label": "ecstatic"}) + "\n"
-                           for i in range(30)))  # fmt: skip
+    bad.write_text(
+        "".join(json.dumps({"id": f"b{i}", "text": f"text {i}", "label": "ecstatic"}) + "\n" for i in range(30))
+    )
     refused = run_cli("add-data", "--task", "sentiment", "--data", str(data_dir), str(bad), timeout=120)
     assert refused.returncode == 1 and "unknown label 'ecstatic'" in refused.stdout
     forced = run_cli("add-data", "--task", "sentiment", "--data", str(data_dir), str(bad), "--force", timeout=120)

@@ -8,12 +8,11 @@ import os
 import pandas as pd
 import pytest
 import tensorflow_data_validation as tfdv
-from google.protobuf import text_format
 
 from mtnlp.components.anomalies_gate import DataAnomaliesError, check_anomalies
 from mtnlp.components.versioned_pusher import next_version, publish_version
 from mtnlp.model.tasks import SEMEVAL_RELATIONS, UPOS_TAGS
-from mtnlp.pipelines.schema import SCHEMA_PATH, build_schema, load_schema
+from mtnlp.pipelines.schema import build_schema, load_schema
 
 
 def test_committed_schema_is_the_one_the_tasks_imply():
@@ -38,8 +37,9 @@ def _write_anomalies(frame: pd.DataFrame, root: str) -> str:
 
 
 def test_anomalies_stop_the_run_naming_feature_and_reason(tmp_path):
-    frame = pd.DataFrame({"task": ["relation", "relation"], "text": ["a b", "c d"],
-                          "relation": ["Other", "Likes(e1,e2)"]})  # fmt: skip
+    frame = pd.DataFrame(
+        {"task": ["relation", "relation"], "text": ["a b", "c d"], "relation": ["Other", "Likes(e1,e2)"]}
+    )
     uri = _write_anomalies(frame, str(tmp_path / "anomalies"))
     with pytest.raises(DataAnomaliesError) as error:
         check_anomalies(uri, ["eval"])

@@ -80,22 +80,43 @@ def test_semeval_scorer_reads_probabilities_and_weights():
     head = RELATION.heads[0]
     labels = head.labels
     examples = [
-        (np.array(labels.index("Cause-Effect(e1,e2)")), one_hot(labels.index("Cause-Effect(e1,e2)"), 19), np.array(1.0)),
-        (np.array(labels.index("Cause-Effect(e2,e1)")), one_hot(labels.index("Cause-Effect(e1,e2)"), 19), np.array(1.0)),
+        (
+            np.array(labels.index("Cause-Effect(e1,e2)")),
+            one_hot(labels.index("Cause-Effect(e1,e2)"), 19),
+            np.array(1.0),
+        ),
+        (
+            np.array(labels.index("Cause-Effect(e2,e1)")),
+            one_hot(labels.index("Cause-Effect(e1,e2)"), 19),
+            np.array(1.0),
+        ),
         (np.array(0), one_hot(labels.index("Message-Topic(e1,e2)"), 19), np.array(0.0)),  # not a relation example
     ]
-    assert score("semeval_macro_f1", head, examples) == pytest.approx(semeval_macro_f1(
-        ["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)"], ["Cause-Effect(e1,e2)", "Cause-Effect(e1,e2)"]))
+    assert score("semeval_macro_f1", head, examples) == pytest.approx(
+        semeval_macro_f1(["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)"], ["Cause-Effect(e1,e2)", "Cause-Effect(e1,e2)"])
+    )
 
 
 HYPOTHESES = [
-    "¿Dónde está la estación?", "Me gusta leer libros.", "El gato negro duerme en la casa.",
-    "Tengo 3.5 euros - no más!", "Tom's car is red, isn't it?", "Hola", "", "Es 10-20 &amp; <b>",
-]  # fmt: skip
+    "¿Dónde está la estación?",
+    "Me gusta leer libros.",
+    "El gato negro duerme en la casa.",
+    "Tengo 3.5 euros - no más!",
+    "Tom's car is red, isn't it?",
+    "Hola",
+    "",
+    "Es 10-20 &amp; <b>",
+]
 REFERENCES = [
-    "¿Dónde está la estación de tren?", "Me gustan los libros.", "El gato negro duerme en casa.",
-    "Tengo 3.5 euros, no más.", "El coche de Tom es rojo, ¿no?", "Hola, amigo.", "Nada.", "Es 10-20 & <b>",
-]  # fmt: skip
+    "¿Dónde está la estación de tren?",
+    "Me gustan los libros.",
+    "El gato negro duerme en casa.",
+    "Tengo 3.5 euros, no más.",
+    "El coche de Tom es rojo, ¿no?",
+    "Hola, amigo.",
+    "Nada.",
+    "Es 10-20 & <b>",
+]
 
 
 @pytest.mark.parametrize("pairs", [slice(None), slice(0, 1), slice(0, 3), slice(5, 6), slice(6, 7), slice(3, 5)])
@@ -111,11 +132,15 @@ def test_bleu_scorer_accumulates_the_corpus_and_skips_other_tasks_examples():
     import sacrebleu
 
     head = TRANSLATION.heads[0]
-    examples = [(np.array([r.encode()]), np.array([h.encode()]), np.array([1.0])) for h, r in zip(HYPOTHESES, REFERENCES)]
+    examples = [
+        (np.array([r.encode()]), np.array([h.encode()]), np.array([1.0])) for h, r in zip(HYPOTHESES, REFERENCES)
+    ]
     examples.append((np.array([b""]), np.array([b""]), np.array([0.0])))  # an example of another task
     expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score / 100
     assert score("bleu", head, examples) == pytest.approx(expected, abs=1e-9)
-    assert score("bleu", head, [(np.array([b"a b c d"]), np.array([b"a b c d"]), np.array([1.0]))]) == pytest.approx(1.0)
+    assert score("bleu", head, [(np.array([b"a b c d"]), np.array([b"a b c d"]), np.array([1.0]))]) == pytest.approx(
+        1.0
+    )
 
 
 # Varied pairs for the merged-corpus check: punctuation, numbers (decimals, thousands, ranges),
@@ -131,7 +156,7 @@ PAIRS = [
     ("We sold 1,000,000 units in 2023.", "In 2023 we sold 1,000,000 units."),
     ("Pages 10-20 are missing.", "Pages 10-20 are missing!"),
     ("Call me at 555-1234, please.", "Please call me at 555-1234."),
-    ("He said: \"no way\"", "He said \"no way\"."),
+    ('He said: "no way"', 'He said "no way".'),
     ("Tom &amp; Jerry", "Tom & Jerry"),
     ("x &lt; y &gt; z", "x < y > z"),
     ("Is it (really) true?", "Is it really true?"),
@@ -157,7 +182,7 @@ PAIRS = [
     ("Ünïcödé wörds ärë fïnë.", "Ünïcödé wörds ärë fïnë."),
     ("Year-end results: 2019-2020.", "Results at year end: 2019-2020."),
     ("Go!", "Go now!"),
-]  # fmt: skip
+]
 
 
 def test_merged_bleu_scorers_give_sacrebleus_corpus_bleu():

@@ -24,8 +24,10 @@ def _saved_model(path: str, outputs: dict[str, set[str]]) -> str:
     module = tf.Module()
     signatures = {}
     for name, keys in outputs.items():
+        sorted_keys = tuple(sorted(keys))
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-        def answer(examples, keys=tuple(sorted(keys))):
+        def answer(examples, keys=sorted_keys):
             return {key: tf.zeros_like(examples, tf.float32) for key in keys}
 
         setattr(module, name, answer)
@@ -47,8 +49,11 @@ def _lookup(tmp_path, serving_dir, tasks) -> standard_artifacts.Model:
     model = standard_artifacts.Model()
     model.uri = str(tmp_path / "baseline")
     os.makedirs(model.uri, exist_ok=True)
-    served_baseline.Executor().Do({"examples": []}, {"model": [model]},
-                                  {"serving_model_dir": serving_dir, "custom_config": json.dumps({"tasks": tasks})})  # fmt: skip
+    served_baseline.Executor().Do(
+        {"examples": []},
+        {"model": [model]},
+        {"serving_model_dir": serving_dir, "custom_config": json.dumps({"tasks": tasks})},
+    )
     return model
 
 
@@ -63,8 +68,9 @@ def test_the_newest_served_version_is_the_baseline_with_its_warm_start_files(tmp
     serving_dir = str(tmp_path / "serving" / "mtnlp")
     old = _saved_model(str(tmp_path / "old"), served_baseline.required_outputs(["sentiment"]))
     publish_version(old, serving_dir)  # version 1: no warm-start files
-    publish_version(_trained_model(tmp_path / "trained", ["sentiment"]), serving_dir,
-                    str(tmp_path / "trained" / KERAS_DIR))  # fmt: skip
+    publish_version(
+        _trained_model(tmp_path / "trained", ["sentiment"]), serving_dir, str(tmp_path / "trained" / KERAS_DIR)
+    )
     assert (tmp_path / "serving" / "mtnlp" / "2" / served_baseline.WARM_START_ASSETS / MODEL_FILE).is_file()
 
     model = _lookup(tmp_path, serving_dir, ["sentiment"])
@@ -82,7 +88,10 @@ def test_a_served_model_for_other_tasks_is_no_baseline(tmp_path, caplog, tasks_n
     with caplog.at_level(logging.WARNING):
         model = _lookup(tmp_path, serving_dir, tasks_now)
     assert not served_baseline.has_model(model) and os.listdir(model.uri) == []
-    assert "does not fit the current tasks" in caplog.text and "'serving_tf_example' lacks the output(s) relation" in caplog.text
+    assert (
+        "does not fit the current tasks" in caplog.text
+        and "'serving_tf_example' lacks the output(s) relation" in caplog.text
+    )
 
 
 def test_an_unreadable_served_model_is_no_baseline(tmp_path, caplog):

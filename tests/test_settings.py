@@ -7,22 +7,36 @@ import json
 import os
 import subprocess
 import sys
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
 
 from mtnlp.model.tasks import get_head
 from mtnlp.pipelines.config import get_config
+from mtnlp.pipelines.settings import (
+    SettingsError,
+    apply_mapping,
+    config_changes,
+    effective_config,
+    format_config,
+    load_settings_file,
+    parse_assignment,
+)
 from mtnlp.sections import HeadConfig, HeadGate
-from mtnlp.pipelines.settings import (SettingsError, apply_mapping, config_changes, effective_config, format_config,
-                                load_settings_file, parse_assignment)
 from tests.conftest import REPO
 
 
 def test_set_changes_typed_values_and_keeps_the_rest():
-    config = effective_config("quick", assignments=["training.learning_rate=5e-4", "model.num_layers=4",
-                                                    "training.warm_start=false", "model_name=mymodel"])
+    config = effective_config(
+        "quick",
+        assignments=[
+            "training.learning_rate=5e-4",
+            "model.num_layers=4",
+            "training.warm_start=false",
+            "model_name=mymodel",
+        ],
+    )
     assert config.training.learning_rate == 5e-4 and isinstance(config.training.learning_rate, float)
     assert config.model.num_layers == 4 and isinstance(config.model.num_layers, int)
     assert config.training.warm_start is False
@@ -33,11 +47,14 @@ def test_set_changes_typed_values_and_keeps_the_rest():
     assert config.heads == quick.heads
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("tasks=tagging,sentiment", ("tagging", "sentiment")),
-    ("tasks=[relation, translation]", ("relation", "translation")),
-    ("tasks=sentiment", ("sentiment",)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("tasks=tagging,sentiment", ("tagging", "sentiment")),
+        ("tasks=[relation, translation]", ("relation", "translation")),
+        ("tasks=sentiment", ("sentiment",)),
+    ],
+)
 def test_tuples_from_text(text, expected):
     assert effective_config("quick", assignments=[text]).tasks == expected
 
@@ -49,8 +66,9 @@ def test_optional_fields_take_none_and_values():
 
 def test_head_sections_merge_key_by_key():
     quick = get_config("quick")
-    config = effective_config("quick", assignments=["heads.pos.loss_weight=2", "heads.ner.loss_weight=0.5",
-                                                    "heads.ner.gate.lower_bound=0.3"])  # fmt: skip
+    config = effective_config(
+        "quick", assignments=["heads.pos.loss_weight=2", "heads.ner.loss_weight=0.5", "heads.ner.gate.lower_bound=0.3"]
+    )
     assert (config.heads["pos"].loss_weight, config.heads["ner"].loss_weight) == (2.0, 0.5)
     assert config.heads["ner"].gate == HeadGate(lower_bound=0.3, tolerance=quick.heads["ner"].gate.tolerance)
     assert config.heads["pos"] == dataclasses.replace(quick.heads["pos"], loss_weight=2.0)
@@ -75,27 +93,38 @@ def test_every_head_has_its_section_with_its_declared_defaults():
 def test_the_ranking_loss_needs_a_head_with_a_none_class():
     assert get_config("quick").heads["relation"].loss == "cross_entropy"  # off by default
     assert effective_config("quick", assignments=["heads.relation.loss=ranking"]).heads["relation"].loss == "ranking"
-    with pytest.raises(SettingsError, match=r"heads.sentiment: loss 'ranking' \(the pairwise ranking loss\) needs a none "
-                                            r"class, and head 'sentiment' declares no none_label"):
+    with pytest.raises(
+        SettingsError,
+        match=r"heads.sentiment: loss 'ranking' \(the pairwise ranking loss\) needs a none "
+        r"class, and head 'sentiment' declares no none_label",
+    ):
         effective_config("quick", assignments=["heads.sentiment.loss=ranking"])
-    with pytest.raises(SettingsError, match=r"label_smoothing \(0.1\) smooths the cross-entropy; the ranking loss has none"):
+    with pytest.raises(
+        SettingsError, match=r"label_smoothing \(0.1\) smooths the cross-entropy; the ranking loss has none"
+    ):
         effective_config("quick", assignments=["heads.relation.loss=ranking", "heads.relation.label_smoothing=0.1"])
 
 
-@pytest.mark.parametrize("assignment, new", [
-    ("gates.ner.lower_bound=0.3", "heads.ner.gate.lower_bound=0.3"),
-    ("gates.chunk={lower_bound: 0.5, tolerance: 0.05}", "heads.chunk.gate={lower_bound: 0.5, tolerance: 0.05}"),
-    ("training.loss_weights.pos=2", "heads.pos.loss_weight=2"),
-    ("training.loss_weights={pos: 2, ner: 1}", "heads.pos.loss_weight=2, heads.ner.loss_weight=1"),
-    ("training.ranking_loss_heads=relation", "heads.relation.loss=ranking"),
-    ("training.ranking_loss_heads=[relation]", "heads.relation.loss=ranking"),
-    ("model.head_layers={pos: 1}", "heads.pos.encoder_layer=1"),
-    ("model.head_dropout=0.3", "heads.<head>.dropout=0.3 for each head"),
-    ("training.sequence_label_smoothing=0.1", "heads.<head>.label_smoothing=0.1 for each head"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "assignment, new",
+    [
+        ("gates.ner.lower_bound=0.3", "heads.ner.gate.lower_bound=0.3"),
+        ("gates.chunk={lower_bound: 0.5, tolerance: 0.05}", "heads.chunk.gate={lower_bound: 0.5, tolerance: 0.05}"),
+        ("training.loss_weights.pos=2", "heads.pos.loss_weight=2"),
+        ("training.loss_weights={pos: 2, ner: 1}", "heads.pos.loss_weight=2, heads.ner.loss_weight=1"),
+        ("training.ranking_loss_heads=relation", "heads.relation.loss=ranking"),
+        ("training.ranking_loss_heads=[relation]", "heads.relation.loss=ranking"),
+        ("model.head_layers={pos: 1}", "heads.pos.encoder_layer=1"),
+        ("model.head_dropout=0.3", "heads.<head>.dropout=0.3 for each head"),
+        ("training.sequence_label_smoothing=0.1", "heads.<head>.label_smoothing=0.1 for each head"),
+    ],
+)
 def test_a_moved_key_names_its_new_place(assignment, new):
-    old = assignment.partition("=")[0].rsplit(".", 1)[0] if assignment.startswith(("gates.", "training.loss_weights.")) \
+    old = (
+        assignment.partition("=")[0].rsplit(".", 1)[0]
+        if assignment.startswith(("gates.", "training.loss_weights."))
         else assignment.partition("=")[0]
+    )
     old = "gates" if old.startswith("gates") else old
     with pytest.raises(SettingsError) as raised:
         effective_config("quick", assignments=[assignment])
@@ -105,7 +134,9 @@ def test_a_moved_key_names_its_new_place(assignment, new):
 
 def test_a_moved_key_in_a_settings_file_names_its_new_place(tmp_path):
     (tmp_path / "old.yaml").write_text("training:\n  loss_weights: {pos: 2}\n")
-    with pytest.raises(SettingsError, match=r"old.yaml: 'training.loss_weights' has moved .*use heads.pos.loss_weight=2"):
+    with pytest.raises(
+        SettingsError, match=r"old.yaml: 'training.loss_weights' has moved .*use heads.pos.loss_weight=2"
+    ):
         effective_config("quick", files=[str(tmp_path / "old.yaml")])
     (tmp_path / "new.yaml").write_text("heads:\n  pos: {loss_weight: 2, encoder_layer: 1}\n")
     config = effective_config("quick", files=[str(tmp_path / "new.yaml")])
@@ -116,14 +147,19 @@ def test_a_moved_key_in_a_settings_file_names_its_new_place(tmp_path):
 def test_later_settings_win_and_set_comes_after_files(tmp_path):
     settings = tmp_path / "s.yaml"
     settings.write_text("training:\n  learning_rate: 1.0e-4\n  train_steps: 77\nmodel:\n  num_layers: 3\n")
-    config = effective_config("quick", files=[str(settings)],
-                              assignments=["training.train_steps=5", "training.train_steps=6"])
+    config = effective_config(
+        "quick", files=[str(settings)], assignments=["training.train_steps=5", "training.train_steps=6"]
+    )
     assert (config.training.learning_rate, config.training.train_steps, config.model.num_layers) == (1e-4, 6, 3)
 
 
 def test_yaml_and_json_files_give_the_same_config(tmp_path):
-    settings = {"training": {"learning_rate": 0.0005, "task_sampling": "uniform"}, "model": {"num_layers": 4},
-                "heads": {"pos": {"gate": {"lower_bound": 0.5}}}, "tasks": ["tagging", "relation"]}
+    settings = {
+        "training": {"learning_rate": 0.0005, "task_sampling": "uniform"},
+        "model": {"num_layers": 4},
+        "heads": {"pos": {"gate": {"lower_bound": 0.5}}},
+        "tasks": ["tagging", "relation"],
+    }
     (tmp_path / "s.json").write_text(json.dumps(settings))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
     from_json = effective_config("quick", files=[str(tmp_path / "s.json")])
@@ -156,27 +192,42 @@ def test_config_changes_lists_what_differs_from_the_profile():
 
 
 # ----- errors -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("assignment, message", [
-    ("training.learnin_rate=1", r"unknown setting 'training.learnin_rate' \(did you mean learning_rate\?\); "
-                                r"valid keys of training: batch_size, train_steps, .*learning_rate"),
-    ("modle.num_layers=2", r"unknown setting 'modle' \(did you mean model\?\); valid keys of the top level: .*model"),
-    ("training.learning_rate=fast", r"training.learning_rate: expected float, got 'fast' \(str\)"),
-    ("model.num_layers=2.5", r"model.num_layers: expected int, got '2.5'"),
-    ("training.warm_start=maybe", r"training.warm_start: expected bool, got 'maybe'"),
-    ("max_records_per_split=lots", r"max_records_per_split: expected int or None, got 'lots'"),
-    ("heads.pos.loss_weight=heavy", r"heads.pos.loss_weight: expected float, got 'heavy'"),
-    ("heads.nerr.loss_weight=2", r"heads names head 'nerr', which no task has \(did you mean ner\?\); heads: pos, ner"),
-    ("heads.ner.gate.lower=0.3", r"unknown setting 'heads.ner.gate.lower' \(did you mean lower_bound\?\)"),
-    ("heads.ner.loss=rank", r"heads.ner.loss: expected one of 'cross_entropy', 'ranking', got 'rank'"),
-    ("heads.ner.encoder_layer=0", r"heads.ner: encoder_layer: 0 is no layer"),
-    ("heads.translation.encoder_layer=1", r"heads.translation: head 'translation' \(sequence\) reads the encoder's last"),
-    ("heads.pos.learning_rate_multiplier=0.1", r"learning_rate_multiplier: 0.1 is not applied yet"),
-    ("model=4", r"model: expected ModelConfig \(a mapping with keys embedding_dim, num_layers"),
-    ("profile=full", r"'profile' cannot be set \(choose the profile with --profile\)"),
-    ("training.learning_rate", r"--set expects SECTION.KEY=VALUE"),
-    ("=4", r"--set expects SECTION.KEY=VALUE"),
-    ("training..x=4", r"--set expects SECTION.KEY=VALUE"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        (
+            "training.learnin_rate=1",
+            r"unknown setting 'training.learnin_rate' \(did you mean learning_rate\?\); "
+            r"valid keys of training: batch_size, train_steps, .*learning_rate",
+        ),
+        (
+            "modle.num_layers=2",
+            r"unknown setting 'modle' \(did you mean model\?\); valid keys of the top level: .*model",
+        ),
+        ("training.learning_rate=fast", r"training.learning_rate: expected float, got 'fast' \(str\)"),
+        ("model.num_layers=2.5", r"model.num_layers: expected int, got '2.5'"),
+        ("training.warm_start=maybe", r"training.warm_start: expected bool, got 'maybe'"),
+        ("max_records_per_split=lots", r"max_records_per_split: expected int or None, got 'lots'"),
+        ("heads.pos.loss_weight=heavy", r"heads.pos.loss_weight: expected float, got 'heavy'"),
+        (
+            "heads.nerr.loss_weight=2",
+            r"heads names head 'nerr', which no task has \(did you mean ner\?\); heads: pos, ner",
+        ),
+        ("heads.ner.gate.lower=0.3", r"unknown setting 'heads.ner.gate.lower' \(did you mean lower_bound\?\)"),
+        ("heads.ner.loss=rank", r"heads.ner.loss: expected one of 'cross_entropy', 'ranking', got 'rank'"),
+        ("heads.ner.encoder_layer=0", r"heads.ner: encoder_layer: 0 is no layer"),
+        (
+            "heads.translation.encoder_layer=1",
+            r"heads.translation: head 'translation' \(sequence\) reads the encoder's last",
+        ),
+        ("heads.pos.learning_rate_multiplier=0.1", r"learning_rate_multiplier: 0.1 is not applied yet"),
+        ("model=4", r"model: expected ModelConfig \(a mapping with keys embedding_dim, num_layers"),
+        ("profile=full", r"'profile' cannot be set \(choose the profile with --profile\)"),
+        ("training.learning_rate", r"--set expects SECTION.KEY=VALUE"),
+        ("=4", r"--set expects SECTION.KEY=VALUE"),
+        ("training..x=4", r"--set expects SECTION.KEY=VALUE"),
+    ],
+)
 def test_bad_assignments_name_the_key_and_the_problem(assignment, message):
     with pytest.raises(SettingsError, match=message):
         effective_config("quick", assignments=[assignment])
@@ -190,13 +241,16 @@ def test_the_message_names_its_source(tmp_path):
         effective_config("quick", files=[str(tmp_path / "s.yaml")])
 
 
-@pytest.mark.parametrize("content, message", [
-    ("model: [1, 2\n", "is not valid YAML"),
-    ("- a\n- b\n", "must hold a mapping of sections"),
-    ("training:\n  warm_start: 1\n", r"training.warm_start: expected bool, got 1 \(int\)"),
-    ("model_name: 5\n", r"model_name: expected str, got 5 \(int\)"),
-    ("training:\n  batch_size: true\n", r"training.batch_size: expected int, got True"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("model: [1, 2\n", "is not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping of sections"),
+        ("training:\n  warm_start: 1\n", r"training.warm_start: expected bool, got 1 \(int\)"),
+        ("model_name: 5\n", r"model_name: expected str, got 5 \(int\)"),
+        ("training:\n  batch_size: true\n", r"training.batch_size: expected int, got True"),
+    ],
+)
 def test_bad_files(tmp_path, content, message):
     (tmp_path / "s.yaml").write_text(content)
     with pytest.raises(SettingsError, match=message):
@@ -230,13 +284,15 @@ class _Outer:
     inner: _Inner = _Inner()
     sizes: tuple[int, int] = (1, 2)
     names: list[str] = dataclasses.field(default_factory=list)
-    limit: Optional[int] = None
+    limit: int | None = None
     scale: int | float = 1
 
 
 def test_generic_over_any_dataclass():
-    outer = apply_mapping(_Outer(), {"inner": {"ratio": "0.25", "mode": "b"}, "sizes": "3,4", "names": "p,q",
-                                     "limit": "7", "scale": "2.5"})  # fmt: skip
+    outer = apply_mapping(
+        _Outer(),
+        {"inner": {"ratio": "0.25", "mode": "b"}, "sizes": "3,4", "names": "p,q", "limit": "7", "scale": "2.5"},
+    )
     assert outer == _Outer(inner=_Inner(ratio=0.25, mode="b"), sizes=(3, 4), names=["p", "q"], limit=7, scale=2.5)
     assert apply_mapping(_Outer(), {"scale": "3"}).scale == 3
     with pytest.raises(SettingsError, match=r"inner.mode: expected one of 'a', 'b', got 'c'"):
@@ -249,8 +305,9 @@ def test_generic_over_any_dataclass():
 
 # ----- the commands -------------------------------------------------------------------------------------------------
 def _mtnlp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mtnlp.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mtnlp.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_run_refuses_a_bad_setting_before_running(tmp_path):
@@ -264,16 +321,35 @@ def test_kubeflow_compile_applies_settings(tmp_path):
     settings = tmp_path / "s.yaml"
     settings.write_text("model:\n  num_layers: 5\n")
     output = tmp_path / "pipeline.json"
-    result = _mtnlp("kubeflow", "compile", "--pipeline-root", "gs://bucket/mtnlp", "--output", str(output),
-                    "--config", str(settings), "--set", "training.learning_rate=7e-4", "--verbose")
+    result = _mtnlp(
+        "kubeflow",
+        "compile",
+        "--pipeline-root",
+        "gs://bucket/mtnlp",
+        "--output",
+        str(output),
+        "--config",
+        str(settings),
+        "--set",
+        "training.learning_rate=7e-4",
+        "--verbose",
+    )
     assert result.returncode == 0, result.stderr
     assert "learning_rate: 0.0007" in result.stdout and "num_layers: 5" in result.stdout
     # The Trainer's custom_config in the spec is the effective config: what the pods (and ML Metadata) get.
     trainer = json.loads(output.read_text())["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]
     recorded = json.loads(trainer["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
     assert recorded["training"]["learning_rate"] == 7e-4 and recorded["model"]["num_layers"] == 5
-    bad = _mtnlp("kubeflow", "compile", "--pipeline-root", "gs://bucket/mtnlp", "--output", str(output),
-                 "--set", "model.num_layers=many")
+    bad = _mtnlp(
+        "kubeflow",
+        "compile",
+        "--pipeline-root",
+        "gs://bucket/mtnlp",
+        "--output",
+        str(output),
+        "--set",
+        "model.num_layers=many",
+    )
     assert bad.returncode == 2 and "model.num_layers: expected int, got 'many'" in bad.stderr
 
 
@@ -310,18 +386,34 @@ def test_run_prints_and_records_the_effective_settings(tmp_path, monkeypatch, ca
     settings = tmp_path / "s.yaml"
     settings.write_text("model:\n  num_layers: 3\n")
     workdir = tmp_path / "w"
-    rc = mtnlp_cli.main(["run", "--workdir", str(workdir), "--verbose", "--config", str(settings),
-                         "--set", "training.learning_rate=5e-4", "--train-steps", "7"])
+    rc = mtnlp_cli.main(
+        [
+            "run",
+            "--workdir",
+            str(workdir),
+            "--verbose",
+            "--config",
+            str(settings),
+            "--set",
+            "training.learning_rate=5e-4",
+            "--train-steps",
+            "7",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 1 and "stopped by the test (learning rate 0.0005)" in out
     assert "Effective settings (profile quick; pass them back with --config FILE):" in out
     assert "    learning_rate: 0.0005" in out and "    train_steps: 7" in out and "    num_layers: 3" in out
-    assert "settings changed from the quick profile: model.num_layers=3, training.learning_rate=0.0005, " \
-           "training.train_steps=7" in out
+    assert (
+        "settings changed from the quick profile: model.num_layers=3, training.learning_rate=0.0005, "
+        "training.train_steps=7" in out
+    )
     summary = json.loads((workdir / "run_summary.json").read_text())
     assert summary["config"]["training"] == {**summary["config"]["training"], "learning_rate": 5e-4, "train_steps": 7}
-    assert summary["config_changes"]["model.num_layers"] == {"profile": get_config("quick").model.num_layers,
-                                                             "effective": 3}  # fmt: skip
+    assert summary["config_changes"]["model.num_layers"] == {
+        "profile": get_config("quick").model.num_layers,
+        "effective": 3,
+    }
     assert summary["config_sources"] == {"files": [str(settings)], "set": ["training.learning_rate=5e-4"]}
 
 
@@ -333,7 +425,9 @@ def test_the_pipeline_run_records_its_settings_in_the_summary_and_ml_metadata(pi
     summary = pipeline_run.summary
     assert summary["config"]["training"]["train_steps"] == FIXTURE_STEPS
     assert summary["config_changes"]["training.train_steps"] == {
-        "profile": get_config("quick").training.train_steps, "effective": FIXTURE_STEPS}
+        "profile": get_config("quick").training.train_steps,
+        "effective": FIXTURE_STEPS,
+    }
     assert "settings changed from the quick profile:" in pipeline_run.stdout
     metadata = str(pipeline_run.workdir / "metadata.sqlite")
     assert recorded_config(metadata, summary["run_id"]) == summary["config"]

@@ -45,11 +45,12 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
     data = tmp_path_factory.mktemp("sixth") / "data"
     for split in ("train", "validation"):
         tagging, translation = _records("tagging", split), _records("translation", split)
-        for task, lines in (("tagging", tagging),
-                            ("chunking", [{"tokens": r["tokens"], "chunk": chunk_tags(r["pos"])} for r in tagging]),
-                            ("translation", translation),
-                            ("reversal", [{"text": r["source"], "reversed": reversed_words(r["source"])}
-                                          for r in translation])):  # fmt: skip
+        for task, lines in (
+            ("tagging", tagging),
+            ("chunking", [{"tokens": r["tokens"], "chunk": chunk_tags(r["pos"])} for r in tagging]),
+            ("translation", translation),
+            ("reversal", [{"text": r["source"], "reversed": reversed_words(r["source"])} for r in translation]),
+        ):
             (data / task).mkdir(parents=True, exist_ok=True)
             with open(data / task / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in lines)
@@ -59,9 +60,25 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sixth-run") / "workdir"
-    result = run_cli("run", "--profile", "quick", "--workdir", str(workdir), "--data", str(data_dir),
-                     "--max-records", str(RECORDS), "--train-steps", "80", "--tasks", "tagging", "chunking", "translation", "reversal",
-                     env=ENV)  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--workdir",
+        str(workdir),
+        "--data",
+        str(data_dir),
+        "--max-records",
+        str(RECORDS),
+        "--train-steps",
+        "80",
+        "--tasks",
+        "tagging",
+        "chunking",
+        "translation",
+        "reversal",
+        env=ENV,
+    )
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return workdir, json.loads((workdir / "run_summary.json").read_text())
 
@@ -83,11 +100,18 @@ def test_the_pipeline_ingests_trains_and_evaluates_the_new_task(run):
 
 def test_two_sequence_heads_get_signatures_and_outputs_of_their_own(run, tmp_path):
     workdir, summary = run
-    code = ("import json, sys, tensorflow as tf; from mtnlp.model.serving_ops import load_text_ops; load_text_ops(); "
-            "m = tf.saved_model.load(sys.argv[1]); "
-            "print(json.dumps({k: sorted(f.structured_outputs) for k, f in m.signatures.items()}))")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code, summary["pushed_to"]], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, **ENV})  # fmt: skip
+    code = (
+        "import json, sys, tensorflow as tf; from mtnlp.model.serving_ops import load_text_ops; load_text_ops(); "
+        "m = tf.saved_model.load(sys.argv[1]); "
+        "print(json.dumps({k: sorted(f.structured_outputs) for k, f in m.signatures.items()}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, summary["pushed_to"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **ENV},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = json.loads(result.stdout.strip().splitlines()[-1])
     assert outputs["translate"] == ["translation"] and outputs["reversal"] == ["reversal"]
@@ -96,26 +120,43 @@ def test_two_sequence_heads_get_signatures_and_outputs_of_their_own(run, tmp_pat
 def test_mtnlp_evaluate_scores_the_new_head_through_analyze_tokens(run, data_dir, tmp_path):
     workdir, summary = run
     output = tmp_path / "evaluation.json"
-    result = run_cli("evaluate", summary["pushed_to"], "--data", str(data_dir), "--split", "validation",
-                     "--json", str(output), env=ENV)  # fmt: skip
+    result = run_cli(
+        "evaluate",
+        summary["pushed_to"],
+        "--data",
+        str(data_dir),
+        "--split",
+        "validation",
+        "--json",
+        str(output),
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     heads = json.loads(output.read_text())["heads"]
     assert heads["chunk"]["signature"] == "analyze_tokens" and heads["chunk"]["examples"] == RECORDS
     assert heads["reversal"]["signature"] == "reversal" and heads["reversal"]["examples"] == RECORDS
     assert heads["translation"]["signature"] == "translate"
     # the same model and data as the Evaluator: the same figure (the summary keeps 4 digits)
-    assert heads["chunk"]["metrics"]["token_accuracy"] == pytest.approx(summary["metrics"]["chunk"]["token_accuracy"],
-                                                                        abs=1e-4)
+    assert heads["chunk"]["metrics"]["token_accuracy"] == pytest.approx(
+        summary["metrics"]["chunk"]["token_accuracy"], abs=1e-4
+    )
 
 
 def test_mtnlp_predict_shows_the_new_head(run, tmp_path):
     workdir, _ = run
-    server = ServerProcess([f"--model_name=mtnlp", f"--model_base_path={workdir / 'serving_model' / 'mtnlp'}"],
-                           tmp_path, rest=False)
+    server = ServerProcess(
+        ["--model_name=mtnlp", f"--model_base_path={workdir / 'serving_model' / 'mtnlp'}"], tmp_path, rest=False
+    )
     try:
         server.wait_ready(timeout=180)
-        result = run_cli("predict", "The old man saw a big dog.", "--server", server.grpc, "--json",
-                         env={**ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})  # fmt: skip
+        result = run_cli(
+            "predict",
+            "The old man saw a big dog.",
+            "--server",
+            server.grpc,
+            "--json",
+            env={**ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         answer = json.loads(result.stdout)
         assert [a["token"] for a in answer["chunk"]] == answer["tokens"]
@@ -125,6 +166,8 @@ def test_mtnlp_predict_shows_the_new_head(run, tmp_path):
         # the second sequence head, asked by its name, through its own signature
         reversal = run_cli("predict", "Go away.", "--server", server.grpc, "--task", "reversal", "--json", env=ENV)
         assert reversal.returncode == 0, reversal.stderr[-3000:]
-        assert set(json.loads(reversal.stdout)) >= {"reversal"} and isinstance(json.loads(reversal.stdout)["reversal"], str)
+        assert set(json.loads(reversal.stdout)) >= {"reversal"} and isinstance(
+            json.loads(reversal.stdout)["reversal"], str
+        )
     finally:
         server.stop()

@@ -11,8 +11,14 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from mtnlp.model import subwords, text
 
-SPANISH = ["¿Dónde está la estación?", "La estación está cerca.", "Hablamos español.", "Hablábamos mucho.",
-           "Tomás habla con María.", "¡Salta!"] * 3  # fmt: skip
+SPANISH = [
+    "¿Dónde está la estación?",
+    "La estación está cerca.",
+    "Hablamos español.",
+    "Hablábamos mucho.",
+    "Tomás habla con María.",
+    "¡Salta!",
+] * 3
 
 
 def _preprocessing_fn(inputs):
@@ -26,13 +32,16 @@ def test_every_training_word_is_spelled_by_the_learned_pieces_and_joins_back():
         schema_utils.schema_from_feature_spec({"target": tf.io.FixedLenFeature([], tf.string)})
     )
     with tempfile.TemporaryDirectory() as temp_dir, tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
-        (transformed, _), transform_fn = ([{"target": s} for s in SPANISH], metadata) | tft_beam.AnalyzeAndTransformDataset(
-            _preprocessing_fn
-        )  # fmt: skip
+        (transformed, _), transform_fn = (
+            [{"target": s} for s in SPANISH],
+            metadata,
+        ) | tft_beam.AnalyzeAndTransformDataset(_preprocessing_fn)
         _ = transform_fn | tft_beam.WriteTransformFn(temp_dir + "/out")
         output = tft.TFTransformOutput(temp_dir + "/out")
         pieces = [p.decode() if isinstance(p, bytes) else p for p in output.vocabulary_by_name("target_pieces")]
-    assert pieces[0] == subwords.UNKNOWN and 40 <= len(pieces) <= 90  # about the size asked for, all characters forced in
+    assert (
+        pieces[0] == subwords.UNKNOWN and 40 <= len(pieces) <= 90
+    )  # about the size asked for, all characters forced in
     # every character of the training targets is a piece, first and continuing
     assert {"á", "##á", "ñ", "##ñ"} <= set(pieces)
     for sentence, row in zip(SPANISH, transformed):

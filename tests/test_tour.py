@@ -32,7 +32,7 @@ def tour_blocks() -> list[tuple[str, str]]:
     """(language, code) of each fenced block of the tour."""
     text = README.read_text(encoding="utf-8")
     start = text.index(TOUR_START)
-    tour = text[start:text.index(TOUR_END, start)]
+    tour = text[start : text.index(TOUR_END, start)]
     return re.findall(r"^```(\w*)\n(.*?)^```", tour, flags=re.S | re.M)
 
 
@@ -51,16 +51,21 @@ def python_snippet() -> str:
 
 
 def tour_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
-            **extra}  # fmt: skip
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
 
 
 # ----- fast: the tour is what these tests run --------------------------------------------------------------------
 def test_every_tour_command_is_one_these_tests_run():
     """A new command in the tour fails here until a test runs it."""
-    setup, queries = ["git clone", "make run", "source .venv/bin/activate", "mtnlp serve"], ["mtnlp predict",
-                                                                                             "printf", "curl",
-                                                                                             "tensorboard"]
+    setup, queries = (
+        ["git clone", "make run", "source .venv/bin/activate", "mtnlp serve"],
+        ["mtnlp predict", "printf", "curl", "tensorboard"],
+    )
     commands = shell_commands()
     assert commands[:4] == [c for c in commands[:4] if any(c.startswith(s) for s in setup)] and len(commands) >= 8
     for command in commands[4:]:
@@ -80,8 +85,13 @@ def test_activating_the_venv_puts_mtnlp_on_the_path():
     activate = VENV_BIN / "activate"
     if not activate.exists():
         pytest.skip("not running from a virtual environment")
-    result = subprocess.run(["bash", "-c", f"source {activate} && command -v mtnlp && mtnlp --help"],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        ["bash", "-c", f"source {activate} && command -v mtnlp && mtnlp --help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(VENV_BIN / "mtnlp") and "predict" in result.stdout
 
@@ -102,11 +112,21 @@ def served(tour_dir, tmp_path_factory):
     grpc_port, rest_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("tour-logs") / "mtnlp-serve.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(["bash", "-c", f"exec {serve} --port {grpc_port} --rest-port {rest_port}"],
-                            cwd=tour_dir, stdout=log, stderr=subprocess.STDOUT, env=tour_env())
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {serve} --port {grpc_port} --rest-port {rest_port}"],
+        cwd=tour_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=tour_env(),
+    )
     server = ServerProcess.__new__(ServerProcess)  # its readiness checks, on this process
-    server.proc, server.grpc_port, server.rest_port, server._log, server.log_path = proc, grpc_port, rest_port, log, \
-        log_path
+    server.proc, server.grpc_port, server.rest_port, server._log, server.log_path = (
+        proc,
+        grpc_port,
+        rest_port,
+        log,
+        log_path,
+    )
     server.wait_ready(timeout=180)
     yield server
     server.stop()
@@ -114,8 +134,14 @@ def served(tour_dir, tmp_path_factory):
 
 def run_tour_command(command: str, tour_dir: Path, served: ServerProcess) -> subprocess.CompletedProcess:
     command = command.replace("localhost:8500", served.grpc).replace("localhost:8501", served.rest)
-    return subprocess.run(["bash", "-c", command], cwd=tour_dir, capture_output=True, text=True, timeout=120,
-                          env=tour_env(MTNLP_SERVING_GRPC=served.grpc, MTNLP_SERVING_REST=served.rest))
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=tour_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=tour_env(MTNLP_SERVING_GRPC=served.grpc, MTNLP_SERVING_REST=served.rest),
+    )
 
 
 @pytest.mark.slow
@@ -137,8 +163,9 @@ def test_tour_queries_over_grpc_and_rest(tour_dir, served):
         elif command.startswith("printf"):  # stdin, JSON Lines, translation
             docs = [json.loads(line) for line in result.stdout.splitlines()]
             assert [d["text"] for d in docs] == ["I loved this film.", "Where is the station?"]
-            assert all(d["sentiment"]["label"] in ("negative", "positive") and isinstance(d["translation"], str)
-                       for d in docs)  # fmt: skip
+            assert all(
+                d["sentiment"]["label"] in ("negative", "positive") and isinstance(d["translation"], str) for d in docs
+            )
         else:  # curl: TF Serving's REST API, row format
             [prediction] = json.loads(result.stdout)["predictions"]
             assert prediction["sentiment_label"] in ("negative", "positive") and "ner_tags" in prediction
@@ -148,8 +175,13 @@ def test_tour_queries_over_grpc_and_rest(tour_dir, served):
 def test_tour_tensorboard_shows_the_training_runs(tour_dir):
     [tensorboard] = [c for c in shell_commands() if c.startswith("tensorboard")]
     port = free_port()
-    proc = subprocess.Popen(["bash", "-c", f"exec {tensorboard} --port {port} --host 127.0.0.1"], cwd=tour_dir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tour_env())
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {tensorboard} --port {port} --host 127.0.0.1"],
+        cwd=tour_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=tour_env(),
+    )
     try:
         deadline, runs = time.monotonic() + 180, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -171,8 +203,14 @@ def test_tour_tensorboard_shows_the_training_runs(tour_dir):
 @pytest.mark.slow
 def test_tour_python_snippet_opens_statistics_evaluation_lineage_and_settings(tour_dir):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", python_snippet()], cwd=tour_dir, capture_output=True, text=True,
-                            timeout=600, env=tour_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    result = subprocess.run(
+        [sys.executable, "-c", python_snippet()],
+        cwd=tour_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=tour_env(TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     print(f"snippet: {time.monotonic() - started:.1f} s\n{result.stdout}")
     lines = result.stdout.splitlines()
@@ -181,9 +219,15 @@ def test_tour_python_snippet_opens_statistics_evaluation_lineage_and_settings(to
     metrics = {line.split()[0]: line for line in lines if "{'" in line}
     assert set(metrics) == {"pos", "ner", "sentiment", "relation", "translation"}
     assert "'entity_f1'" in metrics["ner"] and "'bleu'" in metrics["translation"]
-    lineage = {line.split()[0] for line in lines if line.split() and line.split()[0] in
-               ("Examples", "TransformGraph", "Schema", "Model")}  # fmt: skip
+    lineage = {
+        line.split()[0]
+        for line in lines
+        if line.split() and line.split()[0] in ("Examples", "TransformGraph", "Schema", "Model")
+    }
     assert {"Examples", "TransformGraph", "Schema"} <= lineage
     settings = json.loads(lines[-1])
-    assert settings["profile"] == "quick" and settings["model"]["num_layers"] > 0 and "learning_rate" in \
-        settings["training"]
+    assert (
+        settings["profile"] == "quick"
+        and settings["model"]["num_layers"] > 0
+        and "learning_rate" in settings["training"]
+    )

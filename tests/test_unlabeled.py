@@ -29,14 +29,32 @@ def run_with_raw_text(tmp_path_factory):
     for split in ("train", "validation"):
         (data / "sentiment").mkdir(parents=True, exist_ok=True)
         (data / "sentiment" / f"{split}.jsonl").write_text(
-            "\n".join(_first_lines(DATA / "sentiment" / f"{split}.jsonl.gz", RECORDS)) + "\n", encoding="utf-8")
+            "\n".join(_first_lines(DATA / "sentiment" / f"{split}.jsonl.gz", RECORDS)) + "\n", encoding="utf-8"
+        )
     (data / "unlabeled").mkdir()
     (data / "unlabeled" / "train.txt").write_text(
-        "".join(f"The {RAW_WORD} number {i} glimmered quietly.\n" for i in range(RECORDS)), encoding="utf-8")
+        "".join(f"The {RAW_WORD} number {i} glimmered quietly.\n" for i in range(RECORDS)), encoding="utf-8"
+    )
     workdir = root / "workdir"
-    result = run_cli("run", "--profile", "quick", "--data", str(data), "--workdir", str(workdir),
-                     "--train-steps", "20", "--tasks", "sentiment", "unlabeled", "--set", "training.masked_word_share=0.5",
-                     "--set", "heads.sentiment.gate.lower_bound=0", timeout=900)  # fmt: skip
+    result = run_cli(
+        "run",
+        "--profile",
+        "quick",
+        "--data",
+        str(data),
+        "--workdir",
+        str(workdir),
+        "--train-steps",
+        "20",
+        "--tasks",
+        "sentiment",
+        "unlabeled",
+        "--set",
+        "training.masked_word_share=0.5",
+        "--set",
+        "heads.sentiment.gate.lower_bound=0",
+        timeout=900,
+    )
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return workdir, result.stdout + result.stderr
 
@@ -58,7 +76,9 @@ def test_raw_text_feeds_only_the_masked_word_objective(run_with_raw_text):
     assert summary["blessed"]
 
     (graph,) = glob.glob(str(workdir / "pipeline_root" / "Transform" / "transform_graph" / "*"))
-    train_files = glob.glob(str(workdir / "pipeline_root" / "Transform" / "transformed_examples" / "*" / "Split-train" / "*"))
+    train_files = glob.glob(
+        str(workdir / "pipeline_root" / "Transform" / "transformed_examples" / "*" / "Split-train" / "*")
+    )
     tft_output = tft.TFTransformOutput(graph)
     words = [w.strip() for w in open(tft_output.vocabulary_file_by_name(WORDS_VOCABULARY), encoding="utf-8")]
     raw_word_id = words.index(RAW_WORD) + 1  # the raw text shapes the vocabulary
@@ -75,7 +95,9 @@ def test_raw_text_feeds_only_the_masked_word_objective(run_with_raw_text):
 
     supervised = batches(None)
     assert not any((b["token_ids"] == raw_word_id).numpy().any() for b in supervised)
-    objective = dataset.MaskedWords(share=1.0, rate=0.5, vocabulary_size=vocabulary_size(tft_output, TransformConfig().num_oov_buckets))
+    objective = dataset.MaskedWords(
+        share=1.0, rate=0.5, vocabulary_size=vocabulary_size(tft_output, TransformConfig().num_oov_buckets)
+    )
     masked = batches(objective)
     # the objective draws raw text: its word is read or is a masked word's label
     assert any(((b["token_ids"] == raw_word_id) | (b[MASKED_WORD_LABELS] == raw_word_id)).numpy().any() for b in masked)

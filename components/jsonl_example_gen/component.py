@@ -4,7 +4,8 @@ from file patterns) for per-task JSON Lines folders, plus a ``rejected`` output 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tfx.components.example_gen import driver, utils
 from tfx.dsl.components.base import base_beam_component, executor_spec

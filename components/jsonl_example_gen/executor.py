@@ -15,7 +15,8 @@ import gzip
 import json
 import logging
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from tfx import types
@@ -71,9 +72,15 @@ class _ParseLine(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_COUNTS, (path, (1, 1)))
             yield beam.pvalue.TaggedOutput(
                 REJECTED_KEY,
-                {"file": path, "line": number, "task": task_name, "field": e.field, "error": str(e),
-                 "record": line.rstrip("\n")[:_MAX_RECORD_CHARS]},
-            )  # fmt: skip
+                {
+                    "file": path,
+                    "line": number,
+                    "task": task_name,
+                    "field": e.field,
+                    "error": str(e),
+                    "record": line.rstrip("\n")[:_MAX_RECORD_CHARS],
+                },
+            )
             return
         yield beam.pvalue.TaggedOutput(_COUNTS, (path, (1, 0)))
         yield example
@@ -98,8 +105,12 @@ def _split_name(exec_properties: dict[str, Any], split_pattern: str) -> str:
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     """Reads ``<input_base>/<task>/<split file>`` JSON Lines into tf.Examples; keeps the malformed lines."""
 
-    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
-           exec_properties: dict[str, Any]) -> None:  # fmt: skip
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
         self._settings = json.loads(exec_properties.get("ingest_config") or "{}")
         self._rejected_uri = artifact_utils.get_single_uri(output_dict[REJECTED_KEY])
         self._spans_read: set[int] = set()
@@ -140,9 +151,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             for path in chosen:
                 file_format(path)  # an unknown file type stops the run before any reading, naming the file
             if not chosen:
-                raise FileNotFoundError(
-                    f"no input files match {split_pattern!r} under {input_base} for tasks {tasks}"
-                )
+                raise FileNotFoundError(f"no input files match {split_pattern!r} under {input_base} for tasks {tasks}")
             split_dir = os.path.join(rejected_uri, f"Split-{split}")
             parsed = (
                 pipeline
@@ -154,18 +163,18 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             _ = (
                 parsed[REJECTED_KEY]
                 | "RejectedToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
-                | "WriteRejected" >> beam.io.WriteToText(
-                    os.path.join(split_dir, REJECTED_FILE), shard_name_template="", num_shards=1)
-            )  # fmt: skip
+                | "WriteRejected"
+                >> beam.io.WriteToText(os.path.join(split_dir, REJECTED_FILE), shard_name_template="", num_shards=1)
+            )
             _ = (
                 parsed[_COUNTS]
                 | "CountPerFile" >> beam.CombinePerKey(_sum_pairs)
                 | "AllFiles" >> beam.combiners.ToDict()
-                | "SummaryToJson" >> beam.Map(
-                    lambda d: json.dumps({f: {"records": t, "rejected": r} for f, (t, r) in sorted(d.items())}))
-                | "WriteSummary" >> beam.io.WriteToText(
-                    os.path.join(split_dir, SUMMARY_FILE), shard_name_template="", num_shards=1)
-            )  # fmt: skip
+                | "SummaryToJson"
+                >> beam.Map(lambda d: json.dumps({f: {"records": t, "rejected": r} for f, (t, r) in sorted(d.items())}))
+                | "WriteSummary"
+                >> beam.io.WriteToText(os.path.join(split_dir, SUMMARY_FILE), shard_name_template="", num_shards=1)
+            )
             return parsed["examples"]
 
         return _jsonl_to_examples
@@ -209,6 +218,7 @@ def report_rejected(rejected_uri: str, max_fraction: float) -> None:
                 )
     if problems:
         raise TooManyRejectedRecords(
-            f"Too many malformed records (more than {max_fraction:.1%} of a file):\n" + "\n".join(problems)
+            f"Too many malformed records (more than {max_fraction:.1%} of a file):\n"
+            + "\n".join(problems)
             + f"\nAll rejected records, with file and line: {rejected_uri}/Split-*/{REJECTED_FILE}"
-        )  # fmt: skip
+        )

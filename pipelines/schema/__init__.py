@@ -69,8 +69,9 @@ def schema_file_for(directory: str) -> str:
     path = os.path.join(directory, "schema.pbtxt")
     os.makedirs(directory, exist_ok=True)
     write_schema(path)
-    logging.getLogger(__name__).warning("The task registry differs from %s: using a schema generated from it, %s",
-                                        SCHEMA_PATH, path)  # fmt: skip
+    logging.getLogger(__name__).warning(
+        "The task registry differs from %s: using a schema generated from it, %s", SCHEMA_PATH, path
+    )
     return path
 
 

@@ -13,8 +13,8 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
 
 import numpy as np
 
@@ -33,8 +33,9 @@ class BatchOptions:
     max_execution_batch_size: int = 0
 
     @classmethod
-    def from_proto(cls, p) -> "BatchOptions":
+    def from_proto(cls, p) -> BatchOptions:
         """Defaults as TF Serving's when a field is absent; invalid combinations are INVALID_ARGUMENT."""
+
         def wrapped(name: str, default):
             return getattr(p, name).value if p.HasField(name) else default
 
@@ -73,7 +74,8 @@ class BatchOptions:
             if sizes[-1] != self.execution_limit:
                 raise invalid_argument(
                     "Last entry in allowed_batch_sizes must be equal to max_batch_size (or to "
-                    "max_execution_batch_size when enable_large_batch_splitting is true)")
+                    "max_execution_batch_size when enable_large_batch_splitting is true)"
+                )
 
 
 @dataclass
@@ -114,8 +116,10 @@ class BatchScheduler:
         self._cv = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._stopped = False
-        self._threads = [threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
-                         for i in range(options.num_batch_threads)]
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
+            for i in range(options.num_batch_threads)
+        ]
         for t in self._threads:
             t.start()
 
@@ -124,8 +128,13 @@ class BatchScheduler:
             self._stopped = True
             self._cv.notify_all()
 
-    def run(self, signature_key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
-            deadline: float | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        signature_key: str,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Queue `inputs` with other requests for the same signature and outputs; block until its rows are back."""
         key = (signature_key, outputs)
         sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
@@ -135,9 +144,10 @@ class BatchScheduler:
         limit = self.options.execution_limit
         if size > self.options.max_batch_size or (size > limit and not self.options.enable_large_batch_splitting):
             raise invalid_argument(
-                f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}")
+                f"Task size {size} is larger than maximum input batch size {self.options.max_batch_size}"
+            )
         if size > limit:  # split into execution-sized pieces, run them, stitch the outputs together
-            pieces = [{k: v[i:i + limit] for k, v in inputs.items()} for i in range(0, size, limit)]
+            pieces = [{k: v[i : i + limit] for k, v in inputs.items()} for i in range(0, size, limit)]
             tasks = [self._enqueue(key, p, min(limit, size - i * limit), deadline) for i, p in enumerate(pieces)]
             results = [self._wait(t) for t in tasks]
             return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
@@ -226,9 +236,11 @@ class BatchScheduler:
                 piece = {}
                 for name, arr in out.items():
                     if arr.ndim == 0 or arr.shape[0] != padded:
-                        raise internal(f"Batched output tensor '{name}' has shape {list(arr.shape)}, "
-                                               f"which does not start with the batch size {padded}")
-                    piece[name] = arr[start:start + t.size]
+                        raise internal(
+                            f"Batched output tensor '{name}' has shape {list(arr.shape)}, "
+                            f"which does not start with the batch size {padded}"
+                        )
+                    piece[name] = arr[start : start + t.size]
                 t.result = piece
                 start += t.size
         except Exception as e:  # noqa: BLE001 - every task of the batch gets the batch's error
@@ -255,7 +267,8 @@ class BatchScheduler:
                 if not self.options.pad_variable_length_inputs:
                     raise invalid_argument(
                         f"Tensors with name '{name}' from different tasks have different shapes and padding is "
-                        f"turned off. Set pad_variable_length_inputs to true in BatchingParameters.")
+                        f"turned off. Set pad_variable_length_inputs to true in BatchingParameters."
+                    )
                 parts = _pad_to_common(parts)
             arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if padded > total:  # pad with copies of the first row, as a neutral, valid input

@@ -76,8 +76,11 @@ def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
         if not mc.base_path:
             raise invalid_argument(f"Model {mc.name} has an empty base_path")
         if mc.model_platform not in ("", "tensorflow"):
-            raise invalid_argument(f"Model {mc.name} has model_platform '{mc.model_platform}'; "
-                                   f"only 'tensorflow' is supported")
-        if mc.model_version_policy.WhichOneof("policy_choice") == "specific" and \
-                not mc.model_version_policy.specific.versions:
+            raise invalid_argument(
+                f"Model {mc.name} has model_platform '{mc.model_platform}'; only 'tensorflow' is supported"
+            )
+        if (
+            mc.model_version_policy.WhichOneof("policy_choice") == "specific"
+            and not mc.model_version_policy.specific.versions
+        ):
             raise invalid_argument(f"Model {mc.name}: the 'specific' version policy lists no versions")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
-from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from . import inference
 from .errors import ServingError, from_exception
@@ -21,8 +22,14 @@ class _Base:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
-    def _serve(self, api: str, request: Any, context: grpc.ServicerContext,
-               fn: Callable[[inference.Servable, Any, float | None], Any], spec: Any = None) -> Any:
+    def _serve(
+        self,
+        api: str,
+        request: Any,
+        context: grpc.ServicerContext,
+        fn: Callable[[inference.Servable, Any, float | None], Any],
+        spec: Any = None,
+    ) -> Any:
         spec = request.model_spec if spec is None else spec
         # As TF Serving: the client's deadline becomes the Session::Run timeout, so abandoned work stops.
         remaining = context.time_remaining()
@@ -50,8 +57,9 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
     def MultiInference(self, request, context):  # noqa: N802
         if not request.tasks:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MultiInferenceRequest must have at least one task.")
-        return self._serve("MultiInference", request, context, inference.multi_inference,
-                           spec=request.tasks[0].model_spec)
+        return self._serve(
+            "MultiInference", request, context, inference.multi_inference, spec=request.tasks[0].model_spec
+        )
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return self._serve("GetModelMetadata", request, context, inference.metadata)
@@ -63,8 +71,9 @@ MAX_CONCURRENT_RELOADS = 2
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager, on_reload: Callable[[Any], None] | None = None,
-                 reload_enabled: bool = True) -> None:
+    def __init__(
+        self, manager: Manager, on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True
+    ) -> None:
         self.manager = manager
         self.on_reload = on_reload
         self.reload_enabled = reload_enabled
@@ -81,16 +90,21 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         response = model_management_pb2.ReloadConfigResponse()
         if not self.reload_enabled:
             log.warning("Refused a ReloadConfig request from %s: --disable_reload_config_rpc", context.peer())
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          "HandleReloadConfigRequest is disabled on this server (--disable_reload_config_rpc)")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest is disabled on this server (--disable_reload_config_rpc)",
+            )
         if not self._reload_slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{MAX_CONCURRENT_RELOADS} HandleReloadConfigRequest calls are already in progress; retry "
-                          f"later")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_CONCURRENT_RELOADS} HandleReloadConfigRequest calls are already in progress; retry later",
+            )
         try:
             # The client's deadline bounds the wait for the new config's loads (they go on after it).
             remaining = context.time_remaining()
-            self.manager.apply_config(request.config, timeout=None if remaining is None or remaining > 1e9 else remaining)
+            self.manager.apply_config(
+                request.config, timeout=None if remaining is None or remaining > 1e9 else remaining
+            )
             if self.on_reload is not None:
                 self.on_reload(request.config)
         except Exception as e:  # noqa: BLE001
@@ -105,19 +119,30 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def build_server(manager: Manager, *, max_workers: int, options: list[tuple[str, Any]],
-                 on_reload: Callable[[Any], None] | None = None, reload_enabled: bool = True,
-                 enable_profiler: bool = False) -> grpc.Server:
+def build_server(
+    manager: Manager,
+    *,
+    max_workers: int,
+    options: list[tuple[str, Any]],
+    on_reload: Callable[[Any], None] | None = None,
+    reload_enabled: bool = True,
+    enable_profiler: bool = False,
+) -> grpc.Server:
     from concurrent.futures import ThreadPoolExecutor
 
     # TF Serving accepts messages up to INT32_MAX both ways; request-size policing is the model's business.
-    base = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0)]
-    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                         options=base + options, maximum_concurrent_rpcs=None)
+    base = [
+        ("grpc.max_receive_message_length", 2**31 - 1),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=base + options,
+        maximum_concurrent_rpcs=None,
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload, reload_enabled),
-                                                              server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, on_reload, reload_enabled), server)
     if enable_profiler:  # TF Serving's --enable_profiler: TensorFlow's profiler service on the same port
         from .profiler import profiler_handler
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class HttpLimits:
     """What one client may hold of the REST server (`--rest_api_*` extension flags)."""
@@ -32,8 +33,9 @@ class HttpLimits:
 class RestServer:
     """Tornado's HTTP server on its own event-loop thread; requests run in a thread pool."""
 
-    def __init__(self, api: RestApi, addresses: list[str], port: int, *, num_threads: int,
-                 limits: HttpLimits = HttpLimits()) -> None:
+    def __init__(
+        self, api: RestApi, addresses: list[str], port: int, *, num_threads: int, limits: HttpLimits = HttpLimits()
+    ) -> None:
         self.api = api
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
@@ -82,8 +84,9 @@ def bind_sockets(addresses: list[str], port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     for address in addresses:
         try:
-            sockets.extend(tornado_bind(port, address=None if address in ("0.0.0.0", "", "::") else address,
-                                        reuse_port=False))
+            sockets.extend(
+                tornado_bind(port, address=None if address in ("0.0.0.0", "", "::") else address, reuse_port=False)
+            )
         except OSError as e:
             if ":" in address and e.errno in (99, 97) and address != addresses[0]:  # EADDRNOTAVAIL, EAFNOSUPPORT
                 log.warning("Not listening on [%s]:%d (IPv6 unavailable here: %s)", address, port, e.strerror)
@@ -162,7 +165,8 @@ def _make_tornado_server(rest: RestServer):
             body, self._chunks = b"".join(self._chunks), []
             deadline = time.monotonic() + rest.api.timeout
             future = asyncio.get_running_loop().run_in_executor(
-                rest._pool, rest.api.handle, self.request.method, self.request.path, body, deadline)  # noqa: SLF001
+                rest._pool, rest.api.handle, self.request.method, self.request.path, body, deadline
+            )  # noqa: SLF001
             try:
                 status, ctype, payload = await asyncio.wait_for(asyncio.shield(future), rest.api.timeout)
             except asyncio.TimeoutError:
@@ -191,8 +195,10 @@ def _make_tornado_server(rest: RestServer):
         def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
             _answer_oversized_head(stream)
             if len(self._connections) >= limits.max_connections:
-                answer = _raw_response("503 Service Unavailable", f"Too many open connections (limit "
-                                                                   f"{limits.max_connections}, --rest_api_max_connections)")
+                answer = _raw_response(
+                    "503 Service Unavailable",
+                    f"Too many open connections (limit {limits.max_connections}, --rest_api_max_connections)",
+                )
                 asyncio.ensure_future(_close_gracefully(stream, answer))
                 return
             super().handle_stream(stream, address)
@@ -200,9 +206,14 @@ def _make_tornado_server(rest: RestServer):
     app = web.Application([(r".*", Handler)], log_function=lambda handler: None)
     # The body limit is enforced by the handler above (413 with a JSON error, for declared and chunked bodies
     # alike); Tornado's own check would answer a bare 400 first, so it is set out of the way.
-    return Server(app, xheaders=False, max_body_size=2**62,
-                  idle_connection_timeout=limits.read_timeout_s, body_timeout=limits.read_timeout_s,
-                  max_header_size=MAX_HEAD_BYTES)
+    return Server(
+        app,
+        xheaders=False,
+        max_body_size=2**62,
+        idle_connection_timeout=limits.read_timeout_s,
+        body_timeout=limits.read_timeout_s,
+        max_header_size=MAX_HEAD_BYTES,
+    )
 
 
 # The request line and headers together (Tornado's max_header_size); TF Serving's libevent front end has a limit too.
@@ -212,8 +223,10 @@ MAX_HEAD_BYTES = 64 * 1024
 def _raw_response(status: str, error: str) -> bytes:
     """A complete HTTP answer carrying TF Serving's `{"error": ...}`, for connections Tornado's handlers do not own."""
     body = json.dumps({"error": error}).encode()
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def _answer_oversized_head(stream) -> None:
@@ -229,8 +242,11 @@ def _answer_oversized_head(stream) -> None:
     def close_with_status(exc_info=False):  # noqa: ANN001 - IOStream.close's signature
         if isinstance(exc_info, iostream.UnsatisfiableReadError) and stream.socket is not None:
             try:  # never block the event loop: what the socket takes and holds right now
-                stream.socket.send(_raw_response("431 Request Header Fields Too Large",
-                                                 f"Request line and headers exceed {MAX_HEAD_BYTES} bytes"))
+                stream.socket.send(
+                    _raw_response(
+                        "431 Request Header Fields Too Large", f"Request line and headers exceed {MAX_HEAD_BYTES} bytes"
+                    )
+                )
                 stream.socket.shutdown(socket.SHUT_WR)
                 while stream.socket.recv(65536):
                     pass

@@ -11,8 +11,13 @@ from typing import Any
 import numpy as np
 from tensorflow.core.example import example_pb2
 from tensorflow.python.saved_model import signature_constants
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
-                                     regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
 from .batching import BatchScheduler
 from .errors import ServingError, failed_precondition, invalid_argument
@@ -38,8 +43,13 @@ class Servable:
     limits: RequestLimits = RequestLimits()
     method_name_check: bool = False
 
-    def run(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
-            deadline: float | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        sig: Signature,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
         checked = self.model.validate_inputs(sig, inputs)
         if self.batcher is not None:
             return self.batcher.run(sig.key, checked, outputs, deadline)
@@ -58,8 +68,9 @@ def _fill_spec(spec, name: str, version: int, signature_name: str | None) -> Non
         spec.signature_name = signature_name
 
 
-def predict(servable: Servable, request: predict_pb2.PredictRequest,
-            deadline: float | None = None) -> predict_pb2.PredictResponse:
+def predict(
+    servable: Servable, request: predict_pb2.PredictRequest, deadline: float | None = None
+) -> predict_pb2.PredictResponse:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = servable.model.signature(key)
     budget = RequestBudget(servable.limits)
@@ -73,8 +84,13 @@ def predict(servable: Servable, request: predict_pb2.PredictRequest,
     return response
 
 
-def predict_arrays(servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                   output_filter: list[str] | None = None, deadline: float | None = None) -> dict[str, np.ndarray]:
+def predict_arrays(
+    servable: Servable,
+    signature_name: str,
+    inputs: dict[str, np.ndarray],
+    output_filter: list[str] | None = None,
+    deadline: float | None = None,
+) -> dict[str, np.ndarray]:
     """Predict on numpy inputs (the REST path): same validation and limits, no proto round trip."""
     sig = servable.model.signature(signature_name or DEFAULT_SIGNATURE)
     budget = RequestBudget(servable.limits)
@@ -90,8 +106,10 @@ def _output_filter(sig: Signature, wanted: list[str]) -> tuple[str, ...]:
     seen: set[str] = set()
     for alias in wanted:
         if alias not in sig.outputs:
-            raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                                   f"the set {{{','.join(sorted(sig.outputs))}}}.")
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{','.join(sorted(sig.outputs))}}}."
+            )
         if alias in seen:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
@@ -139,8 +157,10 @@ def _example_signature(servable: Servable, key: str, method: str, what: str) -> 
         if "inputs" not in sig.inputs:
             raise invalid_argument(f"No classification inputs found in SignatureDef: {key}")
         if "classes" not in sig.outputs and "scores" not in sig.outputs:
-            raise failed_precondition(f'Expected classification signature outputs to contain at least one of '
-                                      f'"classes" or "scores". Signature was: {key}')
+            raise failed_precondition(
+                f"Expected classification signature outputs to contain at least one of "
+                f'"classes" or "scores". Signature was: {key}'
+            )
     else:
         if len(sig.outputs) != 1:
             raise invalid_argument("Expected one output Tensor.")
@@ -151,14 +171,14 @@ def _example_signature(servable: Servable, key: str, method: str, what: str) -> 
     return sig
 
 
-def _run_examples(servable: Servable, sig: Signature, inp, deadline: float | None
-                  ) -> tuple[dict[str, np.ndarray], int]:
+def _run_examples(servable: Servable, sig: Signature, inp, deadline: float | None) -> tuple[dict[str, np.ndarray], int]:
     serialized = serialize_examples(inp)
     return servable.run(sig, {"inputs": serialized}, None, deadline), len(serialized)
 
 
-def classify_result(servable: Servable, request, deadline: float | None = None
-                    ) -> tuple[str, classification_pb2.ClassificationResult]:
+def classify_result(
+    servable: Servable, request, deadline: float | None = None
+) -> tuple[str, classification_pb2.ClassificationResult]:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _example_signature(servable, key, CLASSIFY_METHOD, "classification")
     out, n = _run_examples(servable, sig, request.input, deadline)
@@ -169,13 +189,15 @@ def classify_result(servable: Servable, request, deadline: float | None = None
         if arr.ndim != 2:
             raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(arr.shape)}")
         if arr.dtype != dtype:
-            raise invalid_argument(f"Expected {name} Tensor of {'DT_STRING' if dtype is object else 'DT_FLOAT'}. "
-                                   f"Got: {arr.dtype}")
+            raise invalid_argument(
+                f"Expected {name} Tensor of {'DT_STRING' if dtype is object else 'DT_FLOAT'}. Got: {arr.dtype}"
+            )
         if arr.shape[0] != n:
             raise invalid_argument(f"Expected {name} output batch size of {n}. Got: {arr.shape[0]}")
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
-                               f"{scores.shape[1]}")
+        raise invalid_argument(
+            f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
+        )
     result = classification_pb2.ClassificationResult()
     k = (classes if classes is not None else scores).shape[1]
     score_values = scores.tolist() if scores is not None else None
@@ -191,15 +213,17 @@ def classify_result(servable: Servable, request, deadline: float | None = None
     return key, result
 
 
-def regress_result(servable: Servable, request, deadline: float | None = None
-                   ) -> tuple[str, regression_pb2.RegressionResult]:
+def regress_result(
+    servable: Servable, request, deadline: float | None = None
+) -> tuple[str, regression_pb2.RegressionResult]:
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _example_signature(servable, key, REGRESS_METHOD, "regression")
     out, n = _run_examples(servable, sig, request.input, deadline)
     values = out["outputs"]
     if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-        raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                               f"{list(values.shape)}")
+        raise invalid_argument(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+        )
     if values.shape[0] != n:
         raise invalid_argument(f"Input batch size did not match output batch size: {n} vs. {values.shape[0]}")
     if values.dtype != np.float32:
@@ -210,8 +234,7 @@ def regress_result(servable: Servable, request, deadline: float | None = None
     return key, result
 
 
-def classify(servable: Servable, request, deadline: float | None = None
-             ) -> classification_pb2.ClassificationResponse:
+def classify(servable: Servable, request, deadline: float | None = None) -> classification_pb2.ClassificationResponse:
     key, result = classify_result(servable, request, deadline)
     response = classification_pb2.ClassificationResponse(result=result)
     _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
@@ -225,8 +248,7 @@ def regress(servable: Servable, request, deadline: float | None = None) -> regre
     return response
 
 
-def multi_inference(servable: Servable, request, deadline: float | None = None
-                    ) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(servable: Servable, request, deadline: float | None = None) -> inference_pb2.MultiInferenceResponse:
     if not request.tasks:
         raise invalid_argument("MultiInferenceRequest must have at least one task.")
     seen: set[str] = set()
@@ -241,8 +263,11 @@ def multi_inference(servable: Servable, request, deadline: float | None = None
             raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
-        sub: Any = (classification_pb2.ClassificationRequest if task.method_name == CLASSIFY_METHOD
-                    else regression_pb2.RegressionRequest)(model_spec=task.model_spec, input=request.input)
+        sub: Any = (
+            classification_pb2.ClassificationRequest
+            if task.method_name == CLASSIFY_METHOD
+            else regression_pb2.RegressionRequest
+        )(model_spec=task.model_spec, input=request.input)
         r = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
             key, res = classify_result(servable, sub, deadline)
@@ -254,8 +279,11 @@ def multi_inference(servable: Servable, request, deadline: float | None = None
     return response
 
 
-def metadata(servable: Servable, request, deadline: float | None = None  # noqa: ARG001 - same call shape
-             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def metadata(
+    servable: Servable,
+    request,
+    deadline: float | None = None,  # noqa: ARG001 - same call shape
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
     fields = list(request.metadata_field)
     if not fields:
         raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")

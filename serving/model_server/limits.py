@@ -26,8 +26,11 @@ def sequence_length(version_dir: str, tags: tuple[str, ...] = ("serve",)) -> int
     from mtnlp.model.contract import TRANSFORM_SIGNATURE
 
     signature = read_meta_graph(version_dir, list(tags)).signature_def.get(TRANSFORM_SIGNATURE)
-    lengths = [t.tensor_shape.dim[1].size for t in (signature.outputs.values() if signature else ())
-               if len(t.tensor_shape.dim) >= 2 and t.tensor_shape.dim[1].size > 0]
+    lengths = [
+        t.tensor_shape.dim[1].size
+        for t in (signature.outputs.values() if signature else ())
+        if len(t.tensor_shape.dim) >= 2 and t.tensor_shape.dim[1].size > 0
+    ]
     return max(lengths, default=DEFAULT_SEQUENCE_LENGTH)
 
 
@@ -38,11 +41,16 @@ def request_limit_flags(version_dir: str) -> list[str]:
     rows = BATCHES_PER_REQUEST * NORMAL_BATCH
     string_bytes = BYTES_PER_TOKEN * length
     elements = rows * length
-    decoded = max(rows * (STRING_ELEMENT_OVERHEAD + string_bytes),
-                  elements * (STRING_ELEMENT_OVERHEAD + BYTES_PER_TOKEN))
-    return [f"--max_request_batch_size={rows}", f"--max_request_string_bytes={string_bytes}",
-            f"--max_request_tensor_elements={elements}", f"--max_request_tensor_bytes={decoded}",
-            f"--rest_api_max_body_bytes={BODY_PER_DECODED_BYTE * decoded}"]
+    decoded = max(
+        rows * (STRING_ELEMENT_OVERHEAD + string_bytes), elements * (STRING_ELEMENT_OVERHEAD + BYTES_PER_TOKEN)
+    )
+    return [
+        f"--max_request_batch_size={rows}",
+        f"--max_request_string_bytes={string_bytes}",
+        f"--max_request_tensor_elements={elements}",
+        f"--max_request_tensor_bytes={decoded}",
+        f"--rest_api_max_body_bytes={BODY_PER_DECODED_BYTE * decoded}",
+    ]
 
 
 def latest_version_dir(base: str) -> str | None:

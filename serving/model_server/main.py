@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 # Quiet TF/gRPC before they are imported; --verbose brings the detail back.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if "--verbose" in sys.argv else "3")
@@ -22,8 +22,11 @@ VERSION = "mtnlp-model-server 0.1.0 (TF Serving 2.16 protocol)"
 def _configure_logging(verbose: bool) -> None:
     import warnings
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
+    )
     if not verbose:
         warnings.filterwarnings("ignore")
         for noisy in ("tensorflow", "absl", "h5py", "urllib3"):
@@ -65,13 +68,19 @@ class Configs:
             self.model_config = cfg.model_server_config(options.model_config_file)
             cfg.validate_config(self.model_config)
         else:
-            log.info("Building single TensorFlow model file config:  model_name: %s model_base_path: %s",
-                     options.model_name, options.model_base_path)
+            log.info(
+                "Building single TensorFlow model file config:  model_name: %s model_base_path: %s",
+                options.model_name,
+                options.model_base_path,
+            )
             self.model_config = cfg.single_model_config(options.model_name, options.model_base_path)
         self.batching = None
         if options.enable_batching:
-            params = cfg.batching_parameters(options.batching_parameters_file) \
-                if options.batching_parameters_file else BatchingParameters()
+            params = (
+                cfg.batching_parameters(options.batching_parameters_file)
+                if options.batching_parameters_file
+                else BatchingParameters()
+            )
             self.batching = BatchOptions.from_proto(params)
         self.prometheus_path = None
         if options.monitoring_config_file:
@@ -86,7 +95,7 @@ class Configs:
 class ModelServer:
     """The assembled server; `start()` loads the models and opens the ports, `wait()` blocks."""
 
-    def __init__(self, options: flagmod.ServerOptions, configs: "Configs") -> None:
+    def __init__(self, options: flagmod.ServerOptions, configs: Configs) -> None:
         from .manager import Manager, ManagerOptions
         from .metrics import Metrics
         from .tensors import RequestLimits
@@ -96,21 +105,28 @@ class ModelServer:
         self.model_config = configs.model_config
         self.prometheus_path = configs.prometheus_path
         self.ssl = configs.ssl
-        self.manager = Manager(ManagerOptions(
-            saved_model_tags=[t for t in options.saved_model_tags.split(",") if t],
-            enable_model_warmup=options.enable_model_warmup,
-            batching=configs.batching,
-            file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
-            max_num_load_retries=options.max_num_load_retries,
-            load_retry_interval_micros=options.load_retry_interval_micros,
-            num_load_threads=options.num_load_threads or 2,
-            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
-            session_config=_session_config(options),
-            limits=RequestLimits(options.max_request_tensor_elements, options.max_request_tensor_bytes,
-                                options.max_request_batch_size, options.max_request_string_bytes),
-            enable_signature_method_name_check=options.enable_signature_method_name_check,
-            allowed_model_roots=configs.allowed_model_roots,
-        ), self.metrics)
+        self.manager = Manager(
+            ManagerOptions(
+                saved_model_tags=[t for t in options.saved_model_tags.split(",") if t],
+                enable_model_warmup=options.enable_model_warmup,
+                batching=configs.batching,
+                file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
+                max_num_load_retries=options.max_num_load_retries,
+                load_retry_interval_micros=options.load_retry_interval_micros,
+                num_load_threads=options.num_load_threads or 2,
+                allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+                session_config=_session_config(options),
+                limits=RequestLimits(
+                    options.max_request_tensor_elements,
+                    options.max_request_tensor_bytes,
+                    options.max_request_batch_size,
+                    options.max_request_string_bytes,
+                ),
+                enable_signature_method_name_check=options.enable_signature_method_name_check,
+                allowed_model_roots=configs.allowed_model_roots,
+            ),
+            self.metrics,
+        )
         self._config_text = self._read_config_text()
         from .memory import MemoryReturner
 
@@ -142,9 +158,13 @@ class ModelServer:
         self._start_config_polling()
         self._memory.start()
         addresses = flagmod.bind_addresses(o.bind_address)
-        self._grpc = build_server(self.manager, max_workers=o.grpc_max_threads,
-                                  options=channel_arguments(o.grpc_channel_arguments),
-                                  reload_enabled=not o.disable_reload_config_rpc, enable_profiler=o.enable_profiler)
+        self._grpc = build_server(
+            self.manager,
+            max_workers=o.grpc_max_threads,
+            options=channel_arguments(o.grpc_channel_arguments),
+            reload_enabled=not o.disable_reload_config_rpc,
+            enable_profiler=o.enable_profiler,
+        )
         creds = self._server_credentials()
         bound = []
         for host in addresses:
@@ -177,13 +197,17 @@ class ModelServer:
 
         o = self.options
         if o.rest_api_port == o.port:
-            log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
-                      "HTTP/REST API. Skipped exporting HTTP/REST API.")
+            log.error(
+                "server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                "HTTP/REST API. Skipped exporting HTTP/REST API."
+            )
             return
         api = RestApi(self.manager, o.rest_api_timeout_in_ms, self.metrics, self.prometheus_path)
-        limits = HttpLimits(max_body_bytes=o.rest_api_max_body_bytes,
-                            read_timeout_s=o.rest_api_read_timeout_in_ms / 1000.0,
-                            max_connections=o.rest_api_max_connections)
+        limits = HttpLimits(
+            max_body_bytes=o.rest_api_max_body_bytes,
+            read_timeout_s=o.rest_api_read_timeout_in_ms / 1000.0,
+            max_connections=o.rest_api_max_connections,
+        )
         server = RestServer(api, addresses, o.rest_api_port, num_threads=o.rest_api_num_threads, limits=limits)
         try:
             server.start()
@@ -201,8 +225,11 @@ class ModelServer:
         import grpc
 
         ca = self.ssl.custom_ca.encode() if self.ssl.custom_ca else None
-        return grpc.ssl_server_credentials([(self.ssl.server_key.encode(), self.ssl.server_cert.encode())],
-                                           root_certificates=ca, require_client_auth=bool(self.ssl.client_verify))
+        return grpc.ssl_server_credentials(
+            [(self.ssl.server_key.encode(), self.ssl.server_cert.encode())],
+            root_certificates=ca,
+            require_client_auth=bool(self.ssl.client_verify),
+        )
 
     def _start_config_polling(self) -> None:
         wait = self.options.model_config_file_poll_wait_seconds
@@ -219,15 +246,21 @@ class ModelServer:
                 try:
                     new = cfg.model_server_config(self.options.model_config_file)
                 except Exception as e:  # noqa: BLE001 - keep serving the previous config
-                    log.error("Failed to reload model config %s: Failed to read ModelServerConfig file: %s",
-                              self.options.model_config_file, e)
+                    log.error(
+                        "Failed to reload model config %s: Failed to read ModelServerConfig file: %s",
+                        self.options.model_config_file,
+                        e,
+                    )
                     continue
                 try:
                     self.manager.apply_config(new)
                     log.info("Reloaded model config from %s", self.options.model_config_file)
                 except Exception as e:  # noqa: BLE001
-                    log.error("Failed to reload model config %s: PollFilesystemAndReloadConfig failed to "
-                              "ReloadConfig: %s", self.options.model_config_file, e)
+                    log.error(
+                        "Failed to reload model config %s: PollFilesystemAndReloadConfig failed to ReloadConfig: %s",
+                        self.options.model_config_file,
+                        e,
+                    )
 
         threading.Thread(target=loop, name="config-poll", daemon=True).start()
 

@@ -18,17 +18,27 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from .batching import BatchOptions, BatchScheduler
 from .config import validate_config
-from .errors import (CODE_NAMES, ServingError, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
-                     not_found, permission_denied, unknown)
+from .errors import (
+    CODE_NAMES,
+    ServingError,
+    deadline_exceeded,
+    failed_precondition,
+    from_exception,
+    invalid_argument,
+    not_found,
+    permission_denied,
+    unknown,
+)
 from .inference import Servable
 from .metrics import Metrics
 from .servable import LoadedModel
@@ -113,8 +123,12 @@ def version_directories(base_path: str) -> dict[int, str]:
         if version is None:
             continue
         if version in found:
-            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
-                        "ignored.", version, child, found[version])
+            log.warning(
+                "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+                version,
+                child,
+                found[version],
+            )
         found[version] = child
     return found
 
@@ -170,8 +184,9 @@ class Manager:
         self._config_generation = 0  # bumped by every config change: the latest one sets the labels
 
     # ----- configuration -------------------------------------------------------------------------------------
-    def apply_config(self, config: model_server_config_pb2.ModelServerConfig, *, initial: bool = False,
-                     timeout: float | None = None) -> None:
+    def apply_config(
+        self, config: model_server_config_pb2.ModelServerConfig, *, initial: bool = False, timeout: float | None = None
+    ) -> None:
         """Make `config` the served set; wait for its loads (at most `timeout` seconds); then set labels. Raises
         ServingError (DEADLINE_EXCEEDED once `timeout` has passed: the new config stays applied and its loads go on).
 
@@ -214,10 +229,22 @@ class Manager:
             # At startup every failure is fatal; on a reload, only models that had nothing serving before and still
             # have nothing (TF Serving waits for the models a reload adds).
             with self._lock:
-                check = list(wanted) if initial else [n for n in added if n in self._models and not any(
-                    h.state == AVAILABLE for h in self._models[n].versions.values())]
-                failed = [h for n in check for h in self._models[n].versions.values()
-                          if h.state == END and h.error is not None]
+                check = (
+                    list(wanted)
+                    if initial
+                    else [
+                        n
+                        for n in added
+                        if n in self._models
+                        and not any(h.state == AVAILABLE for h in self._models[n].versions.values())
+                    ]
+                )
+                failed = [
+                    h
+                    for n in check
+                    for h in self._models[n].versions.values()
+                    if h.state == END and h.error is not None
+                ]
             if failed:
                 raise unknown(unavailable_message(failed))
             self._apply_labels(wanted)
@@ -228,8 +255,10 @@ class Manager:
             return
         for mc in config.model_config_list.config:
             if not within_roots(mc.base_path, roots):
-                raise permission_denied(f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
-                                      f"({', '.join(roots)}); see --allowed_model_roots")
+                raise permission_denied(
+                    f"Model {mc.name}: base path {mc.base_path} is outside the allowed model roots "
+                    f"({', '.join(roots)}); see --allowed_model_roots"
+                )
 
     def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
         with self._lock:
@@ -237,13 +266,15 @@ class Manager:
             for name, mc in wanted.items():
                 entry = self._models[name]
                 labels = dict(mc.version_labels)
-                for label, version in labels.items():
+                for version in labels.values():
                     h = entry.versions.get(version)
-                    if (h is None or h.state != AVAILABLE) and \
-                            not self.options.allow_version_labels_for_unavailable_models:
+                    if (
+                        h is None or h.state != AVAILABLE
+                    ) and not self.options.allow_version_labels_for_unavailable_models:
                         raise failed_precondition(
                             f"Request to assign label to version {version} of model {name}, which is not currently "
-                            f"available for inference")
+                            f"available for inference"
+                        )
                 new_labels[name] = labels
             for name, labels in new_labels.items():
                 self._models[name].labels = labels
@@ -252,15 +283,22 @@ class Manager:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while True:
-                busy = [h for n in names if n in self._models for h in self._models[n].versions.values()
-                        if h.state in (START, LOADING)]
+                busy = [
+                    h
+                    for n in names
+                    if n in self._models
+                    for h in self._models[n].versions.values()
+                    if h.state in (START, LOADING)
+                ]
                 if not busy:
                     return
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise deadline_exceeded(f"Timed out waiting for {len(busy)} version(s) to load (the config is "
-                                          f"applied; they go on loading): "
-                                          f"{', '.join(f'{h.model} version {h.version}' for h in busy)}")
+                    raise deadline_exceeded(
+                        f"Timed out waiting for {len(busy)} version(s) to load (the config is "
+                        f"applied; they go on loading): "
+                        f"{', '.join(f'{h.model} version {h.version}' for h in busy)}"
+                    )
                 self._changed.wait(remaining if remaining is not None else 1.0)
 
     # ----- file system polling -------------------------------------------------------------------------------
@@ -300,13 +338,17 @@ class Manager:
             present = version_directories(mc.base_path)
         except OSError as e:
             # As TF Serving: a base path that cannot be read changes nothing (no reason to unload what serves).
-            self._report_poll_problem(entry, f"Could not find base path {mc.base_path} for servable {mc.name} with "
-                                             f"error {e.strerror or e}")
+            self._report_poll_problem(
+                entry, f"Could not find base path {mc.base_path} for servable {mc.name} with error {e.strerror or e}"
+            )
             return
         if not present and not entry.versions:
-            self._report_poll_problem(entry, f"No versions of servable {mc.name} found under base path "
-                                             f"{mc.base_path}. Did you forget to name your leaf directory as a number "
-                                             f"(eg. '/1/')?")
+            self._report_poll_problem(
+                entry,
+                f"No versions of servable {mc.name} found under base path "
+                f"{mc.base_path}. Did you forget to name your leaf directory as a number "
+                f"(eg. '/1/')?",
+            )
         else:
             entry.last_poll_problem = None
         aspired = aspired_versions(mc, sorted(present))
@@ -344,8 +386,9 @@ class Manager:
             h.retry_timer.cancel()
             h.retry_timer = None
         if not h.attempt_running:
-            log.info("Cancelled loading of servable version {name: %s version: %d}: no longer aspired", h.model,
-                     h.version)
+            log.info(
+                "Cancelled loading of servable version {name: %s version: %d}: no longer aspired", h.model, h.version
+            )
             self._set_state(h, END)
 
     # ----- load / unload -------------------------------------------------------------------------------------
@@ -366,14 +409,21 @@ class Manager:
             if h.state != LOADING:
                 self._set_state(h, LOADING)
         if h.failed_attempts:
-            log.info("Retrying load of servable version {name: %s version: %d} (attempt %d)", h.model, h.version,
-                     h.failed_attempts + 1)
+            log.info(
+                "Retrying load of servable version {name: %s version: %d} (attempt %d)",
+                h.model,
+                h.version,
+                h.failed_attempts + 1,
+            )
         try:
             servable, err = self._build_servable(h), None
         except Exception as e:  # noqa: BLE001 - any failure is this version's load error
             servable, err = None, from_exception(e)
-        self.metrics.inc(":tensorflow:cc:saved_model:load_attempt_count", model_path=h.path,
-                         status="success" if err is None else err.code_name)
+        self.metrics.inc(
+            ":tensorflow:cc:saved_model:load_attempt_count",
+            model_path=h.path,
+            status="success" if err is None else err.code_name,
+        )
         with self._changed:
             h.attempt_running = False
             entry = self._models.get(h.model)
@@ -391,12 +441,17 @@ class Manager:
             log.error("Loading servable: {name: %s version: %d} failed: %s", h.model, h.version, err)
             retries_left = h.failed_attempts <= self.options.max_num_load_retries
             if retries_left and err.code in PERMANENT_LOAD_ERRORS:
-                log.error("Not retrying servable version {name: %s version: %d}: %s cannot succeed by waiting",
-                          h.model, h.version, err.code_name)
+                log.error(
+                    "Not retrying servable version {name: %s version: %d}: %s cannot succeed by waiting",
+                    h.model,
+                    h.version,
+                    err.code_name,
+                )
                 retries_left = False
             if retries_left and not h.cancelled and not self._stop.is_set():
-                h.retry_timer = threading.Timer(max(0, self.options.load_retry_interval_micros) / 1e6,
-                                                self._submit_retry, args=(h,))
+                h.retry_timer = threading.Timer(
+                    max(0, self.options.load_retry_interval_micros) / 1e6, self._submit_retry, args=(h,)
+                )
                 h.retry_timer.daemon = True
                 h.retry_timer.start()
                 self._changed.notify_all()  # the error is visible in the status while the retry waits
@@ -414,9 +469,11 @@ class Manager:
         if roots:
             outside = first_path_outside(h.path, roots)
             if outside is not None:
-                raise permission_denied(f"{outside} (in version directory {h.path}) resolves to "
-                                      f"{os.path.realpath(outside)}, outside the allowed model roots "
-                                      f"({', '.join(roots)}); see --allowed_model_roots")
+                raise permission_denied(
+                    f"{outside} (in version directory {h.path}) resolves to "
+                    f"{os.path.realpath(outside)}, outside the allowed model roots "
+                    f"({', '.join(roots)}); see --allowed_model_roots"
+                )
         model = LoadedModel(h.path, self.options.saved_model_tags, self.options.session_config)
         batcher = None
         if self.options.batching is not None:
@@ -424,9 +481,12 @@ class Manager:
                 self.options.batching,
                 run=lambda key, inputs, deadline: model.run(model.signatures[key[0]], inputs, key[1], deadline),
                 on_batch=lambda size: self.metrics.observe(
-                    ":tensorflow:serving:batching_session:processed_batch_size", size, model_name=h.model))
-        servable = Servable(h.model, h.version, model, batcher, self.options.limits,
-                            self.options.enable_signature_method_name_check)
+                    ":tensorflow:serving:batching_session:processed_batch_size", size, model_name=h.model
+                ),
+            )
+        servable = Servable(
+            h.model, h.version, model, batcher, self.options.limits, self.options.enable_signature_method_name_check
+        )
         if self.options.enable_model_warmup:
             start = time.perf_counter()
             try:
@@ -435,8 +495,12 @@ class Manager:
                 servable.close()
                 raise
             if n:
-                self.metrics.observe(":tensorflow:serving:model_warmup_latency",
-                                     (time.perf_counter() - start) * 1e6, model_path=h.path, status="OK")
+                self.metrics.observe(
+                    ":tensorflow:serving:model_warmup_latency",
+                    (time.perf_counter() - start) * 1e6,
+                    model_path=h.path,
+                    status="OK",
+                )
         return servable
 
     def _unload(self, h: VersionHandle) -> None:
@@ -497,8 +561,9 @@ class Manager:
         return max(ready, key=lambda h: h.version)
 
     # ----- status --------------------------------------------------------------------------------------------
-    def model_status(self, request: get_model_status_pb2.GetModelStatusRequest
-                     ) -> get_model_status_pb2.GetModelStatusResponse:
+    def model_status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
         if not spec.name:
             raise invalid_argument("Missing model name in request.")
@@ -535,7 +600,10 @@ class Manager:
 def unavailable_message(failed: list[VersionHandle]) -> str:
     """TF Serving's startup/reload failure text: `N servable(s) did not become available: {{{name: m version: v}
     due to error: CODE: message}, }`."""
-    details = "".join(f"{{{{name: {h.model} version: {h.version}}} due to error: "
-                      f"{CODE_NAMES.get(h.error.code, 'UNKNOWN') if h.error else 'UNKNOWN'}: "
-                      f"{h.error.message if h.error else ''}}}, " for h in failed)
+    details = "".join(
+        f"{{{{name: {h.model} version: {h.version}}} due to error: "
+        f"{CODE_NAMES.get(h.error.code, 'UNKNOWN') if h.error else 'UNKNOWN'}: "
+        f"{h.error.message if h.error else ''}}}, "
+        for h in failed
+    )
     return f"{len(failed)} servable(s) did not become available: {{{details}}}"

@@ -10,7 +10,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import from_exception
 
@@ -62,8 +62,7 @@ class Metrics:
 
     def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
         self.inc(":tensorflow:serving:request_count", model_name=model, status=status)
-        self.observe(":tensorflow:serving:request_latency", micros, model_name=model, API=api,
-                     entrypoint=entrypoint)
+        self.observe(":tensorflow:serving:request_latency", micros, model_name=model, API=api, entrypoint=entrypoint)
 
     @contextlib.contextmanager
     def timed_request(self, model: str, api: str, entrypoint: str) -> Iterator[None]:

@@ -24,10 +24,10 @@ except ImportError:
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def _field(msg: descriptor_pb2.DescriptorProto, name: str, number: int, ftype: int, type_name: str = "",
-           repeated: bool = False) -> None:
-    f = msg.field.add(name=name, number=number, type=ftype,
-                      label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+def _field(
+    msg: descriptor_pb2.DescriptorProto, name: str, number: int, ftype: int, type_name: str = "", repeated: bool = False
+) -> None:
+    f = msg.field.add(name=name, number=number, type=ftype, label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
     if type_name:
         f.type_name = type_name
 
@@ -41,7 +41,10 @@ def _build() -> tuple[type, type, type]:
 
     batching = descriptor_pb2.FileDescriptorProto(
         name="mtnlp_compat/tensorflow_serving/session_bundle_config_batching.proto",
-        package="tensorflow.serving", syntax="proto3", dependency=[wrappers_pb2.DESCRIPTOR.name])
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=[wrappers_pb2.DESCRIPTOR.name],
+    )
     bp = batching.message_type.add(name="BatchingParameters")
     i64, boolv, strv = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue", ".google.protobuf.StringValue"
     _field(bp, "max_batch_size", 1, _F.TYPE_MESSAGE, i64)
@@ -55,8 +58,8 @@ def _build() -> tuple[type, type, type]:
     _field(bp, "max_execution_batch_size", 9, _F.TYPE_MESSAGE, i64)
 
     monitoring = descriptor_pb2.FileDescriptorProto(
-        name="mtnlp_compat/tensorflow_serving/monitoring_config.proto",
-        package="tensorflow.serving", syntax="proto3")
+        name="mtnlp_compat/tensorflow_serving/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
     pc = monitoring.message_type.add(name="PrometheusConfig")
     _field(pc, "enable", 1, _F.TYPE_BOOL)
     _field(pc, "path", 2, _F.TYPE_STRING)
@@ -64,7 +67,8 @@ def _build() -> tuple[type, type, type]:
     _field(mc, "prometheus_config", 1, _F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig")
 
     ssl = descriptor_pb2.FileDescriptorProto(
-        name="mtnlp_compat/tensorflow_serving/ssl_config.proto", package="tensorflow.serving", syntax="proto3")
+        name="mtnlp_compat/tensorflow_serving/ssl_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
     sc = ssl.message_type.add(name="SSLConfig")
     _field(sc, "server_key", 1, _F.TYPE_STRING)
     _field(sc, "server_cert", 2, _F.TYPE_STRING)
@@ -72,9 +76,11 @@ def _build() -> tuple[type, type, type]:
     _field(sc, "client_verify", 4, _F.TYPE_BOOL)
 
     classes = []
-    for fdp, name in ((batching, "tensorflow.serving.BatchingParameters"),
-                      (monitoring, "tensorflow.serving.MonitoringConfig"),
-                      (ssl, "tensorflow.serving.SSLConfig")):
+    for fdp, name in (
+        (batching, "tensorflow.serving.BatchingParameters"),
+        (monitoring, "tensorflow.serving.MonitoringConfig"),
+        (ssl, "tensorflow.serving.SSLConfig"),
+    ):
         try:
             pool.FindMessageTypeByName(name)
         except KeyError:

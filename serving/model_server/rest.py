@@ -9,22 +9,36 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, model_pb2,
-                                     regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    regression_pb2,
+)
 
 from . import inference
 from .errors import from_exception, invalid_argument, not_found
 from .manager import Manager
 from .metrics import Metrics
-from .rest_codec import (examples_input, metadata_json, parse_body, predict_request_arrays, predict_response_json,
-                         short_json, status_json)
+from .rest_codec import (
+    examples_input,
+    metadata_json,
+    parse_body,
+    predict_request_arrays,
+    predict_response_json,
+    short_json,
+    status_json,
+)
 
 # As TF Serving's path regex: case-insensitive, ASCII version digits.
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict|:classify|:regress)?$", re.IGNORECASE)
+    r"(?P<tail>/metadata|:predict|:classify|:regress)?$",
+    re.IGNORECASE,
+)
 _INT64_MAX = 2**63 - 1
 
 
@@ -32,16 +46,17 @@ _INT64_MAX = 2**63 - 1
 class RestApi:
     """The /v1 API on (method, path, body): what the HTTP server calls from its worker threads."""
 
-    def __init__(self, manager: Manager, timeout_ms: int, metrics: Metrics,
-                 prometheus_path: str | None = None) -> None:
+    def __init__(self, manager: Manager, timeout_ms: int, metrics: Metrics, prometheus_path: str | None = None) -> None:
         self.manager = manager
         self.timeout = timeout_ms / 1000.0
         self.metrics = metrics
         self.prometheus_path = prometheus_path
         # (HTTP method, the path's tail after /v1/models/{name}[/versions/{v}|/labels/{l}]) -> handler
         self._routes: dict[tuple[str, str], Callable[[model_pb2.ModelSpec, bytes, float | None], dict]] = {
-            ("GET", ""): self._status, ("GET", "/metadata"): self._metadata,
-            **{("POST", f":{api}"): functools.partial(self._timed, api) for api in ("predict", "classify", "regress")}}
+            ("GET", ""): self._status,
+            ("GET", "/metadata"): self._metadata,
+            **{("POST", f":{api}"): functools.partial(self._timed, api) for api in ("predict", "classify", "regress")},
+        }
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, str, bytes]:
         """-> (HTTP status, content type, body). `deadline` (time.monotonic()) bounds the model run."""
@@ -55,8 +70,9 @@ class RestApi:
             err = from_exception(e)
             return self._json(err.http_status, {"error": err.message})
 
-    def _route(self, method: str, path: str) -> tuple[Callable[[model_pb2.ModelSpec, bytes, float | None], dict],
-                                                     model_pb2.ModelSpec]:
+    def _route(
+        self, method: str, path: str
+    ) -> tuple[Callable[[model_pb2.ModelSpec, bytes, float | None], dict], model_pb2.ModelSpec]:
         """The handler of (method, the path's tail after the model) from the route table, and the path's ModelSpec."""
         m = _MODEL_PATH.match(path)
         route = self._routes.get((method, (m.group("tail") or "").lower())) if m else None
@@ -87,8 +103,10 @@ class RestApi:
         with self.metrics.timed_request(spec.name, api_name, "REST"):
             if "signature_name" in doc:
                 if not isinstance(doc["signature_name"], str):
-                    raise invalid_argument(f"JSON Value: {short_json(doc)} not formatted correctly. 'signature_name' "
-                                           f"key must be a string value.")
+                    raise invalid_argument(
+                        f"JSON Value: {short_json(doc)} not formatted correctly. 'signature_name' "
+                        f"key must be a string value."
+                    )
                 spec.signature_name = doc["signature_name"]
             return self._run(api, spec, doc, deadline)
 
@@ -101,11 +119,13 @@ class RestApi:
                 return predict_response_json(outputs, row)
             inp = examples_input(doc)
             if api == "classify":
-                _, res = inference.classify_result(servable, classification_pb2.ClassificationRequest(
-                    model_spec=spec, input=inp), deadline)
+                _, res = inference.classify_result(
+                    servable, classification_pb2.ClassificationRequest(model_spec=spec, input=inp), deadline
+                )
                 return {"results": [[[c.label, c.score] for c in cl.classes] for cl in res.classifications]}
-            _, res = inference.regress_result(servable, regression_pb2.RegressionRequest(model_spec=spec, input=inp),
-                                              deadline)
+            _, res = inference.regress_result(
+                servable, regression_pb2.RegressionRequest(model_spec=spec, input=inp), deadline
+            )
             return {"results": [r.value for r in res.regressions]}
 
     @staticmethod

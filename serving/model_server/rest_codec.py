@@ -18,6 +18,7 @@ from .tensors import numpy_dtype
 
 _STRING = 7
 
+
 def _flatten(value: Any, is_string: bool, where: str) -> tuple[list[int], list[Any]]:
     """Nested JSON lists -> (shape, flat values), rejecting ragged lists and wrong value types."""
     if isinstance(value, list):
@@ -29,8 +30,9 @@ def _flatten(value: Any, is_string: bool, where: str) -> tuple[list[int], list[A
             if shapes is None:
                 shapes = s
             elif s != shapes:
-                raise invalid_argument(f"{where}: expected a rectangular (non-ragged) list, got inner shapes "
-                                       f"{shapes} and {s}")
+                raise invalid_argument(
+                    f"{where}: expected a rectangular (non-ragged) list, got inner shapes {shapes} and {s}"
+                )
             flat.extend(f)
         return [len(value)] + (shapes or []), flat
     if is_string:
@@ -41,12 +43,14 @@ def _flatten(value: Any, is_string: bool, where: str) -> tuple[list[int], list[A
                 raise invalid_argument(f"{where}: Unable to base64 decode: {e}") from e
         if isinstance(value, str):
             return [], [value.encode("utf-8", "surrogatepass")]
-        raise invalid_argument(f"{where}: JSON Value: {json.dumps(value)} Type: {_jtype(value)} is not of expected "
-                               f"type: string")
+        raise invalid_argument(
+            f"{where}: JSON Value: {json.dumps(value)} Type: {_jtype(value)} is not of expected type: string"
+        )
     if isinstance(value, bool) or isinstance(value, (int, float)):
         return [], [value]
-    raise invalid_argument(f"{where}: JSON Value: {json.dumps(value)} Type: {_jtype(value)} is not of expected type: "
-                           f"number")
+    raise invalid_argument(
+        f"{where}: JSON Value: {json.dumps(value)} Type: {_jtype(value)} is not of expected type: number"
+    )
 
 
 def _jtype(v: Any) -> str:
@@ -87,8 +91,13 @@ def _value_to_json(arr: np.ndarray, alias: str) -> Any:
 
         return np.vectorize(conv, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
     if arr.dtype == np.float32:  # shortest repr that round-trips the float32, as TF Serving prints it
-        return np.vectorize(lambda v: float(repr(np.float32(v))) if np.isfinite(v) else float(v),
-                            otypes=[object])(arr).tolist() if arr.size else arr.tolist()
+        return (
+            np.vectorize(lambda v: float(repr(np.float32(v))) if np.isfinite(v) else float(v), otypes=[object])(
+                arr
+            ).tolist()
+            if arr.size
+            else arr.tolist()
+        )
     return arr.tolist()
 
 
@@ -108,31 +117,41 @@ def predict_request_arrays(body: dict, inputs: dict[str, TensorInfo]) -> tuple[d
             keys = set(instances[0])
             for n, inst in enumerate(instances):
                 if set(inst) != keys:
-                    raise invalid_argument(f"Failed to process element: {n} of 'instances' list. All instances must "
-                                           f"have the same named inputs {sorted(keys)}, got {sorted(inst)}")
+                    raise invalid_argument(
+                        f"Failed to process element: {n} of 'instances' list. All instances must "
+                        f"have the same named inputs {sorted(keys)}, got {sorted(inst)}"
+                    )
             unknown = sorted(keys - set(inputs))
             if unknown:
-                raise invalid_argument(f"input tensor alias not found in signature: {unknown[0]}. Inputs expected "
-                                       f"to be in the set {{{','.join(names)}}}.")
-            return {k: json_to_array([inst[k] for inst in instances], inputs[k], f"instances[].{k}")
-                    for k in sorted(keys)}, True
+                raise invalid_argument(
+                    f"input tensor alias not found in signature: {unknown[0]}. Inputs expected "
+                    f"to be in the set {{{','.join(names)}}}."
+                )
+            return {
+                k: json_to_array([inst[k] for inst in instances], inputs[k], f"instances[].{k}") for k in sorted(keys)
+            }, True
         if any(isinstance(i, dict) and set(i) != {"b64"} for i in instances):
             raise invalid_argument("Failed to process 'instances': mixing named-input objects and plain values")
         if len(inputs) != 1:
-            raise invalid_argument(f"The signature has {len(inputs)} inputs ({', '.join(names)}): each instance must "
-                                   f"be an object naming them")
+            raise invalid_argument(
+                f"The signature has {len(inputs)} inputs ({', '.join(names)}): each instance must "
+                f"be an object naming them"
+            )
         return {names[0]: json_to_array(instances, inputs[names[0]], "instances")}, True
     if "inputs" in body:
         value = body["inputs"]
         if isinstance(value, dict) and set(value) != {"b64"}:
             unknown = sorted(set(value) - set(inputs))
             if unknown:
-                raise invalid_argument(f"input tensor alias not found in signature: {unknown[0]}. Inputs expected "
-                                       f"to be in the set {{{','.join(names)}}}.")
+                raise invalid_argument(
+                    f"input tensor alias not found in signature: {unknown[0]}. Inputs expected "
+                    f"to be in the set {{{','.join(names)}}}."
+                )
             return {k: json_to_array(v, inputs[k], f"inputs.{k}") for k, v in value.items()}, False
         if len(inputs) != 1:
-            raise invalid_argument(f"The signature has {len(inputs)} inputs ({', '.join(names)}): \"inputs\" must be "
-                                   f"an object naming them")
+            raise invalid_argument(
+                f'The signature has {len(inputs)} inputs ({", ".join(names)}): "inputs" must be an object naming them'
+            )
         return {names[0]: json_to_array(value, inputs[names[0]], "inputs")}, False
     raise invalid_argument('Missing "instances" or "inputs" key in the JSON request')
 
@@ -199,21 +218,36 @@ def examples_input(body: dict) -> input_pb2.Input:
 def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict:
     from .errors import CODE_NAMES
 
-    return {"model_version_status": [
-        {"version": str(s.version),
-         "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
-         "status": {"error_code": CODE_NAMES.get(s.status.error_code, "UNKNOWN"),
-                    "error_message": s.status.error_message}}
-        for s in response.model_version_status]}
+    return {
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                "status": {
+                    "error_code": CODE_NAMES.get(s.status.error_code, "UNKNOWN"),
+                    "error_message": s.status.error_message,
+                },
+            }
+            for s in response.model_version_status
+        ]
+    }
 
 
 def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict:
     sdm = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sdm)
-    return {"model_spec": {"name": response.model_spec.name, "signature_name": "",
-                           "version": str(response.model_spec.version.value)},
-            "metadata": {"signature_def": json_format.MessageToDict(
-                sdm, preserving_proto_field_name=True, including_default_value_fields=True)}}
+    return {
+        "model_spec": {
+            "name": response.model_spec.name,
+            "signature_name": "",
+            "version": str(response.model_spec.version.value),
+        },
+        "metadata": {
+            "signature_def": json_format.MessageToDict(
+                sdm, preserving_proto_field_name=True, including_default_value_fields=True
+            )
+        },
+    }
 
 
 def parse_body(body: bytes) -> dict:

@@ -24,8 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (ServingError, data_loss, deadline_exceeded, failed_precondition, from_exception, invalid_argument,
-                     not_found, unimplemented)
+from .errors import (
+    ServingError,
+    data_loss,
+    deadline_exceeded,
+    failed_precondition,
+    from_exception,
+    invalid_argument,
+    not_found,
+    unimplemented,
+)
 from .tensors import dtype_name, numpy_dtype, numpy_dtype_enum, shape_of
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
@@ -73,16 +81,20 @@ def read_meta_graph(path: str, tags: list[str]):
         if set(mg.meta_info_def.tags) == wanted:
             return mg
     available = [sorted(mg.meta_info_def.tags) for mg in saved.meta_graphs]
-    raise not_found(f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
-                          f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
-                          f"`saved_model_cli` (available: {available})")
+    raise not_found(
+        f"Could not find meta graph def matching supplied tags: {{ {', '.join(tags)} }}. "
+        f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
+        f"`saved_model_cli` (available: {available})"
+    )
 
 
 def _signatures(meta_graph) -> dict[str, Signature]:
     out = {}
     for key, sd in meta_graph.signature_def.items():
+
         def infos(m):
             return {a: TensorInfo(a, t.dtype, shape_of(t.tensor_shape), t.name) for a, t in m.items()}
+
         out[key] = Signature(key, sd.method_name, infos(sd.inputs), infos(sd.outputs))
     return out
 
@@ -91,8 +103,11 @@ def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0) -> Any:
     """The ConfigProto every model's session gets (TF Serving's session_config from the parallelism flags)."""
     import tensorflow as tf
 
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                    inter_op_parallelism_threads=inter_op_threads, allow_soft_placement=True)
+    return tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads,
+        inter_op_parallelism_threads=inter_op_threads,
+        allow_soft_placement=True,
+    )
 
 
 class LoadedModel:
@@ -123,7 +138,9 @@ class LoadedModel:
                 self._endpoints = {
                     info.name: self._graph.get_tensor_by_name(info.name)._as_tf_output()  # noqa: SLF001
                     for sig in self.signatures.values()
-                    for info in (*sig.inputs.values(), *sig.outputs.values()) if info.name}
+                    for info in (*sig.inputs.values(), *sig.outputs.values())
+                    if info.name
+                }
             except Exception as e:  # noqa: BLE001
                 self._session.close()
                 raise from_exception(e) from e
@@ -147,11 +164,13 @@ class LoadedModel:
             if len(inputs) == len(sig.inputs) and extra:
                 raise invalid_argument(
                     f"input tensor alias not found in signature: {extra[0]}. Inputs expected to be in the set "
-                    f"{{{','.join(sorted(sig.inputs))}}}.")
+                    f"{{{','.join(sorted(sig.inputs))}}}."
+                )
             raise invalid_argument(
                 f"input size does not match signature: {len(inputs)}!={len(sig.inputs)} "
                 f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(sig.inputs))}}}). "
-                f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+                f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
+            )
         checked = {}
         for i, (alias, info) in enumerate(sorted(sig.inputs.items())):
             arr = inputs[alias]
@@ -159,13 +178,19 @@ class LoadedModel:
             if got != info.dtype:
                 raise invalid_argument(
                     f"Expects arg[{i}] to be {dtype_name(info.dtype)} but {dtype_name(got)} is provided "
-                    f"(input '{alias}')")
+                    f"(input '{alias}')"
+                )
             want = numpy_dtype(info.dtype)
             checked[alias] = arr if want is None or want is object else arr.astype(want, copy=False)
         return checked
 
-    def run(self, sig: Signature, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None = None,
-            deadline: float | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        sig: Signature,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """One Session::Run of `sig` (only the `outputs` aliases, default all); `deadline` (time.monotonic()) becomes
         the run's timeout, so TensorFlow abandons work nobody waits for any more (DEADLINE_EXCEEDED)."""
         aliases = tuple(sorted(sig.outputs)) if outputs is None else outputs
@@ -182,7 +207,8 @@ class LoadedModel:
             if remaining_ms <= 0:
                 raise deadline_exceeded("Deadline exceeded before the model ran")
             options = self._tf_session.TF_NewBufferFromString(
-                self._run_options(timeout_in_ms=remaining_ms).SerializeToString())
+                self._run_options(timeout_in_ms=remaining_ms).SerializeToString()
+            )
         try:
             values = self._session._call_tf_sessionrun(options, feeds, fetches, [], None)  # noqa: SLF001
         except Exception as e:  # noqa: BLE001 - the model's own error, with TF's code
@@ -192,16 +218,18 @@ class LoadedModel:
                 self._tf_session.TF_DeleteBuffer(options)
         return dict(zip(aliases, (np.asarray(v) for v in values)))
 
-    def _run_function(self, sig: Signature, inputs: dict[str, np.ndarray], aliases: tuple[str, ...]
-                      ) -> dict[str, np.ndarray]:
+    def _run_function(
+        self, sig: Signature, inputs: dict[str, np.ndarray], aliases: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
         """A TF2 signature function, called with flat arguments (no TensorSpec shape check, as a Session feed)."""
         fn = self._functions.get(sig.key)
         if fn is None:
             raise failed_precondition(f'Serving signature key "{sig.key}" not found.')
         tf = self._tf
         try:
-            args = [tf.constant(inputs[name], dtype=tf.dtypes.as_dtype(sig.inputs[name].dtype))
-                    for name in fn._arg_keywords]  # noqa: SLF001 - the function's own argument order
+            args = [
+                tf.constant(inputs[name], dtype=tf.dtypes.as_dtype(sig.inputs[name].dtype)) for name in fn._arg_keywords
+            ]  # noqa: SLF001 - the function's own argument order
             result = fn._call_flat(args, fn.captured_inputs)  # noqa: SLF001
         except ServingError:
             raise
@@ -211,8 +239,9 @@ class LoadedModel:
 
     def _endpoint(self, sig: Signature, info: TensorInfo) -> Any:
         if not info.name:
-            raise unimplemented(f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense "
-                                   f"tensors are served")
+            raise unimplemented(
+                f"Signature {sig.key}: tensor '{info.alias}' is not a dense tensor; only dense tensors are served"
+            )
         return self._endpoints[info.name]
 
     def close(self) -> None:

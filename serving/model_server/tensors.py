@@ -35,8 +35,17 @@ _DTYPES: dict[int, tuple[Any, str]] = {
 _BY_NUMPY = {np.dtype(v[0]): k for k, v in _DTYPES.items() if v[0] is not object}
 
 # TensorProto field numbers of the typed value fields (tensorflow/core/framework/tensor.proto).
-_FIELD_NUMBER = {"float_val": 5, "double_val": 6, "int_val": 7, "string_val": 8, "int64_val": 10, "bool_val": 11,
-                 "half_val": 13, "uint32_val": 16, "uint64_val": 17}
+_FIELD_NUMBER = {
+    "float_val": 5,
+    "double_val": 6,
+    "int_val": 7,
+    "string_val": 8,
+    "int64_val": 10,
+    "bool_val": 11,
+    "half_val": 13,
+    "uint32_val": 16,
+    "uint64_val": 17,
+}
 
 # What TF holds per string element besides its bytes (sizeof(tstring)).
 STRING_ELEMENT_OVERHEAD = 24
@@ -71,25 +80,33 @@ class RequestBudget:
         self.elements += elements
         self.bytes += nbytes
         if self.elements > self.limits.max_elements:
-            raise resource_exhausted(f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
-                                  f"limit); this server accepts at most {self.limits.max_elements} per request "
-                                  f"(--max_request_tensor_elements)")
+            raise resource_exhausted(
+                f"Request inputs hold {self.elements} elements (input '{alias}' brings it over the "
+                f"limit); this server accepts at most {self.limits.max_elements} per request "
+                f"(--max_request_tensor_elements)"
+            )
         if self.bytes > self.limits.max_bytes:
-            raise resource_exhausted(f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
-                                  f"brings it over the limit); this server accepts at most {self.limits.max_bytes} "
-                                  f"per request (--max_request_tensor_bytes)")
+            raise resource_exhausted(
+                f"Request inputs would take {self.bytes} bytes once decoded (input '{alias}' "
+                f"brings it over the limit); this server accepts at most {self.limits.max_bytes} "
+                f"per request (--max_request_tensor_bytes)"
+            )
 
     def check_shape(self, alias: str, shape: list[int] | tuple[int, ...]) -> None:
         """Rows of one input (its first dimension), before anything is decoded: the model's work grows with them
         however little the request carries (one repeated value fills any shape)."""
         if shape and shape[0] > self.limits.max_batch_size:
-            raise resource_exhausted(f"Input '{alias}' has {shape[0]} rows; this server accepts at most "
-                                  f"{self.limits.max_batch_size} per request (--max_request_batch_size)")
+            raise resource_exhausted(
+                f"Input '{alias}' has {shape[0]} rows; this server accepts at most "
+                f"{self.limits.max_batch_size} per request (--max_request_batch_size)"
+            )
 
     def check_string(self, alias: str, longest: int) -> None:
         if longest > self.limits.max_string_bytes:
-            raise resource_exhausted(f"Input '{alias}' holds a string of {longest} bytes; this server accepts at most "
-                                  f"{self.limits.max_string_bytes} per string (--max_request_string_bytes)")
+            raise resource_exhausted(
+                f"Input '{alias}' holds a string of {longest} bytes; this server accepts at most "
+                f"{self.limits.max_string_bytes} per string (--max_request_string_bytes)"
+            )
 
     def charge_array(self, alias: str, arr: np.ndarray) -> None:
         """An already decoded input (the REST path): the same limits as a TensorProto's."""
@@ -154,7 +171,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, alias: str = "", budget: RequestBudg
         if len(proto.tensor_content) != count * itemsize:
             raise invalid_argument(
                 f"tensor parsing error: {alias} (tensor_content holds {len(proto.tensor_content)} bytes, "
-                f"shape {shape} needs {count * itemsize})")
+                f"shape {shape} needs {count * itemsize})"
+            )
         # A copy: TF may reuse a fed buffer in place, and this one belongs to the (immutable) proto.
         return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape).copy()
     flat = _typed_values(proto, field, np_dtype)
@@ -202,7 +220,7 @@ def _packed_payload(data: bytes, field_number: int) -> bytes | None:
         if wire_type == 2:
             length, pos = _read_varint(data, pos)
             if number == field_number:
-                chunks.append(view[pos:pos + length])
+                chunks.append(view[pos : pos + length])
             pos += length
         elif number == field_number:
             return None
@@ -226,8 +244,9 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _decode_strings(proto: tensor_pb2.TensorProto, alias: str, shape: list[int], count: int,
-                    budget: RequestBudget | None) -> np.ndarray:
+def _decode_strings(
+    proto: tensor_pb2.TensorProto, alias: str, shape: list[int], count: int, budget: RequestBudget | None
+) -> np.ndarray:
     if proto.tensor_content:
         raise invalid_argument(f"tensor parsing error: {alias} (tensor_content is not valid for strings)")
     values = proto.string_val
@@ -298,8 +317,11 @@ def _packed_field(field: str, dtype: int, flat: np.ndarray) -> bytes:
         payload = _varints(flat.astype(np.float16, copy=False).view(np.uint16).astype(np.uint64))
     else:
         # int32-family values are sign-extended to 64 bits on the wire, as protobuf encodes negative int32s.
-        payload = _varints(flat.astype(np.int64, copy=False).view(np.uint64) if flat.dtype.kind in "ib"
-                           else flat.astype(np.uint64, copy=False))
+        payload = _varints(
+            flat.astype(np.int64, copy=False).view(np.uint64)
+            if flat.dtype.kind in "ib"
+            else flat.astype(np.uint64, copy=False)
+        )
     tag = (_FIELD_NUMBER[field] << 3) | 2  # length-delimited (packed)
     return _varint(tag) + _varint(len(payload)) + payload
 
@@ -355,8 +377,11 @@ def _decode_varints(data: np.ndarray) -> np.ndarray:
 def as_strings(arr: np.ndarray) -> np.ndarray:
     """Make an object array of bytes (what TF string tensors hold) from str/bytes arrays."""
     if arr.dtype == object:
-        return np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode("utf-8"), otypes=[object])(arr) \
-            if arr.size else arr
+        return (
+            np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode("utf-8"), otypes=[object])(arr)
+            if arr.size
+            else arr
+        )
     if arr.dtype.kind == "U":
         return np.char.encode(arr, "utf-8").astype(object)
     return arr.astype(object)

@@ -25,25 +25,47 @@ for meta_graph in saved_model.meta_graphs:
     ops.update(node.op for node in meta_graph.graph_def.node)
     for function in meta_graph.graph_def.library.function:
         ops.update(node.op for node in function.node_def)
-INITIALISING_OPS = {"InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "InitializeTable",
-                    "InitializeTableV2", "LookupTableImportV2", "ReadFile", "RestoreV2", "TFRecordDataset",
-                    "TFRecordDatasetV2", "TextLineDataset", "TextLineDatasetV2", "FixedLengthRecordDataset",
-                    "MatchingFiles"}  # fmt: skip
+INITIALISING_OPS = {
+    "InitializeTableFromTextFile",
+    "InitializeTableFromTextFileV2",
+    "InitializeTable",
+    "InitializeTableV2",
+    "LookupTableImportV2",
+    "ReadFile",
+    "RestoreV2",
+    "TFRecordDataset",
+    "TFRecordDatasetV2",
+    "TextLineDataset",
+    "TextLineDatasetV2",
+    "FixedLengthRecordDataset",
+    "MatchingFiles",
+}
 # the functions that run once: a resource's initializer at load (lookup tables), restore and save
 RUN_ONCE = re.compile(r"^__inference__(initializer|traced_restore|traced_save)_\d+$")
-per_call_initialisation = sorted({f"{f.signature.name}: {node.op}" for mg in saved_model.meta_graphs
-                              for f in mg.graph_def.library.function if not RUN_ONCE.match(f.signature.name)
-                              for node in f.node_def if node.op in INITIALISING_OPS})  # fmt: skip
+per_call_initialisation = sorted(
+    {
+        f"{f.signature.name}: {node.op}"
+        for mg in saved_model.meta_graphs
+        for f in mg.graph_def.library.function
+        if not RUN_ONCE.match(f.signature.name)
+        for node in f.node_def
+        if node.op in INITIALISING_OPS
+    }
+)
 functions = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
 real_ops = sorted(ops - functions)  # a node may call a library function by name
 core_only = [op for op in real_ops if op_def_registry.get(op) is None]
 from mtnlp.model.serving_ops import load_text_ops  # noqa: E402
 
 load_text_ops()
-print(json.dumps({
-    "ops": real_ops,
-    "unregistered": [op for op in real_ops if op_def_registry.get(op) is None],
-    "text_ops": [op for op in core_only if op_def_registry.get(op) is not None],
-    "python_ops": [op for op in real_ops if "PyFunc" in op],
-    "per_call_initialisation": per_call_initialisation,
-}))
+print(
+    json.dumps(
+        {
+            "ops": real_ops,
+            "unregistered": [op for op in real_ops if op_def_registry.get(op) is None],
+            "text_ops": [op for op in core_only if op_def_registry.get(op) is not None],
+            "python_ops": [op for op in real_ops if "PyFunc" in op],
+            "per_call_initialisation": per_call_initialisation,
+        }
+    )
+)

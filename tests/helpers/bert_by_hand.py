@@ -27,7 +27,13 @@ PAIRS = (
 
 def _is_punctuation(char: str) -> bool:
     code = ord(char)
-    return 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126 or unicodedata.category(char).startswith("P")
+    return (
+        33 <= code <= 47
+        or 58 <= code <= 64
+        or 91 <= code <= 96
+        or 123 <= code <= 126
+        or unicodedata.category(char).startswith("P")
+    )
 
 
 def piece_ids(sentence: str, vocabulary: dict[str, int]) -> list[int]:
@@ -73,23 +79,37 @@ def sequence_output(ids: list[int], tensors: dict[str, np.ndarray], config: dict
     t = {k: v.astype(np.float64) for k, v in tensors.items()}
     eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
     x = t["embeddings.word_embeddings.weight"][ids] + t["embeddings.position_embeddings.weight"][: len(ids)]
-    x = _layer_norm(x + t["embeddings.token_type_embeddings.weight"][0], t["embeddings.LayerNorm.weight"],
-                    t["embeddings.LayerNorm.bias"], eps)  # fmt: skip
+    x = _layer_norm(
+        x + t["embeddings.token_type_embeddings.weight"][0],
+        t["embeddings.LayerNorm.weight"],
+        t["embeddings.LayerNorm.bias"],
+        eps,
+    )
+
     def dense(v: np.ndarray, name: str) -> np.ndarray:
         return v @ t[name + ".weight"].T + t[name + ".bias"]
 
     for i in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
-        q, k, v = (dense(x, f"{p}attention.self.{n}").reshape(len(ids), heads, -1).transpose(1, 0, 2) for n in ("query", "key", "value"))
+        q, k, v = (
+            dense(x, f"{p}attention.self.{n}").reshape(len(ids), heads, -1).transpose(1, 0, 2)
+            for n in ("query", "key", "value")
+        )
         scores = q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1])
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         weights /= weights.sum(-1, keepdims=True)
         attended = (weights @ v).transpose(1, 0, 2).reshape(len(ids), -1)
-        x = _layer_norm(x + dense(attended, p + "attention.output.dense"), t[p + "attention.output.LayerNorm.weight"],
-                        t[p + "attention.output.LayerNorm.bias"], eps)  # fmt: skip
+        x = _layer_norm(
+            x + dense(attended, p + "attention.output.dense"),
+            t[p + "attention.output.LayerNorm.weight"],
+            t[p + "attention.output.LayerNorm.bias"],
+            eps,
+        )
         hidden = dense(x, p + "intermediate.dense")
         hidden = 0.5 * hidden * (1 + _erf(hidden / math.sqrt(2)))
-        x = _layer_norm(x + dense(hidden, p + "output.dense"), t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], eps)
+        x = _layer_norm(
+            x + dense(hidden, p + "output.dense"), t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], eps
+        )
     return x
 
 

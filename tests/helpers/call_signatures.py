@@ -50,8 +50,12 @@ def translate():
 
 def target_vocabulary():
     # the words the translation head can output: Transform's vocabulary file, an asset of the model
-    path = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(MODEL_DIR, "assets"))
-            for f in files if f == "translation_words"]  # fmt: skip
+    path = [
+        os.path.join(root, f)
+        for root, _, files in os.walk(os.path.join(MODEL_DIR, "assets"))
+        for f in files
+        if f == "translation_words"
+    ]
     with open(path[0], encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
 
@@ -63,8 +67,10 @@ def bytes_read() -> int:
 
 def bytes_read_per_request(calls: int = 20) -> float:
     """Bytes this process reads per request of the plain and the translation signature (after a first call)."""
-    requests = [lambda: model.signatures["serving_default"](text=sentences),
-                lambda: model.signatures["translate"](text=sentences)]  # fmt: skip
+    requests = [
+        lambda: model.signatures["serving_default"](text=sentences),
+        lambda: model.signatures["translate"](text=sentences),
+    ]
     for request in requests:
         request()
     before = bytes_read()
@@ -80,12 +86,24 @@ if MOVE_AWAY:
 result = {
     "signatures": sorted(model.signatures.keys()),
     "analyze": (plain(model.signatures["serving_default"](text=sentences))),
-    "analyze_tokens": (plain(model.signatures["analyze_tokens"](
-        tokens=tf.constant([["Apple", "sued", "Samsung", "in", "California", "."], ["Hi", "!", "", "", "", ""]])))),
-    "relation": (plain(model.signatures["relation"](
-        text=tf.constant(["The company fabricates plastic chairs.", "Smoke came from the fire."]),
-        e1_start=tf.constant([4, 0], tf.int64), e1_end=tf.constant([11, 5], tf.int64),
-        e2_start=tf.constant([31, 20], tf.int64), e2_end=tf.constant([37, 24], tf.int64)))),
+    "analyze_tokens": (
+        plain(
+            model.signatures["analyze_tokens"](
+                tokens=tf.constant([["Apple", "sued", "Samsung", "in", "California", "."], ["Hi", "!", "", "", "", ""]])
+            )
+        )
+    ),
+    "relation": (
+        plain(
+            model.signatures["relation"](
+                text=tf.constant(["The company fabricates plastic chairs.", "Smoke came from the fire."]),
+                e1_start=tf.constant([4, 0], tf.int64),
+                e1_end=tf.constant([11, 5], tf.int64),
+                e2_start=tf.constant([31, 20], tf.int64),
+                e2_end=tf.constant([37, 24], tf.int64),
+            )
+        )
+    ),
     "translate": translate(),
     "target_vocabulary": vocabulary,
     "bytes_read_per_request": bytes_read_per_request() if MOVE_AWAY else None,

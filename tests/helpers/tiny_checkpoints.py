@@ -12,10 +12,20 @@ import numpy as np
 
 def bert_config(vocabulary_size: int, max_position_embeddings: int = 40) -> dict:
     """config.json of a 2-layer BERT of hidden size 16, as transformers writes it."""
-    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocabulary_size, "hidden_size": 16,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
-            "max_position_embeddings": max_position_embeddings, "type_vocab_size": 2, "hidden_act": "gelu",
-            "layer_norm_eps": 1e-12, "position_embedding_type": "absolute"}  # fmt: skip
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": vocabulary_size,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": max_position_embeddings,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "position_embedding_type": "absolute",
+    }
 
 
 def bert_tensors(config: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -25,11 +35,14 @@ def bert_tensors(config: dict, rng: np.random.Generator) -> dict[str, np.ndarray
     def normal(*shape: int) -> np.ndarray:
         return rng.normal(0, 0.3, size=shape).astype("float32")
 
-    t = {"embeddings.word_embeddings.weight": normal(config["vocab_size"], h),
-         "embeddings.position_embeddings.weight": normal(config["max_position_embeddings"], h),
-         "embeddings.token_type_embeddings.weight": normal(config["type_vocab_size"], h),
-         "embeddings.position_ids": np.arange(config["max_position_embeddings"])[None],  # unused, as in real ones
-         "pooler.dense.weight": normal(h, h), "pooler.dense.bias": normal(h)}  # fmt: skip
+    t = {
+        "embeddings.word_embeddings.weight": normal(config["vocab_size"], h),
+        "embeddings.position_embeddings.weight": normal(config["max_position_embeddings"], h),
+        "embeddings.token_type_embeddings.weight": normal(config["type_vocab_size"], h),
+        "embeddings.position_ids": np.arange(config["max_position_embeddings"])[None],  # unused, as in real ones
+        "pooler.dense.weight": normal(h, h),
+        "pooler.dense.bias": normal(h),
+    }
     norms = ["embeddings.LayerNorm"]
     for layer in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{layer}."
@@ -46,33 +59,57 @@ def bert_tensors(config: dict, rng: np.random.Generator) -> dict[str, np.ndarray
 
 def tokenizer_json(vocabulary: list[str], lowercase: bool, strip_accents: bool | None) -> dict:
     """A ``tokenizers`` library JSON of a BERT WordPiece tokenizer (BertNormalizer, [CLS] A [SEP])."""
-    return {"version": "1.0", "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                                        "vocab": {piece: i for i, piece in enumerate(vocabulary)}},
-            "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
-                           "strip_accents": strip_accents, "lowercase": lowercase},
-            "pre_tokenizer": {"type": "BertPreTokenizer"},
-            "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                                                                        {"Sequence": {"id": "A", "type_id": 0}},
-                                                                        {"SpecialToken": {"id": "[SEP]", "type_id": 0}}]}}  # fmt: skip
+    return {
+        "version": "1.0",
+        "model": {
+            "type": "WordPiece",
+            "unk_token": "[UNK]",
+            "continuing_subword_prefix": "##",
+            "vocab": {piece: i for i, piece in enumerate(vocabulary)},
+        },
+        "normalizer": {
+            "type": "BertNormalizer",
+            "clean_text": True,
+            "handle_chinese_chars": True,
+            "strip_accents": strip_accents,
+            "lowercase": lowercase,
+        },
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+            ],
+        },
+    }
 
 
-def write_transformers(directory: pathlib.Path, config: dict, tensors: dict[str, np.ndarray], vocabulary: list[str],
-                       tokenizer_config: dict) -> pathlib.Path:  # fmt: skip
+def write_transformers(
+    directory: pathlib.Path, config: dict, tensors: dict[str, np.ndarray], vocabulary: list[str], tokenizer_config: dict
+) -> pathlib.Path:
     """transformers' layout of the original BERTs: tensors under ``bert.`` with LayerNorm gamma/beta,
     ``vocab.txt`` and ``tokenizer_config.json``."""
     from safetensors.numpy import save_file
 
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(config))
-    save_file({"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-               for k, v in tensors.items()}, str(directory / "model.safetensors"))  # fmt: skip
+    save_file(
+        {
+            "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in tensors.items()
+        },
+        str(directory / "model.safetensors"),
+    )
     (directory / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return directory
 
 
-def write_sentence_transformers(directory: pathlib.Path, config: dict, tensors: dict[str, np.ndarray],
-                                vocabulary: list[str], folder: str = "") -> pathlib.Path:  # fmt: skip
+def write_sentence_transformers(
+    directory: pathlib.Path, config: dict, tensors: dict[str, np.ndarray], vocabulary: list[str], folder: str = ""
+) -> pathlib.Path:
     """A sentence-transformers model directory: the BERT in ``folder`` (no pooler tensors, an uncased
     ``tokenizer.json``), a pooling module, ``modules.json``."""
     from safetensors.numpy import save_file
@@ -84,9 +121,14 @@ def write_sentence_transformers(directory: pathlib.Path, config: dict, tensors: 
     (model / "tokenizer.json").write_text(json.dumps(tokenizer_json(vocabulary, lowercase=True, strip_accents=None)))
     (directory / "1_Pooling").mkdir()
     (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    (directory / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": folder, "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))  # fmt: skip
+    (directory / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": folder, "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     return directory
 
 

@@ -18,9 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -30,8 +30,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_GRPC = os.environ.get("MTNLP_SERVING_GRPC")
 EXTERNAL_REST = os.environ.get("MTNLP_SERVING_REST")
-LOCAL_ONLY = pytest.mark.skipif(bool(EXTERNAL_GRPC), reason="needs a server process of its own (MTNLP_SERVING_GRPC "
-                                                             "points the suite at an external server)")
+LOCAL_ONLY = pytest.mark.skipif(
+    bool(EXTERNAL_GRPC),
+    reason="needs a server process of its own (MTNLP_SERVING_GRPC points the suite at an external server)",
+)
 
 
 def free_port() -> int:
@@ -52,8 +54,12 @@ class ServerProcess:
         self.grpc_port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_dir / f"server-{self.grpc_port}.log"
-        args = server_command() + [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-                                   "--bind_address=127.0.0.1", *flags]
+        args = server_command() + [
+            f"--port={self.grpc_port}",
+            f"--rest_api_port={self.rest_port}",
+            "--bind_address=127.0.0.1",
+            *flags,
+        ]
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
@@ -71,7 +77,7 @@ class ServerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 90.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
         """Until the gRPC port accepts connections (the server opens it after the initial loads)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -138,9 +144,14 @@ def server(toy_dir: Path, server_logs: Path, monitoring_config: Path) -> Iterato
     if EXTERNAL_GRPC:
         yield Endpoint(EXTERNAL_GRPC, EXTERNAL_REST, None)
         return
-    proc = ServerProcess([f"--model_config_file={toy_dir / 'models.config'}",
-                          f"--monitoring_config_file={monitoring_config}", "--max_num_load_retries=0"],
-                         server_logs).wait_ready()
+    proc = ServerProcess(
+        [
+            f"--model_config_file={toy_dir / 'models.config'}",
+            f"--monitoring_config_file={monitoring_config}",
+            "--max_num_load_retries=0",
+        ],
+        server_logs,
+    ).wait_ready()
     yield Endpoint(proc.grpc, proc.rest, proc)
     proc.stop()
 

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RELATION_LABELS = ["Other"] + [f"{r}({a},{b})" for r in (
-    "Cause-Effect", "Component-Whole", "Content-Container", "Entity-Destination", "Entity-Origin",
-    "Instrument-Agency", "Member-Collection", "Message-Topic", "Product-Producer") for a, b in (("e1", "e2"),
-                                                                                              ("e2", "e1"))]
+RELATION_LABELS = ["Other"] + [
+    f"{r}({a},{b})"
+    for r in (
+        "Cause-Effect",
+        "Component-Whole",
+        "Content-Container",
+        "Entity-Destination",
+        "Entity-Origin",
+        "Instrument-Agency",
+        "Member-Collection",
+        "Message-Topic",
+        "Product-Producer",
+    )
+    for a, b in (("e1", "e2"), ("e2", "e1"))
+]
 ORGS = ["Apple", "Samsung", "Google"]
 LOCS = ["California", "Paris", "Berlin"]
 
@@ -34,9 +45,15 @@ def build(base: Path, version: int = 1) -> Path:
         p_pos = tf.where(negative, 0.1, 0.8)
         probs = tf.stack([1.0 - p_pos, p_pos], axis=1)
         label = tf.where(negative, "negative", "positive")
-        return {"tokens": tokens, "length": length, "sentiment_label": label,
-                "sentiment_probability": tf.reduce_max(probs, axis=1), "sentiment_probabilities": probs,
-                "pos_tags": pos, "ner_tags": ner}
+        return {
+            "tokens": tokens,
+            "length": length,
+            "sentiment_label": label,
+            "sentiment_probability": tf.reduce_max(probs, axis=1),
+            "sentiment_probabilities": probs,
+            "pos_tags": pos,
+            "ner_tags": ner,
+        }
 
     def tokenize(text):
         spaced = tf.strings.regex_replace(text, r"([.,!?;:])", r" \1")
@@ -51,14 +68,19 @@ def build(base: Path, version: int = 1) -> Path:
         def analyze_tokens(self, tokens):
             return tag_tokens(tokens)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")] +
-                     [tf.TensorSpec([None], tf.int64, name=n) for n in ("e1_start", "e1_end", "e2_start", "e2_end")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+            + [tf.TensorSpec([None], tf.int64, name=n) for n in ("e1_start", "e1_end", "e2_start", "e2_end")]
+        )
         def relation(self, text, e1_start, e1_end, e2_start, e2_end):
             n = tf.shape(text)[0]
             idx = tf.where(e1_start < e2_start, 17, 18)  # Product-Producer(e1,e2) / (e2,e1)
             probs = tf.one_hot(idx, len(RELATION_LABELS), on_value=0.82, off_value=0.01)
-            return {"relation_label": tf.gather(tf.constant(RELATION_LABELS), idx),
-                    "relation_probability": tf.fill([n], 0.82), "relation_probabilities": probs}
+            return {
+                "relation_label": tf.gather(tf.constant(RELATION_LABELS), idx),
+                "relation_probability": tf.fill([n], 0.82),
+                "relation_probabilities": probs,
+            }
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serving_tf_example(self, examples):
@@ -69,9 +91,15 @@ def build(base: Path, version: int = 1) -> Path:
     m = Fake()
     path = base / str(version)
     analyze = m.analyze.get_concrete_function()
-    tf.saved_model.save(m, str(path), signatures={
-        "serving_default": analyze, "analyze": analyze,
-        "analyze_tokens": m.analyze_tokens.get_concrete_function(),
-        "relation": m.relation.get_concrete_function(),
-        "serving_tf_example": m.serving_tf_example.get_concrete_function()})
+    tf.saved_model.save(
+        m,
+        str(path),
+        signatures={
+            "serving_default": analyze,
+            "analyze": analyze,
+            "analyze_tokens": m.analyze_tokens.get_concrete_function(),
+            "relation": m.relation.get_concrete_function(),
+            "serving_tf_example": m.serving_tf_example.get_concrete_function(),
+        },
+    )
     return path

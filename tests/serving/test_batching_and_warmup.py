@@ -25,15 +25,24 @@ def batching_server(toy_dir, tmp_path_factory, server_logs, monitoring_config):
     from .conftest import ServerProcess
 
     params = tmp_path_factory.mktemp("batching") / "batching_parameters.txt"
-    params.write_text("max_batch_size { value: 8 }\n"
-                      "batch_timeout_micros { value: 100000 }\n"
-                      "max_enqueued_batches { value: 100 }\n"
-                      "num_batch_threads { value: 1 }\n"
-                      "allowed_batch_sizes: 2\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
-                      "pad_variable_length_inputs: true\n")
-    p = ServerProcess(["--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}", "--enable_batching",
-                       f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring_config}"],
-                      server_logs).wait_ready()
+    params.write_text(
+        "max_batch_size { value: 8 }\n"
+        "batch_timeout_micros { value: 100000 }\n"
+        "max_enqueued_batches { value: 100 }\n"
+        "num_batch_threads { value: 1 }\n"
+        "allowed_batch_sizes: 2\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
+        "pad_variable_length_inputs: true\n"
+    )
+    p = ServerProcess(
+        [
+            "--model_name=hpt",
+            f"--model_base_path={toy_dir / 'half_plus_two'}",
+            "--enable_batching",
+            f"--batching_parameters_file={params}",
+            f"--monitoring_config_file={monitoring_config}",
+        ],
+        server_logs,
+    ).wait_ready()
     yield p
     p.stop()
 
@@ -86,15 +95,19 @@ def test_variable_length_inputs_padded(batching_server):
 
 def test_batch_sizes_in_metrics(batching_server):
     text = urllib.request.urlopen(f"http://{batching_server.rest}/monitoring/prometheus/metrics", timeout=30).read()
-    line = next(ln for ln in text.decode().splitlines()
-                if ln.startswith(":tensorflow:serving:batching_session:processed_batch_size_count"))
+    line = next(
+        ln
+        for ln in text.decode().splitlines()
+        if ln.startswith(":tensorflow:serving:batching_session:processed_batch_size_count")
+    )
     assert int(line.rsplit(" ", 1)[1]) > 0
 
 
 @pytest.mark.parametrize("flag,expected_calls", [([], 1 + 3), (["--enable_model_warmup=false"], 1)])
 def test_warmup_replayed_before_serving(start_server, toy_dir, flag, expected_calls):
-    p = start_server("--model_name=warmup_counter", f"--model_base_path={toy_dir / 'warmup_counter'}", *flag,
-                     rest=False)
+    p = start_server(
+        "--model_name=warmup_counter", f"--model_base_path={toy_dir / 'warmup_counter'}", *flag, rest=False
+    )
     with ServingClient(p.grpc, model_name="warmup_counter") as c:
         assert int(c.predict({"x": [1.0]})["calls"][0]) == expected_calls
     if not flag:
@@ -105,10 +118,14 @@ def test_rest_timeout(start_server, toy_dir, tmp_path):
     # A batch that waits 3 s for company outlasts a 300 ms REST timeout: 504 with an error, gRPC still answers.
     params = tmp_path / "slow_batching.txt"
     params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 3000000 }\n")
-    p = start_server("--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}", "--enable_batching",
-                     f"--batching_parameters_file={params}", "--rest_api_timeout_in_ms=300")
-    req = urllib.request.Request(f"http://{p.rest}/v1/models/hpt:predict", data=b'{"instances": [1.0]}',
-                                 method="POST")
+    p = start_server(
+        "--model_name=hpt",
+        f"--model_base_path={toy_dir / 'half_plus_two'}",
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+        "--rest_api_timeout_in_ms=300",
+    )
+    req = urllib.request.Request(f"http://{p.rest}/v1/models/hpt:predict", data=b'{"instances": [1.0]}', method="POST")
     start = time.monotonic()
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)

@@ -50,8 +50,13 @@ def test_full_queue_is_unavailable():
 
 def test_large_batch_splitting():
     run, seen = recorder()
-    o = BatchOptions(max_batch_size=8, max_execution_batch_size=4, enable_large_batch_splitting=True,
-                     allowed_batch_sizes=(2, 4), num_batch_threads=1)
+    o = BatchOptions(
+        max_batch_size=8,
+        max_execution_batch_size=4,
+        enable_large_batch_splitting=True,
+        allowed_batch_sizes=(2, 4),
+        num_batch_threads=1,
+    )
     o.validate()
     s = BatchScheduler(o, run)
     try:

@@ -56,9 +56,13 @@ def test_read_sentences_from_arguments_stdin_and_files(tmp_path):
     stdin = io.StringIO("From stdin.\n\nAnd more.\n")
     got = read_sentences(["One.", "-", "Two."], [str(tmp_path / "in.txt")], stdin=stdin)
     assert [(s.text, s.origin) for s in got] == [
-        ("One.", "argument 1"), ("From stdin.", "line 1 of stdin"), ("And more.", "line 3 of stdin"),
-        ("Two.", "argument 3"), ("First line.", f"line 1 of {tmp_path / 'in.txt'}"),
-        ("Second line.", f"line 4 of {tmp_path / 'in.txt'}")]
+        ("One.", "argument 1"),
+        ("From stdin.", "line 1 of stdin"),
+        ("And more.", "line 3 of stdin"),
+        ("Two.", "argument 3"),
+        ("First line.", f"line 1 of {tmp_path / 'in.txt'}"),
+        ("Second line.", f"line 4 of {tmp_path / 'in.txt'}"),
+    ]
     with pytest.raises(PredictInputError, match="no sentences"):
         read_sentences([], [])
     with pytest.raises(PredictInputError, match="cannot read .*missing.txt"):
@@ -72,8 +76,12 @@ def test_iob2_chunks_as_predict_reads_them():
 
 
 def test_align_words_case_insensitive():
-    assert align_words("Apple sued Samsung.", ["apple", "sued", "samsung", "."]) == [(0, 5), (6, 10), (11, 18),
-                                                                                     (18, 19)]
+    assert align_words("Apple sued Samsung.", ["apple", "sued", "samsung", "."]) == [
+        (0, 5),
+        (6, 10),
+        (11, 18),
+        (18, 19),
+    ]
 
 
 def test_task_choices_come_from_the_registry():
@@ -101,10 +109,24 @@ def mtnlp_serve(fake_workdir, server_logs):
         pytest.skip("starts its own server")
     grpc_port, rest_port = free_port(), free_port()
     log = open(server_logs / "mtnlp-serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mtnlp.cli", "serve", "--workdir", str(fake_workdir),
-                             "--port", str(grpc_port), "--rest-port", str(rest_port)],
-                            cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mtnlp.cli",
+            "serve",
+            "--workdir",
+            str(fake_workdir),
+            "--port",
+            str(grpc_port),
+            "--rest-port",
+            str(rest_port),
+        ],
+        cwd=str(REPO),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     holder = ServerProcess.__new__(ServerProcess)  # reuse its readiness logic on this process
     holder.proc, holder.grpc_port, holder.rest_port, holder._log = proc, grpc_port, rest_port, log
     holder.log_path = server_logs / "mtnlp-serve.log"
@@ -179,9 +201,14 @@ def test_serve_without_pushed_model(tmp_path, capsys):
 
 @LOCAL_ONLY
 def test_console_entry_predict_subprocess(mtnlp_serve):
-    r = subprocess.run([sys.executable, "-m", "mtnlp.cli", "predict", "Apple sued Samsung.", "--server",
-                        mtnlp_serve.grpc, "--json"], cwd=str(REPO), capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-m", "mtnlp.cli", "predict", "Apple sued Samsung.", "--server", mtnlp_serve.grpc, "--json"],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ner"]["entities"][0]["text"] == "Apple"
 
@@ -194,8 +221,11 @@ def test_predict_several_sentences_as_json_lines(mtnlp_serve, capsys, transport)
     sentences = ["Apple sued Samsung in California.", "The [[company]] makes [[chairs]].", "Great film!"]
     out = predict(capsys, *sentences, "--server", server, "--json", *extra)
     docs = [json.loads(line) for line in out.splitlines()]
-    assert [d["text"] for d in docs] == ["Apple sued Samsung in California.", "The company makes chairs.",
-                                         "Great film!"]
+    assert [d["text"] for d in docs] == [
+        "Apple sued Samsung in California.",
+        "The company makes chairs.",
+        "Great film!",
+    ]
     # each row of the batched answer is that sentence's own: lengths, tags, and a relation only where marked
     assert [len(d["tokens"]) for d in docs] == [6, 5, 3]
     assert [e["text"] for e in docs[0]["ner"]["entities"]] == ["Apple", "Samsung", "California"]
@@ -221,34 +251,63 @@ def test_predict_human_output_separates_sentences(mtnlp_serve, capsys):
 
 def test_predict_reads_stdin_and_files(mtnlp_serve, tmp_path):
     (tmp_path / "sentences.txt").write_text("Google sued Apple.\n\nThe [[company]] makes [[chairs]].\n")
-    r = subprocess.run([sys.executable, "-m", "mtnlp.cli", "predict", "-", "--file", str(tmp_path / "sentences.txt"),
-                        "--server", mtnlp_serve.grpc, "--json"], input="Apple sued Samsung.\n\nParis is nice.\n",
-                       cwd=str(REPO), capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtnlp.cli",
+            "predict",
+            "-",
+            "--file",
+            str(tmp_path / "sentences.txt"),
+            "--server",
+            mtnlp_serve.grpc,
+            "--json",
+        ],
+        input="Apple sued Samsung.\n\nParis is nice.\n",
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     docs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [d["text"] for d in docs] == ["Apple sued Samsung.", "Paris is nice.", "Google sued Apple.",
-                                         "The company makes chairs."]
+    assert [d["text"] for d in docs] == [
+        "Apple sued Samsung.",
+        "Paris is nice.",
+        "Google sued Apple.",
+        "The company makes chairs.",
+    ]
     assert docs[3]["relation"]["e2"]["text"] == "chairs"
 
 
 def test_predict_only_relation(mtnlp_serve, capsys):
-    doc = json.loads(predict(capsys, "The [[company]] makes [[chairs]].", "--task", "relation", "--json",
-                             "--server", mtnlp_serve.grpc))
+    doc = json.loads(
+        predict(
+            capsys, "The [[company]] makes [[chairs]].", "--task", "relation", "--json", "--server", mtnlp_serve.grpc
+        )
+    )
     assert set(doc) == {"text", "relation"} and doc["relation"]["label"] == "Product-Producer(e1,e2)"
 
 
 # ----- bad input: refused before any request (the server below does not exist) ----------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["The [[company]] makes chairs."], r"argument 1 \('The \[\[company\]\] makes chairs.'\): a relation needs "
-                                        r"exactly two entities marked with \[\[...\]\].*found 1: \[\[company\]\]"),
-    (["Fine.", "[[a]] [[b]] [[c]]"], r"argument 2 .*found 3"),
-    (["Plain sentence.", "--task", "relation"], r"argument 1 .*a relation needs exactly two entities.*found 0"),
-    (["The [[company makes chairs."], r"argument 1 .*unbalanced \[\[ \]\] entity markers"),
-    (["The [[]] makes [[chairs]]."], r"argument 1 .*an empty \[\[\]\] entity marker"),
-    (["Fine.", "  "], r"argument 2 is empty: give a sentence"),
-    ([], r"no sentences: give them as arguments, '-' to read stdin \(one per line\), or --file FILE"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["The [[company]] makes chairs."],
+            r"argument 1 \('The \[\[company\]\] makes chairs.'\): a relation needs "
+            r"exactly two entities marked with \[\[...\]\].*found 1: \[\[company\]\]",
+        ),
+        (["Fine.", "[[a]] [[b]] [[c]]"], r"argument 2 .*found 3"),
+        (["Plain sentence.", "--task", "relation"], r"argument 1 .*a relation needs exactly two entities.*found 0"),
+        (["The [[company makes chairs."], r"argument 1 .*unbalanced \[\[ \]\] entity markers"),
+        (["The [[]] makes [[chairs]]."], r"argument 1 .*an empty \[\[\]\] entity marker"),
+        (["Fine.", "  "], r"argument 2 is empty: give a sentence"),
+        ([], r"no sentences: give them as arguments, '-' to read stdin \(one per line\), or --file FILE"),
+    ],
+)
 def test_predict_refuses_bad_input_before_calling(capsys, args, message):
     rc = mtnlp_cli.main(["predict", *args, "--server", f"127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
@@ -263,22 +322,31 @@ def test_predict_refuses_a_file_of_blank_lines(capsys, tmp_path):
 
 
 def test_markers_are_not_checked_when_relation_is_not_asked_for(mtnlp_serve, capsys):
-    doc = json.loads(predict(capsys, "The [[company]] makes chairs.", "--task", "sentiment", "--json",
-                             "--server", mtnlp_serve.grpc))
+    doc = json.loads(
+        predict(capsys, "The [[company]] makes chairs.", "--task", "sentiment", "--json", "--server", mtnlp_serve.grpc)
+    )
     assert doc["text"] == "The company makes chairs." and "relation" not in doc
 
 
 # ----- the gRPC client does not import TensorFlow --------------------------------------------------------------
 @LOCAL_ONLY
 def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
-    code = ("import sys, json\n"
-            "from mtnlp import cli\n"
-            f"rc = cli.main(['predict', 'Apple sued Samsung.', 'The [[company]] makes [[chairs]].', '--server', "
-            f"'{mtnlp_serve.grpc}', '--json'])\n"
-            "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python'))\n"
-            "print(json.dumps({'rc': rc, 'tensorflow_modules': loaded}))\n")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, json\n"
+        "from mtnlp import cli\n"
+        f"rc = cli.main(['predict', 'Apple sued Samsung.', 'The [[company]] makes [[chairs]].', '--server', "
+        f"'{mtnlp_serve.grpc}', '--json'])\n"
+        "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python'))\n"
+        "print(json.dumps({'rc': rc, 'tensorflow_modules': loaded}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert json.loads(lines[0])["ner"]["entities"][0]["text"] == "Apple"
@@ -286,19 +354,27 @@ def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
 
 
 def test_serving_protos_stay_compatible_with_tensorflow_imported_later():
-    code = ("import sys\n"
-            "from mtnlp.serving.client import import_serving_protos, to_tensor_proto\n"
-            "import_serving_protos()\n"
-            "assert 'tensorflow' not in sys.modules\n"
-            "from tensorflow.core.framework import tensor_pb2\n"
-            "proto = to_tensor_proto([[1.5, 2.5]])\n"
-            "import tensorflow as tf\n"
-            "assert type(tf.make_tensor_proto([1.0])) is tensor_pb2.TensorProto\n"
-            "assert tf.make_ndarray(proto).tolist() == [[1.5, 2.5]]\n"
-            "assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0\n"
-            "print('ok')\n")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import sys\n"
+        "from mtnlp.serving.client import import_serving_protos, to_tensor_proto\n"
+        "import_serving_protos()\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "from tensorflow.core.framework import tensor_pb2\n"
+        "proto = to_tensor_proto([[1.5, 2.5]])\n"
+        "import tensorflow as tf\n"
+        "assert type(tf.make_tensor_proto([1.0])) is tensor_pb2.TensorProto\n"
+        "assert tf.make_ndarray(proto).tolist() == [[1.5, 2.5]]\n"
+        "assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
@@ -306,14 +382,17 @@ def test_serve_bounds_one_request_to_a_few_normal_batches(mtnlp_serve):
     """`mtnlp serve` derives its request limits from the model: a request of one sentence repeated 10,000 times (a
     few bytes on the wire; at [100000] the project model spent 8 CPU-seconds and 1.5 GB on it) and one 50 MB sentence
     are refused before the model runs; a normal batch still answers."""
+    from tensorflow_serving.apis import predict_pb2
+
     from mtnlp.serving.client import RestClient, ServingClient, ServingClientError
     from mtnlp.serving.model_server.limits import BATCHES_PER_REQUEST, NORMAL_BATCH
-    from tensorflow_serving.apis import predict_pb2
 
     assert f"--max_request_batch_size={BATCHES_PER_REQUEST * NORMAL_BATCH}" in mtnlp_serve.log()
     with ServingClient(mtnlp_serve.grpc, model_name="mtnlp", retries=0) as c:
-        assert c.predict({"text": ["Apple sued Samsung."] * BATCHES_PER_REQUEST * NORMAL_BATCH})["tokens"].shape[0] \
+        assert (
+            c.predict({"text": ["Apple sued Samsung."] * BATCHES_PER_REQUEST * NORMAL_BATCH})["tokens"].shape[0]
             == BATCHES_PER_REQUEST * NORMAL_BATCH
+        )
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "mtnlp"
         text = request.inputs["text"]

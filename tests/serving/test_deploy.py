@@ -8,8 +8,12 @@ import pytest
 
 from mtnlp.serving.model_server import flags as flagmod
 from mtnlp.serving.model_server.batching import BatchOptions
-from mtnlp.serving.model_server.config import (batching_parameters, model_server_config, monitoring_config,
-                                         validate_config)
+from mtnlp.serving.model_server.config import (
+    batching_parameters,
+    model_server_config,
+    monitoring_config,
+    validate_config,
+)
 
 from .conftest import REPO
 
@@ -76,8 +80,12 @@ def test_compose():
 
 
 def test_kubernetes_manifests():
-    docs = {d["kind"]: d for p in sorted((DEPLOY / "kubernetes").glob("*.yaml"))
-            if p.name != "kustomization.yaml" for d in load_yaml(p)}
+    docs = {
+        d["kind"]: d
+        for p in sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+        for d in load_yaml(p)
+    }
     assert set(docs) == {"ConfigMap", "Deployment", "Service"}
     dep = docs["Deployment"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]

@@ -6,8 +6,15 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow.core.example import example_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_pb2, predict_pb2, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
 from mtnlp.serving.client import ServingClientError, to_tensor_proto
 from mtnlp.serving.model_server.tensors import to_numpy
@@ -93,8 +100,9 @@ def test_output_filter(stub):
     assert sorted(full.outputs) == ["batch_size", "y"]
 
 
-@pytest.mark.parametrize("filt,fragment", [(["nope"], "output tensor alias not found"),
-                                           (["y", "y"], "duplicate output tensor alias")])
+@pytest.mark.parametrize(
+    "filt,fragment", [(["nope"], "output tensor alias not found"), (["y", "y"], "duplicate output tensor alias")]
+)
 def test_bad_output_filter(stub, filt, fragment):
     req = predict_req()
     req.output_filter.extend(filt)
@@ -144,7 +152,8 @@ def test_large_message_accepted(grpc_client):
 @pytest.mark.parametrize("model,offset", [("half_plus_two", 3.0), ("tf1_half_plus_two", 2.0)])
 def test_classify(stub, model, offset):
     req = classification_pb2.ClassificationRequest(
-        model_spec=model_pb2.ModelSpec(name=model, signature_name="classify"))
+        model_spec=model_pb2.ModelSpec(name=model, signature_name="classify")
+    )
     req.input.example_list.examples.extend([example(0.0), example(10.0)])
     resp = stub.Classify(req, timeout=30)
     assert resp.model_spec.signature_name == "classify"
@@ -164,8 +173,9 @@ def test_regress(stub, model, offset):
 
 def test_regress_with_context(stub):
     # ExampleListWithContext: the context's features reach every example; an example's own features win.
-    req = regression_pb2.RegressionRequest(model_spec=model_pb2.ModelSpec(name="half_plus_two",
-                                                                          signature_name="regress"))
+    req = regression_pb2.RegressionRequest(
+        model_spec=model_pb2.ModelSpec(name="half_plus_two", signature_name="regress")
+    )
     req.input.example_list_with_context.context.CopyFrom(example(4.0))
     req.input.example_list_with_context.examples.extend([example_pb2.Example(), example(2.0)])
     resp = stub.Regress(req, timeout=30)
@@ -183,7 +193,8 @@ def test_classify_on_predict_signature_rejected(stub):
 
 def test_classify_empty_input_rejected(stub):
     req = classification_pb2.ClassificationRequest(
-        model_spec=model_pb2.ModelSpec(name="half_plus_two", signature_name="classify"))
+        model_spec=model_pb2.ModelSpec(name="half_plus_two", signature_name="classify")
+    )
     e = rpc_error(stub.Classify, req)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty" in e.details().lower()
 
@@ -225,7 +236,8 @@ def test_metadata(grpc_client):
 
 def test_metadata_response_spec_and_tf1(stub):
     req = get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=model_pb2.ModelSpec(name="tf1_half_plus_two"), metadata_field=["signature_def"])
+        model_spec=model_pb2.ModelSpec(name="tf1_half_plus_two"), metadata_field=["signature_def"]
+    )
     resp = stub.GetModelMetadata(req, timeout=30)
     assert resp.model_spec.name == "tf1_half_plus_two" and resp.model_spec.version.value == 1
     sdm = get_model_metadata_pb2.SignatureDefMap()
@@ -235,15 +247,15 @@ def test_metadata_response_spec_and_tf1(stub):
 
 @pytest.mark.parametrize("fields", [[], ["nope"]])
 def test_metadata_bad_fields(stub, fields):
-    req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=model_pb2.ModelSpec(name="half_plus_two"),
-                                                         metadata_field=fields)
+    req = get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=model_pb2.ModelSpec(name="half_plus_two"), metadata_field=fields
+    )
     assert rpc_error(stub.GetModelMetadata, req).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_model_status(grpc_client):
     st = grpc_client.status()
-    states = {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
-              for s in st.model_version_status}
+    states = {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in st.model_version_status}
     assert states == {1: "AVAILABLE", 2: "AVAILABLE"}
     one = grpc_client.status(version=1)
     assert [s.version for s in one.model_version_status] == [1]

@@ -30,20 +30,23 @@ BODY_LIMIT = 4096
 
 
 # ----- 7. bounded tensors, without Python lists -------------------------------------------------------------------
-@pytest.mark.parametrize("dtype,values", [
-    (types_pb2.DT_FLOAT, np.array([[0.5, -1.25], [3e38, -0.0]], np.float32)),
-    (types_pb2.DT_DOUBLE, np.array([1e-300, -2.5])),
-    (types_pb2.DT_INT32, np.array([0, -1, 127, 128, -2**31, 2**31 - 1], np.int32)),
-    (types_pb2.DT_INT64, np.array([0, -1, 300, -2**63, 2**63 - 1], np.int64)),
-    (types_pb2.DT_UINT64, np.array([0, 2**64 - 1, 2**40], np.uint64)),
-    (types_pb2.DT_UINT32, np.array([0, 2**32 - 1], np.uint32)),
-    (types_pb2.DT_INT8, np.array([-128, 127], np.int8)),
-    (types_pb2.DT_UINT8, np.array([0, 255], np.uint8)),
-    (types_pb2.DT_INT16, np.array([-32768, 32767], np.int16)),
-    (types_pb2.DT_UINT16, np.array([0, 65535], np.uint16)),
-    (types_pb2.DT_BOOL, np.array([True, False, True])),
-    (types_pb2.DT_HALF, np.array([1.5, -2.0, 65504], np.float16)),
-])
+@pytest.mark.parametrize(
+    "dtype,values",
+    [
+        (types_pb2.DT_FLOAT, np.array([[0.5, -1.25], [3e38, -0.0]], np.float32)),
+        (types_pb2.DT_DOUBLE, np.array([1e-300, -2.5])),
+        (types_pb2.DT_INT32, np.array([0, -1, 127, 128, -(2**31), 2**31 - 1], np.int32)),
+        (types_pb2.DT_INT64, np.array([0, -1, 300, -(2**63), 2**63 - 1], np.int64)),
+        (types_pb2.DT_UINT64, np.array([0, 2**64 - 1, 2**40], np.uint64)),
+        (types_pb2.DT_UINT32, np.array([0, 2**32 - 1], np.uint32)),
+        (types_pb2.DT_INT8, np.array([-128, 127], np.int8)),
+        (types_pb2.DT_UINT8, np.array([0, 255], np.uint8)),
+        (types_pb2.DT_INT16, np.array([-32768, 32767], np.int16)),
+        (types_pb2.DT_UINT16, np.array([0, 65535], np.uint16)),
+        (types_pb2.DT_BOOL, np.array([True, False, True])),
+        (types_pb2.DT_HALF, np.array([1.5, -2.0, 65504], np.float16)),
+    ],
+)
 def test_typed_field_encoding_matches_protobufs_own(dtype, values):
     import tensorflow as tf
 
@@ -53,8 +56,9 @@ def test_typed_field_encoding_matches_protobufs_own(dtype, values):
     for s in values.shape:
         reference.tensor_shape.dim.add(size=s)
     field = encoded.ListFields()[-1][0].name
-    getattr(reference, field).extend(values.view(np.uint16).reshape(-1).tolist() if dtype == types_pb2.DT_HALF
-                                     else values.reshape(-1).tolist())
+    getattr(reference, field).extend(
+        values.view(np.uint16).reshape(-1).tolist() if dtype == types_pb2.DT_HALF else values.reshape(-1).tolist()
+    )
     assert encoded == reference  # ... and it is the message protobuf itself builds from the values
     assert to_numpy(reference).tolist() == values.tolist()
 
@@ -69,11 +73,14 @@ def test_last_value_fills_the_shape_as_tensor_fromproto():
     assert to_numpy(empty).tolist() == [b"", b""]
 
 
-@pytest.mark.parametrize("dtype,field,value,elements,error", [
-    (types_pb2.DT_FLOAT, "float_val", 1.0, 2**24, "--max_request_tensor_bytes"),
-    (types_pb2.DT_STRING, "string_val", b"hello", 100_000, "--max_request_tensor_bytes"),
-    (types_pb2.DT_BOOL, "bool_val", True, 2**26, "--max_request_tensor_elements"),
-])
+@pytest.mark.parametrize(
+    "dtype,field,value,elements,error",
+    [
+        (types_pb2.DT_FLOAT, "float_val", 1.0, 2**24, "--max_request_tensor_bytes"),
+        (types_pb2.DT_STRING, "string_val", b"hello", 100_000, "--max_request_tensor_bytes"),
+        (types_pb2.DT_BOOL, "bool_val", True, 2**26, "--max_request_tensor_elements"),
+    ],
+)
 def test_amplifying_proto_refused_before_allocation(dtype, field, value, elements, error):
     t = tensor_pb2.TensorProto(dtype=dtype)
     t.tensor_shape.dim.add(size=elements)
@@ -100,10 +107,18 @@ def limited_server(toy_dir, tmp_path_factory, server_logs):
 
     if os.environ.get("MTNLP_SERVING_GRPC"):
         pytest.skip("starts its own server")
-    p = ServerProcess(["--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}",
-                       f"--max_request_tensor_elements={LIMIT_ELEMENTS}", "--max_request_tensor_bytes=1000000",
-                       f"--rest_api_max_body_bytes={BODY_LIMIT}", "--rest_api_read_timeout_in_ms=1500",
-                       "--rest_api_max_connections=3"], server_logs).wait_ready()
+    p = ServerProcess(
+        [
+            "--model_name=hpt",
+            f"--model_base_path={toy_dir / 'half_plus_two'}",
+            f"--max_request_tensor_elements={LIMIT_ELEMENTS}",
+            "--max_request_tensor_bytes=1000000",
+            f"--rest_api_max_body_bytes={BODY_LIMIT}",
+            "--rest_api_read_timeout_in_ms=1500",
+            "--rest_api_max_connections=3",
+        ],
+        server_logs,
+    ).wait_ready()
     yield p
     p.stop()
 
@@ -132,8 +147,9 @@ def test_server_refuses_amplified_requests_and_keeps_serving(limited_server):
     ok.output_filter.append("y")
     assert to_numpy(stub.Predict(ok, timeout=30).outputs["y"]).tolist() == [3.5] * 1000
     channel.close()
-    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
-                        json.dumps({"inputs": [1.0] * 300}).encode())
+    status, doc = post_json(
+        "http://" + limited_server.rest + "/v1/models/hpt:predict", json.dumps({"inputs": [1.0] * 300}).encode()
+    )
     assert status == 200 and len(doc["outputs"]["y"]) == 300
 
 
@@ -148,7 +164,7 @@ def _exchange(rest: str, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
         try:
             while chunk := s.recv(65536):
                 out += chunk
-        except socket.timeout:
+        except TimeoutError:
             return out, float("inf")
     return out, time.monotonic() - start
 
@@ -168,14 +184,20 @@ def test_malformed_content_length_is_400_and_closed(limited_server, length):
 def test_chunked_body_is_decoded_not_parsed_as_a_second_request(limited_server):
     body = b'{"instances": [1.0]}'
     smuggled = b"GET /v1/models/hpt HTTP/1.1\r\nHost: test\r\n\r\n"
-    data = (PREDICT + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
-            f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    data = (
+        PREDICT
+        + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
     out, _ = _exchange(limited_server.rest, data)
     assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1") == 1
     assert b'"predictions": [{"batch_size": 1, "y": 3.5}]' in out
     # Both framing headers at once (the classic desync): refused, nothing after it is read as a request.
-    out, _ = _exchange(limited_server.rest, PREDICT + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-                       b"0\r\n\r\n" + smuggled)
+    out, _ = _exchange(
+        limited_server.rest, PREDICT + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled
+    )
     assert out.startswith(b"HTTP/1.1 400") and out.count(b"HTTP/1.1") == 1
 
 
@@ -202,8 +224,11 @@ def test_oversized_request_head_gets_a_status(limited_server, head):
     if head == "100 KB URL":
         data = b"GET /v1/models/hpt?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: test\r\n\r\n"
     else:
-        data = b"GET /v1/models/hpt HTTP/1.1\r\nHost: test\r\n" + b"".join(
-            f"X-H{i}: v\r\n".encode() for i in range(10_000)) + b"\r\n"
+        data = (
+            b"GET /v1/models/hpt HTTP/1.1\r\nHost: test\r\n"
+            + b"".join(f"X-H{i}: v\r\n".encode() for i in range(10_000))
+            + b"\r\n"
+        )
     out, closed_after = _exchange(limited_server.rest, data)
     assert out.startswith(b"HTTP/1.1 431"), out[:200]
     assert closed_after < 5
@@ -213,8 +238,10 @@ def test_oversized_request_head_gets_a_status(limited_server, head):
 
 @LOCAL_ONLY
 def test_stalled_connections_are_closed_after_the_read_timeout(limited_server):
-    for partial in (b"POST /v1/models/hpt:predict HTTP/1.1\r\nHost: te",  # headers never finish
-                    PREDICT + b"Content-Length: 100\r\n\r\n{\"inst"):  # body never finishes
+    for partial in (
+        b"POST /v1/models/hpt:predict HTTP/1.1\r\nHost: te",  # headers never finish
+        PREDICT + b'Content-Length: 100\r\n\r\n{"inst',
+    ):  # body never finishes
         out, closed_after = _exchange(limited_server.rest, partial, wait=10)
         assert closed_after < 5, out  # --rest_api_read_timeout_in_ms=1500
 
@@ -237,11 +264,13 @@ def test_connection_cap(limited_server):
 
 @LOCAL_ONLY
 def test_deep_json_and_non_string_signature_name(limited_server):
-    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
-                        b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}")
+    status, doc = post_json(
+        "http://" + limited_server.rest + "/v1/models/hpt:predict", b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    )
     assert status in (400, 413) and doc["error"]
-    status, doc = post_json("http://" + limited_server.rest + "/v1/models/hpt:predict",
-                            b'{"signature_name": ["x"], "instances": [1]}')
+    status, doc = post_json(
+        "http://" + limited_server.rest + "/v1/models/hpt:predict", b'{"signature_name": ["x"], "instances": [1]}'
+    )
     assert status == 400 and "'signature_name' key must be a string value." in doc["error"]
 
 
@@ -253,8 +282,9 @@ def _config(*models: tuple[str, str]) -> model_server_config_pb2.ModelServerConf
 
 @LOCAL_ONLY
 def test_reload_rpc_can_be_disabled(start_server, toy_dir):
-    p = start_server("--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}",
-                     "--disable_reload_config_rpc", rest=False)
+    p = start_server(
+        "--model_name=hpt", f"--model_base_path={toy_dir / 'half_plus_two'}", "--disable_reload_config_rpc", rest=False
+    )
     with ServingClient(p.grpc, model_name="hpt") as c:
         with pytest.raises(ServingClientError) as e:
             c.reload_config(_config(("etc", "/etc")))
@@ -271,13 +301,19 @@ def test_model_roots_confine_flags_reloads_and_symlinks(start_server, tmp_path, 
     outside.mkdir()
     copy_version(toy_dir / "half_plus_two" / "2", outside / "2")
 
-    refused = start_server("--model_name=x", f"--model_base_path={outside}", f"--allowed_model_roots={root}",
-                           ready=False, rest=False)
+    refused = start_server(
+        "--model_name=x", f"--model_base_path={outside}", f"--allowed_model_roots={root}", ready=False, rest=False
+    )
     assert refused.wait_exit(60) == 255
     assert "Failed to start server. Error: PERMISSION_DENIED: Model x: base path" in refused.log()
 
-    p = start_server("--model_name=hpt", f"--model_base_path={root / 'hpt'}", f"--allowed_model_roots={root}",
-                     "--file_system_poll_wait_seconds=1", rest=False)
+    p = start_server(
+        "--model_name=hpt",
+        f"--model_base_path={root / 'hpt'}",
+        f"--allowed_model_roots={root}",
+        "--file_system_poll_wait_seconds=1",
+        rest=False,
+    )
     with ServingClient(p.grpc, model_name="hpt") as c:
         with pytest.raises(ServingClientError) as e:  # the reload RPC is on (TF Serving's default) but confined
             c.reload_config(_config(("hpt", str(root / "hpt")), ("etc", "/etc")))
@@ -298,9 +334,20 @@ def test_mtnlp_serve_turns_the_security_extensions_on(tmp_path):
 
     from mtnlp.serving.cli import LOOPBACK, serve_flags
 
-    args = argparse.Namespace(workdir=str(tmp_path), model_name="mtnlp", port=1, rest_port=2, host=LOOPBACK,
-                              enable_batching=False, batching_parameters_file="", monitoring_config_file="",
-                              no_warmup=False, verbose=False, model_roots=None, allow_reload_config_rpc=False)
+    args = argparse.Namespace(
+        workdir=str(tmp_path),
+        model_name="mtnlp",
+        port=1,
+        rest_port=2,
+        host=LOOPBACK,
+        enable_batching=False,
+        batching_parameters_file="",
+        monitoring_config_file="",
+        no_warmup=False,
+        verbose=False,
+        model_roots=None,
+        allow_reload_config_rpc=False,
+    )
     flags = serve_flags(args)
     assert "--disable_reload_config_rpc" in flags
     assert f"--allowed_model_roots={tmp_path.resolve() / 'serving_model'}" in flags

@@ -16,18 +16,42 @@ from .conftest import LOCAL_ONLY, ServerProcess
 pytestmark = [pytest.mark.slow, LOCAL_ONLY]
 
 DT_STRING, DT_FLOAT, DT_INT32, DT_INT64 = 7, 1, 3, 9
-ANALYZE_OUTPUTS = {"tokens": DT_STRING, "length": DT_INT32, "sentiment_label": DT_STRING,
-                   "sentiment_probability": DT_FLOAT, "sentiment_probabilities": DT_FLOAT, "pos_tags": DT_STRING,
-                   "ner_tags": DT_STRING}
-UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
-        "SCONJ", "SYM", "VERB", "X"}
+ANALYZE_OUTPUTS = {
+    "tokens": DT_STRING,
+    "length": DT_INT32,
+    "sentiment_label": DT_STRING,
+    "sentiment_probability": DT_FLOAT,
+    "sentiment_probabilities": DT_FLOAT,
+    "pos_tags": DT_STRING,
+    "ner_tags": DT_STRING,
+}
+UPOS = {
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+}
 NER = re.compile(r"^(O|[BI]-(PER|ORG|LOC))$")
 
 
 @pytest.fixture(scope="module")
 def served(pipeline_run, server_logs):
-    p = ServerProcess([f"--model_name={pipeline_run.model_name}",
-                       f"--model_base_path={pipeline_run.serving_model_base}"], server_logs).wait_ready(180)
+    p = ServerProcess(
+        [f"--model_name={pipeline_run.model_name}", f"--model_base_path={pipeline_run.serving_model_base}"], server_logs
+    ).wait_ready(180)
     yield p
     p.stop()
 
@@ -41,9 +65,17 @@ def test_signature_contract(served, pipeline_run):
         assert {k: v.dtype for k, v in sigs[key].outputs.items()} == ANALYZE_OUTPUTS
     assert {k: v.dtype for k, v in sigs["analyze_tokens"].inputs.items()} == {"tokens": DT_STRING}
     assert {k: v.dtype for k, v in sigs["relation"].inputs.items()} == {
-        "text": DT_STRING, "e1_start": DT_INT64, "e1_end": DT_INT64, "e2_start": DT_INT64, "e2_end": DT_INT64}
+        "text": DT_STRING,
+        "e1_start": DT_INT64,
+        "e1_end": DT_INT64,
+        "e2_start": DT_INT64,
+        "e2_end": DT_INT64,
+    }
     assert {k: v.dtype for k, v in sigs["relation"].outputs.items()} == {
-        "relation_label": DT_STRING, "relation_probability": DT_FLOAT, "relation_probabilities": DT_FLOAT}
+        "relation_label": DT_STRING,
+        "relation_probability": DT_FLOAT,
+        "relation_probabilities": DT_FLOAT,
+    }
     assert {k: v.dtype for k, v in sigs["serving_tf_example"].inputs.items()} == {"examples": DT_STRING}
     assert {k: v.dtype for k, v in sigs["translate"].inputs.items()} == {"text": DT_STRING}
     assert {k: v.dtype for k, v in sigs["translate"].outputs.items()} == {"translation": DT_STRING}
@@ -51,7 +83,9 @@ def test_signature_contract(served, pipeline_run):
 
 def test_warmup_file_replayed(served, pipeline_run):
     versions = sorted(int(p.name) for p in pipeline_run.serving_model_base.iterdir() if p.name.isdigit())
-    assert (pipeline_run.serving_model_base / str(versions[-1]) / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert (
+        pipeline_run.serving_model_base / str(versions[-1]) / "assets.extra" / "tf_serving_warmup_requests"
+    ).is_file()
     assert "Number of warmup records read:" in served.log()
 
 
@@ -59,9 +93,16 @@ def test_batch_outputs_shapes(served, pipeline_run):
     texts = ["Apple sued Samsung in California.", "I loved this wonderful film."]
     with ServingClient(served.grpc, model_name=pipeline_run.model_name, timeout=60) as c:
         out = c.predict({"text": texts})
-        rel = c.predict({"text": ["The company makes chairs."], "e1_start": np.array([4], np.int64),
-                         "e1_end": np.array([11], np.int64), "e2_start": np.array([18], np.int64),
-                         "e2_end": np.array([24], np.int64)}, "relation")
+        rel = c.predict(
+            {
+                "text": ["The company makes chairs."],
+                "e1_start": np.array([4], np.int64),
+                "e1_end": np.array([11], np.int64),
+                "e2_start": np.array([18], np.int64),
+                "e2_end": np.array([24], np.int64),
+            },
+            "relation",
+        )
         tok = c.predict({"tokens": out["tokens"]}, "analyze_tokens")
     b, t = out["tokens"].shape
     assert b == 2 and out["pos_tags"].shape == (b, t) and out["ner_tags"].shape == (b, t)
@@ -81,22 +122,42 @@ def test_batch_outputs_shapes(served, pipeline_run):
 def test_mtnlp_predict_human_and_json(served, pipeline_run, capsys, transport):
     server = served.grpc if transport == "grpc" else served.rest
     extra = ["--rest"] if transport == "rest" else []
-    rc = mtnlp_cli.main(["predict", "Apple sued Samsung in California.", "--server", server,
-                         "--model-name", pipeline_run.model_name, *extra])
+    rc = mtnlp_cli.main(
+        [
+            "predict",
+            "Apple sued Samsung in California.",
+            "--server",
+            server,
+            "--model-name",
+            pipeline_run.model_name,
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert re.search(r"Sentiment: (negative|positive) \(p=0\.\d{3}\)", out.out)
     assert "Entities:" in out.out and "POS:" in out.out
 
-    rc = mtnlp_cli.main(["predict", "The [[company]] makes [[chairs]].", "--server", server, "--json",
-                         "--model-name", pipeline_run.model_name, *extra])
+    rc = mtnlp_cli.main(
+        [
+            "predict",
+            "The [[company]] makes [[chairs]].",
+            "--server",
+            server,
+            "--json",
+            "--model-name",
+            pipeline_run.model_name,
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     doc = json.loads(out.out)
     assert doc["text"] == "The company makes chairs."
     assert doc["relation"]["e1"] == {"text": "company", "start": 4, "end": 11}
-    assert doc["relation"]["label"] == "Other" or re.match(r"^[A-Z][a-z]+-[A-Z][a-z]+\(e[12],e[12]\)$",
-                                                           doc["relation"]["label"])
+    assert doc["relation"]["label"] == "Other" or re.match(
+        r"^[A-Z][a-z]+-[A-Z][a-z]+\(e[12],e[12]\)$", doc["relation"]["label"]
+    )
     assert 0.0 <= doc["relation"]["probability"] <= 1.0
     assert {p["tag"] for p in doc["pos"]} <= UPOS
 
@@ -105,17 +166,42 @@ def test_mtnlp_predict_human_and_json(served, pipeline_run, capsys, transport):
 def test_mtnlp_predict_translate(served, pipeline_run, capsys, transport):
     server = served.grpc if transport == "grpc" else served.rest
     extra = ["--rest"] if transport == "rest" else []
-    rc = mtnlp_cli.main(["predict", "--task", "translate", "Where is the station?", "--server", server,
-                         "--model-name", pipeline_run.model_name, *extra])
+    rc = mtnlp_cli.main(
+        [
+            "predict",
+            "--task",
+            "translate",
+            "Where is the station?",
+            "--server",
+            server,
+            "--model-name",
+            pipeline_run.model_name,
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     lines = out.out.splitlines()
     assert lines[0] == "Text:      Where is the station?"
-    assert lines[1].startswith("Translation: ") and lines[1][len("Translation: "):].strip(), out.out
+    assert lines[1].startswith("Translation: ") and lines[1][len("Translation: ") :].strip(), out.out
     assert "Sentiment:" not in out.out  # only what was asked for
 
-    rc = mtnlp_cli.main(["predict", "--task", "translate", "--task", "sentiment", "Thank you.", "--json",
-                         "--server", server, "--model-name", pipeline_run.model_name, *extra])
+    rc = mtnlp_cli.main(
+        [
+            "predict",
+            "--task",
+            "translate",
+            "--task",
+            "sentiment",
+            "Thank you.",
+            "--json",
+            "--server",
+            server,
+            "--model-name",
+            pipeline_run.model_name,
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     doc = json.loads(out.out)

@@ -29,9 +29,16 @@ def call_every_signature(c: ServingClient, rest: RestClient) -> None:
     """One call of each signature a client uses (each tokenises text with the model's vocabularies)."""
     out = c.predict({"text": SENTENCES})
     assert out["tokens"].shape[0] == 2
-    rel = c.predict({"text": ["The company makes chairs."], "e1_start": np.array([4], np.int64),
-                     "e1_end": np.array([11], np.int64), "e2_start": np.array([18], np.int64),
-                     "e2_end": np.array([24], np.int64)}, "relation")
+    rel = c.predict(
+        {
+            "text": ["The company makes chairs."],
+            "e1_start": np.array([4], np.int64),
+            "e1_end": np.array([11], np.int64),
+            "e2_start": np.array([18], np.int64),
+            "e2_end": np.array([24], np.int64),
+        },
+        "relation",
+    )
     assert rel["relation_probabilities"].shape == (1, 19)
     assert c.predict({"tokens": out["tokens"]}, "analyze_tokens")["length"].tolist() == out["length"].tolist()
     assert c.predict({"text": SENTENCES}, "translate")["translation"].shape == (2,)
@@ -39,8 +46,9 @@ def call_every_signature(c: ServingClient, rest: RestClient) -> None:
 
 
 def start(base: Path, logs: Path) -> ServerProcess:
-    return ServerProcess(["--model_name=mtnlp", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"],
-                         logs).wait_ready(300)
+    return ServerProcess(
+        ["--model_name=mtnlp", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"], logs
+    ).wait_ready(300)
 
 
 def test_every_signature_answers_after_the_served_directory_moves_or_vanishes(pipeline_run, server_logs, tmp_path):
@@ -83,7 +91,7 @@ def test_swap_under_load_loses_no_request(pipeline_run, server_logs, tmp_path):
         with ServingClient(p.grpc, model_name="mtnlp", timeout=120, retries=0) as c:
             while not stop.is_set():
                 try:
-                    assert c.predict({"text": SENTENCES[i % 2:][:1]})["tokens"].shape[0] == 1
+                    assert c.predict({"text": SENTENCES[i % 2 :][:1]})["tokens"].shape[0] == 1
                     answered[i] += 1
                 except Exception as e:  # noqa: BLE001 - every failure counts
                     errors.append(repr(e))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import math
 import json
+import math
 import urllib.error
 import urllib.request
 
@@ -124,5 +124,5 @@ def test_prometheus_metrics(server, rest_base):
     assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"}' in text
     assert ":tensorflow:serving:request_latency_bucket" in text
     if server.process is not None:  # our additions
-        assert ':tensorflow:cc:saved_model:load_attempt_count' in text
+        assert ":tensorflow:cc:saved_model:load_attempt_count" in text
         assert 'model_version_state{model_name="half_plus_two",version="2",state="AVAILABLE"} 1' in text

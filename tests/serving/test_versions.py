@@ -34,8 +34,9 @@ def y0(client: ServingClient, **kw) -> float:
 
 
 def config_text(*models: tuple[str, Path, str]) -> str:
-    body = "".join(f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" {extra} }}\n'
-                   for n, p, extra in models)
+    body = "".join(
+        f'  config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" {extra} }}\n' for n, p, extra in models
+    )
     return "model_config_list {\n" + body + "}\n"
 
 
@@ -52,8 +53,9 @@ def test_new_version_is_loaded_and_old_one_unloaded(start_server, base, toy_dir)
 
 
 def test_failed_version_is_reported_and_never_replaces_serving_one(start_server, base, toy_dir):
-    p = start_server("--model_name=hpt", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
-                     "--max_num_load_retries=0")
+    p = start_server(
+        "--model_name=hpt", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"
+    )
     with ServingClient(p.grpc, model_name="hpt") as c:
         copy_version(toy_dir / "broken" / "3", base / "3")
 
@@ -118,10 +120,18 @@ def test_version_policies_labels_and_reload_rpc(start_server, tmp_path, toy_dir)
         assert version_states(c) == {1: "AVAILABLE"}  # specific: only version 1
         assert y0(c) == 2.0
 
-        new = text_format.Parse(config_text(
-            ("hpt", base, 'model_version_policy { all {} } version_labels { key: "stable" value: 1 } '
-                          'version_labels { key: "canary" value: 2 }'),
-            ("tf1", toy_dir / "tf1_half_plus_two", "")), model_server_config_pb2.ModelServerConfig())
+        new = text_format.Parse(
+            config_text(
+                (
+                    "hpt",
+                    base,
+                    'model_version_policy { all {} } version_labels { key: "stable" value: 1 } '
+                    'version_labels { key: "canary" value: 2 }',
+                ),
+                ("tf1", toy_dir / "tf1_half_plus_two", ""),
+            ),
+            model_server_config_pb2.ModelServerConfig(),
+        )
         resp = c.reload_config(new)
         assert resp.status.error_code == 0
         assert version_states(c) == {2: "AVAILABLE", 1: "AVAILABLE"}
@@ -130,17 +140,19 @@ def test_version_policies_labels_and_reload_rpc(start_server, tmp_path, toy_dir)
         assert float(c.predict({"x": [0.0]}, model_name="tf1")["y"][0]) == 2.0
 
         # A label on a version that is not available is refused; the previous labels stay.
-        bad = text_format.Parse(config_text(
-            ("hpt", base, 'model_version_policy { all {} } version_labels { key: "stable" value: 7 }')),
-            model_server_config_pb2.ModelServerConfig())
+        bad = text_format.Parse(
+            config_text(("hpt", base, 'model_version_policy { all {} } version_labels { key: "stable" value: 7 }')),
+            model_server_config_pb2.ModelServerConfig(),
+        )
         with pytest.raises(ServingClientError) as e:
             c.reload_config(bad)
         assert e.value.code == "FAILED_PRECONDITION" and "7" in e.value.message
 
         # Adding a model that cannot load fails the reload with the load error; what served keeps serving.
-        with_broken = text_format.Parse(config_text(
-            ("hpt", base, 'model_version_policy { all {} }'), ("broken", toy_dir / "broken", "")),
-            model_server_config_pb2.ModelServerConfig())
+        with_broken = text_format.Parse(
+            config_text(("hpt", base, "model_version_policy { all {} }"), ("broken", toy_dir / "broken", "")),
+            model_server_config_pb2.ModelServerConfig(),
+        )
         with pytest.raises(ServingClientError) as e:
             c.reload_config(with_broken)
         assert "did not become available" in e.value.message and "broken" in e.value.message
@@ -148,8 +160,10 @@ def test_version_policies_labels_and_reload_rpc(start_server, tmp_path, toy_dir)
         assert version_states(c, "broken") == {3: "END"}
 
         # latest { num_versions: 1 } and the tf1 model dropped from the config.
-        latest = text_format.Parse(config_text(("hpt", base, "model_version_policy { latest { num_versions: 1 } }")),
-                                   model_server_config_pb2.ModelServerConfig())
+        latest = text_format.Parse(
+            config_text(("hpt", base, "model_version_policy { latest { num_versions: 1 } }")),
+            model_server_config_pb2.ModelServerConfig(),
+        )
         assert c.reload_config(latest).status.error_code == 0
         wait_for(lambda: version_states(c) == {2: "AVAILABLE", 1: "END"}, what="version 1 to be unloaded")
         with pytest.raises(ServingClientError) as e:
@@ -197,8 +211,9 @@ def test_queued_reloads_never_starve_inference(start_server, base, tmp_path):
     pending = tmp_path / "pending"
     (pending / "1").mkdir(parents=True)  # no saved_model.pb yet: NOT_FOUND, which is retried
     p = start_server("--model_name=hpt", f"--model_base_path={base}", "--grpc_max_threads=8")
-    config = text_format.Parse(config_text(("hpt", base, ""), ("pending", pending, "")),
-                               model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        config_text(("hpt", base, ""), ("pending", pending, "")), model_server_config_pb2.ModelServerConfig()
+    )
     codes: list[str] = []
 
     def reload() -> None:
@@ -215,8 +230,12 @@ def test_queued_reloads_never_starve_inference(start_server, base, tmp_path):
     time.sleep(0.5)
     start = time.monotonic()
     with ServingClient(p.grpc, model_name="hpt", retries=0, timeout=1.0) as c:
-        wait_for(lambda: y0(c) == 2.0 and version_states(c)[1] == "AVAILABLE", timeout=5.0, interval=0.05,
-                 what="Predict and GetModelStatus to answer while the reloads wait")
+        wait_for(
+            lambda: y0(c) == 2.0 and version_states(c)[1] == "AVAILABLE",
+            timeout=5.0,
+            interval=0.05,
+            what="Predict and GetModelStatus to answer while the reloads wait",
+        )
         recovered = time.monotonic() - start
         for t in reloads:
             t.join(10)
@@ -259,7 +278,6 @@ def test_allowed_model_roots_resolve_every_file_the_loader_opens(start_server, t
     copy_version(toy_dir / "half_plus_two" / "1", elsewhere / "1")
     for name in ("saved_model.pb", "variables"):
         (version / name).symlink_to(elsewhere / "1" / name)
-    p = start_server("--model_name=m", f"--model_base_path={root / 'm'}", f"--allowed_model_roots={root}",
-                     ready=False)
+    p = start_server("--model_name=m", f"--model_base_path={root / 'm'}", f"--allowed_model_roots={root}", ready=False)
     assert p.wait_exit(60) == 255
     assert "due to error: PERMISSION_DENIED" in p.log() and "outside the allowed model roots" in p.log()

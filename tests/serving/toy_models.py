@@ -83,8 +83,9 @@ def build_half_plus_two(out: Path, version: int, offset: float) -> Path:
             chars = tf.strings.unicode_decode(text, "UTF-8", errors="strict")
             return {"length": tf.cast(chars.row_lengths(), tf.int32), "upper": tf.strings.upper(text)}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="a"),
-                                      tf.TensorSpec([None], tf.float32, name="b")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.float32, name="a"), tf.TensorSpec([None], tf.float32, name="b")]
+        )
         def two_inputs(self, a, b):
             return {"sum": a + b}
 
@@ -99,8 +100,15 @@ def build_half_plus_two(out: Path, version: int, offset: float) -> Path:
 
     m = HalfPlus()
     path = out / "half_plus_two" / str(version)
-    sigs = {"serving_default": m.predict, "classify": m.classify, "regress": m.regress, "strings": m.strings,
-            "two_inputs": m.two_inputs, "matrix": m.matrix, "seq": m.seq}
+    sigs = {
+        "serving_default": m.predict,
+        "classify": m.classify,
+        "regress": m.regress,
+        "strings": m.strings,
+        "two_inputs": m.two_inputs,
+        "matrix": m.matrix,
+        "seq": m.seq,
+    }
     tf.saved_model.save(m, str(path), signatures={k: f.get_concrete_function() for k, f in sigs.items()})
     _set_method_names(path, {"classify": CLASSIFY, "regress": REGRESS})
     return path
@@ -164,9 +172,15 @@ def build_tf2_padded(out: Path) -> Path:
 
     m = TwiceMinusOne()
     path = out / "tf2_padded" / "00000123"
-    tf.saved_model.save(m, str(path), signatures={"serving_default": m.predict.get_concrete_function(),
-                                                  "classify": m.classify.get_concrete_function(),
-                                                  "regress": m.regress.get_concrete_function()})
+    tf.saved_model.save(
+        m,
+        str(path),
+        signatures={
+            "serving_default": m.predict.get_concrete_function(),
+            "classify": m.classify.get_concrete_function(),
+            "regress": m.regress.get_concrete_function(),
+        },
+    )
     return path
 
 
@@ -229,8 +243,11 @@ def build_warmup_counter(out: Path) -> Path:
         for i in range(WARMUP_RECORDS):
             req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="warmup_counter"))
             req.inputs["x"].CopyFrom(tf.make_tensor_proto([float(i)], dtype=tf.float32))
-            w.write(prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+            w.write(
+                prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=req)
+                ).SerializeToString()
+            )
     return path
 
 
@@ -280,7 +297,9 @@ def build_all(out: Path, serving_root: str | None = None) -> Path:
     build_warmup_counter(out)
     build_broken(out)
     (out / "models.config").write_text(models_config(serving_root or str(out)))
-    (out / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    (out / "monitoring.config").write_text(
+        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
+    )
     return out
 
 
