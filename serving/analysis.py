@@ -50,9 +50,9 @@ def parse_markers(raw: str) -> Marked:
     return Marked(text, spans)
 
 
-def relation_spans(marked: Marked, required: bool = False) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The (e1, e2) spans of a sentence marked for a relation; None for a sentence without markers unless a
-    relation is `required`. ValueError unless exactly two entities are marked."""
+def entity_pair_spans(marked: Marked, required: bool = False) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The (e1, e2) spans of a sentence marked for an entity-pair head (relation); None for a sentence without
+    markers unless they are `required`. ValueError unless exactly two entities are marked."""
     if not marked.spans and not required:
         return None
     if len(marked.spans) != 2:

@@ -18,11 +18,11 @@ from mtnlp.model.tasks import registered_tasks
 
 from .analysis import (
     Marked,
+    entity_pair_spans,
     format_human,
     head_choices,
     needs_marked_entities,
     parse_markers,
-    relation_spans,
     select_heads,
 )
 
@@ -197,7 +197,7 @@ def mark_sentences(sentences: Sequence[Sentence], heads: Sequence[Head], spans_r
         try:
             m = parse_markers(sentence.text)
             if needs_marked_entities(heads):
-                relation_spans(m, required=spans_required)
+                entity_pair_spans(m, required=spans_required)
         except ValueError as e:
             raise PredictInputError(f"{sentence.origin} ({sentence.text!r}): {e}") from None
         marked.append(m)

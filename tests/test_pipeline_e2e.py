@@ -14,9 +14,7 @@ import zipfile
 import h5py
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
 
-from mtnlp.model.serving_ops import load_text_ops
 from mtnlp.model.tasks import NER_TAGS, SEMEVAL_RELATIONS, SENTIMENT_LABELS, UPOS_TAGS, all_heads, select_tasks
 from tests.conftest import FIXTURE_RECORDS, FIXTURE_TASKS, run_cli
 
@@ -76,8 +74,14 @@ def test_tensorboard_logs_are_in_the_model_run_output(pipeline_run):
     assert events
 
 
-def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline_run):
-    result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+@pytest.fixture(scope="module")
+def signature_answers(pipeline_run) -> dict:
+    """Every signature's answers from the pushed model, loaded in a fresh process with Keras blocked (run once)."""
+    return _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+
+
+def test_pushed_model_answers_every_signature_on_raw_text_without_keras(signature_answers):
+    result = signature_answers
     assert result["blocked_modules_loaded"] == []
     assert {
         "serving_default",
@@ -111,8 +115,8 @@ def test_pushed_model_answers_every_signature_on_raw_text_without_keras(pipeline
     assert len(relation["relation_probabilities"][0]) == len(SEMEVAL_RELATIONS)
 
 
-def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras(pipeline_run):
-    result = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras(signature_answers):
+    result = signature_answers
     assert result["blocked_modules_loaded"] == []
     translate = result["translate"]
     pieces = set(result["target_vocabulary"])
@@ -127,13 +131,13 @@ def test_pushed_model_translates_real_sentences_into_spanish_words_without_keras
     assert translate["batch"] == translate["alone"]
 
 
-def test_pushed_model_answers_with_its_directory_moved_away(pipeline_run, tmp_path):
+def test_pushed_model_answers_with_its_directory_moved_away(pipeline_run, signature_answers, tmp_path):
     """Nothing is read from the model's files after loading: a version swap or a cleanup that moves or
     deletes a served version's directory must not break the requests it still answers."""
     copy = tmp_path / "1"
     shutil.copytree(pipeline_run.pushed_model_dir, copy)
     moved = _fresh_python("call_signatures.py", str(copy), "--move-away")
-    in_place = _fresh_python("call_signatures.py", str(pipeline_run.pushed_model_dir))
+    in_place = signature_answers
     assert not copy.exists()
     for signature in ("analyze", "analyze_tokens", "relation", "translate"):
         assert moved[signature] == in_place[signature], signature
@@ -172,20 +176,6 @@ def test_pushed_model_uses_only_core_tensorflow_and_tf_text_ops(pipeline_run):
     assert audit["per_call_initialisation"] == []  # lookup tables are filled once, at load
     assert audit["text_ops"] == ["WordpieceTokenizeWithOffsets"]  # the target-side WordPiece tokenizer
     assert {"StringSplitV2", "StaticRegexReplace", "MatMul"} <= set(audit["ops"])  # the in-graph tokenizer is there
-
-
-def test_pushed_model_carries_warmup_requests_that_its_signatures_accept(pipeline_run):
-    path = pipeline_run.pushed_model_dir / "assets.extra" / "tf_serving_warmup_requests"
-    load_text_ops()
-    model = tf.saved_model.load(str(pipeline_run.pushed_model_dir))
-    signatures = []
-    for record in tf.data.TFRecordDataset(str(path)):
-        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-        signatures.append(request.model_spec.signature_name)
-        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
-        outputs = model.signatures[request.model_spec.signature_name](**inputs)  # dtypes and names must match
-        assert all(int(v.shape[0]) == int(next(iter(inputs.values())).shape[0]) for v in outputs.values())
-    assert signatures == ["serving_default", "relation", "translate"]
 
 
 def test_a_regressing_candidate_is_not_blessed_and_the_serving_model_stays(pipeline_run):

@@ -14,6 +14,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from . import inference
 from .errors import ServingError, from_exception
 from .manager import Manager
+from .servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class _Base:
         api: str,
         request: Any,
         context: grpc.ServicerContext,
-        fn: Callable[[inference.Servable, Any, float | None], Any],
+        fn: Callable[[Servable, Any, float | None], Any],
         spec: Any = None,
     ) -> Any:
         spec = request.model_spec if spec is None else spec

@@ -5,7 +5,6 @@ Front ends (gRPC, REST, warmup) resolve the servable, then call these with the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,46 +18,15 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from .batching import BatchScheduler
 from .errors import ServingError, failed_precondition, invalid_argument
-from .servable import LoadedModel, Signature
-from .tensors import RequestBudget, RequestLimits, fill_proto, to_numpy
+from .servable import Servable, Signature
+from .tensors import RequestBudget, fill_proto, to_numpy
 
 # TF Serving's signature when a request names none (tensorflow/python/saved_model/signature_constants.py).
 DEFAULT_SIGNATURE = signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-
-
-@dataclass
-class Servable:
-    """What a request runs on: a model version, optionally behind a batch scheduler, with the server's per-request
-    limits and TF Serving's `--enable_signature_method_name_check` setting."""
-
-    name: str
-    version: int
-    model: LoadedModel
-    batcher: BatchScheduler | None = None
-    limits: RequestLimits = RequestLimits()
-    method_name_check: bool = False
-
-    def run(
-        self,
-        sig: Signature,
-        inputs: dict[str, np.ndarray],
-        outputs: tuple[str, ...] | None = None,
-        deadline: float | None = None,
-    ) -> dict[str, np.ndarray]:
-        checked = self.model.validate_inputs(sig, inputs)
-        if self.batcher is not None:
-            return self.batcher.run(sig.key, checked, outputs, deadline)
-        return self.model.run(sig, checked, outputs, deadline)
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.stop()
-        self.model.close()
 
 
 def _fill_spec(spec, name: str, version: int, signature_name: str | None) -> None:

@@ -39,9 +39,8 @@ from .errors import (
     permission_denied,
     unknown,
 )
-from .inference import Servable
 from .metrics import Metrics
-from .servable import LoadedModel
+from .servable import LoadedModel, Servable
 from .tensors import RequestLimits
 from .warmup import run_warmup
 

@@ -1,4 +1,5 @@
-"""One loaded SavedModel version: its MetaGraph's signature defs (what clients see) and what runs them.
+"""A servable (TF Serving's word for one loaded model version): ``LoadedModel``, the SavedModel's signature defs
+(what clients see) and what runs them, and ``Servable``, that model as requests reach it (batching, limits).
 
 TF1-format SavedModels (`SavedModelBuilder`) are loaded as TF Serving's SavedModelBundle loads them: into a TF1
 `Session` with the MetaGraph's restore and init ops, and a signature runs as one `Session::Run` feeding its input
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import BatchScheduler
 from .errors import (
     ServingError,
     data_loss,
@@ -34,7 +36,7 @@ from .errors import (
     not_found,
     unimplemented,
 )
-from .tensors import dtype_name, numpy_dtype, numpy_dtype_enum, shape_of
+from .tensors import RequestLimits, dtype_name, numpy_dtype, numpy_dtype_enum, shape_of
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 
@@ -251,3 +253,33 @@ class LoadedModel:
             if self._session is not None:
                 self._session.close()
             self._functions = {}
+
+
+@dataclass
+class Servable:
+    """What a request runs on: a model version, optionally behind a batch scheduler, with the server's per-request
+    limits and TF Serving's `--enable_signature_method_name_check` setting."""
+
+    name: str
+    version: int
+    model: LoadedModel
+    batcher: BatchScheduler | None = None
+    limits: RequestLimits = RequestLimits()
+    method_name_check: bool = False
+
+    def run(
+        self,
+        sig: Signature,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        checked = self.model.validate_inputs(sig, inputs)
+        if self.batcher is not None:
+            return self.batcher.run(sig.key, checked, outputs, deadline)
+        return self.model.run(sig, checked, outputs, deadline)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        self.model.close()

@@ -9,6 +9,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from . import inference
 from .errors import ServingError, data_loss, invalid_argument, unimplemented
+from .servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def _records(path: str):
         yield raw.numpy()
 
 
-def run_warmup(servable: inference.Servable, version_path: str) -> int:
+def run_warmup(servable: Servable, version_path: str) -> int:
     """Replays every record; returns how many. A failing record fails the load, as in TF Serving."""
     path = os.path.join(version_path, WARMUP_FILE)
     if not os.path.exists(path):

@@ -17,7 +17,7 @@ import pytest
 from mtnlp import cli as mtnlp_cli
 from mtnlp.model.heads import align_words
 from mtnlp.model.scoring import iob2_chunks
-from mtnlp.serving.analysis import head_choices, parse_markers, relation_spans, select_heads
+from mtnlp.serving.analysis import entity_pair_spans, head_choices, parse_markers, select_heads
 from mtnlp.serving.cli import PredictInputError, read_sentences
 
 from .conftest import LOCAL_ONLY, REPO, ServerProcess, free_port
@@ -41,14 +41,14 @@ def test_parse_markers_offsets_on_clean_text():
 
 
 def test_relation_needs_exactly_two_marked_entities():
-    assert relation_spans(parse_markers("The [[company]] makes [[chairs]].")) == ((4, 11), (18, 24))
-    assert relation_spans(parse_markers("no markers")) is None
+    assert entity_pair_spans(parse_markers("The [[company]] makes [[chairs]].")) == ((4, 11), (18, 24))
+    assert entity_pair_spans(parse_markers("no markers")) is None
     with pytest.raises(ValueError, match="exactly two entities.*found 0: none"):
-        relation_spans(parse_markers("no markers"), required=True)
+        entity_pair_spans(parse_markers("no markers"), required=True)
     with pytest.raises(ValueError, match=r"found 1: \[\[company\]\]"):
-        relation_spans(parse_markers("The [[company]] makes chairs."))
+        entity_pair_spans(parse_markers("The [[company]] makes chairs."))
     with pytest.raises(ValueError, match=r"found 3: \[\[a\]\], \[\[b\]\], \[\[c\]\]"):
-        relation_spans(parse_markers("[[a]] [[b]] [[c]]"))
+        entity_pair_spans(parse_markers("[[a]] [[b]] [[c]]"))
 
 
 def test_read_sentences_from_arguments_stdin_and_files(tmp_path):

@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 
 from mtnlp import cli as mtnlp_cli
 from mtnlp.serving.client import RestClient, ServingClient
@@ -82,11 +84,17 @@ def test_signature_contract(served, pipeline_run):
 
 
 def test_warmup_file_replayed(served, pipeline_run):
+    """The pushed model's warmup requests name the signatures clients call, and the server replays every one
+    of them through those signatures before the version serves (a request a signature refused fails the load)."""
     versions = sorted(int(p.name) for p in pipeline_run.serving_model_base.iterdir() if p.name.isdigit())
-    assert (
-        pipeline_run.serving_model_base / str(versions[-1]) / "assets.extra" / "tf_serving_warmup_requests"
-    ).is_file()
-    assert "Number of warmup records read:" in served.log()
+    path = pipeline_run.serving_model_base / str(versions[-1]) / "assets.extra" / "tf_serving_warmup_requests"
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    assert [r.predict_log.request.model_spec.signature_name for r in records] == [
+        "serving_default",
+        "relation",
+        "translate",
+    ]
+    assert f"Number of warmup records read: {len(records)}" in served.log()
 
 
 def test_batch_outputs_shapes(served, pipeline_run):
