@@ -8,21 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RELATION_LABELS = ["Other"] + [
-    f"{r}({a},{b})"
-    for r in (
-        "Cause-Effect",
-        "Component-Whole",
-        "Content-Container",
-        "Entity-Destination",
-        "Entity-Origin",
-        "Instrument-Agency",
-        "Member-Collection",
-        "Message-Topic",
-        "Product-Producer",
-    )
-    for a, b in (("e1", "e2"), ("e2", "e1"))
-]
+from mtnlp.model.tasks import SEMEVAL_RELATIONS
+
+RELATION_LABELS = list(SEMEVAL_RELATIONS)
 ORGS = ["Apple", "Samsung", "Google"]
 LOCS = ["California", "Paris", "Berlin"]
 

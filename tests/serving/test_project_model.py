@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from mtnlp import cli as mtnlp_cli
+from mtnlp.model.tasks import UPOS_TAGS
 from mtnlp.serving.client import RestClient, ServingClient
 
 from .conftest import LOCAL_ONLY, ServerProcess
@@ -27,25 +28,7 @@ ANALYZE_OUTPUTS = {
     "pos_tags": DT_STRING,
     "ner_tags": DT_STRING,
 }
-UPOS = {
-    "ADJ",
-    "ADP",
-    "ADV",
-    "AUX",
-    "CCONJ",
-    "DET",
-    "INTJ",
-    "NOUN",
-    "NUM",
-    "PART",
-    "PRON",
-    "PROPN",
-    "PUNCT",
-    "SCONJ",
-    "SYM",
-    "VERB",
-    "X",
-}
+UPOS = set(UPOS_TAGS)
 NER = re.compile(r"^(O|[BI]-(PER|ORG|LOC))$")
 
 
