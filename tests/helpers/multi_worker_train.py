@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
-from mtnlp.model import trainer  # noqa: E402
+from mtnlp.pipelines import trainer_module as trainer  # noqa: E402
 from mtnlp.pipelines.config import get_config  # noqa: E402
 from mtnlp.pipelines.settings import apply_mapping  # noqa: E402
 
