@@ -157,7 +157,10 @@ def create_pipeline(
 
     # The served model (empty on a first run): the Trainer's warm start and the Evaluator's baseline.
     baseline = ServedBaseline(
-        examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir, custom_config=custom_config
+        examples=example_gen.outputs["examples"],
+        serving_model_dir=serving_model_dir,
+        custom_config=custom_config,
+        metadata_connection_config=metadata_connection_config,  # None on Kubeflow: the served model only
     )
     launcher = trainer_launcher or TrainerLauncher()
     trainer = launcher.component_class(
