@@ -45,15 +45,16 @@ def _trained_model(folder, tasks) -> str:
     return serving
 
 
-def _lookup(tmp_path, serving_dir, tasks) -> standard_artifacts.Model:
+def _lookup(tmp_path, serving_dir, tasks, metadata_connection=None) -> standard_artifacts.Model:
+    from google.protobuf import json_format
+
     model = standard_artifacts.Model()
     model.uri = str(tmp_path / "baseline")
     os.makedirs(model.uri, exist_ok=True)
-    served_baseline.Executor().Do(
-        {"examples": []},
-        {"model": [model]},
-        {"serving_model_dir": serving_dir, "custom_config": json.dumps({"tasks": tasks})},
-    )
+    exec_properties = {"serving_model_dir": serving_dir, "custom_config": json.dumps({"tasks": tasks})}
+    if metadata_connection is not None:
+        exec_properties["metadata_connection_config"] = json_format.MessageToJson(metadata_connection)
+    served_baseline.Executor().Do({"examples": []}, {"model": [model]}, exec_properties)
     return model
 
 
@@ -129,31 +130,13 @@ def _store_with_models(tmp_path, models: list[tuple[str, bool]]):
     return connection
 
 
-def _lookup_with_metadata(tmp_path, serving_dir, tasks, connection) -> standard_artifacts.Model:
-    from google.protobuf import json_format
-
-    model = standard_artifacts.Model()
-    model.uri = str(tmp_path / "baseline")
-    os.makedirs(model.uri, exist_ok=True)
-    served_baseline.Executor().Do(
-        {"examples": []},
-        {"model": [model]},
-        {
-            "serving_model_dir": serving_dir,
-            "custom_config": json.dumps({"tasks": tasks}),
-            "metadata_connection_config": json_format.MessageToJson(connection),
-        },
-    )
-    return model
-
-
 def test_with_nothing_served_the_newest_blessed_model_in_ml_metadata_is_the_baseline(tmp_path):
     older, newest, rejected = (tmp_path / name for name in ("older", "newest", "rejected"))
     for folder in (older, newest, rejected):
         _trained_model(folder, ["sentiment"])
     connection = _store_with_models(tmp_path, [(str(older), True), (str(newest), True), (str(rejected), False)])
 
-    model = _lookup_with_metadata(tmp_path, str(tmp_path / "serving" / "mtnlp"), ["sentiment"], connection)
+    model = _lookup(tmp_path, str(tmp_path / "serving" / "mtnlp"), ["sentiment"], connection)
     assert served_baseline.has_model(model)
     assert model.get_string_custom_property(served_baseline.BASELINE_FROM) == str(newest)
     assert model.get_int_custom_property(served_baseline.SERVED_VERSION) == 0
@@ -168,7 +151,7 @@ def test_the_served_model_wins_over_ml_metadata(tmp_path):
     serving_dir = str(tmp_path / "serving" / "mtnlp")
     publish_version(_trained_model(tmp_path / "served", ["sentiment"]), serving_dir)
 
-    model = _lookup_with_metadata(tmp_path, serving_dir, ["sentiment"], connection)
+    model = _lookup(tmp_path, serving_dir, ["sentiment"], connection)
     assert model.get_string_custom_property(served_baseline.BASELINE_FROM) == os.path.join(serving_dir, "1")
 
 
@@ -181,8 +164,6 @@ def test_a_store_without_a_blessed_model_for_these_tasks_gives_no_baseline(tmp_p
     serving_dir = str(tmp_path / "serving" / "mtnlp")
     with caplog.at_level(logging.WARNING):
         for connection in (empty, unblessed, other_tasks):
-            assert not served_baseline.has_model(
-                _lookup_with_metadata(tmp_path, serving_dir, ["sentiment"], connection)
-            )
+            assert not served_baseline.has_model(_lookup(tmp_path, serving_dir, ["sentiment"], connection))
     assert caplog.text.count("or blessed in ML Metadata yet (a first run)") == 2
     assert "the newest blessed model" in caplog.text and "lacks the output(s) sentiment" in caplog.text
