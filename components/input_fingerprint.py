@@ -1,14 +1,19 @@
-"""InputFingerprint: what the ingest will read, as a string that KFP's and TFX's caches key on.
+"""The input fingerprint: what the ingest will read, as a string that KFP's and TFX's caches key on.
 
 An orchestrator's cache sees a task's parameters and input artifacts, not the files under a data folder:
-KFP v2 keys on the task's inputs, TFX's local runner on its exec properties. This component runs on every
-run (its caching is off: ``pipelines/pipeline.py``, ``ALWAYS_RUN``), lists the files the ingest's span
-selection picks (``layout.selected_files``), and outputs their fingerprint, the spans and, per file, name,
-size and modification time, as a ``String`` value. The ingest takes it as the exec property
-``input_fingerprint`` (``outputs["fingerprint"].future()[0].value``), which TFX's Kubeflow V2 compiler
-turns into an input *parameter* fed by this task's output parameter: part of KFP's cache key, while an
-artifact would not do (each run's output artifact has a new URI). So a new or changed span reruns the
-ingest and everything after it, and an unchanged folder leaves it cached, on every orchestrator alike.
+KFP v2 keys on the task's inputs, TFX's local runner on its exec properties and input artifacts.
+``input_fingerprint`` lists the files the ingest's span selection picks (``layout.selected_files``) and
+digests the spans and, per file, path, size and modification time. The ingest takes the result as its
+exec property ``input_fingerprint``, so a new or changed span reruns it (and everything after it) and an
+unchanged folder leaves it cached. Who computes it:
+
+- ``mtnlp run`` (and the other local runs) as it builds the pipeline, which it does when it runs it;
+- on Kubeflow, the ``InputFingerprint`` task in every run (compiled with caching off:
+  pipelines/kubeflow_runner.py). The ingest gets its ``String`` output as
+  ``outputs["fingerprint"].future()[0].value``, which TFX's Kubeflow V2 compiler turns into an input
+  *parameter* fed by this task's output parameter: part of KFP's cache key, while an artifact would not do
+  (each run's output artifact has a new URI). The local runner does not take this route because it puts
+  that fresh artifact into the ingest's cache key, which would then never hit.
 """
 
 from __future__ import annotations

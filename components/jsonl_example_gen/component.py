@@ -2,8 +2,9 @@
 per-task JSON Lines folders, with spans (``layout.py``), plus a ``rejected`` output of malformed records.
 
 It has no custom driver: the executor finds the spans, so every orchestrator runs it the same way, and its
-cache key holds ``input_fingerprint``, the files it will read as ``InputFingerprint`` found them just before
-(components/input_fingerprint.py): new or changed files rerun it, unchanged ones leave it cached."""
+cache key holds ``input_fingerprint``, the fingerprint of the files it will read (components/input_fingerprint.py:
+taken as a local run builds the pipeline, or by the InputFingerprint task in each Kubeflow run): new or changed
+files rerun it, unchanged ones leave it cached."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class JsonlExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         # JSON: {"tasks": [...], "max_records_per_split": int|null, "max_rejected_fraction": float,
         #        "span_selection": {"selection": "latest"|"all"|"window", "window": int}}
         "ingest_config": ExecutionParameter(type=str),
-        # InputFingerprint's output: in the cache key only (the executor does not read it)
+        # the input files' fingerprint: in the cache key only (the executor does not read it)
         "input_fingerprint": ExecutionParameter(type=str, optional=True),
     }
     OUTPUTS = {
@@ -63,8 +64,9 @@ class JsonlExampleGen(base_beam_component.BaseBeamComponent):
         tasks: task folders to read (others are skipped with a log line); all when None.
         max_records_per_split: read at most this many lines of each file.
         max_rejected_fraction: fail when a file has more malformed records than this fraction.
-        input_fingerprint: what the input files are, for the cache key: InputFingerprint's
-            ``outputs["fingerprint"].future()[0].value`` (a KFP task output parameter once compiled).
+        input_fingerprint: what the input files are, for the cache key: ``input_fingerprint(...)``'s string, or
+            InputFingerprint's ``outputs["fingerprint"].future()[0].value`` (a KFP task output parameter once
+            compiled).
         """
         layout.select_spans([0], 0, span_selection, span_window)  # fail at construction on a bad setting
         input_config = layout.input_config()
