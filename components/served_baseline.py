@@ -106,10 +106,7 @@ def newest_blessed_model(connection_config: metadata_store_pb2.ConnectionConfig)
     from tfx.components.evaluator import constants
 
     store = mlmd.MetadataStore(connection_config)
-    try:
-        blessings = store.get_artifacts_by_type(standard_artifacts.ModelBlessing.TYPE_NAME)
-    except mlmd.errors.NotFoundError:  # no Evaluator has run against this store
-        return None
+    blessings = store.get_artifacts_by_type(standard_artifacts.ModelBlessing.TYPE_NAME)  # [] before any Evaluator
     for blessing in sorted(blessings, key=lambda a: a.id, reverse=True):
         properties = blessing.custom_properties
         if properties[constants.ARTIFACT_PROPERTY_BLESSED_KEY].int_value != constants.BLESSED_VALUE:

@@ -117,6 +117,8 @@ def _store_with_models(tmp_path, models: list[tuple[str, bool]]):
 
     connection = metadata.sqlite_metadata_connection_config(str(tmp_path / "metadata.sqlite"))
     store = mlmd.MetadataStore(connection)
+    if not models:
+        return connection  # as before any Evaluator ran: not even the types exist
     model_type = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="Model"))
     blessing_type = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="ModelBlessing"))
     for uri, blessed in models:
