@@ -169,3 +169,21 @@ def test_a_store_without_a_blessed_model_for_these_tasks_gives_no_baseline(tmp_p
             assert not served_baseline.has_model(_lookup(tmp_path, serving_dir, ["sentiment"], connection))
     assert caplog.text.count("or blessed in ML Metadata yet (a first run)") == 2
     assert "the newest blessed model" in caplog.text and "lacks the output(s) sentiment" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_pipeline_runs_own_store_gives_the_model_it_blessed_and_pushed(pipeline_run, tmp_path):
+    """The route against what TFX's Evaluator really records: the shared run blessed and pushed its model, so
+    with its serving folder out of the picture its ML Metadata names that model, warm-start files and all."""
+    from tfx.orchestration import metadata
+
+    from tests.conftest import FIXTURE_TASKS
+
+    connection = metadata.sqlite_metadata_connection_config(str(pipeline_run.workdir / "metadata.sqlite"))
+    model = _lookup(tmp_path, str(tmp_path / "nothing_served"), list(FIXTURE_TASKS), connection)
+    assert served_baseline.has_model(model)
+    blessed = model.get_string_custom_property(served_baseline.BASELINE_FROM)
+    assert blessed.startswith(str(pipeline_run.workdir / "pipeline_root" / "Trainer" / "model"))
+    copied = tmp_path / "baseline" / "Format-Serving" / "saved_model.pb"
+    assert copied.read_bytes() == (pipeline_run.pushed_model_dir / "saved_model.pb").read_bytes()
+    assert (tmp_path / "baseline" / KERAS_DIR / VOCABULARY_FILE).is_file()
