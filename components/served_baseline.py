@@ -8,11 +8,17 @@ layout (``Format-Serving/``, and ``Format-Keras/`` from the version's ``assets.e
 publishes with it; see ``warm_start_files``), so the Trainer and the Evaluator take it as they take any
 Model.
 
-No baseline, said in the log and recorded as ``served_version`` 0 on an empty artifact, when: nothing is
-served yet (a first run), or the newest version's signatures lack an output the current tasks are
-evaluated on (the tasks changed), or it has no warm-start files (then it is still the Evaluator's
-baseline, only the warm start is skipped). The Trainer (``run_fn``) and ``BaselineAwareEvaluator``
-treat an empty artifact as no baseline.
+Where nothing is served and the executor is given an ML Metadata connection (the local runner passes its
+SQLite store; Kubeflow passes none, see docs/kubeflow.md), the baseline is the newest blessed model in ML
+Metadata instead: the Model that the newest ``ModelBlessing`` with ``blessed`` = 1 names in
+``current_model_id`` (TFX's Evaluator writes both), copied as it is (it has the Trainer's layout). The served
+model wins when both exist: it is what users' traffic meets, so it is what a new model must not be worse than.
+
+No baseline, said in the log and recorded as an empty artifact (``baseline_from`` empty), when: nothing is
+served yet and ML Metadata has no blessed model (a first run), or the model's signatures lack an output the
+current tasks are evaluated on (the tasks changed), or it has no warm-start files (then it is still the
+Evaluator's baseline, only the warm start is skipped). The Trainer (``run_fn``) and
+``BaselineAwareEvaluator`` treat an empty artifact as no baseline.
 
 Caching: the component's inputs are this run's Examples and the run's settings, so it runs again, and
 finds the model served *now*, whenever the Trainer would train again (new data, other settings); a rerun
@@ -27,6 +33,8 @@ import os
 import re
 from typing import Any
 
+from google.protobuf import json_format
+from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -37,8 +45,8 @@ from tfx.utils import io_utils, path_utils
 
 from mtnlp.model.warm_start import KERAS_DIR
 
-SERVED_VERSION = "served_version"  # custom property of the output Model: the version copied, 0 for none
-SERVED_FROM = "served_from"  # the version's folder
+SERVED_VERSION = "served_version"  # custom property of the output Model: the served version copied, else 0
+BASELINE_FROM = "baseline_from"  # the folder copied (a served version, or a Model in ML Metadata); "" for none
 # Where a published version keeps the Keras model and vocabulary that a warm start reads (model/warm_start.py):
 # TF Serving reads only its warmup file from assets.extra.
 WARM_START_ASSETS = os.path.join("assets.extra", "mtnlp_warm_start")
@@ -91,6 +99,35 @@ def mismatch(saved_model_dir: str, tasks: list[str] | None) -> str | None:
     return None
 
 
+def newest_blessed_model(connection_config: metadata_store_pb2.ConnectionConfig) -> str | None:
+    """The folder of the newest Model that TFX's Evaluator blessed in this ML Metadata store (live, still on
+    disk), or None."""
+    import ml_metadata as mlmd
+    from tfx.components.evaluator import constants
+
+    store = mlmd.MetadataStore(connection_config)
+    blessings = store.get_artifacts_by_type(standard_artifacts.ModelBlessing.TYPE_NAME)  # [] before any Evaluator
+    for blessing in sorted(blessings, key=lambda a: a.id, reverse=True):
+        properties = blessing.custom_properties
+        if properties[constants.ARTIFACT_PROPERTY_BLESSED_KEY].int_value != constants.BLESSED_VALUE:
+            continue
+        models = store.get_artifacts_by_id([properties[constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY].int_value])
+        live = metadata_store_pb2.Artifact.LIVE
+        if models and models[0].state == live and fileio.exists(path_utils.serving_model_dir(models[0].uri)):
+            return models[0].uri
+    return None
+
+
+def _read_only(connection_json: str) -> metadata_store_pb2.ConnectionConfig:
+    config = json_format.Parse(connection_json, metadata_store_pb2.ConnectionConfig())
+    if config.HasField("sqlite"):  # the runner owns the store: look, never write
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return config
+
+
+_NO_BASELINE = "No baseline: %s; training from scratch, blessing by the absolute gates only"
+
+
 class Executor(base_executor.BaseExecutor):
     def Do(
         self,
@@ -100,25 +137,34 @@ class Executor(base_executor.BaseExecutor):
     ) -> None:
         model = artifact_utils.get_single_instance(output_dict["model"])
         model.set_int_custom_property(SERVED_VERSION, 0)
+        model.set_string_custom_property(BASELINE_FROM, "")
         base_directory = exec_properties["serving_model_dir"]
         tasks = json.loads(exec_properties["custom_config"]).get("tasks")
         versions = served_versions(base_directory)
-        if not versions:
-            log.warning(
-                "No baseline: no model is served under %s yet (a first run); training from scratch, "
-                "blessing by the absolute gates only",
-                base_directory,
-            )
+        if versions:
+            self._copy_served(model, os.path.join(base_directory, str(versions[-1])), versions[-1], tasks)
             return
-        version_dir = os.path.join(base_directory, str(versions[-1]))
+        connection = exec_properties.get("metadata_connection_config")
+        blessed = newest_blessed_model(_read_only(connection)) if connection else None
+        if blessed is None:
+            where = " or blessed in ML Metadata" if connection else ""
+            log.warning(_NO_BASELINE, f"no model is served under {base_directory}{where} yet (a first run)")
+            return
+        problem = mismatch(path_utils.serving_model_dir(blessed), tasks)
+        if problem:
+            log.warning(_NO_BASELINE, f"the newest blessed model {blessed} does not fit the current tasks ({problem})")
+            return
+        io_utils.copy_dir(blessed, model.uri)  # the Trainer's layout already
+        model.set_string_custom_property(BASELINE_FROM, blessed)
+        log.info(
+            "Baseline: nothing served under %s; the newest blessed model in ML Metadata, %s", base_directory, blessed
+        )
+
+    @staticmethod
+    def _copy_served(model: types.Artifact, version_dir: str, version: int, tasks: list[str] | None) -> None:
         problem = mismatch(version_dir, tasks)
         if problem:
-            log.warning(
-                "No baseline: the served model %s does not fit the current tasks (%s); training from "
-                "scratch, blessing by the absolute gates only",
-                version_dir,
-                problem,
-            )
+            log.warning(_NO_BASELINE, f"the served model {version_dir} does not fit the current tasks ({problem})")
             return
         io_utils.copy_dir(version_dir, path_utils.serving_model_dir(model.uri))
         warm_start_files = os.path.join(version_dir, WARM_START_ASSETS)
@@ -131,37 +177,51 @@ class Executor(base_executor.BaseExecutor):
                 version_dir,
                 WARM_START_ASSETS,
             )
-        model.set_int_custom_property(SERVED_VERSION, versions[-1])
-        model.set_string_custom_property(SERVED_FROM, version_dir)
-        log.info("Baseline: served version %d (%s)", versions[-1], version_dir)
+        model.set_int_custom_property(SERVED_VERSION, version)
+        model.set_string_custom_property(BASELINE_FROM, version_dir)
+        log.info("Baseline: served version %d (%s)", version, version_dir)
 
 
 def has_model(model: types.Artifact) -> bool:
-    """Whether a ServedBaseline output holds a model (``served_version`` > 0)."""
-    return model.get_int_custom_property(SERVED_VERSION) > 0
+    """Whether a ServedBaseline output holds a model (``baseline_from`` set)."""
+    return bool(model.get_string_custom_property(BASELINE_FROM))
 
 
 class ServedBaselineSpec(ComponentSpec):
     PARAMETERS = {
         "serving_model_dir": ExecutionParameter(type=str),  # the push destination's base directory
         "custom_config": ExecutionParameter(type=str),  # the run's settings (JSON): a change reruns the lookup
+        # a metadata_store_pb2.ConnectionConfig as JSON: where nothing is served, the newest blessed model there
+        "metadata_connection_config": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}  # new data reruns the lookup
     OUTPUTS = {"model": ChannelParameter(type=standard_artifacts.Model)}
 
 
 class ServedBaseline(base_component.BaseComponent):
-    """Outputs ``model``: the served model's copy, or an empty Model (``served_version`` 0) when there is none."""
+    """Outputs ``model``: a copy of the served model (or, where nothing is served, of the newest blessed model in
+    ``metadata_connection_config``'s store), or an empty Model (``baseline_from`` "") when there is none."""
 
     SPEC_CLASS = ServedBaselineSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, examples: types.BaseChannel, serving_model_dir: str, custom_config: dict[str, Any]):
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        serving_model_dir: str,
+        custom_config: dict[str, Any],
+        metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
+    ):
         super().__init__(
             spec=ServedBaselineSpec(
                 examples=examples,
                 serving_model_dir=serving_model_dir,
                 custom_config=json.dumps(custom_config, sort_keys=True),
+                metadata_connection_config=(
+                    json_format.MessageToJson(metadata_connection_config, sort_keys=True)
+                    if metadata_connection_config is not None
+                    else None
+                ),
                 model=channel.Channel(type=standard_artifacts.Model),
             )
         )

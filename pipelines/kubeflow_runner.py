@@ -57,6 +57,8 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = ("--direct_running_mode=multi_processing",)
 
 SUPPORTED_ROOT_SCHEMES = ("gs://", "s3://")
 
+# Runs uncached in every run: it looks at the data, and its output parameter is in the ingest's cache key.
+FINGERPRINT_TASK = "InputFingerprint"
 PLATFORMS = ("kfp", "vertex")  # open-source Kubeflow Pipelines, Vertex AI Pipelines
 DEFAULT_VERTEX_MACHINE_TYPE = "n1-standard-8"  # each Trainer worker's machine in a Vertex AI custom job
 
@@ -255,6 +257,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings) -> Pipeli
         enable_cache=settings.enable_cache,
         schema_file=image_schema_file(),
         trainer_launcher=trainer_launcher(settings),
+        fingerprint_task=True,  # a compiled spec runs later and again: the data are fingerprinted in each run
     )
     # Resources are a property of where it runs, so they are set here and not in create_pipeline.
     # with_platform_config is TFX's per-component hook; KubeflowV2DagRunner copies the ResourceSpec
@@ -296,7 +299,21 @@ def compile_pipeline_job(config: PipelineConfig, settings: KubeflowSettings) -> 
     )
     job = runner.run(build_pipeline(config, settings), write_out=False)
     job["pipelineSpec"]["defaultPipelineRoot"] = settings.pipeline_root
+    job["pipelineSpec"]["root"]["dag"]["tasks"][FINGERPRINT_TASK]["cachingOptions"] = {"enableCache": False}
+    _name_parameter_producers_by_task(job["pipelineSpec"])
     return job
+
+
+def _name_parameter_producers_by_task(spec: dict[str, Any]) -> None:
+    """TFX 1.16's V2 compiler names a task-output parameter's producer ``<component id>_task``, but it names the
+    task itself ``<component id>`` (step_builder.py; its own test data show the mismatch): KFP would find no such
+    task. Point each such input at the task that exists."""
+    tasks = spec["root"]["dag"]["tasks"]
+    for task in tasks.values():
+        for parameter in task.get("inputs", {}).get("parameters", {}).values():
+            producer = parameter.get("taskOutputParameter")
+            if producer and producer["producerTask"] not in tasks:
+                producer["producerTask"] = producer["producerTask"].removesuffix("_task")
 
 
 def write_pipeline(job: Mapping[str, Any], output: str) -> str:

@@ -52,7 +52,6 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
 
     from tfx import v1 as tfx
 
-    from mtnlp.components.jsonl_example_gen.layout import has_spans
     from mtnlp.pipelines.pipeline import create_pipeline
     from mtnlp.pipelines.schema import schema_file_for
 
@@ -66,7 +65,6 @@ def run_locally(config: PipelineConfig, data_root: str, workdir: Workdir, enable
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(workdir.metadata_path),
         beam_pipeline_args=list(LOCAL_BEAM_ARGS),
         enable_cache=enable_cache,
-        data_has_spans=has_spans(data_root),
         schema_file=schema_file_for(os.path.join(workdir.root, "schema")),
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

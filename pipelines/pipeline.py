@@ -21,6 +21,7 @@ from tfx.dsl.components.base import executor_spec
 
 from mtnlp.components import versioned_pusher
 from mtnlp.components.anomalies_gate import AnomaliesGate
+from mtnlp.components.input_fingerprint import InputFingerprint, input_fingerprint
 from mtnlp.components.jsonl_example_gen import JsonlExampleGen
 from mtnlp.components.served_baseline import BaselineAwareExecutor, ServedBaseline
 from mtnlp.pipelines import evaluation
@@ -63,9 +64,11 @@ class DataComponents:
     example_validator: tfx.components.ExampleValidator
     anomalies_gate: AnomaliesGate
     transform: tfx.components.Transform
+    input_fingerprint: InputFingerprint | None  # the task, where the data are fingerprinted at run time
 
     def all(self) -> list:
         return [
+            *([self.input_fingerprint] if self.input_fingerprint else []),
             self.example_gen,
             self.statistics_gen,
             self.schema_gen,
@@ -76,16 +79,26 @@ class DataComponents:
 
 
 def data_components(
-    data_root: str, config: PipelineConfig, data_has_spans: bool = False, schema_file: str = SCHEMA_PATH
+    data_root: str, config: PipelineConfig, schema_file: str = SCHEMA_PATH, fingerprint_task: bool = False
 ) -> DataComponents:
+    """``fingerprint_task``: fingerprint the input files in an InputFingerprint task of the pipeline, for a spec
+    that runs later, again or on a schedule (Kubeflow); else now, while the pipeline is built (a local run builds
+    it when it runs it). Either way the fingerprint is in the ingest's cache key (components/input_fingerprint.py).
+    """
+    fingerprint_component = None
+    if fingerprint_task:
+        fingerprint_component = InputFingerprint(data_root, config.span_selection, config.span_window)
+        fingerprint = fingerprint_component.outputs["fingerprint"].future()[0].value
+    else:
+        fingerprint = input_fingerprint(data_root, config.span_selection, config.span_window)
     example_gen = JsonlExampleGen(
         input_base=data_root,
-        spans=data_has_spans,
         span_selection=config.span_selection,
         span_window=config.span_window,
         tasks=config.task_names,  # explicit: the executor may run in another process
         max_records_per_split=config.max_records_per_split,
         max_rejected_fraction=config.max_rejected_fraction,
+        input_fingerprint=fingerprint,
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
@@ -101,7 +114,9 @@ def data_components(
         custom_config=config.to_json_dict()["transform"],
     )
     transform.add_upstream_node(anomalies_gate)  # no training on data that breaks the schema
-    return DataComponents(example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform)
+    return DataComponents(
+        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, transform, fingerprint_component
+    )
 
 
 def create_data_pipeline(
@@ -132,17 +147,20 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = True,
-    data_has_spans: bool = False,
     schema_file: str = SCHEMA_PATH,  # read by the executor: on Kubeflow, the path inside the image
     trainer_launcher: TrainerLauncher | None = None,  # how the Trainer runs, when not in its own process
+    fingerprint_task: bool = False,  # see data_components
 ) -> tfx.dsl.Pipeline:
-    data = data_components(data_root, config, data_has_spans, schema_file)
+    data = data_components(data_root, config, schema_file, fingerprint_task)
     example_gen, schema_gen, transform = data.example_gen, data.schema_gen, data.transform
     custom_config = config.to_json_dict()
 
     # The served model (empty on a first run): the Trainer's warm start and the Evaluator's baseline.
     baseline = ServedBaseline(
-        examples=example_gen.outputs["examples"], serving_model_dir=serving_model_dir, custom_config=custom_config
+        examples=example_gen.outputs["examples"],
+        serving_model_dir=serving_model_dir,
+        custom_config=custom_config,
+        metadata_connection_config=metadata_connection_config,  # None on Kubeflow: the served model only
     )
     launcher = trainer_launcher or TrainerLauncher()
     trainer = launcher.component_class(

@@ -159,10 +159,10 @@ def summarize_latest_run(metadata_path: str) -> dict[str, Any]:
                 summary["tensorboard_logdir"] = artifact.uri
                 summary.update(_training_facts(artifact.uri))
             elif kind == "Model" and component == "ServedBaseline":
-                from mtnlp.components.served_baseline import SERVED_FROM, SERVED_VERSION
+                from mtnlp.components.served_baseline import BASELINE_FROM, SERVED_VERSION
 
                 summary["baseline_version"] = _property(artifact, SERVED_VERSION) or None
-                summary["baseline_from"] = _property(artifact, SERVED_FROM)
+                summary["baseline_from"] = _property(artifact, BASELINE_FROM) or None
             elif kind == "Examples" and component == "JsonlExampleGen":
                 from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
 
@@ -209,8 +209,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  spans read: {', '.join(map(str, summary['spans']))} (0 = the data folder's own files)")
     if summary.get("baseline_version"):
         lines.append(f"  baseline: served version {summary['baseline_version']} ({summary['baseline_from']})")
+    elif summary.get("baseline_from"):
+        lines.append(
+            f"  baseline: nothing served; the newest blessed model in ML Metadata ({summary['baseline_from']})"
+        )
     elif "baseline_version" in summary:
-        lines.append("  baseline: none (nothing served yet, or the served model does not fit the tasks)")
+        lines.append("  baseline: none (nothing served or blessed yet, or the model does not fit the tasks)")
     if "warm_start" in summary:
         lines.append(f"  trainer: {summary['warm_start'] or 'trained from scratch'} ({summary['train_steps']} steps)")
     for split, files in summary.get("ingest", {}).items():

@@ -31,17 +31,15 @@ def _sentiment(i, label="positive"):
     return json.dumps({"id": f"s{i}", "text": f"sentence number {i}", "label": label})
 
 
-def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0, span_selection=None):
-    """The executor as TFX's driver leaves it (``latest_span``), or with ``latest_span=None`` as on Kubeflow: no
-    driver, the flat input config the spec was compiled with, and the selection in ``span_selection``."""
-    config = input_config(spans is not None)
+def _run(input_base, out, max_fraction, tasks=None, span_selection=None):
+    """The executor as every orchestrator runs it: no driver; the spans layout is found when reading."""
+    config = input_config()
     examples, rejected = standard_artifacts.Examples(), RejectedRecords()
     examples.uri, rejected.uri = str(out / "examples"), str(out / "rejected")
     exec_properties = {
         "input_base": str(input_base),
         "input_config": proto_utils.proto_to_json(config),
         "output_config": proto_utils.proto_to_json(utils.make_default_output_config(config)),
-        "span": latest_span,
         "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
         "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         "ingest_config": json.dumps(
@@ -49,13 +47,10 @@ def _run(input_base, out, max_fraction, tasks=None, spans=None, latest_span=0, s
                 "tasks": tasks,
                 "max_records_per_split": None,
                 "max_rejected_fraction": max_fraction,
-                "spans": spans,
                 "span_selection": span_selection,
             }
         ),
     }
-    if latest_span is None:
-        del exec_properties["span"]
     Executor().Do({}, {"examples": [examples], "rejected": [rejected]}, exec_properties)
     return examples, rejected
 
@@ -153,7 +148,7 @@ def test_span_selection():
     assert select_spans([0, 1, 2, 3], 3, "all") == [0, 1, 2, 3]
     assert select_spans([0, 1, 2, 3], 3, "latest") == [3]
     assert select_spans([0, 1, 2, 3], 3, "window", 2) == [2, 3]
-    assert select_spans([0, 1, 2, 3], 2, "all") == [0, 1, 2]  # a span newer than the driver's choice waits
+    assert select_spans([0, 1, 2, 3], 2, "all") == [0, 1, 2]  # a span newer than the newest to read waits
     with pytest.raises(ValueError, match="unknown span selection 'newest'"):
         select_spans([0], 0, "newest")
 
@@ -187,36 +182,7 @@ def test_a_run_reads_the_selected_spans_and_records_which(
 
     assert has_spans(str(data_with_spans))
     examples, _ = _run(
-        data_with_spans,
-        tmp_path / "out",
-        max_fraction=0.0,
-        spans={"selection": selection, "window": window},
-        latest_span=2,
-    )
-    assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
-    assert _count(examples.uri, "train") == train_records
-
-
-@pytest.mark.parametrize(
-    "selection, window, spans_read, train_records",
-    [
-        ("all", 1, "0,1,2", 4 + 3 + 2),
-        ("latest", 1, "2", 2),
-        ("window", 2, "1,2", 3 + 2),
-    ],
-)
-def test_without_the_driver_the_executor_finds_the_spans_itself(
-    data_with_spans, tmp_path, selection, window, spans_read, train_records
-):
-    # Kubeflow: no driver, and a spec compiled without knowing the layout (flat input config, no spans setting)
-    from mtnlp.components.jsonl_example_gen.executor import SPANS_PROPERTY
-
-    examples, _ = _run(
-        data_with_spans,
-        tmp_path / "out",
-        max_fraction=0.0,
-        latest_span=None,
-        span_selection={"selection": selection, "window": window},
+        data_with_spans, tmp_path / "out", max_fraction=0.0, span_selection={"selection": selection, "window": window}
     )
     assert examples.get_string_custom_property(SPANS_PROPERTY) == spans_read
     assert _count(examples.uri, "train") == train_records
@@ -225,7 +191,6 @@ def test_without_the_driver_the_executor_finds_the_spans_itself(
         data_with_spans / "spans" / "1",
         tmp_path / "flat",
         max_fraction=0.0,
-        latest_span=None,
         span_selection={"selection": "latest", "window": 1},
     )
     assert flat.get_string_custom_property(SPANS_PROPERTY) == "0" and _count(flat.uri, "train") == 3

@@ -141,8 +141,29 @@ def test_every_component_of_the_local_pipeline_is_a_task(spec, vertex_spec, loca
     components = {n.id for n in local_pipeline.components}
     assert len(components) >= 10
     for compiled in (spec, vertex_spec):  # the same pipeline on both platforms: no resolver task on either
-        assert set(compiled["root"]["dag"]["tasks"]) == components
-        assert set(_containers(compiled)) == components
+        # and the fingerprint task, which the local runner replaces by fingerprinting as it builds the pipeline
+        assert set(compiled["root"]["dag"]["tasks"]) == components | {"InputFingerprint"}
+        assert set(_containers(compiled)) == components | {"InputFingerprint"}
+
+
+def test_the_ingest_cache_key_holds_the_fingerprint_of_its_files(spec, vertex_spec):
+    # KFP's cache key is the task's inputs: the ingest's input parameter `input_fingerprint` is the output parameter
+    # of InputFingerprint, a task that runs uncached on every run, so new or changed files rerun the ingest.
+    for compiled in (spec, vertex_spec):
+        tasks = compiled["root"]["dag"]["tasks"]
+        ingest = tasks["JsonlExampleGen"]
+        source = ingest["inputs"]["parameters"]["input_fingerprint"]
+        assert source == {
+            "taskOutputParameter": {"producerTask": "InputFingerprint", "outputParameterKey": "fingerprint"}
+        }
+        assert ingest["dependentTasks"] == ["InputFingerprint"] and not ingest["inputs"].get("artifacts")
+        assert ingest["cachingOptions"] == {"enableCache": True}
+        assert tasks["InputFingerprint"]["cachingOptions"] == {"enableCache": False}
+        fingerprint = compiled["components"]["InputFingerprint"]["outputDefinitions"]["parameters"]["fingerprint"]
+        assert fingerprint == {"parameterType": "STRING"}
+        looked_at = tasks["InputFingerprint"]["inputs"]["parameters"]
+        assert looked_at["input_base"] == ingest["inputs"]["parameters"]["input_base"]
+        assert looked_at["span_selection"]["runtimeValue"]["constant"] == get_config("quick").span_selection
 
 
 def test_the_served_model_is_the_baseline_on_both_platforms(spec, vertex_spec):
@@ -163,7 +184,7 @@ def test_the_served_model_is_the_baseline_on_both_platforms(spec, vertex_spec):
 def test_every_container_runs_the_image_with_tfx_entrypoint(spec):
     kubeflow_v2_run_executor = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     containers = _containers(spec)
-    assert len(containers) == 10
+    assert len(containers) == 11  # 10 components and the input fingerprint
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert container["command"] == ["python", "-m", kubeflow_v2_run_executor]
@@ -247,7 +268,8 @@ def test_caching_follows_the_setting(spec, vertex_spec):
         tasks = spec["root"]["dag"]["tasks"]
         return {name: tasks[name].get("cachingOptions", {}).get("enableCache", False) for name in _containers(spec)}
 
-    assert all(cached(spec).values()) and all(cached(vertex_spec).values())
+    for compiled in (spec, vertex_spec):
+        assert [name for name, on in cached(compiled).items() if not on] == ["InputFingerprint"]
 
     uncached = kubeflow_runner.compile_pipeline_job(get_config("quick"), _settings(enable_cache=False))
     assert not any(cached(uncached["pipelineSpec"]).values())

@@ -119,22 +119,15 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         examples.set_string_custom_property(SPANS_PROPERTY, ",".join(map(str, sorted(self._spans_read))))
         report_rejected(self._rejected_uri, float(self._settings.get("max_rejected_fraction", 0.0)))
 
-    def _input_files(self, exec_properties: dict[str, Any], split: str, split_pattern: str) -> list[str]:
-        input_base = exec_properties["input_base"]
-        spans = self._settings.get("spans")
-        # TFX's file-based driver sets "span" (the newest one) where it runs: the local runner. Kubeflow runs no
-        # custom driver, and its spec cannot know the data's layout: the spans layout is recognised here.
-        driver_ran = "span" in exec_properties
-        if not spans and not driver_ran and layout.has_spans(input_base):
-            spans = self._settings.get("span_selection")
-        if not spans:  # flat layout: the (already resolved) pattern is the whole input
-            self._spans_read.add(int(exec_properties.get("span") or 0))
-            return sorted(fileio.glob(os.path.join(input_base, split_pattern)))
-        per_span = layout.span_files(input_base, split)
-        latest = int(exec_properties["span"]) if driver_ran else max(per_span)
-        chosen = layout.select_spans(list(per_span), latest, spans["selection"], spans.get("window", 1))
-        self._spans_read.update(chosen)
-        return [path for span in chosen for path in per_span.get(span, [])]
+    def _input_files(self, exec_properties: dict[str, Any], split: str) -> list[str]:
+        # The layout is recognised here, where the files are read, so that every orchestrator reads the same:
+        # no custom driver runs on Kubeflow. InputFingerprint reads the same selection (layout.selected_files).
+        selection = self._settings.get("span_selection") or {}
+        per_span = layout.selected_files(
+            exec_properties["input_base"], split, selection.get("selection", "all"), selection.get("window", 1)
+        )
+        self._spans_read.update(per_span)
+        return [path for files in per_span.values() for path in files]
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         settings, rejected_uri, input_files = self._settings, self._rejected_uri, self._input_files
@@ -144,7 +137,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             input_base = exec_properties["input_base"]
             split = _split_name(exec_properties, split_pattern)
             tasks = settings.get("tasks")
-            files = input_files(exec_properties, split, split_pattern)
+            files = input_files(exec_properties, split)
             chosen = [f for f in files if tasks is None or task_of_file(f) in tasks]
             for skipped in sorted(set(files) - set(chosen)):
                 log.info("Skipping %s: task %r is not enabled", skipped, task_of_file(skipped))

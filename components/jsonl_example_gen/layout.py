@@ -6,9 +6,10 @@ Two layouts, recognised by ``has_spans``:
 - spans: the same plus ``<data>/spans/<N>/<task>/...`` for each span N >= 1 of new data. The flat
   files, when present, are span 0.
 
-TFX's file-based driver resolves ``{SPAN}`` in the input config to the newest span and fingerprints
-its files (so a new span invalidates the cache). Which spans the run then reads is the ingest's
-``span_selection``: ``latest`` (span N only), ``all`` (0..N) or ``window`` (the last K spans).
+The layout is recognised when the data are read, not when the pipeline is built: the ingest's executor and
+the input fingerprint (``components/input_fingerprint.py``) both call ``selected_files``. Which spans a run
+reads is the ingest's ``span_selection``: ``latest`` (the newest span N only), ``all`` (0..N) or ``window``
+(the last K spans).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def flat_pattern(split: str) -> str:
 
 
 def span_pattern(split: str) -> str:
-    return f"{SPANS_DIR}/{{SPAN}}/*/{SPLIT_FILES[split]}"
+    """The files of a split in every span."""
+    return f"{SPANS_DIR}/*/*/{SPLIT_FILES[split]}"
 
 
-def input_config(spans: bool) -> example_gen_pb2.Input:
-    pattern = span_pattern if spans else flat_pattern
+def input_config() -> example_gen_pb2.Input:
+    """The splits and their flat patterns; with spans, ``selected_files`` finds each span's files of a split."""
     return example_gen_pb2.Input(
-        splits=[example_gen_pb2.Input.Split(name=split, pattern=pattern(split)) for split in SPLIT_FILES]
+        splits=[example_gen_pb2.Input.Split(name=split, pattern=flat_pattern(split)) for split in SPLIT_FILES]
     )
 
 
@@ -52,7 +54,7 @@ def span_files(input_base: str, split: str) -> dict[int, list[str]]:
     if flat:
         found[0] = flat
     number = re.compile(re.escape(os.path.join(input_base, SPANS_DIR)) + r"/(\d+)/")
-    for path in sorted(fileio.glob(os.path.join(input_base, span_pattern(split).replace("{SPAN}", "*")))):
+    for path in sorted(fileio.glob(os.path.join(input_base, span_pattern(split)))):
         match = number.match(path)
         if match:
             found.setdefault(int(match.group(1)), []).append(path)
@@ -60,7 +62,7 @@ def span_files(input_base: str, split: str) -> dict[int, list[str]]:
 
 
 def select_spans(available: list[int], latest: int, selection: str, window: int = 1) -> list[int]:
-    """The spans a run reads, given the spans present and the newest one (the driver's choice)."""
+    """The spans a run reads, given the spans present and the newest one to read."""
     if selection not in SPAN_SELECTIONS:
         raise ValueError(f"unknown span selection {selection!r}; use one of {', '.join(SPAN_SELECTIONS)}")
     candidates = sorted(s for s in available if s <= latest)
@@ -71,6 +73,17 @@ def select_spans(available: list[int], latest: int, selection: str, window: int 
             raise ValueError(f"span window must be at least 1, got {window}")
         return candidates[-window:]
     return candidates
+
+
+def selected_files(input_base: str, split: str, selection: str = "all", window: int = 1) -> dict[int, list[str]]:
+    """{span: files} of a split that a run reads: the selected spans of the spans layout (newest: the highest
+    present), or the flat files as span 0."""
+    if not has_spans(input_base):
+        return {0: sorted(fileio.glob(os.path.join(input_base, flat_pattern(split))))}
+    per_span = span_files(input_base, split)
+    if not per_span:
+        return {}
+    return {span: per_span[span] for span in select_spans(list(per_span), max(per_span), selection, window)}
 
 
 def next_span(data_root: str) -> int:
