@@ -22,12 +22,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtnlp.model.network import WORD_EMBEDDING_LAYERS
+
 log = logging.getLogger(__name__)
 
 KERAS_DIR = "Format-Keras"
 MODEL_FILE = "model.keras"
 VOCABULARY_FILE = "words.txt"
-WORD_EMBEDDING_LAYER = "word_and_position_embedding"
 
 
 def keras_dir_for(serving_model_dir: str) -> str:
@@ -101,7 +102,7 @@ def warm_start(model: keras.Model, base_serving_model_dir: str, vocabulary_file:
         if not layer.weights or old_layer is None:
             continue
         new_weights, old_weights = layer.get_weights(), old_layer.get_weights()
-        if layer.name == WORD_EMBEDDING_LAYER:  # [word embeddings, position embeddings]
+        if layer.name in WORD_EMBEDDING_LAYERS.values():  # [word embeddings(, position embeddings)]
             new_weights[0], carried = _map_word_rows(new_weights[0], old_weights[0], new_vocabulary, old_vocabulary)
             old_weights = [new_weights[0]] + old_weights[1:]
         if [w.shape for w in new_weights] != [w.shape for w in old_weights]:

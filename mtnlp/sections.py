@@ -16,6 +16,8 @@ from typing import Any, Literal
 # A head's loss (``HeadConfig.loss``): cross-entropy, or CR-CNN's pairwise ranking loss (dos Santos et al. 2015,
 # ``model/layers.py``), which leaves the head's none class unscored.
 LOSSES = ("cross_entropy", "ranking")
+# How a word's feature embeddings are combined (``ModelConfig.embedding_combiner``).
+EMBEDDING_COMBINERS = ("sum", "concat_maxout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,22 @@ class ModelConfig:
     tie_decoder_embeddings: bool = False
     # Hashed prefix/suffix/shape-pattern embeddings of every word (see model/network.py).
     subword_features: bool = True
+    # How a word's feature embeddings (word id, shape, and with subword_features prefix, suffix, shape
+    # pattern) become one vector: "sum", or "concat_maxout" (concatenated and mixed by a maxout layer, as
+    # spaCy's MultiHashEmbed does; model/network.py). Positions and entity markers are added after either.
+    embedding_combiner: Literal["sum", "concat_maxout"] = "sum"
+    # Layers of spaCy's window encoder (a maxout over each word and its neighbours, residual; MaxoutWindowBlock
+    # in model/layers.py) between the embeddings and the transformer layers (0: none).
+    window_conv_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.embedding_combiner not in EMBEDDING_COMBINERS:
+            raise ValueError(
+                f"model.embedding_combiner: expected one of {', '.join(EMBEDDING_COMBINERS)}, "
+                f"got {self.embedding_combiner!r}"
+            )
+        if self.window_conv_layers < 0:
+            raise ValueError(f"model.window_conv_layers: {self.window_conv_layers} is negative (0: none)")
 
 
 @dataclasses.dataclass(frozen=True)
