@@ -350,7 +350,7 @@ def compile_for_heads(
                 f"heads.{h.name}.loss is {configs[h.name].loss!r} here but the model was built with the "
                 "other loss: pass the same head_configs to build_model and compile_for_heads"
             )
-    losses = {h.name: h.loss(configs[h.name]) for h in heads}
+    losses = {h.name: h.loss(configs[h.name], model.get_layer(h.name)) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}

@@ -16,6 +16,8 @@ from typing import Any, Literal
 # A head's loss (``HeadConfig.loss``): cross-entropy, or CR-CNN's pairwise ranking loss (dos Santos et al. 2015,
 # ``model/layers.py``), which leaves the head's none class unscored.
 LOSSES = ("cross_entropy", "ranking")
+# A token head's output (``HeadConfig.decoder``): per-word softmax, or a linear-chain CRF (model/crf.py).
+DECODERS = ("softmax", "crf")
 # How a word's feature embeddings are combined (``ModelConfig.embedding_combiner``).
 EMBEDDING_COMBINERS = ("sum", "concat_maxout")
 
@@ -154,6 +156,9 @@ class HeadConfig:
     loss: Literal["cross_entropy", "ranking"] = "cross_entropy"
     # Label smoothing of the cross-entropy (0: off).
     label_smoothing: float = 0.0
+    # A token head's output: "softmax" (each word's label on its own, cross-entropy) or "crf" (a linear-chain
+    # CRF: learned label-transition scores trained on whole sequences, decoded by Viterbi; model/crf.py).
+    decoder: Literal["softmax", "crf"] = "softmax"
     # The encoder layer the head reads: 1.. from the bottom, -1.. from the top (-1: the last). With
     # transform.backbone_preset every head reads the backbone's last layer.
     encoder_layer: int = -1
@@ -174,6 +179,13 @@ class HeadConfig:
             raise ValueError(
                 f"label_smoothing ({self.label_smoothing}) smooths the cross-entropy; the {self.loss} "
                 "loss has none: set label_smoothing=0 or loss=cross_entropy"
+            )
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder: expected one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "crf" and (self.loss != "cross_entropy" or self.label_smoothing):
+            raise ValueError(
+                f"decoder 'crf' is trained by the CRF's sequence likelihood; loss {self.loss!r} and label_smoothing "
+                f"{self.label_smoothing} apply to the softmax decoder: set loss=cross_entropy, label_smoothing=0"
             )
         if self.encoder_layer == 0:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")
