@@ -123,8 +123,19 @@ class TrainingConfig:
     # this fraction of train_steps.
     warm_start: bool = True
     warm_start_step_fraction: float = 0.5
+    # Batches are cut to their longest sentence; with length_buckets (increasing word counts, e.g. [16, 32, 64])
+    # to the smallest bucket that holds it, so that they take a few static shapes (model/preprocessing.py).
+    length_buckets: tuple[int, ...] = ()
+    # Compile the training step with XLA (Keras' jit_compile): one compilation per batch shape, so pair it
+    # with length_buckets. Models with a sequence head (translation) fail to compile on CPU (README, "Benchmarks").
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
+        buckets = list(self.length_buckets)
+        if any(b < 1 for b in buckets) or buckets != sorted(set(buckets)):
+            raise ValueError(
+                f"training.length_buckets: {buckets} must be positive word counts in increasing order, e.g. [16, 32, 64]"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}"
