@@ -9,15 +9,15 @@ what                        method
 Transform features          ``analyze`` (full-pass statistics), ``transform_features`` (``<head>_label``, ...)
 batch trimming              ``trim`` (which features are cut to the batch's longest sentence)
 model inputs                ``model_inputs`` (a sequence head's teacher-forced targets)
-Keras layers and loss       ``build``, ``loss``, ``training_metric``
-settings                    ``default_config``, ``check_config`` (the section ``heads.<name>``)
+Keras layers and loss       ``build``, ``output_layer``, ``loss``, ``training_metric``
+settings                    ``default_config``, ``check_config``, ``decoders`` (the section ``heads.<name>``)
 serving outputs             ``own_signature``, ``served_outputs``, ``scored_output``, ``evaluator_output``
 scoring                     ``eval_label_key`` / ``eval_weight_key`` (TFMA), ``scorer_inputs`` (records)
 a client's answer           ``read_answer`` and ``describe`` (``mtnlp predict``)
 ==========================  ==================================================================
 
 The kinds: ``SentenceHead`` (one label per text), ``TokenHead`` (one label per word; optionally
-decoded as well-formed IOB2 spans), ``EntityPairHead`` (one label per text and two marked entities)
+decoded as well-formed IOB2 spans, and with ``heads.<name>.decoder=crf`` a linear-chain CRF, ``model/crf.py``), ``EntityPairHead`` (one label per text and two marked entities)
 and ``SequenceHead`` (generated text: a decoder over the encoder, beam search when served).
 
 A head's settings (gate, loss, loss weight, encoder layer, dropout: ``HeadConfig``, the config's section
