@@ -183,9 +183,14 @@ def build_model(
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
     x = _word_embedding(
-        inputs, vocabulary_size + int(masked_words), max_length, embedding_dim, subword_buckets, subword_features,
+        inputs,
+        vocabulary_size + int(masked_words),
+        max_length,
+        embedding_dim,
+        subword_buckets,
+        subword_features,
         embedding_combiner,
-    )  # fmt: skip
+    )
     x = keras.layers.Dropout(dropout)(x)
     for i in range(window_conv_layers):
         x = MaxoutWindowBlock(dropout=dropout, name=f"window_encoder_{i}")(x, padding_mask)

@@ -126,28 +126,16 @@ def test_the_pipeline_exports_a_crf_and_spacy_style_encoder_with_core_ops_only(t
     """The three issue-26 levers on through the real pipeline: the pushed SavedModel loads and answers with
     Keras and TF Text's Python package blocked, and its ops are core TF (plus the one TF Text kernel)."""
     workdir = tmp_path / "workdir"
+    levers = ("heads.ner.decoder=crf", "model.embedding_combiner=concat_maxout", "model.window_conv_layers=1")
+    lenient = ("heads.ner.gate.lower_bound=0", "heads.pos.gate.lower_bound=0")  # 60 steps: let any model through
     result = run_cli(
         "run",
-        "--profile",
-        "quick",
-        "--workdir",
-        str(workdir),
-        "--tasks",
-        "tagging",
-        "--max-records",
-        "200",
-        "--train-steps",
-        "60",
-        "--set",
-        "heads.ner.decoder=crf",
-        "--set",
-        "model.embedding_combiner=concat_maxout",
-        "--set",
-        "model.window_conv_layers=1",
-        "--set",
-        "heads.ner.gate.lower_bound=0",
-        "--set",
-        "heads.pos.gate.lower_bound=0",
+        "--profile=quick",
+        f"--workdir={workdir}",
+        "--tasks=tagging",
+        "--max-records=200",
+        "--train-steps=60",
+        *[f"--set={setting}" for setting in levers + lenient],
     )
     assert result.returncode == 0, f"pipeline failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     pushed = json.loads((workdir / "run_summary.json").read_text())["pushed_to"]
