@@ -14,6 +14,9 @@ per second, and the 1-minute load average before and after. A run whose workdir 
 
 One seed and a small budget: a quick screen of which lever to take to the full profile, not a verdict.
 Prints a table and writes benchmarks/encoder_levers_results.json (``--output``).
+
+``--step-times`` runs no pipeline: it builds each lever's model as the Trainer does (quick profile, tagging heads)
+and times its training step on one fixed batch, the models in turn, so that load affects them alike.
 """
 
 from __future__ import annotations
@@ -103,6 +106,69 @@ def run_lever(name: str, settings: tuple[str, ...], args: argparse.Namespace) ->
     }
 
 
+# what each lever changes in the Trainer's model (``--step-times``), as its --set settings do
+STEP_TIME_BUILDS = {
+    "baseline": ({}, {}, {}),
+    "concat_maxout": ({"embedding_combiner": "concat_maxout"}, {}, {}),
+    "window_conv_4": ({"window_conv_layers": 4}, {}, {}),
+    "crf_ner": ({}, {"ner": {"decoder": "crf"}}, {}),
+    "all_three": ({"embedding_combiner": "concat_maxout", "window_conv_layers": 4}, {"ner": {"decoder": "crf"}}, {}),
+    "length_buckets_xla": ({}, {}, {"jit_compile": True}),
+}
+
+
+def step_times(rounds: int, steps: int, length: int) -> dict[str, float]:
+    """Median ms per training step of each lever's quick-profile tagging model on one fixed batch (32 sentences
+    of ``length`` words), the levers' models timed in turn for ``rounds`` rounds of ``steps`` steps, so that
+    they share the machine's load alike (the pipeline runs above ran at different loads)."""
+    import dataclasses
+    import statistics
+
+    import numpy as np
+
+    from mtnlp.model.preprocessing import SUBWORD_INPUTS
+    from mtnlp.model.tasks import get_task
+    from mtnlp.model.text import NUM_SHAPES
+    from mtnlp.model.training import build_training_model
+    from mtnlp.pipelines.config import PROFILES
+    from mtnlp.sections import HeadConfig
+
+    profile = PROFILES["quick"]
+    heads = get_task("tagging").heads
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.integers(1, 90, size=(32, length)) for name in ("token_ids", *SUBWORD_INPUTS)}
+    inputs["shape_ids"] = rng.integers(1, NUM_SHAPES, size=(32, length))
+    inputs["entity_ids"] = np.zeros((32, length), np.int64)
+    labels = {h.name: rng.integers(0, h.num_labels, size=(32, length)) for h in heads}
+    weights = {h.name: np.ones((32, length), np.float32) for h in heads}
+    models = {}
+    for name, (model_settings, head_settings, training_settings) in STEP_TIME_BUILDS.items():
+        configs = {
+            h.name: dataclasses.replace(profile.heads.get(h.name, HeadConfig()), **head_settings.get(h.name, {}))
+            for h in heads
+        }
+        models[name] = build_training_model(
+            heads,
+            100,
+            {},
+            dataclasses.replace(profile.model, **model_settings),
+            dataclasses.replace(profile.training, **training_settings),
+            profile.transform,
+            configs,
+            600,
+        )
+        for _ in range(3):  # tracing (and XLA's compilation)
+            models[name].train_on_batch(inputs, labels, weights)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                model.train_on_batch(inputs, labels, weights)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(statistics.median(t), 1) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
@@ -115,8 +181,17 @@ def main() -> None:
         "--mtnlp", default=f"{sys.executable} -m mtnlp.cli", help="the command that runs the CLI (default: %(default)s)"
     )
     parser.add_argument("--output", type=Path, default=default_output("encoder_levers"))
+    parser.add_argument(
+        "--step-times", action="store_true", help="only time each lever's training step, interleaved (no pipeline runs)"
+    )
     args = parser.parse_args()
     machine = Machine()
+    if args.step_times:
+        times = step_times(rounds=5, steps=10, length=25)
+        print(table(["lever", "ms/step (median)"], list(times.items())))
+        print(machine.line())
+        write_json(args.output, machine, {"step_ms_median": times, "batch": {"sentences": 32, "words": 25}})
+        return
     rows = [run_lever(name, LEVERS[name], args) for name in args.levers]
     print(
         table(
