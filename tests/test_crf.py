@@ -85,6 +85,8 @@ def test_a_crf_head_trains_its_transitions_and_serves_its_viterbi_tags():
     assert last < first and np.abs(layer.transitions.numpy()).max() > 0  # the transitions learn
 
     ner = next(h for h in HEADS if h.name == "ner")
+    # transitions strong enough to change the decoding: staying on a label is worth 3 a word
+    layer.transitions.assign(layer.transitions.numpy() + 3 * np.eye(ner.num_labels, dtype=np.float32))
     logits = model.predict(inputs, verbose=0)["ner"]
     mask = inputs["token_ids"] > 0
     module = type("Module", (), {"model": model})()
@@ -93,6 +95,8 @@ def test_a_crf_head_trains_its_transitions_and_serves_its_viterbi_tags():
     expected = constrained_viterbi(logits, mask, allowed, allowed_start, layer.transitions, layer.start_scores)
     tags = np.where(mask, np.array(ner.labels, object)[expected.numpy()], "")
     assert served["ner_tags"].numpy().astype(str).tolist() == tags.astype(str).tolist()
+    without_transitions = constrained_viterbi(tf.nn.log_softmax(logits), mask, allowed, allowed_start).numpy()
+    assert (expected.numpy() != without_transitions).any()  # the served tags read the learned transitions
 
 
 def test_the_crf_loss_is_the_mean_negative_log_likelihood_per_labelled_word():
