@@ -22,8 +22,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mtnlp.model.network import WORD_EMBEDDING_LAYERS
-
 log = logging.getLogger(__name__)
 
 KERAS_DIR = "Format-Keras"
@@ -88,6 +86,8 @@ def _map_word_rows(
 
 def warm_start(model: keras.Model, base_serving_model_dir: str, vocabulary_file: str) -> WarmStartReport | None:
     """Copies the base model's weights into ``model``; None when the base has no Format-Keras folder."""
+    from mtnlp.model.network import WORD_EMBEDDING_LAYERS  # here, as in save_for_warm_start
+
     base = keras_dir_for(base_serving_model_dir)
     if not tf.io.gfile.exists(os.path.join(base, MODEL_FILE)):
         log.warning("No warm start: %s has no %s (trained by an older version?)", base, MODEL_FILE)

@@ -9,6 +9,7 @@ import pytest
 
 from mtnlp.model.layers import Maxout, MaxoutWindowBlock
 from mtnlp.model.network import WORD_EMBEDDING_LAYERS, build_model, compile_for_heads
+from mtnlp.model.warm_start import KERAS_DIR, save_for_warm_start, warm_start
 from mtnlp.sections import ModelConfig
 from tests.test_model import HEADS, SIZES, batch
 
@@ -75,3 +76,21 @@ def test_the_sum_combiner_is_the_default_and_bad_lever_values_are_named():
         ModelConfig(embedding_combiner="mean")
     with pytest.raises(ValueError, match="model.window_conv_layers: -1 is negative"):
         ModelConfig(window_conv_layers=-1)
+
+
+def test_a_warm_start_carries_the_concat_maxout_word_rows_over_by_word(tmp_path):
+    (tmp_path / "old.txt").write_text("a\nb\nc\n")
+    (tmp_path / "new.txt").write_text("c\na\nd\n")
+    sizes = {**SIZES, "vocabulary_size": 5}  # padding, three words, one OOV bucket
+    old = build_model(HEADS, embedding_combiner="concat_maxout", **sizes)
+    save_for_warm_start(old, str(tmp_path / "old.txt"), str(tmp_path / "base" / KERAS_DIR))
+    new = build_model(HEADS, embedding_combiner="concat_maxout", **sizes)
+    report = warm_start(new, str(tmp_path / "base" / "Format-Serving"), str(tmp_path / "new.txt"))
+    assert report.words_carried_over == 2 and report.layers_skipped == []
+    name = WORD_EMBEDDING_LAYERS["concat_maxout"]
+    old_rows, new_rows = old.get_layer(name).get_weights()[0], new.get_layer(name).get_weights()[0]
+    np.testing.assert_array_equal(new_rows[1], old_rows[3])  # "c"
+    np.testing.assert_array_equal(new_rows[2], old_rows[1])  # "a"
+    np.testing.assert_array_equal(
+        new.get_layer("word_features_maxout").get_weights()[0], old.get_layer("word_features_maxout").get_weights()[0]
+    )
