@@ -20,7 +20,7 @@ import tensorflow_transform as tft
 
 from mtnlp.model.heads import Head
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
-from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, trim_to_longest
+from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, batch_length, trim_to_longest
 from mtnlp.model.tasks import get_task, registered_tasks
 
 SEQUENCE_FEATURES = WORD_FEATURES + (MASKED_WORD_LABELS,)
@@ -110,10 +110,11 @@ def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: t
     return {task.name: int(n) for task, n in zip(tasks, counts.numpy())}
 
 
-def _trim_to_longest(features: dict[str, tf.Tensor], heads: Sequence[Head]) -> dict[str, tf.Tensor]:
-    length = tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1))
-    length = tf.maximum(length, 1)
-    trimmed = trim_to_longest(features, SEQUENCE_FEATURES)  # a pretrained backbone's pieces too
+def _trim_to_longest(
+    features: dict[str, tf.Tensor], heads: Sequence[Head], length_buckets: Sequence[int] = ()
+) -> dict[str, tf.Tensor]:
+    length = batch_length(features, length_buckets)
+    trimmed = trim_to_longest(features, SEQUENCE_FEATURES, length_buckets)  # a pretrained backbone's pieces too
     for head in heads:  # each head kind cuts its own features (per-word labels, targets)
         trimmed.update(head.trim(features, length))
     return trimmed
@@ -140,9 +141,11 @@ def training_dataset(
     weights: dict[str, float],
     seed: int,
     masked_words: MaskedWords | None = None,
+    length_buckets: Sequence[int] = (),
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
-    (and, with ``masked_words``, its share of masked-word examples)."""
+    (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
+    rounded up to ``length_buckets`` (``training.length_buckets``)."""
     parsed = _parsed(file_patterns, tf_transform_output)
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
@@ -166,7 +169,9 @@ def training_dataset(
     mixed = tf.data.Dataset.sample_from_datasets(streams, weights=stream_weights, seed=seed)
     return (
         mixed.batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(
+            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads), num_parallel_calls=tf.data.AUTOTUNE
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -177,6 +182,7 @@ def evaluation_dataset(
     heads: Sequence[Head],
     batch_size: int,
     masked_words: bool = False,
+    length_buckets: Sequence[int] = (),
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
     ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on)."""
@@ -187,7 +193,7 @@ def evaluation_dataset(
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads), heads))
+        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads))
         .prefetch(tf.data.AUTOTUNE)
     )
 

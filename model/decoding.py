@@ -10,7 +10,8 @@ span reading accepts. ``constrained_viterbi`` returns, per sentence, the label s
 highest sum of per-token scores among those the transition constraints allow (``I-X`` only after
 ``B-X`` or ``I-X``, never first). It is a ``tf.scan`` over time (max-product forward pass keeping
 backpointers) followed by a reversed ``tf.scan`` that follows the backpointers. The constraints are
-hard: a forbidden transition costs ``-1e9``; there are no learned transition scores.
+hard: a forbidden transition costs ``-1e9``; a CRF head (``model/crf.py``) adds its learned transition
+and start scores.
 
 **Beam search** (``beam_search``, ``tile_for_beams``). Decodes ``beam_width`` hypotheses per
 example in one ``tf.while_loop`` with fixed-shape state. The caller's ``logits_fn`` reads the
@@ -72,10 +73,14 @@ def constrained_viterbi(
     mask: tf.Tensor | None,
     allowed: np.ndarray | tf.Tensor,
     allowed_start: np.ndarray | tf.Tensor,
+    transition_scores: tf.Tensor | None = None,
+    start_scores: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """The best label sequence per row under hard transition constraints (Viterbi decoding).
 
-    Maximises ``sum_t scores[b, t, label_t]`` over the sequences whose transitions are allowed;
+    Maximises ``sum_t scores[b, t, label_t]`` (plus, when given, the learned ``start_scores[label_0]`` and
+    ``transition_scores[label_t-1, label_t]`` of a CRF head, ``model/crf.py``) over the sequences whose
+    transitions are allowed;
     a forbidden transition (or start) costs ``FORBIDDEN_TRANSITION``, so it is chosen only when no
     allowed sequence exists. Rows are independent: a row decodes the same alone and in a batch,
     whatever the other rows' lengths.
@@ -87,6 +92,8 @@ def constrained_viterbi(
         None means every position is real.
       allowed: bool [C, C], ``allowed[previous, next]`` (see ``iob2_transitions``).
       allowed_start: bool [C], the labels a sentence may start with.
+      transition_scores: float [C, C] or None (0), a learned score per allowed transition ``[previous, next]``.
+      start_scores: float [C] or None (0), a learned score per allowed first label.
 
     Returns:
       int64 [B, T]: the label ids, 0 at padded positions. B = 0 and T = 0 give empty results.
@@ -104,6 +111,10 @@ def constrained_viterbi(
 
     transition = tf.where(allowed, tf.constant(0.0, scores.dtype), tf.constant(FORBIDDEN_TRANSITION, scores.dtype))
     start = tf.where(allowed_start, tf.constant(0.0, scores.dtype), tf.constant(FORBIDDEN_TRANSITION, scores.dtype))
+    if transition_scores is not None:
+        transition += tf.cast(transition_scores, scores.dtype)
+    if start_scores is not None:
+        start += tf.cast(start_scores, scores.dtype)
     # One extra padded step at the end, so that both scans always have at least one element (an empty
     # scan cannot stack its output in graph mode when the batch size is unknown); sliced off below.
     scores = tf.pad(scores, [[0, 0], [0, 1], [0, 0]])

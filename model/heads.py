@@ -9,15 +9,15 @@ what                        method
 Transform features          ``analyze`` (full-pass statistics), ``transform_features`` (``<head>_label``, ...)
 batch trimming              ``trim`` (which features are cut to the batch's longest sentence)
 model inputs                ``model_inputs`` (a sequence head's teacher-forced targets)
-Keras layers and loss       ``build``, ``loss``, ``training_metric``
-settings                    ``default_config``, ``check_config`` (the section ``heads.<name>``)
+Keras layers and loss       ``build``, ``output_layer``, ``loss``, ``training_metric``
+settings                    ``default_config``, ``check_config``, ``decoders`` (the section ``heads.<name>``)
 serving outputs             ``own_signature``, ``served_outputs``, ``scored_output``, ``evaluator_output``
 scoring                     ``eval_label_key`` / ``eval_weight_key`` (TFMA), ``scorer_inputs`` (records)
 a client's answer           ``read_answer`` and ``describe`` (``mtnlp predict``)
 ==========================  ==================================================================
 
 The kinds: ``SentenceHead`` (one label per text), ``TokenHead`` (one label per word; optionally
-decoded as well-formed IOB2 spans), ``EntityPairHead`` (one label per text and two marked entities)
+decoded as well-formed IOB2 spans, and with ``heads.<name>.decoder=crf`` a linear-chain CRF, ``model/crf.py``), ``EntityPairHead`` (one label per text and two marked entities)
 and ``SequenceHead`` (generated text: a decoder over the encoder, beam search when served).
 
 A head's settings (gate, loss, loss weight, encoder layer, dropout: ``HeadConfig``, the config's section
@@ -167,8 +167,15 @@ class Head:
             raise ValueError(f"head {self.name!r}: its none_label {self.none_label!r} is not one of its labels")
         self.check_config(self.default_config)
 
+    # The values of ``HeadConfig.decoder`` the kind can build (a CRF needs a label per word).
+    decoders: ClassVar[tuple[str, ...]] = ("softmax",)
+
     def check_config(self, config: HeadConfig) -> None:
         """Raises ValueError when ``config`` (the head's section ``heads.<name>``) does not fit the head."""
+        if config.decoder not in self.decoders:
+            raise ValueError(
+                f"decoder {config.decoder!r}: head {self.name!r} ({self.kind}) has the decoders {', '.join(self.decoders)}"
+            )
         if config.loss == "ranking" and self.none_label is None:
             raise ValueError(
                 f"loss 'ranking' (the pairwise ranking loss) needs a none class, and head {self.name!r} "
@@ -219,19 +226,26 @@ class Head:
         features = self.features(context, config)
         dropout = context.dropout if config.dropout is None else config.dropout
         features = keras.layers.Dropout(dropout, name=f"{self.name}_dropout")(features)
+        return self.output_layer(config)(features)
+
+    def output_layer(self, config: HeadConfig) -> keras.layers.Layer:
+        """The layer that gives the head's logits, named after the head."""
+        import keras
+
         if config.loss == "ranking":
             from mtnlp.model.layers import NoneClassDense
 
             # in the model rather than in the loss, so that the served argmax and softmax follow CR-CNN's rule
-            return NoneClassDense(self.num_labels, self.labels.index(self.none_label), name=self.name)(features)
-        return keras.layers.Dense(self.num_labels, name=self.name)(features)
+            return NoneClassDense(self.num_labels, self.labels.index(self.none_label), name=self.name)
+        return keras.layers.Dense(self.num_labels, name=self.name)
 
     def features(self, context: BuildContext, config: HeadConfig) -> keras.KerasTensor:
         raise NotImplementedError
 
-    def loss(self, config: HeadConfig) -> keras.losses.Loss:
+    def loss(self, config: HeadConfig, output_layer: keras.layers.Layer | None = None) -> keras.losses.Loss:
         """Cross-entropy (with ``config.label_smoothing``) averaged over the examples (words) that carry this
-        head's label, or CR-CNN's pairwise ranking loss (``config.loss == "ranking"``), averaged the same way."""
+        head's label, or CR-CNN's pairwise ranking loss (``config.loss == "ranking"``), averaged the same way.
+        ``output_layer``: the model's ``output_layer``, for a loss that reads its weights (a CRF's)."""
         import keras
 
         if config.loss == "ranking":
@@ -388,22 +402,53 @@ class TokenHead(Head):
     def features(self, context: BuildContext, config: HeadConfig):
         return context.encoder_layer(self.name, config)
 
-    def best_labels(self, logits, mask):
+    decoders: ClassVar[tuple[str, ...]] = ("softmax", "crf")
+
+    def output_layer(self, config):
+        if config.decoder == "crf":
+            from mtnlp.model.crf import CrfDense
+
+            return CrfDense(self.num_labels, name=self.name)
+        return super().output_layer(config)
+
+    def loss(self, config, output_layer=None):
+        if config.decoder == "crf":
+            from mtnlp.model.crf import CrfLoss
+
+            return CrfLoss(output_layer)
+        return super().loss(config, output_layer)
+
+    def _crf(self, module: Any) -> Any:
+        """The served model's ``CrfDense`` output layer of this head (None: a softmax head)."""
+        from mtnlp.model.crf import CrfDense
+
+        layer = module.model.get_layer(self.name)
+        return layer if isinstance(layer, CrfDense) else None
+
+    def best_labels(self, logits, mask, crf=None):
+        """The served tags' ids [B, T]: each word's best label, or with ``decoding="iob2"`` or a CRF (``crf``: its
+        ``CrfDense`` layer) the Viterbi-best sequence (IOB2-constrained with "iob2"; with the CRF's learned
+        transitions over its emission scores)."""
         import tensorflow as tf
 
         from mtnlp.model import decoding
 
+        if self.decoding is None and crf is None:
+            return tf.argmax(logits, axis=-1)
         if self.decoding == "iob2":
             allowed, allowed_start = decoding.iob2_transitions(self.labels)
+        else:
+            allowed, allowed_start = np.ones([self.num_labels] * 2, bool), np.ones([self.num_labels], bool)
+        if crf is None:
             return decoding.constrained_viterbi(tf.nn.log_softmax(logits, axis=-1), mask, allowed, allowed_start)
-        return tf.argmax(logits, axis=-1)
+        return decoding.constrained_viterbi(logits, mask, allowed, allowed_start, crf.transitions, crf.start_scores)
 
     def served_outputs(self, module, logits, transformed):
         """``<head>_tags`` string [B, T] ("" on padding)."""
         import tensorflow as tf
 
         mask = transformed["token_ids"] > 0
-        tags = tf.gather(tf.constant(self.labels), self.best_labels(logits, mask))
+        tags = tf.gather(tf.constant(self.labels), self.best_labels(logits, mask, self._crf(module)))
         return {f"{self.name}_tags": tf.where(mask, tags, "")}
 
     @property
@@ -416,10 +461,11 @@ class TokenHead(Head):
         # logits of the batch's longest sentence, padded back to the labels' length (padding weighs 0)
         logits = tf.pad(logits, [[0, 0], [0, tf.shape(transformed["token_ids"])[1] - tf.shape(logits)[1]], [0, 0]])
         probabilities = tf.nn.softmax(logits, axis=-1)
-        if self.decoding is None:
+        crf = self._crf(module)
+        if self.decoding is None and crf is None:
             return probabilities
         # the Evaluator scores the tags a client gets: their one-hot
-        best = self.best_labels(logits, transformed["token_ids"] > 0)
+        best = self.best_labels(logits, transformed["token_ids"] > 0, crf)
         return tf.one_hot(best, self.num_labels, dtype=probabilities.dtype)
 
     def scorer_inputs(self, gold, answer):

@@ -62,6 +62,90 @@ class EntityBoundaryPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
+class Maxout(keras.layers.Layer):
+    """A maxout layer (Goodfellow et al. 2013): ``pieces`` affine maps of the input, the largest per unit.
+
+    spaCy's tok2vec mixes its concatenated word-feature embeddings, and each window of its convolution,
+    with one; keras-hub has none.
+
+    Args:
+        units: output width U.
+        pieces: affine maps per unit P (spaCy's 3).
+
+    Call args: inputs [..., D]. Returns [..., U]: for each unit the largest of its P pieces.
+    """
+
+    def __init__(self, units: int, pieces: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        if units < 1 or pieces < 1:
+            raise ValueError(f"Maxout: units ({units}) and pieces ({pieces}) must be at least 1")
+        self.units, self.pieces = units, pieces
+
+    def build(self, input_shape):
+        self.projection = keras.layers.Dense(self.units * self.pieces, name="projection")
+        self.projection.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        projected = self.projection(inputs)
+        return ops.max(ops.reshape(projected, (*ops.shape(projected)[:-1], self.units, self.pieces)), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "pieces": self.pieces}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class MaxoutWindowBlock(keras.layers.Layer):
+    """One layer of spaCy's ``MaxoutWindowEncoder``: each word's state plus a maxout of itself and its
+    ``window`` neighbours on either side (concatenated), layer-normalized: local context (affixes of the
+    next word, the previous word's shape) before attention has to find it.
+
+    Padding words are zeroed before the window is read, so a sentence's last word sees zeros past its
+    end whatever the batch's padding holds, and a word's state does not depend on its batch.
+
+    Args:
+        window: neighbours on each side W (spaCy's 1: three words in all).
+        pieces: maxout pieces P.
+        dropout: dropout on the block's output before the residual sum.
+
+    Call args: hidden [B, T, D], padding_mask [B, T] (bool, True for real words). Returns [B, T, D].
+    """
+
+    def __init__(self, window: int = 1, pieces: int = 3, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if window < 1:
+            raise ValueError(f"MaxoutWindowBlock: window {window} must be at least 1 (a neighbour on each side)")
+        self.window, self.pieces, self.dropout = window, pieces, dropout
+
+    def build(self, hidden_shape, padding_mask_shape=None):
+        dim = hidden_shape[-1]
+        self.maxout = Maxout(dim, self.pieces, name="maxout")
+        self.maxout.build((None, None, dim * (2 * self.window + 1)))
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.norm.build((None, None, dim))
+        self.drop = keras.layers.Dropout(self.dropout)
+        super().build(hidden_shape)
+
+    def call(self, hidden, padding_mask, training=None):
+        hidden = hidden * ops.expand_dims(ops.cast(padding_mask, hidden.dtype), -1)
+        padded = ops.pad(hidden, [[0, 0], [self.window, self.window], [0, 0]])
+        length = ops.shape(hidden)[1]
+        # offset k of the padded sequence is the word k - window positions away
+        neighbours = [padded[:, k : k + length, :] for k in range(2 * self.window + 1)]
+        mixed = self.norm(self.maxout(ops.concatenate(neighbours, axis=-1)))
+        return hidden + self.drop(mixed, training=training)
+
+    def compute_output_shape(self, hidden_shape, padding_mask_shape=None):
+        return hidden_shape
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "pieces": self.pieces, "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
 class SequenceDecoder(keras.layers.Layer):
     """The decoder of a sequence head: target-word embeddings, keras-hub ``TransformerDecoder`` layers
     (causal self-attention, cross-attention to the encoder) and a projection onto the target vocabulary.

@@ -14,6 +14,8 @@ from mtnlp.model.heads import BuildContext, DecoderSizes, Head
 from mtnlp.model.layers import (
     FirstPieceGather,
     MaskedWordLoss,
+    Maxout,
+    MaxoutWindowBlock,
     NoneClassDense,
     PrecomputedLoss,
     TaskUncertainty,
@@ -28,6 +30,9 @@ LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 # The masked-word objective: its training-only input (original word ids at masked positions) and output.
 MASKED_WORD_LABELS = "masked_word_labels"
 MASKED_WORDS = "masked_words"
+# The word-id embedding's layer, by model.embedding_combiner (its first weight is the [word ids, D] table that
+# warm starts remap to a new vocabulary): summed with the positions, or a table of its own.
+WORD_EMBEDDING_LAYERS = {"sum": "word_and_position_embedding", "concat_maxout": "word_embedding"}
 
 
 def encoder_input_names(backbone: bool = False) -> tuple[str, ...]:
@@ -105,14 +110,18 @@ def build_model(
     masked_words: bool = False,
     backbone_preset: str | None = None,
     head_configs: Mapping[str, HeadConfig] | None = None,
+    embedding_combiner: str = "sum",
+    window_conv_layers: int = 0,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
 
-    Each word's input vector is the sum of its word, position, word-shape and entity-marker
-    embeddings and, with ``subword_features``, of the embeddings of its hashed prefix, suffix and
-    shape pattern (``subword_buckets`` rows each, see ``model/preprocessing.py``), so rare and unseen
-    words are represented by their spelling. Each head is built with its ``HeadConfig`` from ``head_configs``
+    Each word's input vector combines its word and word-shape embeddings and, with ``subword_features``,
+    the embeddings of its hashed prefix, suffix and shape pattern (``subword_buckets`` rows each, see
+    ``model/preprocessing.py``), so rare and unseen words are represented by their spelling: summed, or with
+    ``embedding_combiner="concat_maxout"`` concatenated and mixed by a maxout layer; its position and
+    entity-marker embeddings are added (``_word_embedding``). ``window_conv_layers`` window-encoder blocks
+    (``MaxoutWindowBlock``, spaCy's window encoder) run between the embeddings and the transformer layers. Each head is built with its ``HeadConfig`` from ``head_configs``
     (default: its ``default_config``): the encoder layer it reads (``encoder_layer_index``), its dropout
     (default ``dropout``) and its loss (with "ranking" its none class's logit is the constant 0,
     ``NoneClassDense``, the same weights as the plain head's); compile it with the same ``head_configs``.
@@ -131,7 +140,8 @@ def build_model(
     ``backbone_preset`` (a keras-hub preset name or directory) replaces the from-scratch encoder with
     the preset's pretrained backbone (``backbone_encoder``); the encoder's inputs are then
     ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
-    ``max_length``, ``num_layers``, ``subword_buckets`` and ``subword_features`` are unused, and
+    ``max_length``, ``num_layers``, ``subword_buckets``, ``subword_features``, ``embedding_combiner`` and
+    ``window_conv_layers`` are unused, and
     ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused.
     """
     decoder = DecoderSizes(
@@ -172,21 +182,18 @@ def build_model(
     }
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
-    x = keras_hub.layers.TokenAndPositionEmbedding(
-        vocabulary_size + int(masked_words), max_length, embedding_dim, name="word_and_position_embedding"
-    )(inputs["token_ids"])
-    x = x + keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs["shape_ids"])
-    x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
-        inputs["entity_ids"]
+    x = _word_embedding(
+        inputs,
+        vocabulary_size + int(masked_words),
+        max_length,
+        embedding_dim,
+        subword_buckets,
+        subword_features,
+        embedding_combiner,
     )
-    for name in SUBWORD_INPUTS:
-        # Unused inputs are still wired (as zeros) so that every model takes the same features.
-        embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(
-            inputs[name]
-        )
-        x = x + (embedded if subword_features else keras.ops.zeros_like(embedded))
-    x = keras.layers.LayerNormalization(epsilon=1e-5, name="embedding_norm")(x)
     x = keras.layers.Dropout(dropout)(x)
+    for i in range(window_conv_layers):
+        x = MaxoutWindowBlock(dropout=dropout, name=f"window_encoder_{i}")(x, padding_mask)
     layer_outputs = []
     for i in range(num_layers):
         x = keras_hub.layers.TransformerEncoder(
@@ -204,6 +211,51 @@ def build_model(
         uncertainty_weighting,
         vocabulary_size if masked_words else None,
     )
+
+
+def _word_embedding(
+    inputs: Mapping[str, keras.KerasTensor],
+    word_ids: int,
+    max_length: int,
+    embedding_dim: int,
+    subword_buckets: int,
+    subword_features: bool,
+    combiner: str,
+) -> keras.KerasTensor:
+    """Each word's input vector [B, T, embedding_dim]: its feature embeddings (word id, shape and the hashed
+    ``SUBWORD_INPUTS``) combined by ``combiner``, plus its position and entity-marker embeddings, layer-normalized.
+
+    "sum" adds the feature embeddings (the word id's table is keras-hub's ``TokenAndPositionEmbedding``, which
+    adds the position); "concat_maxout" concatenates them and mixes them with a ``Maxout`` layer, so that a
+    feature can matter more for some words than for others (spaCy's ``MultiHashEmbed``).
+    """
+    features = []
+    if combiner == "sum":
+        features.append(
+            keras_hub.layers.TokenAndPositionEmbedding(
+                word_ids, max_length, embedding_dim, name=WORD_EMBEDDING_LAYERS[combiner]
+            )(inputs["token_ids"])
+        )
+    else:
+        features.append(
+            keras.layers.Embedding(word_ids, embedding_dim, name=WORD_EMBEDDING_LAYERS[combiner])(inputs["token_ids"])
+        )
+    features.append(keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs["shape_ids"]))
+    for name in SUBWORD_INPUTS:
+        # Unused inputs are still wired (as zeros) so that every model takes the same features.
+        embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(
+            inputs[name]
+        )
+        features.append(embedded if subword_features else keras.ops.zeros_like(embedded))
+    if combiner == "sum":
+        x = keras.layers.Add(name="word_features")(features)
+    else:
+        x = Maxout(embedding_dim, name="word_features_maxout")(keras.layers.Concatenate()(features))
+        x = x + keras_hub.layers.PositionEmbedding(max_length, name="position_embedding")(x)
+    x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
+        inputs["entity_ids"]
+    )
+    return keras.layers.LayerNormalization(epsilon=1e-5, name="embedding_norm")(x)
 
 
 def _with_heads(
@@ -303,7 +355,7 @@ def compile_for_heads(
                 f"heads.{h.name}.loss is {configs[h.name].loss!r} here but the model was built with the "
                 "other loss: pass the same head_configs to build_model and compile_for_heads"
             )
-    losses = {h.name: h.loss(configs[h.name]) for h in heads}
+    losses = {h.name: h.loss(configs[h.name], model.get_layer(h.name)) for h in heads}
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}

@@ -37,6 +37,7 @@ are taken as they are. Each example has exactly one of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -80,12 +81,24 @@ def label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
 
 
-def trim_to_longest(
-    features: dict[str, tf.Tensor], word_features: tuple[str, ...] = WORD_FEATURES
-) -> dict[str, tf.Tensor]:
-    """A batch cut to its longest sentence: ``word_features`` [B, L] to the most words (``token_ids`` > 0;
-    at least 1) and, with a backbone, ``piece_ids`` [B, P] to the most pieces. Other features are kept."""
+def batch_length(features: dict[str, tf.Tensor], length_buckets: Sequence[int] = ()) -> tf.Tensor:
+    """The words a batch is cut to (int32 []): its longest sentence (``token_ids`` > 0; at least 1), or with
+    ``length_buckets`` (increasing) the smallest bucket that holds it (the padded width beyond the largest), so
+    that batches take a few static shapes, which XLA compiles once each (``training.length_buckets``)."""
     longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1)), 1)
+    if not length_buckets:
+        return longest
+    width = tf.shape(features["token_ids"])[1]
+    buckets = tf.concat([tf.constant(list(length_buckets), tf.int32), [width]], axis=0)
+    return tf.minimum(tf.reduce_min(tf.boolean_mask(buckets, buckets >= longest)), width)
+
+
+def trim_to_longest(
+    features: dict[str, tf.Tensor], word_features: tuple[str, ...] = WORD_FEATURES, length_buckets: Sequence[int] = ()
+) -> dict[str, tf.Tensor]:
+    """A batch cut to its longest sentence (``batch_length``, rounded up to ``length_buckets``): ``word_features``
+    [B, L] and, with a backbone, ``piece_ids`` [B, P] to the most pieces. Other features are kept."""
+    longest = batch_length(features, length_buckets)
     trimmed = {k: (v[:, :longest] if k in word_features else v) for k, v in features.items()}
     if PIECE_IDS in features:
         pieces = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[PIECE_IDS] > 0, tf.int32), axis=1)), 1)

@@ -136,6 +136,7 @@ def build_training_model(
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0)
     compile_for_heads(model, heads, optimizer, loss_weighting=training.loss_weighting, head_configs=head_configs)
+    model.jit_compile = training.jit_compile
     return model
 
 
@@ -197,9 +198,10 @@ def train_model(
         dict(task_weights),
         training.seed,
         masked_words,
+        training.length_buckets,
     )
     eval_data = dataset.evaluation_dataset(
-        eval_files, tf_transform_output, heads, training.batch_size, masked_words is not None
+        eval_files, tf_transform_output, heads, training.batch_size, masked_words is not None, training.length_buckets
     )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))

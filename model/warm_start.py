@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 KERAS_DIR = "Format-Keras"
 MODEL_FILE = "model.keras"
 VOCABULARY_FILE = "words.txt"
-WORD_EMBEDDING_LAYER = "word_and_position_embedding"
 
 
 def keras_dir_for(serving_model_dir: str) -> str:
@@ -87,6 +86,8 @@ def _map_word_rows(
 
 def warm_start(model: keras.Model, base_serving_model_dir: str, vocabulary_file: str) -> WarmStartReport | None:
     """Copies the base model's weights into ``model``; None when the base has no Format-Keras folder."""
+    from mtnlp.model.network import WORD_EMBEDDING_LAYERS  # here, as in save_for_warm_start
+
     base = keras_dir_for(base_serving_model_dir)
     if not tf.io.gfile.exists(os.path.join(base, MODEL_FILE)):
         log.warning("No warm start: %s has no %s (trained by an older version?)", base, MODEL_FILE)
@@ -101,7 +102,7 @@ def warm_start(model: keras.Model, base_serving_model_dir: str, vocabulary_file:
         if not layer.weights or old_layer is None:
             continue
         new_weights, old_weights = layer.get_weights(), old_layer.get_weights()
-        if layer.name == WORD_EMBEDDING_LAYER:  # [word embeddings, position embeddings]
+        if layer.name in WORD_EMBEDDING_LAYERS.values():  # [word embeddings(, position embeddings)]
             new_weights[0], carried = _map_word_rows(new_weights[0], old_weights[0], new_vocabulary, old_vocabulary)
             old_weights = [new_weights[0]] + old_weights[1:]
         if [w.shape for w in new_weights] != [w.shape for w in old_weights]:

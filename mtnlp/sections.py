@@ -16,6 +16,10 @@ from typing import Any, Literal
 # A head's loss (``HeadConfig.loss``): cross-entropy, or CR-CNN's pairwise ranking loss (dos Santos et al. 2015,
 # ``model/layers.py``), which leaves the head's none class unscored.
 LOSSES = ("cross_entropy", "ranking")
+# A token head's output (``HeadConfig.decoder``): per-word softmax, or a linear-chain CRF (model/crf.py).
+DECODERS = ("softmax", "crf")
+# How a word's feature embeddings are combined (``ModelConfig.embedding_combiner``).
+EMBEDDING_COMBINERS = ("sum", "concat_maxout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,22 @@ class ModelConfig:
     tie_decoder_embeddings: bool = False
     # Hashed prefix/suffix/shape-pattern embeddings of every word (see model/network.py).
     subword_features: bool = True
+    # How a word's feature embeddings (word id, shape, and with subword_features prefix, suffix, shape
+    # pattern) become one vector: "sum", or "concat_maxout" (concatenated and mixed by a maxout layer, as
+    # spaCy's MultiHashEmbed does; model/network.py). Positions and entity markers are added after either.
+    embedding_combiner: Literal["sum", "concat_maxout"] = "sum"
+    # Layers of spaCy's window encoder (a maxout over each word and its neighbours, residual; MaxoutWindowBlock
+    # in model/layers.py) between the embeddings and the transformer layers (0: none).
+    window_conv_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.embedding_combiner not in EMBEDDING_COMBINERS:
+            raise ValueError(
+                f"model.embedding_combiner: expected one of {', '.join(EMBEDDING_COMBINERS)}, "
+                f"got {self.embedding_combiner!r}"
+            )
+        if self.window_conv_layers < 0:
+            raise ValueError(f"model.window_conv_layers: {self.window_conv_layers} is negative (0: none)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +123,19 @@ class TrainingConfig:
     # this fraction of train_steps.
     warm_start: bool = True
     warm_start_step_fraction: float = 0.5
+    # Batches are cut to their longest sentence; with length_buckets (increasing word counts, e.g. [16, 32, 64])
+    # to the smallest bucket that holds it, so that they take a few static shapes (model/preprocessing.py).
+    length_buckets: tuple[int, ...] = ()
+    # Compile the training step with XLA (Keras' jit_compile): one compilation per batch shape, so pair it
+    # with length_buckets. Models with a sequence head (translation) fail to compile on CPU (README, "Benchmarks").
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
+        buckets = list(self.length_buckets)
+        if any(b < 1 for b in buckets) or buckets != sorted(set(buckets)):
+            raise ValueError(
+                f"training.length_buckets: {buckets} must be positive word counts in increasing order, e.g. [16, 32, 64]"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}"
@@ -136,6 +167,9 @@ class HeadConfig:
     loss: Literal["cross_entropy", "ranking"] = "cross_entropy"
     # Label smoothing of the cross-entropy (0: off).
     label_smoothing: float = 0.0
+    # A token head's output: "softmax" (each word's label on its own, cross-entropy) or "crf" (a linear-chain
+    # CRF: learned label-transition scores trained on whole sequences, decoded by Viterbi; model/crf.py).
+    decoder: Literal["softmax", "crf"] = "softmax"
     # The encoder layer the head reads: 1.. from the bottom, -1.. from the top (-1: the last). With
     # transform.backbone_preset every head reads the backbone's last layer.
     encoder_layer: int = -1
@@ -156,6 +190,13 @@ class HeadConfig:
             raise ValueError(
                 f"label_smoothing ({self.label_smoothing}) smooths the cross-entropy; the {self.loss} "
                 "loss has none: set label_smoothing=0 or loss=cross_entropy"
+            )
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder: expected one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "crf" and (self.loss != "cross_entropy" or self.label_smoothing):
+            raise ValueError(
+                f"decoder 'crf' is trained by the CRF's sequence likelihood; loss {self.loss!r} and label_smoothing "
+                f"{self.label_smoothing} apply to the softmax decoder: set loss=cross_entropy, label_smoothing=0"
             )
         if self.encoder_layer == 0:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")

@@ -1,0 +1,96 @@
+"""spaCy-style word encoding levers (issue 26): the concatenated embeddings mixed by a maxout layer
+(model.embedding_combiner) and the window encoder below the transformer layers (model.window_conv_layers)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from mtnlp.model.layers import Maxout, MaxoutWindowBlock
+from mtnlp.model.network import WORD_EMBEDDING_LAYERS, build_model, compile_for_heads
+from mtnlp.model.warm_start import KERAS_DIR, save_for_warm_start, warm_start
+from mtnlp.sections import ModelConfig
+from tests.test_model import HEADS, SIZES, batch
+
+
+def test_maxout_is_the_largest_of_its_affine_pieces_per_unit():
+    rng = np.random.default_rng(0)
+    layer = Maxout(units=4, pieces=3)
+    inputs = rng.normal(size=(2, 5, 6)).astype("float32")
+    outputs = keras.ops.convert_to_numpy(layer(inputs))
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in layer.projection.weights)
+    pieces = (inputs @ kernel + bias).reshape(2, 5, 4, 3)
+    assert outputs.shape == (2, 5, 4)
+    np.testing.assert_allclose(outputs, pieces.max(axis=-1), rtol=1e-5, atol=1e-6)
+    assert Maxout.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_a_window_block_mixes_only_the_neighbours_within_its_window_and_ignores_padding():
+    rng = np.random.default_rng(1)
+    block = MaxoutWindowBlock(window=1, pieces=2, name="w")
+    hidden = rng.normal(size=(1, 6, 8)).astype("float32")
+    mask = np.array([[True, True, True, True, False, False]])
+    before = keras.ops.convert_to_numpy(block(hidden, mask))
+
+    changed = hidden.copy()
+    changed[0, 1] += 1.0  # word 1: only words 0, 1 and 2 see it
+    after = keras.ops.convert_to_numpy(block(changed, mask))
+    moved = np.abs(after - before).max(axis=-1)[0]
+    assert (moved[:3] > 1e-4).all() and (moved[3:] < 1e-6).all()
+
+    repadded = hidden.copy()
+    repadded[0, 4:] = rng.normal(size=(2, 8))  # what the padding holds does not reach the last real word
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(repadded, mask))[0, :4], before[0, :4], atol=1e-6)
+    assert MaxoutWindowBlock.from_config(block.get_config()).get_config() == block.get_config()
+
+
+@pytest.mark.parametrize(
+    "levers", [{"embedding_combiner": "concat_maxout"}, {"window_conv_layers": 2}], ids=["concat_maxout", "window"]
+)
+def test_the_encoder_levers_train_and_reload_with_the_same_outputs(tmp_path, levers):
+    model = build_model(HEADS, **levers, **SIZES)
+    if "embedding_combiner" in levers:
+        assert isinstance(model.get_layer("word_features_maxout"), Maxout)
+        assert model.get_layer(WORD_EMBEDDING_LAYERS["concat_maxout"]) is not None
+    else:
+        assert [layer.name for layer in model.layers if isinstance(layer, MaxoutWindowBlock)] == [
+            "window_encoder_0",
+            "window_encoder_1",
+        ]
+    compile_for_heads(model, HEADS, keras.optimizers.Adam(1e-2))
+    inputs, labels, weights = batch()
+    first = model.train_on_batch(inputs, labels, weights, return_dict=True)["loss"]
+    for _ in range(5):
+        last = model.train_on_batch(inputs, labels, weights, return_dict=True)["loss"]
+    assert last < first  # gradients reach the new layers' weights
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    for name, output in model.predict(inputs, verbose=0).items():
+        np.testing.assert_allclose(reloaded.predict(inputs, verbose=0)[name], output, atol=1e-5)
+
+
+def test_the_sum_combiner_is_the_default_and_bad_lever_values_are_named():
+    assert ModelConfig().embedding_combiner == "sum" and ModelConfig().window_conv_layers == 0
+    with pytest.raises(ValueError, match="model.embedding_combiner: expected one of sum, concat_maxout, got 'mean'"):
+        ModelConfig(embedding_combiner="mean")
+    with pytest.raises(ValueError, match="model.window_conv_layers: -1 is negative"):
+        ModelConfig(window_conv_layers=-1)
+
+
+def test_a_warm_start_carries_the_concat_maxout_word_rows_over_by_word(tmp_path):
+    (tmp_path / "old.txt").write_text("a\nb\nc\n")
+    (tmp_path / "new.txt").write_text("c\na\nd\n")
+    sizes = {**SIZES, "vocabulary_size": 5}  # padding, three words, one OOV bucket
+    old = build_model(HEADS, embedding_combiner="concat_maxout", **sizes)
+    save_for_warm_start(old, str(tmp_path / "old.txt"), str(tmp_path / "base" / KERAS_DIR))
+    new = build_model(HEADS, embedding_combiner="concat_maxout", **sizes)
+    report = warm_start(new, str(tmp_path / "base" / "Format-Serving"), str(tmp_path / "new.txt"))
+    assert report.words_carried_over == 2 and report.layers_skipped == []
+    name = WORD_EMBEDDING_LAYERS["concat_maxout"]
+    old_rows, new_rows = old.get_layer(name).get_weights()[0], new.get_layer(name).get_weights()[0]
+    np.testing.assert_array_equal(new_rows[1], old_rows[3])  # "c"
+    np.testing.assert_array_equal(new_rows[2], old_rows[1])  # "a"
+    np.testing.assert_array_equal(
+        new.get_layer("word_features_maxout").get_weights()[0], old.get_layer("word_features_maxout").get_weights()[0]
+    )
