@@ -32,6 +32,10 @@ class ModelConfig:
     tie_decoder_embeddings: bool = False
     # Hashed prefix/suffix/shape-pattern embeddings of every word (see model/network.py).
     subword_features: bool = True
+    # With a pretrained backbone (transform.backbone_preset): each word's shape class (capitalised, all caps,
+    # digits...; model/text.py) embedded and concatenated beside the backbone's state at its first piece, before
+    # the projection, so an uncased backbone still sees capitalisation (NER's strongest cue).
+    shape_features_beside_backbone: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +81,11 @@ class TrainingConfig:
     train_steps: int = 400
     eval_steps: int = 20
     learning_rate: float = 1e-3
+    # The learning rate rises linearly from 0 over this fraction of train_steps, then follows a cosine to 0.
     warmup_fraction: float = 0.1
+    # Scales learning_rate for a pretrained backbone's own weights (transform.backbone_preset): fine-tuning
+    # moves them less than the new layers above them (README, "Fine-tuning recipe").
+    backbone_learning_rate_multiplier: float = 0.05
     # How tasks are mixed in a batch: "proportional" (to their number of examples),
     # "temperature" (proportional to n ** (1 / T); T=1 is proportional, large T is uniform) or "uniform".
     task_sampling: str = "temperature"
@@ -105,6 +113,10 @@ class TrainingConfig:
     warm_start_step_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if not self.backbone_learning_rate_multiplier > 0:
+            raise ValueError(
+                f"training.backbone_learning_rate_multiplier: {self.backbone_learning_rate_multiplier} is not positive"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"training.strategy: unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}"
@@ -141,8 +153,8 @@ class HeadConfig:
     encoder_layer: int = -1
     # Dropout before the head's classifier (None: model.dropout).
     dropout: float | None = None
-    # Scales training.learning_rate for the head's own layers (not yet applied: only 1.0 is accepted; the
-    # setting's place for fine-tuning a pretrained backbone with per-head learning rates).
+    # Scales training.learning_rate (and its warmup and decay) for the head's own layers: those its output depends
+    # on beyond the shared encoder (a sequence head's decoder included); see model/training.py.
     learning_rate_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
@@ -161,9 +173,10 @@ class HeadConfig:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: {self.dropout} is outside [0, 1)")
-        if self.learning_rate_multiplier != 1.0:
+        if not self.learning_rate_multiplier > 0:
             raise ValueError(
-                f"learning_rate_multiplier: {self.learning_rate_multiplier} is not applied yet; only 1.0 is accepted"
+                f"learning_rate_multiplier: {self.learning_rate_multiplier} is not positive "
+                "(loss_weight=0 leaves a head untrained)"
             )
 
 
