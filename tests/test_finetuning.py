@@ -108,3 +108,15 @@ def test_shape_features_sit_beside_the_backbone_and_change_what_an_uncased_model
     assert not np.allclose(lower, capitalised)
     plain = build_model(heads, dropout=0.0, backbone_preset=str(preset), **sizes)
     assert "shape_ids" not in plain.input
+
+
+def test_finetune_profile_without_the_fetched_checkpoint_says_how_to_fetch_it(tmp_path):
+    from tests.conftest import run_cli
+
+    workdir = tmp_path / "workdir"
+    result = run_cli(
+        "run", "--profile", "finetune", "--workdir", str(workdir), env={"MTNLP_CHECKPOINTS": str(tmp_path / "none")}
+    )
+    assert result.returncode == 2
+    assert "all-minilm-l6-v2" in result.stderr and "make checkpoints" in result.stderr, result.stderr[-2000:]
+    assert not workdir.exists()  # refused before anything ran
