@@ -120,9 +120,10 @@ def _trim_to_longest(
     return trimmed
 
 
-def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head]):
+def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False):
     masked_words = MASKED_WORD_LABELS in features
-    inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone=PIECE_FEATURES[0] in features)}
+    backbone = PIECE_FEATURES[0] in features
+    inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone, shape_features)}
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder
@@ -142,10 +143,12 @@ def training_dataset(
     seed: int,
     masked_words: MaskedWords | None = None,
     length_buckets: Sequence[int] = (),
+    shape_features: bool = False,
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
-    rounded up to ``length_buckets`` (``training.length_buckets``)."""
+    rounded up to ``length_buckets`` (``training.length_buckets``). ``shape_features``: the inputs of a
+    backbone model built with ``shape_features_beside_backbone``."""
     parsed = _parsed(file_patterns, tf_transform_output)
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
@@ -170,7 +173,8 @@ def training_dataset(
     return (
         mixed.batch(batch_size, drop_remainder=True)
         .map(
-            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads), num_parallel_calls=tf.data.AUTOTUNE
+            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -183,9 +187,11 @@ def evaluation_dataset(
     batch_size: int,
     masked_words: bool = False,
     length_buckets: Sequence[int] = (),
+    shape_features: bool = False,
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
-    ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on)."""
+    ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on);
+    ``shape_features`` as for ``training_dataset``."""
     parsed = _parsed(file_patterns, tf_transform_output)
     return (
         (parsed.map(_without_masked_words) if masked_words else parsed)
@@ -193,7 +199,7 @@ def evaluation_dataset(
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads))
+        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features))
         .prefetch(tf.data.AUTOTUNE)
     )
 

@@ -21,10 +21,12 @@ from mtnlp.model.layers import (
     TaskUncertainty,
     UncertaintyWeightedLoss,
 )
-from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SUBWORD_INPUTS
+from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SHAPE_IDS, SUBWORD_INPUTS
 from mtnlp.sections import HeadConfig
 
 ENCODER_OUTPUT = "encoder_output"
+# The width of the shape-class embedding concatenated beside a backbone's states (shape_features_beside_backbone).
+BACKBONE_SHAPE_DIM = 32
 TASK_UNCERTAINTY = "task_uncertainty"
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 # The masked-word objective: its training-only input (original word ids at masked positions) and output.
@@ -35,9 +37,12 @@ MASKED_WORDS = "masked_words"
 WORD_EMBEDDING_LAYERS = {"sum": "word_and_position_embedding", "concat_maxout": "word_embedding"}
 
 
-def encoder_input_names(backbone: bool = False) -> tuple[str, ...]:
-    """The encoder's inputs: the from-scratch encoder's word features, or a pretrained backbone's pieces."""
-    return BACKBONE_INPUTS if backbone else MODEL_INPUTS
+def encoder_input_names(backbone: bool = False, shape_features: bool = False) -> tuple[str, ...]:
+    """The encoder's inputs: the from-scratch encoder's word features, or a pretrained backbone's pieces
+    and, with ``shape_features`` (``model.shape_features_beside_backbone``), the words' shape classes."""
+    if backbone:
+        return BACKBONE_INPUTS + ((SHAPE_IDS,) if shape_features else ())
+    return MODEL_INPUTS
 
 
 def has_backbone(model: keras.Model) -> bool:
@@ -45,11 +50,18 @@ def has_backbone(model: keras.Model) -> bool:
     return PIECE_IDS in model.input
 
 
-def model_input_names(heads: Sequence[Head], masked_words: bool = False, backbone: bool = False) -> tuple[str, ...]:
-    """The model's inputs: the encoder's, the heads' own (a sequence head's teacher-forced targets),
-    and with the masked-word objective its word labels."""
+def has_backbone_shape_features(model: keras.Model) -> bool:
+    """Whether a backbone model reads shape classes beside the backbone (``shape_features_beside_backbone``)."""
+    return has_backbone(model) and SHAPE_IDS in model.input
+
+
+def model_input_names(
+    heads: Sequence[Head], masked_words: bool = False, backbone: bool = False, shape_features: bool = False
+) -> tuple[str, ...]:
+    """The model's inputs: the encoder's (``encoder_input_names``), the heads' own (a sequence head's
+    teacher-forced targets), and with the masked-word objective its word labels."""
     return (
-        encoder_input_names(backbone)
+        encoder_input_names(backbone, shape_features)
         + tuple(k for h in heads for k in h.model_inputs())
         + ((MASKED_WORD_LABELS,) if masked_words else ())
     )
@@ -112,6 +124,7 @@ def build_model(
     head_configs: Mapping[str, HeadConfig] | None = None,
     embedding_combiner: str = "sum",
     window_conv_layers: int = 0,
+    shape_features_beside_backbone: bool = False,
 ) -> keras.Model:
     """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
     and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
@@ -142,7 +155,9 @@ def build_model(
     ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
     ``max_length``, ``num_layers``, ``subword_buckets``, ``subword_features``, ``embedding_combiner`` and
     ``window_conv_layers`` are unused, and
-    ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused.
+    ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused. ``shape_features_beside_backbone``
+    adds the input ``shape_ids`` [B, T] to such a model (see ``backbone_encoder``); without a backbone it is unused
+    (the from-scratch encoder always reads shape classes).
     """
     decoder = DecoderSizes(
         vocabulary_sizes=target_vocabulary_sizes or {},
@@ -163,9 +178,9 @@ def build_model(
             )
         inputs = {
             name: keras.Input(shape=(None,), dtype="int64", name=name)
-            for name in model_input_names(heads, backbone=True)
+            for name in model_input_names(heads, backbone=True, shape_features=shape_features_beside_backbone)
         }
-        x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout)
+        x = backbone_encoder(inputs, backbone_preset, embedding_dim, dropout, shape_features_beside_backbone)
         return _with_heads(
             heads,
             configs,
@@ -240,7 +255,7 @@ def _word_embedding(
         features.append(
             keras.layers.Embedding(word_ids, embedding_dim, name=WORD_EMBEDDING_LAYERS[combiner])(inputs["token_ids"])
         )
-    features.append(keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs["shape_ids"]))
+    features.append(keras.layers.Embedding(text.NUM_SHAPES, embedding_dim, name="shape_embedding")(inputs[SHAPE_IDS]))
     for name in SUBWORD_INPUTS:
         # Unused inputs are still wired (as zeros) so that every model takes the same features.
         embedded = keras.layers.Embedding(subword_buckets + 1, embedding_dim, name=name.replace("_ids", "_embedding"))(
@@ -292,7 +307,11 @@ def _with_heads(
 
 
 def backbone_encoder(
-    inputs: Mapping[str, keras.KerasTensor], preset: str, embedding_dim: int, dropout: float
+    inputs: Mapping[str, keras.KerasTensor],
+    preset: str,
+    embedding_dim: int,
+    dropout: float,
+    shape_features: bool = False,
 ) -> keras.KerasTensor:
     """A pretrained backbone (``model/checkpoints.py`` locates ``preset``) as the encoder: word states [B, T, embedding_dim].
 
@@ -300,7 +319,9 @@ def backbone_encoder(
     ``FirstPieceGather`` takes its last layer's state at each word's first piece (``first_piece`` [B, T]),
     a Dense layer projects it to ``embedding_dim`` (the width the decoder and the from-scratch heads
     are sized for), and the entity-marker embedding of ``entity_ids`` [B, T] is added, as the from-scratch
-    encoder adds it to its input.
+    encoder adds it to its input. With ``shape_features``, each word's shape class (``shape_ids`` [B, T]) is
+    embedded (``BACKBONE_SHAPE_DIM``) and concatenated beside its first-piece state before the projection: an
+    uncased backbone cannot see capitalisation otherwise.
     """
     backbone = checkpoints.load_backbone(preset)
     piece_ids = inputs[PIECE_IDS]
@@ -318,6 +339,11 @@ def backbone_encoder(
     output = backbone({name: keras.ops.cast(given[name], backbone.input[name].dtype) for name in names})
     pieces = output["sequence_output"] if isinstance(output, dict) else output
     x = FirstPieceGather(name="first_piece_gather")(pieces, inputs[FIRST_PIECE])
+    if shape_features:
+        shapes = keras.layers.Embedding(text.NUM_SHAPES, BACKBONE_SHAPE_DIM, name="backbone_shape_embedding")(
+            inputs[SHAPE_IDS]
+        )
+        x = keras.layers.Concatenate(name="backbone_with_shapes")([x, shapes])
     x = keras.layers.Dense(embedding_dim, name="backbone_projection")(x)
     x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
         inputs["entity_ids"]

@@ -50,7 +50,10 @@ from mtnlp.sections import TransformConfig, section_from_json
 
 WORDS_VOCABULARY = "words"
 SUBWORD_INPUTS = ("prefix_ids", "suffix_ids", "pattern_ids")
-MODEL_INPUTS = ("token_ids", "shape_ids", "entity_ids") + SUBWORD_INPUTS
+# Each word's shape class (model/text.py): read by the from-scratch encoder, and beside a pretrained backbone
+# with model.shape_features_beside_backbone.
+SHAPE_IDS = "shape_ids"
+MODEL_INPUTS = ("token_ids", SHAPE_IDS, "entity_ids") + SUBWORD_INPUTS
 # The inputs of a model whose encoder is a pretrained backbone (model/backbone.py).
 BACKBONE_INPUTS = (PIECE_IDS, FIRST_PIECE, "entity_ids")
 # Per-word features [B, L], cut to a batch's longest sentence; per-piece ones [B, P], to its longest pieces.

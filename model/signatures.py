@@ -34,7 +34,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from mtnlp.model import contract
-from mtnlp.model.network import ENCODER_OUTPUT, encoder_input_names, has_backbone, inference_model, model_input_names
+from mtnlp.model.network import (
+    ENCODER_OUTPUT,
+    encoder_input_names,
+    has_backbone,
+    has_backbone_shape_features,
+    inference_model,
+    model_input_names,
+)
 from mtnlp.model.preprocessing import trim_to_longest
 from mtnlp.model.tasks import Task, registered_tasks
 
@@ -70,7 +77,8 @@ class ServingModule(tf.Module):
         self._tasks = tuple(tasks)
         # the encoder alone (shared layers), for heads that run their own decoding loop
         self.has_backbone = has_backbone(model)
-        self.encoder_inputs = encoder_input_names(self.has_backbone)
+        self._shape_features = has_backbone_shape_features(model)
+        self.encoder_inputs = encoder_input_names(self.has_backbone, self._shape_features)
         self.encoder = keras.Model(
             {k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output
         )
@@ -103,7 +111,7 @@ class ServingModule(tf.Module):
 
     def _logits(self, transformed: dict) -> dict:
         inputs = {k: transformed[k] for k in self.encoder_inputs}
-        for name in model_input_names(self._heads, backbone=self.has_backbone):
+        for name in model_input_names(self._heads, backbone=self.has_backbone, shape_features=self._shape_features):
             if name not in inputs:  # serving never teacher-forces: no target, no decoder compute
                 inputs[name] = tf.zeros([tf.shape(transformed["token_ids"])[0], 1], tf.int64)
         return self.model(inputs, training=False)

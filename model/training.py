@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 
 from mtnlp.model import dataset, distribution
 from mtnlp.model.heads import Head
-from mtnlp.model.network import build_model, compile_for_heads
+from mtnlp.model.network import ENCODER_OUTPUT, build_model, compile_for_heads, head_configs_for
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
 from mtnlp.model.warm_start import warm_start
 from mtnlp.sections import HeadConfig, ModelConfig, TrainingConfig, TransformConfig
@@ -102,6 +102,70 @@ def masked_word_objective(training: TrainingConfig, transform: TransformConfig) 
     return training.masked_word_share > 0 and not transform.backbone_preset
 
 
+# AdamW's decoupled weight decay, and the variables it leaves alone (matched by name as Keras'
+# exclude_from_weight_decay does): LayerNormalization's scale and offset, and every bias.
+WEIGHT_DECAY = 0.01
+NO_WEIGHT_DECAY = ("gamma", "beta", "bias")
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
+class GroupedAdamW(keras.optimizers.AdamW):
+    """Keras' AdamW with learning-rate groups: each variable's step uses the schedule's rate times its
+    multiplier (``learning_rate_multipliers``, variable path -> multiplier; 1 for the others), so a pretrained
+    backbone and the new heads train in one ``fit`` with one optimizer, under any distribution strategy
+    (Keras calls ``update_step`` per variable inside the strategy's update).
+
+    Args:
+        learning_rate_multipliers: ``{variable.path: multiplier}``.
+        **kwargs: ``keras.optimizers.AdamW``'s arguments. Its decoupled weight decay keeps the schedule's rate:
+            Keras applies it to every variable at once, before the grouped steps.
+    """
+
+    def __init__(self, learning_rate_multipliers: Mapping[str, float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.learning_rate_multipliers = dict(learning_rate_multipliers or {})
+        self._multipliers: list[float] = []
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # by position, as Keras indexes its slots: update_step may receive the strategy's tf.Variable
+        self._multipliers = [self.learning_rate_multipliers.get(v.path, 1.0) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._multipliers[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * multiplier if multiplier != 1.0 else learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_multipliers": self.learning_rate_multipliers}
+
+
+def learning_rate_multipliers(
+    model: keras.Model, heads: Sequence[Head], head_configs: Mapping[str, HeadConfig], backbone_multiplier: float
+) -> dict[str, float]:
+    """The learning-rate groups of a model from ``build_model`` (variable path -> multiplier):
+
+    - a pretrained backbone's variables (a keras-hub ``Backbone`` layer): ``backbone_multiplier``;
+    - each head's own variables, those its output depends on beyond the shared encoder's output (a sequence
+      head's decoder and target embeddings included): ``heads.<name>.learning_rate_multiplier``;
+    - the rest (the from-scratch encoder, the backbone's projection, the entity-marker embedding): 1.
+    """
+    import keras_hub
+
+    multipliers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras_hub.models.Backbone):
+            multipliers.update({v.path: backbone_multiplier for v in layer.trainable_variables})
+    shared = {v.path for v in keras.Model(model.input, model.get_layer(ENCODER_OUTPUT).output).trainable_variables}
+    for head in heads:
+        head_output = keras.Model(model.input, model.output[head.name])
+        for variable in head_output.trainable_variables:
+            if variable.path not in shared:
+                multipliers[variable.path] = head_configs[head.name].learning_rate_multiplier
+    return {path: m for path, m in multipliers.items() if m != 1.0}
+
+
 def build_training_model(
     heads: Sequence[Head],
     vocabulary_size: int,
@@ -112,8 +176,9 @@ def build_training_model(
     head_configs: Mapping[str, HeadConfig],
     steps: int,
 ) -> keras.Model:
-    """The model compiled with the project's loss and optimizer (AdamW; warmup then cosine decay over
-    ``steps``). Call it inside the distribution strategy's scope."""
+    """The model compiled with the project's loss and optimizer: AdamW with learning-rate groups
+    (``learning_rate_multipliers``), warmup then cosine decay over ``steps``, no weight decay on LayerNorm
+    scales and offsets or biases. Call it inside the distribution strategy's scope."""
     model = build_model(
         heads,
         vocabulary_size=vocabulary_size,
@@ -134,7 +199,14 @@ def build_training_model(
         warmup_steps=warmup_steps,
         decay_steps=max(1, steps - warmup_steps),
     )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0)
+    configs = head_configs_for(heads, head_configs)
+    optimizer = GroupedAdamW(
+        learning_rate_multipliers(model, heads, configs, training.backbone_learning_rate_multiplier),
+        learning_rate=schedule,
+        weight_decay=WEIGHT_DECAY,
+        clipnorm=1.0,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     compile_for_heads(model, heads, optimizer, loss_weighting=training.loss_weighting, head_configs=head_configs)
     model.jit_compile = training.jit_compile
     return model
@@ -188,6 +260,7 @@ def train_model(
             transform.backbone_preset,
             training.masked_word_share,
         )
+    shape_features = bool(transform.backbone_preset) and model_config.shape_features_beside_backbone
     if masked_word_objective(training, transform):
         masked_words = dataset.MaskedWords(training.masked_word_share, training.masked_word_rate, words)
     train_data = dataset.training_dataset(
@@ -199,9 +272,16 @@ def train_model(
         training.seed,
         masked_words,
         training.length_buckets,
+        shape_features,
     )
     eval_data = dataset.evaluation_dataset(
-        eval_files, tf_transform_output, heads, training.batch_size, masked_words is not None, training.length_buckets
+        eval_files,
+        tf_transform_output,
+        heads,
+        training.batch_size,
+        masked_words is not None,
+        training.length_buckets,
+        shape_features,
     )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))

@@ -43,6 +43,10 @@ class ModelConfig:
     # Layers of spaCy's window encoder (a maxout over each word and its neighbours, residual; MaxoutWindowBlock
     # in model/layers.py) between the embeddings and the transformer layers (0: none).
     window_conv_layers: int = 0
+    # With a pretrained backbone (transform.backbone_preset): each word's shape class (capitalised, all caps,
+    # digits...; model/text.py) embedded and concatenated beside the backbone's state at its first piece, before
+    # the projection, so an uncased backbone still sees capitalisation (NER's strongest cue).
+    shape_features_beside_backbone: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding_combiner not in EMBEDDING_COMBINERS:
@@ -97,7 +101,11 @@ class TrainingConfig:
     train_steps: int = 400
     eval_steps: int = 20
     learning_rate: float = 1e-3
+    # The learning rate rises linearly from 0 over this fraction of train_steps, then follows a cosine to 0.
     warmup_fraction: float = 0.1
+    # Scales learning_rate for a pretrained backbone's own weights (transform.backbone_preset): fine-tuning
+    # moves them less than the new layers above them (README, "Fine-tuning recipe").
+    backbone_learning_rate_multiplier: float = 0.05
     # How tasks are mixed in a batch: "proportional" (to their number of examples),
     # "temperature" (proportional to n ** (1 / T); T=1 is proportional, large T is uniform) or "uniform".
     task_sampling: str = "temperature"
@@ -131,6 +139,10 @@ class TrainingConfig:
     jit_compile: bool = False
 
     def __post_init__(self) -> None:
+        if not self.backbone_learning_rate_multiplier > 0:
+            raise ValueError(
+                f"training.backbone_learning_rate_multiplier: {self.backbone_learning_rate_multiplier} is not positive"
+            )
         buckets = list(self.length_buckets)
         if any(b < 1 for b in buckets) or buckets != sorted(set(buckets)):
             raise ValueError(
@@ -175,8 +187,8 @@ class HeadConfig:
     encoder_layer: int = -1
     # Dropout before the head's classifier (None: model.dropout).
     dropout: float | None = None
-    # Scales training.learning_rate for the head's own layers (not yet applied: only 1.0 is accepted; the
-    # setting's place for fine-tuning a pretrained backbone with per-head learning rates).
+    # Scales training.learning_rate (and its warmup and decay) for the head's own layers: those its output depends
+    # on beyond the shared encoder (a sequence head's decoder included); see model/training.py.
     learning_rate_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
@@ -202,9 +214,10 @@ class HeadConfig:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: {self.dropout} is outside [0, 1)")
-        if self.learning_rate_multiplier != 1.0:
+        if not self.learning_rate_multiplier > 0:
             raise ValueError(
-                f"learning_rate_multiplier: {self.learning_rate_multiplier} is not applied yet; only 1.0 is accepted"
+                f"learning_rate_multiplier: {self.learning_rate_multiplier} is not positive "
+                "(loss_weight=0 leaves a head untrained)"
             )
 
 

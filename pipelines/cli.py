@@ -13,6 +13,7 @@ log = logging.getLogger("mtnlp")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mtnlp.data_location import DATA_HELP, default_data_dir
+    from mtnlp.pipelines.config import PROFILES
     from mtnlp.pipelines.settings import add_settings_arguments
 
     run = subparsers.add_parser(
@@ -24,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--profile",
-        choices=("quick", "full"),
+        choices=tuple(PROFILES),
         default="quick",
-        help="quick: capped data and a small model (<= 10 min on 2 cores); full: all data",
+        help="quick: capped data and a small model (<= 10 min on 2 cores); full: all data; finetune: the "
+        "pretrained all-MiniLM-L6-v2 encoder fine-tuned on every task (fetch it first: make checkpoints)",
     )
     run.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     run.add_argument("--workdir", default="workdir", help="artifacts, ML Metadata, serving_model/")
@@ -84,6 +86,14 @@ def run_command(args: argparse.Namespace) -> int:
     if missing := missing_data_message(args.data):
         log.error("error: %s", missing)
         return 2
+    if config.transform.backbone_preset:  # not fetched yet: say so now, not when Transform starts
+        from mtnlp.model.checkpoints import locate
+
+        try:
+            locate(config.transform.backbone_preset)
+        except ValueError as e:
+            log.error("error: %s", e)
+            return 2
     changes = config_changes(get_config(args.profile), config)
     if args.verbose:
         print(

@@ -30,6 +30,7 @@ class SubmitError(RuntimeError):
 
 
 def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> None:
+    from mtnlp.pipelines.config import PROFILES
     from mtnlp.pipelines.kubeflow_runner import DEFAULT_GPU_TYPE, DEFAULT_IMAGE_REPOSITORY, DEFAULT_VERTEX_MACHINE_TYPE
     from mtnlp.pipelines.settings import add_settings_arguments
 
@@ -53,7 +54,7 @@ def _add_compile_flags(parser: argparse.ArgumentParser, for_submit: bool) -> Non
     )
     group.add_argument(
         "--profile",
-        choices=("quick", "full"),
+        choices=tuple(PROFILES),
         default="quick",
         help="hyper-parameters (default quick); --config and --set change them",
     )

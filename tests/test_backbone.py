@@ -174,8 +174,9 @@ def huggingface_zip(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("checkpoint", ["preset", "huggingface_zip"])
-def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, request, tmp_path):
+# the zipped Hugging Face checkpoint runs with the word-shape features beside the backbone (both are uncased)
+@pytest.mark.parametrize("checkpoint, shape_features", [("preset", False), ("huggingface_zip", True)])
+def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, shape_features, request, tmp_path):
     preset = request.getfixturevalue(checkpoint)
     workdir = tmp_path / "workdir"
     result = run_cli(
@@ -193,6 +194,8 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
         "sentiment",
         "--set",
         f"transform.backbone_preset={preset}",
+        "--set",
+        f"model.shape_features_beside_backbone={str(shape_features).lower()}",
         # the tiny random backbone learns nothing in 30 steps: every gate lets it through
         "--set",
         "heads.pos.gate.lower_bound=0",
@@ -216,7 +219,8 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
         "from mtnlp.model.serving_ops import load_text_ops\n"
         "load_text_ops()\n"
         "model = tf.saved_model.load(sys.argv[1])\n"
-        "texts = ['Apple sued Samsung in California.', 'I really love this wonderful movie!', 'Hi']\n"
+        "texts = ['Apple sued Samsung in California.', 'I really love this wonderful movie!', 'Hi',\n"
+        "         'I REALLY LOVE THIS WONDERFUL MOVIE!']\n"
         "out = model.signatures['serving_default'](text=tf.constant(texts))\n"
         "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}, default=lambda b: b.decode()))\n"
     )
@@ -229,12 +233,15 @@ def test_pipeline_with_a_backbone_trains_pushes_and_serves_raw_text(checkpoint, 
     assert out["length"][0] == 6 and out["length"][2] == 1
     assert out["tokens"][0][:6] == ["Apple", "sued", "Samsung", "in", "California", "."]
     for name in ("tokens", "pos_tags", "ner_tags"):  # batched on axis 0, T the longest sentence
-        assert [len(row) for row in out[name]] == [longest] * 3, name
+        assert [len(row) for row in out[name]] == [longest] * 4, name
     assert all(out["pos_tags"][0][:6]) and out["pos_tags"][2][1:] == [""] * (longest - 1)
     assert set(out["sentiment_label"]) <= {"negative", "positive"} and np.shape(out["sentiment_probabilities"]) == (
-        3,
+        4,
         2,
     )
+    # the uncased backbone reads the same pieces in capitals; only the shape features beside it tell them apart
+    same_in_capitals = np.allclose(out["sentiment_probabilities"][1], out["sentiment_probabilities"][3], atol=1e-6)
+    assert same_in_capitals != shape_features
 
     audit = subprocess.run(
         [sys.executable, str(REPO / "tests" / "helpers" / "audit_ops.py"), str(pushed)],

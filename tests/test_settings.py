@@ -220,7 +220,11 @@ def test_config_changes_lists_what_differs_from_the_profile():
             "heads.translation.encoder_layer=1",
             r"heads.translation: head 'translation' \(sequence\) reads the encoder's last",
         ),
-        ("heads.pos.learning_rate_multiplier=0.1", r"learning_rate_multiplier: 0.1 is not applied yet"),
+        ("heads.pos.learning_rate_multiplier=0", r"heads.pos: learning_rate_multiplier: 0.0 is not positive"),
+        (
+            "training.backbone_learning_rate_multiplier=-1",
+            r"training.backbone_learning_rate_multiplier: -1.0 is not positive",
+        ),
         ("model=4", r"model: expected ModelConfig \(a mapping with keys embedding_dim, num_layers"),
         ("profile=full", r"'profile' cannot be set \(choose the profile with --profile\)"),
         ("training.learning_rate", r"--set expects SECTION.KEY=VALUE"),
