@@ -377,3 +377,38 @@ def test_memory_goes_back_after_large_requests(start_server, toy_dir):
         return sum(int(n) for n in re.findall(r"Returned (-?\d+) MB of freed memory", p.log()))
 
     wait_for(lambda: returned_mb() >= 200, timeout=15, what="freed memory to be returned to the OS")
+
+
+def test_memory_freed_after_a_trim_inside_a_request_is_returned_too(monkeypatch):
+    """A trim that falls inside a large request returns little and leaves the resident size at the request's level;
+    what the request frees afterwards does not move the resident size (glibc keeps it), only the arenas' free bytes.
+    The watcher must trim again then (before, it waited for resident growth that never came: the test above failed
+    now and then)."""
+    from mtnlp.serving.model_server import memory
+
+    mb = 1 << 20
+    state = {"resident": 100, "free": 0}  # MB: resident size, free in malloc's arenas
+    # each look (once a second): the request grows, pauses (a trim returns 2 MB), grows on a little, then frees
+    # 600 MB with the resident size flat; after the second trim nothing changes
+    looks = iter([(400, 0), (700, 0), (700, 0), (760, 0), (760, 600), (200, 0), (200, 0)])
+    resident_after_trim = {700: 698, 760: 200}
+    trims = []
+
+    class Clock:
+        def wait(self, _interval):
+            try:
+                state["resident"], state["free"] = next(looks)
+                return False
+            except StopIteration:
+                return True  # stop
+
+    def trim(_pad):
+        trims.append(state["resident"])
+        state["resident"], state["free"] = resident_after_trim[state["resident"]], 0
+        return 1
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: state["resident"] * mb)
+    returner = memory.MemoryReturner()
+    returner._trim, returner._free_bytes, returner._stop = trim, lambda: state["free"] * mb, Clock()
+    returner._loop()
+    assert trims == [700, 760]
