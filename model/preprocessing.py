@@ -84,11 +84,16 @@ def label_ids(labels: tf.Tensor, label_set: tuple[str, ...]) -> tf.Tensor:
     return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
 
 
+def _longest_row(ids: tf.Tensor) -> tf.Tensor:
+    """The most non-padding ids (> 0) in a row of ``ids`` [B, T], at least 1 (int32 [])."""
+    return tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)), 1)
+
+
 def batch_length(features: dict[str, tf.Tensor], length_buckets: Sequence[int] = ()) -> tf.Tensor:
     """The words a batch is cut to (int32 []): its longest sentence (``token_ids`` > 0; at least 1), or with
     ``length_buckets`` (increasing) the smallest bucket that holds it (the padded width beyond the largest), so
     that batches take a few static shapes, which XLA compiles once each (``training.length_buckets``)."""
-    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features["token_ids"] > 0, tf.int32), axis=1)), 1)
+    longest = _longest_row(features["token_ids"])
     if not length_buckets:
         return longest
     width = tf.shape(features["token_ids"])[1]
@@ -104,7 +109,7 @@ def trim_to_longest(
     longest = batch_length(features, length_buckets)
     trimmed = {k: (v[:, :longest] if k in word_features else v) for k, v in features.items()}
     if PIECE_IDS in features:
-        pieces = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(features[PIECE_IDS] > 0, tf.int32), axis=1)), 1)
+        pieces = _longest_row(features[PIECE_IDS])
         trimmed.update({k: features[k][:, :pieces] for k in PIECE_FEATURES})
     return trimmed
 
