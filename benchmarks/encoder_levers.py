@@ -110,17 +110,21 @@ def run_lever(name: str, settings: tuple[str, ...], args: argparse.Namespace) ->
 STEP_TIME_BUILDS = {
     "baseline": ({}, {}, {}),
     "concat_maxout": ({"embedding_combiner": "concat_maxout"}, {}, {}),
+    "window_conv_1": ({"window_conv_layers": 1}, {}, {}),
+    "window_conv_2": ({"window_conv_layers": 2}, {}, {}),
     "window_conv_4": ({"window_conv_layers": 4}, {}, {}),
+    "concat_maxout_window_conv_2": ({"embedding_combiner": "concat_maxout", "window_conv_layers": 2}, {}, {}),
     "crf_ner": ({}, {"ner": {"decoder": "crf"}}, {}),
     "all_three": ({"embedding_combiner": "concat_maxout", "window_conv_layers": 4}, {"ner": {"decoder": "crf"}}, {}),
     "length_buckets_xla": ({}, {}, {"jit_compile": True}),
 }
 
 
-def step_times(rounds: int, steps: int, length: int) -> dict[str, float]:
-    """Median ms per training step of each lever's quick-profile tagging model on one fixed batch (32 sentences
-    of ``length`` words), the levers' models timed in turn for ``rounds`` rounds of ``steps`` steps, so that
-    they share the machine's load alike (the pipeline runs above ran at different loads)."""
+def step_times(profile_name: str, builds: list[str], rounds: int, steps: int, length: int) -> dict[str, float]:
+    """Median ms per training step of each lever's tagging model at ``profile_name``'s sizes on one fixed batch
+    (the profile's batch size, sentences of ``length`` words), the levers' models timed in turn for ``rounds``
+    rounds of ``steps`` steps, so that they share the machine's load alike (the pipeline runs above ran at
+    different loads)."""
     import dataclasses
     import statistics
 
@@ -133,16 +137,18 @@ def step_times(rounds: int, steps: int, length: int) -> dict[str, float]:
     from mtnlp.pipelines.config import PROFILES
     from mtnlp.sections import HeadConfig
 
-    profile = PROFILES["quick"]
+    profile = PROFILES[profile_name]
+    batch = profile.training.batch_size
     heads = get_task("tagging").heads
     rng = np.random.default_rng(0)
-    inputs = {name: rng.integers(1, 90, size=(32, length)) for name in ("token_ids", *SUBWORD_INPUTS)}
-    inputs["shape_ids"] = rng.integers(1, NUM_SHAPES, size=(32, length))
-    inputs["entity_ids"] = np.zeros((32, length), np.int64)
-    labels = {h.name: rng.integers(0, h.num_labels, size=(32, length)) for h in heads}
-    weights = {h.name: np.ones((32, length), np.float32) for h in heads}
+    inputs = {name: rng.integers(1, 90, size=(batch, length)) for name in ("token_ids", *SUBWORD_INPUTS)}
+    inputs["shape_ids"] = rng.integers(1, NUM_SHAPES, size=(batch, length))
+    inputs["entity_ids"] = np.zeros((batch, length), np.int64)
+    labels = {h.name: rng.integers(0, h.num_labels, size=(batch, length)) for h in heads}
+    weights = {h.name: np.ones((batch, length), np.float32) for h in heads}
     models = {}
-    for name, (model_settings, head_settings, training_settings) in STEP_TIME_BUILDS.items():
+    for name in builds:
+        model_settings, head_settings, training_settings = STEP_TIME_BUILDS[name]
         configs = {
             h.name: dataclasses.replace(profile.heads.get(h.name, HeadConfig()), **head_settings.get(h.name, {}))
             for h in heads
@@ -184,13 +190,27 @@ def main() -> None:
     parser.add_argument(
         "--step-times", action="store_true", help="only time each lever's training step, interleaved (no pipeline runs)"
     )
+    parser.add_argument(
+        "--step-times-profile", choices=["quick", "full"], default="quick", help="whose model sizes --step-times builds"
+    )
+    parser.add_argument(
+        "--step-times-builds",
+        nargs="+",
+        choices=list(STEP_TIME_BUILDS),
+        default=list(STEP_TIME_BUILDS),
+        help="which models --step-times builds",
+    )
     args = parser.parse_args()
     machine = Machine()
     if args.step_times:
-        times = step_times(rounds=5, steps=10, length=25)
+        times = step_times(args.step_times_profile, args.step_times_builds, rounds=5, steps=10, length=25)
         print(table(["lever", "ms/step (median)"], list(times.items())))
         print(machine.line())
-        write_json(args.output, machine, {"step_ms_median": times, "batch": {"sentences": 32, "words": 25}})
+        from mtnlp.pipelines.config import PROFILES
+
+        sentences = PROFILES[args.step_times_profile].training.batch_size
+        batch = {"profile": args.step_times_profile, "sentences": sentences, "words": 25}
+        write_json(args.output, machine, {"step_ms_median": times, "batch": batch})
         return
     rows = [run_lever(name, LEVERS[name], args) for name in args.levers]
     print(
