@@ -4,6 +4,11 @@ both scored with our metric definitions on the same validation records.
     python benchmarks/peer_spacy.py --model-dir workdir/serving_model/mtnlp            # 30 min of spaCy training
     python benchmarks/peer_spacy.py --model-dir workdir/serving_model/mtnlp --max-minutes 5
     python benchmarks/peer_spacy.py --model-dir /tmp/w/serving_model/mtnlp --quick     # smoke test: minutes
+    python benchmarks/peer_spacy.py --model-dir W/serving_model/mtnlp --spacy-from benchmarks/peer_spacy_results.json
+
+``--spacy-from`` takes the spaCy side (its figures, training time and throughput) from an earlier results file
+instead of training spaCy again, after checking that it used the same records per task and split and the same caps:
+a new model of ours meets the same peer without another 30 minutes of spaCy.
 
 spaCy is not a dependency of the project: the script installs ``spacy>=3.8,<3.9`` from PyPI into its own virtual
 environment (``--venv``, default ~/.cache/mtnlp/peer-spacy-venv; reused when it already has it) and runs the spaCy
@@ -416,6 +421,68 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def train_spacy_side(ns: argparse.Namespace, python: Path, train, validation, counts) -> tuple[dict, dict] | None:
+    """Train and run spaCy in its own environment (a child process), then score its answers: (what the spaCy
+    side reports about itself, its head metrics), or None when the child failed (its output says why)."""
+    from mtnlp.serving.evaluate import evaluate_signatures
+
+    # spaCy first, with our model not loaded yet: the two systems never compete for the cores
+    ns.work_dir.mkdir(parents=True, exist_ok=True)
+    (ns.work_dir / "answers.json").unlink(missing_ok=True)  # never score an earlier run's answers
+    for split, data in (("train", train), ("validation", validation)):
+        write_jsonl(
+            ns.work_dir / f"{split}.jsonl", (e for name in PEER_TASKS for e in spacy_examples(name, data[name].records))
+        )
+    job = {
+        "max_minutes": ns.max_minutes,
+        "max_steps": ns.max_steps,
+        "batch_size": BATCH_SIZE,
+        "repeats": ns.repeats,
+        "dev_records": 50 if ns.quick else 300,
+        "eval_frequency": 10 if ns.quick else 200,
+    }
+    (ns.work_dir / "job.json").write_text(json.dumps(job))
+    print(
+        f"spaCy side: training on {describe(counts['train'])}, at most {ns.max_minutes:g} min / {ns.max_steps} steps",
+        flush=True,
+    )
+    child = subprocess.run(
+        [str(python), str(Path(__file__).resolve()), "--spacy-side", str(ns.work_dir / "job.json")], cwd=REPO
+    )
+    if child.returncode != 0:
+        print(f"error: the spaCy side failed (exit {child.returncode}); its output is above", file=sys.stderr)
+        return None
+    spacy_answers = json.loads((ns.work_dir / "answers.json").read_text())
+    print(f"scoring spaCy's answers on {describe(counts['validation'])} (validation)", flush=True)
+    spacy_results, _ = evaluate_signatures(spacy_signatures(spacy_answers), validation, BATCH_SIZE)
+    return spacy_answers["about"], head_metrics(spacy_results)
+
+
+def recorded_spacy_side(path: Path, counts: Mapping[str, Mapping[str, int]], ns: argparse.Namespace):
+    """The spaCy side of an earlier results file of this script: (about, head metrics), after checking that it was
+    trained and scored on as many records per task and split, with the same caps, as this run would use."""
+    try:
+        recorded = json.loads(path.read_text())
+        about = dict(recorded["systems"]["spacy"])
+        settings, recorded_counts = recorded["settings"], recorded["records"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PeerBenchmarkError(f"{path} is not a results file of this script ({type(e).__name__}: {e})") from e
+    wanted = {
+        "quick": ns.quick,
+        "max_minutes": ns.max_minutes,
+        "max_steps": ns.max_steps,
+        "max_records": ns.max_records,
+    }
+    differ = [f"{k}: recorded {settings.get(k)!r}, now {v!r}" for k, v in wanted.items() if settings.get(k) != v]
+    if recorded_counts != counts:
+        differ.append(f"records: recorded {recorded_counts}, now {counts}")
+    if differ:
+        raise PeerBenchmarkError(f"{path} was run with other settings; train spaCy again ({'; '.join(differ)})")
+    metrics = about.pop("metrics")
+    about.pop("train_seconds", None)
+    return about, metrics
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, help="our pushed SavedModel, or a model base path (its newest version)")
@@ -448,6 +515,11 @@ def main() -> int:
         help=f"smoke test: {QUICK_RECORDS} records per task and split, 20 steps, 1 timed pass",
     )
     ap.add_argument("--output", type=Path, default=default_output("peer_spacy"))
+    ap.add_argument(
+        "--spacy-from",
+        type=Path,
+        help="take the spaCy side from an earlier results file (same data, caps and records) instead of training it",
+    )
     ap.add_argument("--spacy-side", type=Path, help=argparse.SUPPRESS)  # the child process in spaCy's environment
     ns = ap.parse_args()
 
@@ -484,43 +556,25 @@ def main() -> int:
         missing = [name for name in PEER_TASKS if name not in train or name not in validation]
         if missing:
             raise EvaluationError(f"{ns.data} lacks train and validation files of {', '.join(missing)}")
-        python, spacy_version = ensure_spacy_venv(ns.venv, ns.venv_python)
+        counts = {
+            split: {name: len(data[name].records) for name in PEER_TASKS}
+            for split, data in (("train", train), ("validation", validation))
+        }
+        if ns.spacy_from:
+            spacy_side_results = recorded_spacy_side(ns.spacy_from, counts, ns)
+            print(f"spaCy side: recorded in {ns.spacy_from} (not trained again)", flush=True)
+        else:
+            python, _ = ensure_spacy_venv(ns.venv, ns.venv_python)
     except (EvaluationError, PeerBenchmarkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    # spaCy first, with our model not loaded yet: the two systems never compete for the cores
-    ns.work_dir.mkdir(parents=True, exist_ok=True)
-    (ns.work_dir / "answers.json").unlink(missing_ok=True)  # never score an earlier run's answers
-    counts = {}
-    for split, data in (("train", train), ("validation", validation)):
-        write_jsonl(
-            ns.work_dir / f"{split}.jsonl", (e for name in PEER_TASKS for e in spacy_examples(name, data[name].records))
-        )
-        counts[split] = {name: len(data[name].records) for name in PEER_TASKS}
-    job = {
-        "max_minutes": ns.max_minutes,
-        "max_steps": ns.max_steps,
-        "batch_size": BATCH_SIZE,
-        "repeats": ns.repeats,
-        "dev_records": 50 if ns.quick else 300,
-        "eval_frequency": 10 if ns.quick else 200,
-    }
-    (ns.work_dir / "job.json").write_text(json.dumps(job))
-    print(
-        f"spaCy side: training on {describe(counts['train'])}, at most {ns.max_minutes:g} min / {ns.max_steps} steps",
-        flush=True,
-    )
-    child = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--spacy-side", str(ns.work_dir / "job.json")], cwd=REPO
-    )
-    if child.returncode != 0:
-        print(f"error: the spaCy side failed (exit {child.returncode}); its output is above", file=sys.stderr)
-        return 1
-    spacy_answers = json.loads((ns.work_dir / "answers.json").read_text())
-
-    print(f"scoring both systems on {describe(counts['validation'])} (validation); our model {model_path}", flush=True)
-    spacy_results, _ = evaluate_signatures(spacy_signatures(spacy_answers), validation, BATCH_SIZE)
+    if not ns.spacy_from:
+        spacy_side_results = train_spacy_side(ns, python, train, validation, counts)
+        if spacy_side_results is None:
+            return 1
+    spacy_about, peer = spacy_side_results
+    print(f"scoring our model on {describe(counts['validation'])} (validation): {model_path}", flush=True)
     try:
         signatures = load_signatures(str(model_path))
     except EvaluationError as e:
@@ -532,8 +586,7 @@ def main() -> int:
     our_throughput = our_tagging_throughput(signatures, validation["tagging"], BATCH_SIZE, ns.repeats)
     our_seconds, our_seconds_source = our_training_seconds(model_path, ns.our_train_seconds)
 
-    ours, peer = head_metrics(our_results), head_metrics(spacy_results)
-    spacy_about = spacy_answers["about"]
+    ours = head_metrics(our_results)
     training = spacy_about["training"]
 
     def metric(system: Mapping[str, Mapping[str, float]], head: str, name: str) -> str:
@@ -553,7 +606,7 @@ def main() -> int:
         ),
     ]
     print()
-    print(table(["validation", f"mtnlp ({model_path.name})", f"spaCy {spacy_version}"], rows))
+    print(table(["validation", f"mtnlp ({model_path.name})", f"spaCy {spacy_about['version']}"], rows))
     print(f"mtnlp training time: {our_seconds_source}")
     print(
         f"spaCy training: initialization {training['init_seconds']:.0f} s, then {training['steps']} steps in "
@@ -586,6 +639,7 @@ def main() -> int:
                     "tagging_throughput": our_throughput,
                 },
                 "spacy": {**spacy_about, "metrics": peer, "train_seconds": training["train_seconds"]},
+                **({"spacy_from": str(ns.spacy_from)} if ns.spacy_from else {}),
             },
         },
     )

@@ -292,6 +292,32 @@ def test_our_records_become_spacy_examples_with_their_own_words_and_tags():
     assert words_key(["Hi", "!", "", ""]) == ("Hi", "!")
 
 
+def test_the_spacy_peer_reuses_a_recorded_spacy_side_only_when_it_matches(tmp_path):
+    """--spacy-from: the recorded spaCy figures come back as they were written; other records or caps are refused
+    with a message naming what differs."""
+    import argparse
+
+    from benchmarks.peer_spacy import PeerBenchmarkError, recorded_spacy_side
+
+    counts = {"train": {"tagging": 12, "sentiment": 20}, "validation": {"tagging": 3, "sentiment": 4}}
+    ns = argparse.Namespace(quick=False, max_minutes=30.0, max_steps=20000, max_records=None)
+    spacy = {"version": "3.8.18", "training": {"train_seconds": 1800.3}, "metrics": {"pos": {"token_accuracy": 0.94}}}
+    settings = {"quick": False, "max_minutes": 30.0, "max_steps": 20000, "max_records": None, "batch_size": 64}
+    recorded = tmp_path / "peer.json"
+    recorded.write_text(json.dumps({"settings": settings, "records": counts, "systems": {"spacy": spacy}}))
+
+    about, metrics = recorded_spacy_side(recorded, counts, ns)
+    assert metrics == {"pos": {"token_accuracy": 0.94}}
+    assert about == {"version": "3.8.18", "training": {"train_seconds": 1800.3}}
+    with pytest.raises(PeerBenchmarkError, match=r"max_minutes: recorded 30.0, now 5.0"):
+        recorded_spacy_side(recorded, counts, argparse.Namespace(**{**vars(ns), "max_minutes": 5.0}))
+    with pytest.raises(PeerBenchmarkError, match="records: recorded"):
+        recorded_spacy_side(recorded, {**counts, "train": {"tagging": 11, "sentiment": 20}}, ns)
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(PeerBenchmarkError, match="not a results file of this script"):
+        recorded_spacy_side(tmp_path / "other.json", counts, ns)
+
+
 def test_the_spacy_peer_is_scored_by_the_same_code_as_our_model():
     """Gold answers recorded as spaCy's go through mtnlp evaluate's scoring and score perfectly; a wrong tag and
     a wrong class cost what the pipeline's scorers say."""
