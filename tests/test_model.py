@@ -451,6 +451,7 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
 
     features = {
         "token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64),
+        "words": tf.constant(["Apple", "sued", "Samsung", "in", "court", ""]),
         "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
         "entity_ids": tf.zeros([6], tf.int64),
         "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),
@@ -464,6 +465,10 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
     assert chosen[:5].sum() >= 4 and not chosen[5]  # padding is never masked
     np.testing.assert_array_equal(masked[MASKED_WORD_LABELS][chosen], features["token_ids"].numpy()[chosen])
     assert np.all(masked["prefix_ids"][chosen] == 0) and np.all(masked["shape_ids"][chosen] == 0)
+    # nor its characters (the character CNN's codes are decoded from words)
+    assert np.all(masked["words"][chosen] == b"") and masked["words"][~chosen].tolist() == [
+        w for w, c in zip(features["words"].numpy().tolist(), chosen) if not c
+    ]
     assert np.all(masked["pos_weight"] == 0) and np.all(masked["pos_label"] == 0)  # no head learns from it
     assert masked["masked_words_weight"] == 1.0
     assert set(masked["token_ids"][chosen]) - set(range(1, 50)) <= {50}  # the mask id is one past the vocabulary

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtnlp.model.dataset import MaskedWords
 from mtnlp.model.layers import CharacterCNN, Maxout, MaxoutWindowBlock
 from mtnlp.model.network import (
     ENCODER_OUTPUT,
@@ -175,18 +174,3 @@ def test_two_unseen_words_that_differ_only_in_spelling_get_different_vectors_wit
         assert moved[1] > 1e-4  # the word itself, and through attention its neighbours
     else:
         assert moved.max() < 1e-6  # without it, the codes are an input read as zeros
-
-
-def test_a_masked_word_loses_its_characters_too():
-    """The masked-word objective hides a masked word's spelling; the character CNN reads it from ``words``."""
-    features = {
-        "token_ids": tf.constant([5, 6, 7, 0], tf.int64),
-        "words": tf.constant(["Apple", "sued", "Samsung", ""]),
-        "shape_ids": tf.constant([2, 1, 2, 0], tf.int64),
-        **{name: tf.constant([3, 4, 5, 0], tf.int64) for name in ("prefix_ids", "suffix_ids", "pattern_ids")},
-    }
-    masked = MaskedWords(share=1.0, rate=0.99, vocabulary_size=10).mask(features, seed=1)
-    hidden = masked["masked_word_labels"].numpy() > 0
-    assert hidden.any()
-    words = masked["words"].numpy()
-    assert all(w == b"" for w in words[hidden]) and list(words[~hidden]) == list(features["words"].numpy()[~hidden])
