@@ -39,6 +39,9 @@ LEVERS = {
     "baseline": (),
     "concat_maxout": ("model.embedding_combiner=concat_maxout",),
     "window_conv_4": ("model.window_conv_layers=4",),
+    # lever 2: a character CNN per word (64 filters of 3 characters), alone and under the window encoder
+    "char_cnn": ("model.char_cnn_dim=64",),
+    "char_cnn_window_conv_4": ("model.char_cnn_dim=64", "model.window_conv_layers=4"),
     "crf_ner": ("heads.ner.decoder=crf",),
     "all_three": (
         "model.embedding_combiner=concat_maxout",
@@ -113,6 +116,8 @@ STEP_TIME_BUILDS = {
     "window_conv_1": ({"window_conv_layers": 1}, {}, {}),
     "window_conv_2": ({"window_conv_layers": 2}, {}, {}),
     "window_conv_4": ({"window_conv_layers": 4}, {}, {}),
+    "char_cnn": ({"char_cnn_dim": 64}, {}, {}),
+    "char_cnn_window_conv_4": ({"char_cnn_dim": 64, "window_conv_layers": 4}, {}, {}),
     "concat_maxout_window_conv_2": ({"embedding_combiner": "concat_maxout", "window_conv_layers": 2}, {}, {}),
     "crf_ner": ({}, {"ner": {"decoder": "crf"}}, {}),
     "all_three": ({"embedding_combiner": "concat_maxout", "window_conv_layers": 4}, {"ner": {"decoder": "crf"}}, {}),
@@ -130,7 +135,8 @@ def step_times(profile_name: str, builds: list[str], rounds: int, steps: int, le
 
     import numpy as np
 
-    from mtnlp.model.preprocessing import SUBWORD_INPUTS
+    from benchmarks.training import synthetic_char_codes
+    from mtnlp.model.preprocessing import CHAR_CODES, SUBWORD_INPUTS
     from mtnlp.model.tasks import get_task
     from mtnlp.model.text import NUM_SHAPES
     from mtnlp.model.training import build_training_model
@@ -144,6 +150,7 @@ def step_times(profile_name: str, builds: list[str], rounds: int, steps: int, le
     inputs = {name: rng.integers(1, 90, size=(batch, length)) for name in ("token_ids", *SUBWORD_INPUTS)}
     inputs["shape_ids"] = rng.integers(1, NUM_SHAPES, size=(batch, length))
     inputs["entity_ids"] = np.zeros((batch, length), np.int64)
+    inputs[CHAR_CODES] = synthetic_char_codes(rng, np.ones((batch, length), bool))
     labels = {h.name: rng.integers(0, h.num_labels, size=(batch, length)) for h in heads}
     weights = {h.name: np.ones((batch, length), np.float32) for h in heads}
     models = {}

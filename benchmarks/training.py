@@ -52,6 +52,16 @@ def task_of(head: Head) -> Task:
     return next(t for t in registered_tasks() if head in t.heads)
 
 
+def synthetic_char_codes(rng: np.random.Generator, real: np.ndarray) -> np.ndarray:
+    """Character codes (``preprocessing.char_codes``) of made-up words at the ``real`` positions [B, T] (bool):
+    2 to 10 lowercase letters each, as the character CNN would read them. int64 [B, T, WORD_CHARACTERS]."""
+    from mtnlp.model.preprocessing import WORD_CHARACTERS
+
+    characters = rng.integers(2, 11, size=(*real.shape, 1)) * real[..., None]
+    letters = rng.integers(ord("a") + 1, ord("z") + 2, size=(*real.shape, WORD_CHARACTERS))
+    return np.where(np.arange(WORD_CHARACTERS) < characters, letters, 0).astype(np.int64)
+
+
 def synthetic_batch(
     heads: Sequence[Head],
     row_tasks: Sequence[Task],
@@ -67,7 +77,7 @@ def synthetic_batch(
     ``masked_words``: for a model with the masked-word objective; 15 % of the words are its labels."""
     from mtnlp.model import text
     from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
-    from mtnlp.model.preprocessing import SUBWORD_INPUTS
+    from mtnlp.model.preprocessing import CHAR_CODES, SUBWORD_INPUTS
     from mtnlp.sections import TransformConfig
 
     rng = np.random.default_rng(seed)
@@ -89,6 +99,7 @@ def synthetic_batch(
             for name in SUBWORD_INPUTS
         },
     }
+    features[CHAR_CODES] = synthetic_char_codes(rng, real)
     for i, task in enumerate(row_tasks):
         if task.encoder_input.span_fields:  # a word of e1, later a word of e2
             features["entity_ids"][i, 0], features["entity_ids"][i, words[i] - 1] = 1, 2

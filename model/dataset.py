@@ -20,7 +20,15 @@ import tensorflow_transform as tft
 
 from mtnlp.model.heads import Head
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
-from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, batch_length, trim_to_longest
+from mtnlp.model.preprocessing import (
+    CHAR_CODES,
+    PIECE_FEATURES,
+    SUBWORD_INPUTS,
+    WORD_FEATURES,
+    batch_length,
+    char_codes,
+    trim_to_longest,
+)
 from mtnlp.model.tasks import get_task, registered_tasks
 
 SEQUENCE_FEATURES = WORD_FEATURES + (MASKED_WORD_LABELS,)
@@ -58,9 +66,10 @@ class MaskedWords:
         # no head learns from this example (and a translation example's decoder does not run)
         out = {k: (tf.zeros_like(v) if k.endswith(("_weight", "_label")) else v) for k, v in features.items()}
         out["token_ids"] = tf.where(masked, replaced, token_ids)
-        # a masked word's spelling and shape would give it away
+        # a masked word's spelling and shape would give it away (its characters too: they are read from words)
         for name in SUBWORD_INPUTS + ("shape_ids",):
             out[name] = tf.where(masked, tf.zeros_like(features[name]), features[name])
+        out["words"] = tf.where(masked, tf.constant(""), features["words"])
         out[MASKED_WORD_LABELS] = tf.where(masked, token_ids, tf.zeros_like(token_ids))
         out[MASKED_WORDS_WEIGHT] = tf.cast(tf.reduce_any(masked), tf.float32)
         return out
@@ -123,7 +132,10 @@ def _trim_to_longest(
 def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False):
     masked_words = MASKED_WORD_LABELS in features
     backbone = PIECE_FEATURES[0] in features
-    inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone, shape_features)}
+    names = model_input_names(heads, masked_words, backbone, shape_features)
+    if CHAR_CODES in names:  # per batch, after the cut: not stored by Transform (see model/preprocessing.py)
+        features = {**features, CHAR_CODES: char_codes(features["words"])}
+    inputs = {k: features[k] for k in names}
     labels = {h.name: features[h.label_key] for h in heads}
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder

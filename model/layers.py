@@ -146,6 +146,83 @@ class MaxoutWindowBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")
+class CharacterCNN(keras.layers.Layer):
+    """A word's vector from its characters (Ma & Hovy 2016): each character embedded, a convolution over the
+    word's characters, the largest response per filter: spelling (affixes, capitals, digits, hyphens) for every
+    word, seen in training or not, with no vocabulary.
+
+    A character's embedding row is its code point modulo ``buckets``, plus 1 (every character below ``buckets``,
+    ASCII and the Latin letters with accents among them, has a row of its own). Padding characters are zeroed
+    before the convolution and left out of the max, so a word's vector depends on its own characters only
+    (not on how many characters are padding); a word without characters ("" padding) gets zeros.
+
+    Args:
+        filters: the convolution's filters F, the output width.
+        kernel_size: characters per convolution window K ("same" padding: the word's ends see zeros beyond).
+        char_dim: width of a character embedding E (Ma & Hovy's 30).
+        buckets: embedding rows for characters (beyond padding's row 0); code points above share rows.
+        dropout: dropout on the character embeddings (Ma & Hovy's 0.5).
+
+    Call args: char_codes int [B, T, C], each word's characters as code points + 1, 0 padding
+    (``model.preprocessing.char_codes``). Returns float [B, T, F]: per filter, its largest ReLU response over
+    the word's characters.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int = 3,
+        char_dim: int = 32,
+        buckets: int = 1024,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if filters < 1 or kernel_size < 1 or char_dim < 1 or buckets < 1:
+            raise ValueError(
+                f"CharacterCNN: filters ({filters}), kernel_size ({kernel_size}), char_dim ({char_dim}) and "
+                f"buckets ({buckets}) must be at least 1"
+            )
+        self.filters, self.kernel_size, self.char_dim = filters, kernel_size, char_dim
+        self.buckets, self.dropout = buckets, dropout
+
+    def build(self, char_codes_shape):
+        self.embedding = keras.layers.Embedding(self.buckets + 1, self.char_dim, name="char_embedding")
+        self.embedding.build((None, None))
+        self.conv = keras.layers.Conv1D(
+            self.filters, self.kernel_size, padding="same", activation="relu", name="char_conv"
+        )
+        self.conv.build((None, None, self.char_dim))
+        self.drop = keras.layers.Dropout(self.dropout)
+        super().build(char_codes_shape)
+
+    def call(self, char_codes, training=None):
+        codes = ops.cast(char_codes, "int32")
+        is_char = ops.cast(ops.greater(codes, 0), self.compute_dtype)  # [B, T, C]
+        rows = ops.where(codes > 0, (codes - 1) % self.buckets + 1, 0)
+        embedded = self.drop(self.embedding(rows), training=training) * ops.expand_dims(is_char, -1)
+        batch, words, characters = ops.shape(codes)[0], ops.shape(codes)[1], ops.shape(codes)[2]
+        # one row per word: the convolution runs along its characters
+        responses = self.conv(ops.reshape(embedded, (-1, characters, self.char_dim)))
+        # ReLU responses are >= 0, so zeroing the padding's leaves them out of the max (and "" gets 0)
+        responses = responses * ops.reshape(is_char, (-1, characters, 1))
+        return ops.reshape(ops.max(responses, axis=1), (batch, words, self.filters))
+
+    def compute_output_shape(self, char_codes_shape):
+        return (char_codes_shape[0], char_codes_shape[1], self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "char_dim": self.char_dim,
+            "buckets": self.buckets,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="mtnlp")
 class SequenceDecoder(keras.layers.Layer):
     """The decoder of a sequence head: target-word embeddings, keras-hub ``TransformerDecoder`` layers
     (causal self-attention, cross-attention to the encoder) and a projection onto the target vocabulary.

@@ -12,6 +12,7 @@ from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS
 from mtnlp.model.backbone import SETTING as BACKBONE_SETTING
 from mtnlp.model.heads import BuildContext, DecoderSizes, Head
 from mtnlp.model.layers import (
+    CharacterCNN,
     FirstPieceGather,
     MaskedWordLoss,
     Maxout,
@@ -21,7 +22,14 @@ from mtnlp.model.layers import (
     TaskUncertainty,
     UncertaintyWeightedLoss,
 )
-from mtnlp.model.preprocessing import BACKBONE_INPUTS, MODEL_INPUTS, SHAPE_IDS, SUBWORD_INPUTS
+from mtnlp.model.preprocessing import (
+    BACKBONE_INPUTS,
+    CHAR_CODES,
+    MODEL_INPUTS,
+    SHAPE_IDS,
+    SUBWORD_INPUTS,
+    WORD_CHARACTERS,
+)
 from mtnlp.sections import HeadConfig
 
 ENCODER_OUTPUT = "encoder_output"
@@ -38,11 +46,13 @@ WORD_EMBEDDING_LAYERS = {"sum": "word_and_position_embedding", "concat_maxout": 
 
 
 def encoder_input_names(backbone: bool = False, shape_features: bool = False) -> tuple[str, ...]:
-    """The encoder's inputs: the from-scratch encoder's word features, or a pretrained backbone's pieces
-    and, with ``shape_features`` (``model.shape_features_beside_backbone``), the words' shape classes."""
+    """The encoder's inputs: the from-scratch encoder's word features and the words' character codes (read by
+    the character CNN, ``model.char_cnn_dim``; every from-scratch model takes them, so that the datasets and the
+    serving signatures need not know the setting), or a pretrained backbone's pieces and, with ``shape_features``
+    (``model.shape_features_beside_backbone``), the words' shape classes."""
     if backbone:
         return BACKBONE_INPUTS + ((SHAPE_IDS,) if shape_features else ())
-    return MODEL_INPUTS
+    return MODEL_INPUTS + (CHAR_CODES,)
 
 
 def has_backbone(model: keras.Model) -> bool:
@@ -125,14 +135,19 @@ def build_model(
     embedding_combiner: str = "sum",
     window_conv_layers: int = 0,
     shape_features_beside_backbone: bool = False,
+    char_cnn_dim: int = 0,
+    char_cnn_kernel_size: int = 3,
 ) -> keras.Model:
-    """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids (see preprocessing),
-    and for each sequence head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
+    """Inputs (int64 [B, T], T <= max_length): token_ids, shape_ids, entity_ids and the hashed subword ids (see
+    preprocessing), char_codes int64 [B, T, WORD_CHARACTERS] (``preprocessing.char_codes``), and for each sequence
+    head its label ids ``<head>_label`` int64 [B, L], L <= max_target_length.
 
     Each word's input vector combines its word and word-shape embeddings and, with ``subword_features``,
     the embeddings of its hashed prefix, suffix and shape pattern (``subword_buckets`` rows each, see
     ``model/preprocessing.py``), so rare and unseen words are represented by their spelling: summed, or with
-    ``embedding_combiner="concat_maxout"`` concatenated and mixed by a maxout layer; its position and
+    ``embedding_combiner="concat_maxout"`` concatenated and mixed by a maxout layer; with ``char_cnn_dim`` > 0 one
+    more feature joins them, the word's ``CharacterCNN`` vector (``char_cnn_dim`` filters of ``char_cnn_kernel_size``
+    characters; without it the character codes are read as zeros); its position and
     entity-marker embeddings are added (``_word_embedding``). ``window_conv_layers`` window-encoder blocks
     (``MaxoutWindowBlock``, spaCy's window encoder) run between the embeddings and the transformer layers. Each head is built with its ``HeadConfig`` from ``head_configs``
     (default: its ``default_config``): the encoder layer it reads (``encoder_layer_index``), its dropout
@@ -153,8 +168,8 @@ def build_model(
     ``backbone_preset`` (a keras-hub preset name or directory) replaces the from-scratch encoder with
     the preset's pretrained backbone (``backbone_encoder``); the encoder's inputs are then
     ``piece_ids``, ``first_piece`` and ``entity_ids`` (``model/preprocessing.py``), ``vocabulary_size``,
-    ``max_length``, ``num_layers``, ``subword_buckets``, ``subword_features``, ``embedding_combiner`` and
-    ``window_conv_layers`` are unused, and
+    ``max_length``, ``num_layers``, ``subword_buckets``, ``subword_features``, ``embedding_combiner``,
+    ``window_conv_layers`` and the character CNN's settings are unused, and
     ``masked_words`` and a head's ``encoder_layer`` other than -1 are refused. ``shape_features_beside_backbone``
     adds the input ``shape_ids`` [B, T] to such a model (see ``backbone_encoder``); without a backbone it is unused
     (the from-scratch encoder always reads shape classes).
@@ -193,7 +208,8 @@ def build_model(
             None,
         )
     inputs = {
-        name: keras.Input(shape=(None,), dtype="int64", name=name) for name in model_input_names(heads, masked_words)
+        name: keras.Input(shape=(None, WORD_CHARACTERS) if name == CHAR_CODES else (None,), dtype="int64", name=name)
+        for name in model_input_names(heads, masked_words)
     }
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
@@ -205,6 +221,9 @@ def build_model(
         subword_buckets,
         subword_features,
         embedding_combiner,
+        char_cnn_dim,
+        char_cnn_kernel_size,
+        dropout,
     )
     x = keras.layers.Dropout(dropout)(x)
     for i in range(window_conv_layers):
@@ -236,9 +255,13 @@ def _word_embedding(
     subword_buckets: int,
     subword_features: bool,
     combiner: str,
+    char_cnn_dim: int = 0,
+    char_cnn_kernel_size: int = 3,
+    dropout: float = 0.0,
 ) -> keras.KerasTensor:
-    """Each word's input vector [B, T, embedding_dim]: its feature embeddings (word id, shape and the hashed
-    ``SUBWORD_INPUTS``) combined by ``combiner``, plus its position and entity-marker embeddings, layer-normalized.
+    """Each word's input vector [B, T, embedding_dim]: its feature embeddings (word id, shape, the hashed
+    ``SUBWORD_INPUTS`` and, with ``char_cnn_dim``, its ``CharacterCNN`` vector with ``dropout`` on the character
+    embeddings) combined by ``combiner``, plus its position and entity-marker embeddings, layer-normalized.
 
     "sum" adds the feature embeddings (the word id's table is keras-hub's ``TokenAndPositionEmbedding``, which
     adds the position); "concat_maxout" concatenates them and mixes them with a ``Maxout`` layer, so that a
@@ -262,11 +285,20 @@ def _word_embedding(
             inputs[name]
         )
         features.append(embedded if subword_features else keras.ops.zeros_like(embedded))
+    if char_cnn_dim:
+        characters = CharacterCNN(char_cnn_dim, char_cnn_kernel_size, dropout=dropout, name="char_cnn")(
+            inputs[CHAR_CODES]
+        )
+        if combiner == "sum":  # summed at the other features' width
+            characters = keras.layers.Dense(embedding_dim, name="char_cnn_projection")(characters)
+        features.append(characters)
     if combiner == "sum":
         x = keras.layers.Add(name="word_features")(features)
     else:
         x = Maxout(embedding_dim, name="word_features_maxout")(keras.layers.Concatenate()(features))
         x = x + keras_hub.layers.PositionEmbedding(max_length, name="position_embedding")(x)
+    if not char_cnn_dim:  # an input of every from-scratch model (encoder_input_names), read as zeros
+        x = x + keras.ops.zeros_like(inputs[CHAR_CODES][:, :, :1], dtype=x.dtype)
     x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
         inputs["entity_ids"]
     )

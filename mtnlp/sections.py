@@ -43,6 +43,12 @@ class ModelConfig:
     # Layers of spaCy's window encoder (a maxout over each word and its neighbours, residual; MaxoutWindowBlock
     # in model/layers.py) between the embeddings and the transformer layers (0: none).
     window_conv_layers: int = 0
+    # A character CNN per word (Ma & Hovy 2016; CharacterCNN in model/layers.py): each word's first 16 characters
+    # embedded, a convolution of char_cnn_kernel_size characters with char_cnn_dim filters, max-pooled over the
+    # word; one more word feature for embedding_combiner (projected to embedding_dim and summed, or one more part
+    # of the concatenation). 0: off. The characters are decoded in the graph from the words (no Transform output).
+    char_cnn_dim: int = 0
+    char_cnn_kernel_size: int = 3
     # With a pretrained backbone (transform.backbone_preset): each word's shape class (capitalised, all caps,
     # digits...; model/text.py) embedded and concatenated beside the backbone's state at its first piece, before
     # the projection, so an uncased backbone still sees capitalisation (NER's strongest cue).
@@ -56,6 +62,12 @@ class ModelConfig:
             )
         if self.window_conv_layers < 0:
             raise ValueError(f"model.window_conv_layers: {self.window_conv_layers} is negative (0: none)")
+        if self.char_cnn_dim < 0:
+            raise ValueError(f"model.char_cnn_dim: {self.char_cnn_dim} is negative (0: no character CNN)")
+        if self.char_cnn_kernel_size < 1:
+            raise ValueError(
+                f"model.char_cnn_kernel_size: {self.char_cnn_kernel_size} characters; a window needs at least 1"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,10 +127,16 @@ def test_crf_settings_are_checked_with_errors_that_name_them():
 
 @pytest.mark.slow
 def test_the_pipeline_exports_a_crf_and_spacy_style_encoder_with_core_ops_only(tmp_path):
-    """The three issue-26 levers on through the real pipeline: the pushed SavedModel loads and answers with
-    Keras and TF Text's Python package blocked, and its ops are core TF (plus the one TF Text kernel)."""
+    """The issue-26 levers on through the real pipeline (the character CNN's codes decoded from the words in the
+    datasets and in the serving graph): the pushed SavedModel loads and answers with Keras and TF Text's Python
+    package blocked, and its ops are core TF (plus the one TF Text kernel)."""
     workdir = tmp_path / "workdir"
-    levers = ("heads.ner.decoder=crf", "model.embedding_combiner=concat_maxout", "model.window_conv_layers=1")
+    levers = (
+        "heads.ner.decoder=crf",
+        "model.embedding_combiner=concat_maxout",
+        "model.window_conv_layers=1",
+        "model.char_cnn_dim=16",
+    )
     lenient = ("heads.ner.gate.lower_bound=0", "heads.pos.gate.lower_bound=0")  # 60 steps: let any model through
     result = run_cli(
         "run",
@@ -150,6 +156,8 @@ def test_the_pipeline_exports_a_crf_and_spacy_style_encoder_with_core_ops_only(t
     assert audit.returncode == 0, audit.stderr[-3000:]
     audit = json.loads(audit.stdout.strip().splitlines()[-1])
     assert audit["unregistered"] == [] and audit["python_ops"] == [] and audit["per_call_initialisation"] == []
+    # the words' characters decoded in the serving graph, and the character CNN's convolution (the model's only one)
+    assert "UnicodeDecode" in audit["ops"] and any(op.startswith("Conv") for op in audit["ops"])
 
     # served from a fresh process with Keras and TF Text's Python package blocked, as stock TF Serving has it
     served = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_KERAS, pushed], capture_output=True, text=True)

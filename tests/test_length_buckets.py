@@ -36,10 +36,14 @@ def test_bad_buckets_are_named():
         TrainingConfig(length_buckets=(0, 16))
 
 
-def test_the_trainers_model_takes_jit_compile_and_trains_the_tagging_heads_under_xla_on_two_bucket_shapes():
+@pytest.mark.parametrize("char_cnn_dim", [0, 8], ids=["without_char_cnn", "with_char_cnn"])
+def test_the_trainers_model_takes_jit_compile_and_trains_the_tagging_heads_under_xla_on_two_bucket_shapes(char_cnn_dim):
+    """The character CNN too: it reads int codes (decoded from the words outside the step), and XLA has no strings."""
     heads = [h for h in all_heads() if h.name in ("pos", "ner")]
     training = TrainingConfig(jit_compile=True, length_buckets=(4, 6))
-    model_config = ModelConfig(embedding_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
+    model_config = ModelConfig(
+        embedding_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, char_cnn_dim=char_cnn_dim
+    )
     model = build_training_model(
         heads, 50, {}, model_config, training, TransformConfig(max_length=16, subword_buckets=100), {}, 10
     )

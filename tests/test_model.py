@@ -27,9 +27,10 @@ from mtnlp.model.network import (
     TASK_UNCERTAINTY,
     build_model,
     compile_for_heads,
+    encoder_input_names,
     inference_model,
 )
-from mtnlp.model.preprocessing import MODEL_INPUTS, SUBWORD_INPUTS, TARGET_EOS
+from mtnlp.model.preprocessing import CHAR_CODES, SUBWORD_INPUTS, TARGET_EOS, WORD_CHARACTERS
 from mtnlp.model.tasks import RELATION, TRANSLATION, all_heads
 from mtnlp.sections import HeadConfig
 
@@ -73,6 +74,11 @@ def batch(batch_size=4, length=6, seed=0):
         shape = (batch_size, length) if head.kind == "token" else (batch_size,)
         labels[head.name] = rng.integers(0, head.num_labels, size=shape)
         weights[head.name] = np.ones(shape, "float32") * (token_ids > 0 if len(shape) == 2 else 1)
+    # each real word's characters: 1 to 8 lowercase letters (code points + 1), drawn last so that the draws above
+    # stay what they were before the character codes
+    characters = rng.integers(1, 9, size=(*token_ids.shape, 1)) * (token_ids > 0)[..., None]
+    letters = rng.integers(ord("a") + 1, ord("z") + 2, size=(*token_ids.shape, WORD_CHARACTERS))
+    inputs[CHAR_CODES] = np.where(np.arange(WORD_CHARACTERS) < characters, letters, 0)
     return inputs, labels, weights
 
 
@@ -143,11 +149,14 @@ def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
     keras.utils.set_random_seed(3)
     model = build_model(HEADS, **SIZES)
     decoder = model.get_layer(TRANSLATION_HEAD.decoder_name)
-    encoder = keras.Model({k: model.input[k] for k in MODEL_INPUTS}, model.get_layer(ENCODER_OUTPUT).output)
+    encoder = keras.Model({k: model.input[k] for k in encoder_input_names()}, model.get_layer(ENCODER_OUTPUT).output)
     inputs, _, _ = batch(batch_size=4, length=6)
     inputs["token_ids"][1, 2:] = 0  # rows of different lengths
     inputs["shape_ids"] = np.where(inputs["token_ids"] > 0, 5, 0)
-    encoder_inputs = {k: np.where(inputs["token_ids"] > 0, inputs[k], 0) for k in MODEL_INPUTS}
+    real = inputs["token_ids"] > 0
+    encoder_inputs = {
+        k: np.where(real[..., None] if k == CHAR_CODES else real, inputs[k], 0) for k in encoder_input_names()
+    }
     together = decoder.greedy_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5).numpy()
     beams_together = decoder.beam_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5, 3, 0.6).numpy()
     for row in range(4):
@@ -442,6 +451,7 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
 
     features = {
         "token_ids": tf.constant([5, 6, 7, 8, 9, 0], tf.int64),
+        "words": tf.constant(["Apple", "sued", "Samsung", "in", "court", ""]),
         "shape_ids": tf.constant([4, 5, 5, 5, 1, 0], tf.int64),
         "entity_ids": tf.zeros([6], tf.int64),
         "pos_label": tf.constant([1, 2, 3, 4, 5, 0], tf.int64),
@@ -455,6 +465,10 @@ def test_masking_an_example_hides_the_masked_words_and_labels_only_them():
     assert chosen[:5].sum() >= 4 and not chosen[5]  # padding is never masked
     np.testing.assert_array_equal(masked[MASKED_WORD_LABELS][chosen], features["token_ids"].numpy()[chosen])
     assert np.all(masked["prefix_ids"][chosen] == 0) and np.all(masked["shape_ids"][chosen] == 0)
+    # nor its characters (the character CNN's codes are decoded from words)
+    assert np.all(masked["words"][chosen] == b"") and masked["words"][~chosen].tolist() == [
+        w for w, c in zip(features["words"].numpy().tolist(), chosen) if not c
+    ]
     assert np.all(masked["pos_weight"] == 0) and np.all(masked["pos_label"] == 0)  # no head learns from it
     assert masked["masked_words_weight"] == 1.0
     assert set(masked["token_ids"][chosen]) - set(range(1, 50)) <= {50}  # the mask id is one past the vocabulary

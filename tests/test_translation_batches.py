@@ -22,7 +22,8 @@ def test_two_replica_step_on_a_batch_without_translation_targets():
             model = build_model(heads, 50, 16, 16, 1, 2, 32, 0.0, target_vocabulary_sizes={"translation": 30},
                                 max_target_length=6)
             compile_for_heads(model, heads, keras.optimizers.SGD(0.1))
-        x = {i.name: np.zeros((8, 6 if i.name == "translation_label" else 5), "int64") for i in model.inputs}
+        x = {i.name: np.zeros((8, 6 if i.name == "translation_label" else 5, *i.shape[2:]), "int64")
+             for i in model.inputs}  # char_codes: one more axis, the characters
         x["token_ids"] = np.random.default_rng(0).integers(1, 50, (8, 5))
         outputs = model(x)
         y = {h.name: np.zeros(outputs[h.name].shape[:-1], "int64") for h in heads}
