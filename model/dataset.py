@@ -129,10 +129,12 @@ def _trim_to_longest(
     return trimmed
 
 
-def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False):
+def _to_keras(
+    features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False, characters: bool = False
+):
     masked_words = MASKED_WORD_LABELS in features
     backbone = PIECE_FEATURES[0] in features
-    names = model_input_names(heads, masked_words, backbone, shape_features)
+    names = model_input_names(heads, masked_words, backbone, shape_features, characters)
     if CHAR_CODES in names:  # per batch, after the cut: not stored by Transform (see model/preprocessing.py)
         features = {**features, CHAR_CODES: char_codes(features["words"])}
     inputs = {k: features[k] for k in names}
@@ -156,11 +158,13 @@ def training_dataset(
     masked_words: MaskedWords | None = None,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
+    characters: bool = False,
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
     rounded up to ``length_buckets`` (``training.length_buckets``). ``shape_features``: the inputs of a
-    backbone model built with ``shape_features_beside_backbone``."""
+    backbone model built with ``shape_features_beside_backbone``; ``characters``: of a from-scratch model with a
+    character CNN (``model.char_cnn_dim``), whose character codes are computed per batch."""
     parsed = _parsed(file_patterns, tf_transform_output)
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
@@ -185,7 +189,7 @@ def training_dataset(
     return (
         mixed.batch(batch_size, drop_remainder=True)
         .map(
-            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features),
+            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features, characters),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .prefetch(tf.data.AUTOTUNE)
@@ -200,10 +204,11 @@ def evaluation_dataset(
     masked_words: bool = False,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
+    characters: bool = False,
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
     ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on);
-    ``shape_features`` as for ``training_dataset``."""
+    ``shape_features`` and ``characters`` as for ``training_dataset``."""
     parsed = _parsed(file_patterns, tf_transform_output)
     return (
         (parsed.map(_without_masked_words) if masked_words else parsed)
@@ -211,7 +216,7 @@ def evaluation_dataset(
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features))
+        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features, characters))
         .prefetch(tf.data.AUTOTUNE)
     )
 

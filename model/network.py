@@ -45,14 +45,15 @@ MASKED_WORDS = "masked_words"
 WORD_EMBEDDING_LAYERS = {"sum": "word_and_position_embedding", "concat_maxout": "word_embedding"}
 
 
-def encoder_input_names(backbone: bool = False, shape_features: bool = False) -> tuple[str, ...]:
-    """The encoder's inputs: the from-scratch encoder's word features and the words' character codes (read by
-    the character CNN, ``model.char_cnn_dim``; every from-scratch model takes them, so that the datasets and the
-    serving signatures need not know the setting), or a pretrained backbone's pieces and, with ``shape_features``
-    (``model.shape_features_beside_backbone``), the words' shape classes."""
+def encoder_input_names(
+    backbone: bool = False, shape_features: bool = False, characters: bool = False
+) -> tuple[str, ...]:
+    """The encoder's inputs: the from-scratch encoder's word features and, with ``characters`` (a character CNN,
+    ``model.char_cnn_dim``), the words' character codes; or a pretrained backbone's pieces and, with
+    ``shape_features`` (``model.shape_features_beside_backbone``), the words' shape classes."""
     if backbone:
         return BACKBONE_INPUTS + ((SHAPE_IDS,) if shape_features else ())
-    return MODEL_INPUTS + (CHAR_CODES,)
+    return MODEL_INPUTS + ((CHAR_CODES,) if characters else ())
 
 
 def has_backbone(model: keras.Model) -> bool:
@@ -65,13 +66,22 @@ def has_backbone_shape_features(model: keras.Model) -> bool:
     return has_backbone(model) and SHAPE_IDS in model.input
 
 
+def has_character_cnn(model: keras.Model) -> bool:
+    """Whether a from-scratch model reads its words' characters (``model.char_cnn_dim``)."""
+    return not has_backbone(model) and CHAR_CODES in model.input
+
+
 def model_input_names(
-    heads: Sequence[Head], masked_words: bool = False, backbone: bool = False, shape_features: bool = False
+    heads: Sequence[Head],
+    masked_words: bool = False,
+    backbone: bool = False,
+    shape_features: bool = False,
+    characters: bool = False,
 ) -> tuple[str, ...]:
     """The model's inputs: the encoder's (``encoder_input_names``), the heads' own (a sequence head's
     teacher-forced targets), and with the masked-word objective its word labels."""
     return (
-        encoder_input_names(backbone, shape_features)
+        encoder_input_names(backbone, shape_features, characters)
         + tuple(k for h in heads for k in h.model_inputs())
         + ((MASKED_WORD_LABELS,) if masked_words else ())
     )
@@ -147,7 +157,7 @@ def build_model(
     ``model/preprocessing.py``), so rare and unseen words are represented by their spelling: summed, or with
     ``embedding_combiner="concat_maxout"`` concatenated and mixed by a maxout layer; with ``char_cnn_dim`` > 0 one
     more feature joins them, the word's ``CharacterCNN`` vector (``char_cnn_dim`` filters of ``char_cnn_kernel_size``
-    characters; without it the character codes are read as zeros); its position and
+    characters; only such a model has the ``char_codes`` input); its position and
     entity-marker embeddings are added (``_word_embedding``). ``window_conv_layers`` window-encoder blocks
     (``MaxoutWindowBlock``, spaCy's window encoder) run between the embeddings and the transformer layers. Each head is built with its ``HeadConfig`` from ``head_configs``
     (default: its ``default_config``): the encoder layer it reads (``encoder_layer_index``), its dropout
@@ -209,7 +219,7 @@ def build_model(
         )
     inputs = {
         name: keras.Input(shape=(None, WORD_CHARACTERS) if name == CHAR_CODES else (None,), dtype="int64", name=name)
-        for name in model_input_names(heads, masked_words)
+        for name in model_input_names(heads, masked_words, characters=char_cnn_dim > 0)
     }
     padding_mask = keras.ops.not_equal(inputs["token_ids"], 0)
 
@@ -297,8 +307,6 @@ def _word_embedding(
     else:
         x = Maxout(embedding_dim, name="word_features_maxout")(keras.layers.Concatenate()(features))
         x = x + keras_hub.layers.PositionEmbedding(max_length, name="position_embedding")(x)
-    if not char_cnn_dim:  # an input of every from-scratch model (encoder_input_names), read as zeros
-        x = x + keras.ops.zeros_like(inputs[CHAR_CODES][:, :, :1], dtype=x.dtype)
     x = x + keras.layers.Embedding(text.NUM_ENTITY_MARKERS, embedding_dim, name="entity_marker_embedding")(
         inputs["entity_ids"]
     )

@@ -39,6 +39,7 @@ from mtnlp.model.network import (
     encoder_input_names,
     has_backbone,
     has_backbone_shape_features,
+    has_character_cnn,
     inference_model,
     model_input_names,
 )
@@ -78,7 +79,8 @@ class ServingModule(tf.Module):
         # the encoder alone (shared layers), for heads that run their own decoding loop
         self.has_backbone = has_backbone(model)
         self._shape_features = has_backbone_shape_features(model)
-        self.encoder_inputs = encoder_input_names(self.has_backbone, self._shape_features)
+        self._characters = has_character_cnn(model)
+        self.encoder_inputs = encoder_input_names(self.has_backbone, self._shape_features, self._characters)
         self.encoder = keras.Model(
             {k: model.input[k] for k in self.encoder_inputs}, model.get_layer(ENCODER_OUTPUT).output
         )
@@ -119,7 +121,9 @@ class ServingModule(tf.Module):
 
     def _logits(self, transformed: dict) -> dict:
         inputs = {k: transformed[k] for k in self.encoder_inputs}
-        for name in model_input_names(self._heads, backbone=self.has_backbone, shape_features=self._shape_features):
+        for name in model_input_names(
+            self._heads, backbone=self.has_backbone, shape_features=self._shape_features, characters=self._characters
+        ):
             if name not in inputs:  # serving never teacher-forces: no target, no decoder compute
                 inputs[name] = tf.zeros([tf.shape(transformed["token_ids"])[0], 1], tf.int64)
         return self.model(inputs, training=False)

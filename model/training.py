@@ -261,6 +261,7 @@ def train_model(
             training.masked_word_share,
         )
     shape_features = bool(transform.backbone_preset) and model_config.shape_features_beside_backbone
+    characters = not transform.backbone_preset and model_config.char_cnn_dim > 0
     if masked_word_objective(training, transform):
         masked_words = dataset.MaskedWords(training.masked_word_share, training.masked_word_rate, words)
     train_data = dataset.training_dataset(
@@ -273,6 +274,7 @@ def train_model(
         masked_words,
         training.length_buckets,
         shape_features,
+        characters,
     )
     eval_data = dataset.evaluation_dataset(
         eval_files,
@@ -282,6 +284,7 @@ def train_model(
         masked_words is not None,
         training.length_buckets,
         shape_features,
+        characters,
     )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))

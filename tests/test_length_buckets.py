@@ -50,7 +50,7 @@ def test_the_trainers_model_takes_jit_compile_and_trains_the_tagging_heads_under
     assert model.jit_compile
     losses = []
     for length in (4, 6, 4, 6):  # two static shapes: one XLA compilation each
-        inputs, labels, weights = batch(length=length)
+        inputs, labels, weights = batch(length=length, characters=bool(char_cnn_dim))
         inputs = {k: v for k, v in inputs.items() if k in model.input}
         losses.append(
             model.train_on_batch(

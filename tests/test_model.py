@@ -52,7 +52,9 @@ TRANSLATION_HEAD = TRANSLATION.heads[0]
 RELATION_HEAD = RELATION.heads[0]
 
 
-def batch(batch_size=4, length=6, seed=0):
+def batch(batch_size=4, length=6, seed=0, characters=False):
+    """A made-up batch of every head's inputs, labels and weights; ``characters``: with the words' character codes,
+    the input of a model with a character CNN (Keras matches a dict with extra keys to the inputs by position)."""
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(1, 50, size=(batch_size, length))
     token_ids[:, length - 2 :] = 0  # the last two positions are padding
@@ -74,11 +76,10 @@ def batch(batch_size=4, length=6, seed=0):
         shape = (batch_size, length) if head.kind == "token" else (batch_size,)
         labels[head.name] = rng.integers(0, head.num_labels, size=shape)
         weights[head.name] = np.ones(shape, "float32") * (token_ids > 0 if len(shape) == 2 else 1)
-    # each real word's characters: 1 to 8 lowercase letters (code points + 1), drawn last so that the draws above
-    # stay what they were before the character codes
-    characters = rng.integers(1, 9, size=(*token_ids.shape, 1)) * (token_ids > 0)[..., None]
-    letters = rng.integers(ord("a") + 1, ord("z") + 2, size=(*token_ids.shape, WORD_CHARACTERS))
-    inputs[CHAR_CODES] = np.where(np.arange(WORD_CHARACTERS) < characters, letters, 0)
+    if characters:  # each real word's characters: 1 to 8 lowercase letters (code points + 1)
+        lengths = rng.integers(1, 9, size=(*token_ids.shape, 1)) * (token_ids > 0)[..., None]
+        letters = rng.integers(ord("a") + 1, ord("z") + 2, size=(*token_ids.shape, WORD_CHARACTERS))
+        inputs[CHAR_CODES] = np.where(np.arange(WORD_CHARACTERS) < lengths, letters, 0)
     return inputs, labels, weights
 
 
@@ -154,9 +155,7 @@ def test_greedy_decoding_decodes_each_row_independently_of_its_batch():
     inputs["token_ids"][1, 2:] = 0  # rows of different lengths
     inputs["shape_ids"] = np.where(inputs["token_ids"] > 0, 5, 0)
     real = inputs["token_ids"] > 0
-    encoder_inputs = {
-        k: np.where(real[..., None] if k == CHAR_CODES else real, inputs[k], 0) for k in encoder_input_names()
-    }
+    encoder_inputs = {k: np.where(real, inputs[k], 0) for k in encoder_input_names()}
     together = decoder.greedy_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5).numpy()
     beams_together = decoder.beam_decode(encoder(encoder_inputs), inputs["token_ids"] > 0, 5, 3, 0.6).numpy()
     for row in range(4):

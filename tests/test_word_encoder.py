@@ -79,7 +79,7 @@ def test_the_encoder_levers_train_and_reload_with_the_same_outputs(tmp_path, lev
             "window_encoder_1",
         ]
     compile_for_heads(model, HEADS, keras.optimizers.Adam(1e-2))
-    inputs, labels, weights = batch()
+    inputs, labels, weights = batch(characters="char_cnn_dim" in levers)
     first = model.train_on_batch(inputs, labels, weights, return_dict=True)["loss"]
     for _ in range(5):
         last = model.train_on_batch(inputs, labels, weights, return_dict=True)["loss"]
@@ -161,16 +161,18 @@ def test_two_unseen_words_that_differ_only_in_spelling_get_different_vectors_wit
     characters tell them apart, and only the character CNN reads those."""
     keras.utils.set_random_seed(5)
     model = build_model(HEADS, char_cnn_dim=char_cnn_dim, **SIZES)
-    encoder = keras.Model({k: model.input[k] for k in encoder_input_names()}, model.get_layer(ENCODER_OUTPUT).output)
+    names = encoder_input_names(characters=bool(char_cnn_dim))
+    assert (CHAR_CODES in model.input) == bool(char_cnn_dim)  # only a model with the CNN reads characters
+    encoder = keras.Model({k: model.input[k] for k in names}, model.get_layer(ENCODER_OUTPUT).output)
     inputs, _, _ = batch(batch_size=2, length=6)
     inputs = {k: np.repeat(inputs[k][:1], 2, axis=0) for k in encoder_input_names()}  # two identical sentences
     inputs["token_ids"][:, 1] = SIZES["vocabulary_size"] - 1  # word 1: the OOV bucket in both
     inputs[CHAR_CODES] = char_codes(
         tf.constant([["the", "blorf", "sat", "on", "", ""], ["the", "quint", "sat", "on", "", ""]])
     ).numpy()
-    states = keras.ops.convert_to_numpy(encoder(inputs, training=False))
+    states = keras.ops.convert_to_numpy(encoder({k: inputs[k] for k in names}, training=False))
     moved = np.abs(states[0] - states[1]).max(axis=-1)[:4]
     if char_cnn_dim:
         assert moved[1] > 1e-4  # the word itself, and through attention its neighbours
     else:
-        assert moved.max() < 1e-6  # without it, the codes are an input read as zeros
+        assert moved.max() < 1e-6  # without it the model has no character input: the sentences are the same to it
