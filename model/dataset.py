@@ -13,11 +13,12 @@ only with the masked words' ids, so the shared encoder also learns from the text
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from mtnlp.model.distillation import pack_targets, teacher_feature_spec
 from mtnlp.model.heads import Head
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
 from mtnlp.model.preprocessing import PIECE_FEATURES, SUBWORD_INPUTS, WORD_FEATURES, batch_length, trim_to_longest
@@ -87,16 +88,20 @@ def task_weights(counts: dict[str, int], sampling: str, temperature: float = 1.0
     return {name: value / total for name, value in raw.items()}
 
 
-def _files(file_patterns: Sequence[str]) -> list[str]:
+def matching_files(file_patterns: Sequence[str]) -> list[str]:
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no transformed examples match {list(file_patterns)}")
     return files
 
 
-def _parsed(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
-    spec = tf_transform_output.transformed_feature_spec()
-    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP").map(
+def _parsed(
+    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, distilled: Sequence[str] = ()
+) -> tf.data.Dataset:
+    """Transform's features of each record, and the teacher predictions of the ``distilled`` heads (written by
+    ``distillation.cache_teacher_predictions``; sparse, empty where a record has none)."""
+    spec = {**tf_transform_output.transformed_feature_spec(), **teacher_feature_spec(distilled)}
+    return tf.data.TFRecordDataset(matching_files(file_patterns), compression_type="GZIP").map(
         lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE
     )
 
@@ -110,7 +115,7 @@ def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: t
     return {task.name: int(n) for task, n in zip(tasks, counts.numpy())}
 
 
-def _trim_to_longest(
+def trim_batch(
     features: dict[str, tf.Tensor], heads: Sequence[Head], length_buckets: Sequence[int] = ()
 ) -> dict[str, tf.Tensor]:
     length = batch_length(features, length_buckets)
@@ -120,11 +125,23 @@ def _trim_to_longest(
     return trimmed
 
 
-def _to_keras(features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False):
+def _to_keras(
+    features: dict[str, tf.Tensor],
+    heads: Sequence[Head],
+    shape_features: bool = False,
+    distilled: Mapping[str, int] = {},
+):
+    """(inputs, labels, sample weights) of a batch; a distilled head's labels are packed with its teacher's
+    predictions (``distilled``: head name -> classes kept per position; ``distillation.pack_targets``)."""
     masked_words = MASKED_WORD_LABELS in features
     backbone = PIECE_FEATURES[0] in features
     inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone, shape_features)}
-    labels = {h.name: features[h.label_key] for h in heads}
+    labels = {
+        h.name: pack_targets(features[h.label_key], features, h.name, distilled[h.name])
+        if h.name in distilled
+        else features[h.label_key]
+        for h in heads
+    }
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder
         labels[MASKED_WORDS], weights[MASKED_WORDS] = (
@@ -144,12 +161,14 @@ def training_dataset(
     masked_words: MaskedWords | None = None,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
+    distilled: Mapping[str, int] = {},
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
     rounded up to ``length_buckets`` (``training.length_buckets``). ``shape_features``: the inputs of a
-    backbone model built with ``shape_features_beside_backbone``."""
-    parsed = _parsed(file_patterns, tf_transform_output)
+    backbone model built with ``shape_features_beside_backbone``. ``distilled``: the heads with teacher
+    predictions in ``file_patterns`` (head name -> classes kept per position; see ``model/distillation.py``)."""
+    parsed = _parsed(file_patterns, tf_transform_output, list(distilled))
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
         parsed.filter(lambda f, i=task_index[name]: tf.equal(f["task_id"], i))
@@ -173,7 +192,7 @@ def training_dataset(
     return (
         mixed.batch(batch_size, drop_remainder=True)
         .map(
-            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features),
+            lambda f: _to_keras(trim_batch(f, heads, length_buckets), heads, shape_features, distilled),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .prefetch(tf.data.AUTOTUNE)
@@ -188,10 +207,12 @@ def evaluation_dataset(
     masked_words: bool = False,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
+    distilled: Mapping[str, int] = {},
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
     ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on);
-    ``shape_features`` as for ``training_dataset``."""
+    ``shape_features`` as for ``training_dataset``; ``distilled``: the distilled heads, whose labels are packed
+    as in training, without teacher predictions (validated on the gold labels)."""
     parsed = _parsed(file_patterns, tf_transform_output)
     return (
         (parsed.map(_without_masked_words) if masked_words else parsed)
@@ -199,7 +220,7 @@ def evaluation_dataset(
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features))
+        .map(lambda f: _to_keras(trim_batch(f, heads, length_buckets), heads, shape_features, distilled))
         .prefetch(tf.data.AUTOTUNE)
     )
 
