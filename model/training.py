@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -260,14 +261,16 @@ def train_model(
     ``head_configs``: the heads' settings (the config's ``heads`` section); ``epochs`` is the number of
     validation points (default: one per 100 steps, at most 10). Heads with a teacher (``heads.<name>.teacher``)
     are distilled: the teachers' predictions are written with the training records to ``teacher_cache_dir``
-    (default: a new temporary folder) before training (``model/distillation.py``).
+    (default: a temporary folder, removed after training) before training (``model/distillation.py``).
     """
     keras.utils.set_random_seed(training.seed)
     words = vocabulary_size(tf_transform_output, transform.num_oov_buckets)
     target_sizes = target_vocabulary_sizes(tf_transform_output, heads, transform.num_oov_buckets)
-    distilled, teacher_seconds = {}, 0.0
+    distilled, teacher_seconds, own_cache_dir = {}, 0.0, None
     if distillation.distilled_heads(heads, head_configs):
         start = time.time()
+        if not teacher_cache_dir:
+            own_cache_dir = tempfile.mkdtemp(prefix="mtnlp-teachers-")
         output_sizes = {h.name: target_sizes.get(h.name, h.num_labels) for h in heads}
         train_files = distillation.cache_teacher_predictions(
             heads,
@@ -276,7 +279,7 @@ def train_model(
             train_files,
             output_sizes,
             tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY),
-            teacher_cache_dir or tempfile.mkdtemp(prefix="mtnlp-teachers-"),
+            teacher_cache_dir or own_cache_dir,
         )
         distilled = {
             h.name: distillation.top_k(h, output_sizes[h.name])
@@ -358,6 +361,8 @@ def train_model(
             *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else []),
         ],
     )
+    if own_cache_dir:
+        shutil.rmtree(own_cache_dir, ignore_errors=True)
     # a callback may stop training early (the studies' early stopping and time budget)
     history = [
         {"step": (epoch + 1) * steps_per_epoch, **{k: float(v[epoch]) for k, v in fitted.history.items()}}

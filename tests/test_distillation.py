@@ -4,6 +4,7 @@ the shared pipeline run wrote, from records cached with its predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -150,3 +151,97 @@ def test_compiling_a_distilled_head_needs_the_runs_steps():
         compile_for_heads(model, [SENTIMENT_HEAD], keras.optimizers.Adam(), head_configs=configs)
     compile_for_heads(model, [SENTIMENT_HEAD], keras.optimizers.Adam(), head_configs=configs, total_steps=10)
     assert isinstance(model.loss["sentiment"], distillation.DistillationLoss)
+
+
+def test_a_teacher_is_named_in_its_heads_section():
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.settings import apply_mapping, parse_assignment
+
+    config = get_config("quick")
+    for assignment in ("heads.pos.teacher=/models/pos", "training.teacher_annealing=off"):
+        config = apply_mapping(config, parse_assignment(assignment), source=assignment)
+    assert config.heads["pos"].teacher == "/models/pos" and config.training.teacher_annealing == "off"
+    with pytest.raises(ValueError, match="training.teacher_annealing: expected one of 'linear', 'off', got 'cosine'"):
+        apply_mapping(config, parse_assignment("training.teacher_annealing=cosine"), source="--set")
+
+
+def _records(pattern: str) -> list[tf.train.Example]:
+    files = sorted(tf.io.gfile.glob(pattern))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+@pytest.mark.slow
+def test_a_student_trains_on_teacher_predictions_cached_once_from_a_model_the_pipeline_wrote(pipeline_run, tmp_path):
+    import tensorflow_transform as tft
+
+    from mtnlp.model import dataset
+    from mtnlp.model.devices import make_strategy
+    from mtnlp.model.tasks import TRANSLATION
+    from mtnlp.model.training import train_model
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.summary import latest_transform_outputs
+
+    transform = latest_transform_outputs(str(pipeline_run.workdir / "metadata.sqlite"))
+    tft_output = tft.TFTransformOutput(transform["transform_graph"])
+    train_files = [f"{transform['transformed_examples']}/Split-train/*"]
+    eval_files = [f"{transform['transformed_examples']}/Split-eval/*"]
+    # the Trainer's SavedModel folder: its Keras model beside it (Format-Keras) is the teacher
+    (serving_dir,) = (pipeline_run.workdir / "pipeline_root" / "Trainer" / "model").glob("*/Format-Serving")
+    translation = TRANSLATION.heads[0]
+    heads = [POS, NER, SENTIMENT_HEAD, translation]
+    config = get_config("quick")
+    head_configs = {
+        **{h.name: config.heads[h.name] for h in heads},
+        **{h.name: HeadConfig(teacher=str(serving_dir)) for h in (POS, SENTIMENT_HEAD, translation)},
+    }
+    counts = dataset.count_examples_per_task(train_files, tft_output)
+    weights = dataset.task_weights({t: counts[t] for t in ("tagging", "sentiment", "translation")}, "uniform")
+    cache = tmp_path / "cache"
+    trained = train_model(
+        heads,
+        tft_output,
+        train_files,
+        eval_files,
+        weights,
+        dataclasses.replace(config.model, embedding_dim=16, intermediate_dim=32, num_layers=1, num_heads=2),
+        config.training,
+        config.transform,
+        head_configs,
+        steps=12,
+        eval_steps=2,
+        strategy=make_strategy(1),
+        epochs=2,
+        teacher_cache_dir=str(cache),
+    )
+    assert trained.steps == 12 and trained.teacher_seconds > 0
+    assert all(np.isfinite(point["loss"]) for point in trained.history)
+
+    # every training record once, in order, with its teacher's predictions where the teacher has the record's head
+    original, cached = _records(train_files[0]), _records(str(cache / distillation.CACHE_FILE))
+    assert len(cached) == len(original) > 0
+    teacher = keras.saving.load_model(str(serving_dir.parent / "Format-Keras" / "model.keras"), compile=False)
+    seen = dict.fromkeys(["pos", "sentiment", "translation"], 0)
+    spec = tft_output.transformed_feature_spec()
+    for before, after in zip(original, cached):
+        added = set(after.features.feature) - set(before.features.feature)
+        features = tf.io.parse_example([before.SerializeToString()], spec)
+        taught = [h for h in (POS, SENTIMENT_HEAD, translation) if float(np.sum(features[h.weight_key])) > 0]
+        assert added == {key for h in taught for key in distillation.teacher_keys(h.name)}  # ner has no teacher
+        if not taught or seen[taught[0].name] >= 3:
+            continue
+        head = taught[0]
+        seen[head.name] += 1
+        # the cached distribution is the teacher's own on this record, at each labelled position
+        batch = dataset.trim_batch(features, [head])
+        logits = np.asarray(teacher({k: batch[k] for k in teacher.input}, training=False)[head.name])
+        positions = max(1, int(np.count_nonzero(features[head.weight_key])))
+        k = distillation.top_k(head, logits.shape[-1])
+        ids_key, probs_key = distillation.teacher_keys(head.name)
+        ids = np.array(after.features.feature[ids_key].int64_list.value).reshape(positions, k)
+        probs = np.array(after.features.feature[probs_key].float_list.value).reshape(positions, k)
+        expected_ids, expected_probs = distillation._top_predictions(logits.reshape(-1, logits.shape[-1]), k)
+        np.testing.assert_array_equal(ids, expected_ids[:positions])
+        np.testing.assert_allclose(probs, expected_probs[:positions], rtol=1e-4, atol=1e-6)
+        if head.kind == "sentence":  # the whole distribution: the teacher's softmax
+            np.testing.assert_allclose(np.sort(probs[0]), np.sort(tf.nn.softmax(logits[0]).numpy()), rtol=1e-4)
+    assert min(seen.values()) > 0
