@@ -17,6 +17,7 @@ from mtnlp.model.network import build_model, compile_for_heads
 from mtnlp.model.tasks import SENTIMENT, TAGGING
 from mtnlp.model.warm_start import save_for_warm_start
 from mtnlp.sections import HeadConfig
+from tests.test_model import SIZES
 
 POS, NER = TAGGING.heads
 SENTIMENT_HEAD = SENTIMENT.heads[0]
@@ -103,18 +104,8 @@ def test_a_teacher_needs_a_plain_softmax_head():
         HeadConfig(teacher="t", label_smoothing=0.1)
 
 
-def _tiny_model(heads, vocabulary_size=20):
-    return build_model(
-        heads,
-        vocabulary_size=vocabulary_size,
-        max_length=8,
-        embedding_dim=8,
-        num_layers=1,
-        num_heads=1,
-        intermediate_dim=8,
-        dropout=0.0,
-        subword_buckets=10,
-    )
+def _tiny_model(heads):
+    return build_model(heads, **SIZES)
 
 
 @pytest.fixture(scope="module")
