@@ -118,6 +118,8 @@ def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: t
 def trim_batch(
     features: dict[str, tf.Tensor], heads: Sequence[Head], length_buckets: Sequence[int] = ()
 ) -> dict[str, tf.Tensor]:
+    """A batch of Transform's features cut to its longest sentence (``batch_length``): the encoder's word
+    features and each head's own (``Head.trim``: per-word labels, targets); the other features are kept."""
     length = batch_length(features, length_buckets)
     trimmed = trim_to_longest(features, SEQUENCE_FEATURES, length_buckets)  # a pretrained backbone's pieces too
     for head in heads:  # each head kind cuts its own features (per-word labels, targets)
@@ -129,13 +131,14 @@ def _to_keras(
     features: dict[str, tf.Tensor],
     heads: Sequence[Head],
     shape_features: bool = False,
-    distilled: Mapping[str, int] = {},
+    distilled: Mapping[str, int] | None = None,
 ):
     """(inputs, labels, sample weights) of a batch; a distilled head's labels are packed with its teacher's
     predictions (``distilled``: head name -> classes kept per position; ``distillation.pack_targets``)."""
     masked_words = MASKED_WORD_LABELS in features
     backbone = PIECE_FEATURES[0] in features
     inputs = {k: features[k] for k in model_input_names(heads, masked_words, backbone, shape_features)}
+    distilled = distilled or {}
     labels = {
         h.name: pack_targets(features[h.label_key], features, h.name, distilled[h.name])
         if h.name in distilled
@@ -161,14 +164,14 @@ def training_dataset(
     masked_words: MaskedWords | None = None,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
-    distilled: Mapping[str, int] = {},
+    distilled: Mapping[str, int] | None = None,
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
     rounded up to ``length_buckets`` (``training.length_buckets``). ``shape_features``: the inputs of a
     backbone model built with ``shape_features_beside_backbone``. ``distilled``: the heads with teacher
     predictions in ``file_patterns`` (head name -> classes kept per position; see ``model/distillation.py``)."""
-    parsed = _parsed(file_patterns, tf_transform_output, list(distilled))
+    parsed = _parsed(file_patterns, tf_transform_output, list(distilled or {}))
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
         parsed.filter(lambda f, i=task_index[name]: tf.equal(f["task_id"], i))
@@ -207,7 +210,7 @@ def evaluation_dataset(
     masked_words: bool = False,
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
-    distilled: Mapping[str, int] = {},
+    distilled: Mapping[str, int] | None = None,
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
     ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on);
