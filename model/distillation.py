@@ -105,6 +105,7 @@ class DistillationLoss(keras.losses.Loss):
     over the sample weights as the heads' plain losses are; lambda is ``gold_weight`` at the optimizer's step.
 
     Args:
+        gold_loss: the head's own cross-entropy (``Head.loss``: with its label smoothing, if any), for CE(gold).
         step: the optimizer's step counter (``optimizer.iterations``), read at each call.
         total_steps: the run's optimizer steps (lambda reaches 1 at their end).
         annealing: ``training.teacher_annealing``.
@@ -115,6 +116,7 @@ class DistillationLoss(keras.losses.Loss):
 
     def __init__(
         self,
+        gold_loss: keras.losses.Loss,
         step: keras.Variable,
         total_steps: int,
         annealing: str = "linear",
@@ -122,12 +124,12 @@ class DistillationLoss(keras.losses.Loss):
         name="distillation",
     ):
         super().__init__(reduction=reduction, name=name)
-        self.step, self.total_steps, self.annealing = step, total_steps, annealing
+        self.gold_loss, self.step, self.total_steps, self.annealing = gold_loss, step, total_steps, annealing
 
     def call(self, y_true, y_pred):
         gold, ids, probs = _unpack(y_true)
         log_q = tf.nn.log_softmax(tf.cast(y_pred, tf.float32), axis=-1)
-        gold_ce = -tf.gather(log_q, gold, batch_dims=gold.shape.rank)
+        gold_ce = self.gold_loss.call(gold, y_pred)  # per position, unreduced
         teacher_ce = -tf.reduce_sum(probs * tf.gather(log_q, ids, batch_dims=ids.shape.rank - 1), axis=-1)
         weight = gold_weight(self.step, self.total_steps, self.annealing)
         weight = tf.where(tf.reduce_sum(probs, axis=-1) > 0, weight, 1.0)
@@ -135,7 +137,12 @@ class DistillationLoss(keras.losses.Loss):
 
     def get_config(self):
         # the step counter is the optimizer's: a reloaded loss needs it passed again
-        return {**super().get_config(), "total_steps": self.total_steps, "annealing": self.annealing}
+        return {
+            **super().get_config(),
+            "gold_loss": keras.saving.serialize_keras_object(self.gold_loss),
+            "total_steps": self.total_steps,
+            "annealing": self.annealing,
+        }
 
 
 @keras.saving.register_keras_serializable(package="mtnlp")

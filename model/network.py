@@ -392,7 +392,9 @@ def compile_for_heads(
     for head in distillation.distilled_heads(heads, configs):
         if total_steps is None:
             raise ValueError(f"heads.{head.name}.teacher: distillation anneals over the run's steps; pass total_steps")
-        losses[head.name] = distillation.DistillationLoss(optimizer.iterations, total_steps, teacher_annealing)
+        losses[head.name] = distillation.DistillationLoss(
+            losses[head.name], optimizer.iterations, total_steps, teacher_annealing
+        )
         metrics[head.name] = [distillation.GoldAccuracy(name="accuracy")]
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)

@@ -225,11 +225,10 @@ class HeadConfig:
                 f"decoder 'crf' is trained by the CRF's sequence likelihood; loss {self.loss!r} and label_smoothing "
                 f"{self.label_smoothing} apply to the softmax decoder: set loss=cross_entropy, label_smoothing=0"
             )
-        if self.teacher and (self.loss != "cross_entropy" or self.label_smoothing or self.decoder != "softmax"):
+        if self.teacher and (self.loss != "cross_entropy" or self.decoder != "softmax"):
             raise ValueError(
                 f"teacher {self.teacher!r}: distillation mixes a softmax's cross-entropies (loss=cross_entropy, "
-                f"decoder=softmax, label_smoothing=0); this head has loss={self.loss}, decoder={self.decoder}, "
-                f"label_smoothing={self.label_smoothing}"
+                f"decoder=softmax); this head has loss={self.loss}, decoder={self.decoder}"
             )
         if self.encoder_layer == 0:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")

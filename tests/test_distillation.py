@@ -33,8 +33,9 @@ def test_the_gold_labels_weight_rises_linearly_from_0_to_1_over_the_run(step, an
     assert float(distillation.gold_weight(step, 100, annealing)) == pytest.approx(expected)
 
 
-def _loss_at(step: int, total: int = 100) -> distillation.DistillationLoss:
-    return distillation.DistillationLoss(keras.Variable(step, dtype="int64", trainable=False), total)
+def _loss_at(step: int, total: int = 100, label_smoothing: float = 0.0) -> distillation.DistillationLoss:
+    gold_loss = SENTIMENT_HEAD.loss(HeadConfig(label_smoothing=label_smoothing))  # the head's own cross-entropy
+    return distillation.DistillationLoss(gold_loss, keras.Variable(step, dtype="int64", trainable=False), total)
 
 
 # softmax([ln .5, ln .25, ln .25]) = [.5, .25, .25]: CE of class 0 is ln 2, of class 1 or 2 ln 4
@@ -51,6 +52,9 @@ def test_the_loss_mixes_gold_and_teacher_cross_entropies_by_lambda():
     # at the start the teacher alone, at the end the gold label alone
     assert float(_loss_at(0)(Y_TRUE[:1], LOGITS[:1])) == pytest.approx(LN4, rel=1e-5)
     assert float(_loss_at(100)(Y_TRUE[:1], LOGITS[:1])) == pytest.approx(LN2, rel=1e-5)
+    # the gold term is the head's own loss: with label smoothing 0.1, .9 ln 2 + .1 (ln 2 + ln 4 + ln 4) / 3
+    smoothed = 0.9 * LN2 + 0.1 * (LN2 + 2 * LN4) / 3
+    assert float(_loss_at(100, label_smoothing=0.1)(Y_TRUE[:1], LOGITS[:1])) == pytest.approx(smoothed, rel=1e-5)
 
 
 def test_top_k_targets_per_position_gather_the_teachers_classes():
@@ -100,8 +104,9 @@ def test_a_distilled_heads_accuracy_reads_the_gold_label():
 def test_a_teacher_needs_a_plain_softmax_head():
     with pytest.raises(ValueError, match="teacher 't'.*decoder=crf"):
         HeadConfig(teacher="t", decoder="crf")
-    with pytest.raises(ValueError, match="teacher 't'.*label_smoothing=0.1"):
-        HeadConfig(teacher="t", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="teacher 't'.*loss=ranking"):
+        HeadConfig(teacher="t", loss="ranking")
+    assert HeadConfig(teacher="t", label_smoothing=0.1).teacher == "t"  # the gold term is smoothed
 
 
 def _tiny_model(heads):

@@ -317,7 +317,7 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
         "temperature=2:fixed",
         "distill",
     )
-    first = run_cli(*args)
+    first = run_cli(*args, timeout=1800)  # 10 models on a shared 2-core machine
     assert first.returncode == 0, first.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
     # 2 seeds x (STL sentiment, STL relation, MTL, MTL + distillation, MTL at STL's compute)
@@ -340,7 +340,8 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     equal = next(r for r in results["runs"] if r["config"] == "MTL T=2, fixed at STL's compute")
     stl_seconds = sum(r["train_seconds"] for r in results["runs"] if r["config"] == "STL" and r["seed"] == 1)
     assert equal["time_budget"] == pytest.approx(stl_seconds, abs=0.2)
-    assert equal.get("same_as") == mtl["key"] or equal["train_seconds"] >= stl_seconds
+    # recorded as the reference, or trained again until the budget was spent or its own early stopping stopped it
+    assert equal.get("same_as") == mtl["key"] or equal["train_seconds"] >= stl_seconds or equal["stopped_early"]
     # the distilled model learnt from the seed's STL models (kept in the work folder) and its cost counts theirs
     distilled = next(r for r in results["runs"] if r["config"] == "MTL + distillation" and r["seed"] == 1)
     assert distilled["teacher_seconds"] > stl_seconds
