@@ -226,7 +226,7 @@ STUDIES = {
     # Distillation (issue #27) at a small size: the quick profile's encoder (d=128, 2 layers), 3,000 records per
     # task and split, fixed steps (600 per STL model, 2,400 per MTL model: about the same examples of each task);
     # per seed the default MTL model, the 5 single-head STL models (the teachers) and MTL + distillation. About
-    # 15 minutes per seed on 2 idle cores (measured: README, "Distillation").
+    # 23 minutes for one seed on 2 cores under load 2.5-5 (measured: README, "Distillation").
     "distill-small": StudyConfig(
         tasks=None,
         steps_per_task=600,
