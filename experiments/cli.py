@@ -14,6 +14,7 @@ log = logging.getLogger("mtnlp")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mtnlp.data_location import DATA_HELP, default_data_dir
+    from mtnlp.experiments.mtl_vs_stl import STUDIES
 
     experiment = subparsers.add_parser("experiment", help="run a study on the project's model code")
     studies = experiment.add_subparsers(dest="study", required=True, metavar="STUDY")
@@ -28,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and writes report.md, results.json and plots. Resumes an interrupted study with the same settings.",
     )
     study.add_argument("--quick", action="store_true", help="a few minutes, tiny model and data: checks the machinery")
+    study.add_argument(
+        "--study",
+        choices=sorted(STUDIES),
+        help="the study's settings: full (default), quick (as --quick), distill-small (the quick profile's encoder "
+        "on 3,000 records per task, fixed steps, MTL with and without distillation from the seed's STL models; "
+        "report in reports/mtl-vs-stl-distill-small)",
+    )
     study.add_argument("--data", default=default_data_dir(), help=DATA_HELP)
     study.add_argument("--out", help="report folder (default reports/mtl-vs-stl, or reports/mtl-vs-stl-quick)")
     study.add_argument("--workdir", help="pipeline artifacts and ML Metadata (default workdir/experiments/<out name>)")
@@ -43,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="VARIANT",
         help="MTL variants: the pipeline's default (temperature=2:fixed), named ones (masked-words, "
-        "layered-heads) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
+        "layered-heads, distill: every head also learns from the seed's STL model of it, annealed to the gold "
+        "labels) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
         "the first is the equal-compute reference (default: temperature=2:fixed)",
     )
     study.add_argument(
@@ -122,6 +131,18 @@ def _study_folders(args: argparse.Namespace, report_name: str) -> tuple[str, str
     return out, os.path.abspath(args.workdir or os.path.join("workdir", "experiments", os.path.basename(out)))
 
 
+def _study_name(args: argparse.Namespace) -> str:
+    """Which of the study's settings (``STUDIES``): ``--study``, else quick with ``--quick``, else full."""
+    return args.study or ("quick" if args.quick else "full")
+
+
+def _report_name(args: argparse.Namespace) -> str:
+    """The report folder's name under reports/ before ``_study_folders`` adds --quick's suffix: mtl-vs-stl, or
+    mtl-vs-stl-<study> for a study other than full and quick."""
+    name = _study_name(args)
+    return "mtl-vs-stl" if name in ("full", "quick") else f"mtl-vs-stl-{name}"
+
+
 def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp import logs
     from mtnlp.extras import require_extra
@@ -133,7 +154,7 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp.experiments.mtl_vs_stl import study_config, variants_from
     from mtnlp.model import devices
 
-    name = "quick" if args.quick else "full"
+    name = _study_name(args)
     config = study_config(
         name,
         tasks=tuple(args.tasks) if args.tasks else None,
@@ -151,7 +172,7 @@ def mtl_vs_stl_command(args: argparse.Namespace) -> int:
     from mtnlp.experiments.report import REPORT_FILE, format_table
 
     logs.configure_logging(args.verbose)
-    if not (folders := _study_folders(args, "mtl-vs-stl")):
+    if not (folders := _study_folders(args, _report_name(args))):
         return 2
     out, workdir = folders
     log.warning(
@@ -184,7 +205,7 @@ def _rewrite_report(args: argparse.Namespace) -> int:
 
     from mtnlp.experiments.report import REPORT_FILE, RESULTS_FILE, format_table, write_report
 
-    out = os.path.abspath(args.out or os.path.join("reports", "mtl-vs-stl" + ("-quick" if args.quick else "")))
+    out = os.path.abspath(args.out or os.path.join("reports", _report_name(args)))
     path = os.path.join(out, RESULTS_FILE)
     try:
         with open(path) as f:

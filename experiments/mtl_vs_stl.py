@@ -60,6 +60,8 @@ class MtlVariant:
         temperature: T of temperature sampling.
         settings: ``section.key=value`` assignments, e.g. the masked-word objective.
         label: how the report names it (default: from sampling and weighting).
+        distill: every head learns also from the seed's STL model of it (its teacher, ``heads.<name>.teacher``;
+            ``model/distillation.py``), annealed from the teacher to the gold labels; it trains after them.
     """
 
     sampling: str = "temperature"
@@ -67,6 +69,7 @@ class MtlVariant:
     temperature: float = 2.0
     settings: tuple[str, ...] = ()
     label: str = ""
+    distill: bool = False
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
@@ -86,7 +89,7 @@ class MtlVariant:
 
     @classmethod
     def parse(cls, spec: str) -> MtlVariant:
-        """A named variant (``masked-words``, ``layered-heads``) or ``SAMPLING[=T]:WEIGHTING``, e.g.
+        """A named variant (``masked-words``, ``layered-heads``, ``distill``) or ``SAMPLING[=T]:WEIGHTING``, e.g.
         ``temperature=2:uncertainty``, ``uniform:fixed``, ``proportional``."""
         if spec in NAMED_VARIANTS:
             return NAMED_VARIANTS[spec]
@@ -98,6 +101,7 @@ class MtlVariant:
 NAMED_VARIANTS = {
     "masked-words": MtlVariant(settings=MASKED_WORDS, label="MTL + masked words"),
     "layered-heads": MtlVariant(settings=("heads.pos.encoder_layer=1",), label="MTL + layered heads"),
+    "distill": MtlVariant(distill=True, label="MTL + distillation"),
 }
 
 
@@ -219,6 +223,22 @@ STUDIES = {
         stl_per_task=True,
         equal_compute=True,
     ),
+    # Distillation (issue #27) at a small size: the quick profile's encoder (d=128, 2 layers), 3,000 records per
+    # task and split, fixed steps (600 per STL model, 2,400 per MTL model: about the same examples of each task);
+    # per seed the default MTL model, the 5 single-head STL models (the teachers) and MTL + distillation. About
+    # 23 minutes for one seed on 2 cores under load 2.5-5 (measured: README, "Distillation").
+    "distill-small": StudyConfig(
+        tasks=None,
+        steps_per_task=600,
+        seeds=(1, 2, 3),
+        variants=(MtlVariant(), NAMED_VARIANTS["distill"]),
+        model=_MODEL,
+        training=_TRAINING,
+        max_records_per_split=3000,
+        eval_records=1000,
+        validation_points=6,
+        eval_steps=5,
+    ),
 }
 
 EQUAL_COMPUTE_SUFFIX = " at STL's compute"
@@ -236,16 +256,23 @@ class PlannedRun:
     settings: tuple[str, ...] = ()
     # equal compute: train within the summed training time of this configuration's runs of the same seed
     budget_of: str | None = None
+    # distillation: this configuration's models of the same seed are the teachers of the run's heads
+    teachers_of: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.config} | {'+'.join(self.heads)} | seed {self.seed}"
 
+    @property
+    def waits_for(self) -> str | None:
+        """The configuration whose runs of the same seed must be recorded before this one can start."""
+        return self.budget_of or self.teachers_of
+
 
 def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     """Seed by seed (a partial study still compares every configuration): each MTL variant, the single-head
-    STL models (the cheap ones first: translation's decoder makes its model the slowest) and the equal-compute
-    MTL model (which needs their times). The optional STL models (per task, with masked words) come after every
+    STL models (the cheap ones first: translation's decoder makes its model the slowest), the distilled MTL
+    variants (the STL models are their teachers) and the equal-compute MTL model (which needs their times). The optional STL models (per task, with masked words) come after every
     seed's main runs, so that an interrupted study has its verdicts first."""
     from mtnlp.model.tasks import get_head, select_tasks, supervised_tasks
 
@@ -255,10 +282,19 @@ def plan_runs(config: StudyConfig) -> list[PlannedRun]:
     mtl_steps = config.mtl_steps or config.steps_per_task * len(task_names)
     runs = []
     for seed in config.seeds:
-        runs += [PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings) for v in config.variants]
+        runs += [
+            PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings)
+            for v in config.variants
+            if not v.distill
+        ]
         runs += [
             PlannedRun(STL, (head,), (task,), seed, config.steps_per_task)
             for task, head in sorted(heads, key=lambda th: not get_head(th[1]).needs_logits)
+        ]
+        runs += [  # after the STL models of the seed: its teachers
+            PlannedRun(v.name, all_heads, task_names, seed, mtl_steps, v, v.settings, teachers_of=STL)
+            for v in config.variants
+            if v.distill
         ]
         if config.equal_compute:
             reference = config.variants[0]
@@ -352,6 +388,10 @@ class _Job:
     budget_seconds: float | None
     log_prefix: str
     verbose: bool
+    # where STL models are kept as teachers (``teacher_dir``); None: the study distils nothing, keeps no model
+    models_dir: str | None = None
+    # the seed's STL runs as recorded (their training time is a distilled run's cost)
+    teacher_runs: tuple[dict[str, Any], ...] = ()
 
 
 class Study:
@@ -455,7 +495,18 @@ class Study:
             budget = time_budget(run, self.results["runs"])
             record = self._equal_compute(run, budget) if budget is not None else None
             if record is None:
-                job = _Job(run, self.config, self.data_root, data, weights, budget, prefix, self.verbose)
+                job = _Job(
+                    run,
+                    self.config,
+                    self.data_root,
+                    data,
+                    weights,
+                    budget,
+                    prefix,
+                    self.verbose,
+                    os.path.join(self.workdir, "models") if any(v.distill for v in self.config.variants) else None,
+                    tuple(_recorded(self.results["runs"], run.teachers_of, run.seed)) if run.teachers_of else (),
+                )
                 # a fresh process per model: its peak memory is its own, and TensorFlow's state does not pile up
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as process:
                     record = process.submit(train_and_score, job).result()
@@ -550,12 +601,12 @@ def next_run(
     seconds_left: float | None,
 ) -> PlannedRun | None:
     """The first run of ``todo`` that can go now: an equal-compute run once its seed's budget runs are all
-    recorded, and, with a time limit, one expected to finish in ``seconds_left`` (a later, shorter run goes
+    recorded, a distilled run once its seed's teachers are, and, with a time limit, one expected to finish in ``seconds_left`` (a later, shorter run goes
     before a long one that would not finish); None when none can."""
     done = {r["key"] for r in runs}
     for run in todo:
-        if run.budget_of and any(
-            p.key not in done for p in planned if p.config == run.budget_of and p.seed == run.seed
+        if run.waits_for and any(
+            p.key not in done for p in planned if p.config == run.waits_for and p.seed == run.seed
         ):
             continue
         expected = expected_seconds(run, runs)
@@ -582,9 +633,11 @@ def train_and_score(job: _Job) -> dict[str, Any]:
         serving_latency_ms,
     )
     from mtnlp.model import contract
+    from mtnlp.model.preprocessing import WORDS_VOCABULARY
     from mtnlp.model.signatures import ServingModule
     from mtnlp.model.tasks import select_tasks
     from mtnlp.model.training import train_model
+    from mtnlp.model.warm_start import save_for_warm_start
     from mtnlp.serving.evaluate import evaluate_signatures, read_task_data
 
     logs.configure_logging(job.verbose)
@@ -600,6 +653,14 @@ def train_and_score(job: _Job) -> dict[str, Any]:
     if run.variant is not None:
         training = dataclasses.replace(training, loss_weighting=run.variant.weighting)
     model, training, head_configs = with_settings(config.model, training, config.heads, run.settings)
+    if run.teachers_of:
+        head_configs = {
+            **head_configs,
+            **{
+                h: dataclasses.replace(head_configs[h], teacher=teacher_dir(job.models_dir, run.seed, h))
+                for h in run.heads
+            },
+        }
     # the request signatures that answer the model's heads: scored, and timed for serving latency
     answering = {contract.signature_for(t, h) for t in tasks for h in t.heads}
     callbacks, stopping, budget = [], None, None
@@ -635,7 +696,16 @@ def train_and_score(job: _Job) -> dict[str, Any]:
         epochs=config.epochs(run.steps),
         callbacks=callbacks,
         log_prefix=job.log_prefix,
+        teacher_cache_dir=os.path.join(job.models_dir, f"seed-{run.seed}", "teacher_cache")
+        if run.teachers_of
+        else None,
     )
+    if job.models_dir and run.config == STL:  # a teacher of the seed's distilled runs
+        save_for_warm_start(
+            trained.model,
+            tft_output.vocabulary_file_by_name(WORDS_VOCABULARY),
+            teacher_dir(job.models_dir, run.seed, run.heads[0]),
+        )
     signatures = ServingModule(trained.model, tft_output, tasks, config.beam_width, config.length_penalty).signatures(
         answering
     )
@@ -668,8 +738,21 @@ def train_and_score(job: _Job) -> dict[str, Any]:
         record.update(points=stopping.points, best_step=stopping.best_step, stopped_early=stopping.stopped_early)
     if budget is not None:
         record.update(time_budget=round(budget.seconds, 1), budget_spent=budget.spent)
+    if run.teachers_of:
+        # the distilled model's cost includes its teachers' training and the pass that caches their predictions
+        teachers = sum(r["train_seconds"] for r in job.teacher_runs)
+        record.update(
+            own_train_seconds=record["train_seconds"],
+            teacher_seconds=round(teachers + trained.teacher_seconds, 1),
+            train_seconds=round(trained.seconds + teachers + trained.teacher_seconds, 1),
+        )
     record["wall_seconds"] = round(time.time() - start, 1)
     return record
+
+
+def teacher_dir(models_dir: str, seed: int, head: str) -> str:
+    """Where the study keeps the seed's STL model of ``head`` (the Trainer's Format-Keras layout), a teacher."""
+    return os.path.join(models_dir, f"seed-{seed}", head, "Format-Keras")
 
 
 def study_config(name: str, studies: dict[str, StudyConfig] | None = None, **overrides: Any) -> StudyConfig:

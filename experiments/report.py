@@ -399,6 +399,14 @@ def _setup(results: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"- Fixed steps: each STL model {study['steps_per_task']}, each MTL model that times the tasks.")
+    distilled = sorted({r["config"] for r in results["runs"] if "teacher_seconds" in r})
+    if distilled:
+        lines.append(
+            f"- Distillation ({', '.join(distilled)}): every head also learns from the seed's STL model of it, the "
+            "target annealed linearly from the teacher's distribution to the gold label over the run "
+            "(`model/distillation.py`); its training time counts its teachers' training and the pass that caches "
+            "their predictions (in `results.json`: `own_train_seconds`, `teacher_seconds`)."
+        )
     lines += [
         f"- Final scores through the serving signatures with the pipeline's metrics (`serving/evaluate.py`), beam "
         f"width {study.get('beam_width', 1)}. Seeds: {', '.join(map(str, study['seeds']))}; differences from STL "

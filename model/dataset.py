@@ -13,11 +13,12 @@ only with the masked words' ids, so the shared encoder also learns from the text
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from mtnlp.model.distillation import pack_targets, teacher_feature_spec
 from mtnlp.model.heads import Head
 from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, mask_word_id, model_input_names
 from mtnlp.model.preprocessing import (
@@ -96,16 +97,20 @@ def task_weights(counts: dict[str, int], sampling: str, temperature: float = 1.0
     return {name: value / total for name, value in raw.items()}
 
 
-def _files(file_patterns: Sequence[str]) -> list[str]:
+def matching_files(file_patterns: Sequence[str]) -> list[str]:
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no transformed examples match {list(file_patterns)}")
     return files
 
 
-def _parsed(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
-    spec = tf_transform_output.transformed_feature_spec()
-    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP").map(
+def _parsed(
+    file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput, distilled: Sequence[str] = ()
+) -> tf.data.Dataset:
+    """Transform's features of each record, and the teacher predictions of the ``distilled`` heads (written by
+    ``distillation.cache_teacher_predictions``; sparse, empty where a record has none)."""
+    spec = {**tf_transform_output.transformed_feature_spec(), **teacher_feature_spec(distilled)}
+    return tf.data.TFRecordDataset(matching_files(file_patterns), compression_type="GZIP").map(
         lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE
     )
 
@@ -119,9 +124,11 @@ def count_examples_per_task(file_patterns: Sequence[str], tf_transform_output: t
     return {task.name: int(n) for task, n in zip(tasks, counts.numpy())}
 
 
-def _trim_to_longest(
+def trim_batch(
     features: dict[str, tf.Tensor], heads: Sequence[Head], length_buckets: Sequence[int] = ()
 ) -> dict[str, tf.Tensor]:
+    """A batch of Transform's features cut to its longest sentence (``batch_length``): the encoder's word
+    features and each head's own (``Head.trim``: per-word labels, targets); the other features are kept."""
     length = batch_length(features, length_buckets)
     trimmed = trim_to_longest(features, SEQUENCE_FEATURES, length_buckets)  # a pretrained backbone's pieces too
     for head in heads:  # each head kind cuts its own features (per-word labels, targets)
@@ -130,15 +137,27 @@ def _trim_to_longest(
 
 
 def _to_keras(
-    features: dict[str, tf.Tensor], heads: Sequence[Head], shape_features: bool = False, characters: bool = False
+    features: dict[str, tf.Tensor],
+    heads: Sequence[Head],
+    shape_features: bool = False,
+    characters: bool = False,
+    distilled: Mapping[str, int] | None = None,
 ):
+    """(inputs, labels, sample weights) of a batch; a distilled head's labels are packed with its teacher's
+    predictions (``distilled``: head name -> classes kept per position; ``distillation.pack_targets``)."""
     masked_words = MASKED_WORD_LABELS in features
     backbone = PIECE_FEATURES[0] in features
     names = model_input_names(heads, masked_words, backbone, shape_features, characters)
     if CHAR_CODES in names:  # per batch, after the cut: not stored by Transform (see model/preprocessing.py)
         features = {**features, CHAR_CODES: char_codes(features["words"])}
     inputs = {k: features[k] for k in names}
-    labels = {h.name: features[h.label_key] for h in heads}
+    distilled = distilled or {}
+    labels = {
+        h.name: pack_targets(features[h.label_key], features, h.name, distilled[h.name])
+        if h.name in distilled
+        else features[h.label_key]
+        for h in heads
+    }
     weights = {h.name: features[h.weight_key] for h in heads}
     if masked_words:  # the output is the loss itself; its label is a placeholder
         labels[MASKED_WORDS], weights[MASKED_WORDS] = (
@@ -159,13 +178,16 @@ def training_dataset(
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
     characters: bool = False,
+    distilled: Mapping[str, int] | None = None,
 ) -> tf.data.Dataset:
     """Endless (inputs, labels, sample_weights) batches, tasks mixed with the given sampling weights
     (and, with ``masked_words``, its share of masked-word examples), each cut to its longest sentence
     rounded up to ``length_buckets`` (``training.length_buckets``). ``shape_features``: the inputs of a
     backbone model built with ``shape_features_beside_backbone``; ``characters``: of a from-scratch model with a
-    character CNN (``model.char_cnn_dim``), whose character codes are computed per batch."""
-    parsed = _parsed(file_patterns, tf_transform_output)
+    character CNN (``model.char_cnn_dim``), whose character codes are computed per batch. ``distilled``: the heads
+    with teacher predictions in ``file_patterns`` (head name -> classes kept per position; see
+    ``model/distillation.py``)."""
+    parsed = _parsed(file_patterns, tf_transform_output, list(distilled or {}))
     task_index = {t.name: i for i, t in enumerate(registered_tasks())}
     streams = [
         parsed.filter(lambda f, i=task_index[name]: tf.equal(f["task_id"], i))
@@ -189,7 +211,7 @@ def training_dataset(
     return (
         mixed.batch(batch_size, drop_remainder=True)
         .map(
-            lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features, characters),
+            lambda f: _to_keras(trim_batch(f, heads, length_buckets), heads, shape_features, characters, distilled),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .prefetch(tf.data.AUTOTUNE)
@@ -205,10 +227,12 @@ def evaluation_dataset(
     length_buckets: Sequence[int] = (),
     shape_features: bool = False,
     characters: bool = False,
+    distilled: Mapping[str, int] | None = None,
 ) -> tf.data.Dataset:
     """One pass over the evaluation split, in file order, repeated so Keras can take N steps each epoch.
     ``masked_words``: in the structure of a model with the masked-word objective (which it is not scored on);
-    ``shape_features`` and ``characters`` as for ``training_dataset``."""
+    ``shape_features`` and ``characters`` as for ``training_dataset``; ``distilled``: the distilled heads, whose
+    labels are packed as in training, without teacher predictions (validated on the gold labels)."""
     parsed = _parsed(file_patterns, tf_transform_output)
     return (
         (parsed.map(_without_masked_words) if masked_words else parsed)
@@ -216,7 +240,7 @@ def evaluation_dataset(
         .shuffle(8192, seed=0, reshuffle_each_iteration=False)  # mixes tasks so a few steps see all of them
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(lambda f: _to_keras(_trim_to_longest(f, heads, length_buckets), heads, shape_features, characters))
+        .map(lambda f: _to_keras(trim_batch(f, heads, length_buckets), heads, shape_features, characters, distilled))
         .prefetch(tf.data.AUTOTUNE)
     )
 

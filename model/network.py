@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import keras
 import keras_hub
 
-from mtnlp.model import checkpoints, text
+from mtnlp.model import checkpoints, distillation, text
 from mtnlp.model.backbone import FIRST_PIECE, PIECE_IDS
 from mtnlp.model.backbone import SETTING as BACKBONE_SETTING
 from mtnlp.model.heads import BuildContext, DecoderSizes, Head
@@ -398,6 +398,8 @@ def compile_for_heads(
     optimizer: keras.optimizers.Optimizer,
     loss_weighting: str = "fixed",
     head_configs: Mapping[str, HeadConfig] | None = None,
+    total_steps: int | None = None,
+    teacher_annealing: str = "linear",
 ) -> None:
     """Each head's loss (``Head.loss``: cross-entropy or, with ``loss="ranking"``, CR-CNN's pairwise ranking
     loss), averaged over the examples (or words) that carry its label, and its training metric.
@@ -411,6 +413,10 @@ def compile_for_heads(
 
     The heads' losses are summed with ``loss_weighting``: "fixed" (each head's ``loss_weight``) or
     "uncertainty" (learned; the model needs ``build_model(uncertainty_weighting=True)``).
+
+    A head with a teacher (``heads.<name>.teacher``) learns from its gold labels and its teacher's predictions,
+    mixed by ``teacher_annealing`` over ``total_steps`` optimizer steps (``model/distillation.py``); its labels
+    are then ``distillation.pack_targets``' (``model/dataset.py`` packs them).
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
@@ -422,6 +428,14 @@ def compile_for_heads(
                 "other loss: pass the same head_configs to build_model and compile_for_heads"
             )
     losses = {h.name: h.loss(configs[h.name], model.get_layer(h.name)) for h in heads}
+    metrics = {h.name: [h.training_metric()] for h in heads}
+    for head in distillation.distilled_heads(heads, configs):
+        if total_steps is None:
+            raise ValueError(f"heads.{head.name}.teacher: distillation anneals over the run's steps; pass total_steps")
+        losses[head.name] = distillation.DistillationLoss(
+            losses[head.name], optimizer.iterations, total_steps, teacher_annealing
+        )
+        metrics[head.name] = [distillation.GoldAccuracy(name="accuracy")]
     if loss_weighting == "uncertainty":
         uncertainty = model.get_layer(TASK_UNCERTAINTY)
         losses = {name: UncertaintyWeightedLoss(loss, uncertainty, name) for name, loss in losses.items()}
@@ -432,5 +446,5 @@ def compile_for_heads(
         optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
-        weighted_metrics={h.name: [h.training_metric()] for h in heads},
+        weighted_metrics=metrics,
     )

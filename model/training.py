@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,7 +19,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from mtnlp.model import dataset, distribution
+from mtnlp.model import dataset, distillation, distribution
 from mtnlp.model.heads import Head
 from mtnlp.model.network import ENCODER_OUTPUT, build_model, compile_for_heads, head_configs_for
 from mtnlp.model.preprocessing import WORDS_VOCABULARY
@@ -207,7 +209,15 @@ def build_training_model(
         clipnorm=1.0,
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
-    compile_for_heads(model, heads, optimizer, loss_weighting=training.loss_weighting, head_configs=head_configs)
+    compile_for_heads(
+        model,
+        heads,
+        optimizer,
+        loss_weighting=training.loss_weighting,
+        head_configs=head_configs,
+        total_steps=steps,
+        teacher_annealing=training.teacher_annealing,
+    )
     model.jit_compile = training.jit_compile
     return model
 
@@ -220,6 +230,7 @@ class TrainedModel:
     steps: int
     seconds: float  # in model.fit, tracing included
     warm_start_report: Any = None
+    teacher_seconds: float = 0.0  # running the teachers over the training records (distillation), before fit
 
     @property
     def parameters(self) -> int:
@@ -243,14 +254,38 @@ def train_model(
     base_model: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     log_prefix: str = "",
+    teacher_cache_dir: str | None = None,
 ) -> TrainedModel:
     """Fits a model with ``heads`` for ``steps`` optimizer steps, batches mixed by ``task_weights``.
 
     ``head_configs``: the heads' settings (the config's ``heads`` section); ``epochs`` is the number of
-    validation points (default: one per 100 steps, at most 10).
+    validation points (default: one per 100 steps, at most 10). Heads with a teacher (``heads.<name>.teacher``)
+    are distilled: the teachers' predictions are written with the training records to ``teacher_cache_dir``
+    (default: a temporary folder, removed after training) before training (``model/distillation.py``).
     """
     keras.utils.set_random_seed(training.seed)
     words = vocabulary_size(tf_transform_output, transform.num_oov_buckets)
+    target_sizes = target_vocabulary_sizes(tf_transform_output, heads, transform.num_oov_buckets)
+    distilled, teacher_seconds, own_cache_dir = {}, 0.0, None
+    if distillation.distilled_heads(heads, head_configs):
+        start = time.time()
+        if not teacher_cache_dir:
+            own_cache_dir = tempfile.mkdtemp(prefix="mtnlp-teachers-")
+        output_sizes = {h.name: target_sizes.get(h.name, h.num_labels) for h in heads}
+        train_files = distillation.cache_teacher_predictions(
+            heads,
+            head_configs,
+            tf_transform_output,
+            train_files,
+            output_sizes,
+            tf_transform_output.vocabulary_file_by_name(WORDS_VOCABULARY),
+            teacher_cache_dir or own_cache_dir,
+        )
+        distilled = {
+            h.name: distillation.top_k(h, output_sizes[h.name])
+            for h in distillation.distilled_heads(heads, head_configs)
+        }
+        teacher_seconds = time.time() - start
     masked_words = None
     if transform.backbone_preset:
         log.warning(
@@ -275,6 +310,7 @@ def train_model(
         training.length_buckets,
         shape_features,
         characters,
+        distilled,
     )
     eval_data = dataset.evaluation_dataset(
         eval_files,
@@ -285,6 +321,7 @@ def train_model(
         training.length_buckets,
         shape_features,
         characters,
+        distilled,
     )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
     epochs = epochs or max(1, min(10, steps // 100))
@@ -293,7 +330,7 @@ def train_model(
         model = build_training_model(
             heads,
             words,
-            target_vocabulary_sizes(tf_transform_output, heads, transform.num_oov_buckets),
+            target_sizes,
             model_config,
             training,
             transform,
@@ -327,9 +364,13 @@ def train_model(
             *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else []),
         ],
     )
+    if own_cache_dir:
+        shutil.rmtree(own_cache_dir, ignore_errors=True)
     # a callback may stop training early (the studies' early stopping and time budget)
     history = [
         {"step": (epoch + 1) * steps_per_epoch, **{k: float(v[epoch]) for k, v in fitted.history.items()}}
         for epoch in range(len(fitted.history.get("loss", [])))
     ]
-    return TrainedModel(model, history, int(model.optimizer.iterations.numpy()), time.time() - start, report)
+    return TrainedModel(
+        model, history, int(model.optimizer.iterations.numpy()), time.time() - start, report, teacher_seconds
+    )

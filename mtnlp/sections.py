@@ -20,6 +20,9 @@ LOSSES = ("cross_entropy", "ranking")
 DECODERS = ("softmax", "crf")
 # How a word's feature embeddings are combined (``ModelConfig.embedding_combiner``).
 EMBEDDING_COMBINERS = ("sum", "concat_maxout")
+# How a distilled head's target moves from its teacher to the gold label (``TrainingConfig.teacher_annealing``,
+# model/distillation.py): "linear" (lambda from 0 to 1 over the run's steps), "off" (lambda 0: the teacher only).
+TEACHER_ANNEALINGS = ("linear", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +152,16 @@ class TrainingConfig:
     # Compile the training step with XLA (Keras' jit_compile): one compilation per batch shape, so pair it
     # with length_buckets. Models with a sequence head (translation) fail to compile on CPU (README, "Benchmarks").
     jit_compile: bool = False
+    # Heads with a teacher (heads.<name>.teacher) learn from lambda * gold + (1 - lambda) * teacher; "linear":
+    # lambda rises from 0 to 1 over the run's steps (teacher annealing, Clark et al. 2019), "off": lambda is 0.
+    teacher_annealing: Literal["linear", "off"] = "linear"
 
     def __post_init__(self) -> None:
+        if self.teacher_annealing not in TEACHER_ANNEALINGS:
+            raise ValueError(
+                f"training.teacher_annealing: expected one of {', '.join(TEACHER_ANNEALINGS)}, "
+                f"got {self.teacher_annealing!r}"
+            )
         if not self.backbone_learning_rate_multiplier > 0:
             raise ValueError(
                 f"training.backbone_learning_rate_multiplier: {self.backbone_learning_rate_multiplier} is not positive"
@@ -202,6 +213,10 @@ class HeadConfig:
     # Scales training.learning_rate (and its warmup and decay) for the head's own layers: those its output depends
     # on beyond the shared encoder (a sequence head's decoder included); see model/training.py.
     learning_rate_multiplier: float = 1.0
+    # Knowledge distillation: a trained model of the same Transform output whose predictions the head also learns
+    # from (training.teacher_annealing mixes them with the gold labels; model/distillation.py): a Trainer's or the
+    # study's model folder (its Format-Keras/ or Format-Serving/). None: gold labels only.
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -221,6 +236,11 @@ class HeadConfig:
             raise ValueError(
                 f"decoder 'crf' is trained by the CRF's sequence likelihood; loss {self.loss!r} and label_smoothing "
                 f"{self.label_smoothing} apply to the softmax decoder: set loss=cross_entropy, label_smoothing=0"
+            )
+        if self.teacher and (self.loss != "cross_entropy" or self.decoder != "softmax"):
+            raise ValueError(
+                f"teacher {self.teacher!r}: distillation mixes a softmax's cross-entropies (loss=cross_entropy, "
+                f"decoder=softmax); this head has loss={self.loss}, decoder={self.decoder}"
             )
         if self.encoder_layer == 0:
             raise ValueError("encoder_layer: 0 is no layer; 1.. counts from the bottom, -1.. from the top")

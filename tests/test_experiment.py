@@ -70,6 +70,27 @@ def _run(config, seed, metrics, seconds=10.0, parameters=1000, **extra):
     }
 
 
+def test_a_distilled_variant_trains_after_the_seeds_stl_models_its_teachers():
+    config = study_config("distill-small", tasks=("sentiment", "relation"), seeds=(1, 2))
+    runs = plan_runs(config)
+    assert [(r.config, r.heads, r.teachers_of) for r in runs if r.seed == 1] == [
+        ("MTL T=2, fixed", ("sentiment", "relation"), None),
+        ("STL", ("sentiment",), None),
+        ("STL", ("relation",), None),
+        ("MTL + distillation", ("sentiment", "relation"), "STL"),
+    ]
+    distilled = runs[3]
+    assert distilled.variant.distill and distilled.steps == 1200  # the MTL steps: 600 per task
+    recorded = [
+        {"key": r.key, "config": r.config, "heads": list(r.heads), "seed": 1, "steps": r.steps, "wall_seconds": 60}
+        for r in runs[:3]
+    ]
+    assert next_run([distilled], runs, recorded[:2], seconds_left=None) is None  # STL relation not recorded yet
+    assert next_run([distilled], runs, recorded, seconds_left=None) == distilled
+    assert MtlVariant.parse("distill").name == "MTL + distillation"
+    assert config.model.embedding_dim == 128 and config.max_records_per_split == 3000 and config.patience is None
+
+
 def test_a_time_limit_starts_only_runs_expected_to_finish_and_a_shorter_later_one_goes_first():
     planned = plan_runs(study_config("full", tasks=("tagging", "sentiment"), seeds=(1, 2)))
     mtl, stl_pos, stl_ner, stl_sentiment, equal, *rest = planned
@@ -292,13 +313,21 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
         str(out),
         "--workdir",
         str(workdir),
+        "--variants",
+        "temperature=2:fixed",
+        "distill",
     )
-    first = run_cli(*args)
+    first = run_cli(*args, timeout=1800)  # 10 models on a shared 2-core machine
     assert first.returncode == 0, first.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
-    # 2 seeds x (STL sentiment, STL relation, MTL, MTL at STL's compute)
-    assert len(results["runs"]) == 8
-    assert {r["config"] for r in results["runs"]} == {"STL", "MTL T=2, fixed", "MTL T=2, fixed at STL's compute"}
+    # 2 seeds x (STL sentiment, STL relation, MTL, MTL + distillation, MTL at STL's compute)
+    assert len(results["runs"]) == 10
+    assert {r["config"] for r in results["runs"]} == {
+        "STL",
+        "MTL T=2, fixed",
+        "MTL + distillation",
+        "MTL T=2, fixed at STL's compute",
+    }
     for run in results["runs"]:
         assert set(run["metrics"]) == set(run["heads"]), run["key"]
         assert all(0.0 <= v <= 1.0 for m in run["metrics"].values() for v in m.values())
@@ -311,31 +340,40 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     equal = next(r for r in results["runs"] if r["config"] == "MTL T=2, fixed at STL's compute")
     stl_seconds = sum(r["train_seconds"] for r in results["runs"] if r["config"] == "STL" and r["seed"] == 1)
     assert equal["time_budget"] == pytest.approx(stl_seconds, abs=0.2)
-    assert equal.get("same_as") == mtl["key"] or equal["train_seconds"] >= stl_seconds
+    # recorded as the reference, or trained again until the budget was spent or its own early stopping stopped it
+    assert equal.get("same_as") == mtl["key"] or equal["train_seconds"] >= stl_seconds or equal["stopped_early"]
+    # the distilled model learnt from the seed's STL models (kept in the work folder) and its cost counts theirs
+    distilled = next(r for r in results["runs"] if r["config"] == "MTL + distillation" and r["seed"] == 1)
+    assert distilled["teacher_seconds"] > stl_seconds
+    assert distilled["train_seconds"] == pytest.approx(distilled["own_train_seconds"] + distilled["teacher_seconds"])
+    for head in ("sentiment", "relation"):
+        assert (workdir / "models" / "seed-1" / head / "Format-Keras" / "model.keras").exists()
+    assert "Teacher predictions cached for" in first.stderr and "sentiment " in first.stderr
     text = (out / "report.md").read_text()
     assert "| sentiment (accuracy) |" in text and "| relation (semeval_macro_f1) |" in text
     assert "**What the numbers say.**" in text and "mtl-vs-stl --quick" in text and "serving latency" in text
+    assert "- Distillation (MTL + distillation): every head also learns from the seed's STL model" in text
     for plot in ("metrics.png", "curves.png", "cost.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[1/8] MTL T=2, fixed: sentiment+relation, seed 1" in first.stderr and "ETA" in first.stderr
+    assert "[1/10] MTL T=2, fixed: sentiment+relation, seed 1" in first.stderr and "ETA" in first.stderr
 
     again = run_cli(*args)  # every run is recorded: nothing is trained again
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "Resuming: 8 of 8 runs" in again.stderr and "Training" not in again.stderr
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 8
+    assert "Resuming: 10 of 10 runs" in again.stderr and "Training" not in again.stderr
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 10
 
     (out / "report.md").unlink()
     rewritten = run_cli("experiment", "mtl-vs-stl", "--report-only", "--out", str(out))
     assert rewritten.returncode == 0, rewritten.stderr[-5000:]
-    assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(8 runs)" in rewritten.stdout
+    assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(10 runs)" in rewritten.stdout
 
-    # seed 2's STL runs lost: under a time limit they fit in none, and the equal-compute run waits for them
+    # seed 2's STL runs lost: under a time limit they fit in none, and the equal-compute and distilled runs wait
     results["runs"] = [r for r in results["runs"] if r["seed"] == 1 or r["config"] == "MTL T=2, fixed"]
     (out / "results.json").write_text(json.dumps(results))
     limited = run_cli(*args, "--hours", "0.001")
     assert limited.returncode == 0, limited.stderr[-5000:]
-    assert "Stopping: none of the 3 runs left is expected to finish within --hours 0.001" in limited.stderr
-    assert "Training" not in limited.stderr and len(json.loads((out / "results.json").read_text())["runs"]) == 5
+    assert "Stopping: none of the 4 runs left is expected to finish within --hours 0.001" in limited.stderr
+    assert "Training" not in limited.stderr and len(json.loads((out / "results.json").read_text())["runs"]) == 6
 
 
 def test_report_only_names_a_missing_results_file(tmp_path):
