@@ -14,7 +14,7 @@ is written again, in file order, with its teacher's top-k classes and probabilit
 (``<head>_teacher_ids``, ``<head>_teacher_probs``). The Trainer's input pipeline (``model/dataset.py``) then reads
 them with the record, so task sampling, shuffling and caching work as before and a training step costs what it
 costs without distillation; running the teachers in every step would add one forward pass per teacher per batch.
-A label head stores its whole distribution (k = its label count: exact); a sequence head its TOP_K most probable
+A label head stores its whole distribution (k = its label count: exact); a sequence head its 8 most probable
 target pieces per position, renormalized (its vocabulary has thousands of pieces: the full distribution would make
 the cache ~1000x larger, while the top 8 carry almost all the mass).
 
@@ -40,8 +40,6 @@ from mtnlp.sections import HeadConfig
 
 log = logging.getLogger(__name__)
 
-# Target pieces kept per position for a sequence head (translation).
-TOP_K = 8
 CACHE_FILE = "teacher_predictions.tfrecord.gz"
 
 
@@ -60,8 +58,8 @@ def teacher_keys(head_name: str) -> tuple[str, str]:
 
 
 def top_k(head: Head, num_classes: int) -> int:
-    """Classes kept per position: a label head's every class, a sequence head's TOP_K pieces."""
-    return min(TOP_K, num_classes) if head.kind == "sequence" else num_classes
+    """Classes kept per position: the head kind's ``distilled_classes`` (a sequence head's 8 pieces), or all."""
+    return min(head.distilled_classes or num_classes, num_classes)
 
 
 def teacher_feature_spec(head_names: Sequence[str]) -> dict[str, tf.io.VarLenFeature]:

@@ -274,6 +274,9 @@ class Head:
     needs_logits: ClassVar[bool] = True  # served from the model's logits (not by its own decoding loop)
     # ``mtnlp predict`` asks for it only when named (a decoding loop is costly)
     on_request: ClassVar[bool] = False
+    # Distillation (model/distillation.py): the teacher's most probable classes kept per position in the cache;
+    # None keeps the whole distribution (exact), which label heads afford and a target vocabulary does not.
+    distilled_classes: ClassVar[int | None] = None
 
     def prepare_serving(self, module: Any, tf_transform_output: Any) -> None:
         """Graph constants the head's serving outputs need, kept on the serving module."""
@@ -596,6 +599,8 @@ class SequenceHead(Head):
     label_field_kinds: ClassVar[tuple[str, ...]] = ("text",)
     needs_logits: ClassVar[bool] = False
     on_request: ClassVar[bool] = True
+    # the top 8 pieces carry almost all of a position's mass; thousands per position would bloat the cache ~1000x
+    distilled_classes: ClassVar[int | None] = 8
 
     def check_config(self, config):
         super().check_config(config)
