@@ -77,7 +77,7 @@ def synthetic_batch(
     ``masked_words``: for a model with the masked-word objective; 15 % of the words are its labels."""
     from mtnlp.model import text
     from mtnlp.model.network import MASKED_WORD_LABELS, MASKED_WORDS, model_input_names
-    from mtnlp.model.preprocessing import CHAR_CODES, SUBWORD_INPUTS
+    from mtnlp.model.preprocessing import SUBWORD_INPUTS
     from mtnlp.sections import TransformConfig
 
     rng = np.random.default_rng(seed)
@@ -99,7 +99,6 @@ def synthetic_batch(
             for name in SUBWORD_INPUTS
         },
     }
-    features[CHAR_CODES] = synthetic_char_codes(rng, real)
     for i, task in enumerate(row_tasks):
         if task.encoder_input.span_fields:  # a word of e1, later a word of e2
             features["entity_ids"][i, 0], features["entity_ids"][i, words[i] - 1] = 1, 2

@@ -61,9 +61,8 @@ SHAPE_IDS = "shape_ids"
 MODEL_INPUTS = ("token_ids", SHAPE_IDS, "entity_ids") + SUBWORD_INPUTS
 # Each word's characters (``char_codes``), for the character CNN: computed from ``words``, not stored by Transform.
 CHAR_CODES = "char_codes"
-# Characters of a word the character CNN reads (the first ones; 99.8 % of the bundled tagging words have at most 16). A
-# constant rather than a setting: the datasets and the serving signatures compute the codes for every
-# from-scratch model without reading the model's settings.
+# Characters of a word the character CNN reads (the first ones; 99.8 % of the bundled tagging words have at most 16):
+# part of the model's input shape, so the datasets, the serving signatures and the model agree on it.
 WORD_CHARACTERS = 16
 # The inputs of a model whose encoder is a pretrained backbone (model/backbone.py).
 BACKBONE_INPUTS = (PIECE_IDS, FIRST_PIECE, "entity_ids")

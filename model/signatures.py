@@ -106,18 +106,14 @@ class ServingModule(tf.Module):
                 )
         return features
 
-    def _transform(self, raw: dict) -> dict:
-        """Transform's features of a batch of raw features and, when the encoder reads them, the words'
-        character codes (computed here, not stored by Transform: ``preprocessing.char_codes``)."""
-        transformed = self.tft_layer(raw)
-        if CHAR_CODES in self.encoder_inputs:
-            transformed[CHAR_CODES] = char_codes(transformed["words"])
-        return transformed
-
-    @staticmethod
-    def _trim(transformed: dict) -> dict:
-        """A transformed batch cut to its longest sentence (a request does not pay for 128 words)."""
-        return trim_to_longest(transformed)
+    def _trim(self, transformed: dict) -> dict:
+        """A transformed batch cut to its longest sentence (a request does not pay for 128 words) and, when the
+        encoder reads them, its words' character codes (not stored by Transform: ``preprocessing.char_codes``),
+        decoded after the cut."""
+        trimmed = trim_to_longest(transformed)
+        if self._characters:
+            trimmed[CHAR_CODES] = char_codes(trimmed["words"])
+        return trimmed
 
     def _logits(self, transformed: dict) -> dict:
         inputs = {k: transformed[k] for k in self.encoder_inputs}
@@ -131,7 +127,7 @@ class ServingModule(tf.Module):
     def _answer(self, signature: contract.Signature, request: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         batch_size = tf.shape(next(iter(request.values())))[0]
         transformed = self._trim(
-            self._transform(self._raw_features(batch_size, signature.input.raw_features(**request)))
+            self.tft_layer(self._raw_features(batch_size, signature.input.raw_features(**request)))
         )
         logits = self._logits(transformed) if any(h.needs_logits for h in signature.heads) else {}
         outputs = {}
@@ -154,7 +150,7 @@ class ServingModule(tf.Module):
     # -- signatures ------------------------------------------------------------------------------
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serving_tf_example(self, examples):
-        transformed = self._transform(tf.io.parse_example(examples, self._raw_spec))
+        transformed = self.tft_layer(tf.io.parse_example(examples, self._raw_spec))
         # the encoder runs on the batch's longest sentence, not on max_length; heads pad back to the labels
         logits = self._logits(self._trim(transformed))
         task_index = {t.name: i for i, t in enumerate(registered_tasks())}
