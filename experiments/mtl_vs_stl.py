@@ -47,6 +47,7 @@ SAMPLINGS = ("proportional", "temperature", "uniform")
 WEIGHTINGS = ("fixed", "uncertainty")
 STL = "STL"
 MASKED_WORDS = ("training.masked_word_share=0.2",)  # the ablation's "masked words" lever
+WEIGHT_AVERAGING = "training.ema_momentum=0.998"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,12 @@ NAMED_VARIANTS = {
     "masked-words": MtlVariant(settings=MASKED_WORDS, label="MTL + masked words"),
     "layered-heads": MtlVariant(settings=("heads.pos.encoder_layer=1",), label="MTL + layered heads"),
     "distill": MtlVariant(distill=True, label="MTL + distillation"),
+    # weight averaging over about the last 500 steps (training.ema_momentum): sized for the distill-small study's
+    # 2,400 MTL steps; a study with much shorter runs averages in its early weights
+    "ema": MtlVariant(settings=(WEIGHT_AVERAGING,), label="MTL + weight averaging"),
+    "distill-ema": MtlVariant(
+        settings=(WEIGHT_AVERAGING,), distill=True, label="MTL + distillation + weight averaging"
+    ),
 }
 
 
@@ -225,13 +232,14 @@ STUDIES = {
     ),
     # Distillation (issue #27) at a small size: the quick profile's encoder (d=128, 2 layers), 3,000 records per
     # task and split, fixed steps (600 per STL model, 2,400 per MTL model: about the same examples of each task);
-    # per seed the default MTL model, the 5 single-head STL models (the teachers) and MTL + distillation. About
-    # 23 minutes for one seed on 2 cores under load 2.5-5 (measured: README, "Distillation").
+    # per seed the default MTL model, the 5 single-head STL models (the teachers), MTL + distillation, and both MTL
+    # models with weight averaging (the single model that keeps each head's best, issue #27 item 2). About 23 minutes
+    # for one seed without the averaging variants on 2 cores under load 2.5-5 (measured: README, "Distillation").
     "distill-small": StudyConfig(
         tasks=None,
         steps_per_task=600,
         seeds=(1, 2, 3),
-        variants=(MtlVariant(), NAMED_VARIANTS["distill"]),
+        variants=(MtlVariant(), *(NAMED_VARIANTS[name] for name in ("distill", "ema", "distill-ema"))),
         model=_MODEL,
         training=_TRAINING,
         max_records_per_split=3000,
@@ -409,6 +417,7 @@ class Study:
         hours: float | None = None,
     ):
         self.config, self.data_root, self.workdir, self.results_path = config, data_root, workdir, results_path
+        self._default_plan = planned is None
         self.planned = list(planned) if planned is not None else plan_runs(config)
         self.verbose, self.hours = verbose, hours
         self.results = self._load_results()
@@ -425,10 +434,36 @@ class Study:
         if os.path.exists(self.results_path):
             with open(self.results_path) as f:
                 earlier = json.load(f)
-            if earlier.get("study") == fresh["study"] and earlier.get("data") == fresh["data"]:
+            earlier["study"] = with_later_defaults(earlier.get("study", {}))
+            if earlier["study"] == fresh["study"] and earlier.get("data") == fresh["data"]:
+                return earlier
+            if earlier.get("data") == fresh["data"] and self._add_variants(earlier):
                 return earlier
             log.warning("%s holds a study with other settings: starting over", self.results_path)
         return fresh
+
+    def _add_variants(self, earlier: dict[str, Any]) -> bool:
+        """A recorded study that differs from this one only in its MTL variants goes on with both sets (the
+        recorded ones first, so the equal-compute reference stays): its runs are kept and only the new variants
+        train. Returns whether ``earlier`` is such a study (it is then updated to the joined settings)."""
+        recorded = earlier.get("study", {})
+        if {k: v for k, v in recorded.items() if k != "variants"} != {
+            k: v for k, v in self.config.to_json_dict().items() if k != "variants"
+        }:
+            return False
+        variants = tuple(MtlVariant(**{**v, "settings": tuple(v["settings"])}) for v in recorded.get("variants", ()))
+        added = tuple(v for v in self.config.variants if v not in variants)
+        if added:
+            log.warning(
+                "%s holds this study with the variants %s: adding %s (the recorded runs are kept)",
+                self.results_path,
+                ", ".join(v.name for v in variants),
+                ", ".join(v.name for v in added),
+            )
+        self.config = dataclasses.replace(self.config, variants=variants + added)
+        self.planned = plan_runs(self.config) if self._default_plan else self.planned
+        earlier["study"] = self.config.to_json_dict()
+        return True
 
     def _save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.results_path)), exist_ok=True)
@@ -547,6 +582,17 @@ class Study:
             "same_as": reference["key"],
             "time_budget": round(budget, 1),
         }
+
+
+def with_later_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded study's settings (``StudyConfig.to_json_dict``) with the model and training settings added to
+    the code since it ran, at their defaults: a new setting's default keeps the behaviour from before it, so
+    such a study still resumes."""
+    filled = dict(recorded)
+    for section, defaults in (("model", ModelConfig()), ("training", TrainingConfig())):
+        if section in recorded:
+            filled[section] = {**json.loads(json.dumps(dataclasses.asdict(defaults))), **recorded[section]}
+    return filled
 
 
 def _recorded(runs: Sequence[dict[str, Any]], config: str, seed: int) -> list[dict[str, Any]]:

@@ -407,6 +407,13 @@ def _setup(results: dict[str, Any]) -> str:
             "(`model/distillation.py`); its training time counts its teachers' training and the pass that caches "
             "their predictions (in `results.json`: `own_train_seconds`, `teacher_seconds`)."
         )
+    with_settings = [v for v in study.get("variants", ()) if v.get("settings")]
+    if with_settings:
+        lines.append(
+            "- Settings over every model's, per variant: "
+            + "; ".join(f"{v['label'] or v['sampling']}: `{' '.join(v['settings'])}`" for v in with_settings)
+            + "."
+        )
     lines += [
         f"- Final scores through the serving signatures with the pipeline's metrics (`serving/evaluate.py`), beam "
         f"width {study.get('beam_width', 1)}. Seeds: {', '.join(map(str, study['seeds']))}; differences from STL "

@@ -85,6 +85,47 @@ class KeepBestWeights(keras.callbacks.Callback):
             self.model.set_weights(self._best_weights)
 
 
+class AveragedWeightsAtValidation(keras.callbacks.Callback):
+    """With weight averaging (the optimizer's ``use_ema``), puts the averaged weights in the model for each
+    validation point: Keras' validation, the other callbacks' ``on_epoch_end`` (what the study scores, what
+    ``KeepBestWeights`` keeps) and the model after training all see the average; training steps see the
+    raw weights again. Put it before the callbacks that read the model at epoch end.
+
+    Keras' own ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets, so when a callback stops training early
+    the end of ``fit`` (which copies the optimizer's average into the model) copies back the raw weights; this
+    one copies the average into the model and keeps the raw weights aside instead.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw_weights: list | None = None
+
+    def _averaged_in(self) -> None:
+        if self._raw_weights is None:
+            variables = self.model.trainable_variables
+            self._raw_weights = [v.numpy() for v in variables]
+            for variable, average in zip(variables, self.model.optimizer._model_variables_moving_average):
+                variable.assign(average)
+
+    def _raw_in(self) -> None:
+        if self._raw_weights is not None:
+            for variable, value in zip(self.model.trainable_variables, self._raw_weights):
+                variable.assign(value)
+            self._raw_weights = None
+
+    def on_test_begin(self, logs=None):
+        self._averaged_in()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._averaged_in()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._raw_in()
+
+    def on_train_end(self, logs=None):
+        self._raw_weights = None  # fit has copied the average into the model
+
+
 def vocabulary_size(tf_transform_output: tft.TFTransformOutput, num_oov_buckets: int) -> int:
     # ids: 0 padding, 1..V the vocabulary, then the OOV buckets
     return tf_transform_output.vocabulary_size_by_name(WORDS_VOCABULARY) + num_oov_buckets + 1
@@ -180,7 +221,8 @@ def build_training_model(
 ) -> keras.Model:
     """The model compiled with the project's loss and optimizer: AdamW with learning-rate groups
     (``learning_rate_multipliers``), warmup then cosine decay over ``steps``, no weight decay on LayerNorm
-    scales and offsets or biases. Call it inside the distribution strategy's scope."""
+    scales and offsets or biases, and with ``training.ema_momentum`` a moving average of the weights. Call it
+    inside the distribution strategy's scope."""
     model = build_model(
         heads,
         vocabulary_size=vocabulary_size,
@@ -207,6 +249,8 @@ def build_training_model(
         learning_rate=schedule,
         weight_decay=WEIGHT_DECAY,
         clipnorm=1.0,
+        use_ema=training.ema_momentum > 0,
+        ema_momentum=training.ema_momentum or 0.99,
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     compile_for_heads(
@@ -324,6 +368,15 @@ def train_model(
         distilled,
     )
     train_data, eval_data = distribution.shard_by_example(train_data), distribution.shard_by_example(eval_data)
+    if training.ema_momentum and 1 / (1 - training.ema_momentum) > steps / 4:
+        log.warning(
+            "%straining.ema_momentum=%g averages over about %.0f steps, more than a quarter of this run's %d: the "
+            "average (which starts at the first step's weights) still holds much of the early weights",
+            log_prefix,
+            training.ema_momentum,
+            1 / (1 - training.ema_momentum),
+            steps,
+        )
     epochs = epochs or max(1, min(10, steps // 100))
     steps_per_epoch = max(1, steps // epochs)
     with strategy.scope():
@@ -359,6 +412,7 @@ def train_model(
         validation_steps=eval_steps,
         verbose=0,
         callbacks=[
+            *([AveragedWeightsAtValidation()] if training.ema_momentum else []),
             *callbacks,
             ProgressLog(steps_per_epoch * epochs, log_prefix),
             *([KeepBestWeights([h.name for h in heads], log_prefix)] if training.keep_best else []),

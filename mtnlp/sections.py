@@ -155,8 +155,14 @@ class TrainingConfig:
     # Heads with a teacher (heads.<name>.teacher) learn from lambda * gold + (1 - lambda) * teacher; "linear":
     # lambda rises from 0 to 1 over the run's steps (teacher annealing, Clark et al. 2019), "off": lambda is 0.
     teacher_annealing: Literal["linear", "off"] = "linear"
+    # Weight averaging: validation points, the kept weights and the exported model use the exponential moving
+    # average of the weights, updated after every step with this momentum (Keras' optimizer use_ema; it averages
+    # over about 1 / (1 - momentum) last steps, e.g. 0.998: 500). 0: off, the last step's weights.
+    ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema_momentum < 1:
+            raise ValueError(f"training.ema_momentum: {self.ema_momentum} is not in [0, 1) (0 turns averaging off)")
         if self.teacher_annealing not in TEACHER_ANNEALINGS:
             raise ValueError(
                 f"training.teacher_annealing: expected one of {', '.join(TEACHER_ANNEALINGS)}, "

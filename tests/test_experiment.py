@@ -75,20 +75,46 @@ def test_a_distilled_variant_trains_after_the_seeds_stl_models_its_teachers():
     runs = plan_runs(config)
     assert [(r.config, r.heads, r.teachers_of) for r in runs if r.seed == 1] == [
         ("MTL T=2, fixed", ("sentiment", "relation"), None),
+        ("MTL + weight averaging", ("sentiment", "relation"), None),
         ("STL", ("sentiment",), None),
         ("STL", ("relation",), None),
         ("MTL + distillation", ("sentiment", "relation"), "STL"),
+        ("MTL + distillation + weight averaging", ("sentiment", "relation"), "STL"),
     ]
-    distilled = runs[3]
+    distilled = runs[4]
     assert distilled.variant.distill and distilled.steps == 1200  # the MTL steps: 600 per task
+    assert runs[5].settings == runs[1].settings == ("training.ema_momentum=0.998",)
     recorded = [
         {"key": r.key, "config": r.config, "heads": list(r.heads), "seed": 1, "steps": r.steps, "wall_seconds": 60}
-        for r in runs[:3]
+        for r in runs[:4]
     ]
-    assert next_run([distilled], runs, recorded[:2], seconds_left=None) is None  # STL relation not recorded yet
+    assert next_run([distilled], runs, recorded[:3], seconds_left=None) is None  # STL relation not recorded yet
     assert next_run([distilled], runs, recorded, seconds_left=None) == distilled
     assert MtlVariant.parse("distill").name == "MTL + distillation"
     assert config.model.embedding_dim == 128 and config.max_records_per_split == 3000 and config.patience is None
+
+
+def test_a_recorded_study_gains_variants_and_keeps_its_runs_even_from_before_newer_settings(tmp_path, caplog):
+    from mtnlp.experiments.mtl_vs_stl import NAMED_VARIANTS, Study
+
+    before = study_config("distill-small", tasks=("sentiment",), seeds=(1,), variants=(MtlVariant(),))
+    recorded = before.to_json_dict()
+    del recorded["training"]["ema_momentum"]  # a study recorded before the setting existed ran without averaging
+    run = plan_runs(before)[0]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"study": recorded, "data": str(tmp_path), "runs": [{"key": run.key}]}))
+
+    grown = dataclasses.replace(before, variants=(NAMED_VARIANTS["ema"],))
+    study = Study(grown, str(tmp_path), str(tmp_path / "work"), str(results))
+    assert study.results["runs"] == [{"key": run.key}]
+    assert [v.name for v in study.config.variants] == ["MTL T=2, fixed", "MTL + weight averaging"]
+    assert [r.config for r in study.planned] == ["MTL T=2, fixed", "MTL + weight averaging", "STL"]
+    assert "adding MTL + weight averaging (the recorded runs are kept)" in caplog.text
+    assert study.results["study"]["variants"][1]["settings"] == ["training.ema_momentum=0.998"]
+
+    other = dataclasses.replace(grown, steps_per_task=1200)
+    assert Study(other, str(tmp_path), str(tmp_path / "work"), str(results)).results["runs"] == []
+    assert "holds a study with other settings: starting over" in caplog.text
 
 
 def test_a_time_limit_starts_only_runs_expected_to_finish_and_a_shorter_later_one_goes_first():
