@@ -52,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="VARIANT",
         help="MTL variants: the pipeline's default (temperature=2:fixed), named ones (masked-words, "
         "layered-heads, distill: every head also learns from the seed's STL model of it, annealed to the gold "
-        "labels) or SAMPLING[=T]:WEIGHTING, e.g. uniform:fixed temperature=2:uncertainty; "
-        "the first is the equal-compute reference (default: temperature=2:fixed)",
+        "labels; ema: weight averaging, training.ema_momentum=0.998; distill-ema: both) or SAMPLING[=T]:WEIGHTING, "
+        "e.g. uniform:fixed temperature=2:uncertainty; the first is the equal-compute reference (default: "
+        "temperature=2:fixed); naming more variants than a recorded study has adds them and keeps its runs",
     )
     study.add_argument(
         "--stl-masked-words",

@@ -388,18 +388,33 @@ def test_quick_study_writes_the_report_and_resumes(tmp_path):
     assert "Resuming: 10 of 10 runs" in again.stderr and "Training" not in again.stderr
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 10
 
+    # one more variant: only its runs train, the recorded ones stay
+    added = run_cli(*args, "ema")
+    assert added.returncode == 0, added.stderr[-5000:]
+    assert "adding MTL + weight averaging (the recorded runs are kept)" in added.stderr
+    assert (
+        "Resuming: 10 of 12 runs" in added.stderr
+        and "training.ema_momentum=0.998 averages over about 500" in added.stderr
+    )
+    results = json.loads((out / "results.json").read_text())
+    averaged = [r for r in results["runs"] if r["config"] == "MTL + weight averaging"]
+    assert len(results["runs"]) == 12 and [r["settings"] for r in averaged] == [["training.ema_momentum=0.998"]] * 2
+    assert all(0.0 <= v <= 1.0 for r in averaged for m in r["metrics"].values() for v in m.values())
+    assert "MTL + weight averaging: `training.ema_momentum=0.998`" in (out / "report.md").read_text()
+
     (out / "report.md").unlink()
     rewritten = run_cli("experiment", "mtl-vs-stl", "--report-only", "--out", str(out))
     assert rewritten.returncode == 0, rewritten.stderr[-5000:]
-    assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(10 runs)" in rewritten.stdout
+    assert "| relation (semeval_macro_f1) |" in (out / "report.md").read_text() and "(12 runs)" in rewritten.stdout
 
-    # seed 2's STL runs lost: under a time limit they fit in none, and the equal-compute and distilled runs wait
+    # seed 2's STL runs lost: under a time limit they fit in none, and the equal-compute and distilled runs wait;
+    # the variant added above stays in the study though this command does not name it
     results["runs"] = [r for r in results["runs"] if r["seed"] == 1 or r["config"] == "MTL T=2, fixed"]
     (out / "results.json").write_text(json.dumps(results))
     limited = run_cli(*args, "--hours", "0.001")
     assert limited.returncode == 0, limited.stderr[-5000:]
-    assert "Stopping: none of the 4 runs left is expected to finish within --hours 0.001" in limited.stderr
-    assert "Training" not in limited.stderr and len(json.loads((out / "results.json").read_text())["runs"]) == 6
+    assert "Stopping: none of the 5 runs left is expected to finish within --hours 0.001" in limited.stderr
+    assert "Training" not in limited.stderr and len(json.loads((out / "results.json").read_text())["runs"]) == 7
 
 
 def test_report_only_names_a_missing_results_file(tmp_path):

@@ -109,3 +109,58 @@ def test_the_momentum_is_a_fraction_below_one():
     assert effective_config("quick", assignments=["training.ema_momentum=0.998"]).training.ema_momentum == 0.998
     with pytest.raises(SettingsError, match=r"training.ema_momentum: 1.0 is not in \[0, 1\)"):
         effective_config("quick", assignments=["training.ema_momentum=1"])
+
+
+@pytest.mark.slow
+def test_the_training_loop_keeps_an_averaged_validation_point_on_the_pipelines_data(pipeline_run):
+    """``train_model`` with ``training.ema_momentum`` and ``keep_best`` on the shared pipeline's Transform output:
+    the weights it ends with are the average of one validation point (what ``keep_best`` compared), never a
+    step's raw weights."""
+    import dataclasses
+
+    import keras
+    import tensorflow_transform as tft
+
+    from mtnlp.model import dataset
+    from mtnlp.model.devices import make_strategy
+    from mtnlp.model.tasks import select_tasks
+    from mtnlp.model.training import train_model
+    from mtnlp.pipelines.config import get_config
+    from mtnlp.pipelines.summary import latest_transform_outputs
+
+    transform = latest_transform_outputs(str(pipeline_run.workdir / "metadata.sqlite"))
+    tft_output = tft.TFTransformOutput(transform["transform_graph"])
+    train_files = [f"{transform['transformed_examples']}/Split-train/*"]
+    eval_files = [f"{transform['transformed_examples']}/Split-eval/*"]
+    heads = [h for t in select_tasks(["tagging", "sentiment"]) for h in t.heads]
+    counts = dataset.count_examples_per_task(train_files, tft_output)
+    config = get_config("quick")
+    raw, averaged = [], []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+        def on_epoch_end(self, epoch, logs=None):
+            averaged.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+    trained = train_model(
+        heads,
+        tft_output,
+        train_files,
+        eval_files,
+        dataset.task_weights({t: counts[t] for t in ("tagging", "sentiment")}, "uniform"),
+        dataclasses.replace(config.model, embedding_dim=16, intermediate_dim=32, num_layers=1, num_heads=2),
+        dataclasses.replace(config.training, ema_momentum=0.9, keep_best=True),
+        config.transform,
+        {h.name: config.heads[h.name] for h in heads},
+        steps=12,
+        eval_steps=2,
+        strategy=make_strategy(1),
+        epochs=3,
+        callbacks=[Record()],
+    )
+    final = [v.numpy() for v in trained.model.trainable_variables]
+    assert trained.steps == 12 and len(averaged) == 3 and len(raw) == 12
+    assert any(all(np.array_equal(f, a) for f, a in zip(final, point)) for point in averaged)
+    assert not any(all(np.allclose(f, r) for f, r in zip(final, step)) for step in raw)
