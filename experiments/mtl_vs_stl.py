@@ -786,11 +786,12 @@ def train_and_score(job: _Job) -> dict[str, Any]:
         record.update(time_budget=round(budget.seconds, 1), budget_spent=budget.spent)
     if run.teachers_of:
         # the distilled model's cost includes its teachers' training and the pass that caches their predictions
-        teachers = sum(r["train_seconds"] for r in job.teacher_runs)
+        teacher_seconds = round(sum(r["train_seconds"] for r in job.teacher_runs) + trained.teacher_seconds, 1)
         record.update(
             own_train_seconds=record["train_seconds"],
-            teacher_seconds=round(teachers + trained.teacher_seconds, 1),
-            train_seconds=round(trained.seconds + teachers + trained.teacher_seconds, 1),
+            teacher_seconds=teacher_seconds,
+            # the sum of the two figures as recorded (rounding the unrounded sum could differ from it by 0.1)
+            train_seconds=round(record["train_seconds"] + teacher_seconds, 1),
         )
     record["wall_seconds"] = round(time.time() - start, 1)
     return record
