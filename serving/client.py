@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import types
 import urllib.error
@@ -61,6 +62,9 @@ SERVING_PROTO_MODULES = (
 )
 
 
+_PROTO_IMPORT_LOCK = threading.Lock()
+
+
 def import_serving_protos() -> None:
     """Import `SERVING_PROTO_MODULES` without importing TensorFlow.
 
@@ -72,20 +76,23 @@ def import_serving_protos() -> None:
     packages, so later `from tensorflow.core.framework import tensor_pb2` statements find them without any import.
     Nothing happens when TensorFlow is already imported; a later `import tensorflow` runs its __init__ as usual and
     reuses these modules (one class per message)."""
-    if "tensorflow" in sys.modules:
-        return  # TensorFlow itself (its protos come with it), or a loading in progress
-    spec = importlib.util.find_spec("tensorflow")  # locates the folder; runs nothing
-    if spec is None or not spec.submodule_search_locations:
-        return  # no TensorFlow installed: the imports below fail with their own message
-    placeholder = types.ModuleType("tensorflow", "placeholder while the client imports TensorFlow's protos")
-    placeholder.__path__ = list(spec.submodule_search_locations)
-    sys.modules["tensorflow"] = placeholder
-    try:
-        for name in SERVING_PROTO_MODULES:
-            importlib.import_module(name)
-    finally:
-        if sys.modules.get("tensorflow") is placeholder:
-            del sys.modules["tensorflow"]
+    # Clients in several threads (one per connection) get here at once: one imports, the others wait for it.
+    with _PROTO_IMPORT_LOCK:
+        if "tensorflow" in sys.modules or all(name in sys.modules for name in SERVING_PROTO_MODULES):
+            return  # TensorFlow itself (its protos come with it), or imported already
+        spec = importlib.util.find_spec("tensorflow")  # locates the folder; runs nothing
+        if spec is None or not spec.submodule_search_locations:
+            return  # no TensorFlow installed: the imports below fail with their own message
+        placeholder = types.ModuleType("tensorflow", "placeholder while the client imports TensorFlow's protos")
+        placeholder.__path__ = list(spec.submodule_search_locations)
+        placeholder.__spec__ = spec  # what importlib.util.find_spec("tensorflow") in another thread meanwhile returns
+        sys.modules["tensorflow"] = placeholder
+        try:
+            for name in SERVING_PROTO_MODULES:
+                importlib.import_module(name)
+        finally:
+            if sys.modules.get("tensorflow") is placeholder:
+                del sys.modules["tensorflow"]
 
 
 def nothing_listening(target: str) -> bool:

@@ -408,3 +408,38 @@ def test_serve_bounds_one_request_to_a_few_normal_batches(mtnlp_serve):
     with pytest.raises(ServingClientError) as e:
         RestClient(mtnlp_serve.rest, model_name="mtnlp", retries=0).predict({"text": ["word " * 1000] * 2})
     assert e.value.code == "RESOURCE_EXHAUSTED" or e.value.http_status == 429, e.value
+
+
+def test_clients_in_many_threads_import_the_serving_protos_at_once():
+    """16 client threads of a fresh process (the swap-under-load test's clients) import TF Serving's protos at the
+    same moment: none sees the bare placeholder package that stands in for TensorFlow meanwhile
+    (``importlib.util.find_spec`` raised "tensorflow.__spec__ is None" in one of them), and none is left behind."""
+    code = (
+        "import importlib.util, sys, threading\n"
+        "from mtnlp.serving.client import _model_spec\n"
+        "errors, start = [], threading.Barrier(16)\n"
+        "def client():\n"
+        "    start.wait()\n"
+        "    try:\n"
+        "        for _ in range(20):\n"
+        "            assert _model_spec('mtnlp', version=3).version.value == 3\n"
+        "            importlib.util.find_spec('tensorflow')\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "threads = [threading.Thread(target=client) for _ in range(16)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert errors == [], errors[:3]\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    for _ in range(3):  # a fresh process each time: the first imports are the race
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
