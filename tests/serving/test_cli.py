@@ -329,6 +329,18 @@ def test_markers_are_not_checked_when_relation_is_not_asked_for(mtnlp_serve, cap
 
 
 # ----- the gRPC client does not import TensorFlow --------------------------------------------------------------
+def run_python(code: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python process of this repository (nothing imported yet)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+
+
 @LOCAL_ONLY
 def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
     code = (
@@ -339,14 +351,7 @@ def test_grpc_predict_does_not_import_tensorflow(mtnlp_serve):
         "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python'))\n"
         "print(json.dumps({'rc': rc, 'tensorflow_modules': loaded}))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert json.loads(lines[0])["ner"]["entities"][0]["text"] == "Apple"
@@ -367,14 +372,7 @@ def test_serving_protos_stay_compatible_with_tensorflow_imported_later():
         "assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0\n"
         "print('ok')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    r = run_python(code, timeout=300, TF_CPP_MIN_LOG_LEVEL="3")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
@@ -434,12 +432,5 @@ def test_clients_in_many_threads_import_the_serving_protos_at_once():
         "print('ok')\n"
     )
     for _ in range(3):  # a fresh process each time: the first imports are the race
-        r = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=str(REPO),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        r = run_python(code)
         assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
