@@ -86,7 +86,6 @@ class VersionHandle:
     failed_attempts: int = 0
     attempt_running: bool = False
     cancelled: bool = False  # no longer aspired: no further load attempt
-    directory_gone: bool = False  # ended, then its directory vanished: a directory that reappears loads again
     retry_timer: threading.Timer | None = None
 
 
@@ -342,7 +341,7 @@ class Manager:
                 entry, f"Could not find base path {mc.base_path} for servable {mc.name} with error {e.strerror or e}"
             )
             return
-        if not present and all(h.directory_gone for h in entry.versions.values()):
+        if not present and not entry.versions:
             self._report_poll_problem(
                 entry,
                 f"No versions of servable {mc.name} found under base path "
@@ -352,17 +351,15 @@ class Manager:
         else:
             entry.last_poll_problem = None
         aspired = aspired_versions(mc, sorted(present))
-        # A version whose directory is gone keeps its last state in the model's status, as TF Serving's state
-        # monitor keeps END; should the directory come back (a failed version re-pushed), it loads again.
-        for v, h in entry.versions.items():
-            if v not in present and h.state == END:
-                h.directory_gone = True
+        # Forget versions whose directory is gone and that are not serving (a failed one may be re-pushed).
+        for v in [v for v, h in entry.versions.items() if v not in present and h.state == END]:
+            del entry.versions[v]
         for v, h in entry.versions.items():
             if v not in aspired and h.state in (START, LOADING) and not h.cancelled:
                 self._cancel_load(h)
         for v in sorted(aspired, reverse=True):  # newest first: the version most likely to be wanted
             h = entry.versions.get(v)
-            if h is None or (h.state == END and (h.error is None or h.directory_gone)):
+            if h is None or (h.state == END and h.error is None):
                 h = VersionHandle(mc.name, v, os.path.join(mc.base_path, present[v]))
                 entry.versions[v] = h
                 self.metrics.set_state(mc.name, v, START)

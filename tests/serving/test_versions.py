@@ -52,35 +52,6 @@ def test_new_version_is_loaded_and_old_one_unloaded(start_server, base, toy_dir)
         assert e.value.code == "NOT_FOUND"
 
 
-def test_an_unloaded_version_whose_directory_is_deleted_keeps_its_end_state_and_a_failed_one_can_be_repushed(
-    start_server, base, toy_dir
-):
-    """TF Serving's state monitor remembers END: cleaning up an old version's directory does not drop it from
-    GetModelStatus (a client waiting for {2: AVAILABLE, 1: END} would otherwise race the next poll); a failed
-    version whose directory is deleted and pushed again loads again."""
-    import shutil
-
-    p = start_server(
-        "--model_name=hpt", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"
-    )
-    with ServingClient(p.grpc, model_name="hpt") as c:
-        copy_version(toy_dir / "half_plus_two" / "2", base / "2")
-        wait_for(lambda: version_states(c) == {2: "AVAILABLE", 1: "END"}, what="version 1 to be unloaded")
-        shutil.rmtree(base / "1")
-        time.sleep(2.5)  # two polls without version 1's directory
-        assert version_states(c) == {2: "AVAILABLE", 1: "END"}
-
-        copy_version(toy_dir / "broken" / "3", base / "3")
-        wait_for(lambda: version_states(c).get(3) == "END", what="version 3 to fail")
-        shutil.rmtree(base / "3")
-        time.sleep(2.5)
-        failed = {s.version: s for s in c.status().model_version_status}[3]
-        assert failed.state == State.Value("END") and failed.status.error_message
-        copy_version(toy_dir / "half_plus_two" / "2", base / "3")  # pushed again, this time a good model
-        wait_for(lambda: version_states(c) == {3: "AVAILABLE", 2: "END", 1: "END"}, what="version 3 to serve")
-        assert y0(c) == 3.0
-
-
 def test_failed_version_is_reported_and_never_replaces_serving_one(start_server, base, toy_dir):
     p = start_server(
         "--model_name=hpt", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"
